@@ -1,0 +1,327 @@
+//! The one door every external command (qemu-img, guestfish, virt-customize, …) goes through.
+//!
+//! A [`Cmd`] carries a human description separate from its argv, runs with stdin
+//! closed, logs its argv at debug level with secrets redacted, captures stderr and
+//! puts its tail into the error, and can time out. [`Cmd::run_json`] parses JSON output
+//! straight into serde types.
+
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
+use wait_timeout::ChildExt;
+
+/// How many bytes of stderr end up in an error message.
+const STDERR_TAIL: usize = 4096;
+
+/// The text shown in place of a secret.
+pub const REDACTED: &str = "***";
+
+/// An external command about to run.
+#[derive(Debug, Clone)]
+pub struct Cmd {
+    program: OsString,
+    args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+    description: String,
+    secrets: Vec<String>,
+    timeout: Option<Duration>,
+    current_dir: Option<std::path::PathBuf>,
+}
+
+/// What a finished command left behind.
+#[derive(Debug)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub elapsed: Duration,
+}
+
+impl Output {
+    /// stdout as UTF-8 (lossy), trimmed of the trailing newline.
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).trim_end().to_string()
+    }
+}
+
+impl Cmd {
+    /// A command with a description of what it does ("growing /dev/sda1 of disk.qcow2").
+    pub fn new(program: impl AsRef<OsStr>, description: impl Into<String>) -> Self {
+        Cmd {
+            program: program.as_ref().to_owned(),
+            args: Vec::new(),
+            envs: Vec::new(),
+            description: description.into(),
+            secrets: Vec::new(),
+            timeout: None,
+            current_dir: None,
+        }
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.envs
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.current_dir = Some(dir.as_ref().to_owned());
+        self
+    }
+
+    /// A value that must never be shown: it is replaced by `***` in logs and errors.
+    pub fn secret(mut self, secret: impl Into<String>) -> Self {
+        let s = secret.into();
+        if !s.is_empty() {
+            self.secrets.push(s);
+        }
+        self
+    }
+
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    pub fn program(&self) -> &OsStr {
+        &self.program
+    }
+
+    /// The argv as one shell-quoted line with secrets redacted, for logs and plans.
+    pub fn display(&self) -> String {
+        let mut words = vec![shell_quote(&self.program.to_string_lossy())];
+        words.extend(self.args.iter().map(|a| shell_quote(&a.to_string_lossy())));
+        redact(&words.join(" "), &self.secrets)
+    }
+
+    /// Runs to completion; a non-zero exit is an error carrying the stderr tail.
+    pub fn run(&self) -> Result<Output> {
+        tracing::debug!(command = %self.display(), "{}", self.description);
+        let started = Instant::now();
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.envs {
+            command.env(k, v);
+        }
+        if let Some(dir) = &self.current_dir {
+            command.current_dir(dir);
+        }
+        let mut child = command.spawn().with_context(|| {
+            format!(
+                "{}: cannot start {} (is it installed?)",
+                self.description,
+                self.program.to_string_lossy()
+            )
+        })?;
+        // Drain both pipes on their own threads so a chatty child never blocks on a full pipe.
+        let mut out_pipe = child.stdout.take().expect("stdout is piped");
+        let mut err_pipe = child.stderr.take().expect("stderr is piped");
+        let out_thread = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = out_pipe.read_to_end(&mut buf);
+            buf
+        });
+        let err_thread = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = err_pipe.read_to_end(&mut buf);
+            buf
+        });
+        let status = match self.timeout {
+            Some(limit) => match child.wait_timeout(limit).context("waiting for a child")? {
+                Some(status) => status,
+                None => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let stderr = err_thread.join().unwrap_or_default();
+                    bail!(
+                        "{}: timed out after {}s: {}{}",
+                        self.description,
+                        limit.as_secs(),
+                        self.display(),
+                        self.tail(&stderr)
+                    );
+                }
+            },
+            None => child.wait().context("waiting for a child")?,
+        };
+        let stdout = out_thread.join().unwrap_or_default();
+        let stderr = err_thread.join().unwrap_or_default();
+        let elapsed = started.elapsed();
+        tracing::debug!(
+            status = %status,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "{} finished",
+            self.description
+        );
+        if !status.success() {
+            let mut tail = self.tail(&stderr);
+            if tail.is_empty() {
+                // Some tools (guestfish, virt-customize) report on stdout.
+                tail = self.tail(&stdout);
+            }
+            bail!(
+                "{}: `{}` failed ({}){}",
+                self.description,
+                self.display(),
+                status,
+                tail
+            );
+        }
+        Ok(Output {
+            stdout,
+            stderr,
+            elapsed,
+        })
+    }
+
+    /// Runs and parses stdout as JSON into `T`.
+    pub fn run_json<T: DeserializeOwned>(&self) -> Result<T> {
+        let out = self.run()?;
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "{}: cannot parse the JSON output of `{}`",
+                self.description,
+                self.display()
+            )
+        })
+    }
+
+    fn tail(&self, bytes: &[u8]) -> String {
+        let text = String::from_utf8_lossy(bytes);
+        let text = text.trim();
+        if text.is_empty() {
+            return String::new();
+        }
+        let start = text.len().saturating_sub(STDERR_TAIL);
+        let start = (start..text.len())
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(text.len());
+        format!(
+            "\n--- output tail ---\n{}",
+            redact(&text[start..], &self.secrets)
+        )
+    }
+}
+
+/// Replaces every occurrence of each secret by `***`.
+pub fn redact(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        out = out.replace(s.as_str(), REDACTED);
+    }
+    out
+}
+
+/// Quotes a word for a POSIX shell when it needs it.
+pub fn shell_quote(word: &str) -> String {
+    let safe = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@,+%^".contains(&b));
+    if safe {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// True when `program` is found on PATH.
+pub fn have(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_quotes_and_redacts() {
+        let cmd = Cmd::new("virt-customize", "customizing")
+            .args([
+                "-a",
+                "disk one.qcow2",
+                "--password",
+                "root:password:hunter2",
+            ])
+            .secret("hunter2");
+        assert_eq!(
+            cmd.display(),
+            "virt-customize -a 'disk one.qcow2' --password root:password:***"
+        );
+    }
+
+    #[test]
+    fn failure_carries_stderr_tail_and_description() {
+        let err = Cmd::new("sh", "failing on purpose")
+            .args(["-c", "echo 'secret-xyz broke' >&2; exit 3"])
+            .secret("secret-xyz")
+            .run()
+            .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("failing on purpose"), "{msg}");
+        assert!(msg.contains("*** broke"), "{msg}");
+        assert!(!msg.contains("secret-xyz"), "{msg}");
+    }
+
+    #[test]
+    fn timeout_kills_the_child() {
+        let started = Instant::now();
+        let err = Cmd::new("sleep", "sleeping")
+            .arg("30")
+            .timeout(Duration::from_millis(200))
+            .run()
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("timed out"));
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn run_json_parses_output() {
+        #[derive(serde::Deserialize)]
+        struct V {
+            a: u32,
+        }
+        let v: V = Cmd::new("echo", "printing json")
+            .arg(r#"{"a": 7}"#)
+            .run_json()
+            .unwrap();
+        assert_eq!(v.a, 7);
+    }
+
+    #[test]
+    fn missing_program_is_named() {
+        let err = Cmd::new("no-such-tool-diskforge", "probing")
+            .run()
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("no-such-tool-diskforge"));
+    }
+}

@@ -1,0 +1,9 @@
+//! diskforge: build KubeVirt containerDisk VM images from declarative recipes.
+//!
+//! The artifact flow is recipe → plan → base → disk stages → finalize → pack → publish;
+//! each arrow is a module below. `main.rs` only parses arguments and calls [`app::run`].
+
+pub mod app;
+pub mod cli;
+pub mod exec;
+pub mod recipe;
