@@ -819,7 +819,7 @@ string_newtype!(
     "RelPath",
     "A path relative to the recipe's directory, without `..`",
     None,
-    |v| v.0.to_string_lossy().into_owned()
+    |v| v.0.to_string_lossy()
 );
 
 #[cfg(test)]
