@@ -4,6 +4,8 @@
 //! each arrow is a module below. `main.rs` only parses arguments and calls [`app::run`].
 
 pub mod app;
+pub mod base;
 pub mod cli;
 pub mod exec;
+pub mod qemu_img;
 pub mod recipe;

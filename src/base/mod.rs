@@ -1,0 +1,3 @@
+//! Base images: the catalog, downloads, checksum files and verification.
+
+pub mod catalog;
