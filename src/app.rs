@@ -34,6 +34,7 @@ pub fn exit_code_for(_err: &anyhow::Error) -> ExitCode {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    crate::progress::configure(cli.global.json_events, cli.global.quiet);
     match cli.command {
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -7,5 +7,6 @@ pub mod app;
 pub mod base;
 pub mod cli;
 pub mod exec;
+pub mod progress;
 pub mod qemu_img;
 pub mod recipe;

@@ -1,0 +1,237 @@
+//! Progress on stderr that adapts to where it goes: bars on a terminal, plain lines in
+//! logs, and JSON-lines events (`--json-events`) for CI.
+//!
+//! Configure once with [`configure`]; then [`stage`] times a named stage and [`bytes`]
+//! tracks a byte stream (download, pack, push).
+
+use std::io::{IsTerminal, Write};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Mode {
+    json: bool,
+    quiet: bool,
+    tty: bool,
+}
+
+static MODE: OnceLock<Mode> = OnceLock::new();
+
+/// Sets the output mode for the whole process (first call wins).
+pub fn configure(json: bool, quiet: bool) {
+    let _ = MODE.set(Mode {
+        json,
+        quiet,
+        tty: std::io::stderr().is_terminal(),
+    });
+}
+
+fn mode() -> Mode {
+    *MODE.get().unwrap_or(&Mode {
+        json: false,
+        quiet: false,
+        tty: false,
+    })
+}
+
+/// Writes one JSON-lines event to stderr when events are on.
+pub fn event(kind: &str, fields: Value) {
+    if !mode().json {
+        return;
+    }
+    let mut obj = json!({ "event": kind, "time": chrono::Utc::now().to_rfc3339() });
+    if let (Some(o), Value::Object(f)) = (obj.as_object_mut(), fields) {
+        o.extend(f);
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{obj}");
+}
+
+/// A human line on stderr (suppressed by `-q` and in JSON mode).
+pub fn say(msg: impl AsRef<str>) {
+    let m = mode();
+    if m.quiet || m.json {
+        return;
+    }
+    eprintln!("{}", msg.as_ref());
+}
+
+/// A timed stage. Call [`Stage::done`] on success; dropping it unfinished reports failure.
+#[must_use = "a stage reports its time when done() is called"]
+pub struct Stage {
+    name: String,
+    started: Instant,
+    finished: bool,
+}
+
+/// Starts a stage: prints what it does and, when done, how long it took.
+pub fn stage(name: &str, description: impl AsRef<str>) -> Stage {
+    say(format!("==> {name}: {}", description.as_ref()));
+    event(
+        "stage-start",
+        json!({ "stage": name, "description": description.as_ref() }),
+    );
+    Stage {
+        name: name.to_string(),
+        started: Instant::now(),
+        finished: false,
+    }
+}
+
+impl Stage {
+    /// Marks the stage successful and returns its duration.
+    pub fn done(mut self) -> Duration {
+        self.finished = true;
+        let elapsed = self.started.elapsed();
+        say(format!(
+            "    {} done in {}",
+            self.name,
+            format_duration(elapsed)
+        ));
+        event(
+            "stage-done",
+            json!({ "stage": self.name, "seconds": elapsed.as_secs_f64() }),
+        );
+        elapsed
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        if !self.finished {
+            event(
+                "stage-failed",
+                json!({ "stage": self.name, "seconds": self.started.elapsed().as_secs_f64() }),
+            );
+        }
+    }
+}
+
+/// Progress of a byte stream.
+pub struct Bytes {
+    label: String,
+    total: Option<u64>,
+    done: u64,
+    bar: Option<ProgressBar>,
+    started: Instant,
+    last_line: Instant,
+}
+
+/// Starts tracking `total` bytes (unknown when `None`).
+pub fn bytes(label: &str, total: Option<u64>) -> Bytes {
+    let m = mode();
+    let bar = (m.tty && !m.quiet && !m.json).then(|| {
+        let bar = match total {
+            Some(t) => ProgressBar::new(t),
+            None => ProgressBar::new_spinner(),
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "    {msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_message(label.to_string());
+        bar
+    });
+    Bytes {
+        label: label.to_string(),
+        total,
+        done: 0,
+        bar,
+        started: Instant::now(),
+        last_line: Instant::now(),
+    }
+}
+
+impl Bytes {
+    pub fn inc(&mut self, n: u64) {
+        self.done += n;
+        if let Some(bar) = &self.bar {
+            bar.inc(n);
+            return;
+        }
+        if self.last_line.elapsed() >= Duration::from_secs(10) {
+            self.last_line = Instant::now();
+            let rate = self.done as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+            let pct = self
+                .total
+                .map(|t| format!(" ({:.0}%)", self.done as f64 * 100.0 / t.max(1) as f64))
+                .unwrap_or_default();
+            say(format!(
+                "    {}: {}{pct} at {}/s",
+                self.label,
+                human_bytes(self.done),
+                human_bytes(rate as u64)
+            ));
+            event(
+                "progress",
+                json!({ "what": self.label, "bytes": self.done, "total": self.total }),
+            );
+        }
+    }
+
+    /// Sets the position (e.g. when a download resumes part-way).
+    pub fn set_position(&mut self, pos: u64) {
+        self.done = pos;
+        if let Some(bar) = &self.bar {
+            bar.set_position(pos);
+        }
+    }
+
+    pub fn finish(self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        event(
+            "progress-done",
+            json!({ "what": self.label, "bytes": self.done,
+                    "seconds": self.started.elapsed().as_secs_f64() }),
+        );
+    }
+}
+
+/// `1.5 GiB`, `300 MiB`, `12 KiB`, `10 B`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// `850ms`, `12.3s`, `2m05s`.
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 1.0 {
+        format!("{}ms", d.as_millis())
+    } else if s < 60.0 {
+        format!("{s:.1}s")
+    } else {
+        format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(human_bytes(10), "10 B");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_duration(Duration::from_secs(125)), "2m05s");
+    }
+}
