@@ -52,3 +52,4 @@ pub fn guestfs_env(cmd: &mut Command) -> &mut Command {
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+pub mod http;
