@@ -74,7 +74,11 @@ impl TestServer {
 
     /// `http://127.0.0.1:PORT/path` (path without the leading slash).
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}/{}", self.port, path.trim_start_matches('/'))
+        format!(
+            "http://127.0.0.1:{}/{}",
+            self.port,
+            path.trim_start_matches('/')
+        )
     }
 
     /// Serves `data` under `/path`.
@@ -165,8 +169,7 @@ fn handle(conn: TcpStream, state: &State) -> std::io::Result<()> {
             }
             Some(r) => {
                 let total = r.data.len();
-                let honour = !r.no_ranges
-                    && if_range.as_deref().is_none_or(|v| v == r.etag);
+                let honour = !r.no_ranges && if_range.as_deref().is_none_or(|v| v == r.etag);
                 let start = range
                     .as_deref()
                     .filter(|_| honour)
