@@ -56,10 +56,6 @@ fn cache_command(global: &GlobalOpts, cmd: CacheCommand) -> Result<ExitCode> {
     match cmd {
         CacheCommand::List => {
             let entries = cache.list()?;
-            if global.json_events {
-                println!("{}", serde_json::to_string_pretty(&entries)?);
-                return Ok(ExitCode::SUCCESS);
-            }
             println!("{:<73} {:>10}  {:<20}  ORIGIN", "KEY", "SIZE", "LAST USED");
             for e in &entries {
                 println!(

@@ -13,7 +13,8 @@ use std::time::Duration;
 use common::http::TestServer;
 use diskforge::base::download::{HttpStatusError, RetryPolicy};
 use diskforge::base::{
-    acquire, fetch_file, AcquireOptions, BaseSource, ChecksumMismatch, ResolvedBase,
+    acquire, acquire_blocking, fetch_file, AcquireOptions, BaseSource, ChecksumMismatch,
+    ResolvedBase,
 };
 use diskforge::cache::{Cache, RefKey};
 use diskforge::recipe::{Arch, BaseSpec, Checksum, ChecksumFile, ChecksumSpec, DiskFormat};
@@ -701,8 +702,8 @@ async fn fetch_file_extracts_members_of_zip_and_tar_gz() {
     assert_eq!(fs::read(got).unwrap(), wheel);
 }
 
-#[tokio::test]
-async fn cache_list_and_prune_commands() {
+#[test]
+fn cache_list_and_prune_commands() {
     let Some(f) = fixture() else { return };
     let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
     f.server.serve("disk.qcow2", data.clone());
@@ -710,7 +711,7 @@ async fn cache_list_and_prune_commands() {
         f.server.url("disk.qcow2"),
         literal(&format!("sha256:{}", sha256(&data))),
     );
-    acquire(&spec, &f.cache, &fast_opts()).await.unwrap();
+    acquire_blocking(&spec, &f.cache, &fast_opts()).unwrap();
     let out = common::diskforge()
         .arg("--cache-dir")
         .arg(f.cache.root())
@@ -735,6 +736,20 @@ async fn cache_list_and_prune_commands() {
     };
     assert!(prune(&["--days", "1"]).contains("removed 0 cached file"));
     assert_eq!(f.cache.list().unwrap().len(), 1);
+    // An entry last used long ago goes with --days.
+    let meta_path = f
+        .cache
+        .root()
+        .join("meta")
+        .join(format!("{}.json", sha256(&data)));
+    let meta = fs::read_to_string(&meta_path).unwrap();
+    let last_used = f.cache.list().unwrap()[0].last_used.clone();
+    fs::write(&meta_path, meta.replace(&last_used, "2020-01-01T00:00:00Z")).unwrap();
+    assert!(prune(&["--days", "30"]).contains("removed 1 cached file"));
+    assert!(f.cache.list().unwrap().is_empty());
+    // --all removes everything, recent or not.
+    acquire_blocking(&spec, &f.cache, &fast_opts()).unwrap();
+    assert_eq!(f.server.count("disk.qcow2"), 2);
     assert!(prune(&["--all"]).contains("removed 1 cached file"));
     assert!(f.cache.list().unwrap().is_empty());
     assert!(files_under(&f.cache.root().join("refs")).is_empty());

@@ -7,5 +7,8 @@ pub mod decompress;
 pub mod download;
 pub mod signature;
 
-pub use acquire::{acquire, fetch_file, AcquireOptions, BaseSource, CachedBase, ResolvedBase};
+pub use acquire::{
+    acquire, acquire_blocking, fetch_file, fetch_file_blocking, AcquireOptions, BaseSource,
+    CachedBase, ResolvedBase,
+};
 pub use checksum::ChecksumMismatch;
