@@ -519,6 +519,28 @@ impl Cache {
                 report.bytes += entry.size;
             }
         }
+        // Temporary files left by a killed process. A day is far longer than any
+        // download, so a running build's temp file is never taken from under it.
+        let day_ago = SystemTime::now()
+            .checked_sub(Duration::from_secs(86_400))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        for dir in [
+            self.blob_dir(),
+            self.root.join("meta"),
+            self.root.join("refs"),
+        ] {
+            for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+                let entry = entry?;
+                let stale = entry.file_name().to_string_lossy().starts_with(".tmp-")
+                    && entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|m| m < day_ago);
+                if stale {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
         // References to removed blobs are dangling now: drop them.
         let refs = self.root.join("refs");
         for entry in fs::read_dir(&refs).with_context(|| format!("listing {}", refs.display()))? {

@@ -158,6 +158,16 @@ async fn downloads_verifies_caches_and_never_modifies() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o444);
     let mtime = meta.modified().unwrap();
 
+    // Use it the way the disk stages do: as the backing file of a written overlay.
+    let overlay = f.dir.join("overlay.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&got.path)
+        .arg(&overlay));
+    run(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x77 0 1M"])
+        .arg(&overlay));
+
     // Second use: served from the cache, the file untouched.
     let again = acquire(&spec, &f.cache, &fast_opts()).await.unwrap();
     assert_eq!(again, got);
@@ -262,6 +272,27 @@ async fn retries_503_then_succeeds() {
 }
 
 #[tokio::test]
+async fn persistent_503_gives_up_naming_url_and_status() {
+    let Some(f) = fixture() else { return };
+    f.server.serve("disk.qcow2", b"never served".to_vec());
+    f.server.fail_503("disk.qcow2", 100);
+    let url = f.server.url("disk.qcow2");
+    let spec = url_base(url.clone(), literal(&format!("sha256:{}", "0".repeat(64))));
+    let err = acquire(&spec, &f.cache, &fast_opts()).await.unwrap_err();
+    let status = err
+        .downcast_ref::<HttpStatusError>()
+        .unwrap_or_else(|| panic!("not an HTTP status error: {err:#}"));
+    assert_eq!(status.status, 503);
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains(&url) && msg.contains("4 failed attempts"),
+        "{msg}"
+    );
+    assert_eq!(f.server.count("disk.qcow2"), 4);
+    assert_eq!(cache_files(&f.cache), Vec::<String>::new());
+}
+
+#[tokio::test]
 async fn not_found_fails_at_once_naming_url_and_status() {
     let Some(f) = fixture() else { return };
     let url = f.server.url("missing.qcow2");
@@ -273,6 +304,7 @@ async fn not_found_fails_at_once_naming_url_and_status() {
     assert_eq!(status.status, 404);
     assert!(format!("{err:#}").contains(&url), "{err:#}");
     assert_eq!(f.server.count("missing.qcow2"), 1, "404 is not retried");
+    assert_eq!(cache_files(&f.cache), Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -417,7 +449,10 @@ async fn decompresses_xz_gz_zst_while_streaming() {
     ] {
         let compressed = compress_with(&data, argv);
         sums.push_str(&format!("{}  disk.qcow2.{ext}\n", sha256(&compressed)));
+        let cut = compressed.len() / 3;
         f.server.serve(&format!("disk.qcow2.{ext}"), compressed);
+        // Resuming mid-stream must continue the same decompression.
+        f.server.cut_after_once(&format!("disk.qcow2.{ext}"), cut);
     }
     f.server.serve("SHA256SUMS", sums.into_bytes());
     for ext in ["xz", "gz", "zst"] {
@@ -432,6 +467,9 @@ async fn decompresses_xz_gz_zst_while_streaming() {
         assert_eq!(fs::read(&got.path).unwrap(), data, "{ext}");
         assert_eq!(got.virtual_size, 16 << 20);
         assert!(files_under(&cache.partial_dir()).is_empty());
+        let reqs = f.server.requests(&format!("disk.qcow2.{ext}"));
+        assert_eq!(reqs.len(), 2, "{ext}: {reqs:?}");
+        assert_eq!(reqs[1].status, 206, "{ext}");
     }
 }
 

@@ -331,7 +331,13 @@ async fn fetch_into_cache(
     );
     let mut ingest = Ingest::open(cache, &part_key, url, expected, compression)?;
     let label = format!("downloading {}", url_file_name(url));
-    http.download(url, &mut ingest, Some(&label)).await?;
+    if let Err(e) = http.download(url, &mut ingest, Some(&label)).await {
+        // Keep received bytes for the next run to resume from; an empty file helps nobody.
+        if ingest.len == 0 {
+            ingest.discard_part();
+        }
+        return Err(e);
+    }
     let done = ingest.finish()?;
     if let Some(format) = format {
         crate::qemu_img::check_standalone(done.temp.path(), format)
