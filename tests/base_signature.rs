@@ -33,7 +33,7 @@ impl Gpg {
         // Short path: gpg-agent's socket path has a length limit.
         let home = tempfile::Builder::new()
             .prefix("dfgpg")
-            .tempdir_in("/tmp")
+            .tempdir_in(std::env::temp_dir())
             .unwrap();
         let gpg = Gpg { home };
         for uid in [GOOD, OTHER] {
