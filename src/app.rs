@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::CommandFactory;
 
-use crate::cli::{Cli, Command, GlobalOpts};
+use crate::cli::{CacheCommand, Cli, Command, GlobalOpts};
 
 /// Sets up `tracing` on stderr according to -v/-q (RUST_LOG overrides).
 pub fn init_logging(global: &GlobalOpts) {
@@ -45,7 +45,41 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Cache(cmd) => cache_command(&cli.global, cmd),
         other => bail!("`{}` is not implemented yet", command_name(&other)),
+    }
+}
+
+/// `diskforge cache list|prune`.
+fn cache_command(global: &GlobalOpts, cmd: CacheCommand) -> Result<ExitCode> {
+    let cache = crate::cache::Cache::open(global.cache_dir.as_deref())?;
+    match cmd {
+        CacheCommand::List => {
+            let entries = cache.list()?;
+            println!("{:<73} {:>10}  {:<20}  ORIGIN", "KEY", "SIZE", "LAST USED");
+            for e in &entries {
+                println!(
+                    "{:<73} {:>10}  {:<20}  {}",
+                    e.key,
+                    crate::progress::human_bytes(e.size),
+                    e.last_used,
+                    e.origin
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CacheCommand::Prune { days, all } => {
+            let older_than = (!all).then(|| std::time::Duration::from_secs(days * 86_400));
+            let report = cache.prune(older_than)?;
+            println!(
+                "removed {} cached file(s), {}, and {} partial download(s) from {}",
+                report.blobs,
+                crate::progress::human_bytes(report.bytes),
+                report.partials,
+                cache.root().display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod base;
+pub mod cache;
 pub mod cli;
 pub mod exec;
 pub mod progress;

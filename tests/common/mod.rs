@@ -8,7 +8,9 @@ use std::process::Command;
 
 /// True when running under CI (`CI=true`): a missing tool then fails the test.
 pub fn in_ci() -> bool {
-    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
 }
 
 /// Returns false (after a loud message) when a tool is missing outside CI; panics in CI.
@@ -52,3 +54,4 @@ pub fn guestfs_env(cmd: &mut Command) -> &mut Command {
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+pub mod http;

@@ -1,0 +1,643 @@
+//! The download cache: a content-addressed store of base images and small artifacts.
+//!
+//! Layout under the cache root:
+//!
+//! ```text
+//! blobs/sha256/<hex>      final (decompressed) content, named by its sha256, mode 0444
+//! meta/<hex>.json         size, origin, creation and last-use time of a blob
+//! refs/<kind>-<hex>       other names of a blob: the upstream checksum (`src-sha256-…`,
+//!                         `src-sha512-…`, which may cover the compressed download), the URL
+//!                         (`url-<sha256 of the URL>`), an archive member (`member-…`)
+//! partial/<key>.part      an interrupted download, resumed with HTTP Range (kept across runs)
+//! locks/<key>.lock        one exclusive lock per key: concurrent builds download once
+//! ```
+//!
+//! A blob is written to a temporary file in its own directory and renamed to its digest
+//! only after verification; a [`TempFile`] guard deletes it on error or drop. Blobs are
+//! never modified after the rename. Lock files stay behind on purpose: deleting a lock
+//! file another process may hold or be about to open would defeat the lock.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// The cache root and its subdirectories.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+/// What is known about one blob (`meta/<hex>.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BlobMeta {
+    /// sha256 of the content, hex.
+    pub digest: String,
+    pub size: u64,
+    /// Where the content came from (a URL, or a URL plus archive member).
+    pub origin: String,
+    /// The upstream checksum that verified it (`sha512:…`), when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_digest: Option<String>,
+    /// RFC 3339.
+    pub created: String,
+    /// RFC 3339; updated on every use, drives `cache prune --days`.
+    pub last_used: String,
+}
+
+/// One line of `diskforge cache list`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ListEntry {
+    /// `sha256:<hex>`.
+    pub key: String,
+    pub size: u64,
+    pub last_used: String,
+    pub origin: String,
+    pub path: PathBuf,
+}
+
+/// What `prune` removed.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PruneReport {
+    pub blobs: usize,
+    pub bytes: u64,
+    pub partials: usize,
+}
+
+/// A second name for a blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefKey {
+    /// An upstream checksum (`algorithm`, `hex`); may cover the compressed download.
+    Source { algorithm: String, hex: String },
+    /// A URL whose content had no checksum, or for offline lookups.
+    Url(String),
+    /// A member extracted from an archive blob.
+    Member { archive: String, member: String },
+}
+
+impl RefKey {
+    /// The file name under `refs/` (and `locks/`): safe characters only.
+    pub fn file_name(&self) -> String {
+        match self {
+            RefKey::Source { algorithm, hex } => format!("src-{algorithm}-{hex}"),
+            RefKey::Url(url) => format!("url-{}", sha256_hex(url.as_bytes())),
+            RefKey::Member { archive, member } => format!(
+                "member-{}",
+                sha256_hex(format!("{archive}\n{member}").as_bytes())
+            ),
+        }
+    }
+}
+
+/// sha256 of a byte string, hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// sha256 and size of a file, read in 1 MiB chunks.
+pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
+    let mut file =
+        File::open(path).with_context(|| format!("opening {} to hash it", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("reading {} to hash it", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// A temporary file that is deleted unless [`TempFile::persist`] renames it into place.
+#[derive(Debug)]
+pub struct TempFile {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl TempFile {
+    /// Creates `dir/.tmp-<random>` exclusively.
+    pub fn new_in(dir: &Path) -> Result<TempFile> {
+        for _ in 0..16 {
+            let name = format!(".tmp-{}", random_suffix());
+            let path = dir.join(name);
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(file) => {
+                    return Ok(TempFile {
+                        path,
+                        file: Some(file),
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("creating a temporary file in {}", dir.display()))
+                }
+            }
+        }
+        bail!(
+            "cannot find a free temporary file name in {}",
+            dir.display()
+        )
+    }
+
+    /// Takes over an existing file by renaming it to a fresh temporary name in `dir`.
+    pub fn adopt(src: &Path, dir: &Path) -> Result<TempFile> {
+        let path = dir.join(format!(".tmp-{}", random_suffix()));
+        fs::rename(src, &path)
+            .with_context(|| format!("moving {} to {}", src.display(), path.display()))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()));
+        // The guard owns the file from here on, even when reopening failed.
+        let mut temp = TempFile { path, file: None };
+        temp.file = Some(file?);
+        Ok(temp)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&mut self) -> &mut File {
+        self.file
+            .as_mut()
+            .expect("temp file is open until persisted")
+    }
+
+    /// Flushes to disk and renames to `dest` (same filesystem), disarming the guard.
+    pub fn persist(mut self, dest: &Path) -> Result<()> {
+        if let Some(file) = self.file.take() {
+            file.sync_all()
+                .with_context(|| format!("syncing {}", self.path.display()))?;
+        }
+        fs::rename(&self.path, dest)
+            .with_context(|| format!("renaming {} to {}", self.path.display(), dest.display()))?;
+        self.path = PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Write for TempFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file().write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file().flush()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn random_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded per instance from the OS; mixing in pid and time keeps
+    // names unique across processes without another dependency.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    format!("{:016x}", h.finish())
+}
+
+/// An exclusive lock on one cache key; released on drop.
+#[derive(Debug)]
+pub struct CacheLock {
+    _file: File,
+}
+
+impl Cache {
+    /// Opens (creating when needed) the cache at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Result<Cache> {
+        let cache = Cache { root: root.into() };
+        for dir in [
+            cache.blob_dir(),
+            cache.root.join("meta"),
+            cache.root.join("refs"),
+            cache.partial_dir(),
+            cache.root.join("locks"),
+        ] {
+            fs::create_dir_all(&dir)
+                .with_context(|| format!("creating cache directory {}", dir.display()))?;
+        }
+        Ok(cache)
+    }
+
+    /// `--cache-dir` when given, else `$XDG_CACHE_HOME/diskforge`, else `~/.cache/diskforge`.
+    pub fn open(cli_override: Option<&Path>) -> Result<Cache> {
+        match cli_override {
+            Some(dir) => Cache::new(dir),
+            None => Cache::new(Cache::default_root()?),
+        }
+    }
+
+    pub fn default_root() -> Result<PathBuf> {
+        if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+            return Ok(PathBuf::from(xdg).join("diskforge"));
+        }
+        match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(home) => Ok(PathBuf::from(home).join(".cache").join("diskforge")),
+            None => bail!("neither XDG_CACHE_HOME nor HOME is set: pass --cache-dir"),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_dir(&self) -> PathBuf {
+        self.root.join("blobs").join("sha256")
+    }
+
+    pub fn partial_dir(&self) -> PathBuf {
+        self.root.join("partial")
+    }
+
+    pub fn blob_path(&self, hex: &str) -> PathBuf {
+        self.blob_dir().join(hex)
+    }
+
+    fn meta_path(&self, hex: &str) -> PathBuf {
+        self.root.join("meta").join(format!("{hex}.json"))
+    }
+
+    fn ref_path(&self, key: &RefKey) -> PathBuf {
+        self.root.join("refs").join(key.file_name())
+    }
+
+    /// A temporary file in the blob directory, so that committing it is a rename.
+    pub fn temp_blob(&self) -> Result<TempFile> {
+        TempFile::new_in(&self.blob_dir())
+    }
+
+    /// Waits for the exclusive lock on `key` (blocking; see [`Cache::lock`] for async).
+    pub fn lock_blocking(&self, key: &RefKey) -> Result<CacheLock> {
+        let path = self
+            .root
+            .join("locks")
+            .join(format!("{}.lock", key.file_name()));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening lock file {}", path.display()))?;
+        if file.try_lock().is_err() {
+            tracing::info!(
+                "waiting for another diskforge process using {}",
+                path.display()
+            );
+            file.lock()
+                .with_context(|| format!("locking {}", path.display()))?;
+        }
+        Ok(CacheLock { _file: file })
+    }
+
+    /// Waits for the exclusive lock on `key` without blocking the async runtime.
+    pub async fn lock(&self, key: &RefKey) -> Result<CacheLock> {
+        let cache = self.clone();
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || cache.lock_blocking(&key))
+            .await
+            .context("waiting for a cache lock")?
+    }
+
+    /// The blob digest a reference names, when the reference and the blob both exist.
+    pub fn lookup(&self, key: &RefKey) -> Result<Option<String>> {
+        let path = self.ref_path(key);
+        let hex = match fs::read_to_string(&path) {
+            Ok(s) => s.trim().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("reading cache reference {}", path.display()))
+            }
+        };
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            tracing::warn!("ignoring malformed cache reference {}", path.display());
+            return Ok(None);
+        }
+        Ok(self.blob_path(&hex).is_file().then_some(hex))
+    }
+
+    /// Re-hashes a blob (a full read: about 1-2 s per GiB on a 2-core machine) and
+    /// removes it, with its metadata, when its content no longer matches its name.
+    /// Returns whether the blob is intact.
+    pub fn verify_blob(&self, hex: &str) -> Result<bool> {
+        let path = self.blob_path(hex);
+        let (actual, size) = sha256_file(&path)?;
+        let expected_size = self.meta(hex)?.map(|m| m.size);
+        if actual == hex && expected_size.is_none_or(|s| s == size) {
+            return Ok(true);
+        }
+        tracing::warn!(
+            "cached {} is corrupt (sha256 is now {actual}); discarding it",
+            path.display()
+        );
+        self.remove_blob(hex)?;
+        Ok(false)
+    }
+
+    fn remove_blob(&self, hex: &str) -> Result<()> {
+        for path in [self.blob_path(hex), self.meta_path(hex)] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Renames a verified temporary file to `blobs/sha256/<hex>`, makes it read-only and
+    /// records its metadata. An existing blob with the same digest is kept as is.
+    pub fn commit(
+        &self,
+        temp: TempFile,
+        hex: &str,
+        origin: &str,
+        source_digest: Option<String>,
+    ) -> Result<PathBuf> {
+        let dest = self.blob_path(hex);
+        let size = fs::metadata(temp.path())
+            .with_context(|| format!("reading the size of {}", temp.path().display()))?
+            .len();
+        set_read_only(temp.path())?;
+        if dest.is_file() {
+            // Same content already stored (another URL, or a race lost): keep the old file
+            // untouched, the temp is dropped and deleted.
+            drop(temp);
+        } else {
+            temp.persist(&dest)?;
+        }
+        let now = now_rfc3339();
+        let created = self
+            .meta(hex)?
+            .map(|m| m.created)
+            .unwrap_or_else(|| now.clone());
+        self.write_meta(&BlobMeta {
+            digest: hex.to_string(),
+            size,
+            origin: origin.to_string(),
+            source_digest,
+            created,
+            last_used: now,
+        })?;
+        Ok(dest)
+    }
+
+    /// Points `key` at blob `hex` (atomically replacing an older reference).
+    pub fn set_ref(&self, key: &RefKey, hex: &str) -> Result<()> {
+        let dir = self.root.join("refs");
+        let mut temp = TempFile::new_in(&dir)?;
+        temp.write_all(hex.as_bytes())
+            .context("writing a cache reference")?;
+        temp.persist(&self.ref_path(key))
+    }
+
+    pub fn meta(&self, hex: &str) -> Result<Option<BlobMeta>> {
+        let path = self.meta_path(hex);
+        match fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(meta) => Ok(Some(meta)),
+                Err(e) => {
+                    tracing::warn!("ignoring unreadable cache metadata {}: {e}", path.display());
+                    Ok(None)
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    fn write_meta(&self, meta: &BlobMeta) -> Result<()> {
+        let mut temp = TempFile::new_in(&self.root.join("meta"))?;
+        serde_json::to_writer_pretty(&mut temp, meta).context("writing cache metadata")?;
+        temp.persist(&self.meta_path(&meta.digest))
+    }
+
+    /// Records a use of blob `hex` (for `prune --days`). The blob itself is not touched.
+    pub fn touch(&self, hex: &str) -> Result<()> {
+        let path = self.blob_path(hex);
+        let mut meta = match self.meta(hex)? {
+            Some(m) => m,
+            None => {
+                let size = fs::metadata(&path)
+                    .with_context(|| format!("reading {}", path.display()))?
+                    .len();
+                BlobMeta {
+                    digest: hex.to_string(),
+                    size,
+                    origin: "unknown".to_string(),
+                    source_digest: None,
+                    created: now_rfc3339(),
+                    last_used: String::new(),
+                }
+            }
+        };
+        meta.last_used = now_rfc3339();
+        self.write_meta(&meta)
+    }
+
+    /// Every blob with its size and last use, most recently used first.
+    pub fn list(&self) -> Result<Vec<ListEntry>> {
+        let dir = self.blob_dir();
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') {
+                continue;
+            }
+            let size = entry.metadata().map(|m| m.len()).unwrap_or_default();
+            let meta = self.meta(&name)?;
+            out.push(ListEntry {
+                key: format!("sha256:{name}"),
+                size,
+                last_used: meta
+                    .as_ref()
+                    .map(|m| m.last_used.clone())
+                    .unwrap_or_default(),
+                origin: meta.map(|m| m.origin).unwrap_or_default(),
+                path: entry.path(),
+            });
+        }
+        out.sort_by(|a, b| b.last_used.cmp(&a.last_used).then(a.key.cmp(&b.key)));
+        Ok(out)
+    }
+
+    /// Removes blobs not used for `older_than` (all when `None`), the references that
+    /// named them, and partial downloads (older than `older_than`, or all).
+    pub fn prune(&self, older_than: Option<Duration>) -> Result<PruneReport> {
+        let cutoff = older_than.map(|d| {
+            chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::TimeDelta::MAX)
+        });
+        let mut report = PruneReport::default();
+        for entry in self.list()? {
+            let hex = entry.key.trim_start_matches("sha256:").to_string();
+            let stale = match cutoff {
+                None => true,
+                Some(cutoff) => chrono::DateTime::parse_from_rfc3339(&entry.last_used)
+                    .map(|t| t < cutoff)
+                    .unwrap_or(true),
+            };
+            if stale {
+                self.remove_blob(&hex)?;
+                report.blobs += 1;
+                report.bytes += entry.size;
+            }
+        }
+        // Temporary files left by a killed process. A day is far longer than any
+        // download, so a running build's temp file is never taken from under it.
+        let day_ago = SystemTime::now()
+            .checked_sub(Duration::from_secs(86_400))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        for dir in [
+            self.blob_dir(),
+            self.root.join("meta"),
+            self.root.join("refs"),
+        ] {
+            for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+                let entry = entry?;
+                let stale = entry.file_name().to_string_lossy().starts_with(".tmp-")
+                    && entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|m| m < day_ago);
+                if stale {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+        // References to removed blobs are dangling now: drop them.
+        let refs = self.root.join("refs");
+        for entry in fs::read_dir(&refs).with_context(|| format!("listing {}", refs.display()))? {
+            let path = entry?.path();
+            let target = fs::read_to_string(&path).unwrap_or_default();
+            if !self.blob_path(target.trim()).is_file() {
+                let _ = fs::remove_file(&path);
+            }
+        }
+        let partial = self.partial_dir();
+        let limit = older_than.map(|d| {
+            SystemTime::now()
+                .checked_sub(d)
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        });
+        for entry in
+            fs::read_dir(&partial).with_context(|| format!("listing {}", partial.display()))?
+        {
+            let entry = entry?;
+            let old = match limit {
+                None => true,
+                Some(limit) => entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map(|m| m < limit)
+                    .unwrap_or(true),
+            };
+            if old {
+                let _ = fs::remove_file(entry.path());
+                if entry.file_name().to_string_lossy().ends_with(".part") {
+                    report.partials += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Cached files are read-only: nothing in diskforge may write to them.
+fn set_read_only(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o444))
+        .with_context(|| format!("making {} read-only", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_lookup_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path()).unwrap();
+        let mut temp = cache.temp_blob().unwrap();
+        temp.write_all(b"hello").unwrap();
+        let hex = sha256_hex(b"hello");
+        let path = cache.commit(temp, &hex, "test", None).unwrap();
+        let key = RefKey::Url("http://x/y".into());
+        cache.set_ref(&key, &hex).unwrap();
+        assert_eq!(cache.lookup(&key).unwrap().as_deref(), Some(hex.as_str()));
+        assert!(cache.verify_blob(&hex).unwrap());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o444
+        );
+        assert_eq!(cache.list().unwrap().len(), 1);
+        // Recently used: survives a 1-day prune, not --all.
+        assert_eq!(
+            cache.prune(Some(Duration::from_secs(86400))).unwrap().blobs,
+            0
+        );
+        assert_eq!(cache.prune(None).unwrap().blobs, 1);
+        assert_eq!(cache.lookup(&key).unwrap(), None);
+        assert!(fs::read_dir(cache.blob_dir()).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn temp_file_is_removed_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = {
+            let mut t = TempFile::new_in(dir.path()).unwrap();
+            t.write_all(b"x").unwrap();
+            t.path().to_path_buf()
+        };
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn corrupt_blob_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path()).unwrap();
+        let hex = sha256_hex(b"data");
+        let mut temp = cache.temp_blob().unwrap();
+        temp.write_all(b"daTa").unwrap();
+        cache.commit(temp, &hex, "test", None).unwrap();
+        assert!(!cache.verify_blob(&hex).unwrap());
+        assert!(!cache.blob_path(&hex).exists());
+    }
+}
