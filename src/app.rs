@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::CommandFactory;
 
 use crate::cli::{CacheCommand, Cli, Command, GlobalOpts};
@@ -46,7 +46,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cache(cmd) => cache_command(&cli.global, cmd),
-        other => bail!("`{}` is not implemented yet", command_name(&other)),
+        Command::Validate(a) => crate::recipe::commands::cmd_validate(&cli.global, a),
+        Command::Schema => crate::recipe::commands::cmd_schema(&cli.global),
+        Command::Base(c) => crate::recipe::commands::cmd_base(&cli.global, c),
+        Command::Plan(a) => crate::plan::cmd_plan(&cli.global, a),
+        Command::Build(a) => crate::build::cmd_build(&cli.global, a),
+        Command::Pack(a) => crate::oci::cmd_pack(&cli.global, a),
+        Command::Inspect(a) => crate::oci::cmd_inspect(&cli.global, a),
+        Command::Index(a) => crate::oci::cmd_index(&cli.global, a),
+        Command::Push(a) => crate::registry::cmd_push(&cli.global, a),
+        Command::Run(a) => crate::run::cmd_run(&cli.global, a),
+        Command::Verify(a) => crate::verify::cmd_verify(&cli.global, a),
     }
 }
 
@@ -80,23 +90,5 @@ fn cache_command(global: &GlobalOpts, cmd: CacheCommand) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-    }
-}
-
-fn command_name(cmd: &Command) -> &'static str {
-    match cmd {
-        Command::Validate(_) => "validate",
-        Command::Plan(_) => "plan",
-        Command::Build(_) => "build",
-        Command::Pack(_) => "pack",
-        Command::Push(_) => "push",
-        Command::Inspect(_) => "inspect",
-        Command::Index(_) => "index",
-        Command::Run(_) => "run",
-        Command::Verify(_) => "verify",
-        Command::Schema => "schema",
-        Command::Base(_) => "base",
-        Command::Cache(_) => "cache",
-        Command::Completions { .. } => "completions",
     }
 }

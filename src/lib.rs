@@ -5,9 +5,17 @@
 
 pub mod app;
 pub mod base;
+pub mod build;
 pub mod cache;
 pub mod cli;
 pub mod exec;
+pub mod guest;
+pub mod oci;
+pub mod plan;
 pub mod progress;
+pub mod publish;
 pub mod qemu_img;
 pub mod recipe;
+pub mod registry;
+pub mod run;
+pub mod verify;

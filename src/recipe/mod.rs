@@ -1,5 +1,10 @@
 //! Recipes: schema types, loading (`extends:`, variables) and pure validation.
 
+pub mod commands;
+pub mod load;
+pub mod secret;
 pub mod types;
 
+pub use load::{load, LoadOptions, LoadedRecipe};
+pub use secret::SecretValue;
 pub use types::*;

@@ -1,0 +1,1 @@
+//! The guest stage: overlay, resize, grow, customize, ttyd, hygiene, finalize.

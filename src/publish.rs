@@ -1,0 +1,1 @@
+//! Packing a finished disk and sending it to every output of a build.
