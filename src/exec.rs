@@ -201,6 +201,53 @@ impl Cmd {
         })
     }
 
+    /// Starts the command and checks that it is still running after `grace`; it is then
+    /// killed. Used to probe whether a long-running program (QEMU with KVM) can start at
+    /// all: an early exit is an error carrying its output tail.
+    pub fn stays_up(&self, grace: Duration) -> Result<()> {
+        tracing::debug!(command = %self.display(), "{}", self.description);
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.envs {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().with_context(|| {
+            format!(
+                "{}: cannot start {} (is it installed?)",
+                self.description,
+                self.program.to_string_lossy()
+            )
+        })?;
+        let mut err_pipe = child.stderr.take().expect("stderr is piped");
+        let err_thread = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = err_pipe.read_to_end(&mut buf);
+            buf
+        });
+        match child.wait_timeout(grace).context("waiting for a child")? {
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = err_thread.join();
+                Ok(())
+            }
+            Some(status) => {
+                let stderr = err_thread.join().unwrap_or_default();
+                bail!(
+                    "{}: `{}` exited early ({}){}",
+                    self.description,
+                    self.display(),
+                    status,
+                    self.tail(&stderr)
+                )
+            }
+        }
+    }
+
     /// Runs and parses stdout as JSON into `T`.
     pub fn run_json<T: DeserializeOwned>(&self) -> Result<T> {
         let out = self.run()?;

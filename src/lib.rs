@@ -3,6 +3,7 @@
 //! The artifact flow is recipe → plan → base → disk stages → finalize → pack → publish;
 //! each arrow is a module below. `main.rs` only parses arguments and calls [`app::run`].
 
+pub mod accel;
 pub mod app;
 pub mod base;
 pub mod build;

@@ -55,3 +55,21 @@ pub fn pull_to_layout(
 pub fn cmd_push(_global: &GlobalOpts, _args: PushArgs) -> Result<ExitCode> {
     bail!("`push` is not implemented yet")
 }
+
+/// `diskforge inspect docker://…`: manifest, config, layers, and the disk's format and
+/// virtual size read from the start of the layer.
+pub fn cmd_inspect_remote(
+    _global: &GlobalOpts,
+    _args: crate::cli::InspectArgs,
+) -> Result<ExitCode> {
+    bail!("inspecting a registry image is not implemented yet")
+}
+
+/// Pushes an image index combining per-architecture images of one repository.
+pub fn push_index(
+    _destination: &str,
+    _images: &[String],
+    _opts: &RegistryOptions,
+) -> Result<String> {
+    bail!("pushing an image index is not implemented yet")
+}
