@@ -73,3 +73,30 @@ pub fn push_index(
 ) -> Result<String> {
     bail!("pushing an image index is not implemented yet")
 }
+
+/// A KubeVirt VirtualMachine manifest that boots `pinned` (`HOST/REPO@sha256:…`) as a
+/// containerDisk.
+pub fn vm_manifest(
+    pinned: &str,
+    name: &str,
+    instancetype: Option<&str>,
+    preference: Option<&str>,
+) -> String {
+    let mut s = format!(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata:\n  name: {name}\nspec:\n  runStrategy: Always\n"
+    );
+    if let Some(i) = instancetype {
+        s.push_str(&format!("  instancetype:\n    name: {i}\n"));
+    }
+    if let Some(p) = preference {
+        s.push_str(&format!("  preference:\n    name: {p}\n"));
+    }
+    s.push_str("  template:\n    spec:\n      domain:\n        devices:\n          disks:\n            - name: rootdisk\n              disk:\n                bus: virtio\n");
+    if instancetype.is_none() {
+        s.push_str("        resources:\n          requests:\n            memory: 2Gi\n");
+    }
+    s.push_str(&format!(
+        "      volumes:\n        - name: rootdisk\n          containerDisk:\n            image: {pinned}\n"
+    ));
+    s
+}

@@ -1,0 +1,112 @@
+//! Image references on the command line: `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`,
+//! `docker://HOST/REPO[:TAG|@DIGEST]`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+
+/// Where an image is written to or read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageRef {
+    /// An OCI layout directory and a tag (None: the only image / `latest` for writes).
+    Layout { dir: PathBuf, tag: Option<String> },
+    /// A tar of an OCI layout.
+    Archive { file: PathBuf, tag: Option<String> },
+    /// A registry reference without the `docker://` prefix.
+    Registry { reference: String },
+}
+
+impl ImageRef {
+    pub fn parse(s: &str) -> Result<ImageRef> {
+        if let Some(rest) = s.strip_prefix("docker://") {
+            if rest.is_empty() || !rest.contains('/') {
+                bail!("{s:?}: a registry destination is docker://HOST/REPOSITORY[:TAG]");
+            }
+            return Ok(ImageRef::Registry {
+                reference: rest.to_string(),
+            });
+        }
+        if let Some(rest) = s.strip_prefix("oci-archive:") {
+            let (file, tag) = split_tag(rest, s)?;
+            return Ok(ImageRef::Archive { file, tag });
+        }
+        if let Some(rest) = s.strip_prefix("oci:") {
+            let (dir, tag) = split_tag(rest, s)?;
+            return Ok(ImageRef::Layout { dir, tag });
+        }
+        bail!("{s:?}: expected oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker://HOST/REPO:TAG")
+    }
+
+    /// The tag, `latest` when none was given.
+    pub fn tag_or_latest(&self) -> String {
+        match self {
+            ImageRef::Layout { tag, .. } | ImageRef::Archive { tag, .. } => {
+                tag.clone().unwrap_or_else(|| "latest".into())
+            }
+            ImageRef::Registry { reference } => match reference.rsplit_once(':') {
+                Some((_, t)) if !t.contains('/') => t.to_string(),
+                _ => "latest".into(),
+            },
+        }
+    }
+}
+
+fn split_tag(rest: &str, whole: &str) -> Result<(PathBuf, Option<String>)> {
+    if rest.is_empty() {
+        bail!("{whole:?}: the path is missing");
+    }
+    // A tag never contains `/`; a colon followed by a path segment belongs to the path.
+    match rest.rsplit_once(':') {
+        Some((path, tag)) if !tag.contains('/') && !path.is_empty() => {
+            super::layout::validate_tag(tag)?;
+            Ok((PathBuf::from(path), Some(tag.to_string())))
+        }
+        _ => Ok((PathBuf::from(rest), None)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_kind() {
+        assert_eq!(
+            ImageRef::parse("oci:out/demo:v1").unwrap(),
+            ImageRef::Layout {
+                dir: "out/demo".into(),
+                tag: Some("v1".into())
+            }
+        );
+        assert_eq!(
+            ImageRef::parse("oci:out/demo").unwrap(),
+            ImageRef::Layout {
+                dir: "out/demo".into(),
+                tag: None
+            }
+        );
+        assert_eq!(
+            ImageRef::parse("oci-archive:x.tar:t").unwrap(),
+            ImageRef::Archive {
+                file: "x.tar".into(),
+                tag: Some("t".into())
+            }
+        );
+        assert_eq!(
+            ImageRef::parse("docker://127.0.0.1:5000/lab/x:1").unwrap(),
+            ImageRef::Registry {
+                reference: "127.0.0.1:5000/lab/x:1".into()
+            }
+        );
+        assert_eq!(
+            ImageRef::parse("docker://127.0.0.1:5000/lab/x")
+                .unwrap()
+                .tag_or_latest(),
+            "latest"
+        );
+        assert!(ImageRef::parse("out/demo").is_err());
+        assert!(ImageRef::parse("oci:").is_err());
+        assert!(ImageRef::parse("oci:dir:bad/tag:x!").is_err());
+        assert!(ImageRef::parse("docker://noslash").is_err());
+    }
+}

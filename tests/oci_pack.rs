@@ -1,0 +1,372 @@
+//! `diskforge pack` into OCI layouts and archives, checked with tools diskforge did not
+//! write: skopeo, umoci and GNU tar.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("starting a tool");
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}{}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A qcow2 holding `mib` MiB of random data (so compression has real work to do).
+fn random_qcow2(dir: &Path, mib: usize) -> PathBuf {
+    let raw = dir.join("random.raw");
+    let mut data = vec![0u8; mib << 20];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    // Half of it compressible, like a real filesystem.
+    for b in data[(mib << 19)..].iter_mut() {
+        *b &= 0x0f;
+    }
+    std::fs::write(&raw, &data).unwrap();
+    let q = dir.join("disk.qcow2");
+    sh(Command::new("qemu-img")
+        .args(["convert", "-q", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&q));
+    std::fs::remove_file(raw).unwrap();
+    q
+}
+
+fn pack(disk: &Path, extra: &[&str]) -> std::process::Output {
+    let mut c = common::diskforge();
+    c.arg("pack")
+        .arg(disk)
+        .args(extra)
+        .env("SOURCE_DATE_EPOCH", "1700000000");
+    c.output().unwrap()
+}
+
+fn index_digest(layout: &Path, tag: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    v["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("tag {tag} not in {v}"))["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn manifest(layout: &Path, digest: &str) -> serde_json::Value {
+    let p = layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+#[test]
+fn packed_layout_meets_the_containerdisk_contract() {
+    if !common::require(&["qemu-img", "skopeo", "umoci", "tar"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = random_qcow2(t.path(), 24);
+    let layout = t.path().join("layout");
+    let archive = t.path().join("image.tar");
+    let out = pack(
+        &disk,
+        &[
+            "--output",
+            &format!("oci:{}:v1", layout.display()),
+            "--output",
+            &format!("oci-archive:{}:v1", archive.display()),
+            "--label",
+            "org.opencontainers.image.title=test disk",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // skopeo reads the layout and the archive, and copies the image.
+    let inspect = sh(Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci:{}:v1", layout.display())));
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(v["Architecture"], "amd64");
+    assert_eq!(v["Os"], "linux");
+    assert_eq!(v["Labels"]["org.opencontainers.image.title"], "test disk");
+    assert_eq!(v["Created"], "2023-11-14T22:13:20Z");
+    sh(Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci-archive:{}", archive.display())));
+    let copy = t.path().join("copy");
+    sh(Command::new("skopeo")
+        .args(["copy", "--quiet"])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("oci:{}:v1", copy.display())));
+    assert_eq!(
+        index_digest(&copy, "v1"),
+        index_digest(&layout, "v1"),
+        "skopeo copy changed the manifest"
+    );
+
+    // umoci understands the layout.
+    let stat = sh(Command::new("umoci")
+        .args(["stat", "--image"])
+        .arg(format!("{}:v1", layout.display())));
+    assert!(stat.contains("diskforge"), "history missing: {stat}");
+
+    // The layer, as a runtime extracts it.
+    let m = manifest(&layout, &index_digest(&layout, "v1"));
+    let layers = m["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1);
+    assert_eq!(
+        layers[0]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    let blob = layout.join("blobs/sha256").join(
+        layers[0]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    );
+    let listing = sh(Command::new("tar")
+        .args(["--numeric-owner", "-tvzf"])
+        .arg(&blob));
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), 2, "{listing}");
+    assert!(
+        lines[0].starts_with("dr-xr-xr-x 107/107") && lines[0].ends_with(" disk/"),
+        "{listing}"
+    );
+    assert!(
+        lines[1].starts_with("-r--r----- 107/107") && lines[1].ends_with(" disk/disk.qcow2"),
+        "{listing}"
+    );
+    let x = t.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    sh(Command::new("tar")
+        .args(["--numeric-owner", "-xzf"])
+        .arg(&blob)
+        .arg("-C")
+        .arg(&x));
+    let files: Vec<_> = std::fs::read_dir(x.join("disk")).unwrap().collect();
+    assert_eq!(files.len(), 1);
+    assert_eq!(
+        std::fs::read(x.join("disk/disk.qcow2")).unwrap(),
+        std::fs::read(&disk).unwrap()
+    );
+    // The config's diff_id is the sha256 of the uncompressed tar.
+    let cfg = manifest(&layout, m["config"]["digest"].as_str().unwrap());
+    let tar_bytes = {
+        let mut d = flate2::read::MultiGzDecoder::new(std::fs::File::open(&blob).unwrap());
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut d, &mut v).unwrap();
+        v
+    };
+    assert_eq!(
+        cfg["rootfs"]["diff_ids"][0].as_str().unwrap(),
+        format!("sha256:{}", diskforge::cache::sha256_hex(&tar_bytes))
+    );
+
+    // inspect reads the disk header from the layer.
+    let out = common::diskforge()
+        .args(["inspect", "--json"])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["disk"]["format"], "qcow2");
+    assert_eq!(s["disk"]["virtual_size"], 24 << 20);
+}
+
+#[test]
+fn same_input_gives_identical_digests_for_every_compression() {
+    if !common::require(&["qemu-img"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = random_qcow2(t.path(), 12);
+    for comp in ["gzip", "zstd", "none"] {
+        let mut digests = Vec::new();
+        for run in 0..2 {
+            let layout = t.path().join(format!("{comp}-{run}"));
+            let out = pack(
+                &disk,
+                &[
+                    "--compression",
+                    comp,
+                    "--output",
+                    &format!("oci:{}:x", layout.display()),
+                ],
+            );
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let d = index_digest(&layout, "x");
+            let m = manifest(&layout, &d);
+            digests.push((
+                d,
+                m["layers"][0]["digest"].clone(),
+                m["config"]["digest"].clone(),
+            ));
+        }
+        assert_eq!(
+            digests[0], digests[1],
+            "{comp}: two packs of the same disk differ"
+        );
+    }
+    // A different SOURCE_DATE_EPOCH is a different image.
+    let layout = t.path().join("other-epoch");
+    let out = common::diskforge()
+        .arg("pack")
+        .arg(&disk)
+        .args([
+            "--compression",
+            "none",
+            "--output",
+            &format!("oci:{}:x", layout.display()),
+        ])
+        .env("SOURCE_DATE_EPOCH", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_ne!(
+        index_digest(&layout, "x"),
+        index_digest(&t.path().join("none-0"), "x")
+    );
+}
+
+#[test]
+fn disks_over_8_gib_get_a_valid_tar_header() {
+    if !common::require(&["qemu-img", "tar", "zstd"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let raw = t.path().join("big.raw");
+    let size: u64 = 9 << 30;
+    let f = std::fs::File::create(&raw).unwrap();
+    f.set_len(size).unwrap();
+    drop(f);
+    let layout = t.path().join("big");
+    let out = pack(
+        &raw,
+        &[
+            "--compression",
+            "zstd",
+            "--compression-level",
+            "1",
+            "--output",
+            &format!("oci:{}", layout.display()),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = index_digest(&layout, "latest");
+    let m = manifest(&layout, &d);
+    let blob = layout.join("blobs/sha256").join(
+        m["layers"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    );
+    let listing = sh(Command::new("sh").arg("-c").arg(format!(
+        "zstd -dc '{}' | tar --numeric-owner -tvf -",
+        blob.display()
+    )));
+    assert!(
+        listing.contains(&format!(" {size} ")) && listing.contains("disk/disk.img"),
+        "{listing}"
+    );
+    assert!(!listing.contains('S'), "sparse entry in {listing}");
+}
+
+#[test]
+fn refused_inputs_leave_the_layout_untouched() {
+    if !common::require(&["qemu-img"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = random_qcow2(t.path(), 2);
+    let layout = t.path().join("l");
+    assert!(
+        pack(&disk, &["--output", &format!("oci:{}:a", layout.display())])
+            .status
+            .success()
+    );
+    let before: Vec<_> = std::fs::read_dir(layout.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let index_before = std::fs::read(layout.join("index.json")).unwrap();
+
+    // An overlay with a backing file is not a containerDisk.
+    let overlay = t.path().join("overlay.qcow2");
+    sh(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&disk)
+        .arg(&overlay));
+    let out = pack(
+        &overlay,
+        &["--output", &format!("oci:{}:b", layout.display())],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("backing file"), "{err}");
+    // A missing disk.
+    let out = pack(
+        &t.path().join("missing.qcow2"),
+        &["--output", &format!("oci:{}:c", layout.display())],
+    );
+    assert!(!out.status.success());
+    // A bad destination and a bad compression level fail before anything is written.
+    let out = pack(&disk, &["--output", "nowhere"]);
+    assert!(!out.status.success());
+    let out = pack(
+        &disk,
+        &[
+            "--compression-level",
+            "42",
+            "--output",
+            &format!("oci:{}:d", layout.display()),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("level"));
+
+    let after: Vec<_> = std::fs::read_dir(layout.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        before.len(),
+        after.len(),
+        "blobs changed: {before:?} -> {after:?}"
+    );
+    assert_eq!(
+        index_before,
+        std::fs::read(layout.join("index.json")).unwrap()
+    );
+}
