@@ -29,7 +29,19 @@ pub fn init_logging(global: &GlobalOpts) {
 }
 
 /// Exit codes documented in `diskforge --help`.
-pub fn exit_code_for(_err: &anyhow::Error) -> ExitCode {
+pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
+    if err
+        .downcast_ref::<crate::verify::ContractViolation>()
+        .is_some()
+    {
+        return ExitCode::from(4);
+    }
+    if err
+        .downcast_ref::<crate::recipe::load::RecipeError>()
+        .is_some()
+    {
+        return ExitCode::from(2);
+    }
     ExitCode::from(1)
 }
 

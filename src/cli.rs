@@ -238,7 +238,8 @@ pub struct RunArgs {
     /// How long `--check` waits for the guest (seconds).
     #[arg(long, default_value = "600")]
     pub timeout: u64,
-    /// Guest port ttyd listens on.
+    /// Guest port ttyd listens on; 0 makes `--check` wait for a login prompt on the
+    /// serial console instead (a base without ttyd).
     #[arg(long, default_value = "7681")]
     pub ttyd_port: u16,
     /// With `--check`: also log in over ttyd as USER:PASSWORD and run a command.
@@ -249,6 +250,10 @@ pub struct RunArgs {
         env = "DISKFORGE_LOGIN"
     )]
     pub login: Option<String>,
+    /// With `--login`: the shell command to run after logging in [default: print the
+    /// user, the root filesystem size and the machine-id].
+    #[arg(long, value_name = "CMD")]
+    pub command: Option<String>,
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub tls_verify: bool,
 }

@@ -248,6 +248,31 @@ impl Cmd {
         }
     }
 
+    /// Starts a long-running command (a VM) and returns its handle; stdin is closed,
+    /// stdout and stderr go where the caller says. The caller owns the child's lifetime.
+    pub fn spawn(&self, stdout: Stdio, stderr: Stdio) -> Result<std::process::Child> {
+        tracing::debug!(command = %self.display(), "{}", self.description);
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        for (k, v) in &self.envs {
+            command.env(k, v);
+        }
+        if let Some(dir) = &self.current_dir {
+            command.current_dir(dir);
+        }
+        command.spawn().with_context(|| {
+            format!(
+                "{}: cannot start {} (is it installed?)",
+                self.description,
+                self.program.to_string_lossy()
+            )
+        })
+    }
+
     /// Runs and parses stdout as JSON into `T`.
     pub fn run_json<T: DeserializeOwned>(&self) -> Result<T> {
         let out = self.run()?;

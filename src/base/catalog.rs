@@ -64,3 +64,63 @@ pub struct BuildSpec {
     #[serde(default)]
     pub cloud_init: bool,
 }
+
+/// The catalog files built into the binary, so an installed diskforge finds its catalog
+/// anywhere.
+pub const EMBEDDED: &[(&str, &str)] = &[(
+    "debian-12-minimal",
+    include_str!("../../base-images/debian-12-minimal.yaml"),
+)];
+
+/// Parses a catalog file.
+pub fn parse_entry(text: &str, origin: &str) -> anyhow::Result<CatalogEntry> {
+    use anyhow::Context;
+    serde_yaml::from_str(text).with_context(|| format!("parsing catalog entry {origin}"))
+}
+
+/// Finds catalog entry `name`: in `--catalog DIR`, then `base-images/` in the recipe's
+/// directory and its parents, then the built-in copy. Returns the entry and the
+/// directory relative paths in it are resolved against.
+pub fn find_entry(
+    name: &str,
+    recipe_dir: &std::path::Path,
+    catalog_override: Option<&std::path::Path>,
+) -> anyhow::Result<(CatalogEntry, std::path::PathBuf)> {
+    use anyhow::Context;
+    if name.is_empty() || name.contains('/') || name.contains("..") {
+        anyhow::bail!("invalid catalog name {name:?}");
+    }
+    let mut dirs = Vec::new();
+    if let Some(d) = catalog_override {
+        dirs.push(d.to_path_buf());
+    }
+    let abs = std::fs::canonicalize(recipe_dir).unwrap_or_else(|_| recipe_dir.to_path_buf());
+    for a in abs.ancestors() {
+        dirs.push(a.join("base-images"));
+    }
+    for d in &dirs {
+        let p = d.join(format!("{name}.yaml"));
+        if p.is_file() {
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            let entry = parse_entry(&text, &p.display().to_string())?;
+            return Ok((entry, d.clone()));
+        }
+    }
+    if let Some((_, text)) = EMBEDDED.iter().find(|(n, _)| *n == name) {
+        return Ok((
+            parse_entry(text, &format!("built-in {name}"))?,
+            recipe_dir.to_path_buf(),
+        ));
+    }
+    let known: Vec<&str> = EMBEDDED.iter().map(|(n, _)| *n).collect();
+    anyhow::bail!(
+        "catalog entry {name:?} not found (looked in {} and the built-in catalog: {})",
+        dirs.iter()
+            .take(3)
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        known.join(", ")
+    )
+}

@@ -1,6 +1,7 @@
 //! Base images: the catalog, downloads, checksum files and verification.
 
 pub mod acquire;
+pub mod build;
 pub mod catalog;
 pub mod checksum;
 pub mod decompress;

@@ -560,7 +560,7 @@ pub struct TtydCredential {
 }
 
 /// Where the ttyd binary comes from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub enum TtydSource {
     /// The guest's package manager installs this package (default `ttyd`).
@@ -580,6 +580,35 @@ pub struct TtydUrl {
     /// When the download is an archive (`.whl`/`.zip`, `.tar.gz`), the binary's path in it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
+}
+
+// YAML writes a variant as a one-key map (`{url: {...}}`); going through serde's
+// buffered untagged path accepts that form, which the YAML deserializer alone does not.
+impl<'de> Deserialize<'de> for TtydSource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+        enum Tagged {
+            Package(String),
+            Url(TtydUrl),
+            Path(RelPath),
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Tagged(Tagged),
+        }
+        let Raw::Tagged(t) = Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "ttyd.source must be `{package: NAME}`, `{url: {url, sha256, member}}` or `{path: FILE}`",
+            )
+        })?;
+        Ok(match t {
+            Tagged::Package(p) => TtydSource::Package(p),
+            Tagged::Url(u) => TtydSource::Url(u),
+            Tagged::Path(p) => TtydSource::Path(p),
+        })
+    }
 }
 
 impl Default for TtydSource {

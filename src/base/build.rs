@@ -1,0 +1,324 @@
+//! Bases diskforge builds itself: a minimal, bootable Debian cloud-style image made from
+//! Debian packages with mmdebstrap, for sites that reach a Debian mirror but not the
+//! upstream cloud images. The result is cached under the hash of its definition.
+//!
+//! One appliance launch lays it out: MBR partition table with one bootable ext4
+//! partition (UUID derived from the definition), the root tree, fstab and extlinux
+//! config by UUID (the disk is `vda` under KubeVirt, `sda` elsewhere), syslinux's MBR
+//! code, systemd-networkd DHCP on every ethernet interface.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::accel::Effective;
+use crate::base::catalog::{BuildSpec, CatalogEntry};
+use crate::base::CachedBase;
+use crate::cache::{Cache, RefKey};
+use crate::exec::Cmd;
+use crate::guest::fish::{Drive, Fish};
+use crate::recipe::{Arch, DiskFormat};
+
+/// Bumped when the layout of built bases changes, so old cache entries are not reused.
+const BUILDER_VERSION: &str = "debian-base-v1";
+
+/// The Debian mirror to use: `DISKFORGE_DEBIAN_MIRROR`, the entry's, the host's, or
+/// deb.debian.org.
+pub fn mirror(spec: &BuildSpec) -> String {
+    if let Ok(m) = std::env::var("DISKFORGE_DEBIAN_MIRROR") {
+        if !m.trim().is_empty() {
+            return m.trim().to_string();
+        }
+    }
+    if let Some(m) = &spec.mirror {
+        return m.clone();
+    }
+    host_mirror().unwrap_or_else(|| "http://deb.debian.org/debian".to_string())
+}
+
+/// The first Debian (non-security) mirror in the host's apt sources.
+fn host_mirror() -> Option<String> {
+    let mut texts = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        for e in rd.flatten() {
+            if e.path()
+                .extension()
+                .is_some_and(|x| x == "sources" || x == "list")
+            {
+                texts.push(std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+    }
+    texts.push(std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default());
+    texts
+        .iter()
+        .flat_map(|t| t.lines())
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(|l| l.split_whitespace())
+        .find(|w| {
+            (w.starts_with("http://") || w.starts_with("https://"))
+                && w.trim_end_matches('/').ends_with("/debian")
+        })
+        .map(|w| w.trim_end_matches('/').to_string())
+}
+
+/// The cache key of a built base: its definition, the mirror and the builder version.
+pub fn definition_hash(entry: &CatalogEntry, spec: &BuildSpec, arch: Arch) -> Result<String> {
+    let v = serde_json::json!({
+        "builder": BUILDER_VERSION,
+        "entry": entry.name,
+        "build": spec,
+        "mirror": mirror(spec),
+        "arch": arch.as_str(),
+    });
+    Ok(crate::cache::sha256_hex(
+        &crate::oci::image::canonical_json(&v)?,
+    ))
+}
+
+/// Returns the cached build of `entry`, building it first when needed.
+pub fn build_base(
+    entry: &CatalogEntry,
+    arch: Arch,
+    cache: &Cache,
+    offline: bool,
+    accel: Effective,
+) -> Result<CachedBase> {
+    let spec = entry
+        .build
+        .as_ref()
+        .with_context(|| format!("catalog entry {} has no build section", entry.name))?;
+    if spec.tool != "mmdebstrap" {
+        bail!(
+            "catalog entry {}: unknown build tool {:?} (only mmdebstrap exists)",
+            entry.name,
+            spec.tool
+        );
+    }
+    if arch != Arch::Amd64 {
+        bail!(
+            "catalog entry {}: building bases is supported for amd64 only",
+            entry.name
+        );
+    }
+    let hash = definition_hash(entry, spec, arch)?;
+    let key = RefKey::Url(format!("diskforge-build:{hash}"));
+    let _lock = cache.lock_blocking(&key)?;
+    if let Some(hex) = cache.lookup(&key)? {
+        let path = cache.blob_path(&hex);
+        let info = crate::qemu_img::info(&path)?;
+        crate::progress::say(format!(
+            "base {} (built {}) from the cache",
+            entry.name,
+            &hash[..12]
+        ));
+        return Ok(CachedBase {
+            path,
+            digest: format!("sha256:{hex}"),
+            format: DiskFormat::Qcow2,
+            virtual_size: info.virtual_size,
+        });
+    }
+    if offline {
+        bail!(
+            "base {} is not in the cache and --offline forbids building it",
+            entry.name
+        );
+    }
+    let work = tempfile::Builder::new()
+        .prefix("diskforge-base-")
+        .tempdir_in(cache.root())
+        .context("creating a work dir for the base build")?;
+    let disk = build_into(entry, spec, &hash, work.path(), accel)?;
+    let (hex, _) = crate::cache::sha256_file(&disk)?;
+    let temp = crate::cache::TempFile::adopt(&disk, &cache.blob_dir())?;
+    let path = cache.commit(
+        temp,
+        &hex,
+        &format!("built: {} ({})", entry.name, &hash[..12]),
+        None,
+    )?;
+    cache.set_ref(&key, &hex)?;
+    let info = crate::qemu_img::info(&path)?;
+    Ok(CachedBase {
+        path,
+        digest: format!("sha256:{hex}"),
+        format: DiskFormat::Qcow2,
+        virtual_size: info.virtual_size,
+    })
+}
+
+/// The mmdebstrap command for a build spec.
+pub fn mmdebstrap_cmd(spec: &BuildSpec, out: &Path) -> Cmd {
+    let mut pkgs: Vec<String> = vec![
+        spec.kernel.clone(),
+        "systemd-sysv".into(),
+        "systemd-resolved".into(),
+        "udev".into(),
+        "dbus".into(),
+        "iproute2".into(),
+        "netbase".into(),
+        "ca-certificates".into(),
+        "login".into(),
+        "passwd".into(),
+        "apt".into(),
+    ];
+    if spec.cloud_init {
+        pkgs.push("cloud-init".into());
+    }
+    pkgs.extend(spec.packages.iter().cloned());
+    Cmd::new(
+        "mmdebstrap",
+        format!("building a {} root tree from Debian packages", spec.suite),
+    )
+    .args(["--variant=minbase", "--quiet"])
+    .arg(format!("--include={}", pkgs.join(",")))
+    .arg(&spec.suite)
+    .arg(out)
+    .arg(mirror(spec))
+    .env("SOURCE_DATE_EPOCH", source_date_epoch())
+    .timeout(std::time::Duration::from_secs(1800))
+}
+
+fn source_date_epoch() -> String {
+    std::env::var("SOURCE_DATE_EPOCH").unwrap_or_else(|_| "946684800".into())
+}
+
+/// A UUID derived from the definition hash, so the same definition gives the same
+/// filesystem UUID (and the same fstab and bootloader config).
+fn fs_uuid(hash: &str) -> String {
+    let h = &hash[..32];
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
+fn build_into(
+    entry: &CatalogEntry,
+    spec: &BuildSpec,
+    hash: &str,
+    work: &Path,
+    accel: Effective,
+) -> Result<PathBuf> {
+    let stage = crate::progress::stage(
+        "base-build",
+        format!(
+            "building base {} with mmdebstrap ({})",
+            entry.name,
+            mirror(spec)
+        ),
+    );
+    let tarball = work.join("rootfs.tar");
+    mmdebstrap_cmd(spec, &tarball).run()?;
+    stage.done();
+
+    let stage = crate::progress::stage(
+        "base-layout",
+        format!("laying out the bootable disk of {}", entry.name),
+    );
+    let size = match spec.size {
+        crate::recipe::Size::Absolute(b) => b,
+        crate::recipe::Size::Relative(_) => {
+            bail!("catalog entry {}: build.size must be absolute", entry.name)
+        }
+    };
+    let disk = work.join("base.qcow2");
+    Cmd::new("qemu-img", "creating the base disk")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg(size.to_string())
+        .run()?;
+    let uuid = fs_uuid(hash);
+    let mbr = [
+        "/usr/lib/syslinux/mbr/mbr.bin",
+        "/usr/lib/SYSLINUX/mbr.bin",
+        "/usr/share/syslinux/mbr.bin",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+    .context("syslinux's mbr.bin is missing: install syslinux-common (ci/setup-system.sh)")?;
+    let network = "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n";
+    let net_file = work.join("80-dhcp.network");
+    std::fs::write(&net_file, network).context("writing the network config")?;
+
+    let f = Fish::launch(
+        &[Drive {
+            path: &disk,
+            format: "qcow2",
+            readonly: false,
+        }],
+        false,
+        accel,
+    )?;
+    f.call(&["part-init", "/dev/sda", "mbr"])?;
+    f.call(&["part-add", "/dev/sda", "p", "2048", "-1"])?;
+    f.call(&["part-set-bootable", "/dev/sda", "1", "true"])?;
+    f.call(&["mkfs", "ext4", "/dev/sda1", "label:root"])?;
+    f.call(&["set-uuid", "/dev/sda1", &uuid])?;
+    f.call(&["mount", "/dev/sda1", "/"])?;
+    f.call(&["tar-in", &tarball.to_string_lossy(), "/"])?;
+    let kernels = f.call(&["glob-expand", "/boot/vmlinuz-*"])?;
+    let kernel = kernels
+        .lines()
+        .last()
+        .context("no kernel in /boot after mmdebstrap")?
+        .to_string();
+    let initrd = kernel.replace("/vmlinuz-", "/initrd.img-");
+    f.call(&[
+        "write",
+        "/etc/fstab",
+        &format!("UUID={uuid} / ext4 errors=remount-ro 0 1\n"),
+    ])?;
+    f.call(&["mkdir-p", "/boot/extlinux"])?;
+    f.call(&[
+        "write",
+        "/boot/extlinux/extlinux.conf",
+        &format!(
+            "DEFAULT debian\nPROMPT 0\nTIMEOUT 1\n\nLABEL debian\n  KERNEL {kernel}\n  INITRD {initrd}\n  APPEND root=UUID={uuid} ro console=tty0 console=ttyS0,115200n8\n"
+        ),
+    ])?;
+    f.call(&["extlinux", "/boot/extlinux"])?;
+    f.call(&["upload", &mbr.to_string_lossy(), "/boot/extlinux/mbr.bin"])?;
+    f.call(&[
+        "copy-file-to-device",
+        "/boot/extlinux/mbr.bin",
+        "/dev/sda",
+        "size:440",
+    ])?;
+    f.call(&["rm", "/boot/extlinux/mbr.bin"])?;
+    f.call(&["mkdir-p", "/etc/systemd/network"])?;
+    f.call(&[
+        "upload",
+        &net_file.to_string_lossy(),
+        "/etc/systemd/network/80-dhcp.network",
+    ])?;
+    f.call(&["write", "/etc/hostname", &format!("{}\n", entry.name)])?;
+    f.call(&["write", "/etc/machine-id", ""])?;
+    f.call(&[
+        "sh",
+        "systemctl enable systemd-networkd.service systemd-resolved.service",
+    ])?;
+    f.call(&["sh", "apt-get clean; rm -rf /var/lib/apt/lists/*"])?;
+    f.call(&["umount-all"])?;
+    f.close()?;
+    stage.done();
+    Ok(disk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_is_derived_from_the_definition() {
+        let u = fs_uuid(&"0123456789abcdef".repeat(4));
+        assert_eq!(u, "01234567-89ab-4def-8234-56789abcdef0");
+        assert_eq!(u.len(), 36);
+    }
+}

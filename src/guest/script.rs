@@ -1,0 +1,736 @@
+//! The guest-side customization: one POSIX shell script plus a staging tarball (files,
+//! SSH keys, commands, the ttyd binary, secrets in 0600 files), generated from the
+//! recipe in its order and run inside the guest in one go.
+//!
+//! Secrets never appear in the script or on a command line: the script reads them
+//! from the staging files, which are removed with the staging directory.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::exec::shell_quote as q;
+use crate::recipe::{Customize, Hygiene, Recipe, SecretValue, Ttyd, TtydSource};
+
+/// Where the staging tarball is unpacked in the guest.
+pub const STAGE: &str = "/var/tmp/diskforge-stage";
+
+/// Where the ttyd binary goes when it is not installed by the package manager.
+pub const TTYD_BIN: &str = "/usr/local/bin/ttyd";
+
+/// The systemd unit diskforge writes for ttyd.
+pub const TTYD_UNIT: &str = "diskforge-ttyd.service";
+
+/// One file in the staging tarball.
+#[derive(Clone)]
+pub enum StageData {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
+#[derive(Clone)]
+pub struct StageFile {
+    pub name: String,
+    pub data: StageData,
+    pub mode: u32,
+}
+
+/// Secrets resolved on the host, by role.
+#[derive(Default, Clone)]
+pub struct Secrets {
+    /// Per user name.
+    pub users: Vec<(String, SecretValue)>,
+    pub root: Option<SecretValue>,
+    /// `user:password` for ttyd's basic auth.
+    pub ttyd: Option<SecretValue>,
+}
+
+impl Secrets {
+    pub fn values(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .users
+            .iter()
+            .map(|(_, s)| s.expose().to_string())
+            .collect();
+        v.extend(self.root.iter().map(|s| s.expose().to_string()));
+        if let Some(t) = &self.ttyd {
+            v.push(t.expose().to_string());
+            if let Some((_, p)) = t.expose().split_once(':') {
+                v.push(p.to_string());
+            }
+        }
+        v
+    }
+}
+
+/// The script and everything it reads.
+pub struct Customization {
+    pub script: String,
+    pub files: Vec<StageFile>,
+    /// Packages installed in the batch (the appliance needs network when non-empty).
+    pub packages: Vec<String>,
+    /// Human-readable steps, for `plan`.
+    pub steps: Vec<String>,
+}
+
+impl Customization {
+    /// True when the guest stage has anything to run in the guest.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Writes the staging tarball (mode 0600: it may hold secrets).
+    pub fn write_tar(&self, path: &Path) -> Result<()> {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode_0600()
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        let mut b = tar::Builder::new(std::io::BufWriter::new(f));
+        let mut all = self.files.clone();
+        all.push(StageFile {
+            name: "customize.sh".into(),
+            data: StageData::Bytes(self.script.clone().into_bytes()),
+            mode: 0o700,
+        });
+        for sf in &all {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(sf.mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_entry_type(tar::EntryType::Regular);
+            match &sf.data {
+                StageData::Bytes(bytes) => {
+                    h.set_size(bytes.len() as u64);
+                    b.append_data(&mut h, &sf.name, bytes.as_slice())
+                }
+                StageData::File(p) => {
+                    let f = std::fs::File::open(p)
+                        .with_context(|| format!("opening {}", p.display()))?;
+                    h.set_size(f.metadata()?.len());
+                    b.append_data(&mut h, &sf.name, f)
+                }
+            }
+            .with_context(|| format!("adding {} to the staging tarball", sf.name))?;
+        }
+        b.into_inner()
+            .context("finishing the staging tarball")?
+            .flush()
+            .context("writing the staging tarball")?;
+        Ok(())
+    }
+}
+
+trait Mode0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+impl Mode0600 for std::fs::OpenOptions {
+    fn mode_0600(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o600)
+    }
+}
+
+struct Gen {
+    s: String,
+    files: Vec<StageFile>,
+    steps: Vec<String>,
+}
+
+impl Gen {
+    fn step(&mut self, what: &str) {
+        let _ = writeln!(self.s, "\nstep {}", q(what));
+        self.steps.push(what.to_string());
+    }
+    fn line(&mut self, l: impl AsRef<str>) {
+        self.s.push_str(l.as_ref());
+        self.s.push('\n');
+    }
+    fn stage(&mut self, name: String, data: StageData, mode: u32) -> String {
+        self.files.push(StageFile {
+            name: name.clone(),
+            data,
+            mode,
+        });
+        format!("$S/{name}")
+    }
+}
+
+const PRELUDE: &str = r#"#!/bin/sh
+# Generated by diskforge: the guest-side customization, in recipe order.
+set -eu
+S=/var/tmp/diskforge-stage
+export DEBIAN_FRONTEND=noninteractive LC_ALL=C
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+step() { echo "==> $*"; }
+have() { command -v "$1" >/dev/null 2>&1; }
+pkgmgr() {
+  if have apt-get; then echo apt
+  elif have dnf; then echo dnf
+  elif have yum; then echo yum
+  elif have zypper; then echo zypper
+  elif have apk; then echo apk
+  else echo none; fi
+}
+install_packages() {
+  case "$(pkgmgr)" in
+    apt) apt-get update -q && apt-get install -y -q --no-install-recommends "$@" ;;
+    dnf) dnf install -y -q "$@" ;;
+    yum) yum install -y -q "$@" ;;
+    zypper) zypper --non-interactive install --no-recommends "$@" ;;
+    apk) apk add --no-cache "$@" ;;
+    *) echo "no supported package manager (apt, dnf, yum, zypper, apk) in the guest" >&2; return 1 ;;
+  esac
+}
+remove_packages() {
+  case "$(pkgmgr)" in
+    apt) apt-get remove -y -q --purge "$@" ;;
+    dnf) dnf remove -y -q "$@" ;;
+    yum) yum remove -y -q "$@" ;;
+    zypper) zypper --non-interactive remove "$@" ;;
+    apk) apk del "$@" ;;
+    *) echo "no supported package manager in the guest" >&2; return 1 ;;
+  esac
+}
+enable_unit() {
+  if have systemctl; then systemctl enable "$1"
+  else echo "cannot enable $1: the guest has no systemd" >&2; return 1; fi
+}
+"#;
+
+/// Generates the customization for a recipe. `ttyd_binary` is the host file to install
+/// when ttyd does not come from the package manager.
+pub fn generate(
+    recipe: &Recipe,
+    secrets: &Secrets,
+    recipe_dir: &Path,
+    ttyd_binary: Option<&Path>,
+) -> Result<Customization> {
+    let c: &Customize = &recipe.customize;
+    let t: &Ttyd = &recipe.ttyd;
+    let h: &Hygiene = &recipe.hygiene;
+    let mut g = Gen {
+        s: PRELUDE.to_string(),
+        files: Vec::new(),
+        steps: Vec::new(),
+    };
+
+    let mut packages = c.packages.clone();
+    if t.enabled {
+        if let TtydSource::Package(p) = &t.source {
+            packages.push(p.clone());
+        }
+    }
+    if !packages.is_empty() {
+        g.step(&format!("install packages: {}", packages.join(" ")));
+        // The appliance's resolver replaces the guest's (often a systemd-resolved stub
+        // symlink) for the install only.
+        g.line("if [ -e /etc/resolv.conf ] || [ -L /etc/resolv.conf ]; then mv /etc/resolv.conf \"$S/resolv.conf.guest\"; fi");
+        g.line("cp \"$S/resolv.conf.appliance\" /etc/resolv.conf");
+        let words: Vec<String> = packages.iter().map(|p| q(p)).collect();
+        g.line(format!(
+            "rc=0; install_packages {} || rc=$?",
+            words.join(" ")
+        ));
+        g.line("rm -f /etc/resolv.conf; if [ -e \"$S/resolv.conf.guest\" ] || [ -L \"$S/resolv.conf.guest\" ]; then mv \"$S/resolv.conf.guest\" /etc/resolv.conf; fi");
+        g.line("if [ $rc -ne 0 ]; then echo \"package installation failed (exit $rc)\" >&2; exit $rc; fi");
+    }
+    if !c.remove_packages.is_empty() {
+        g.step(&format!("remove packages: {}", c.remove_packages.join(" ")));
+        let words: Vec<String> = c.remove_packages.iter().map(|p| q(p)).collect();
+        g.line(format!("remove_packages {}", words.join(" ")));
+    }
+    for grp in &c.groups {
+        g.step(&format!("group {}", grp.name));
+        let gid = grp.gid.map(|g| format!("-g {g} ")).unwrap_or_default();
+        g.line(format!(
+            "getent group {n} >/dev/null || groupadd {gid}{n}",
+            n = q(&grp.name)
+        ));
+    }
+    for (i, u) in c.users.iter().enumerate() {
+        g.step(&format!("user {}", u.name));
+        let n = q(&u.name);
+        let shell = q(u.shell.as_deref().unwrap_or("/bin/bash"));
+        let uid = u.uid.map(|x| format!("-u {x} ")).unwrap_or_default();
+        let groups = if u.groups.is_empty() {
+            String::new()
+        } else {
+            format!("-G {} ", q(&u.groups.join(",")))
+        };
+        g.line(format!(
+            "if id {n} >/dev/null 2>&1; then usermod -s {shell} {groups}{n}; else useradd -m -s {shell} {uid}{groups}{n}; fi"
+        ));
+        if u.password.is_some() {
+            let secret = secrets
+                .users
+                .iter()
+                .find(|(name, _)| *name == u.name)
+                .map(|(_, s)| s.clone())
+                .with_context(|| format!("the password of user {} was not resolved", u.name))?;
+            let f = g.stage(
+                format!("secrets/user-{i}"),
+                StageData::Bytes(format!("{}:{}\n", u.name, secret.expose()).into_bytes()),
+                0o600,
+            );
+            g.line(format!("chpasswd < \"{f}\""));
+        }
+        if !u.ssh_authorized_keys.is_empty() {
+            let f = g.stage(
+                format!("keys/user-{i}"),
+                StageData::Bytes(keys_file(&u.ssh_authorized_keys)),
+                0o644,
+            );
+            g.line(format!(
+                "home=$(getent passwd {n} | cut -d: -f6); install -d -m 0700 -o {n} -g \"$(id -gn {n})\" \"$home/.ssh\"; install -m 0600 -o {n} -g \"$(id -gn {n})\" \"{f}\" \"$home/.ssh/authorized_keys\""
+            ));
+        }
+        if u.sudo {
+            g.line(format!(
+                "mkdir -p /etc/sudoers.d; printf '%s ALL=(ALL) NOPASSWD:ALL\\n' {n} > /etc/sudoers.d/{n}; chmod 0440 /etc/sudoers.d/{n}"
+            ));
+        }
+    }
+    for d in &c.directories {
+        g.step(&format!("directory {}", d.path.0));
+        let p = q(&d.path.0);
+        g.line(format!("mkdir -p {p}"));
+        own_and_mode(
+            &mut g,
+            &p,
+            d.owner.as_deref(),
+            d.group.as_deref(),
+            d.mode.map(|m| m.0),
+        );
+    }
+    for (i, f) in c.files.iter().enumerate() {
+        g.step(&format!("file {}", f.path.0));
+        let data = match (&f.content, &f.source) {
+            (Some(text), None) => StageData::Bytes(text.clone().into_bytes()),
+            (None, Some(src)) => {
+                let p = recipe_dir.join(&src.0);
+                if !p.is_file() {
+                    bail!(
+                        "file source {} (for {}) does not exist",
+                        p.display(),
+                        f.path.0
+                    );
+                }
+                StageData::File(p)
+            }
+            _ => bail!("file {}: give exactly one of content and source", f.path.0),
+        };
+        let staged = g.stage(format!("files/{i}"), data, 0o644);
+        let mode = f.mode.map(|m| m.0).unwrap_or(0o644);
+        let p = q(&f.path.0);
+        g.line(format!(
+            "mkdir -p \"$(dirname {p})\"; install -m {mode:04o} -o {} -g {} \"{staged}\" {p}",
+            q(f.owner.as_deref().unwrap_or("root")),
+            q(f.group.as_deref().or(f.owner.as_deref()).unwrap_or("root")),
+        ));
+    }
+    for l in &c.symlinks {
+        g.step(&format!("symlink {} -> {}", l.path.0, l.target));
+        let p = q(&l.path.0);
+        g.line(format!(
+            "mkdir -p \"$(dirname {p})\"; ln -sfn {} {p}",
+            q(&l.target)
+        ));
+    }
+    if let Some(pw) = &secrets.root {
+        g.step("root password");
+        let f = g.stage(
+            "secrets/root".into(),
+            StageData::Bytes(format!("root:{}\n", pw.expose()).into_bytes()),
+            0o600,
+        );
+        g.line(format!("chpasswd < \"{f}\""));
+    }
+    if !c.root_ssh_authorized_keys.is_empty() {
+        g.step("root SSH keys");
+        let f = g.stage(
+            "keys/root".into(),
+            StageData::Bytes(keys_file(&c.root_ssh_authorized_keys)),
+            0o644,
+        );
+        g.line(format!(
+            "install -d -m 0700 /root/.ssh; install -m 0600 \"{f}\" /root/.ssh/authorized_keys"
+        ));
+    }
+    for (i, cmd) in c.commands.iter().enumerate() {
+        g.step(&format!("command {}: {}", i + 1, first_line(cmd)));
+        let f = g.stage(
+            format!("commands/{i}.sh"),
+            StageData::Bytes(format!("{cmd}\n").into_bytes()),
+            0o700,
+        );
+        g.line(format!("/bin/sh -e \"{f}\""));
+    }
+    for u in &c.enable_units {
+        g.step(&format!("enable {u}"));
+        g.line(format!("enable_unit {}", q(u)));
+    }
+    for u in &c.disable_units {
+        g.step(&format!("disable {u}"));
+        g.line(format!(
+            "if have systemctl; then systemctl disable {} || true; fi",
+            q(u)
+        ));
+    }
+    if let Some(hn) = &c.hostname {
+        g.step(&format!("hostname {hn}"));
+        g.line(format!("echo {} > /etc/hostname", q(hn)));
+        g.line(format!(
+            "if [ -f /etc/hosts ] && ! grep -q '^127.0.1.1' /etc/hosts; then printf '127.0.1.1\\t%s\\n' {} >> /etc/hosts; fi",
+            q(hn)
+        ));
+    }
+    if let Some(tz) = &c.timezone {
+        g.step(&format!("timezone {tz}"));
+        let z = q(tz);
+        g.line(format!(
+            "[ -e /usr/share/zoneinfo/{z} ] || {{ echo \"unknown time zone {tz}: /usr/share/zoneinfo/{tz} is missing\" >&2; exit 1; }}"
+        ));
+        g.line(format!(
+            "ln -sfn /usr/share/zoneinfo/{z} /etc/localtime; echo {z} > /etc/timezone"
+        ));
+    }
+    if !c.firstboot_commands.is_empty() {
+        g.step("first-boot commands");
+        let mut body =
+            String::from("#!/bin/sh\n# Run once on the first boot (diskforge).\nset -e\n");
+        for cmd in &c.firstboot_commands {
+            body.push_str(cmd);
+            body.push('\n');
+        }
+        let f = g.stage(
+            "firstboot.sh".into(),
+            StageData::Bytes(body.into_bytes()),
+            0o755,
+        );
+        g.line(format!(
+            "install -D -m 0755 \"{f}\" /usr/local/lib/diskforge/firstboot.sh"
+        ));
+        let unit = "[Unit]\nDescription=diskforge first-boot commands\nAfter=network-online.target\nWants=network-online.target\nConditionPathExists=!/var/lib/diskforge/firstboot.done\n\n[Service]\nType=oneshot\nExecStart=/usr/local/lib/diskforge/firstboot.sh\nExecStartPost=/bin/sh -c 'mkdir -p /var/lib/diskforge && touch /var/lib/diskforge/firstboot.done'\nRemainAfterExit=yes\n\n[Install]\nWantedBy=multi-user.target\n";
+        let u = g.stage(
+            "diskforge-firstboot.service".into(),
+            StageData::Bytes(unit.into()),
+            0o644,
+        );
+        g.line("if have systemctl; then");
+        g.line(format!("  install -m 0644 \"{u}\" /etc/systemd/system/diskforge-firstboot.service; systemctl enable diskforge-firstboot.service"));
+        g.line("else");
+        g.line("  echo '@reboot root [ -e /var/lib/diskforge/firstboot.done ] || { /usr/local/lib/diskforge/firstboot.sh && mkdir -p /var/lib/diskforge && touch /var/lib/diskforge/firstboot.done; }' > /etc/cron.d/diskforge-firstboot");
+        g.line("fi");
+    }
+    if t.enabled {
+        ttyd(&mut g, t, secrets, ttyd_binary)?;
+    }
+    hygiene(&mut g, h);
+    g.line("\necho '==> customization finished'");
+    Ok(Customization {
+        script: g.s,
+        files: g.files,
+        packages,
+        steps: g.steps,
+    })
+}
+
+fn ttyd(g: &mut Gen, t: &Ttyd, secrets: &Secrets, binary: Option<&Path>) -> Result<()> {
+    g.step(&format!("ttyd on port {}", t.port));
+    let exe = match &t.source {
+        TtydSource::Package(_) => "/usr/bin/ttyd".to_string(),
+        TtydSource::Url(_) | TtydSource::Path(_) => {
+            let bin = binary.context("the ttyd binary was not fetched")?;
+            let f = g.stage("ttyd".into(), StageData::File(bin.to_path_buf()), 0o755);
+            g.line(format!("install -D -m 0755 \"{f}\" {TTYD_BIN}"));
+            TTYD_BIN.to_string()
+        }
+    };
+    let mut args: Vec<String> = vec![exe.clone(), "-p".into(), t.port.to_string()];
+    if let Some(i) = &t.interface {
+        args.push("-i".into());
+        args.push(i.clone());
+    }
+    if t.writable {
+        args.push("-W".into());
+    }
+    if secrets.ttyd.is_some() {
+        // The credential comes from an EnvironmentFile readable by root only; it is never
+        // written into the unit.
+        args.push("-c".into());
+        args.push("${TTYD_CREDENTIAL}".into());
+    }
+    args.extend(t.extra_args.iter().cloned());
+    args.extend(t.command.iter().cloned());
+    let exec_start = args
+        .iter()
+        .map(|a| {
+            if a == "${TTYD_CREDENTIAL}" {
+                a.clone()
+            } else {
+                systemd_quote(a)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    if let Some(cred) = &secrets.ttyd {
+        let f = g.stage(
+            "secrets/ttyd.env".into(),
+            StageData::Bytes(format!("TTYD_CREDENTIAL={}\n", cred.expose()).into_bytes()),
+            0o600,
+        );
+        g.line(format!(
+            "install -D -m 0600 -o root -g root \"{f}\" /etc/diskforge/ttyd.env"
+        ));
+    }
+    let unit = format!(
+        "[Unit]\nDescription=ttyd web terminal (diskforge)\nAfter=network-online.target\nWants=network-online.target\n\n[Service]\nUser={user}\n{env}ExecStart={exec_start}\nRestart=always\nRestartSec=2\n\n[Install]\nWantedBy=multi-user.target\n",
+        user = t.user,
+        env = if secrets.ttyd.is_some() { "EnvironmentFile=/etc/diskforge/ttyd.env\n" } else { "" },
+    );
+    let u = g.stage(TTYD_UNIT.into(), StageData::Bytes(unit.into_bytes()), 0o644);
+    // Shell-quoted command line for the fallbacks.
+    let sh_cmd = {
+        let mut words: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if a == "${TTYD_CREDENTIAL}" {
+                    "\"$TTYD_CREDENTIAL\"".to_string()
+                } else {
+                    q(a)
+                }
+            })
+            .collect();
+        if secrets.ttyd.is_some() {
+            words.insert(0, ". /etc/diskforge/ttyd.env;".into());
+        }
+        words.join(" ")
+    };
+    g.line(format!(
+        "[ -x {} ] || {{ echo 'ttyd is not installed at {}' >&2; exit 1; }}",
+        q(&exe),
+        exe
+    ));
+    g.line("if have systemctl; then");
+    g.line(format!(
+        "  install -m 0644 \"{u}\" /etc/systemd/system/{TTYD_UNIT}; systemctl enable {TTYD_UNIT}"
+    ));
+    g.line("elif have rc-update; then");
+    let openrc = format!(
+        "#!/sbin/openrc-run\ndescription=\"ttyd web terminal (diskforge)\"\ncommand=/bin/sh\ncommand_args=\"-c '{}'\"\ncommand_background=true\npidfile=/run/diskforge-ttyd.pid\ndepend() {{ need net; }}\n",
+        sh_cmd.replace('\'', "")
+    );
+    let o = g.stage(
+        "diskforge-ttyd.openrc".into(),
+        StageData::Bytes(openrc.into_bytes()),
+        0o755,
+    );
+    g.line(format!("  install -m 0755 \"{o}\" /etc/init.d/diskforge-ttyd; rc-update add diskforge-ttyd default"));
+    g.line("else");
+    g.line(format!(
+        "  echo {} > /etc/cron.d/diskforge-ttyd",
+        q(&format!(
+            "@reboot {} sh -c '{}' >/dev/null 2>&1",
+            t.user,
+            sh_cmd.replace('\'', "")
+        ))
+    ));
+    g.line("fi");
+    Ok(())
+}
+
+fn hygiene(g: &mut Gen, h: &Hygiene) {
+    if h.package_cache {
+        g.step("hygiene: package caches");
+        g.line("case \"$(pkgmgr)\" in apt) apt-get clean; rm -rf /var/lib/apt/lists/* ;; dnf) dnf clean all -q ;; yum) yum clean all -q ;; zypper) zypper --non-interactive clean -a ;; apk) rm -rf /var/cache/apk/* ;; esac");
+    }
+    if h.cloud_init {
+        g.step("hygiene: cloud-init state");
+        g.line("if have cloud-init; then cloud-init clean --logs >/dev/null 2>&1 || true; fi; rm -rf /var/lib/cloud/instances /var/lib/cloud/instance /var/lib/cloud/data /var/lib/cloud/sem");
+    }
+    if h.ssh_host_keys {
+        g.step("hygiene: SSH host keys");
+        g.line("rm -f /etc/ssh/ssh_host_*");
+        // Without cloud-init nothing would recreate them on Debian: a oneshot unit does.
+        let unit = "[Unit]\nDescription=Generate SSH host keys (diskforge)\nBefore=ssh.service sshd.service\nConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key\n\n[Service]\nType=oneshot\nExecStart=/usr/bin/ssh-keygen -A\n\n[Install]\nWantedBy=multi-user.target\n";
+        let u = g.stage(
+            "diskforge-ssh-hostkeys.service".into(),
+            StageData::Bytes(unit.into()),
+            0o644,
+        );
+        g.line(format!(
+            "if [ -d /etc/ssh ] && have ssh-keygen && have systemctl; then install -m 0644 \"{u}\" /etc/systemd/system/diskforge-ssh-hostkeys.service; systemctl enable diskforge-ssh-hostkeys.service; fi"
+        ));
+    }
+    if h.logs {
+        g.step("hygiene: logs");
+        g.line("find /var/log -type f -exec truncate -s 0 {} + 2>/dev/null || true; rm -f /root/.bash_history /var/log/*.gz /var/log/*.[0-9]");
+    }
+    if h.machine_id {
+        g.step("hygiene: machine-id");
+        g.line("if [ -e /etc/machine-id ]; then : > /etc/machine-id; fi; if [ -f /var/lib/dbus/machine-id ] && [ ! -L /var/lib/dbus/machine-id ]; then rm -f /var/lib/dbus/machine-id; fi");
+    }
+}
+
+fn own_and_mode(
+    g: &mut Gen,
+    quoted_path: &str,
+    owner: Option<&str>,
+    group: Option<&str>,
+    mode: Option<u32>,
+) {
+    match (owner, group) {
+        (Some(o), Some(gr)) => g.line(format!("chown {}:{} {quoted_path}", q(o), q(gr))),
+        (Some(o), None) => g.line(format!("chown {} {quoted_path}", q(o))),
+        (None, Some(gr)) => g.line(format!("chgrp {} {quoted_path}", q(gr))),
+        (None, None) => {}
+    }
+    if let Some(m) = mode {
+        g.line(format!("chmod {m:04o} {quoted_path}"));
+    }
+}
+
+fn keys_file(keys: &[String]) -> Vec<u8> {
+    let mut s = String::new();
+    for k in keys {
+        s.push_str(k.trim());
+        s.push('\n');
+    }
+    s.into_bytes()
+}
+
+fn first_line(s: &str) -> String {
+    let l = s.lines().next().unwrap_or_default();
+    if l.len() > 60 {
+        format!(
+            "{}…",
+            &l[..l.char_indices().nth(60).map(|(i, _)| i).unwrap_or(l.len())]
+        )
+    } else {
+        l.to_string()
+    }
+}
+
+/// Quotes one word for a systemd `ExecStart=` line.
+fn systemd_quote(w: &str) -> String {
+    if !w.is_empty()
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+".contains(c))
+    {
+        w.to_string()
+    } else {
+        format!(
+            "\"{}\"",
+            w.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('$', "$$")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe(yaml: &str) -> Recipe {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn script_keeps_recipe_order_and_batches_packages() {
+        let r = recipe(
+            "customize:\n  packages: [tmux, htop]\n  users: [{name: lab, sudo: true}]\n  files: [{path: /etc/motd, content: hi}]\n  commands: [\"echo one\", \"echo two\"]\n  enable-units: [ssh.service]\n  hostname: lab\nttyd: {enabled: true, source: {package: ttyd}}\n",
+        );
+        let c = generate(&r, &Secrets::default(), Path::new("."), None).unwrap();
+        let pos = |needle: &str| {
+            c.script
+                .find(needle)
+                .unwrap_or_else(|| panic!("{needle} missing in\n{}", c.script))
+        };
+        assert_eq!(
+            c.script.matches("install_packages ").count(),
+            2,
+            "one batch plus the function"
+        );
+        assert!(c.script.contains("install_packages tmux htop ttyd"));
+        assert!(pos("useradd") < pos("/etc/motd"));
+        assert!(pos("/etc/motd") < pos("commands/0.sh"));
+        assert!(pos("commands/0.sh") < pos("commands/1.sh"));
+        assert!(pos("commands/1.sh") < pos("enable_unit ssh.service"));
+        assert!(pos("enable_unit ssh.service") < pos("/etc/hostname"));
+        assert!(pos("/etc/hostname") < pos(TTYD_UNIT));
+        assert!(pos(TTYD_UNIT) < pos(": > /etc/machine-id"));
+        assert_eq!(c.packages, vec!["tmux", "htop", "ttyd"]);
+    }
+
+    #[test]
+    fn secrets_stay_in_0600_stage_files() {
+        let r = recipe(
+            "customize:\n  users: [{name: lab, password: {env: X}}]\nttyd: {enabled: true, source: {package: ttyd}, credential: {user: u, password: {env: Y}}}\n",
+        );
+        let s = Secrets {
+            users: vec![("lab".into(), SecretValue::new("pw-Secret-1".into()))],
+            root: None,
+            ttyd: Some(SecretValue::new("u:pw-Secret-2".into())),
+        };
+        let c = generate(&r, &s, Path::new("."), None).unwrap();
+        assert!(!c.script.contains("pw-Secret"), "{}", c.script);
+        let unit = c.files.iter().find(|f| f.name == TTYD_UNIT).unwrap();
+        let StageData::Bytes(u) = &unit.data else {
+            panic!()
+        };
+        let u = String::from_utf8_lossy(u);
+        assert!(!u.contains("pw-Secret"), "{u}");
+        assert!(
+            u.contains("-c ${TTYD_CREDENTIAL}")
+                && u.contains("EnvironmentFile=/etc/diskforge/ttyd.env"),
+            "{u}"
+        );
+        for f in c.files.iter().filter(|f| f.name.starts_with("secrets/")) {
+            assert_eq!(f.mode, 0o600, "{}", f.name);
+        }
+        assert_eq!(
+            c.files
+                .iter()
+                .filter(|f| f.name.starts_with("secrets/"))
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn ttyd_unit_reflects_the_recipe() {
+        let r = recipe(
+            "ttyd: {enabled: true, source: {path: ttyd}, port: 8080, interface: eth0, writable: false, command: [bash, -l], extra-args: [-t, fontSize=18], user: lab}\n",
+        );
+        let c = generate(
+            &r,
+            &Secrets::default(),
+            Path::new("."),
+            Some(Path::new("/bin/true")),
+        )
+        .unwrap();
+        let unit = c.files.iter().find(|f| f.name == TTYD_UNIT).unwrap();
+        let StageData::Bytes(u) = &unit.data else {
+            panic!()
+        };
+        let u = String::from_utf8_lossy(u);
+        assert!(
+            u.contains("ExecStart=/usr/local/bin/ttyd -p 8080 -i eth0 -t fontSize=18 bash -l"),
+            "{u}"
+        );
+        assert!(
+            u.contains("User=lab")
+                && u.contains("Restart=always")
+                && u.contains("After=network-online.target"),
+            "{u}"
+        );
+        assert!(!u.contains(" -W"), "{u}");
+        assert!(c.packages.is_empty());
+    }
+}
