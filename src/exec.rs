@@ -31,6 +31,7 @@ pub struct Cmd {
     secrets: Vec<String>,
     timeout: Option<Duration>,
     current_dir: Option<std::path::PathBuf>,
+    input: Option<Vec<u8>>,
 }
 
 /// What a finished command left behind.
@@ -59,6 +60,7 @@ impl Cmd {
             secrets: Vec::new(),
             timeout: None,
             current_dir: None,
+            input: None,
         }
     }
 
@@ -97,6 +99,13 @@ impl Cmd {
         self
     }
 
+    /// Bytes written to the command's stdin (otherwise stdin is closed): for programs
+    /// that take their input there, such as credential helpers. Never logged.
+    pub fn input(mut self, data: Vec<u8>) -> Self {
+        self.input = Some(data);
+        self
+    }
+
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -124,7 +133,11 @@ impl Cmd {
         let mut command = Command::new(&self.program);
         command
             .args(&self.args)
-            .stdin(Stdio::null())
+            .stdin(if self.input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in &self.envs {
@@ -140,6 +153,11 @@ impl Cmd {
                 self.program.to_string_lossy()
             )
         })?;
+        if let (Some(data), Some(mut stdin)) = (self.input.clone(), child.stdin.take()) {
+            std::thread::spawn(move || {
+                let _ = std::io::Write::write_all(&mut stdin, &data);
+            });
+        }
         // Drain both pipes on their own threads so a chatty child never blocks on a full pipe.
         let mut out_pipe = child.stdout.take().expect("stdout is piped");
         let mut err_pipe = child.stderr.take().expect("stderr is piped");

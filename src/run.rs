@@ -347,7 +347,10 @@ fn check(
         let command = args.command.clone().unwrap_or_else(|| {
             "id -un; df -B1 --output=size / | tail -n1; cat /etc/machine-id".to_string()
         });
-        ws.send(format!("0echo DISKFORGE-BEGIN; {command}; echo DISKFORGE-END\r").as_bytes())?;
+        // The quotes keep the markers out of the terminal's echo of the typed line.
+        ws.send(
+            format!("0echo DISKFORGE-\"\"BEGIN; {command}; echo DISKFORGE-\"\"END\r").as_bytes(),
+        )?;
         let out = wait_for(&mut ws, &["DISKFORGE-END\r\n", "DISKFORGE-END\n"], deadline)?;
         let body = out
             .rsplit_once("DISKFORGE-BEGIN")
@@ -502,10 +505,8 @@ impl Ws {
         self.s.read_exact(&mut payload)?;
         match opcode {
             0x8 => bail!("ttyd closed the websocket session"),
-            0x1 | 0x2 | 0x0 => {
-                if payload.first() == Some(&b'0') {
-                    out.push_str(&String::from_utf8_lossy(&payload[1..]));
-                }
+            0x0..=0x2 if payload.first() == Some(&b'0') => {
+                out.push_str(&String::from_utf8_lossy(&payload[1..]));
             }
             _ => {}
         }

@@ -239,8 +239,8 @@ fn run_script(f: &Fish, job: &GuestJob<'_>, c: &Customization) -> Result<()> {
             .collect();
         let last_step = log
             .lines()
-            .filter_map(|l| l.strip_prefix("==> "))
-            .last()
+            .rev()
+            .find_map(|l| l.strip_prefix("==> "))
             .unwrap_or("the start of the script");
         let net = if c.packages.is_empty() {
             String::new()

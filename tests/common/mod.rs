@@ -55,3 +55,4 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 pub mod http;
+pub mod registry;
