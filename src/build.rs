@@ -293,6 +293,12 @@ pub fn cmd_build(global: &GlobalOpts, args: BuildArgs) -> Result<ExitCode> {
     let started = std::time::Instant::now();
     for path in &args.recipes {
         let loaded = load(path, &args.inputs)?;
+        if loaded.recipe.partial {
+            bail!(
+                "{} is a partial recipe (`partial: true`): build a recipe that extends it",
+                path.display()
+            );
+        }
         let work = WorkDir::new(global, &cache)?;
         crate::progress::say(format!("building {}", path.display()));
         let (disk, prepared) = build_disk(

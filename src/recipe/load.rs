@@ -178,6 +178,10 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedRecipe> {
         let mut v: Value = serde_yaml::from_str(&text).map_err(|e| yaml_error(&s.path, &e, ""))?;
         if let Value::Mapping(m) = &mut v {
             m.remove("extends");
+            // Only the recipe given decides whether it is a partial one.
+            if !std::ptr::eq(s, &chain[0]) {
+                m.remove("partial");
+            }
         }
         merge(&mut merged, v);
     }
@@ -339,15 +343,26 @@ fn yaml_error(file: &Path, e: &serde_yaml::Error, key: &str) -> anyhow::Error {
         msg.truncate(i);
     }
     // serde names the key in the message: "unknown field `pakages`, expected one of …".
+    // The YAML library prefixes messages with the parent's path ("customize: …").
+    if let Some((prefix, rest)) = msg.split_once(": ") {
+        let is_path = !prefix.is_empty()
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-[]".contains(c))
+            && (key.starts_with(prefix) || key.is_empty());
+        if is_path {
+            msg = rest.to_string();
+        }
+    }
     let mut key = key.to_string();
     if let Some(rest) = msg.strip_prefix("unknown field `") {
         if let Some((name, expected)) = rest.split_once('`') {
             let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-            key = if key.is_empty() {
-                name.to_string()
-            } else {
-                format!("{key}.{name}")
-            };
+            if key.is_empty() {
+                key = name.to_string();
+            } else if !key.ends_with(name) {
+                key = format!("{key}.{name}");
+            }
             let best = candidates
                 .iter()
                 .map(|c| (strsim::jaro_winkler(name, c), *c))

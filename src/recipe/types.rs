@@ -24,6 +24,10 @@ pub struct Recipe {
     /// One line that says what the image is for (the `description` label).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// A shared parent meant only to be extended: it need not name a base and cannot be
+    /// built itself. Not inherited by the recipes that extend it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
     /// A parent recipe, relative to this file. Maps merge deeply, lists append,
     /// scalars override.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,13 +85,36 @@ pub struct BaseSpec {
 }
 
 /// How a downloaded base is verified.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum ChecksumSpec {
     /// `sha256:HEX`, `sha512:HEX`, or `none`.
     Literal(Checksum),
     /// A checksum file published next to the image.
     File(ChecksumFile),
+}
+
+// A string is a literal checksum (its own error message says what is wrong with it);
+// a mapping is a checksum file.
+impl<'de> Deserialize<'de> for ChecksumSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Literal(String),
+            File(ChecksumFile),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "checksum must be `sha256:HEX`, `sha512:HEX`, `none`, or a checksum file `{url: …, file: …}` (its keys: url, file, algorithm, signing-key, signature-url)",
+            )
+        })? {
+            Raw::Literal(s) => Checksum::parse(&s)
+                .map(ChecksumSpec::Literal)
+                .map_err(serde::de::Error::custom),
+            Raw::File(f) => Ok(ChecksumSpec::File(f)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

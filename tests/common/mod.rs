@@ -54,5 +54,6 @@ pub fn guestfs_env(cmd: &mut Command) -> &mut Command {
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+pub mod guest;
 pub mod http;
 pub mod registry;

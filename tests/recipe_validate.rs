@@ -1,0 +1,140 @@
+//! Recipe validation: every file of the malformed corpus fails with file:line:column and
+//! the key it names in its `# expect:` header; the shipped recipes and catalog validate;
+//! the checked-in JSON Schema matches the types.
+
+mod common;
+
+use std::path::Path;
+
+fn validate(paths: &[&Path]) -> std::process::Output {
+    common::diskforge()
+        .arg("validate")
+        .args(paths)
+        .env_remove("DISKFORGE_LAB_PASSWORD")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn every_malformed_recipe_fails_at_the_expected_place() {
+    let dir = common::repo_root().join("tests/recipes/malformed");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 35,
+        "the corpus has only {} recipes",
+        files.len()
+    );
+    let mut failures = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let expect = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{} has no `# expect: LINE:COL KEY` header", f.display()));
+        let (pos, key) = expect.split_once(' ').unwrap();
+        let want_msg = text.lines().find_map(|l| l.strip_prefix("# expect-msg: "));
+        let out = validate(&[f.as_path()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let name = f.file_name().unwrap().to_string_lossy();
+        let located = format!(":{pos}: {key}: ");
+        if out.status.code() != Some(2) {
+            failures.push(format!(
+                "{name}: exit {:?}, want 2: {err}",
+                out.status.code()
+            ));
+        } else if !err.contains(&located) || !err.contains(&*name.replace(".yaml", "")) {
+            failures.push(format!("{name}: want `FILE{located}…`, got: {err}"));
+        } else if let Some(m) = want_msg {
+            if !err.contains(m) {
+                failures.push(format!("{name}: message should contain {m:?}: {err}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn shipped_recipes_and_catalog_validate() {
+    let root = common::repo_root();
+    let mut files = Vec::new();
+    for d in ["recipes", "base-images"] {
+        for e in std::fs::read_dir(root.join(d)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml") {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.len() >= 15, "{files:?}");
+    let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    let out = validate(&refs);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("OK")).count(),
+        files.len()
+    );
+}
+
+#[test]
+fn checked_in_schema_matches_the_types() {
+    let out = common::diskforge().arg("schema").output().unwrap();
+    assert!(out.status.success());
+    let checked_in =
+        std::fs::read_to_string(common::repo_root().join("docs/recipe.schema.json")).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        checked_in,
+        "docs/recipe.schema.json is stale: run `diskforge schema > docs/recipe.schema.json`"
+    );
+    let v: serde_json::Value = serde_json::from_str(&checked_in).unwrap();
+    assert!(v["properties"]["customize"].is_object());
+    assert!(v["properties"]["ttyd"].is_object());
+}
+
+#[test]
+fn plan_shows_commands_in_order_and_never_a_secret() {
+    let t = tempfile::tempdir().unwrap();
+    let secret = "pw-Plan-Secret-9Z";
+    std::fs::write(t.path().join("pw"), format!("{secret}\n")).unwrap();
+    let r = t.path().join("r.yaml");
+    std::fs::write(
+        &r,
+        "name: p\nbase: {url: \"https://example.com/img.qcow2\", checksum: \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"}\ndisk: {size: 10G}\ncustomize:\n  packages: [tmux]\n  users: [{name: lab, password: {file: pw}}]\n  commands: [\"echo hi\"]\nttyd: {enabled: true, credential: {user: a, password: {env: DISKFORGE_PLAN_SECRET}}}\n",
+    )
+    .unwrap();
+    for json in [false, true] {
+        let mut c = common::diskforge();
+        c.arg("plan").arg(&r).env("DISKFORGE_PLAN_SECRET", secret);
+        if json {
+            c.arg("--json");
+        }
+        let out = c.output().unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{all}");
+        assert!(!all.contains(secret), "secret in plan output: {all}");
+        let a = all.find("qemu-img create").expect("overlay step");
+        let b = all.find("qemu-img resize").expect("resize step");
+        let c2 = all.find("guestfish").expect("guest step");
+        let d = all.find("qemu-img convert").expect("finalize step");
+        assert!(a < b && b < c2 && c2 < d, "steps out of order: {all}");
+        assert!(
+            all.contains("install packages: tmux") || all.contains("install_packages tmux"),
+            "{all}"
+        );
+    }
+}
