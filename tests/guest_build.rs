@@ -41,7 +41,7 @@ fn section<'a>(text: &'a str, name: &str) -> &'a str {
         + name.len()
         + 3;
     let rest = &text[start..];
-    &rest[..rest.find("\n==").unwrap_or(rest.len())]
+    rest[..rest.find("\n==").unwrap_or(rest.len())].trim_end_matches('\n')
 }
 
 fn qemu_img_info(p: &Path) -> serde_json::Value {

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Side-by-side: packing and pushing one qcow2 with `diskforge pack` (gzip and zstd)
+# versus buildah (`FROM scratch` + `ADD --chown=107:107`, then `buildah push`), in one
+# run, to the same loopback registry. Prints a Markdown table: wall time, peak RSS
+# (from /usr/bin/time -v), layer size, and ratios against buildah.
+#
+# Usage: ci/bench/pack-vs-buildah.sh DISK.qcow2
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+disk=$(readlink -f "${1:?usage: pack-vs-buildah.sh DISK.qcow2}")
+diskforge=${DISKFORGE:-$repo/target/release/diskforge}
+. "$here/registry.sh"
+start_registry
+work=$(mktemp -d)
+broot="$work/buildah-root"; brun="$work/buildah-run"
+trap 'stop_registry; buildah --root "$broot" --runroot "$brun" --storage-driver vfs rm --all >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+
+measure() { # measure NAME COMMAND... -> sets secs[NAME], rss[NAME] (KiB)
+  local name=$1; shift
+  /usr/bin/time -v -o "$work/$name.time" "$@" >"$work/$name.log" 2>&1 \
+    || { echo "$name failed:" >&2; tail -20 "$work/$name.log" >&2; exit 1; }
+  secs[$name]=$(awk -F': ' '/Elapsed \(wall clock\)/{n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; printf "%.1f", s}' "$work/$name.time")
+  rss[$name]=$(awk -F': ' '/Maximum resident set size/{print $2}' "$work/$name.time")
+}
+declare -A secs rss size
+layer_size() { skopeo inspect --tls-verify=false "docker://$REGISTRY/$1" --format '{{range .LayersData}}{{.Size}}{{end}}'; }
+
+measure diskforge_gzip "$diskforge" pack "$disk" --output "docker://$REGISTRY/bench/df-gzip:1" --tls-verify=false --work-dir "$work"
+size[diskforge_gzip]=$(layer_size bench/df-gzip:1)
+measure diskforge_zstd "$diskforge" pack "$disk" --compression zstd --output "docker://$REGISTRY/bench/df-zstd:1" --tls-verify=false --work-dir "$work"
+size[diskforge_zstd]=$(layer_size bench/df-zstd:1)
+
+mkdir -p "$work/ctx"
+cp --reflink=auto "$disk" "$work/ctx/disk.qcow2"
+printf 'FROM scratch\nADD --chown=107:107 disk.qcow2 /disk/\n' >"$work/ctx/Containerfile"
+B=(buildah --root "$broot" --runroot "$brun" --storage-driver vfs)
+measure buildah_bud "${B[@]}" bud --isolation chroot -q -t localhost/bench:1 "$work/ctx"
+measure buildah_push "${B[@]}" push --tls-verify=false localhost/bench:1 "docker://$REGISTRY/bench/buildah:1"
+size[buildah]=$(layer_size bench/buildah:1)
+b_secs=$(python3 -c "print(round(${secs[buildah_bud]}+${secs[buildah_push]},1))")
+b_rss=$(( rss[buildah_bud] > rss[buildah_push] ? rss[buildah_bud] : rss[buildah_push] ))
+
+echo "Disk: $(basename "$disk"), $(stat -c %s "$disk") bytes; $(nproc) cores."
+echo
+echo "| tool | pack+push (s) | peak RSS (MiB) | layer (bytes) | time vs buildah |"
+echo "| --- | ---: | ---: | ---: | ---: |"
+echo "| buildah bud + push (gzip) | $b_secs | $((b_rss/1024)) | ${size[buildah]} | 1.00 |"
+for k in diskforge_gzip diskforge_zstd; do
+  python3 -c "print(f'| ${k/_/ pack } | ${secs[$k]} | $((rss[$k]/1024)) | ${size[$k]} | {${secs[$k]}/$b_secs:.2f} |')"
+done
