@@ -15,6 +15,8 @@ use crate::recipe::{self, Arch, LoadOptions, LoadedRecipe, TtydSource};
 
 /// Everything resolved before the guest stage runs.
 pub struct Prepared {
+    /// Hash of every input of the build (see [`build_key`]), stored as a label.
+    pub build_key: String,
     pub loaded: LoadedRecipe,
     pub base: CachedBase,
     pub base_name: String,
@@ -191,17 +193,50 @@ impl Drop for WorkDir {
     }
 }
 
+/// The label holding a build's input hash.
+pub const BUILD_KEY_LABEL: &str = "io.diskforge.build-key";
+
+/// A hash of everything a build's result depends on: the resolved recipe, the base
+/// image's content, the content of files copied from the recipe's directory, the ttyd
+/// binary, and diskforge's version. Secret values are not part of it (they are never
+/// stored); change the recipe or use `--force` to rebuild for a new password.
+pub fn build_key(loaded: &LoadedRecipe, base: &CachedBase, ttyd: Option<&Path>) -> Result<String> {
+    let mut files = Vec::new();
+    for f in &loaded.recipe.customize.files {
+        if let Some(src) = &f.source {
+            let p = loaded.dir.join(&src.0);
+            let (h, _) = crate::cache::sha256_file(&p)
+                .with_context(|| format!("hashing {}", p.display()))?;
+            files.push(serde_json::json!({"path": f.path.0, "sha256": h}));
+        }
+    }
+    let ttyd = match ttyd {
+        Some(p) => Some(crate::cache::sha256_file(p)?.0),
+        None => None,
+    };
+    let v = serde_json::json!({
+        "recipe": loaded.digest,
+        "base": base.digest,
+        "files": files,
+        "ttyd": ttyd,
+        "diskforge": env!("CARGO_PKG_VERSION"),
+    });
+    Ok(format!(
+        "sha256:{}",
+        crate::cache::sha256_hex(&crate::oci::image::canonical_json(&v)?)
+    ))
+}
+
 /// Runs the disk part of a build; returns the finished disk in `work`.
 pub fn build_disk(
     global: &GlobalOpts,
     loaded: &LoadedRecipe,
-    catalog: Option<&Path>,
+    (base, base_name): (CachedBase, String),
+    ttyd: Option<PathBuf>,
+    build_key: String,
     work: &Path,
-    cache: &Cache,
 ) -> Result<(PathBuf, Prepared)> {
     let secrets = resolve_secrets(loaded)?;
-    let (base, base_name) = acquire_base(global, loaded, cache, catalog)?;
-    let ttyd = ttyd_binary(global, loaded, cache)?;
     let r = &loaded.recipe;
     let customization = script::generate(r, &secrets, &loaded.dir, ttyd.as_deref())?;
     let target_size = r
@@ -211,6 +246,7 @@ pub fn build_disk(
         .unwrap_or(base.virtual_size);
     let accel = crate::accel::resolve(global.accel)?;
     let prepared = Prepared {
+        build_key,
         loaded: loaded.clone(),
         base: base.clone(),
         base_name,
@@ -299,15 +335,31 @@ pub fn cmd_build(global: &GlobalOpts, args: BuildArgs) -> Result<ExitCode> {
                 path.display()
             );
         }
-        let work = WorkDir::new(global, &cache)?;
+        // Secrets first: a missing one fails before anything slow happens.
+        resolve_secrets(&loaded)?;
         crate::progress::say(format!("building {}", path.display()));
-        let (disk, prepared) = build_disk(
-            global,
-            &loaded,
-            args.inputs.catalog.as_deref(),
-            work.path(),
-            &cache,
-        )?;
+        let base = acquire_base(global, &loaded, &cache, args.inputs.catalog.as_deref())?;
+        let ttyd = ttyd_binary(global, &loaded, &cache)?;
+        let key = build_key(&loaded, &base.0, ttyd.as_deref())?;
+        if args.disk_only.is_none() && !args.force {
+            let dests = crate::publish::destinations(&loaded, &args.output)?;
+            let reg = crate::oci::registry_options(
+                &args.output,
+                &loaded.recipe.output.insecure_registries,
+            );
+            if crate::publish::all_up_to_date(&dests, &key, &reg) {
+                println!(
+                    "up to date: {} already hold{} an image built from the same inputs (build key {}); nothing to do (--force rebuilds)",
+                    dests.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "),
+                    if dests.len() == 1 { "s" } else { "" },
+                    &key[7..19]
+                );
+                crate::progress::event("up_to_date", serde_json::json!({"build_key": key}));
+                continue;
+            }
+        }
+        let work = WorkDir::new(global, &cache)?;
+        let (disk, prepared) = build_disk(global, &loaded, base, ttyd, key, work.path())?;
         match &args.disk_only {
             Some(dest) => {
                 install_file(&disk, dest)?;

@@ -131,6 +131,10 @@ pub struct BuildArgs {
     /// Stop after the finished disk; write it here instead of packing.
     #[arg(long, value_name = "FILE")]
     pub disk_only: Option<PathBuf>,
+    /// Build even when every destination already holds an image built from the same
+    /// inputs (recipe, base, files, diskforge version).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]

@@ -63,6 +63,82 @@ fn created_epoch() -> Result<u64> {
     }
 }
 
+fn image_name(loaded: &crate::recipe::LoadedRecipe) -> String {
+    loaded.recipe.name.clone().unwrap_or_else(|| {
+        loaded
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image".into())
+    })
+}
+
+/// Where a build writes: `--output`, else `docker://REPOSITORY:TAG` per tag, else
+/// `oci:out/NAME:TAG` per tag.
+pub fn destinations(
+    loaded: &crate::recipe::LoadedRecipe,
+    outputs: &OutputOpts,
+) -> Result<Vec<ImageRef>> {
+    let o = &loaded.recipe.output;
+    if !outputs.output.is_empty() {
+        return outputs.output.iter().map(|s| ImageRef::parse(s)).collect();
+    }
+    let epoch = created_epoch()?;
+    let sha = git_sha(&loaded.dir);
+    let tags = o
+        .tags
+        .iter()
+        .map(|t| expand_tag(t, o.version.as_deref(), sha.as_deref(), epoch))
+        .collect::<Result<Vec<_>>>()?;
+    let name = image_name(loaded);
+    match &o.repository {
+        Some(repo) => tags
+            .iter()
+            .map(|t| ImageRef::parse(&format!("docker://{repo}:{t}")))
+            .collect(),
+        None => tags
+            .iter()
+            .map(|t| ImageRef::parse(&format!("oci:out/{name}:{t}")))
+            .collect(),
+    }
+}
+
+/// The labels of the image at a destination, when it exists.
+fn existing_labels(
+    d: &ImageRef,
+    reg: &crate::registry::RegistryOptions,
+) -> Option<serde_json::Value> {
+    match d {
+        ImageRef::Layout { dir, tag } => {
+            let l = oci::Layout::open(dir).ok()?;
+            let desc = l.resolve(Some(tag.as_deref().unwrap_or("latest"))).ok()?;
+            let m: serde_json::Value =
+                serde_json::from_slice(&l.read_blob(&desc.digest).ok()?).ok()?;
+            let c: serde_json::Value =
+                serde_json::from_slice(&l.read_blob(m["config"]["digest"].as_str()?).ok()?).ok()?;
+            Some(c["config"]["Labels"].clone())
+        }
+        ImageRef::Registry { reference } => crate::registry::remote_config(reference, reg)
+            .ok()
+            .flatten()
+            .map(|c| c["config"]["Labels"].clone()),
+        ImageRef::Archive { .. } => None,
+    }
+}
+
+/// True when every destination already holds an image whose build key is `key`.
+pub fn all_up_to_date(
+    dests: &[ImageRef],
+    key: &str,
+    reg: &crate::registry::RegistryOptions,
+) -> bool {
+    !dests.is_empty()
+        && dests.iter().all(|d| {
+            existing_labels(d, reg)
+                .is_some_and(|l| l[crate::build::BUILD_KEY_LABEL].as_str() == Some(key))
+        })
+}
+
 pub fn publish(
     global: &GlobalOpts,
     p: &Prepared,
@@ -73,36 +149,10 @@ pub fn publish(
     let _ = global;
     let r = &p.loaded.recipe;
     let o = &r.output;
-    let name = r.name.clone().unwrap_or_else(|| {
-        p.loaded
-            .path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "image".into())
-    });
+    let name = image_name(&p.loaded);
     let epoch = created_epoch()?;
     let sha = git_sha(&p.loaded.dir);
-    let tags = o
-        .tags
-        .iter()
-        .map(|t| expand_tag(t, o.version.as_deref(), sha.as_deref(), epoch))
-        .collect::<Result<Vec<_>>>()?;
-    let dests: Vec<ImageRef> = if !outputs.output.is_empty() {
-        outputs
-            .output
-            .iter()
-            .map(|s| ImageRef::parse(s))
-            .collect::<Result<_>>()?
-    } else if let Some(repo) = &o.repository {
-        tags.iter()
-            .map(|t| ImageRef::parse(&format!("docker://{repo}:{t}")))
-            .collect::<Result<_>>()?
-    } else {
-        tags.iter()
-            .map(|t| ImageRef::parse(&format!("oci:out/{name}:{t}")))
-            .collect::<Result<_>>()?
-    };
-
+    let dests = destinations(&p.loaded, outputs)?;
     let created = oci::image::rfc3339(epoch);
     let mut labels: BTreeMap<String, String> = BTreeMap::new();
     labels.insert("org.opencontainers.image.created".into(), created.clone());

@@ -41,6 +41,9 @@ fn section<'a>(text: &'a str, name: &str) -> &'a str {
         + name.len()
         + 3;
     let rest = &text[start..];
+    if rest.starts_with("==") {
+        return "";
+    }
     rest[..rest.find("\n==").unwrap_or(rest.len())].trim_end_matches('\n')
 }
 

@@ -370,3 +370,60 @@ fn refused_inputs_leave_the_layout_untouched() {
         std::fs::read(layout.join("index.json")).unwrap()
     );
 }
+
+#[test]
+fn index_combines_per_architecture_images() {
+    if !common::require(&["qemu-img", "skopeo"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = random_qcow2(t.path(), 1);
+    let layout = t.path().join("multi");
+    for arch in ["amd64", "arm64"] {
+        let out = pack(
+            &disk,
+            &[
+                "--arch",
+                arch,
+                "--output",
+                &format!("oci:{}:{arch}", layout.display()),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = common::diskforge()
+        .args([
+            "index",
+            &format!("oci:{}:multi", layout.display()),
+            "amd64",
+            "arm64",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let raw = sh(Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci:{}:multi", layout.display())));
+    let v: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(v["mediaType"], "application/vnd.oci.image.index.v1+json");
+    let archs: Vec<&str> = v["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    assert_eq!(archs, ["amd64", "arm64"]);
+    // skopeo resolves the index to this machine's image.
+    let inspect = sh(Command::new("skopeo")
+        .args(["inspect", "--override-arch", "arm64"])
+        .arg(format!("oci:{}:multi", layout.display())));
+    assert!(inspect.contains("\"Architecture\": \"arm64\""), "{inspect}");
+}

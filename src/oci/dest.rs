@@ -51,6 +51,26 @@ impl ImageRef {
     }
 }
 
+impl std::fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageRef::Layout { dir, tag } => write!(
+                f,
+                "oci:{}:{}",
+                dir.display(),
+                tag.as_deref().unwrap_or("latest")
+            ),
+            ImageRef::Archive { file, tag } => write!(
+                f,
+                "oci-archive:{}:{}",
+                file.display(),
+                tag.as_deref().unwrap_or("latest")
+            ),
+            ImageRef::Registry { reference } => write!(f, "docker://{reference}"),
+        }
+    }
+}
+
 fn split_tag(rest: &str, whole: &str) -> Result<(PathBuf, Option<String>)> {
     if rest.is_empty() {
         bail!("{whole:?}: the path is missing");

@@ -456,6 +456,33 @@ fn temp_file_clone(t: &crate::cache::TempFile) -> Result<std::fs::File> {
         .with_context(|| format!("opening {}", t.path().display()))
 }
 
+/// The image config of a remote image, or None when the image does not exist.
+pub fn remote_config(reference: &str, opts: &RegistryOptions) -> Result<Option<Value>> {
+    let r = parse_ref(reference)?;
+    runtime()?.block_on(async {
+        let registry = r.resolve_registry().to_string();
+        let (auth, _) = auth::for_registry(&registry, opts)?;
+        let c = client(&registry, opts);
+        let Ok((bytes, _)) = c.pull_manifest_raw(&r, &auth, MANIFEST_TYPES).await else {
+            return Ok(None);
+        };
+        let m: Value = serde_json::from_slice(&bytes).context("parsing the manifest")?;
+        let cd = oci_client::manifest::OciDescriptor {
+            media_type: m["config"]["mediaType"].as_str().unwrap_or_default().into(),
+            digest: m["config"]["digest"].as_str().unwrap_or_default().into(),
+            size: m["config"]["size"].as_i64().unwrap_or(0),
+            ..Default::default()
+        };
+        let mut cfg = Vec::new();
+        c.pull_blob(&r, &cd, &mut cfg)
+            .await
+            .context("pulling the image config")?;
+        Ok(Some(
+            serde_json::from_slice(&cfg).context("parsing the image config")?,
+        ))
+    })
+}
+
 /// `diskforge push LAYOUT[:TAG] docker://…`.
 pub fn cmd_push(_global: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
     let src = if args.layout.starts_with("oci:") {
