@@ -190,6 +190,7 @@ pub fn publish(
         "io.diskforge.version".into(),
         env!("CARGO_PKG_VERSION").into(),
     );
+    labels.insert(crate::build::BUILD_KEY_LABEL.into(), p.build_key.clone());
     for (k, v) in &o.labels {
         labels.insert(k.clone(), v.clone());
     }

@@ -89,9 +89,16 @@ fn demo_builds_pushes_verifies_boots_and_serves_ttyd() {
         .unwrap();
     ok(&out, "diskforge build");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(r#""event":"appliance_launches","count":1"#),
-        "more than one appliance launch: {stderr}"
+    let launches: Vec<u64> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "appliance_launches")
+        .filter_map(|v| v["count"].as_u64())
+        .collect();
+    assert_eq!(
+        launches,
+        [1],
+        "appliance launches of the guest stage: {stderr}"
     );
     let pinned = std::fs::read_to_string(&digest_file)
         .unwrap()
