@@ -16,6 +16,11 @@ diskforge=${DISKFORGE:-$repo/target/release/diskforge}
 ttyd_bin=${TTYD_BIN:?set TTYD_BIN to a ttyd 1.7.7 static binary}
 export LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg
 . "$here/registry.sh"
+# Sum of the layer sizes in an image's manifest (skopeo in Debian 12 lacks LayersData).
+layer_size() {
+  skopeo inspect --raw --tls-verify=false "docker://$REGISTRY/$1" \
+    | python3 -c 'import json,sys; print(sum(l["size"] for l in json.load(sys.stdin)["layers"]))'
+}
 start_registry
 work=$(mktemp -d)
 trap 'stop_registry; rm -rf "$work"; buildah rm --all >/dev/null 2>&1 || true' EXIT
@@ -58,7 +63,7 @@ step m_flatten qemu-img convert -O qcow2 "$work/manual.qcow2" "$work/ctx/disk.qc
 printf 'FROM scratch\nADD --chown=107:107 disk.qcow2 /disk/\n' >"$work/ctx/Containerfile"
 step m_buildah_bud buildah --storage-driver vfs bud --isolation chroot -q -t "localhost/manual:1" "$work/ctx"
 step m_buildah_push buildah --storage-driver vfs push --tls-verify=false "localhost/manual:1" "docker://$REGISTRY/bench/manual:1"
-m_layer=$(skopeo inspect --tls-verify=false "docker://$REGISTRY/bench/manual:1" --format '{{range .LayersData}}{{.Size}}{{end}}')
+m_layer=$(layer_size bench/manual:1)
 
 # --- diskforge ---------------------------------------------------------------------
 events="$work/diskforge-events.jsonl"
@@ -69,7 +74,7 @@ DISKFORGE_LAB_PASSWORD=lab-password "$diskforge" --json-events build "$repo/reci
   --output "docker://$REGISTRY/bench/diskforge:1" --tls-verify=false 2>"$events" >/dev/null \
   || { echo "diskforge build failed:" >&2; tail -20 "$events" >&2; exit 1; }
 t[d_total]=$(python3 -c "import sys;print(f'{float(sys.argv[2])-float(sys.argv[1]):.1f}')" "$d_start" "$(date +%s.%N)")
-d_layer=$(skopeo inspect --tls-verify=false "docker://$REGISTRY/bench/diskforge:1" --format '{{range .LayersData}}{{.Size}}{{end}}')
+d_layer=$(layer_size bench/diskforge:1)
 
 m_total=0
 for k in "${!t[@]}"; do case $k in m_*) m_total=$(python3 -c "print(round($m_total+${t[$k]},1))");; esac; done

@@ -11,6 +11,11 @@ repo=$(cd "$here/../.." && pwd)
 disk=$(readlink -f "${1:?usage: pack-vs-buildah.sh DISK.qcow2}")
 diskforge=${DISKFORGE:-$repo/target/release/diskforge}
 . "$here/registry.sh"
+# Sum of the layer sizes in an image's manifest (skopeo in Debian 12 lacks LayersData).
+layer_size() {
+  skopeo inspect --raw --tls-verify=false "docker://$REGISTRY/$1" \
+    | python3 -c 'import json,sys; print(sum(l["size"] for l in json.load(sys.stdin)["layers"]))'
+}
 start_registry
 work=$(mktemp -d)
 broot="$work/buildah-root"; brun="$work/buildah-run"
@@ -24,7 +29,6 @@ measure() { # measure NAME COMMAND... -> sets secs[NAME], rss[NAME] (KiB)
   rss[$name]=$(awk -F': ' '/Maximum resident set size/{print $2}' "$work/$name.time")
 }
 declare -A secs rss size
-layer_size() { skopeo inspect --tls-verify=false "docker://$REGISTRY/$1" --format '{{range .LayersData}}{{.Size}}{{end}}'; }
 
 measure diskforge_gzip "$diskforge" pack "$disk" --output "docker://$REGISTRY/bench/df-gzip:1" --tls-verify=false --work-dir "$work"
 size[diskforge_gzip]=$(layer_size bench/df-gzip:1)
