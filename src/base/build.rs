@@ -318,7 +318,8 @@ mod tests {
     #[test]
     fn uuid_is_derived_from_the_definition() {
         let u = fs_uuid(&"0123456789abcdef".repeat(4));
-        assert_eq!(u, "01234567-89ab-4def-8234-56789abcdef0");
+        assert_eq!(u, "01234567-89ab-4def-8123-456789abcdef");
         assert_eq!(u.len(), 36);
+        assert_ne!(fs_uuid(&"fedcba9876543210".repeat(4)), u);
     }
 }

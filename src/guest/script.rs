@@ -652,10 +652,11 @@ mod tests {
                 .find(needle)
                 .unwrap_or_else(|| panic!("{needle} missing in\n{}", c.script))
         };
+        assert_eq!(c.script.matches("install_packages() {").count(), 1);
         assert_eq!(
             c.script.matches("install_packages ").count(),
-            2,
-            "one batch plus the function"
+            1,
+            "one batched install call"
         );
         assert!(c.script.contains("install_packages tmux htop ttyd"));
         assert!(pos("useradd") < pos("/etc/motd"));
