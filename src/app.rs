@@ -30,8 +30,20 @@ pub fn init_logging(global: &GlobalOpts) {
 
 /// Exit codes documented in `diskforge --help`.
 pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
+    if let Some(sig) = crate::interrupt::signal() {
+        return ExitCode::from((128 + sig) as u8);
+    }
     if err
         .downcast_ref::<crate::verify::ContractViolation>()
+        .is_some()
+    {
+        return ExitCode::from(4);
+    }
+    if err.downcast_ref::<crate::exec::MissingTool>().is_some() {
+        return ExitCode::from(3);
+    }
+    if err
+        .downcast_ref::<crate::base::checksum::ChecksumMismatch>()
         .is_some()
     {
         return ExitCode::from(4);
@@ -47,6 +59,7 @@ pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     crate::progress::configure(cli.global.json_events, cli.global.quiet);
+    crate::interrupt::install()?;
     match cli.command {
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -316,7 +316,7 @@ pub fn install_file(src: &Path, dest: &Path) -> Result<()> {
     };
     let mut temp = crate::cache::TempFile::new_in(&dir)?;
     let mut f = std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
-    std::io::copy(&mut f, temp.file())
+    std::io::copy(&mut crate::interrupt::Checked(&mut f), temp.file())
         .with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
     temp.persist(dest)
 }

@@ -107,6 +107,7 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
+        crate::interrupt::check()?;
         let n = file
             .read(&mut buf)
             .with_context(|| format!("reading {} to hash it", path.display()))?;

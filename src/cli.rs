@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Build KubeVirt containerDisk VM images from declarative recipes.
 ///
 /// Exit codes: 0 success; 1 build or runtime failure; 2 invalid recipe or usage;
-/// 3 a required tool is missing; 4 verification failed (checksum, contract, boot check).
+/// 3 a required tool is missing; 4 verification failed (checksum, contract, boot check);
+/// 130 interrupted by Ctrl-C (the unfinished step's files are removed).
 #[derive(Debug, Parser)]
 #[command(
     name = "diskforge",

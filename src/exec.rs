@@ -21,6 +21,13 @@ const STDERR_TAIL: usize = 4096;
 /// The text shown in place of a secret.
 pub const REDACTED: &str = "***";
 
+/// A program diskforge needs is not installed (exit status 3).
+#[derive(Debug, thiserror::Error)]
+#[error("{program} is not installed or not on PATH (ci/setup-system.sh installs every tool diskforge uses)")]
+pub struct MissingTool {
+    pub program: String,
+}
+
 /// An external command about to run.
 #[derive(Debug, Clone)]
 pub struct Cmd {
@@ -32,6 +39,7 @@ pub struct Cmd {
     timeout: Option<Duration>,
     current_dir: Option<std::path::PathBuf>,
     input: Option<Vec<u8>>,
+    cleanup: bool,
 }
 
 /// What a finished command left behind.
@@ -61,6 +69,7 @@ impl Cmd {
             timeout: None,
             current_dir: None,
             input: None,
+            cleanup: false,
         }
     }
 
@@ -111,6 +120,13 @@ impl Cmd {
         self
     }
 
+    /// Marks a cleanup command (stopping a server, removing a mount): it runs to the end
+    /// even after Ctrl-C, where every other command is killed.
+    pub fn cleanup(mut self) -> Self {
+        self.cleanup = true;
+        self
+    }
+
     pub fn description(&self) -> &str {
         &self.description
     }
@@ -146,13 +162,7 @@ impl Cmd {
         if let Some(dir) = &self.current_dir {
             command.current_dir(dir);
         }
-        let mut child = command.spawn().with_context(|| {
-            format!(
-                "{}: cannot start {} (is it installed?)",
-                self.description,
-                self.program.to_string_lossy()
-            )
-        })?;
+        let mut child = command.spawn().map_err(|e| self.spawn_error(e))?;
         if let (Some(data), Some(mut stdin)) = (self.input.clone(), child.stdin.take()) {
             std::thread::spawn(move || {
                 let _ = std::io::Write::write_all(&mut stdin, &data);
@@ -171,10 +181,22 @@ impl Cmd {
             let _ = err_pipe.read_to_end(&mut buf);
             buf
         });
-        let status = match self.timeout {
-            Some(limit) => match child.wait_timeout(limit).context("waiting for a child")? {
-                Some(status) => status,
-                None => {
+        // Wait in short slices: a timeout or Ctrl-C kills the child.
+        let status = loop {
+            if let Some(status) = child
+                .wait_timeout(Duration::from_millis(100))
+                .context("waiting for a child")?
+            {
+                break status;
+            }
+            if !self.cleanup && crate::interrupt::interrupted() {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(crate::interrupt::error())
+                    .with_context(|| format!("{}: stopped", self.description));
+            }
+            if let Some(limit) = self.timeout {
+                if started.elapsed() >= limit {
                     let _ = child.kill();
                     let _ = child.wait();
                     let stderr = err_thread.join().unwrap_or_default();
@@ -186,9 +208,13 @@ impl Cmd {
                         self.tail(&stderr)
                     );
                 }
-            },
-            None => child.wait().context("waiting for a child")?,
+            }
         };
+        if !status.success() && !self.cleanup && crate::interrupt::interrupted() {
+            // The child got the terminal's Ctrl-C too: report the interruption, not its exit.
+            return Err(crate::interrupt::error())
+                .with_context(|| format!("{}: stopped", self.description));
+        }
         let stdout = out_thread.join().unwrap_or_default();
         let stderr = err_thread.join().unwrap_or_default();
         let elapsed = started.elapsed();
@@ -233,13 +259,7 @@ impl Cmd {
         for (k, v) in &self.envs {
             command.env(k, v);
         }
-        let mut child = command.spawn().with_context(|| {
-            format!(
-                "{}: cannot start {} (is it installed?)",
-                self.description,
-                self.program.to_string_lossy()
-            )
-        })?;
+        let mut child = command.spawn().map_err(|e| self.spawn_error(e))?;
         let mut err_pipe = child.stderr.take().expect("stderr is piped");
         let err_thread = std::thread::spawn(move || {
             let mut buf = Vec::new();
@@ -282,13 +302,16 @@ impl Cmd {
         if let Some(dir) = &self.current_dir {
             command.current_dir(dir);
         }
-        command.spawn().with_context(|| {
-            format!(
-                "{}: cannot start {} (is it installed?)",
-                self.description,
-                self.program.to_string_lossy()
-            )
-        })
+        command.spawn().map_err(|e| self.spawn_error(e))
+    }
+
+    fn spawn_error(&self, e: std::io::Error) -> anyhow::Error {
+        let program = self.program.to_string_lossy().into_owned();
+        if e.kind() == std::io::ErrorKind::NotFound {
+            return anyhow::Error::new(MissingTool { program })
+                .context(format!("{}: cannot start the program", self.description));
+        }
+        anyhow::Error::new(e).context(format!("{}: cannot start {program}", self.description))
     }
 
     /// Runs and parses stdout as JSON into `T`.
@@ -412,6 +435,10 @@ mod tests {
         let err = Cmd::new("no-such-tool-diskforge", "probing")
             .run()
             .unwrap_err();
-        assert!(format!("{err:#}").contains("no-such-tool-diskforge"));
+        assert!(format!("{err:#}").contains("no-such-tool-diskforge is not installed"));
+        assert_eq!(
+            err.downcast_ref::<MissingTool>().unwrap().program,
+            "no-such-tool-diskforge"
+        );
     }
 }

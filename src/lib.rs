@@ -11,6 +11,7 @@ pub mod cache;
 pub mod cli;
 pub mod exec;
 pub mod guest;
+pub mod interrupt;
 pub mod oci;
 pub mod plan;
 pub mod progress;

@@ -71,6 +71,7 @@ impl BootDisk {
 /// Waits until ttyd serves its page on the VM's forwarded port.
 pub fn wait_for_ttyd(vm: &mut Vm, deadline: Instant) -> Result<()> {
     loop {
+        crate::interrupt::check()?;
         if let Some(s) = vm.exited() {
             bail!(
                 "QEMU exited ({s}) before ttyd answered\n{}",
@@ -227,7 +228,19 @@ pub fn cmd_run(global: &GlobalOpts, args: RunArgs) -> Result<ExitCode> {
             println!("serial console log: {}", vm.serial_log.display());
         }
         println!("(the VM runs on a throwaway overlay; Ctrl-C stops it)");
-        let status = vm.child.wait().context("waiting for QEMU")?;
+        let status = loop {
+            if let Some(s) = vm.child.try_wait().context("waiting for QEMU")? {
+                break s;
+            }
+            if crate::interrupt::interrupted() {
+                // Ctrl-C is how this VM is meant to end: dropping `vm` stops QEMU and
+                // removes the overlay.
+                drop(vm);
+                crate::progress::say("stopped the VM and removed its overlay");
+                return Ok(ExitCode::SUCCESS);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
         return Ok(if status.success() {
             ExitCode::SUCCESS
         } else {
@@ -272,6 +285,7 @@ fn check(
     let stage = crate::progress::stage("boot", "waiting for the guest to boot");
     if args.ttyd_port == 0 {
         loop {
+            crate::interrupt::check()?;
             if let Some(s) = vm.exited() {
                 bail!("QEMU exited ({s}) before the guest showed a login prompt");
             }
@@ -294,6 +308,7 @@ fn check(
     let port = vm.ttyd_port;
     // 1. The ttyd page over HTTP.
     loop {
+        crate::interrupt::check()?;
         if let Some(s) = vm.exited() {
             bail!("QEMU exited ({s}) before ttyd answered");
         }
@@ -381,6 +396,7 @@ fn tail(s: &str) -> String {
 fn wait_for(ws: &mut Ws, needles: &[&str], deadline: Instant) -> Result<String> {
     let mut seen = String::new();
     loop {
+        crate::interrupt::check()?;
         if needles.iter().any(|n| seen.contains(n)) {
             return Ok(seen);
         }

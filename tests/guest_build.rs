@@ -256,3 +256,80 @@ fn shrinking_is_refused_with_both_sizes() {
     );
     assert!(!t.path().join("o.qcow2").exists());
 }
+
+/// Processes whose command line mentions `needle` (a test's temporary directory).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(needle) {
+                found.push(format!("{}: {text}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn ctrl_c_during_customization_stops_the_appliance_and_leaves_nothing() {
+    if !common::require(TOOLS) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let base = make_disk(t.path(), Layout::GptExt4, 700);
+    let base_sum = sha256(&base);
+    let recipe = t.path().join("r.yaml");
+    std::fs::write(
+        &recipe,
+        "base: {path: GptExt4.raw, format: raw}\ndisk: {size: +1G}\ncustomize: {commands: [\"sleep 600\"]}\n",
+    )
+    .unwrap();
+    let cache = t.path().join("cache");
+    let out_dir = t.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let events = t.path().join("events.jsonl");
+    let mut c = common::diskforge();
+    common::guestfs_env(&mut c);
+    let child = c
+        .args(["--json-events", "--accel", "tcg", "--cache-dir"])
+        .arg(&cache)
+        .arg("build")
+        .arg(&recipe)
+        .arg("--disk-only")
+        .arg(out_dir.join("out.qcow2"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&events).unwrap())
+        .spawn()
+        .unwrap();
+    // Interrupt while the guest runs the recipe's command inside the appliance.
+    let out = common::interrupt_when(
+        child,
+        "INT",
+        || {
+            std::fs::read_to_string(&events)
+                .map(|s| s.contains(r#""stage":"customize""#))
+                .unwrap_or(false)
+        },
+        std::time::Duration::from_secs(300),
+        std::time::Duration::from_secs(40),
+    );
+    let stderr = std::fs::read_to_string(&events).unwrap();
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted by SIGINT"), "{stderr}");
+
+    let left = processes_mentioning(&t.path().to_string_lossy());
+    assert!(left.is_empty(), "still running: {left:#?}");
+    let work: Vec<_> = std::fs::read_dir(cache.join("work"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(work.is_empty(), "work directory left: {work:?}");
+    let outputs: Vec<_> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(outputs.is_empty(), "output left: {outputs:?}");
+    assert_eq!(common::temp_files(&cache), Vec::<std::path::PathBuf>::new());
+    assert_eq!(sha256(&base), base_sum, "the base changed");
+}

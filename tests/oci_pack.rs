@@ -372,6 +372,64 @@ fn refused_inputs_leave_the_layout_untouched() {
 }
 
 #[test]
+fn ctrl_c_while_packing_leaves_the_layout_as_it_was() {
+    if !common::require(&["qemu-img", "skopeo", "umoci"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let small_dir = t.path().join("small");
+    std::fs::create_dir(&small_dir).unwrap();
+    let small = random_qcow2(&small_dir, 2);
+    let big = random_qcow2(t.path(), 768);
+    let layout = t.path().join("l");
+    assert!(pack(
+        &small,
+        &["--output", &format!("oci:{}:old", layout.display())]
+    )
+    .status
+    .success());
+    let index_before = std::fs::read(layout.join("index.json")).unwrap();
+
+    let child = common::diskforge()
+        .arg("pack")
+        .arg(&big)
+        .args(["--output", &format!("oci:{}:new", layout.display())])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let blobs = layout.join("blobs/sha256");
+    // Interrupt while the layer is being written (its temporary file exists).
+    let out = common::interrupt_when(
+        child,
+        "INT",
+        || !common::temp_files(&blobs).is_empty(),
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_secs(20),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted by SIGINT"), "{err}");
+
+    assert_eq!(common::temp_files(t.path()), Vec::<PathBuf>::new());
+    assert_eq!(
+        index_before,
+        std::fs::read(layout.join("index.json")).unwrap()
+    );
+    // Every blob left is whole: its content hashes to its name.
+    for e in std::fs::read_dir(&blobs).unwrap() {
+        let p = e.unwrap().path();
+        let (hex, _) = diskforge::cache::sha256_file(&p).unwrap();
+        assert_eq!(p.file_name().unwrap().to_string_lossy(), hex);
+    }
+    let ls = sh(Command::new("umoci").args(["ls", "--layout"]).arg(&layout));
+    assert_eq!(ls.trim(), "old");
+    sh(Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci:{}:old", layout.display())));
+}
+
+#[test]
 fn index_combines_per_architecture_images() {
     if !common::require(&["qemu-img", "skopeo"]) {
         return;

@@ -286,6 +286,7 @@ impl Http {
         }
         let mut received = 0u64;
         loop {
+            crate::interrupt::check()?;
             match response.chunk().await {
                 Ok(Some(chunk)) => {
                     sink.write(&chunk)

@@ -131,6 +131,7 @@ impl Fish {
             .remote("stopping the libguestfs server".into())
             .arg("--")
             .arg("exit")
+            .cleanup()
             .run();
         Ok(())
     }
@@ -138,13 +139,24 @@ impl Fish {
 
 impl Drop for Fish {
     fn drop(&mut self) {
-        if !self.closed {
-            let _ = self
-                .remote("stopping the libguestfs server".into())
-                .arg("--")
-                .arg("exit")
-                .timeout(std::time::Duration::from_secs(30))
-                .run();
+        if self.closed {
+            return;
+        }
+        if crate::interrupt::interrupted() {
+            // The server may be busy with a long command (a package install): asking it to
+            // exit would wait for that. Stop the appliance and the server directly.
+            crate::interrupt::kill_tree(self.pid, std::time::Duration::from_secs(5));
+            return;
+        }
+        let stopped = self
+            .remote("stopping the libguestfs server".into())
+            .arg("--")
+            .arg("exit")
+            .timeout(std::time::Duration::from_secs(30))
+            .cleanup()
+            .run();
+        if stopped.is_err() {
+            crate::interrupt::kill_tree(self.pid, std::time::Duration::from_secs(5));
         }
     }
 }

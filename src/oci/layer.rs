@@ -334,6 +334,7 @@ impl<R: Read> Read for SizeGuard<R> {
         if self.remaining == 0 {
             return Ok(0);
         }
+        crate::interrupt::check_io()?;
         let want = buf
             .len()
             .min(self.remaining.min(usize::MAX as u64) as usize);

@@ -110,7 +110,7 @@ pub fn copy_image(
             let mut temp = TempFile::new_in(&to.blobs_dir())?;
             let mut f =
                 std::fs::File::open(&src).with_context(|| format!("opening {}", src.display()))?;
-            std::io::copy(&mut f, temp.file())
+            std::io::copy(&mut crate::interrupt::Checked(&mut f), temp.file())
                 .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
             temp.persist(&dst)?;
         }

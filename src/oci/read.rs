@@ -198,9 +198,10 @@ pub fn scan_layers(
                         let mut first = vec![0u8; 512];
                         let n = read_up_to(&mut e, &mut first)?;
                         std::io::Write::write_all(&mut out, &first[..n])?;
-                        std::io::copy(&mut e, &mut out).with_context(|| {
-                            format!("extracting the disk to {}", dest.display())
-                        })?;
+                        std::io::copy(&mut crate::interrupt::Checked(&mut e), &mut out)
+                            .with_context(|| {
+                                format!("extracting the disk to {}", dest.display())
+                            })?;
                         disk = Some((dest, disk_header(&first[..n], info.size)));
                     }
                     None => {

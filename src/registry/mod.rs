@@ -229,6 +229,9 @@ async fn push_async(
                 .await
             {
                 Ok(_) => break,
+                Err(_) if crate::interrupt::interrupted() => {
+                    return Err(crate::interrupt::error().into())
+                }
                 Err(e) if attempt < ATTEMPTS && !permanent(&e) => {
                     tracing::warn!("pushing the manifest to {r} failed ({e}); retrying");
                     tokio::time::sleep(backoff(attempt)).await;
@@ -271,6 +274,7 @@ async fn upload(
     let mut attempt = 0;
     loop {
         attempt += 1;
+        crate::interrupt::check()?;
         let file = tokio::fs::File::open(&path)
             .await
             .with_context(|| format!("opening {}", path.display()))?;
@@ -280,6 +284,7 @@ async fn upload(
         )));
         let p2 = progress.clone();
         let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).map(move |chunk| {
+            crate::interrupt::check_io()?;
             if let Ok(b) = &chunk {
                 if let Ok(mut p) = p2.lock() {
                     p.inc(b.len() as u64);

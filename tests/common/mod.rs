@@ -54,6 +54,64 @@ pub fn guestfs_env(cmd: &mut Command) -> &mut Command {
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+/// Sends `signal` (e.g. "INT") to `child` once `ready` holds (polled for up to
+/// `ready_within`), then waits up to `exit_within` for it to exit. Returns its output.
+pub fn interrupt_when(
+    mut child: std::process::Child,
+    signal: &str,
+    ready: impl Fn() -> bool,
+    ready_within: std::time::Duration,
+    exit_within: std::time::Duration,
+) -> std::process::Output {
+    use wait_timeout::ChildExt;
+    let start = std::time::Instant::now();
+    while !ready() {
+        if let Ok(Some(status)) = child.try_wait() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "exited ({status}) before it was interrupted: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            start.elapsed() < ready_within,
+            "never reached the point to interrupt"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let sent = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let interrupted_at = std::time::Instant::now();
+    if child.wait_timeout(exit_within).unwrap().is_none() {
+        let _ = child.kill();
+        panic!("still running {exit_within:?} after SIG{signal}");
+    }
+    eprintln!("exited {:?} after SIG{signal}", interrupted_at.elapsed());
+    child.wait_with_output().unwrap()
+}
+
+/// Every path under `dir` whose name starts with `.tmp-` (a half-written file).
+pub fn temp_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if e.file_name().to_string_lossy().starts_with(".tmp-") {
+            out.push(p.clone());
+        }
+        if p.is_dir() {
+            out.extend(temp_files(&p));
+        }
+    }
+    out
+}
+
 pub mod guest;
 pub mod http;
 pub mod registry;

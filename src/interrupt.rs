@@ -1,0 +1,203 @@
+//! Ctrl-C, SIGTERM and SIGHUP.
+//!
+//! The first signal only sets a flag. Everything that waits checks it (the exec helper
+//! while a child runs, the streaming loops of download, pack and push), returns an
+//! [`Interrupted`] error, and the normal unwinding runs every cleanup guard: the work
+//! directory goes, temporary files in the cache and the output go, the libguestfs
+//! appliance is stopped. A second signal of the same kind ends the process at once
+//! (exit status 130 for SIGINT), for when the user does not want to wait for the cleanup.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+/// The signal that interrupted the run, or 0.
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+static FLAGS: OnceLock<Vec<(i32, Arc<AtomicBool>)>> = OnceLock::new();
+
+/// The error a step returns when it stopped because of a signal.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted by {name}: stopped and removed the files of the unfinished step")]
+pub struct Interrupted {
+    pub name: &'static str,
+}
+
+/// Installs the handlers (once per process; later calls do nothing).
+pub fn install() -> anyhow::Result<()> {
+    if FLAGS.get().is_some() {
+        return Ok(());
+    }
+    let mut flags = Vec::new();
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
+        let flag = Arc::new(AtomicBool::new(false));
+        // Registered first, so it sees the flag as it was before this signal: the second
+        // signal of a kind exits at once.
+        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, flag.clone())
+            .map_err(|e| anyhow::anyhow!("installing the handler for signal {sig}: {e}"))?;
+        signal_hook::flag::register(sig, flag.clone())
+            .map_err(|e| anyhow::anyhow!("installing the handler for signal {sig}: {e}"))?;
+        flags.push((sig, flag));
+    }
+    let _ = FLAGS.set(flags);
+    Ok(())
+}
+
+/// Whether a signal asked the run to stop.
+pub fn interrupted() -> bool {
+    if SIGNAL.load(Ordering::SeqCst) != 0 {
+        return true;
+    }
+    let Some(flags) = FLAGS.get() else {
+        return false;
+    };
+    for (sig, flag) in flags {
+        if flag.load(Ordering::SeqCst) {
+            SIGNAL.store(*sig, Ordering::SeqCst);
+            return true;
+        }
+    }
+    false
+}
+
+/// The signal that interrupted the run, if any.
+pub fn signal() -> Option<i32> {
+    interrupted().then(|| SIGNAL.load(Ordering::SeqCst))
+}
+
+fn name(sig: i32) -> &'static str {
+    match sig {
+        SIGINT => "SIGINT",
+        SIGTERM => "SIGTERM",
+        SIGHUP => "SIGHUP",
+        _ => "a signal",
+    }
+}
+
+/// The error for the current interruption.
+pub fn error() -> Interrupted {
+    Interrupted {
+        name: name(SIGNAL.load(Ordering::SeqCst)),
+    }
+}
+
+/// `Err(Interrupted)` once a signal arrived.
+pub fn check() -> anyhow::Result<()> {
+    if interrupted() {
+        return Err(error().into());
+    }
+    Ok(())
+}
+
+/// The same as an I/O error, for `Read`/`Write` adapters in streaming loops. Its kind is
+/// `Other`: `ErrorKind::Interrupted` would make `io::copy` and `read_exact` retry.
+pub fn check_io() -> std::io::Result<()> {
+    if interrupted() {
+        return Err(std::io::Error::other(error()));
+    }
+    Ok(())
+}
+
+/// A reader that fails with [`Interrupted`] once a signal arrived: wrap the source of a
+/// long `io::copy` with it.
+pub struct Checked<R>(pub R);
+
+impl<R: std::io::Read> std::io::Read for Checked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        check_io()?;
+        self.0.read(buf)
+    }
+}
+
+/// Kills `pid` and all its descendants (children first), for helpers that run in their
+/// own session (the libguestfs server and its appliance). SIGTERM, then SIGKILL after
+/// `grace` for whatever is still alive. The tree is listed before the first signal and
+/// parents go first, so nothing gets the chance to start a replacement child.
+pub fn kill_tree(pid: u32, grace: std::time::Duration) {
+    let mut all = vec![pid];
+    all.extend(descendants(pid).into_iter().rev());
+    for p in &all {
+        send(*p, "TERM");
+    }
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if all.iter().all(|p| !alive(*p)) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for p in all.iter().filter(|p| alive(**p)) {
+        send(*p, "KILL");
+    }
+}
+
+fn send(pid: u32, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still has a /proc entry; its state is Z.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Every descendant of `pid`, deepest first.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    for t in tasks {
+        let children = std::fs::read_to_string(t.join("children")).unwrap_or_default();
+        for c in children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+        {
+            out.extend(descendants(c));
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kill_tree_stops_a_process_and_its_children() {
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("sleep 300 & sleep 300 & wait; sleep 300")
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let kids = descendants(child.id());
+        assert_eq!(kids.len(), 2, "two sleeps under the shell: {kids:?}");
+        kill_tree(child.id(), std::time::Duration::from_secs(5));
+        let status = child.wait().unwrap();
+        assert!(!status.success());
+        for k in kids {
+            assert!(!alive(k), "{k} survived");
+        }
+    }
+
+    #[test]
+    fn no_signal_means_no_interruption() {
+        install().unwrap();
+        assert!(!interrupted());
+        assert!(check().is_ok());
+        assert!(check_io().is_ok());
+    }
+}
