@@ -485,3 +485,21 @@ fn index_combines_per_architecture_images() {
         .arg(format!("oci:{}:multi", layout.display())));
     assert!(inspect.contains("\"Architecture\": \"arm64\""), "{inspect}");
 }
+
+#[test]
+fn a_missing_tool_exits_3_and_names_it() {
+    let t = tempfile::tempdir().unwrap();
+    let disk = t.path().join("d.qcow2");
+    std::fs::write(&disk, b"not really a disk").unwrap();
+    let layout = t.path().join("l");
+    let out = common::diskforge()
+        .env("PATH", t.path())
+        .arg("pack")
+        .arg(&disk)
+        .args(["--output", &format!("oci:{}:x", layout.display())])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("qemu-img is not installed"), "{err}");
+}
