@@ -85,12 +85,20 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime for the registry")
 }
 
-/// Errors that make retrying pointless.
+/// Errors that make retrying pointless: the registry refused the credentials. Decided
+/// from the error's type and status only — never from its text, which holds URLs whose
+/// upload ids and digests can contain "401" or "403".
 fn permanent(e: &oci_client::errors::OciDistributionError) -> bool {
-    use oci_client::errors::OciDistributionError as E;
-    matches!(e, E::AuthenticationFailure(_) | E::UnauthorizedError { .. }) || {
-        let s = e.to_string().to_lowercase();
-        s.contains("unauthorized") || s.contains("denied") || s.contains("401") || s.contains("403")
+    use oci_client::errors::{OciDistributionError as E, OciErrorCode};
+    match e {
+        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => true,
+        E::ServerError { code, .. } => matches!(code, 401 | 403),
+        E::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|x| matches!(x.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)),
+        E::RequestError(r) => r.status().is_some_and(|s| s == 401 || s == 403),
+        _ => false,
     }
 }
 
@@ -698,4 +706,34 @@ pub fn vm_manifest(
     }
     s.push_str(&format!("      volumes:\n        - name: rootdisk\n          containerDisk:\n            image: {pinned}\n"));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::permanent;
+    use oci_client::errors::OciDistributionError as E;
+
+    #[test]
+    fn only_refused_credentials_are_permanent() {
+        // A transient failure whose URL happens to contain "403" and "401".
+        let url = "http://127.0.0.1:5000/v2/lab/x/blobs/uploads/3a0202fe-fb34-403e-b401?digest=sha256%3A401";
+        assert!(!permanent(&E::ServerError {
+            code: 503,
+            url: url.into(),
+            message: "denied? no: unavailable".into()
+        }));
+        assert!(!permanent(&E::GenericError(Some(format!("reset: {url}")))));
+        assert!(permanent(&E::ServerError {
+            code: 401,
+            url: url.into(),
+            message: String::new()
+        }));
+        assert!(permanent(&E::ServerError {
+            code: 403,
+            url: url.into(),
+            message: String::new()
+        }));
+        assert!(permanent(&E::UnauthorizedError { url: url.into() }));
+        assert!(permanent(&E::AuthenticationFailure("bad".into())));
+    }
 }
