@@ -117,3 +117,34 @@ fn cache_command(global: &GlobalOpts, cmd: CacheCommand) -> Result<ExitCode> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::exit_code_for;
+    use anyhow::Context;
+    use std::process::ExitCode;
+
+    #[test]
+    fn exit_codes_follow_the_error_type_through_context() {
+        let mismatch: anyhow::Result<()> = Err(crate::base::checksum::ChecksumMismatch {
+            url: "http://x/base.qcow2".into(),
+            expected: "sha256:aa".into(),
+            actual: "sha256:bb".into(),
+        }
+        .into());
+        let e = mismatch.context("getting the base image").unwrap_err();
+        assert_eq!(exit_code_for(&e), ExitCode::from(4));
+
+        let missing: anyhow::Result<()> = Err(crate::exec::MissingTool {
+            program: "qemu-img".into(),
+        }
+        .into());
+        let e = missing.context("resizing").unwrap_err();
+        assert_eq!(exit_code_for(&e), ExitCode::from(3));
+
+        assert_eq!(
+            exit_code_for(&anyhow::anyhow!("something else")),
+            ExitCode::from(1)
+        );
+    }
+}
