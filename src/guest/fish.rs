@@ -125,8 +125,9 @@ impl Fish {
 
     /// Shuts the appliance down cleanly (flushing every write to the disk).
     pub fn close(mut self) -> Result<()> {
-        self.closed = true;
+        // On failure `self` is dropped unclosed, so Drop still stops the server.
         self.call(&["shutdown"])?;
+        self.closed = true;
         let _ = self
             .remote("stopping the libguestfs server".into())
             .arg("--")
