@@ -98,8 +98,8 @@ pub fn check_io() -> std::io::Result<()> {
     Ok(())
 }
 
-/// A reader that fails with [`Interrupted`] once a signal arrived: wrap the source of a
-/// long `io::copy` with it.
+/// A reader or writer that fails with [`Interrupted`] once a signal arrived: wrap the
+/// source of a long `io::copy`, or the destination of a blob download, with it.
 pub struct Checked<R>(pub R);
 
 impl<R: std::io::Read> std::io::Read for Checked<R> {
@@ -109,7 +109,34 @@ impl<R: std::io::Read> std::io::Read for Checked<R> {
     }
 }
 
-/// Kills `pid` and all its descendants (children first), for helpers that run in their
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Checked<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let Err(e) = check_io() {
+            return std::task::Poll::Ready(Err(e));
+        }
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Kills `pid` and all its descendants, for helpers that run in their
 /// own session (the libguestfs server and its appliance). SIGTERM, then SIGKILL after
 /// `grace` for whatever is still alive. The tree is listed before the first signal and
 /// parents go first, so nothing gets the chance to start a replacement child.
@@ -132,13 +159,12 @@ pub fn kill_tree(pid: u32, grace: std::time::Duration) {
 }
 
 fn send(pid: u32, sig: &str) {
-    let _ = std::process::Command::new("kill")
+    // It may have exited on its own meanwhile: a failing `kill` is fine.
+    let _ = crate::exec::Cmd::new("kill", format!("sending SIG{sig} to process {pid}"))
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
+        .cleanup()
+        .run();
 }
 
 fn alive(pid: u32) -> bool {

@@ -356,3 +356,97 @@ fn basic_auth_from_creds_and_auth_file_and_wrong_creds_fail_cleanly() {
     );
     assert!(!all.contains(password) && !all.contains(&token));
 }
+
+/// Size of the largest file under `dir`.
+fn largest_file(dir: &Path) -> u64 {
+    let mut max = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            max = max.max(if p.is_dir() {
+                largest_file(&p)
+            } else {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            });
+        }
+    }
+    max
+}
+
+#[test]
+fn ctrl_c_during_a_push_leaves_no_tag_and_a_second_push_completes() {
+    if !common::require(&["docker-registry", "skopeo", "qemu-img"]) {
+        return;
+    }
+    let reg = common::registry::Registry::start(None);
+    let t = tempfile::tempdir().unwrap();
+    // A 2 GiB raw disk of zeros packed without compression: a layer large enough to
+    // interrupt in the middle of its upload, cheap to make.
+    let disk = t.path().join("big.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let l = t.path().join("layout");
+    let out = common::diskforge()
+        .arg("pack")
+        .arg(&disk)
+        .args(["--compression", "none", "--output"])
+        .arg(format!("oci:{}:v1", l.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dest = format!("docker://{}/lab/cut:1", reg.addr);
+    let child = common::diskforge()
+        .args(["--json-events", "push"])
+        .arg(format!("{}:v1", l.display()))
+        .arg(&dest)
+        .arg("--tls-verify=false")
+        .env("XDG_CACHE_HOME", t.path().join("xdg"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the registry holds part of the layer upload.
+    let storage = reg.dir.path().join("data");
+    let out = common::interrupt_when(
+        child,
+        "INT",
+        || largest_file(&storage) > 64 << 20,
+        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(20),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted by SIGINT"), "{err}");
+    assert!(
+        !err.contains("retrying"),
+        "an interruption is not a retry: {err}"
+    );
+    // Manifest last: the tag does not exist.
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", &dest])
+        .output()
+        .unwrap();
+    assert!(
+        !inspect.status.success(),
+        "the tag exists after an interrupted push"
+    );
+
+    let out = push(&l, std::slice::from_ref(&dest), &[], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest_digest = std::fs::read_to_string(l.join("index.json")).unwrap();
+    let pushed = skopeo_digest(&dest, None);
+    assert!(
+        manifest_digest.contains(&pushed),
+        "{pushed} not in {manifest_digest}"
+    );
+}

@@ -309,6 +309,9 @@ async fn upload(
                 }
                 return Ok(());
             }
+            Err(_) if crate::interrupt::interrupted() => {
+                return Err(crate::interrupt::error().into())
+            }
             Err(e) if attempt < ATTEMPTS && !permanent(&e) => {
                 let wait = backoff(attempt);
                 tracing::warn!(
@@ -431,7 +434,7 @@ pub fn pull_to_layout(
             };
             let temp = crate::cache::TempFile::new_in(&l.blobs_dir())?;
             let f = tokio::fs::File::from_std(temp_file_clone(&temp)?);
-            c.pull_blob(&r, &ld, f)
+            c.pull_blob(&r, &ld, crate::interrupt::Checked(f))
                 .await
                 .with_context(|| format!("pulling blob {dg}"))?;
             let (h, _) = crate::cache::sha256_file(temp.path())?;
