@@ -10,21 +10,24 @@
 //!                         (`url-<sha256 of the URL>`), an archive member (`member-…`)
 //! partial/<key>.part      an interrupted download, resumed with HTTP Range (kept across runs)
 //! locks/<key>.lock        one exclusive lock per key: concurrent builds download once
+//! stages/<key>.qcow2      disks kept by `build --incremental`, named by their stage key
+//! state/                  small records (repositories pushed to, per registry)
 //! ```
 //!
 //! A blob is written to a temporary file in its own directory and renamed to its digest
-//! only after verification; a [`TempFile`] guard deletes it on error or drop. Blobs are
+//! only after verification; an [`AtomicFile`] guard deletes it on error or drop. Blobs are
 //! never modified after the rename. Lock files stay behind on purpose: deleting a lock
 //! file another process may hold or be about to open would defeat the lock.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
+
+use crate::io::atomic::AtomicFile;
+use crate::io::hash::{sha256_file, sha256_hex};
 
 /// The cache root and its subdirectories.
 #[derive(Debug, Clone)]
@@ -67,6 +70,7 @@ pub struct PruneReport {
     pub blobs: usize,
     pub bytes: u64,
     pub partials: usize,
+    pub stages: usize,
 }
 
 /// A second name for a blob.
@@ -94,143 +98,8 @@ impl RefKey {
     }
 }
 
-/// sha256 of a byte string, hex.
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
-/// sha256 and size of a file, read in 1 MiB chunks.
-pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
-    let mut file =
-        File::open(path).with_context(|| format!("opening {} to hash it", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        crate::interrupt::check()?;
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("reading {} to hash it", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((hex::encode(hasher.finalize()), size))
-}
-
 fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-/// A temporary file that is deleted unless [`TempFile::persist`] renames it into place.
-#[derive(Debug)]
-pub struct TempFile {
-    path: PathBuf,
-    file: Option<File>,
-}
-
-impl TempFile {
-    /// Creates `dir/.tmp-<random>` exclusively.
-    pub fn new_in(dir: &Path) -> Result<TempFile> {
-        for _ in 0..16 {
-            let name = format!(".tmp-{}", random_suffix());
-            let path = dir.join(name);
-            match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(file) => {
-                    return Ok(TempFile {
-                        path,
-                        file: Some(file),
-                    })
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("creating a temporary file in {}", dir.display()))
-                }
-            }
-        }
-        bail!(
-            "cannot find a free temporary file name in {}",
-            dir.display()
-        )
-    }
-
-    /// Takes over an existing file by renaming it to a fresh temporary name in `dir`.
-    pub fn adopt(src: &Path, dir: &Path) -> Result<TempFile> {
-        let path = dir.join(format!(".tmp-{}", random_suffix()));
-        fs::rename(src, &path)
-            .with_context(|| format!("moving {} to {}", src.display(), path.display()))?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()));
-        // The guard owns the file from here on, even when reopening failed.
-        let mut temp = TempFile { path, file: None };
-        temp.file = Some(file?);
-        Ok(temp)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn file(&mut self) -> &mut File {
-        self.file
-            .as_mut()
-            .expect("temp file is open until persisted")
-    }
-
-    /// Flushes to disk and renames to `dest` (same filesystem), disarming the guard.
-    pub fn persist(mut self, dest: &Path) -> Result<()> {
-        if let Some(file) = self.file.take() {
-            file.sync_all()
-                .with_context(|| format!("syncing {}", self.path.display()))?;
-        }
-        fs::rename(&self.path, dest)
-            .with_context(|| format!("renaming {} to {}", self.path.display(), dest.display()))?;
-        self.path = PathBuf::new();
-        Ok(())
-    }
-}
-
-impl Write for TempFile {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.file().write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file().flush()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.path.as_os_str().is_empty() {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
-fn random_suffix() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    // RandomState is seeded per instance from the OS; mixing in pid and time keeps
-    // names unique across processes without another dependency.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    format!("{:016x}", h.finish())
 }
 
 /// An exclusive lock on one cache key; released on drop.
@@ -254,6 +123,12 @@ impl Cache {
                 .with_context(|| format!("creating cache directory {}", dir.display()))?;
         }
         Ok(cache)
+    }
+
+    /// The cache at `root` for reading only, as it is: nothing is created, and what
+    /// is missing reads as absent (`validate` has no side effects).
+    pub fn read_only(root: impl Into<PathBuf>) -> Cache {
+        Cache { root: root.into() }
     }
 
     /// `--cache-dir` when given, else `$XDG_CACHE_HOME/diskforge`, else `~/.cache/diskforge`.
@@ -299,8 +174,28 @@ impl Cache {
     }
 
     /// A temporary file in the blob directory, so that committing it is a rename.
-    pub fn temp_blob(&self) -> Result<TempFile> {
-        TempFile::new_in(&self.blob_dir())
+    pub fn temp_blob(&self) -> Result<AtomicFile> {
+        AtomicFile::new_in(&self.blob_dir())
+    }
+
+    /// Takes over a finished file (a base built in the work directory) as a temporary
+    /// file of the blob directory, ready for [`Cache::commit`].
+    pub fn adopt(&self, src: &Path) -> Result<AtomicFile> {
+        AtomicFile::adopt(src, &self.blob_dir())
+    }
+
+    /// A directory of the cache for small state records (`state/NAME`), created on use.
+    pub fn state_dir(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.root.join("state").join(name);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// Where `build --incremental` keeps stage disks.
+    pub fn stage_dir(&self) -> Result<PathBuf> {
+        let dir = self.root.join("stages");
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(dir)
     }
 
     /// Waits for the exclusive lock on `key` (blocking; see [`Cache::lock`] for async).
@@ -386,7 +281,7 @@ impl Cache {
     /// records its metadata. An existing blob with the same digest is kept as is.
     pub fn commit(
         &self,
-        temp: TempFile,
+        temp: AtomicFile,
         hex: &str,
         origin: &str,
         source_digest: Option<String>,
@@ -421,11 +316,8 @@ impl Cache {
 
     /// Points `key` at blob `hex` (atomically replacing an older reference).
     pub fn set_ref(&self, key: &RefKey, hex: &str) -> Result<()> {
-        let dir = self.root.join("refs");
-        let mut temp = TempFile::new_in(&dir)?;
-        temp.write_all(hex.as_bytes())
-            .context("writing a cache reference")?;
-        temp.persist(&self.ref_path(key))
+        crate::io::atomic::write(&self.ref_path(key), hex.as_bytes())
+            .context("writing a cache reference")
     }
 
     pub fn meta(&self, hex: &str) -> Result<Option<BlobMeta>> {
@@ -444,7 +336,7 @@ impl Cache {
     }
 
     fn write_meta(&self, meta: &BlobMeta) -> Result<()> {
-        let mut temp = TempFile::new_in(&self.root.join("meta"))?;
+        let mut temp = AtomicFile::new_in(&self.root.join("meta"))?;
         serde_json::to_writer_pretty(&mut temp, meta).context("writing cache metadata")?;
         temp.persist(&self.meta_path(&meta.digest))
     }
@@ -551,6 +443,29 @@ impl Cache {
                 let _ = fs::remove_file(&path);
             }
         }
+        // Kept stage disks: by age of last use (their modification time is refreshed
+        // on every use), and with the base they stand on.
+        let stages = self.root.join("stages");
+        if let Ok(rd) = fs::read_dir(&stages) {
+            let limit = older_than.map(|d| {
+                SystemTime::now()
+                    .checked_sub(d)
+                    .unwrap_or(SystemTime::UNIX_EPOCH)
+            });
+            for entry in rd.flatten() {
+                let old = match limit {
+                    None => true,
+                    Some(limit) => entry
+                        .metadata()
+                        .and_then(|m| m.accessed().or_else(|_| m.modified()))
+                        .map(|m| m < limit)
+                        .unwrap_or(true),
+                };
+                if old && fs::remove_file(entry.path()).is_ok() {
+                    report.stages += 1;
+                }
+            }
+        }
         let partial = self.partial_dir();
         let limit = older_than.map(|d| {
             SystemTime::now()
@@ -590,6 +505,7 @@ fn set_read_only(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn commit_lookup_prune() {
@@ -617,17 +533,6 @@ mod tests {
         assert_eq!(cache.prune(None).unwrap().blobs, 1);
         assert_eq!(cache.lookup(&key).unwrap(), None);
         assert!(fs::read_dir(cache.blob_dir()).unwrap().next().is_none());
-    }
-
-    #[test]
-    fn temp_file_is_removed_on_drop() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = {
-            let mut t = TempFile::new_in(dir.path()).unwrap();
-            t.write_all(b"x").unwrap();
-            t.path().to_path_buf()
-        };
-        assert!(!path.exists());
     }
 
     #[test]

@@ -7,8 +7,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Build KubeVirt containerDisk VM images from declarative recipes.
 ///
 /// Exit codes: 0 success; 1 build or runtime failure; 2 invalid recipe or usage;
-/// 3 a required tool is missing; 4 verification failed (checksum, contract, boot check);
-/// 130 interrupted by Ctrl-C (the unfinished step's files are removed).
+/// 3 a required tool is missing; 4 verification failed (checksum, signature,
+/// containerDisk contract, boot or login check); 5 `outdated`: some image needs a
+/// rebuild; 128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP): the
+/// unfinished step's files are removed; 141 stdout was closed by its reader.
+/// docs/cli.md has the details.
 #[derive(Debug, Parser)]
 #[command(
     name = "diskforge",
@@ -24,6 +27,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalOpts {
     /// More log output (-v debug, -vv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -31,13 +35,13 @@ pub struct GlobalOpts {
     /// Only errors and results.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
-    /// Emit progress as JSON-lines events on stderr (for CI).
+    /// Emit progress as versioned JSON-lines events on stderr (docs/events.md).
     #[arg(long = "json-events", global = true)]
     pub json_events: bool,
-    /// Cache for base images and downloads [default: $XDG_CACHE_HOME/diskforge].
+    /// Cache for base images, downloads and kept stages [default: $XDG_CACHE_HOME/diskforge].
     #[arg(long, global = true, env = "DISKFORGE_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
-    /// Where intermediate disks are written [default: a temporary directory].
+    /// Where intermediate disks are written [default: CACHE/work].
     #[arg(long, global = true, env = "DISKFORGE_WORK_DIR", value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
     /// Keep intermediate files after the build, for debugging.
@@ -55,18 +59,22 @@ pub struct GlobalOpts {
 pub enum Accel {
     /// KVM when it works, TCG (with a warning) otherwise.
     Auto,
+    /// KVM, or fail.
     Kvm,
+    /// Software emulation.
     Tcg,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Check recipes without side effects.
+    /// Check recipes and catalog files without side effects.
     Validate(ValidateArgs),
     /// Print the ordered steps of a build with their exact command lines.
     Plan(PlanArgs),
     /// Build images from recipes.
     Build(BuildArgs),
+    /// Say which recipes need a rebuild, without building (exit 5 when some do).
+    Outdated(OutdatedArgs),
     /// Pack an existing qcow2 or raw disk into a containerDisk image.
     Pack(PackArgs),
     /// Push an image from an OCI layout to a registry.
@@ -79,16 +87,19 @@ pub enum Command {
     Run(RunArgs),
     /// Check an image against the containerDisk contract KubeVirt enforces.
     Verify(VerifyArgs),
+    /// Sign an image's manifest digest (cosign format, `sha256-<hex>.sig`).
+    Sign(SignArgs),
     /// Print the recipe JSON Schema.
     Schema,
     /// Base image catalog.
     #[command(subcommand)]
     Base(BaseCommand),
-    /// Download cache.
+    /// Download and stage cache.
     #[command(subcommand)]
     Cache(CacheCommand),
     /// Print shell completions.
     Completions {
+        /// The shell to print completions for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -96,9 +107,11 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
-    /// Recipe or catalog files.
-    #[arg(required = true, value_name = "RECIPE")]
+    /// Recipe files (`recipes/*.yaml`) or catalog entries (`base-images/*.yaml`).
+    #[arg(required = true, value_name = "FILE")]
     pub recipes: Vec<PathBuf>,
+    #[command(flatten)]
+    pub inputs: RecipeInputs,
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -109,51 +122,25 @@ pub struct RecipeInputs {
     /// Base image catalog directory [default: base-images/ next to the recipe, then built-in].
     #[arg(long, value_name = "DIR", env = "DISKFORGE_CATALOG")]
     pub catalog: Option<PathBuf>,
-}
-
-#[derive(Debug, Args)]
-pub struct PlanArgs {
-    pub recipe: PathBuf,
-    #[command(flatten)]
-    pub inputs: RecipeInputs,
-    /// Print the plan as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct BuildArgs {
-    #[arg(required = true, value_name = "RECIPE")]
-    pub recipes: Vec<PathBuf>,
-    #[command(flatten)]
-    pub inputs: RecipeInputs,
-    #[command(flatten)]
-    pub output: OutputOpts,
-    /// Stop after the finished disk; write it here instead of packing.
-    #[arg(long, value_name = "FILE")]
-    pub disk_only: Option<PathBuf>,
-    /// Build even when every destination already holds an image built from the same
-    /// inputs (recipe, base, files, diskforge version).
-    #[arg(long)]
-    pub force: bool,
-}
-
-#[derive(Debug, Args, Clone, Default)]
-pub struct OutputOpts {
-    /// Destination: `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]` or `docker://HOST/REPO:TAG`
-    /// (repeatable) [default: oci:out/NAME].
-    #[arg(long, short, value_name = "DEST")]
-    pub output: Vec<String>,
-    /// Layer compression (overrides the recipe).
+    /// Build for this architecture (overrides the recipe's `base.arch`).
     #[arg(long, value_enum)]
-    pub compression: Option<CompressionArg>,
-    /// Compression level (gzip 1-9, zstd 1-19).
-    #[arg(long)]
-    pub compression_level: Option<u32>,
-    /// `--tls-verify=false` allows plain HTTP and unverified TLS for registry destinations.
+    pub arch: Option<ArchArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ArchArg {
+    Amd64,
+    Arm64,
+}
+
+/// How registries are reached (shared by every command that talks to one).
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Registry options")]
+pub struct RegistryArgs {
+    /// `--tls-verify=false` allows plain HTTP and unverified TLS for registries.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub tls_verify: bool,
-    /// Registry credentials `USER:PASSWORD` [env: DISKFORGE_CREDS].
+    /// Registry credentials USER:PASSWORD.
     #[arg(
         long,
         value_name = "USER:PASSWORD",
@@ -161,10 +148,186 @@ pub struct OutputOpts {
         env = "DISKFORGE_CREDS"
     )]
     pub creds: Option<String>,
-    /// Write `REPO@sha256:…` of the pushed image to this file.
+    /// Read credentials from this auth file only (containers-auth.json format).
+    #[arg(long, value_name = "FILE", env = "REGISTRY_AUTH_FILE")]
+    pub authfile: Option<PathBuf>,
+    /// Trust the CA certificates (*.crt) and use the client certificate (*.cert, *.key)
+    /// in DIR.
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: Option<PathBuf>,
+    /// Seconds a registry may stay silent (and the window in which a transfer must make
+    /// progress) before the request is retried.
+    #[arg(long, value_name = "SECONDS", default_value = "60")]
+    pub registry_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The recipe file.
+    #[arg(value_name = "RECIPE")]
+    pub recipe: PathBuf,
+    #[command(flatten)]
+    pub inputs: RecipeInputs,
+    /// Plan an incremental build (see build --incremental).
+    #[arg(long)]
+    pub incremental: bool,
+    /// Plan a build that stops after the finished disk (see build --disk-only).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["output", "compression", "compression_level"])]
+    pub disk_only: Option<PathBuf>,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Destinations, as for build.
+    #[arg(long, short, value_name = "DEST", help_heading = "Output options")]
+    pub output: Vec<String>,
+    #[command(flatten)]
+    pub layer: CompressionOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Recipe files; several build in parallel (--jobs).
+    #[arg(required = true, value_name = "RECIPE")]
+    pub recipes: Vec<PathBuf>,
+    #[command(flatten)]
+    pub inputs: RecipeInputs,
+    /// Stop after the finished disk; write it here instead of packing (no image, so no
+    /// destination, digest, manifest or signature options).
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = [
+            "destinations",
+            "compression",
+            "compression_level",
+            "digest_file",
+            "print_vm_manifest",
+            "kubevirt_manifests",
+            "sign_key",
+        ]
+    )]
+    pub disk_only: Option<PathBuf>,
+    /// Build even when every destination already holds an image built from the same
+    /// inputs (recipe, base, files, diskforge version).
+    #[arg(long)]
+    pub force: bool,
+    /// Keep the disk after growth and package installation in the cache, and start
+    /// from it when only later steps changed.
+    #[arg(long)]
+    pub incremental: bool,
+    /// Recipes built at the same time [default: what the machine's cores and memory carry].
+    #[arg(long, short, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Build only recipes whose name matches GLOB (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub only: Vec<String>,
+    /// Skip recipes whose name matches GLOB (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub except: Vec<String>,
+    /// Stop at the first failing recipe (others keep going by default).
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Write a JSON report of every recipe (status, digest, duration, layer size, error).
     #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Sign each image (by digest) and its provenance with this ECDSA P-256 key
+    /// (PKCS#8 PEM, or cosign's encrypted format).
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub key_password: KeyPassword,
+    /// Destination: `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]` or `docker://HOST/REPO:TAG`
+    /// (repeatable) [default: the recipe's repository and tags, else oci:out/NAME:TAG].
+    #[arg(
+        long = "output",
+        short = 'o',
+        value_name = "DEST",
+        help_heading = "Output options"
+    )]
+    pub destinations: Vec<String>,
+    /// Write KubeVirt and CDI manifests for each pushed image into DIR/NAME/.
+    #[arg(long, value_name = "DIR", help_heading = "Output options")]
+    pub kubevirt_manifests: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputOpts,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// Where the password of an encrypted signing key comes from: never the command line.
+#[derive(Debug, Args, Clone, Default)]
+pub struct KeyPassword {
+    /// Read the signing key's password from FILE [default: the DISKFORGE_KEY_PASSWORD
+    /// environment variable].
+    #[arg(long, value_name = "FILE")]
+    pub key_password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// `docker://HOST/REPO:TAG|@sha256:…` or `oci:DIR[:TAG]`; the manifest digest is signed.
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+    /// The private key (PKCS#8 PEM, or cosign's encrypted format).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    #[command(flatten)]
+    pub key_password: KeyPassword,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct OutdatedArgs {
+    /// Recipe files.
+    #[arg(required = true, value_name = "RECIPE")]
+    pub recipes: Vec<PathBuf>,
+    #[command(flatten)]
+    pub inputs: RecipeInputs,
+    /// Destinations to check, as for build [default: the recipe's].
+    #[arg(long, short, value_name = "DEST", help_heading = "Output options")]
+    pub output: Vec<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Output options")]
+pub struct OutputOpts {
+    #[command(flatten)]
+    pub layer: CompressionOpts,
+    #[command(flatten)]
+    pub report: ReportOpts,
+}
+
+/// How the layer is compressed (build, plan, pack).
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Output options")]
+pub struct CompressionOpts {
+    /// Layer compression [default: the recipe's `output.compression`, else gzip].
+    #[arg(long, value_enum)]
+    pub compression: Option<CompressionArg>,
+    /// Compression level (gzip 1-9, zstd 1-19) [default: the recipe's, else gzip 4,
+    /// zstd 3].
+    #[arg(long, value_name = "N")]
+    pub compression_level: Option<u32>,
+}
+
+/// Where the result is reported besides stdout.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Output options")]
+pub struct ReportOpts {
+    /// Write the manifest digest (`sha256:…`) of the written image to FILE.
+    #[arg(long, visible_alias = "digestfile", value_name = "FILE")]
     pub digest_file: Option<PathBuf>,
-    /// Print a KubeVirt VirtualMachine manifest using the pushed image, pinned by digest.
+    /// Print a KubeVirt VirtualMachine manifest (YAML, the only thing on stdout) that
+    /// boots the pushed image pinned by digest.
     #[arg(long)]
     pub print_vm_manifest: bool,
 }
@@ -179,74 +342,108 @@ pub enum CompressionArg {
 #[derive(Debug, Args)]
 pub struct PackArgs {
     /// A qcow2 or raw disk image.
+    #[arg(value_name = "DISK")]
     pub disk: PathBuf,
-    #[command(flatten)]
-    pub output: OutputOpts,
     /// The disk's file name under /disk/ [default: disk.qcow2 or disk.img].
     #[arg(long)]
     pub disk_name: Option<String>,
     /// Image architecture.
-    #[arg(long, default_value = "amd64")]
-    pub arch: String,
+    #[arg(long, value_enum, default_value = "amd64")]
+    pub arch: ArchArg,
     /// Extra label KEY=VALUE (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     pub label: Vec<String>,
+    /// Destination: `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]` or `docker://HOST/REPO:TAG`
+    /// (repeatable) [default: oci:out/NAME:latest, NAME from the disk's file name].
+    #[arg(
+        long = "output",
+        short = 'o',
+        value_name = "DEST",
+        help_heading = "Output options"
+    )]
+    pub destinations: Vec<String>,
+    #[command(flatten)]
+    pub output: OutputOpts,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct PushArgs {
     /// OCI layout directory, with an optional `:TAG`.
+    #[arg(value_name = "LAYOUT[:TAG]")]
     pub layout: String,
-    /// `docker://HOST/REPO:TAG` (repeatable tags: give several destinations).
-    #[arg(required = true)]
+    /// `docker://HOST/REPO:TAG` (give several for several tags).
+    #[arg(required = true, value_name = "DEST")]
     pub destinations: Vec<String>,
+    /// Write KubeVirt and CDI manifests for the pushed image into DIR.
+    #[arg(long, value_name = "DIR", help_heading = "Output options")]
+    pub kubevirt_manifests: Option<PathBuf>,
     #[command(flatten)]
-    pub output: OutputOpts,
+    pub report: ReportOpts,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// `docker://HOST/REPO:TAG`, `oci:DIR[:TAG]` or `oci-archive:FILE`.
+    #[arg(value_name = "IMAGE")]
     pub image: String,
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub tls_verify: bool,
+    /// Check signatures and the provenance against this public key (PEM).
+    #[arg(long, value_name = "PUBKEY")]
+    pub key: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct IndexArgs {
     /// The index destination `docker://HOST/REPO:TAG` or `oci:DIR:TAG`.
+    #[arg(value_name = "DEST")]
     pub destination: String,
-    /// Per-architecture images (same registry and repository).
-    #[arg(required = true)]
+    /// Per-architecture images (same registry and repository, or the same layout).
+    #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<String>,
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub tls_verify: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// An image (`docker://…`, `oci:DIR[:TAG]`), or a disk file.
+    /// An image (`docker://…`, `oci:DIR[:TAG]`, `oci-archive:FILE`), or a disk file.
+    #[arg(value_name = "IMAGE")]
     pub image: String,
-    #[arg(long, default_value = "2048")]
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB", default_value = "2048")]
     pub memory: u32,
+    /// Guest CPUs.
     #[arg(long, default_value = "2")]
     pub cpus: u32,
     /// Attach the serial console to this terminal.
     #[arg(long)]
     pub console: bool,
-    /// Wait for boot and ttyd, then shut down: exit 0 on success.
+    /// Wait for boot and ttyd, then shut down: exit 0 on success, 4 on a failed check.
     #[arg(long)]
     pub check: bool,
-    /// How long `--check` waits for the guest (seconds).
-    #[arg(long, default_value = "600")]
+    /// How long `--check` waits for the guest, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value = "600")]
     pub timeout: u64,
     /// Guest port ttyd listens on; 0 makes `--check` wait for a login prompt on the
     /// serial console instead (a base without ttyd).
     #[arg(long, default_value = "7681")]
     pub ttyd_port: u16,
+    /// ttyd's own credential (its `-c USER:PASSWORD`), when the image sets one.
+    #[arg(
+        long,
+        value_name = "USER:PASSWORD",
+        hide_env_values = true,
+        env = "DISKFORGE_TTYD_AUTH"
+    )]
+    pub ttyd_auth: Option<String>,
     /// With `--check`: also log in over ttyd as USER:PASSWORD and run a command.
     #[arg(
         long,
@@ -259,13 +456,14 @@ pub struct RunArgs {
     /// user, the root filesystem size and the machine-id].
     #[arg(long, value_name = "CMD")]
     pub command: Option<String>,
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub tls_verify: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// `docker://HOST/REPO@sha256:…|:TAG`, `oci:DIR[:TAG]` or `oci-archive:FILE`.
+    #[arg(value_name = "IMAGE")]
     pub image: String,
     /// Expected virtual size of the disk (e.g. `4G`).
     #[arg(long)]
@@ -273,14 +471,18 @@ pub struct VerifyArgs {
     /// Also boot it with `run --check`.
     #[arg(long)]
     pub boot: bool,
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub tls_verify: bool,
+    /// Also require a valid signature by this public key (PEM) for the digest.
+    #[arg(long, value_name = "PUBKEY")]
+    pub key: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum BaseCommand {
-    /// List catalog entries with their URLs and checksum sources.
+    /// List catalog entries with their URLs and how they are verified.
     List {
+        /// Catalog directory [default: base-images/ here or above, then built-in].
         #[arg(long, value_name = "DIR", env = "DISKFORGE_CATALOG")]
         catalog: Option<PathBuf>,
     },
@@ -290,9 +492,10 @@ pub enum BaseCommand {
 pub enum CacheCommand {
     /// List cached files.
     List,
-    /// Remove cached files not used for DAYS days.
+    /// Remove cached files and kept stages not used for DAYS days.
     Prune {
-        #[arg(long, default_value = "30")]
+        /// Age in days of what is removed.
+        #[arg(long, value_name = "DAYS", default_value = "30")]
         days: u64,
         /// Remove everything.
         #[arg(long)]

@@ -1,23 +1,24 @@
 //! diskforge: build KubeVirt containerDisk VM images from declarative recipes.
 //!
-//! The artifact flow is recipe → plan → base → disk stages → finalize → pack → publish;
-//! each arrow is a module below. `main.rs` only parses arguments and calls [`app::run`].
+//! The artifact flow is recipe → plan → base → disk stages → finalize → pack → publish.
+//! Layers run one way: `cli` and `commands` at the top, then `pipeline`, then the
+//! domain modules (`recipe`, `base`, `guest`, `vm`, `oci`, `registry`, `kubevirt`),
+//! then the mechanics (`io`, `sys`, `cache`, `progress`, `redact`). `main.rs` only
+//! parses arguments and calls [`commands::run`].
 
-pub mod accel;
-pub mod app;
 pub mod base;
-pub mod build;
 pub mod cache;
 pub mod cli;
-pub mod exec;
+pub mod commands;
 pub mod guest;
-pub mod interrupt;
+pub mod io;
+pub mod kubevirt;
 pub mod oci;
-pub mod plan;
+pub mod pipeline;
 pub mod progress;
-pub mod publish;
-pub mod qemu_img;
+pub mod provenance;
 pub mod recipe;
+pub mod redact;
 pub mod registry;
-pub mod run;
-pub mod verify;
+pub mod sys;
+pub mod vm;

@@ -4,12 +4,9 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = diskforge::cli::Cli::parse();
-    diskforge::app::init_logging(&cli.global);
-    match diskforge::app::run(cli) {
+    diskforge::commands::init_logging(&cli.global);
+    diskforge::commands::stop_quietly_on_closed_stdout(|| match diskforge::commands::run(cli) {
         Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            diskforge::app::exit_code_for(&err)
-        }
-    }
+        Err(err) => diskforge::commands::report_error(&err),
+    })
 }

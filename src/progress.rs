@@ -37,17 +37,56 @@ fn mode() -> Mode {
     })
 }
 
+/// The version of the event stream's format (the `v` field of every event); bumped
+/// when a field changes meaning or disappears (docs/events.md).
+pub const EVENTS_VERSION: u32 = 1;
+
+thread_local! {
+    /// The recipe and the build step this thread works on, added to its events.
+    static CONTEXT: std::cell::RefCell<(Option<String>, Option<String>)> =
+        const { std::cell::RefCell::new((None, None)) };
+}
+
+/// Sets the recipe this thread builds (events carry it as `recipe`).
+pub fn set_recipe(recipe: Option<String>) {
+    CONTEXT.with(|c| c.borrow_mut().0 = recipe);
+}
+
+/// Sets the build step this thread runs (events carry it as `step`); returns the
+/// previous one.
+pub fn set_step(step: Option<String>) -> Option<String> {
+    CONTEXT.with(|c| std::mem::replace(&mut c.borrow_mut().1, step))
+}
+
+/// Whether JSON events are on.
+pub fn json_events() -> bool {
+    mode().json
+}
+
 /// Writes one JSON-lines event to stderr when events are on.
 pub fn event(kind: &str, fields: Value) {
     if !mode().json {
         return;
     }
-    let mut obj = json!({ "event": kind, "time": chrono::Utc::now().to_rfc3339() });
-    if let (Some(o), Value::Object(f)) = (obj.as_object_mut(), fields) {
-        o.extend(f);
+    let mut obj =
+        json!({ "v": EVENTS_VERSION, "event": kind, "time": chrono::Utc::now().to_rfc3339() });
+    if let Some(o) = obj.as_object_mut() {
+        CONTEXT.with(|c| {
+            let c = c.borrow();
+            if let Some(r) = &c.0 {
+                o.insert("recipe".into(), json!(r));
+            }
+            if let Some(s) = &c.1 {
+                o.entry("step").or_insert(json!(s));
+            }
+        });
+        if let Value::Object(f) = fields {
+            o.extend(f);
+        }
     }
+    let line = crate::redact::apply(&obj.to_string(), &[]);
     let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "{obj}");
+    let _ = writeln!(err, "{line}");
 }
 
 /// A human line on stderr (suppressed by `-q` and in JSON mode).
@@ -56,7 +95,7 @@ pub fn say(msg: impl AsRef<str>) {
     if m.quiet || m.json {
         return;
     }
-    eprintln!("{}", msg.as_ref());
+    eprintln!("{}", crate::redact::apply(msg.as_ref(), &[]));
 }
 
 /// A timed stage. Call [`Stage::done`] on success; dropping it unfinished reports failure.

@@ -27,10 +27,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::base::checksum::{self, ChecksumMismatch, Digest, Hasher};
-use crate::base::decompress::{Compression, Decoder};
 use crate::base::download::{Http, RetryPolicy, Sink};
 use crate::base::signature;
-use crate::cache::{sha256_hex, Cache, RefKey, TempFile};
+use crate::cache::{Cache, RefKey};
+use crate::io::atomic::AtomicFile as TempFile;
+use crate::io::decompress::{Compression, Decoder};
+use crate::io::hash::{sha256_hex, HashingWriter, Tap};
 use crate::recipe::{Arch, BaseSpec, Checksum, ChecksumFile, ChecksumSpec, DiskFormat};
 
 /// Where a base image comes from, after catalog and recipe resolution.
@@ -70,7 +72,7 @@ impl ResolvedBase {
                 let checksum = match checksum {
                     ChecksumSpec::File(mut f) => {
                         if let Some(key) = &f.signing_key {
-                            if !is_url(key) {
+                            if !is_url(key) && !key.starts_with(BUILTIN_KEY) {
                                 f.signing_key =
                                     Some(recipe_dir.join(key).to_string_lossy().into_owned());
                             }
@@ -100,11 +102,11 @@ impl ResolvedBase {
 
 impl ResolvedBase {
     /// From a catalog entry's image for `arch`. A relative `signing-key` is taken
-    /// relative to `catalog_dir`.
+    /// relative to the entry's directory, or from the built-in keys.
     pub fn from_catalog(
         entry: &crate::base::catalog::CatalogEntry,
         arch: Arch,
-        catalog_dir: &Path,
+        origin: &crate::base::catalog::Origin,
     ) -> Result<ResolvedBase> {
         let Some(image) = entry.images.get(&arch) else {
             bail!(
@@ -113,28 +115,36 @@ impl ResolvedBase {
                 arch.as_str()
             );
         };
+        let mut checksum = image.checksum.clone();
+        let dir = match origin {
+            crate::base::catalog::Origin::Dir(d) => d.clone(),
+            crate::base::catalog::Origin::Embedded => {
+                if let ChecksumSpec::File(f) = &mut checksum {
+                    if let Some(k) = f.signing_key.as_mut().filter(|k| !is_url(k)) {
+                        *k = format!("{BUILTIN_KEY}{k}");
+                    }
+                }
+                PathBuf::new()
+            }
+        };
         let spec = BaseSpec {
             url: Some(image.url.clone()),
-            checksum: Some(image.checksum.clone()),
+            checksum: Some(checksum),
             format: Some(entry.format),
             arch: Some(arch),
             ..BaseSpec::default()
         };
-        ResolvedBase::from_spec(&spec, catalog_dir)
+        ResolvedBase::from_spec(&spec, &dir)
     }
 }
 
-/// Runs an async acquisition from synchronous code (a fresh runtime); fails when called
-/// from inside a runtime, where the async function must be awaited instead.
+/// Runs an async acquisition from synchronous code, on the process's runtime; fails
+/// when called from inside it, where the async function must be awaited instead.
 pub fn block_on<F: std::future::Future<Output = Result<T>>, T>(future: F) -> Result<T> {
     if tokio::runtime::Handle::try_current().is_ok() {
         bail!("block_on called inside an async runtime: await the async function instead");
     }
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime for downloads")?
-        .block_on(future)
+    crate::sys::rt::block_on(future)
 }
 
 /// [`acquire`] for synchronous callers.
@@ -176,6 +186,9 @@ pub struct CachedBase {
     pub virtual_size: u64,
 }
 
+/// Prefix of a signing key taken from the built-in catalog keys.
+const BUILTIN_KEY: &str = "builtin:";
+
 /// Largest checksum file, signature or key fetched into memory.
 const SMALL_FILE_LIMIT: usize = 16 << 20;
 
@@ -196,28 +209,125 @@ fn source_key(d: &Digest) -> RefKey {
     }
 }
 
+/// What is known about a base before it is fetched: the checksum it must have (read
+/// from a checksum file, whose signature is verified, when the recipe names one), its
+/// cache key, and the verified cache entry when there is one.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The upstream checksum (`None`: `checksum: none`, or a local file).
+    pub expected: Option<Digest>,
+    /// A verified cached (or local) copy, when there is one.
+    pub cached: Option<CachedBase>,
+}
+
+impl Prepared {
+    /// Identifies the base's content for build keys: the upstream checksum, else the
+    /// content digest of the copy at hand.
+    pub fn identity(&self) -> Option<String> {
+        self.expected
+            .as_ref()
+            .map(|d| d.to_string())
+            .or_else(|| self.cached.as_ref().map(|c| c.digest.clone()))
+    }
+}
+
+/// Resolves a base without downloading the image: reads (and verifies) its checksum
+/// file, and finds and verifies a cached copy. A local file is hashed and checked.
+pub async fn prepare(
+    spec: &ResolvedBase,
+    cache: &Cache,
+    opts: &AcquireOptions,
+) -> Result<Prepared> {
+    match &spec.source {
+        BaseSource::Path(path) => Ok(Prepared {
+            expected: None,
+            cached: Some(acquire_local(path, spec.format).await?),
+        }),
+        BaseSource::Url { url, checksum } => {
+            let url_key = RefKey::Url(url.to_string());
+            if let ChecksumSpec::Literal(Checksum::None) = checksum {
+                tracing::warn!("base {url} has `checksum: none`: the download is NOT verified");
+            }
+            let expected = match checksum {
+                ChecksumSpec::Literal(c) => Digest::from_checksum(c),
+                ChecksumSpec::File(_) if opts.offline => None,
+                ChecksumSpec::File(f) => {
+                    let http = Http::new(opts.retry.clone())?;
+                    Some(
+                        resolve_checksum_file(&http, url, f)
+                            .await
+                            .with_context(|| format!("finding the checksum of {url}"))?,
+                    )
+                }
+            };
+            // Offline with a checksum file: the last download of this URL stands in.
+            let key = expected.as_ref().map(source_key).unwrap_or(url_key);
+            let cached = match cached_blob(cache, &key).await? {
+                Some(hex) => Some(cached_base(cache, &hex, spec.format, url)?),
+                None => None,
+            };
+            Ok(Prepared { expected, cached })
+        }
+    }
+}
+
+/// Downloads a prepared base that is not cached yet; returns the verified copy.
+pub async fn fetch(
+    spec: &ResolvedBase,
+    prepared: &Prepared,
+    cache: &Cache,
+    opts: &AcquireOptions,
+) -> Result<CachedBase> {
+    if let Some(c) = &prepared.cached {
+        return Ok(c.clone());
+    }
+    let BaseSource::Url { url, .. } = &spec.source else {
+        bail!("a local base is never fetched");
+    };
+    if opts.offline {
+        bail!(
+            "--offline: the base image {url} is not in the cache {}",
+            cache.root().display()
+        );
+    }
+    let url_key = RefKey::Url(url.to_string());
+    let http = Http::new(opts.retry.clone())?;
+    let key = prepared
+        .expected
+        .as_ref()
+        .map(source_key)
+        .unwrap_or(url_key.clone());
+    let hex = fetch_into_cache(
+        &http,
+        url,
+        prepared.expected.as_ref(),
+        &key,
+        cache,
+        Some(spec.format),
+    )
+    .await?;
+    cache.set_ref(&url_key, &hex)?;
+    cached_base(cache, &hex, spec.format, url)
+}
+
 /// Gets the base image into the cache (or checks a local one) and returns it verified.
 pub async fn acquire(
     spec: &ResolvedBase,
     cache: &Cache,
     opts: &AcquireOptions,
 ) -> Result<CachedBase> {
-    match &spec.source {
-        BaseSource::Path(path) => acquire_local(path, spec.format).await,
-        BaseSource::Url { url, checksum } => {
-            acquire_url(url, checksum, spec.format, cache, opts).await
-        }
-    }
+    let prepared = prepare(spec, cache, opts).await?;
+    fetch(spec, &prepared, cache, opts).await
 }
 
 async fn acquire_local(path: &Path, format: DiskFormat) -> Result<CachedBase> {
     let path = fs::canonicalize(path)
         .with_context(|| format!("base image {} does not exist", path.display()))?;
     let p = path.clone();
-    let (hex, _) = tokio::task::spawn_blocking(move || crate::cache::sha256_file(&p))
+    let (hex, _) = tokio::task::spawn_blocking(move || crate::io::hash::sha256_file(&p))
         .await
         .context("hashing the local base image")??;
-    let info = crate::qemu_img::check_standalone(&path, format)
+    let info = crate::sys::qemu_img::check_standalone(&path, format)
         .with_context(|| format!("checking local base image {}", path.display()))?;
     Ok(CachedBase {
         path,
@@ -246,7 +356,7 @@ async fn cached_blob(cache: &Cache, key: &RefKey) -> Result<Option<String>> {
 
 fn cached_base(cache: &Cache, hex: &str, format: DiskFormat, url: &str) -> Result<CachedBase> {
     let path = cache.blob_path(hex);
-    let info = crate::qemu_img::check_standalone(&path, format)
+    let info = crate::sys::qemu_img::check_standalone(&path, format)
         .with_context(|| format!("checking the base image downloaded from {url}"))?;
     Ok(CachedBase {
         path,
@@ -254,52 +364,6 @@ fn cached_base(cache: &Cache, hex: &str, format: DiskFormat, url: &str) -> Resul
         format,
         virtual_size: info.virtual_size,
     })
-}
-
-async fn acquire_url(
-    url: &str,
-    checksum: &ChecksumSpec,
-    format: DiskFormat,
-    cache: &Cache,
-    opts: &AcquireOptions,
-) -> Result<CachedBase> {
-    let url_key = RefKey::Url(url.to_string());
-    if let ChecksumSpec::Literal(Checksum::None) = checksum {
-        tracing::warn!("base {url} has `checksum: none`: the download is NOT verified");
-        crate::progress::event(
-            "warning",
-            serde_json::json!({ "message": format!("base {url} is not verified (checksum: none)") }),
-        );
-    }
-    if opts.offline {
-        let mut keys = Vec::new();
-        if let ChecksumSpec::Literal(c) = checksum {
-            keys.extend(Digest::from_checksum(c).as_ref().map(source_key));
-        }
-        keys.push(url_key.clone());
-        for key in &keys {
-            if let Some(hex) = cached_blob(cache, key).await? {
-                return cached_base(cache, &hex, format, url);
-            }
-        }
-        bail!(
-            "--offline: the base image {url} is not in the cache {}",
-            cache.root().display()
-        );
-    }
-    let http = Http::new(opts.retry.clone())?;
-    let expected = match checksum {
-        ChecksumSpec::Literal(c) => Digest::from_checksum(c),
-        ChecksumSpec::File(f) => Some(
-            resolve_checksum_file(&http, url, f)
-                .await
-                .with_context(|| format!("finding the checksum of {url}"))?,
-        ),
-    };
-    let key = expected.as_ref().map(source_key).unwrap_or(url_key.clone());
-    let hex = fetch_into_cache(&http, url, expected.as_ref(), &key, cache, Some(format)).await?;
-    cache.set_ref(&url_key, &hex)?;
-    cached_base(cache, &hex, format, url)
 }
 
 /// Returns the blob for `key`, downloading `url` under the key's lock when it is missing.
@@ -340,7 +404,7 @@ async fn fetch_into_cache(
     }
     let done = ingest.finish()?;
     if let Some(format) = format {
-        crate::qemu_img::check_standalone(done.temp.path(), format)
+        crate::sys::qemu_img::check_standalone(done.temp.path(), format)
             .with_context(|| format!("checking the base image downloaded from {url}"))?;
     }
     let source = expected.map(|d| d.to_string());
@@ -361,6 +425,8 @@ async fn resolve_checksum_file(http: &Http, image_url: &str, f: &ChecksumFile) -
     let body = match (&f.signing_key, &f.signature_url) {
         (Some(key), sig_url) => {
             let key = load_key(http, key).await?;
+            signature::check_fingerprints(&key, &f.signing_key_fingerprints)
+                .with_context(|| format!("checking the signing key for {}", f.url))?;
             let dir = tempfile::tempdir().context("creating a temporary directory")?;
             let file = dir.path().join("checksums");
             fs::write(&file, &text).with_context(|| format!("writing {}", file.display()))?;
@@ -404,7 +470,9 @@ async fn resolve_checksum_file(http: &Http, image_url: &str, f: &ChecksumFile) -
 }
 
 async fn load_key(http: &Http, key: &str) -> Result<Vec<u8>> {
-    if is_url(key) {
+    if let Some(rel) = key.strip_prefix(BUILTIN_KEY) {
+        crate::base::catalog::Origin::Embedded.key(rel)
+    } else if is_url(key) {
         http.fetch_bytes(key, SMALL_FILE_LIMIT)
             .await
             .with_context(|| format!("fetching signing key {key}"))
@@ -457,10 +525,12 @@ pub async fn fetch_file(
     }
     let _lock = cache.lock(&member_key).await?;
     let archive = cache.blob_path(&archive_hex);
-    let mut out = HashingWriter::new(cache.temp_blob()?);
+    let tap = Tap::new();
+    let mut out = HashingWriter::new(cache.temp_blob()?, tap.clone(), None);
     extract_member(&archive, member, &mut out)
         .with_context(|| format!("extracting {member} from {url}"))?;
-    let (temp, hex, _) = out.finish();
+    let temp = out.into_inner();
+    let hex = tap.digest().0.trim_start_matches("sha256:").to_string();
     let path = cache.commit(temp, &hex, &format!("{url}!{member}"), None)?;
     cache.set_ref(&member_key, &hex)?;
     Ok(path)
@@ -499,45 +569,12 @@ fn extract_member(archive: &Path, member: &str, out: &mut impl Write) -> Result<
     bail!("the archive has no member {member}")
 }
 
-/// Hashes (sha256) what passes through to a temporary blob.
-struct HashingWriter {
-    inner: TempFile,
-    hasher: Sha256,
-    len: u64,
-}
-
-impl HashingWriter {
-    fn new(inner: TempFile) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            len: 0,
-        }
-    }
-
-    fn finish(self) -> (TempFile, String, u64) {
-        (self.inner, hex::encode(self.hasher.finalize()), self.len)
-    }
-}
-
-impl Write for HashingWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// What the download sink does with the content, besides keeping the `.part` file.
 enum Content {
     /// Uncompressed: the `.part` file is the content; only its sha256 is needed.
     Plain(Sha256),
-    /// Compressed: decompressed on the fly into a temporary blob.
-    Decoded(Box<Decoder<HashingWriter>>),
+    /// Compressed: decompressed on the fly into a temporary blob, hashed by the tap.
+    Decoded(Box<Decoder<HashingWriter<TempFile>>>, Tap),
 }
 
 /// `partial/<key>.json`: which download a `.part` file belongs to.
@@ -620,9 +657,10 @@ impl Ingest {
     }
 
     fn new_content(&self) -> Result<Content> {
-        let temp = HashingWriter::new(self.cache.temp_blob()?);
+        let tap = Tap::new();
+        let temp = HashingWriter::new(self.cache.temp_blob()?, tap.clone(), None);
         Ok(match Decoder::new(self.compression, temp)? {
-            Some(d) => Content::Decoded(Box::new(d)),
+            Some(d) => Content::Decoded(Box::new(d), tap),
             None => Content::Plain(Sha256::new()),
         })
     }
@@ -649,7 +687,7 @@ impl Ingest {
         self.source.update(data);
         match &mut self.content {
             Content::Plain(h) => h.update(data),
-            Content::Decoded(d) => d.write_all(data).with_context(|| {
+            Content::Decoded(d, _) => d.write_all(data).with_context(|| {
                 format!("decompressing ({}) {}", self.compression.name(), self.url)
             })?,
         }
@@ -688,7 +726,7 @@ impl Ingest {
                     hex: hex::encode(h.finalize()),
                 }
             }
-            Content::Decoded(d) => {
+            Content::Decoded(d, tap) => {
                 let finished = (*d).finish().with_context(|| {
                     format!("decompressing ({}) {}", self.compression.name(), self.url)
                 });
@@ -700,8 +738,9 @@ impl Ingest {
                         return Err(e);
                     }
                 };
-                let (mut temp, hex, _) = finished.finish();
+                let mut temp = finished.into_inner();
                 temp.flush().context("writing the decompressed image")?;
+                let hex = tap.digest().0.trim_start_matches("sha256:").to_string();
                 let _ = fs::remove_file(&self.part_path);
                 Ingested { temp, hex }
             }
@@ -774,6 +813,7 @@ mod tests {
             algorithm: None,
             signing_key: Some("keys/release.asc".into()),
             signature_url: None,
+            signing_key_fingerprints: Vec::new(),
         });
         let mut images = std::collections::BTreeMap::new();
         images.insert(
@@ -792,8 +832,10 @@ mod tests {
             homepage: None,
             images,
             build: None,
+            virtual_size: None,
         };
-        let base = ResolvedBase::from_catalog(&entry, Arch::Amd64, Path::new("/cat")).unwrap();
+        let cat = crate::base::catalog::Origin::Dir("/cat".into());
+        let base = ResolvedBase::from_catalog(&entry, Arch::Amd64, &cat).unwrap();
         assert_eq!(base.format, DiskFormat::Raw);
         let BaseSource::Url {
             checksum: ChecksumSpec::File(f),
@@ -803,7 +845,7 @@ mod tests {
             panic!("{base:?}")
         };
         assert_eq!(f.signing_key.as_deref(), Some("/cat/keys/release.asc"));
-        assert!(ResolvedBase::from_catalog(&entry, Arch::Arm64, Path::new("/cat")).is_err());
+        assert!(ResolvedBase::from_catalog(&entry, Arch::Arm64, &cat).is_err());
 
         let local = BaseSpec {
             path: Some("img/disk.qcow2".into()),

@@ -11,13 +11,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::accel::Effective;
 use crate::base::catalog::{BuildSpec, CatalogEntry};
 use crate::base::CachedBase;
 use crate::cache::{Cache, RefKey};
-use crate::exec::Cmd;
 use crate::guest::fish::{Drive, Fish};
 use crate::recipe::{Arch, DiskFormat};
+use crate::sys::accel::Effective;
+use crate::sys::exec::Cmd;
 
 /// Bumped when the layout of built bases changes, so old cache entries are not reused.
 const BUILDER_VERSION: &str = "debian-base-v1";
@@ -71,8 +71,36 @@ pub fn definition_hash(entry: &CatalogEntry, spec: &BuildSpec, arch: Arch) -> Re
         "mirror": mirror(spec),
         "arch": arch.as_str(),
     });
-    Ok(crate::cache::sha256_hex(
-        &crate::oci::image::canonical_json(&v)?,
+    Ok(crate::io::hash::sha256_hex(
+        &crate::io::hash::canonical_json(&v)?,
+    ))
+}
+
+/// The cached build of `entry`, if there is one, with the definition hash that keys it.
+pub fn cached_build(
+    entry: &CatalogEntry,
+    arch: Arch,
+    cache: &Cache,
+) -> Result<(String, Option<CachedBase>)> {
+    let spec = entry
+        .build
+        .as_ref()
+        .with_context(|| format!("catalog entry {} has no build section", entry.name))?;
+    let hash = definition_hash(entry, spec, arch)?;
+    let key = RefKey::Url(format!("diskforge-build:{hash}"));
+    let Some(hex) = cache.lookup(&key)? else {
+        return Ok((hash, None));
+    };
+    let path = cache.blob_path(&hex);
+    let info = crate::sys::qemu_img::info(&path)?;
+    Ok((
+        hash,
+        Some(CachedBase {
+            path,
+            digest: format!("sha256:{hex}"),
+            format: DiskFormat::Qcow2,
+            virtual_size: info.virtual_size,
+        }),
     ))
 }
 
@@ -83,6 +111,7 @@ pub fn build_base(
     cache: &Cache,
     offline: bool,
     accel: Effective,
+    work: &Path,
 ) -> Result<CachedBase> {
     let spec = entry
         .build
@@ -106,7 +135,7 @@ pub fn build_base(
     let _lock = cache.lock_blocking(&key)?;
     if let Some(hex) = cache.lookup(&key)? {
         let path = cache.blob_path(&hex);
-        let info = crate::qemu_img::info(&path)?;
+        let info = crate::sys::qemu_img::info(&path)?;
         crate::progress::say(format!(
             "base {} (built {}) from the cache",
             entry.name,
@@ -125,13 +154,10 @@ pub fn build_base(
             entry.name
         );
     }
-    let work = tempfile::Builder::new()
-        .prefix("diskforge-base-")
-        .tempdir_in(cache.root())
-        .context("creating a work dir for the base build")?;
-    let disk = build_into(entry, spec, &hash, work.path(), accel)?;
-    let (hex, _) = crate::cache::sha256_file(&disk)?;
-    let temp = crate::cache::TempFile::adopt(&disk, &cache.blob_dir())?;
+    let disk = build_into(entry, spec, &hash, work, accel)?;
+    let _ = std::fs::remove_file(work.join("rootfs.tar"));
+    let (hex, _) = crate::io::hash::sha256_file(&disk)?;
+    let temp = cache.adopt(&disk)?;
     let path = cache.commit(
         temp,
         &hex,
@@ -139,12 +165,12 @@ pub fn build_base(
         None,
     )?;
     cache.set_ref(&key, &hex)?;
-    let info = crate::qemu_img::info(&path)?;
+    // The disk was created at this size (no second qemu-img run the plan does not list).
     Ok(CachedBase {
         path,
         digest: format!("sha256:{hex}"),
         format: DiskFormat::Qcow2,
-        virtual_size: info.virtual_size,
+        virtual_size: spec.size_bytes()?,
     })
 }
 
@@ -221,18 +247,11 @@ fn build_into(
         "base-layout",
         format!("laying out the bootable disk of {}", entry.name),
     );
-    let size = match spec.size {
-        crate::recipe::Size::Absolute(b) => b,
-        crate::recipe::Size::Relative(_) => {
-            bail!("catalog entry {}: build.size must be absolute", entry.name)
-        }
-    };
+    let size = spec
+        .size_bytes()
+        .with_context(|| format!("catalog entry {}", entry.name))?;
     let disk = work.join("base.qcow2");
-    Cmd::new("qemu-img", "creating the base disk")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&disk)
-        .arg(size.to_string())
-        .run()?;
+    crate::sys::qemu_img::create_cmd(&disk, size).run()?;
     let uuid = fs_uuid(hash);
     let mbr = [
         "/usr/lib/syslinux/mbr/mbr.bin",

@@ -32,6 +32,10 @@ pub struct CatalogEntry {
     /// A base diskforge builds itself from distribution packages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<BuildSpec>,
+    /// The images' virtual size as published (e.g. `3.5G`), so a recipe that would
+    /// shrink the disk is refused before anything is downloaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_size: Option<crate::recipe::Size>,
 }
 
 /// One downloadable image.
@@ -65,31 +69,114 @@ pub struct BuildSpec {
     pub cloud_init: bool,
 }
 
-/// The catalog files built into the binary, so an installed diskforge finds its catalog
-/// anywhere.
-pub const EMBEDDED: &[(&str, &str)] = &[(
-    "debian-12-minimal",
-    include_str!("../../base-images/debian-12-minimal.yaml"),
-)];
+/// Every catalog file, built into the binary so an installed diskforge knows the whole
+/// catalog anywhere (a test checks this list against `base-images/`).
+pub const EMBEDDED: &[(&str, &str)] = &[
+    (
+        "almalinux-9",
+        include_str!("../../base-images/almalinux-9.yaml"),
+    ),
+    (
+        "centos-stream-9",
+        include_str!("../../base-images/centos-stream-9.yaml"),
+    ),
+    (
+        "centos-stream-10",
+        include_str!("../../base-images/centos-stream-10.yaml"),
+    ),
+    ("cirros", include_str!("../../base-images/cirros.yaml")),
+    (
+        "debian-12",
+        include_str!("../../base-images/debian-12.yaml"),
+    ),
+    (
+        "debian-12-minimal",
+        include_str!("../../base-images/debian-12-minimal.yaml"),
+    ),
+    (
+        "debian-13",
+        include_str!("../../base-images/debian-13.yaml"),
+    ),
+    (
+        "fedora-43",
+        include_str!("../../base-images/fedora-43.yaml"),
+    ),
+    (
+        "opensuse-leap-15.6",
+        include_str!("../../base-images/opensuse-leap-15.6.yaml"),
+    ),
+    (
+        "ubuntu-22.04",
+        include_str!("../../base-images/ubuntu-22.04.yaml"),
+    ),
+    (
+        "ubuntu-24.04",
+        include_str!("../../base-images/ubuntu-24.04.yaml"),
+    ),
+];
 
-/// Parses a catalog file.
-pub fn parse_entry(text: &str, origin: &str) -> anyhow::Result<CatalogEntry> {
-    use anyhow::Context;
-    serde_yaml::from_str(text).with_context(|| format!("parsing catalog entry {origin}"))
+/// The signing keys the catalog pins (`base-images/keys/`), built in as well.
+pub const EMBEDDED_KEYS: &[(&str, &[u8])] = &[
+    (
+        "keys/fedora-43.asc",
+        include_bytes!("../../base-images/keys/fedora-43.asc"),
+    ),
+    (
+        "keys/ubuntu-cloudimage-keyring.asc",
+        include_bytes!("../../base-images/keys/ubuntu-cloudimage-keyring.asc"),
+    ),
+];
+
+/// Where a catalog entry was found: relative paths in it (signing keys) are resolved
+/// against a directory, or against the built-in keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Dir(std::path::PathBuf),
+    Embedded,
 }
 
-/// Finds catalog entry `name`: in `--catalog DIR`, then `base-images/` in the recipe's
-/// directory and its parents, then the built-in copy. Returns the entry and the
-/// directory relative paths in it are resolved against.
-pub fn find_entry(
-    name: &str,
+impl Origin {
+    /// The bytes of a key the entry names by a relative path.
+    pub fn key(&self, rel: &str) -> anyhow::Result<Vec<u8>> {
+        use anyhow::Context;
+        match self {
+            Origin::Dir(d) => std::fs::read(d.join(rel))
+                .with_context(|| format!("reading signing key {}", d.join(rel).display())),
+            Origin::Embedded => EMBEDDED_KEYS
+                .iter()
+                .find(|(n, _)| *n == rel)
+                .map(|(_, b)| b.to_vec())
+                .with_context(|| format!("the built-in catalog has no key {rel}")),
+        }
+    }
+}
+
+/// Every catalog entry name known (the directories' and the built-in ones).
+pub fn names(dirs: &[std::path::PathBuf]) -> Vec<String> {
+    let mut out: Vec<String> = EMBEDDED.iter().map(|(n, _)| n.to_string()).collect();
+    for d in dirs {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "yaml") {
+                    if let Some(stem) = p.file_stem() {
+                        out.push(stem.to_string_lossy().into_owned());
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The directories searched for `NAME.yaml`, in order: `--catalog DIR`, then
+/// `base-images/` in the recipe's directory and each parent.
+pub fn search_dirs(
     recipe_dir: &std::path::Path,
     catalog_override: Option<&std::path::Path>,
-) -> anyhow::Result<(CatalogEntry, std::path::PathBuf)> {
-    use anyhow::Context;
-    if name.is_empty() || name.contains('/') || name.contains("..") {
-        anyhow::bail!("invalid catalog name {name:?}");
-    }
+) -> Vec<std::path::PathBuf> {
     let mut dirs = Vec::new();
     if let Some(d) = catalog_override {
         dirs.push(d.to_path_buf());
@@ -98,29 +185,113 @@ pub fn find_entry(
     for a in abs.ancestors() {
         dirs.push(a.join("base-images"));
     }
-    for d in &dirs {
-        let p = d.join(format!("{name}.yaml"));
-        if p.is_file() {
-            let text =
-                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            let entry = parse_entry(&text, &p.display().to_string())?;
-            return Ok((entry, d.clone()));
+    dirs
+}
+
+impl BuildSpec {
+    /// The disk size of the built image in bytes.
+    pub fn size_bytes(&self) -> anyhow::Result<u64> {
+        match self.size {
+            crate::recipe::Size::Absolute(b) => Ok(b),
+            crate::recipe::Size::Relative(_) => anyhow::bail!("build.size must be absolute"),
         }
     }
-    if let Some((_, text)) = EMBEDDED.iter().find(|(n, _)| *n == name) {
-        return Ok((
-            parse_entry(text, &format!("built-in {name}"))?,
-            recipe_dir.to_path_buf(),
-        ));
+}
+
+/// Parses a catalog file.
+pub fn parse_entry(text: &str, origin: &str) -> anyhow::Result<CatalogEntry> {
+    use anyhow::Context;
+    serde_yaml::from_str(text).with_context(|| format!("parsing catalog entry {origin}"))
+}
+
+/// A catalog name that is not in the catalog.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown catalog entry {name:?}{}", match .suggestion { Some(s) => format!(": did you mean `{s}`?"), None => String::new() })]
+pub struct UnknownEntry {
+    pub name: String,
+    pub suggestion: Option<String>,
+    pub known: Vec<String>,
+}
+
+/// Finds catalog entry `name`: in `--catalog DIR`, then `base-images/` in the recipe's
+/// directory and its parents, then the built-in copy.
+pub fn find_entry(
+    name: &str,
+    recipe_dir: &std::path::Path,
+    catalog_override: Option<&std::path::Path>,
+) -> anyhow::Result<(CatalogEntry, Origin)> {
+    use anyhow::Context;
+    let dirs = search_dirs(recipe_dir, catalog_override);
+    let valid = !name.is_empty() && !name.contains('/') && !name.contains("..");
+    if valid {
+        for d in &dirs {
+            let p = d.join(format!("{name}.yaml"));
+            if p.is_file() {
+                let text = std::fs::read_to_string(&p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                let entry = parse_entry(&text, &p.display().to_string())?;
+                return Ok((entry, Origin::Dir(d.clone())));
+            }
+        }
+        if let Some((_, text)) = EMBEDDED.iter().find(|(n, _)| *n == name) {
+            return Ok((
+                parse_entry(text, &format!("built-in {name}"))?,
+                Origin::Embedded,
+            ));
+        }
     }
-    let known: Vec<&str> = EMBEDDED.iter().map(|(n, _)| *n).collect();
-    anyhow::bail!(
-        "catalog entry {name:?} not found (looked in {} and the built-in catalog: {})",
-        dirs.iter()
-            .take(3)
-            .map(|d| d.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        known.join(", ")
-    )
+    let known = names(&dirs);
+    let refs: Vec<&str> = known.iter().map(String::as_str).collect();
+    let suggestion = crate::recipe::diag::did_you_mean(name, &refs).map(str::to_string);
+    Err(UnknownEntry {
+        name: name.to_string(),
+        suggestion,
+        known,
+    }
+    .into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_catalog_file_and_key_is_built_in() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("base-images");
+        let mut files: Vec<String> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let mut embedded: Vec<String> = EMBEDDED.iter().map(|(n, _)| n.to_string()).collect();
+        embedded.sort();
+        assert_eq!(files, embedded);
+        let mut keys: Vec<String> = std::fs::read_dir(root.join("keys"))
+            .unwrap()
+            .map(|e| format!("keys/{}", e.unwrap().file_name().to_string_lossy()))
+            .collect();
+        keys.sort();
+        let mut ek: Vec<String> = EMBEDDED_KEYS.iter().map(|(n, _)| n.to_string()).collect();
+        ek.sort();
+        assert_eq!(keys, ek);
+        for (name, text) in EMBEDDED {
+            let e = parse_entry(text, name).unwrap();
+            assert_eq!(&e.name, name);
+        }
+    }
+
+    #[test]
+    fn unknown_names_get_a_suggestion() {
+        let e = find_entry("debain-12", std::path::Path::new("/nonexistent"), None).unwrap_err();
+        let u = e.downcast_ref::<UnknownEntry>().unwrap();
+        assert_eq!(u.suggestion.as_deref(), Some("debian-12"));
+        assert!(u.known.len() >= 11);
+        assert!(find_entry("../etc", std::path::Path::new("/"), None).is_err());
+        let (e, o) =
+            find_entry("ubuntu-24.04", std::path::Path::new("/nonexistent"), None).unwrap();
+        assert_eq!(o, Origin::Embedded);
+        assert!(e.images.contains_key(&crate::recipe::Arch::Amd64));
+    }
 }

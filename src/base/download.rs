@@ -6,8 +6,10 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use reqwest::header::{CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE, RETRY_AFTER};
+use reqwest::header::{CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE};
 use reqwest::StatusCode;
+
+pub use crate::io::retry::RetryPolicy;
 
 /// Where downloaded bytes go. The position is where a resumed request starts.
 pub trait Sink {
@@ -51,25 +53,6 @@ impl Sink for MemorySink {
     fn reset(&mut self) -> Result<()> {
         self.data.clear();
         Ok(())
-    }
-}
-
-/// How often and how patiently to retry.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Consecutive failed attempts (without progress) before giving up.
-    pub max_attempts: u32,
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 6,
-            initial_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(30),
-        }
     }
 }
 
@@ -117,7 +100,7 @@ fn content_range_start(value: &str) -> Option<u64> {
 
 impl Http {
     pub fn new(policy: RetryPolicy) -> Result<Http> {
-        let client = reqwest::Client::builder()
+        let client = crate::io::tls::client_builder()
             .user_agent(concat!("diskforge/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
             // A stalled transfer is a transient failure: resume instead of hanging.
@@ -163,19 +146,12 @@ impl Http {
                     // A transfer that keeps moving forward is not failing: only
                     // consecutive attempts without progress count against the limit.
                     failures = if progressed { 1 } else { failures + 1 };
-                    if failures >= self.policy.max_attempts {
+                    if self.policy.gives_up(failures) {
                         return Err(error.context(format!(
                             "giving up on {url} after {failures} failed attempts"
                         )));
                     }
-                    let backoff = self
-                        .policy
-                        .initial_backoff
-                        .saturating_mul(1 << (failures - 1).min(16))
-                        .min(self.policy.max_backoff);
-                    let wait = wait
-                        .map(|w| w.min(self.policy.max_backoff))
-                        .unwrap_or(backoff);
+                    let wait = self.policy.wait(failures, wait);
                     tracing::warn!(
                         "download of {url} interrupted ({error:#}); retrying in {} (at byte {})",
                         crate::progress::format_duration(wait),
@@ -255,12 +231,7 @@ impl Http {
                 });
             }
             s if transient_status(s) => {
-                let wait = response
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                let wait = crate::io::retry::retry_after(response.headers());
                 return Ok(Attempt::Retry {
                     error: HttpStatusError {
                         url: url.to_string(),
@@ -286,7 +257,7 @@ impl Http {
         }
         let mut received = 0u64;
         loop {
-            crate::interrupt::check()?;
+            crate::sys::interrupt::check()?;
             match response.chunk().await {
                 Ok(Some(chunk)) => {
                     sink.write(&chunk)

@@ -4,7 +4,6 @@ pub mod acquire;
 pub mod build;
 pub mod catalog;
 pub mod checksum;
-pub mod decompress;
 pub mod download;
 pub mod signature;
 

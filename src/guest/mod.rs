@@ -1,42 +1,48 @@
-//! The guest stage: overlay on the cached base, resize, then ONE appliance launch that
-//! grows the root partition and filesystem in place, customizes the guest, installs
-//! ttyd and applies golden-image hygiene; finally the overlay chain is flattened into a
-//! standalone qcow2.
+//! The guest stage: one libguestfs appliance launch per disk stage, in which diskforge
+//! grows the root partition and filesystem in place, runs the customization parts,
+//! applies hygiene and zeroes free space; then the overlay chain is flattened into a
+//! standalone disk.
+//!
+//! Host-side decisions (which partition holds `/`, which filesystem, how to grow it) are
+//! made in Rust from what the appliance reports; the guest-side work is a generated
+//! script run with the guest's own tools (see [`script`]).
 
 pub mod fish;
+pub mod fstab;
+pub mod grow;
 pub mod script;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use crate::accel::Effective;
-use crate::exec::Cmd;
-use crate::qemu_img;
-use crate::recipe::DiskFormat;
+use crate::sys::accel::Effective;
 use fish::{Drive, Fish};
-use script::Customization;
+use script::Part;
 
-/// What the guest stage needs besides the recipe.
+/// One appliance launch on a disk.
 pub struct GuestJob<'a> {
-    /// The cached base (read-only; never modified).
-    pub base: &'a Path,
-    pub base_format: DiskFormat,
-    pub base_size: u64,
-    /// Target virtual size (>= base size).
-    pub target_size: u64,
-    pub grow: bool,
-    pub grow_partition: Option<&'a str>,
-    pub customization: &'a Customization,
+    /// The qcow2 overlay to work on (already resized).
+    pub disk: &'a Path,
+    /// Grow the root partition and filesystem: `Some(partition override)`.
+    pub grow: Option<Option<&'a str>>,
+    /// Customization parts run in order.
+    pub parts: Vec<&'a Part>,
+    /// The appliance needs a network (package installs).
+    pub network: bool,
+    /// Zero the free space of every filesystem at the end.
     pub sparsify: bool,
-    /// Extra strings to redact from errors (secret values).
+    /// Strings to redact from errors and logs (secret values).
     pub secrets: Vec<String>,
     pub work: &'a Path,
     pub accel: Effective,
-    pub output_format: DiskFormat,
-    pub qcow2_compress: bool,
+    /// Copy the guest's package database here (for the SBOM), after customization.
+    pub packages_to: Option<PathBuf>,
+    /// Mount `/boot` and what lies under it read-only: nothing in the job writes there,
+    /// so those partitions stay byte for byte as the base had them (a read-write mount
+    /// alone rewrites an ext4 superblock or an xfs log).
+    pub protect_boot: bool,
 }
 
 /// What the guest stage measured.
@@ -49,94 +55,48 @@ pub struct GuestReport {
     pub launches: usize,
 }
 
-/// The overlay step's commands (also shown by `plan`).
-pub fn overlay_cmds(
-    job_base: &Path,
-    base_format: DiskFormat,
-    overlay: &Path,
-    target: u64,
-) -> Vec<Cmd> {
-    vec![
-        qemu_img::create_overlay_cmd(job_base, base_format, overlay),
-        qemu_img::resize_cmd(overlay, target),
-    ]
-}
-
-/// Creates the overlay and resizes it; refuses to shrink.
-pub fn prepare_overlay(job: &GuestJob<'_>, overlay: &Path) -> Result<()> {
-    if job.target_size < job.base_size {
-        bail!(
-            "refusing to shrink the disk: the base is {} ({} bytes) and the recipe asks for {} ({} bytes)",
-            crate::progress::human_bytes(job.base_size),
-            job.base_size,
-            crate::progress::human_bytes(job.target_size),
-            job.target_size
-        );
-    }
-    let cmds = overlay_cmds(job.base, job.base_format, overlay, job.target_size);
-    cmds[0].run()?;
-    if job.target_size > job.base_size {
-        cmds[1].run()?;
-    }
-    Ok(())
-}
-
-/// Grows, customizes and cleans the guest on `overlay` in one appliance launch.
-pub fn customize(job: &GuestJob<'_>, overlay: &Path) -> Result<GuestReport> {
-    let c = job.customization;
+/// Runs `job` in one appliance launch.
+pub fn run(job: &GuestJob<'_>) -> Result<GuestReport> {
     let launches_before = fish::launches();
     let mut f = Fish::launch(
         &[Drive {
-            path: overlay,
+            path: job.disk,
             format: "qcow2",
             readonly: false,
         }],
-        !c.packages.is_empty(),
+        job.network,
         job.accel,
     )?;
     for s in &job.secrets {
         f.add_secret(s);
     }
-    let roots: Vec<String> = f
-        .call(&["inspect-os"])?
-        .lines()
-        .map(str::to_string)
-        .collect();
-    let Some(root) = roots.first().cloned() else {
-        bail!("no operating system found in the base image (libguestfs inspect-os found no root filesystem)");
-    };
-    let mounts = mountpoints(&f, &root)?;
+    let ((root, mounts), found_by) = find_root(&f)?;
     let root_dev = mounts
         .iter()
         .find(|(mp, _)| mp == "/")
         .map(|(_, d)| d.clone())
         .unwrap_or_else(|| root.clone());
     let (root_block, _) = split_btrfsvol(&root_dev);
-    let fs_type = f.call(&["vfs-type", &root_block])?;
+    let fs_type = f.vfs_type(&root_block)?;
 
-    mount_all(&f, &mounts)?;
-    let before = fs_size(&f, "/")?;
-    f.call(&["umount-all"])?;
-
-    if job.grow && job.target_size > job.base_size {
+    mount_all(&f, &mounts, job.protect_boot)?;
+    let before = f.filesystem_bytes("/")?;
+    let mut after = before;
+    if let Some(partition) = job.grow {
+        f.umount_all()?;
         let stage = crate::progress::stage(
             "grow",
             format!("growing {root_block} ({fs_type}) to fill the disk"),
         );
-        grow(&f, &root_block, &fs_type, job.grow_partition, &mounts)?;
+        grow(&f, &root_block, &fs_type, partition, &mounts)?;
         stage.done();
-    }
-    mount_all(&f, &mounts)?;
-    let after = fs_size(&f, "/")?;
-    if job.grow && job.target_size > job.base_size {
-        let grown = after.saturating_sub(before);
-        let wanted = job.target_size - job.base_size;
-        if grown < wanted / 2 {
+        mount_all(&f, &mounts, job.protect_boot)?;
+        after = f.filesystem_bytes("/")?;
+        if after <= before {
             bail!(
-                "the root filesystem did not grow: {} before, {} after, for a disk {} larger",
+                "the root filesystem did not grow: {} before, {} after",
                 crate::progress::human_bytes(before),
-                crate::progress::human_bytes(after),
-                crate::progress::human_bytes(wanted)
+                crate::progress::human_bytes(after)
             );
         }
         crate::progress::say(format!(
@@ -149,16 +109,31 @@ pub fn customize(job: &GuestJob<'_>, overlay: &Path) -> Result<GuestReport> {
     }
     crate::progress::event(
         "filesystem",
-        json!({"device": root_block, "type": fs_type, "size_before": before, "size_after": after}),
+        json!({"device": root_block, "type": fs_type, "found_by": found_by, "size_before": before, "size_after": after}),
     );
-
-    if !c.is_empty() {
-        let stage = crate::progress::stage(
-            "customize",
-            format!("customizing the guest ({} steps)", c.steps.len()),
-        );
-        run_script(&f, job, c)?;
-        stage.done();
+    let parts: Vec<&Part> = job
+        .parts
+        .iter()
+        .copied()
+        .filter(|p| !p.is_empty())
+        .collect();
+    if !parts.is_empty() || job.packages_to.is_some() {
+        let staging = Staging::mount(&f)?;
+        if !parts.is_empty() {
+            let steps: usize = parts.iter().map(|p| p.steps.len()).sum();
+            let stage = crate::progress::stage(
+                "customize",
+                format!("customizing the guest ({steps} steps)"),
+            );
+            for (i, part) in parts.iter().enumerate() {
+                run_part(&f, job, part, i)?;
+            }
+            stage.done();
+        }
+        if let Some(dir) = &job.packages_to {
+            read_packages(&f, dir).context("reading the guest's installed packages")?;
+        }
+        staging.unmount(&f)?;
     }
     if job.sparsify {
         let stage = crate::progress::stage("sparsify", "zeroing free space");
@@ -171,13 +146,9 @@ pub fn customize(job: &GuestJob<'_>, overlay: &Path) -> Result<GuestReport> {
         }
         stage.done();
     }
-    f.call(&["umount-all"])?;
+    f.umount_all()?;
     f.close()?;
     let launches = fish::launches() - launches_before;
-    crate::progress::say(format!(
-        "{launches} appliance launch{} for grow, customization, ttyd and hygiene",
-        if launches == 1 { "" } else { "es" }
-    ));
     crate::progress::event("appliance_launches", json!({"count": launches}));
     Ok(GuestReport {
         root_device: root_block,
@@ -188,13 +159,47 @@ pub fn customize(job: &GuestJob<'_>, overlay: &Path) -> Result<GuestReport> {
     })
 }
 
-fn run_script(f: &Fish, job: &GuestJob<'_>, c: &Customization) -> Result<()> {
-    let tarball = job.work.join("stage.tar");
+/// The staging directory, a tmpfs over [`script::STAGE`] for the launch: what is staged
+/// (secrets among it) lives in the appliance's memory, never on the guest's disk.
+struct Staging;
+
+impl Staging {
+    fn mount(f: &Fish) -> Result<Staging> {
+        f.call(&["mkdir-p", script::STAGE])?;
+        f.call(&[
+            "debug",
+            "sh",
+            &format!(
+                "mount -t tmpfs -o mode=0700,size=75% diskforge-stage /sysroot{}",
+                script::STAGE
+            ),
+        ])
+        .context("mounting a tmpfs over the staging directory")?;
+        // Proof that the mount took: a file created now must not be on the guest's disk.
+        let fstype = f.call(&[
+            "debug",
+            "sh",
+            &format!("stat -f -c %T /sysroot{}", script::STAGE),
+        ])?;
+        if !fstype.contains("tmpfs") {
+            bail!("the staging directory is on {fstype:?}, not a tmpfs: refusing to stage secrets on the guest's disk");
+        }
+        Ok(Staging)
+    }
+
+    fn unmount(self, f: &Fish) -> Result<()> {
+        f.call(&["debug", "sh", &format!("umount /sysroot{}", script::STAGE)])
+            .context("unmounting the staging tmpfs")?;
+        f.call(&["rmdir", script::STAGE])?;
+        Ok(())
+    }
+}
+
+fn run_part(f: &Fish, job: &GuestJob<'_>, part: &Part, index: usize) -> Result<()> {
+    let tarball = job.work.join(format!("stage-{index}.tar"));
     let _ = std::fs::remove_file(&tarball);
-    c.write_tar(&tarball)?;
     let _cleanup = RemoveOnDrop(tarball.clone());
-    f.call(&["mkdir-p", script::STAGE])?;
-    f.call(&["chmod", "0700", script::STAGE])?;
+    part.write_tar(&tarball)?;
     f.call(&["tar-in", &tarball.to_string_lossy(), script::STAGE])?;
     let resolv = f
         .call(&["debug", "sh", "cat /etc/resolv.conf"])
@@ -216,11 +221,12 @@ fn run_script(f: &Fish, job: &GuestJob<'_>, c: &Customization) -> Result<()> {
     let log = f
         .call(&["cat", &format!("{}/log", script::STAGE)])
         .unwrap_or_default();
-    let log = crate::exec::redact(&log, &job.secrets);
+    let log = crate::sys::exec::redact(&log, &job.secrets);
     for line in log.lines() {
         tracing::debug!(target: "diskforge::guest", "{line}");
     }
-    f.call(&["rm-rf", script::STAGE])?;
+    // The next part stages its own files.
+    f.call(&["sh", &format!("rm -rf {}/*", script::STAGE)])?;
     let code = status
         .trim()
         .lines()
@@ -229,31 +235,62 @@ fn run_script(f: &Fish, job: &GuestJob<'_>, c: &Customization) -> Result<()> {
         .trim()
         .to_string();
     if code != "0" {
-        let tail: Vec<&str> = log
-            .lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
         let last_step = log
             .lines()
             .rev()
             .find_map(|l| l.strip_prefix("==> "))
             .unwrap_or("the start of the script");
-        let net = if c.packages.is_empty() {
-            String::new()
-        } else {
+        let net = if job.network {
             format!(
                 "\n(the appliance had network: yes, user-mode networking with DNS from `{}`; a failing package install usually means the guest's mirror is unreachable or a package name is wrong)",
                 resolv.lines().next().unwrap_or("")
             )
+        } else {
+            String::new()
         };
-        bail!(
-            "guest customization failed at step \"{last_step}\" (exit {code}); guest output:\n{}{net}",
-            tail.join("\n")
-        );
+        bail!("guest customization failed at step \"{last_step}\" (exit {code}); guest output:\n{tail}{net}");
+    }
+    Ok(())
+}
+
+/// Copies what the SBOM is made of out of the guest into `dir`: `os-release`, and the
+/// package database — `dpkg-status` plus `copyright.tar` (each package's
+/// /usr/share/doc/PKG/copyright), `rpm-qa` (the guest's own `rpm -qa`), or
+/// `apk-installed`. Anything produced in the guest is written to the staging tmpfs.
+fn read_packages(f: &Fish, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let download = |from: &str, to: &str| -> Result<()> {
+        f.call(&["download", from, &dir.join(to).to_string_lossy()])
+            .map(|_| ())
+    };
+    let is_file = |p: &str| f.is_file(p).unwrap_or(false);
+    for p in ["/etc/os-release", "/usr/lib/os-release"] {
+        if is_file(p) {
+            download(p, "os-release")?;
+            break;
+        }
+    }
+    let s = script::STAGE;
+    if is_file("/var/lib/dpkg/status") {
+        download("/var/lib/dpkg/status", "dpkg-status")?;
+        f.call(&[
+            "sh",
+            &format!("cd /usr/share/doc && find . -mindepth 2 -maxdepth 2 -name copyright -type f | tar cf {s}/copyright.tar -T -"),
+        ])?;
+        download(&format!("{s}/copyright.tar"), "copyright.tar")?;
+    } else if is_file("/usr/bin/rpm") || is_file("/bin/rpm") {
+        f.call(&[
+            "sh",
+            &format!(
+                "rpm -qa --queryformat {} > {s}/rpm-qa",
+                crate::sys::exec::shell_quote(crate::provenance::packages::RPM_QUERYFORMAT)
+            ),
+        ])?;
+        download(&format!("{s}/rpm-qa"), "rpm-qa")?;
+    } else if is_file("/lib/apk/db/installed") {
+        download("/lib/apk/db/installed", "apk-installed")?;
     }
     Ok(())
 }
@@ -263,21 +300,6 @@ impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
-}
-
-/// Mountpoints of a guest root, shortest first.
-fn mountpoints(f: &Fish, root: &str) -> Result<Vec<(String, String)>> {
-    let text = f.call(&["inspect-get-mountpoints", root])?;
-    let mut v: Vec<(String, String)> = text
-        .lines()
-        .filter_map(|l| l.split_once(": "))
-        .map(|(m, d)| (m.trim().to_string(), d.trim().to_string()))
-        .collect();
-    v.sort_by_key(|(m, _)| (m.len(), m.clone()));
-    if v.is_empty() {
-        v.push(("/".into(), root.to_string()));
-    }
-    Ok(v)
 }
 
 /// `btrfsvol:/dev/sda2/@` → (`/dev/sda2`, Some(`@`)).
@@ -295,32 +317,148 @@ fn split_btrfsvol(dev: &str) -> (String, Option<String>) {
     (dev.to_string(), None)
 }
 
-fn mount_all(f: &Fish, mounts: &[(String, String)]) -> Result<()> {
-    for (mp, dev) in mounts {
-        let (block, subvol) = split_btrfsvol(dev);
-        if mp != "/" {
-            f.call(&["mkdir-p", mp])?;
-        }
-        match subvol {
-            Some(sv) => f.call(&["mount-options", &format!("subvol={sv}"), &block, mp])?,
-            None => f.call(&["mount", &block, mp])?,
-        };
+/// The root device and every (mount point, device) of the guest, shortest mount point
+/// first.
+type Root = (String, Vec<(String, String)>);
+
+/// The guest's root filesystem and its mount points, found with every disk, partition
+/// and logical volume set read-only in the appliance's kernel: finding them mounts
+/// filesystems read-only, but a read-only XFS mount still writes its log at unmount
+/// unless its block device is read-only; so partitions the job never writes (an xfs
+/// `/boot`) keep their bytes.
+///
+/// First the fast path ([`fstab_root`]): blkid of every device, then the one ext or xfs
+/// filesystem holding an `/etc/fstab` whose every device entry resolves. Otherwise
+/// libguestfs inspection (`inspect-os`, which also knows btrfs subvolumes, other
+/// operating systems and odd fstabs, at several seconds per filesystem under TCG). A
+/// filesystem whose journal needs replaying cannot be mounted from a read-only device:
+/// when inspection finds no root that way, it runs again on writable devices.
+/// Also says how it was found: `fstab` or `inspection`.
+fn find_root(f: &Fish) -> Result<(Root, &'static str)> {
+    // Whole disks too: a filesystem may sit on one without a partition table.
+    let devices = f.block_devices()?;
+    for d in &devices {
+        f.set_read_only(d, true)?;
     }
-    Ok(())
+    let fast = fstab_root(f, &devices);
+    let unmounted = f.umount_all();
+    let fast = fast.and_then(|found| unmounted.map(|_| found));
+    let roots = match &fast {
+        Ok(None) => f.inspect_os(),
+        _ => Ok(Vec::new()),
+    };
+    for d in &devices {
+        f.set_read_only(d, false)?;
+    }
+    if let Some(found) = fast? {
+        return Ok((found, "fstab"));
+    }
+    let mut roots = roots?;
+    if roots.is_empty() {
+        roots = f.inspect_os()?;
+    }
+    let Some(root) = roots.first().cloned() else {
+        bail!("no operating system found in the disk (libguestfs inspect-os found no root filesystem)");
+    };
+    let mounts = f.inspect_mountpoints(&root)?;
+    Ok(((root, mounts), "inspection"))
 }
 
-/// Total size of the filesystem mounted at `mp`, in bytes.
-fn fs_size(f: &Fish, mp: &str) -> Result<u64> {
-    let r = fish::record(&f.call(&["statvfs", mp])?);
-    let blocks: u64 = r
-        .get("blocks")
-        .and_then(|v| v.parse().ok())
-        .context("statvfs without blocks")?;
-    let frsize: u64 = r
-        .get("frsize")
-        .and_then(|v| v.parse().ok())
-        .context("statvfs without frsize")?;
-    Ok(blocks * frsize)
+/// The fast path of [`find_root`]: `None` when the disk is not of the plain kind it
+/// knows (btrfs anywhere, no or several filesystems holding an fstab, an entry it cannot
+/// resolve). Leaves filesystems mounted: the caller unmounts.
+fn fstab_root(f: &Fish, devices: &[String]) -> Result<Option<Root>> {
+    let mut known = Vec::new();
+    for name in devices {
+        let mut ids = f.blkid(name);
+        // blkid's low-level probe names the partition table's identifiers PART_ENTRY_*.
+        for (probe, tag) in [
+            ("PART_ENTRY_UUID", "PARTUUID"),
+            ("PART_ENTRY_NAME", "PARTLABEL"),
+        ] {
+            if let Some(v) = ids.remove(probe) {
+                ids.insert(tag.to_string(), v);
+            }
+        }
+        known.push(fstab::Device {
+            name: name.clone(),
+            ids,
+        });
+    }
+    if known.iter().any(|d| d.fs_type() == "btrfs") {
+        return Ok(None);
+    }
+    let mut candidates: Vec<&fstab::Device> = known
+        .iter()
+        .filter(|d| fstab::SIMPLE_FILESYSTEMS.contains(&d.fs_type()))
+        .collect();
+    // The biggest first: a root's fstab names the others, which then need no mount.
+    let mut sizes = std::collections::HashMap::new();
+    for d in &candidates {
+        sizes.insert(d.name.clone(), f.size_bytes(&d.name)?);
+    }
+    candidates.sort_by_key(|d| std::cmp::Reverse(sizes[&d.name]));
+    let mut found: Option<Vec<(String, String)>> = None;
+    for d in candidates {
+        if found
+            .as_ref()
+            .is_some_and(|m| m.iter().any(|(_, dev)| *dev == d.name))
+        {
+            continue;
+        }
+        if !f.try_mount_ro(&d.name, "/") {
+            continue;
+        }
+        let fstab = if f.is_file("/etc/fstab")? {
+            Some(f.call(&["cat", "/etc/fstab"])?)
+        } else {
+            None
+        };
+        f.call(&["umount", "/"])?;
+        let Some(fstab) = fstab else {
+            continue;
+        };
+        let Some(mounts) = fstab::mountpoints(&fstab, &known) else {
+            return Ok(None);
+        };
+        let root_is_here = mounts.iter().any(|(m, dev)| m == "/" && *dev == d.name);
+        if !root_is_here || found.is_some() {
+            return Ok(None);
+        }
+        found = Some(mounts);
+    }
+    Ok(found.map(|mounts| {
+        let root = mounts
+            .iter()
+            .find(|(m, _)| m == "/")
+            .map(|(_, d)| d.clone())
+            .expect("mountpoints() has a / entry");
+        tracing::debug!("found the root {root} from its fstab: {mounts:?}");
+        (root, mounts)
+    }))
+}
+
+fn mount_all(f: &Fish, mounts: &[(String, String)], protect_boot: bool) -> Result<()> {
+    for (mp, dev) in mounts {
+        let (block, subvol) = split_btrfsvol(dev);
+        if mp != "/" && !f.is_dir(mp)? {
+            f.call(&["mkdir-p", mp])?;
+        }
+        let read_only = protect_boot && (mp == "/boot" || mp.starts_with("/boot/"));
+        let mut options = Vec::new();
+        if read_only {
+            options.push("ro".to_string());
+            // A read-only XFS mount still writes its log at unmount unless told not to.
+            if f.vfs_type(&block)? == "xfs" {
+                options.push("norecovery".to_string());
+            }
+        }
+        if let Some(sv) = subvol {
+            options.push(format!("subvol={sv}"));
+        }
+        f.mount(&block, mp, &options)?;
+    }
+    Ok(())
 }
 
 /// Grows the partition under `root_block` (or the LVM PV under it) to the end of the
@@ -332,14 +470,13 @@ fn grow(
     partition: Option<&str>,
     mounts: &[(String, String)],
 ) -> Result<()> {
-    let is_lv = f
-        .try_call(&["is-lv", root_block])
-        .map(|s| s == "true")
-        .unwrap_or(false);
+    use grow::{GrowInput, Op, Table};
+    let fs = grow::FsKind::parse(fs_type)?;
+    let lvm = f.is_lv(root_block);
     let part = match partition {
         Some(p) => p.to_string(),
-        None if is_lv => {
-            let pvs: Vec<String> = f.call(&["pvs"])?.lines().map(str::to_string).collect();
+        None if lvm => {
+            let pvs = f.physical_volumes()?;
             match pvs.as_slice() {
                 [one] => one.clone(),
                 _ => bail!(
@@ -350,136 +487,74 @@ fn grow(
         }
         None => root_block.to_string(),
     };
-    let disk = f.call(&["part-to-dev", &part]).with_context(|| {
+    let (disk, partnum) = f.partition_of(&part).with_context(|| {
         format!("{part} is not a partition: nothing to grow (set disk.grow.enabled: false)")
     })?;
-    let num: u32 = f
-        .call(&["part-to-partnum", &part])?
-        .trim()
-        .parse()
-        .context("partition number")?;
-    let table = f.call(&["part-get-parttype", &disk])?;
-    let parts = part_list(f, &disk)?;
-    let last = parts.iter().map(|p| p.0).max().unwrap_or(0);
-    if num != last {
-        bail!(
-            "{part} is not the last partition of {disk} (partition {last} follows it): it cannot grow in place; \
-             move the root partition to the end or set disk.grow.enabled: false"
-        );
+    let table = f.partition_table(&disk)?;
+    let partitions = f.partitions(&disk)?;
+    let identity = (table == Table::Gpt)
+        .then(|| f.gpt_identity(&disk, partnum))
+        .transpose()?;
+    // Where the partition may end: on GPT what the header records once the backup
+    // header moved to the new end of the disk, on MBR the disk's last sector.
+    let last_sector = match table {
+        Table::Gpt => f.expand_gpt(&disk)?,
+        Table::Mbr => f
+            .size_sectors(&disk)?
+            .checked_sub(1)
+            .context("an empty disk")?,
+    };
+    let ops = grow::plan_grow(&GrowInput {
+        disk: &disk,
+        partition: &part,
+        partnum,
+        table,
+        partitions: &partitions,
+        last_sector,
+        root_device: root_block,
+        lvm,
+        fs,
+    })?;
+    let root_mount = mounts
+        .iter()
+        .find(|(m, _)| m == "/")
+        .map(|(_, d)| d.clone())
+        .unwrap_or_else(|| root_block.to_string());
+    for op in &ops {
+        match op {
+            Op::ResizePartition {
+                disk,
+                num,
+                end_sector,
+            } => f.call(&[
+                "part-resize",
+                disk,
+                &num.to_string(),
+                &end_sector.to_string(),
+            ])?,
+            Op::PvResize { pv } => f.call(&["pvresize", pv])?,
+            Op::LvExtendFree { lv } => f.call(&["lvresize-free", lv, "100"])?,
+            Op::ResizeExt { device } => {
+                f.call(&["e2fsck-f", device])?;
+                f.call(&["resize2fs", device])?
+            }
+            Op::GrowXfs | Op::GrowBtrfs => {
+                mount_all(f, &[("/".to_string(), root_mount.clone())], false)?;
+                let grown = if *op == Op::GrowXfs {
+                    f.call(&["xfs-growfs", "/"])
+                } else {
+                    f.call(&["btrfs-filesystem-resize", "/"])
+                };
+                f.umount_all()?;
+                grown?
+            }
+        };
     }
-    match table.as_str() {
-        "gpt" => {
-            f.call(&["part-expand-gpt", &disk])?;
-            let start = parts
-                .iter()
-                .find(|p| p.0 == num)
-                .map(|p| p.1)
-                .context("partition start")?
-                / 512;
-            let total: u64 = f
-                .call(&["blockdev-getsz", &disk])?
-                .trim()
-                .parse()
-                .context("disk sectors")?;
-            // The backup GPT takes the last 33 sectors.
-            let end = total - 34;
-            let n = num.to_string();
-            let typ = f.call(&["part-get-gpt-type", &disk, &n])?;
-            let guid = f.call(&["part-get-gpt-guid", &disk, &n])?;
-            let name = f
-                .try_call(&["part-get-name", &disk, &n])
-                .unwrap_or_default();
-            let attrs = f.try_call(&["part-get-gpt-attributes", &disk, &n]);
-            let bootable = f
-                .try_call(&["part-get-bootable", &disk, &n])
-                .map(|b| b == "true")
-                .unwrap_or(false);
-            f.call(&["part-del", &disk, &n])?;
-            f.call(&["part-add", &disk, "p", &start.to_string(), &end.to_string()])?;
-            f.call(&["part-set-gpt-type", &disk, &n, &typ])?;
-            f.call(&["part-set-gpt-guid", &disk, &n, &guid])?;
-            if !name.is_empty() {
-                f.call(&["part-set-name", &disk, &n, &name])?;
-            }
-            if let Some(a) = attrs {
-                f.call(&["part-set-gpt-attributes", &disk, &n, &a])?;
-            }
-            if bootable {
-                f.call(&["part-set-bootable", &disk, &n, "true"])?;
-            }
+    if let Some(before) = identity {
+        let after = f.gpt_identity(&disk, partnum)?;
+        if after != before {
+            bail!("growing {part} changed its GPT identity: before {before:?}, after {after:?}");
         }
-        "msdos" => {
-            if num > 4 {
-                bail!("{part} is a logical partition: growing it in place is not supported");
-            }
-            f.call(&["part-resize", &disk, &num.to_string(), "-1"])?;
-        }
-        other => bail!("{disk} has a {other} partition table: only GPT and MBR can be grown"),
-    }
-    if is_lv {
-        f.call(&["pvresize", &part])?;
-        f.call(&["lvresize-free", root_block, "100"])?;
-    }
-    match fs_type {
-        "ext2" | "ext3" | "ext4" => {
-            f.call(&["e2fsck-f", root_block])?;
-            f.call(&["resize2fs", root_block])?;
-        }
-        "xfs" | "btrfs" => {
-            let root_dev = mounts
-                .iter()
-                .find(|(m, _)| m == "/")
-                .map(|(_, d)| d.clone())
-                .unwrap_or_else(|| root_block.to_string());
-            mount_all(f, &[("/".to_string(), root_dev)])?;
-            if fs_type == "xfs" {
-                f.call(&["xfs-growfs", "/"])?;
-            } else {
-                f.call(&["btrfs-filesystem-resize", "/"])?;
-            }
-            f.call(&["umount-all"])?;
-        }
-        other => bail!("growing a {other} filesystem is not supported (ext2/3/4, xfs, btrfs are); set disk.grow.enabled: false"),
     }
     Ok(())
-}
-
-/// (number, start byte) of every partition.
-fn part_list(f: &Fish, disk: &str) -> Result<Vec<(u32, u64)>> {
-    let text = f.call(&["part-list", disk])?;
-    let mut out = Vec::new();
-    let mut cur: BTreeMap<String, String> = BTreeMap::new();
-    for l in text.lines() {
-        let l = l.trim();
-        if let Some((k, v)) = l.split_once(':') {
-            cur.insert(k.trim().to_string(), v.trim().to_string());
-        }
-        if l.starts_with("part_size") {
-            let num = cur
-                .get("part_num")
-                .and_then(|v| v.parse().ok())
-                .context("part_num")?;
-            let start = cur
-                .get("part_start")
-                .and_then(|v| v.parse().ok())
-                .context("part_start")?;
-            out.push((num, start));
-            cur.clear();
-        }
-    }
-    Ok(out)
-}
-
-/// Flattens `overlay` into a standalone image at `dest` and checks it.
-pub fn finalize(
-    overlay: &Path,
-    dest: &Path,
-    format: DiskFormat,
-    compress: bool,
-) -> Result<qemu_img::ImageInfo> {
-    qemu_img::convert_cmd(overlay, dest, format, compress).run()?;
-    if format == DiskFormat::Qcow2 {
-        qemu_img::check_cmd(dest).run()?;
-    }
-    qemu_img::check_standalone(dest, format)
 }

@@ -1,41 +1,19 @@
 //! An OCI image layout directory (`oci-layout`, `index.json`, `blobs/sha256/…`) holding
 //! any number of images, each tagged through the `org.opencontainers.image.ref.name`
 //! annotation. Every file is written to a temp file and renamed, so a failed write never
-//! leaves a half-written blob or index.
+//! leaves a half-written blob or index. A layout may come from anyone: every blob read
+//! from it is checked against its descriptor's size and digest.
 
+use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
 
-use super::image::{canonical_json, Blob, MEDIA_INDEX};
-use crate::cache::TempFile;
+use super::image::{self, Blob, Descriptor, ImageIndex, MediaType, Platform};
+use crate::io::atomic::AtomicFile;
 
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
-
-/// A descriptor as stored in `index.json`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Descriptor {
-    pub media_type: String,
-    pub digest: String,
-    pub size: u64,
-}
-
-impl Descriptor {
-    fn from_value(v: &Value) -> Result<Descriptor> {
-        Ok(Descriptor {
-            media_type: v["mediaType"]
-                .as_str()
-                .context("descriptor without mediaType")?
-                .to_string(),
-            digest: v["digest"]
-                .as_str()
-                .context("descriptor without digest")?
-                .to_string(),
-            size: v["size"].as_u64().context("descriptor without size")?,
-        })
-    }
-}
 
 /// An OCI image layout on disk.
 #[derive(Debug, Clone)]
@@ -55,8 +33,7 @@ impl Layout {
             layout.write_file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         }
         if !root.join("index.json").exists() {
-            let empty = json!({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": []});
-            layout.write_file("index.json", &canonical_json(&empty)?)?;
+            layout.write_file("index.json", &image::index(Vec::new())?.bytes)?;
         }
         Ok(layout)
     }
@@ -84,13 +61,12 @@ impl Layout {
 
     /// The file of a blob `sha256:…`.
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
-        let hex = digest
-            .strip_prefix("sha256:")
-            .with_context(|| format!("unsupported digest {digest}: only sha256 is supported"))?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            bail!("malformed digest {digest}");
-        }
-        Ok(self.blobs_dir().join(hex))
+        let d = image::digest(digest)?;
+        Ok(self.blobs_dir().join(d.digest()))
+    }
+
+    pub fn has_blob(&self, digest: &str) -> bool {
+        self.blob_path(digest).is_ok_and(|p| p.is_file())
     }
 
     /// Stores a small blob (config, manifest) unless it is there already.
@@ -99,76 +75,122 @@ impl Layout {
         if path.exists() {
             return Ok(());
         }
-        let mut temp = TempFile::new_in(&self.blobs_dir())?;
+        let mut temp = AtomicFile::new_in(&self.blobs_dir())?;
         std::io::Write::write_all(&mut temp, &blob.bytes)
             .with_context(|| format!("writing blob {}", blob.digest))?;
         temp.persist(&path)
     }
 
-    /// Reads a small blob and checks its digest.
-    pub fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
-        let path = self.blob_path(digest)?;
-        let bytes =
-            std::fs::read(&path).with_context(|| format!("reading blob {}", path.display()))?;
-        let actual = format!("sha256:{}", crate::cache::sha256_hex(&bytes));
-        if actual != digest {
-            bail!(
-                "blob {} is corrupt: its content hashes to {actual}",
-                path.display()
-            );
-        }
-        Ok(bytes)
+    /// A new blob file, named by its digest when [`AtomicFile::persist`]ed.
+    pub fn new_blob(&self) -> Result<AtomicFile> {
+        AtomicFile::new_in(&self.blobs_dir())
     }
 
-    pub fn index(&self) -> Result<Value> {
+    /// Reads a small blob (a document: at most 4 MiB) and checks size and digest.
+    pub fn read_blob(&self, desc: &Descriptor) -> Result<Vec<u8>> {
+        if desc.size() > crate::io::limits::MAX_DOCUMENT {
+            bail!(
+                "{} declares {} bytes for a document: more than the {} allowed",
+                desc.digest(),
+                desc.size(),
+                crate::io::limits::MAX_DOCUMENT
+            );
+        }
+        let mut r = self.open_blob(desc)?;
+        let mut buf = Vec::with_capacity(desc.size() as usize);
+        r.read_to_end(&mut buf)
+            .with_context(|| format!("reading blob {}", desc.digest()))?;
+        Ok(buf)
+    }
+
+    /// Opens a blob for streaming. Its file must have the declared size, and the reader
+    /// fails at the end of the stream when the content does not hash to the digest.
+    pub fn open_blob(&self, desc: &Descriptor) -> Result<VerifiedReader<std::fs::File>> {
+        let path = self.blob_path(desc.digest().as_ref())?;
+        let f = std::fs::File::open(&path)
+            .with_context(|| format!("opening blob {}", path.display()))?;
+        let meta = f
+            .metadata()
+            .with_context(|| format!("reading {}", path.display()))?;
+        if !meta.is_file() || meta.len() != desc.size() {
+            bail!(
+                "blob {} in {} is {} bytes but its descriptor says {}: the layout is corrupt or was tampered with",
+                desc.digest(),
+                self.root.display(),
+                meta.len(),
+                desc.size()
+            );
+        }
+        Ok(VerifiedReader::new(
+            f,
+            desc.digest().to_string(),
+            desc.size(),
+        ))
+    }
+
+    fn index(&self) -> Result<ImageIndex> {
         let path = self.root.join("index.json");
-        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
+        let f =
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let bytes = crate::io::limits::read_capped(
+            f,
+            crate::io::limits::MAX_DOCUMENT,
+            &path.display().to_string(),
+        )?;
+        match image::parse_document(&bytes)
+            .with_context(|| format!("parsing {}", path.display()))?
+        {
+            image::Document::Index(i) => Ok(i),
+            image::Document::Manifest(_) => bail!("{} is not an image index", path.display()),
+        }
     }
 
     /// The tags in this layout with their descriptors.
     pub fn tags(&self) -> Result<Vec<(String, Descriptor)>> {
-        let index = self.index()?;
-        let mut out = Vec::new();
-        for m in index["manifests"].as_array().into_iter().flatten() {
-            if let Some(name) = m["annotations"][REF_NAME].as_str() {
-                out.push((name.to_string(), Descriptor::from_value(m)?));
-            }
-        }
-        Ok(out)
+        Ok(self
+            .index()?
+            .manifests()
+            .iter()
+            .filter_map(|m| {
+                let name = m.annotations().as_ref()?.get(REF_NAME)?;
+                Some((name.clone(), m.clone()))
+            })
+            .collect())
     }
 
     /// Points `tag` at `desc` (replacing what the tag pointed at before).
-    pub fn set_tag(&self, tag: &str, desc: &Descriptor, platform: Option<&str>) -> Result<()> {
+    pub fn set_tag(&self, tag: &str, desc: &Descriptor, arch: Option<&str>) -> Result<()> {
         validate_tag(tag)?;
         let mut index = self.index()?;
-        let manifests = index["manifests"]
-            .as_array_mut()
-            .context("index.json has no manifests list")?;
-        manifests.retain(|m| m["annotations"][REF_NAME].as_str() != Some(tag));
-        let mut entry = json!({
-            "mediaType": desc.media_type,
-            "digest": desc.digest,
-            "size": desc.size,
-            "annotations": {REF_NAME: tag},
-        });
-        if let Some(arch) = platform {
-            entry["platform"] = json!({"os": "linux", "architecture": arch});
+        let mut manifests: Vec<Descriptor> = index
+            .manifests()
+            .iter()
+            .filter(|m| ref_name(m) != Some(tag))
+            .cloned()
+            .collect();
+        let mut entry = desc.clone();
+        entry.set_annotations(Some(HashMap::from([(
+            REF_NAME.to_string(),
+            tag.to_string(),
+        )])));
+        if let Some(arch) = arch {
+            let mut p = Platform::default();
+            p.set_architecture(arch.into());
+            p.set_os("linux".into());
+            entry.set_platform(Some(p));
         }
         manifests.push(entry);
-        manifests.sort_by(|a, b| {
-            a["annotations"][REF_NAME]
-                .as_str()
-                .cmp(&b["annotations"][REF_NAME].as_str())
-        });
-        self.write_file("index.json", &canonical_json(&index)?)
+        manifests.sort_by(|a, b| ref_name(a).cmp(&ref_name(b)));
+        index.set_manifests(manifests);
+        index.set_media_type(Some(MediaType::ImageIndex));
+        self.write_file("index.json", &Blob::json(&index)?.bytes)
     }
 
     /// The descriptor a tag points at; without a tag, the only image in the layout.
     pub fn resolve(&self, tag: Option<&str>) -> Result<Descriptor> {
-        let tags = self.tags()?;
         match tag {
-            Some(t) => tags
+            Some(t) => self
+                .tags()?
                 .into_iter()
                 .find(|(n, _)| n == t)
                 .map(|(_, d)| d)
@@ -179,19 +201,15 @@ impl Layout {
                         self.tag_list().unwrap_or_default()
                     )
                 }),
-            None => {
-                let index = self.index()?;
-                let all = index["manifests"].as_array().cloned().unwrap_or_default();
-                match all.as_slice() {
-                    [one] => Descriptor::from_value(one),
-                    [] => bail!("the OCI layout {} holds no image", self.root.display()),
-                    _ => bail!(
-                        "the OCI layout {} holds several images: name one with :TAG (tags: {})",
-                        self.root.display(),
-                        self.tag_list().unwrap_or_default()
-                    ),
-                }
-            }
+            None => match self.index()?.manifests().as_slice() {
+                [one] => Ok(one.clone()),
+                [] => bail!("the OCI layout {} holds no image", self.root.display()),
+                _ => bail!(
+                    "the OCI layout {} holds several images: name one with :TAG (tags: {})",
+                    self.root.display(),
+                    self.tag_list().unwrap_or_default()
+                ),
+            },
         }
     }
 
@@ -205,10 +223,62 @@ impl Layout {
     }
 
     fn write_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        let mut temp = TempFile::new_in(&self.root)?;
+        let mut temp = AtomicFile::new_in(&self.root)?;
         std::io::Write::write_all(&mut temp, bytes)
             .with_context(|| format!("writing {name} in {}", self.root.display()))?;
         temp.persist(&self.root.join(name))
+    }
+}
+
+fn ref_name(d: &Descriptor) -> Option<&str> {
+    d.annotations()
+        .as_ref()
+        .and_then(|a| a.get(REF_NAME))
+        .map(String::as_str)
+}
+
+/// A reader that counts and hashes a blob and turns a wrong size or digest into an
+/// error at the end of the stream (or as soon as it reads past the declared size).
+pub struct VerifiedReader<R> {
+    inner: crate::io::hash::HashingReader<R>,
+    digest: String,
+    size: u64,
+    checked: bool,
+}
+
+impl<R: Read> VerifiedReader<R> {
+    pub fn new(inner: R, digest: String, size: u64) -> Self {
+        VerifiedReader {
+            inner: crate::io::hash::HashingReader::new(inner),
+            digest,
+            size,
+            checked: false,
+        }
+    }
+}
+
+impl<R: Read> Read for VerifiedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        crate::sys::interrupt::check_io()?;
+        let n = self.inner.read(buf)?;
+        if self.inner.count() > self.size {
+            return Err(std::io::Error::other(format!(
+                "blob {} is longer than its declared {} bytes",
+                self.digest, self.size
+            )));
+        }
+        if n == 0 && !buf.is_empty() && !self.checked {
+            self.checked = true;
+            let count = self.inner.count();
+            let hex = self.inner.hex();
+            if count != self.size || format!("sha256:{hex}") != self.digest {
+                return Err(std::io::Error::other(format!(
+                    "blob {} does not match its digest (read {count} bytes hashing to sha256:{hex})",
+                    self.digest
+                )));
+            }
+        }
+        Ok(n)
     }
 }
 
@@ -233,28 +303,50 @@ pub fn validate_tag(tag: &str) -> Result<()> {
 mod tests {
     use super::*;
 
+    fn desc(n: char) -> Descriptor {
+        Descriptor::new(
+            MediaType::ImageManifest,
+            1,
+            image::digest(&format!("sha256:{}", n.to_string().repeat(64))).unwrap(),
+        )
+    }
+
     #[test]
     fn tags_replace_and_resolve() {
         let dir = tempfile::tempdir().unwrap();
         let l = Layout::create(dir.path()).unwrap();
-        let d1 = Descriptor {
-            media_type: super::super::image::MEDIA_MANIFEST.into(),
-            digest: format!("sha256:{}", "1".repeat(64)),
-            size: 1,
-        };
-        let d2 = Descriptor {
-            digest: format!("sha256:{}", "2".repeat(64)),
-            ..d1.clone()
-        };
+        let (d1, d2) = (desc('1'), desc('2'));
         l.set_tag("v1", &d1, Some("amd64")).unwrap();
-        assert_eq!(l.resolve(None).unwrap(), d1);
+        assert_eq!(l.resolve(None).unwrap().digest(), d1.digest());
         l.set_tag("latest", &d2, None).unwrap();
         assert!(l.resolve(None).is_err(), "two images need a tag");
         l.set_tag("v1", &d2, None).unwrap();
-        assert_eq!(l.resolve(Some("v1")).unwrap(), d2);
+        assert_eq!(l.resolve(Some("v1")).unwrap().digest(), d2.digest());
         assert_eq!(l.tags().unwrap().len(), 2);
         let err = l.resolve(Some("nope")).unwrap_err().to_string();
         assert!(err.contains("latest") && err.contains("v1"), "{err}");
+    }
+
+    #[test]
+    fn blobs_that_do_not_match_their_descriptor_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layout::create(dir.path()).unwrap();
+        let b = Blob::raw(b"hello".to_vec());
+        l.write_blob(&b).unwrap();
+        let good = b.descriptor("text/plain").unwrap();
+        assert_eq!(l.read_blob(&good).unwrap(), b"hello");
+        // Declared bigger than the file: refused before reading.
+        let mut big = good.clone();
+        big.set_size(10 << 30);
+        assert!(l.read_blob(&big).is_err());
+        assert!(l.open_blob(&big).is_err());
+        // Same size, other content under the name: refused at the end of the stream.
+        std::fs::write(l.blob_path(&b.digest).unwrap(), b"HELLO").unwrap();
+        let e = l.read_blob(&good).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("does not match its digest"),
+            "{e:#}"
+        );
     }
 
     #[test]

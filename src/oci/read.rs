@@ -1,90 +1,66 @@
-//! Reading images back: opening any reference as a layout, streaming a layer, and
-//! finding the disk inside it.
+//! Reading containerDisk images back, from layouts that may come from anyone: resolving
+//! a tag (and an index) to a manifest and config, and walking the layers the way a node
+//! sees them. Entry paths are never trusted: nothing is ever written under a name taken
+//! from the layer, only the one disk file is extracted, under a fixed name, and
+//! anything that could escape (absolute paths, `..`, links in `disk/`) is a problem.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
 
-use super::dest::ImageRef;
-use super::layout::{Descriptor, Layout};
+use super::image::{self, Descriptor, Document, ImageConfiguration, ImageManifest};
+use super::layout::Layout;
+use crate::io::decompress::{self, Compression};
 
-/// An image opened for reading, with the temp dir that holds it when it had to be
-/// unpacked or pulled.
-pub struct OpenedImage {
+/// The most entries remembered per image (a hostile layer may hold millions).
+const MAX_ENTRIES: usize = 10_000;
+
+/// One image of a layout, resolved to its platform manifest.
+pub struct LayoutImage {
     pub layout: Layout,
+    /// The descriptor of the platform manifest.
     pub manifest_desc: Descriptor,
-    pub manifest: Value,
-    pub config: Value,
-    _temp: Option<tempfile::TempDir>,
+    pub manifest: ImageManifest,
+    pub config: ImageConfiguration,
 }
 
-/// Opens `oci:`, `oci-archive:` or `docker://` (pulled into a temp layout under `work`).
-pub fn open_image(
-    r: &ImageRef,
-    reg: &crate::registry::RegistryOptions,
-    work: &Path,
-) -> Result<OpenedImage> {
-    let (layout, tag, temp) = match r {
-        ImageRef::Layout { dir, tag } => (Layout::open(dir)?, tag.clone(), None),
-        ImageRef::Archive { file, tag } => {
-            let t = tempfile::Builder::new()
-                .prefix("diskforge-archive-")
-                .tempdir_in(work)
-                .context("creating a temp dir for the archive")?;
-            let l = super::pack::extract_archive(file, t.path())?;
-            (l, tag.clone(), Some(t))
+impl LayoutImage {
+    /// Resolves `tag` (or the only image) in `layout`; an index is resolved to the entry
+    /// for `arch`.
+    pub fn open(layout: Layout, tag: Option<&str>, arch: &str) -> Result<LayoutImage> {
+        let mut desc = layout.resolve(tag)?;
+        let mut doc = image::parse_document(&layout.read_blob(&desc)?)?;
+        if let Document::Index(idx) = &doc {
+            desc = idx
+                .manifests()
+                .iter()
+                .find(|m| {
+                    m.platform()
+                        .as_ref()
+                        .is_some_and(|p| p.architecture().to_string() == arch)
+                })
+                .cloned()
+                .with_context(|| format!("the image index has no {arch} image"))?;
+            doc = image::parse_document(&layout.read_blob(&desc)?)?;
         }
-        ImageRef::Registry { reference } => {
-            let t = tempfile::Builder::new()
-                .prefix("diskforge-pull-")
-                .tempdir_in(work)
-                .context("creating a temp dir for the pull")?;
-            let l = Layout::create(t.path())?;
-            crate::registry::pull_to_layout(reference, t.path(), "pulled", reg)?;
-            (l, Some("pulled".to_string()), Some(t))
-        }
-    };
-    let manifest_desc = layout.resolve(tag.as_deref())?;
-    let mut manifest: Value = serde_json::from_slice(&layout.read_blob(&manifest_desc.digest)?)
-        .context("parsing the manifest")?;
-    let mut manifest_desc = manifest_desc;
-    if manifest["manifests"].is_array() {
-        // An index: take the entry for this machine's architecture.
-        let arch = host_arch();
-        let entry = manifest["manifests"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|m| m["platform"]["architecture"].as_str() == Some(arch))
-            .with_context(|| format!("the image index has no {arch} image"))?
-            .clone();
-        manifest_desc = Descriptor {
-            media_type: entry["mediaType"].as_str().unwrap_or_default().into(),
-            digest: entry["digest"]
-                .as_str()
-                .context("index entry without digest")?
-                .into(),
-            size: entry["size"].as_u64().unwrap_or_default(),
+        let Document::Manifest(manifest) = doc else {
+            bail!(
+                "{} is an index inside an index: not an image",
+                desc.digest()
+            );
         };
-        manifest = serde_json::from_slice(&layout.read_blob(&manifest_desc.digest)?)
-            .context("parsing the manifest")?;
+        let config = image::parse_config(&layout.read_blob(manifest.config())?)?;
+        Ok(LayoutImage {
+            layout,
+            manifest_desc: desc,
+            manifest,
+            config,
+        })
     }
-    let config_digest = manifest["config"]["digest"]
-        .as_str()
-        .context("manifest without config")?;
-    let config: Value = serde_json::from_slice(&layout.read_blob(config_digest)?)
-        .context("parsing the image config")?;
-    Ok(OpenedImage {
-        layout,
-        manifest_desc,
-        manifest,
-        config,
-        _temp: temp,
-    })
 }
 
+/// The host's architecture in OCI terms.
 pub fn host_arch() -> &'static str {
     match std::env::consts::ARCH {
         "aarch64" => "arm64",
@@ -92,28 +68,12 @@ pub fn host_arch() -> &'static str {
     }
 }
 
-/// A decompressing reader for a layer blob of the given media type.
-pub fn layer_reader(path: &Path, media_type: &str) -> Result<Box<dyn Read>> {
-    let f =
-        std::fs::File::open(path).with_context(|| format!("opening layer {}", path.display()))?;
-    let f = std::io::BufReader::with_capacity(1 << 20, f);
-    Ok(
-        if media_type.ends_with("+gzip") || media_type.ends_with(".gzip") {
-            Box::new(flate2::read::MultiGzDecoder::new(f))
-        } else if media_type.ends_with("+zstd") {
-            Box::new(zstd::stream::read::Decoder::with_buffer(f).context("starting zstd decoder")?)
-        } else if media_type.ends_with(".tar") || media_type.ends_with("diff.tar") {
-            Box::new(f)
-        } else {
-            bail!("unsupported layer media type {media_type}")
-        },
-    )
-}
-
 /// One entry of a layer, as a runtime would see it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryInfo {
+    /// The path as written in the layer (lossy UTF-8, `./` stripped).
     pub path: String,
+    /// `-` file, `d` directory, `l` symlink, `h` hard link, `S` sparse, `?` other.
     pub kind: char,
     pub uid: u64,
     pub gid: u64,
@@ -146,78 +106,154 @@ pub fn disk_header(first: &[u8], file_size: u64) -> DiskHeader {
     }
 }
 
-/// The disk file found in a layer: where it is (extracted path, or its path in the
-/// layer) and its header.
-pub type FoundDisk = (PathBuf, DiskHeader);
+/// What walking an image's layers found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Entries in layer order (at most [`MAX_ENTRIES`]).
+    pub entries: Vec<EntryInfo>,
+    /// Entries a containerDisk must not have (unsafe paths, links or devices in `disk/`).
+    pub problems: Vec<String>,
+    /// The disk file the node would use: the last regular file written directly under
+    /// `disk/`, with its header.
+    pub disk: Option<(EntryInfo, DiskHeader)>,
+    /// Where the disk was extracted, when asked to.
+    pub extracted: Option<PathBuf>,
+}
 
-/// Walks the layers of an image; for each entry calls `visit`. The disk file's content is
-/// written to `extract_to/NAME` when given, else only its first 512 bytes are read.
-/// Returns every entry and the header of the first regular file under `disk/`.
-pub fn scan_layers(
-    img: &OpenedImage,
-    extract_to: Option<&Path>,
-) -> Result<(Vec<EntryInfo>, Option<FoundDisk>)> {
-    let mut entries = Vec::new();
-    let mut disk = None;
-    for l in img.manifest["layers"].as_array().into_iter().flatten() {
-        let digest = l["digest"].as_str().context("layer without digest")?;
-        let media = l["mediaType"].as_str().unwrap_or_default();
-        let reader = layer_reader(&img.layout.blob_path(digest)?, media)?;
-        let mut a = tar::Archive::new(reader);
-        for e in a.entries().context("reading the layer tar")? {
-            let mut e = e.context("reading the layer tar")?;
-            let h = e.header().clone();
-            let path = e
-                .path()?
-                .to_string_lossy()
-                .trim_start_matches("./")
-                .to_string();
-            let kind = match h.entry_type() {
-                tar::EntryType::Regular | tar::EntryType::Continuous => '-',
-                tar::EntryType::Directory => 'd',
-                tar::EntryType::Symlink => 'l',
-                tar::EntryType::Link => 'h',
-                tar::EntryType::GNUSparse => 'S',
-                _ => '?',
-            };
-            let info = EntryInfo {
-                path: path.clone(),
-                kind,
-                uid: h.uid().unwrap_or(u64::MAX),
-                gid: h.gid().unwrap_or(u64::MAX),
-                mode: h.mode().unwrap_or(0),
-                size: h.size().unwrap_or(0),
-            };
-            if kind == '-' && path.starts_with("disk/") && disk.is_none() {
-                let name = path.trim_start_matches("disk/").to_string();
-                match extract_to {
-                    Some(dir) => {
-                        let dest = dir.join(&name);
-                        let mut out = std::fs::File::create(&dest)
-                            .with_context(|| format!("creating {}", dest.display()))?;
-                        let mut first = vec![0u8; 512];
-                        let n = read_up_to(&mut e, &mut first)?;
-                        std::io::Write::write_all(&mut out, &first[..n])?;
-                        std::io::copy(&mut crate::interrupt::Checked(&mut e), &mut out)
-                            .with_context(|| {
-                                format!("extracting the disk to {}", dest.display())
-                            })?;
-                        disk = Some((dest, disk_header(&first[..n], info.size)));
-                    }
-                    None => {
-                        let mut first = vec![0u8; 512];
-                        let n = read_up_to(&mut e, &mut first)?;
-                        disk = Some((PathBuf::from(&path), disk_header(&first[..n], info.size)));
-                        entries.push(info);
-                        // The header is all inspect needs: stop before reading the disk.
-                        return Ok((entries, disk));
-                    }
-                }
-            }
-            entries.push(info);
+impl Scan {
+    /// Regular files and links directly under `disk/` (what KubeVirt counts).
+    pub fn disk_files(&self) -> Vec<&EntryInfo> {
+        self.entries
+            .iter()
+            .filter(|e| e.kind != 'd' && in_disk_dir(&e.path))
+            .collect()
+    }
+}
+
+/// `disk/NAME` with NAME one plain component.
+fn in_disk_dir(path: &str) -> bool {
+    path.strip_prefix("disk/")
+        .is_some_and(|name| !name.is_empty() && !name.contains('/'))
+}
+
+/// Why a layer path is unsafe, if it is: absolute, with `..` or empty components.
+fn unsafe_path(path: &str) -> Option<&'static str> {
+    if path.starts_with('/') {
+        return Some("absolute path");
+    }
+    let trimmed = path.trim_end_matches('/');
+    for c in trimmed.split('/') {
+        match c {
+            ".." => return Some("`..` component"),
+            "" => return Some("empty path component"),
+            _ => {}
         }
     }
-    Ok((entries, disk))
+    None
+}
+
+/// Walks the layers of `img`. With `extract_to`, the disk file's content is written to
+/// `extract_to/disk` (nothing else is ever written); otherwise only the first 512 bytes
+/// of the disk are read and the walk stops there.
+pub fn scan_layers(img: &LayoutImage, extract_to: Option<&Path>) -> Result<Scan> {
+    let mut scan = Scan::default();
+    for desc in img.manifest.layers() {
+        let media = image::media_type(desc);
+        let compression = Compression::from_media_type(&media)
+            .with_context(|| format!("unsupported layer media type {media}"))?;
+        let blob = img.layout.open_blob(desc)?;
+        let reader = decompress::reader(
+            compression,
+            std::io::BufReader::with_capacity(1 << 20, blob),
+        )?;
+        let done = scan_one(reader, extract_to, &mut scan)
+            .with_context(|| format!("reading layer {}", desc.digest()))?;
+        if done {
+            break;
+        }
+    }
+    Ok(scan)
+}
+
+/// One layer; true when the walk may stop (header-only mode found the disk).
+fn scan_one(reader: impl Read, extract_to: Option<&Path>, scan: &mut Scan) -> Result<bool> {
+    let mut archive = tar::Archive::new(reader);
+    let done = scan_entries(&mut archive, extract_to, scan)?;
+    if !done {
+        // Read what follows the end-of-archive marker too: the blob's digest is checked
+        // when its last byte has been read.
+        std::io::copy(&mut archive.into_inner(), &mut std::io::sink())
+            .context("reading the end of the layer")?;
+    }
+    Ok(done)
+}
+
+fn scan_entries<R: Read>(
+    archive: &mut tar::Archive<R>,
+    extract_to: Option<&Path>,
+    scan: &mut Scan,
+) -> Result<bool> {
+    for entry in archive.entries().context("reading the layer tar")? {
+        crate::sys::interrupt::check()?;
+        let mut e = entry.context("reading the layer tar")?;
+        let h = e.header();
+        let raw = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+        let path = raw.strip_prefix("./").unwrap_or(&raw).to_string();
+        let kind = match h.entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Continuous => '-',
+            tar::EntryType::Directory => 'd',
+            tar::EntryType::Symlink => 'l',
+            tar::EntryType::Link => 'h',
+            tar::EntryType::GNUSparse => 'S',
+            _ => '?',
+        };
+        let info = EntryInfo {
+            path: path.clone(),
+            kind,
+            uid: h.uid().unwrap_or(u64::MAX),
+            gid: h.gid().unwrap_or(u64::MAX),
+            mode: h.mode().unwrap_or(0),
+            size: e.size(),
+        };
+        if scan.entries.len() < MAX_ENTRIES {
+            scan.entries.push(info.clone());
+        }
+        if let Some(why) = unsafe_path(&path) {
+            scan.problems
+                .push(format!("layer entry {path:?} has an unsafe path ({why})"));
+            continue;
+        }
+        if !in_disk_dir(&path) {
+            continue;
+        }
+        if kind != '-' {
+            scan.problems.push(format!(
+                "{path} is not a regular file (type {kind}): a containerDisk holds one regular file under disk/"
+            ));
+            continue;
+        }
+        let mut first = [0u8; 512];
+        let n = read_up_to(&mut e, &mut first)?;
+        let header = disk_header(&first[..n], info.size);
+        match extract_to {
+            None => {
+                scan.disk = Some((info, header));
+                return Ok(true);
+            }
+            Some(dir) => {
+                let dest = dir.join("disk");
+                let mut out = crate::io::atomic::AtomicFile::new_in(dir)?;
+                std::io::Write::write_all(out.file(), &first[..n])
+                    .with_context(|| format!("writing {}", dest.display()))?;
+                std::io::copy(&mut crate::sys::interrupt::Checked(&mut e), out.file())
+                    .with_context(|| format!("extracting {path} to {}", dest.display()))?;
+                out.persist(&dest)?;
+                scan.extracted = Some(dest);
+                scan.disk = Some((info, header));
+            }
+        }
+    }
+    Ok(false)
 }
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
@@ -230,6 +266,34 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
         n += k;
     }
     Ok(n)
+}
+
+/// The disk's tar entry and header from the first bytes of a (compressed) layer, for
+/// inspecting a remote image without pulling it: at most `prefix.len()` bytes are read
+/// and every size from the tar headers is checked before it is used.
+pub fn disk_from_prefix(prefix: &[u8], media_type: &str) -> Option<(String, DiskHeader)> {
+    let compression = Compression::from_media_type(media_type)?;
+    let mut r = decompress::reader(compression, prefix).ok()?;
+    let mut tar = vec![0u8; 64 << 10];
+    let n = read_up_to(&mut r, &mut tar).unwrap_or(0);
+    let mut off = 0usize;
+    while off.checked_add(512)? <= n {
+        let h = tar::Header::from_byte_slice(&tar[off..off + 512]);
+        let name = String::from_utf8_lossy(&h.path_bytes()).into_owned();
+        if name.is_empty() {
+            return None;
+        }
+        let size = h.entry_size().ok()?;
+        let name = name.strip_prefix("./").unwrap_or(&name).to_string();
+        if h.entry_type().is_file() && in_disk_dir(&name) {
+            let data = &tar[(off + 512).min(n)..(off + 1024).min(n)];
+            return Some((name, disk_header(data, size)));
+        }
+        // PAX/GNU extension headers and entries: skip header + data, rounded to blocks.
+        let blocks = size.div_ceil(512).checked_add(1)?;
+        off = off.checked_add(usize::try_from(blocks.checked_mul(512)?).ok()?)?;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -250,5 +314,46 @@ mod tests {
         );
         assert_eq!(disk_header(&[0u8; 64], 77).format, "raw");
         assert_eq!(disk_header(&[0u8; 64], 77).virtual_size, 77);
+    }
+
+    #[test]
+    fn unsafe_paths_are_named() {
+        assert_eq!(unsafe_path("/tmp/x"), Some("absolute path"));
+        assert_eq!(unsafe_path("disk/../../tmp/x"), Some("`..` component"));
+        assert_eq!(unsafe_path("disk//tmp/x"), Some("empty path component"));
+        assert_eq!(unsafe_path("disk/"), None);
+        assert_eq!(unsafe_path("disk/disk.qcow2"), None);
+        assert!(in_disk_dir("disk/disk.qcow2"));
+        assert!(!in_disk_dir("disk/sub/x") && !in_disk_dir("disk/") && !in_disk_dir("x"));
+    }
+
+    /// A raw tar header with `name` and a size field of `size` (octal or base-256).
+    fn header(name: &str, size: u64) -> [u8; 512] {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(name).unwrap();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(size);
+        h.set_cksum();
+        *h.as_bytes()
+    }
+
+    #[test]
+    fn a_hostile_size_field_ends_the_prefix_walk() {
+        let mut prefix = Vec::new();
+        prefix.extend_from_slice(&header("junk", u64::MAX - 10));
+        prefix.extend_from_slice(&header("disk/disk.qcow2", 1 << 20));
+        prefix.resize(4096, 0);
+        let started = std::time::Instant::now();
+        assert_eq!(
+            disk_from_prefix(&prefix, "application/vnd.oci.image.layer.v1.tar"),
+            None
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let mut ok = Vec::new();
+        ok.extend_from_slice(&header("disk/", 0));
+        ok.extend_from_slice(&header("disk/disk.img", 1 << 20));
+        ok.resize(4096, 0);
+        let (name, h) = disk_from_prefix(&ok, "application/vnd.oci.image.layer.v1.tar").unwrap();
+        assert_eq!((name.as_str(), h.format), ("disk/disk.img", "raw"));
     }
 }

@@ -1,17 +1,19 @@
-//! Loading a recipe file: `extends:` chains, `${VAR}` substitution, a strict typed parse
-//! of every file, deep merging, and semantic checks. Every error names the file, line,
-//! column and key (`FILE:LINE:COL: KEY: message`), with a "did you mean" for near-miss
-//! key names.
+//! Loading a recipe file: the `extends:` chain, variables substituted into parsed values
+//! (never into YAML text, so a value cannot inject structure), a deep merge, a strict
+//! typed parse section by section, and the semantic checks — every error of a file at
+//! once, each naming the file, line, column and key, with a "did you mean" for
+//! near-miss key names.
 //!
 //! Merge rules for `extends:`: maps merge deeply, lists append (parent first), scalars
 //! of the child override the parent's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde_yaml::Value;
 
+use super::diag::{self, did_you_mean, humanize, RecipeError, RecipeErrors, Seg};
 use super::Recipe;
 
 /// What the command line adds to a recipe file.
@@ -19,8 +21,13 @@ use super::Recipe;
 pub struct LoadOptions {
     /// `--set KEY=VALUE` pairs, as given.
     pub set: Vec<String>,
-    /// `--catalog DIR`.
-    pub catalog: Option<PathBuf>,
+}
+
+/// One file of an `extends:` chain.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub path: PathBuf,
+    pub text: String,
 }
 
 /// A recipe after loading: the merged, substituted recipe and where it came from.
@@ -31,151 +38,96 @@ pub struct LoadedRecipe {
     pub path: PathBuf,
     /// Its directory: relative paths in the recipe are resolved against it.
     pub dir: PathBuf,
-    /// `sha256:` of the canonical JSON of the resolved recipe (labels, up-to-date checks).
+    /// `sha256:` of the canonical JSON of the resolved recipe (labels, keys).
     pub digest: String,
-    /// Every file read, child first.
-    pub files: Vec<PathBuf>,
+    /// Every file of the chain, child first.
+    pub chain: Vec<Source>,
+    /// Values of variables that hold secrets (kept out of plans, logs and errors).
+    pub secret_values: Vec<String>,
 }
 
-/// An invalid recipe: where, which key, and why.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{}:{line}:{column}: {key}: {message}", file.display())]
-pub struct RecipeError {
-    pub file: PathBuf,
-    pub line: usize,
-    pub column: usize,
-    /// Dotted key path (`customize.files[0].mode`), or `(document)`.
-    pub key: String,
-    pub message: String,
-}
-
-fn err(
-    file: &Path,
-    line: usize,
-    column: usize,
-    key: &str,
-    message: impl Into<String>,
-) -> anyhow::Error {
-    RecipeError {
-        file: file.to_path_buf(),
-        line,
-        column,
-        key: if key.is_empty() {
-            "(document)".into()
-        } else {
-            key.to_string()
-        },
-        message: message.into(),
+impl LoadedRecipe {
+    /// An error located at `path` in the file of the chain that sets it (the child
+    /// first), for checks made after loading (catalog names, base sizes).
+    pub fn error_at(&self, path: &[Seg], message: impl Into<String>) -> RecipeErrors {
+        RecipeErrors(vec![locate_in_chain(&self.chain, path, message.into())])
     }
-    .into()
+
+    /// Digests of every file of the chain, child first.
+    pub fn chain_digests(&self) -> Vec<(PathBuf, String)> {
+        self.chain
+            .iter()
+            .map(|s| {
+                (
+                    s.path.clone(),
+                    crate::io::hash::sha256_digest(s.text.as_bytes()),
+                )
+            })
+            .collect()
+    }
 }
 
-/// One file of an `extends:` chain.
-struct Source {
-    path: PathBuf,
-    text: String,
+fn locate_in_chain(chain: &[Source], path: &[Seg], message: String) -> RecipeError {
+    // The deepest match in the file that names the most of the path wins.
+    let mut best: Option<(usize, &Source)> = None;
+    for s in chain {
+        for n in (1..=path.len()).rev() {
+            if diag::locate(&s.text, &path[..n]).is_some() {
+                if best.is_none_or(|(m, _)| n > m) {
+                    best = Some((n, s));
+                }
+                break;
+            }
+        }
+    }
+    let s = best.map(|(_, s)| s).unwrap_or(&chain[0]);
+    diag::at(&s.path, &s.text, path, message)
+}
+
+/// Variable names that hold secrets unless the recipe says otherwise.
+const SECRET_NAMES: &[&str] = &[
+    "PASSWORD",
+    "PASSWD",
+    "SECRET",
+    "TOKEN",
+    "CREDENTIAL",
+    "PRIVATE",
+    "APIKEY",
+    "API_KEY",
+];
+
+fn secret_name(name: &str) -> bool {
+    let up = name.to_ascii_uppercase();
+    SECRET_NAMES.iter().any(|s| up.contains(s))
 }
 
 /// Reads and resolves a recipe file.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedRecipe> {
     let set = parse_set(&opts.set)?;
-    // The chain, child first.
-    let mut chain: Vec<Source> = Vec::new();
-    let mut next = Some(path.to_path_buf());
-    while let Some(p) = next.take() {
-        let canon =
-            std::fs::canonicalize(&p).with_context(|| format!("reading recipe {}", p.display()))?;
-        if chain
-            .iter()
-            .any(|s| std::fs::canonicalize(&s.path).ok().as_ref() == Some(&canon))
-        {
-            let names: Vec<String> = chain
-                .iter()
-                .map(|s| s.path.display().to_string())
-                .chain([p.display().to_string()])
-                .collect();
-            let last = chain.last().expect("a chain with a cycle has a file");
-            let (l, c) = find_key(&last.text, &["extends"]).unwrap_or((1, 1));
-            return Err(err(
-                &last.path,
-                l,
-                c,
-                "extends",
-                format!("cyclic extends: {}", names.join(" -> ")),
-            ));
+    let chain = read_chain(path)?;
+    // Parse every file first: syntax errors are located by the YAML parser.
+    let mut values = Vec::new();
+    for s in &chain {
+        let v: Value = serde_yaml::from_str(&s.text).map_err(|e| yaml_error(&s.path, &e))?;
+        if !matches!(v, Value::Mapping(_) | Value::Null) {
+            return Err(RecipeErrors(vec![RecipeError {
+                file: s.path.clone(),
+                line: 1,
+                column: 1,
+                key: "(document)".into(),
+                message: "a recipe must be a YAML mapping".into(),
+            }])
+            .into());
         }
-        let text = std::fs::read_to_string(&p)
-            .with_context(|| format!("reading recipe {}", p.display()))?;
-        let head: Value = serde_yaml::from_str(&text).map_err(|e| yaml_error(&p, &e, ""))?;
-        if !matches!(head, Value::Mapping(_) | Value::Null) {
-            return Err(err(&p, 1, 1, "", "a recipe must be a YAML mapping"));
-        }
-        if let Some(parent) = head.get("extends") {
-            let Some(parent) = parent.as_str() else {
-                let (l, c) = find_key(&text, &["extends"]).unwrap_or((1, 1));
-                return Err(err(
-                    &p,
-                    l,
-                    c,
-                    "extends",
-                    "extends must be a path to a parent recipe",
-                ));
-            };
-            let dir = p.parent().unwrap_or(Path::new("."));
-            let parent_path = dir.join(parent);
-            if !parent_path.is_file() {
-                let (l, c) = find_key(&text, &["extends"]).unwrap_or((1, 1));
-                return Err(err(
-                    &p,
-                    l,
-                    c,
-                    "extends",
-                    format!("parent recipe {} does not exist", parent_path.display()),
-                ));
-            }
-            next = Some(parent_path);
-        }
-        chain.push(Source { path: p, text });
+        values.push(v);
     }
-
-    // Variables: parents' vars, then the child's (each file may use what is defined up
-    // to it), then the environment (allowed names only), then --set.
-    let mut vars: BTreeMap<String, String> = BTreeMap::new();
-    let mut allowed_env: Vec<String> = Vec::new();
-    for s in chain.iter().rev() {
-        let v: Value = serde_yaml::from_str(&s.text).map_err(|e| yaml_error(&s.path, &e, ""))?;
-        if let Some(Value::Mapping(m)) = v.get("vars") {
-            for (k, val) in m {
-                let (Some(k), Some(val)) = (k.as_str(), scalar_string(val)) else {
-                    let (l, c) = find_key(&s.text, &["vars"]).unwrap_or((1, 1));
-                    return Err(err(&s.path, l, c, "vars", "vars must map names to strings"));
-                };
-                vars.insert(k.to_string(), val);
-            }
-        }
-        if let Some(Value::Sequence(e)) = v.get("env") {
-            allowed_env.extend(e.iter().filter_map(|x| x.as_str().map(str::to_string)));
-        }
-    }
-    for name in &allowed_env {
-        if let Ok(v) = std::env::var(name) {
-            vars.insert(name.clone(), v);
-        }
-    }
-    vars.extend(set);
-
-    // Substitute, then parse each file strictly on its own (so errors point into it).
+    let (vars, secret_values) = variables(&chain, &values, set)?;
+    let mut errors = Vec::new();
     let mut merged = Value::Null;
-    for s in chain.iter().rev() {
-        let text = substitute(&s.path, &s.text, &vars)?;
-        let de = serde_yaml::Deserializer::from_str(&text);
-        let typed: std::result::Result<Recipe, _> = serde_path_to_error::deserialize(de);
-        if let Err(e) = typed {
-            let key = path_string(e.path());
-            let inner = e.into_inner();
-            return Err(yaml_error(&s.path, &inner, &key));
-        }
-        let mut v: Value = serde_yaml::from_str(&text).map_err(|e| yaml_error(&s.path, &e, ""))?;
+    for (s, mut v) in chain.iter().zip(values).rev() {
+        substitute_tree(&mut v, &vars, &mut Vec::new(), &mut |path, msg| {
+            errors.push(diag::at(&s.path, &s.text, path, msg))
+        });
         if let Value::Mapping(m) = &mut v {
             m.remove("extends");
             // Only the recipe given decides whether it is a partial one.
@@ -185,29 +137,155 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedRecipe> {
         }
         merge(&mut merged, v);
     }
-    let child = &chain[0];
-    let recipe: Recipe = serde_yaml::from_value(merged).map_err(|e| {
-        err(
-            &child.path,
-            1,
-            1,
-            "",
-            format!("after merging the extends chain: {e}"),
-        )
-    })?;
-    super::validate::check(&recipe, &child.path, &child.text)?;
+    if !errors.is_empty() {
+        return Err(RecipeErrors(errors).into());
+    }
+    let recipe = parse_sections(&merged, &chain)?;
+    let mut issues = Vec::new();
+    super::validate::check(&recipe, &mut issues);
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let digest = recipe_digest(&recipe)?;
+    super::validate::check_files(&recipe, &dir, &mut issues);
+    if !issues.is_empty() {
+        let errs = issues
+            .into_iter()
+            .map(|(p, m)| locate_in_chain(&chain, &p, m))
+            .collect();
+        return Err(RecipeErrors(errs).into());
+    }
+    let digest = recipe_digest(&recipe, &secret_values)?;
     Ok(LoadedRecipe {
         recipe,
         path: path.to_path_buf(),
         dir,
         digest,
-        files: chain.into_iter().map(|s| s.path).collect(),
+        chain,
+        secret_values,
     })
+}
+
+/// The recipe and its parents, child first; a cycle or a missing parent is an error at
+/// the `extends` key.
+fn read_chain(path: &Path) -> Result<Vec<Source>> {
+    let mut chain: Vec<Source> = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut next = Some(path.to_path_buf());
+    while let Some(p) = next.take() {
+        let canon =
+            std::fs::canonicalize(&p).with_context(|| format!("reading recipe {}", p.display()))?;
+        if !seen.insert(canon) {
+            let names: Vec<String> = chain
+                .iter()
+                .map(|s| s.path.display().to_string())
+                .chain([p.display().to_string()])
+                .collect();
+            let last = chain.last().expect("a chain with a cycle has a file");
+            return Err(RecipeErrors(vec![diag::at(
+                &last.path,
+                &last.text,
+                &[Seg::key("extends")],
+                format!("cyclic extends: {}", names.join(" -> ")),
+            )])
+            .into());
+        }
+        let text = std::fs::read_to_string(&p)
+            .with_context(|| format!("reading recipe {}", p.display()))?;
+        let head: Value = serde_yaml::from_str(&text).map_err(|e| yaml_error(&p, &e))?;
+        if let Some(parent) = head.get("extends") {
+            let err = |msg: String| -> anyhow::Error {
+                RecipeErrors(vec![diag::at(&p, &text, &[Seg::key("extends")], msg)]).into()
+            };
+            let Some(parent) = parent.as_str() else {
+                return Err(err("extends must be a path to a parent recipe".into()));
+            };
+            let parent_path = p.parent().unwrap_or(Path::new(".")).join(parent);
+            if !parent_path.is_file() {
+                return Err(err(format!(
+                    "parent recipe {} does not exist",
+                    parent_path.display()
+                )));
+            }
+            next = Some(parent_path);
+        }
+        chain.push(Source { path: p, text });
+    }
+    Ok(chain)
+}
+
+/// Variables: parents' `vars`, then the child's, then the environment (allowed names
+/// only), then `--set`. Also returns the values that are secrets (from variables named
+/// like secrets or listed as `{name: X, secret: true}` under `env`).
+fn variables(
+    chain: &[Source],
+    values: &[Value],
+    set: BTreeMap<String, String>,
+) -> Result<(BTreeMap<String, String>, Vec<String>)> {
+    let mut vars = BTreeMap::new();
+    let mut allowed: Vec<(String, bool)> = Vec::new();
+    for (s, v) in chain.iter().zip(values).rev() {
+        if let Some(m) = v.get("vars") {
+            let Value::Mapping(m) = m else {
+                return Err(RecipeErrors(vec![diag::at(
+                    &s.path,
+                    &s.text,
+                    &[Seg::key("vars")],
+                    "vars must map names to values",
+                )])
+                .into());
+            };
+            for (k, val) in m {
+                match (k.as_str(), scalar_string(val)) {
+                    (Some(k), Some(val)) => {
+                        vars.insert(k.to_string(), val);
+                    }
+                    _ => {
+                        return Err(RecipeErrors(vec![diag::at(
+                            &s.path,
+                            &s.text,
+                            &[Seg::key("vars")],
+                            "vars must map names to plain values (text, numbers, true/false)",
+                        )])
+                        .into())
+                    }
+                }
+            }
+        }
+        if let Some(Value::Sequence(e)) = v.get("env") {
+            for item in e {
+                match item {
+                    Value::String(n) => allowed.push((n.clone(), secret_name(n))),
+                    Value::Mapping(m) => {
+                        if let Some(n) = m.get("name").and_then(Value::as_str) {
+                            let secret = m.get("secret").and_then(Value::as_bool).unwrap_or(false);
+                            allowed.push((n.to_string(), secret || secret_name(n)));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let mut secret_values = Vec::new();
+    for (name, secret) in &allowed {
+        if let Ok(v) = std::env::var(name) {
+            if *secret && !v.is_empty() {
+                secret_values.push(v.clone());
+            }
+            vars.insert(name.clone(), v);
+        }
+    }
+    for (k, v) in set {
+        if secret_name(&k) && !v.is_empty() {
+            secret_values.push(v.clone());
+        }
+        vars.insert(k, v);
+    }
+    for v in &secret_values {
+        crate::sys::exec::register_secret(v);
+    }
+    Ok((vars, secret_values))
 }
 
 fn scalar_string(v: &Value) -> Option<String> {
@@ -233,72 +311,87 @@ fn parse_set(set: &[String]) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-/// Replaces `${NAME}`; `$${` is a literal `${`. Undefined names are errors at their
-/// position.
-fn substitute(file: &Path, text: &str, vars: &BTreeMap<String, String>) -> Result<String> {
+/// Substitutes `${NAME}` in every string value of `v` (`$${` is a literal `${`). A
+/// value that is exactly one reference takes the variable's scalar type (so
+/// `port: ${PORT}` is a number); a variable can never become a list or a mapping.
+fn substitute_tree(
+    v: &mut Value,
+    vars: &BTreeMap<String, String>,
+    path: &mut Vec<Seg>,
+    report: &mut dyn FnMut(&[Seg], String),
+) {
+    match v {
+        Value::Mapping(m) => {
+            for (k, child) in m.iter_mut() {
+                // `vars` themselves are not substituted.
+                if path.is_empty() && k.as_str() == Some("vars") {
+                    continue;
+                }
+                path.push(Seg::Key(k.as_str().unwrap_or("?").to_string()));
+                substitute_tree(child, vars, path, report);
+                path.pop();
+            }
+        }
+        Value::Sequence(s) => {
+            for (i, child) in s.iter_mut().enumerate() {
+                path.push(Seg::Index(i));
+                substitute_tree(child, vars, path, report);
+                path.pop();
+            }
+        }
+        Value::String(s) if s.contains("${") => match substitute(s, vars) {
+            Ok((out, whole)) => {
+                *v = if whole {
+                    match serde_yaml::from_str::<Value>(&out) {
+                        Ok(x @ (Value::Number(_) | Value::Bool(_))) => x,
+                        _ => Value::String(out),
+                    }
+                } else {
+                    Value::String(out)
+                };
+            }
+            Err(msg) => report(path, msg),
+        },
+        _ => {}
+    }
+}
+
+/// `${NAME}` substitution in one string; also says whether the string was exactly one
+/// reference.
+fn substitute(
+    text: &str,
+    vars: &BTreeMap<String, String>,
+) -> std::result::Result<(String, bool), String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    let mut offset = 0;
+    let mut refs = 0;
     while let Some(i) = rest.find("${") {
         if i > 0 && rest.as_bytes()[i - 1] == b'$' {
             out.push_str(&rest[..i - 1]);
             out.push_str("${");
             rest = &rest[i + 2..];
-            offset += i + 2;
             continue;
         }
         out.push_str(&rest[..i]);
         let after = &rest[i + 2..];
-        let end = after.find('}');
-        let (line, col) = line_col(text, offset + i);
-        let Some(end) = end else {
-            return Err(err(
-                file,
-                line,
-                col,
-                &key_at_line(text, line),
-                "unterminated ${ (write $${ for a literal ${)",
-            ));
+        let Some(end) = after.find('}') else {
+            return Err("unterminated ${ (write $${ for a literal ${)".into());
         };
         let name = &after[..end];
         match vars.get(name) {
             Some(v) => out.push_str(v),
             None => {
-                return Err(err(
-                    file,
-                    line,
-                    col,
-                    &key_at_line(text, line),
-                    format!("undefined variable ${{{name}}}: define it under vars:, allow it from the environment under env:, or pass --set {name}=VALUE"),
+                return Err(format!(
+                    "undefined variable ${{{name}}}: define it under vars:, allow it from the environment under env:, or pass --set {name}=VALUE"
                 ))
             }
         }
+        refs += 1;
         rest = &after[end + 1..];
-        offset += i + 2 + end + 1;
     }
     out.push_str(rest);
-    Ok(out)
-}
-
-fn line_col(text: &str, byte: usize) -> (usize, usize) {
-    let before = &text[..byte.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before
-        .rsplit('\n')
-        .next()
-        .map(|l| l.chars().count())
-        .unwrap_or(0)
-        + 1;
-    (line, col)
-}
-
-/// The key written on a line (`  size: ${X}` → `size`).
-fn key_at_line(text: &str, line: usize) -> String {
-    text.lines()
-        .nth(line - 1)
-        .and_then(|l| l.trim_start().trim_start_matches("- ").split_once(':'))
-        .map(|(k, _)| k.trim().to_string())
-        .unwrap_or_default()
+    let whole = refs == 1 && text.starts_with("${") && text.ends_with('}');
+    Ok((out, whole))
 }
 
 /// Deep merge: maps merge, lists append, scalars override.
@@ -323,53 +416,129 @@ pub fn merge(base: &mut Value, over: Value) {
     }
 }
 
-fn path_string(p: &serde_path_to_error::Path) -> String {
-    let s = p.to_string();
-    if s == "." {
-        String::new()
-    } else {
-        s
+/// Parses the merged recipe one top-level section at a time, so one bad section does
+/// not hide the errors of the others; each error is located in the chain.
+fn parse_sections(merged: &Value, chain: &[Source]) -> Result<Recipe> {
+    let mut errors = Vec::new();
+    let empty = serde_yaml::Mapping::new();
+    let map = merged.as_mapping().unwrap_or(&empty);
+    let known = super::types::TOP_LEVEL_KEYS;
+    let mut clean = serde_yaml::Mapping::new();
+    for (k, v) in map {
+        let name = k.as_str().unwrap_or("?");
+        if !known.contains(&name) {
+            let msg = match did_you_mean(name, known) {
+                Some(c) => format!("unknown key `{name}`: did you mean `{c}`?"),
+                None => format!("unknown key `{name}` (known keys: {})", known.join(", ")),
+            };
+            errors.push(locate_in_chain(chain, &[Seg::key(name)], msg));
+            continue;
+        }
+        if section_errors(k, v, chain, &mut errors) {
+            clean.insert(k.clone(), v.clone());
+        }
+    }
+    if !errors.is_empty() {
+        return Err(RecipeErrors(errors).into());
+    }
+    serde_yaml::from_value(Value::Mapping(clean)).map_err(|e| {
+        RecipeErrors(vec![locate_in_chain(chain, &[], humanize(&e.to_string()))]).into()
+    })
+}
+
+/// At most this many errors are reported for one section of a recipe.
+const MAX_SECTION_ERRORS: usize = 32;
+
+/// Parses one top-level section on its own and adds every error in it to `errors`, not
+/// only the first: after each error the value at its key is taken out and the section
+/// parsed again, until it parses or an error repeats (a required key that was taken out
+/// reports itself missing: that is not the user's error and ends the search). True
+/// when the section had no error.
+fn section_errors(
+    key: &Value,
+    value: &Value,
+    chain: &[Source],
+    errors: &mut Vec<RecipeError>,
+) -> bool {
+    let mut one = serde_yaml::Mapping::new();
+    one.insert(key.clone(), value.clone());
+    let mut one = Value::Mapping(one);
+    let mut removed: Vec<Vec<Seg>> = Vec::new();
+    for _ in 0..MAX_SECTION_ERRORS {
+        let r: std::result::Result<Recipe, _> = serde_path_to_error::deserialize(one.clone());
+        let Err(e) = r else { break };
+        let missing = e.inner().to_string().contains("missing field");
+        let (err, path) = serde_error(chain, e);
+        let repeated = removed.iter().any(|p| {
+            *p == path || (missing && p.len() > path.len() && p[..path.len()] == path[..])
+        });
+        if repeated {
+            break;
+        }
+        errors.push(err);
+        if path.is_empty() || !remove_at(&mut one, &path) {
+            break;
+        }
+        removed.push(path);
+    }
+    removed.is_empty()
+}
+
+/// Takes the value at `path` out of `v` (a mapping entry is removed; a list item is
+/// replaced by null, so the indexes after it still name the same items).
+fn remove_at(v: &mut Value, path: &[Seg]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut cur = v;
+    for seg in parents {
+        let next = match (seg, cur) {
+            (Seg::Key(k), Value::Mapping(m)) => m.get_mut(k.as_str()),
+            (Seg::Index(i), Value::Sequence(s)) => s.get_mut(*i),
+            _ => None,
+        };
+        let Some(next) = next else { return false };
+        cur = next;
+    }
+    match (last, cur) {
+        (Seg::Key(k), Value::Mapping(m)) => m.remove(k.as_str()).is_some(),
+        (Seg::Index(i), Value::Sequence(s)) if *i < s.len() => {
+            s[*i] = Value::Null;
+            true
+        }
+        _ => false,
     }
 }
 
-/// A YAML/serde error as a located [`RecipeError`] with a "did you mean".
-fn yaml_error(file: &Path, e: &serde_yaml::Error, key: &str) -> anyhow::Error {
-    let (line, column) = e
-        .location()
-        .map(|l| (l.line(), l.column()))
-        .unwrap_or((1, 1));
-    let mut msg = e.to_string();
+/// A typed-parse error located at its key (an unknown key: at that key, with a
+/// suggestion), and that key's path.
+fn serde_error(
+    chain: &[Source],
+    e: serde_path_to_error::Error<serde_yaml::Error>,
+) -> (RecipeError, Vec<Seg>) {
+    let mut path = diag::parse_path(&e.path().to_string());
+    let msg = e.inner().to_string();
+    let mut msg = msg
+        .split_once(": ")
+        .filter(|(prefix, _)| {
+            !prefix.contains(' ')
+                && prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-[]".contains(c))
+        })
+        .map(|(_, rest)| rest.to_string())
+        .unwrap_or(msg);
     if let Some(i) = msg.find(" at line ") {
         msg.truncate(i);
     }
-    // serde names the key in the message: "unknown field `pakages`, expected one of …".
-    // The YAML library prefixes messages with the parent's path ("customize: …").
-    if let Some((prefix, rest)) = msg.split_once(": ") {
-        let is_path = !prefix.is_empty()
-            && prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-[]".contains(c))
-            && (key.starts_with(prefix) || key.is_empty());
-        if is_path {
-            msg = rest.to_string();
-        }
-    }
-    let mut key = key.to_string();
     if let Some(rest) = msg.strip_prefix("unknown field `") {
         if let Some((name, expected)) = rest.split_once('`') {
             let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-            if key.is_empty() {
-                key = name.to_string();
-            } else if !key.ends_with(name) {
-                key = format!("{key}.{name}");
+            if path.last() != Some(&Seg::key(name)) {
+                path.push(Seg::key(name));
             }
-            let best = candidates
-                .iter()
-                .map(|c| (strsim::jaro_winkler(name, c), *c))
-                .filter(|(s, _)| *s > 0.8)
-                .max_by(|a, b| a.0.total_cmp(&b.0));
-            msg = match best {
-                Some((_, c)) => format!("unknown key `{name}`: did you mean `{c}`?"),
+            msg = match did_you_mean(name, &candidates) {
+                Some(c) => format!("unknown key `{name}`: did you mean `{c}`?"),
                 None => format!(
                     "unknown key `{name}` (known keys: {})",
                     candidates.join(", ")
@@ -377,50 +546,33 @@ fn yaml_error(file: &Path, e: &serde_yaml::Error, key: &str) -> anyhow::Error {
             };
         }
     }
-    if let Some(rest) = msg.strip_prefix(&format!("{key}: ")) {
-        msg = rest.to_string();
-    }
-    err(file, line, column, &key, msg)
+    (locate_in_chain(chain, &path, humanize(&msg)), path)
 }
 
-/// Line and column of a key path in YAML text (best effort: indentation-aware search
-/// for each segment in turn).
-pub fn find_key(text: &str, path: &[&str]) -> Option<(usize, usize)> {
-    let lines: Vec<&str> = text.lines().collect();
-    let mut start = 0;
-    let mut min_indent = 0;
-    let mut found = None;
-    for seg in path {
-        let mut hit = None;
-        for (i, l) in lines.iter().enumerate().skip(start) {
-            let trimmed = l.trim_start();
-            let indent = l.len() - trimmed.len();
-            let t = trimmed.trim_start_matches("- ");
-            let indent = indent + (trimmed.len() - t.len());
-            if trimmed.starts_with('#') || trimmed.is_empty() {
-                continue;
-            }
-            if indent < min_indent && i > start {
-                break;
-            }
-            if t.starts_with(&format!("{seg}:")) {
-                hit = Some((i, indent));
-                break;
-            }
-        }
-        let (i, indent) = hit?;
-        found = Some((i + 1, indent + 1));
-        start = i + 1;
-        min_indent = indent + 1;
-    }
-    found
+/// A YAML syntax error as a located [`RecipeErrors`].
+fn yaml_error(file: &Path, e: &serde_yaml::Error) -> anyhow::Error {
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((1, 1));
+    RecipeErrors(vec![RecipeError {
+        file: file.to_path_buf(),
+        line,
+        column,
+        key: "(document)".into(),
+        message: humanize(&e.to_string()),
+    }])
+    .into()
 }
 
-/// `sha256:` of the canonical JSON of a recipe.
-pub fn recipe_digest(recipe: &Recipe) -> Result<String> {
-    let json = serde_json::to_value(recipe).context("serializing recipe")?;
-    let bytes = crate::oci::image::canonical_json(&json)?;
-    Ok(format!("sha256:{}", crate::cache::sha256_hex(&bytes)))
+/// The digest of a resolved recipe, with the values of secret variables masked: it is
+/// published (a label, the provenance), and must not let anyone test guesses at them.
+pub fn recipe_digest(recipe: &Recipe, secret_values: &[String]) -> Result<String> {
+    let mut v = serde_json::to_value(recipe).context("serializing the recipe")?;
+    crate::redact::mask_json(&mut v, secret_values);
+    Ok(crate::io::hash::sha256_digest(
+        &crate::io::hash::canonical_json(&v)?,
+    ))
 }
 
 #[cfg(test)]
@@ -433,78 +585,101 @@ mod tests {
         p
     }
 
+    fn errors(e: anyhow::Error) -> Vec<RecipeError> {
+        e.downcast::<RecipeErrors>().expect("a recipe error").0
+    }
+
     #[test]
     fn extends_merges_maps_appends_lists_overrides_scalars() {
         let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("base.qcow2"), b"").unwrap();
         write(t.path(), "parent.yaml", "name: parent\nbase: {path: base.qcow2}\ncustomize:\n  packages: [a]\n  hostname: p\noutput: {labels: {x: '1', y: '2'}}\n");
         let child = write(t.path(), "child.yaml", "extends: parent.yaml\nname: child\ncustomize:\n  packages: [b]\noutput: {labels: {y: '3'}}\n");
-        let r = load(&child, &LoadOptions::default()).unwrap().recipe;
+        let l = load(&child, &LoadOptions::default()).unwrap();
+        let r = l.recipe;
         assert_eq!(r.name.as_deref(), Some("child"));
         assert_eq!(r.customize.packages, vec!["a", "b"]);
         assert_eq!(r.customize.hostname.as_deref(), Some("p"));
         assert_eq!(r.output.labels["x"], "1");
         assert_eq!(r.output.labels["y"], "3");
-        assert_eq!(r.base.unwrap().path.as_deref(), Some("base.qcow2"));
+        assert_eq!(l.chain.len(), 2);
     }
 
     #[test]
-    fn variables_come_from_vars_env_and_set_in_that_order() {
+    fn variables_are_values_and_never_structure() {
         let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("b.qcow2"), b"").unwrap();
         std::env::set_var("DISKFORGE_TEST_HOSTVAR", "from-env");
         let p = write(
             t.path(),
             "r.yaml",
-            "vars: {size: 5G, host: from-vars}\nenv: [DISKFORGE_TEST_HOSTVAR]\nbase: {path: b.qcow2}\ndisk: {size: \"${size}\"}\ncustomize:\n  hostname: \"${DISKFORGE_TEST_HOSTVAR}\"\n  commands: [\"echo $${HOME} ${host}\"]\n",
+            "vars: {size: 5G, host: from-vars, port: 8080}\nenv: [DISKFORGE_TEST_HOSTVAR]\nbase: {path: b.qcow2}\ndisk: {size: \"${size}\"}\ncustomize:\n  hostname: \"${DISKFORGE_TEST_HOSTVAR}\"\n  commands: [\"echo $${HOME} ${host}\"]\nttyd: {port: \"${port}\"}\n",
         );
         let r = load(&p, &LoadOptions::default()).unwrap().recipe;
         assert_eq!(r.disk.size.unwrap().to_string(), "5G");
         assert_eq!(r.customize.hostname.as_deref(), Some("from-env"));
         assert_eq!(r.customize.commands[0], "echo ${HOME} from-vars");
+        assert_eq!(r.ttyd.port, 8080);
         let opts = LoadOptions {
-            set: vec!["host=from-set".into()],
-            ..Default::default()
+            set: vec!["host=from-set".into(), "size=\"}\nextra: [injected]".into()],
         };
-        let r = load(&p, &opts).unwrap().recipe;
-        assert_eq!(r.customize.commands[0], "echo ${HOME} from-set");
+        let e = load(&p, &opts).unwrap_err();
+        // The value stays one string: a bad size, not a new key.
+        let errs = errors(e);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].key, "disk.size");
     }
 
     #[test]
-    fn undefined_variable_is_located() {
+    fn undefined_variable_is_located_at_its_key() {
         let t = tempfile::tempdir().unwrap();
         let p = write(
             t.path(),
             "r.yaml",
             "base: {path: b.qcow2}\ncustomize:\n  hostname: \"${NOPE}\"\n",
         );
-        let e = load(&p, &LoadOptions::default()).unwrap_err();
-        let re = e.downcast_ref::<RecipeError>().unwrap();
-        assert_eq!((re.line, re.column, re.key.as_str()), (3, 14, "hostname"));
-        assert!(re.message.contains("NOPE"));
+        let errs = errors(load(&p, &LoadOptions::default()).unwrap_err());
+        assert_eq!(
+            (errs[0].line, errs[0].column, errs[0].key.as_str()),
+            (3, 3, "customize.hostname")
+        );
+        assert!(errs[0].message.contains("NOPE"));
     }
 
     #[test]
-    fn unknown_keys_get_a_suggestion() {
+    fn every_error_of_a_file_is_reported_with_its_location() {
         let t = tempfile::tempdir().unwrap();
         let p = write(
             t.path(),
             "r.yaml",
-            "base: {path: b.qcow2}\ncustomize:\n  pakages: [a]\n",
+            "base: {path: b.qcow2}\ncustomize:\n  pakages: [a]\ndisk:\n  size: 10\nttyd:\n  port: 70000\n",
         );
-        let e = load(&p, &LoadOptions::default()).unwrap_err();
-        let s = e.to_string();
-        assert!(
-            s.contains(
-                "r.yaml:3:3: customize.pakages: unknown key `pakages`: did you mean `packages`?"
-            ),
-            "{s}"
+        let errs = errors(load(&p, &LoadOptions::default()).unwrap_err());
+        let got: Vec<String> = errs
+            .iter()
+            .map(|e| format!("{}:{} {}", e.line, e.column, e.key))
+            .collect();
+        assert_eq!(
+            got,
+            vec!["3:3 customize.pakages", "5:3 disk.size", "7:3 ttyd.port"],
+            "{errs:?}"
         );
+        assert!(errs[0].message.contains("did you mean `packages`?"));
+        assert!(!errs.iter().any(|e| e.message.contains("u16")), "{errs:?}");
     }
 
     #[test]
-    fn find_key_walks_nested_paths() {
-        let text = "a:\n  b: 1\n  c:\n    d: 2\ne: 3\n";
-        assert_eq!(find_key(text, &["a", "c", "d"]), Some((4, 5)));
-        assert_eq!(find_key(text, &["e"]), Some((5, 1)));
-        assert_eq!(find_key(text, &["a", "x"]), None);
+    fn secret_variables_are_recorded() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("b.qcow2"), b"").unwrap();
+        std::env::set_var("DISKFORGE_TEST_LAB_PASSWORD", "s3cr3t-v4lue");
+        std::env::set_var("DISKFORGE_TEST_PLAIN", "plain-value");
+        let p = write(
+            t.path(),
+            "r.yaml",
+            "env: [DISKFORGE_TEST_LAB_PASSWORD, {name: DISKFORGE_TEST_PLAIN, secret: true}]\nbase: {path: b.qcow2}\ncustomize:\n  commands: [\"echo ${DISKFORGE_TEST_LAB_PASSWORD} ${DISKFORGE_TEST_PLAIN}\"]\n",
+        );
+        let l = load(&p, &LoadOptions::default()).unwrap();
+        assert_eq!(l.secret_values, vec!["s3cr3t-v4lue", "plain-value"]);
     }
 }

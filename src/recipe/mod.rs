@@ -1,11 +1,13 @@
-//! Recipes: schema types, loading (`extends:`, variables) and pure validation.
+//! Recipes: schema types, loading (`extends:`, variables), located diagnostics and pure
+//! validation.
 
-pub mod commands;
+pub mod diag;
 pub mod load;
 pub mod secret;
 pub mod types;
 pub mod validate;
 
+pub use diag::{RecipeError, RecipeErrors, Seg};
 pub use load::{load, LoadOptions, LoadedRecipe};
 pub use secret::SecretValue;
 pub use types::*;

@@ -23,13 +23,13 @@ impl SecretValue {
 
 impl fmt::Debug for SecretValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(crate::exec::REDACTED)
+        f.write_str(crate::sys::exec::REDACTED)
     }
 }
 
 impl fmt::Display for SecretValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(crate::exec::REDACTED)
+        f.write_str(crate::sys::exec::REDACTED)
     }
 }
 
@@ -40,6 +40,7 @@ pub fn resolve(secret: &Secret, recipe_dir: &Path) -> Result<SecretValue> {
         Secret::Env(name) => {
             let v = std::env::var(name)
                 .with_context(|| format!("secret environment variable {name} is not set"))?;
+            crate::sys::exec::register_secret(&v);
             Ok(SecretValue(v))
         }
         Secret::File(p) => {
@@ -52,6 +53,7 @@ pub fn resolve(secret: &Secret, recipe_dir: &Path) -> Result<SecretValue> {
                     v.pop();
                 }
             }
+            crate::sys::exec::register_secret(&v);
             Ok(SecretValue(v))
         }
     }

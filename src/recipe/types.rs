@@ -34,10 +34,12 @@ pub struct Recipe {
     pub extends: Option<String>,
     /// Variables for `${NAME}` substitution in string values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub vars: BTreeMap<String, String>,
-    /// Names of environment variables that may be substituted (nothing else is read).
+    pub vars: BTreeMap<String, VarValue>,
+    /// Environment variables that may be substituted (nothing else is read): a name, or
+    /// `{name: NAME, secret: true}` for a value that must never be shown. Names that
+    /// look like secrets (PASSWORD, TOKEN, SECRET, …) are secret anyway.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub env: Vec<String>,
+    pub env: Vec<EnvVar>,
     /// Where the base image comes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<BaseSpec>,
@@ -51,6 +53,45 @@ pub struct Recipe {
     pub hygiene: Hygiene,
     #[serde(default)]
     pub output: Output,
+}
+
+/// The keys a recipe may have at its top level.
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "version",
+    "name",
+    "description",
+    "partial",
+    "extends",
+    "vars",
+    "env",
+    "base",
+    "disk",
+    "customize",
+    "ttyd",
+    "hygiene",
+    "output",
+];
+
+/// The value of a recipe variable: text, a number or true/false.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum VarValue {
+    Text(String),
+    Number(serde_json::Number),
+    Bool(bool),
+}
+
+/// An environment variable a recipe may read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum EnvVar {
+    Name(String),
+    Declared {
+        name: String,
+        /// Never show the value (plans, logs, errors).
+        #[serde(default)]
+        secret: bool,
+    },
 }
 
 fn one() -> u32 {
@@ -134,6 +175,10 @@ pub struct ChecksumFile {
     /// URL of a detached signature; without it the checksum file must be clearsigned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature_url: Option<String>,
+    /// Fingerprints (40 hex digits) of the primary keys the signing key must hold, and
+    /// nothing else: pins a key that is fetched or kept beside the recipe.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signing_key_fingerprints: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -207,22 +252,7 @@ impl fmt::Display for Checksum {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum DiskFormat {
-    #[default]
-    Qcow2,
-    Raw,
-}
-
-impl DiskFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DiskFormat::Qcow2 => "qcow2",
-            DiskFormat::Raw => "raw",
-        }
-    }
-}
+pub use crate::sys::qemu_img::DiskFormat;
 
 #[derive(
     Debug,
@@ -315,6 +345,13 @@ impl Size {
             .parse()
             .map_err(|_| format!("size `{s}` is too large"))?;
         let mult: u64 = match unit.trim() {
+            // A bare number is almost always a unit forgotten (`10` meant 10G): bytes
+            // must be said.
+            "" if n != 0 => {
+                return Err(format!(
+                    "size `{s}` has no unit: write `{s}G` for gibibytes (units K, M, G, T), or `{s}B` for bytes"
+                ))
+            }
             "" | "B" => 1,
             "K" | "KiB" | "Ki" | "k" => 1 << 10,
             "M" | "MiB" | "Mi" => 1 << 20,
@@ -489,8 +526,8 @@ pub struct SymlinkSpec {
 pub enum Secret {
     /// The name of an environment variable holding the secret.
     Env(String),
-    /// A file (relative to the recipe, or absolute) holding the secret; one trailing
-    /// newline is dropped.
+    /// A file in the recipe's directory holding the secret; one trailing newline is
+    /// dropped.
     File(String),
 }
 
@@ -688,7 +725,7 @@ pub struct Output {
     /// Image repository, e.g. `registry.example.com/lab/ubuntu`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
-    /// Tags; templates `{date}`, `{git_sha}`, `{version}` are expanded.
+    /// Tags; templates `{date}`, `{git_sha}`, `{version}`, `{name}`, `{arch}` are expanded.
     #[serde(default = "default_tags")]
     pub tags: Vec<String>,
     /// The image version (`{version}`, label `org.opencontainers.image.version`).
@@ -745,14 +782,7 @@ fn default_disk_name() -> String {
     "disk.qcow2".to_string()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    #[default]
-    Gzip,
-    Zstd,
-    None,
-}
+pub use crate::oci::layer::Compression;
 
 /// Hints CDI turns into PVC labels (`INSTANCETYPE_KUBEVIRT_IO_DEFAULT_*`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
@@ -834,9 +864,30 @@ impl Mode {
     }
 }
 
+/// A scalar as YAML gave it, for newtypes that want to explain a wrong type.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl Scalar {
+    fn describe(&self) -> String {
+        match self {
+            Scalar::Text(t) => format!("the text {t:?}"),
+            Scalar::Int(n) => format!("the number {n}"),
+            Scalar::Float(n) => format!("the number {n}"),
+            Scalar::Bool(b) => b.to_string(),
+        }
+    }
+}
+
 /// Serde and JSON Schema glue for the string-grammar newtypes.
 macro_rules! string_newtype {
-    ($ty:ty, $name:literal, $desc:literal, $pattern:expr, |$v:ident| $to_string:expr) => {
+    ($ty:ty, $name:literal, $desc:literal, $pattern:expr, $hint:literal, |$v:ident| $to_string:expr) => {
         impl Serialize for $ty {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let $v = self;
@@ -845,8 +896,16 @@ macro_rules! string_newtype {
         }
         impl<'de> Deserialize<'de> for $ty {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                <$ty>::parse(&s).map_err(serde::de::Error::custom)
+                let raw = Scalar::deserialize(d).map_err(|_| {
+                    serde::de::Error::custom(concat!("expected ", $hint))
+                })?;
+                match raw {
+                    Scalar::Text(s) => <$ty>::parse(&s).map_err(serde::de::Error::custom),
+                    other => Err(serde::de::Error::custom(format!(
+                        concat!("expected ", $hint, ", found {}"),
+                        other.describe()
+                    ))),
+                }
             }
         }
         impl JsonSchema for $ty {
@@ -870,7 +929,8 @@ string_newtype!(
     Size,
     "Size",
     "Disk size: `10G` (absolute) or `+4G` (growth); units K, M, G, T",
-    Some(r"^\+?[0-9]+(B|K|Ki|KiB|k|M|Mi|MiB|G|Gi|GiB|T|Ti|TiB)?$"),
+    Some(r"^\+?[0-9]+(B|K|Ki|KiB|k|M|Mi|MiB|G|Gi|GiB|T|Ti|TiB)$"),
+    "a size with a unit such as `10G` or `+4G`",
     |v| v.to_string()
 );
 string_newtype!(
@@ -878,6 +938,7 @@ string_newtype!(
     "Checksum",
     "`sha256:HEX`, `sha512:HEX`, or `none`",
     Some(r"^(none|sha256:[0-9a-fA-F]{64}|sha512:[0-9a-fA-F]{128})$"),
+    "a checksum such as `sha256:HEX`",
     |v| v.to_string()
 );
 string_newtype!(
@@ -885,6 +946,7 @@ string_newtype!(
     "Mode",
     "Octal permission bits, e.g. \"0644\"",
     Some(r"^(0o)?[0-7]{1,4}$"),
+    "a quoted octal mode such as \"0644\" (unquoted, YAML reads 644 as a decimal number)",
     |v| v.to_string()
 );
 string_newtype!(
@@ -892,6 +954,7 @@ string_newtype!(
     "GuestPath",
     "An absolute path in the guest",
     Some(r"^/"),
+    "an absolute guest path such as `/etc/motd`",
     |v| v.0.clone()
 );
 string_newtype!(
@@ -899,6 +962,7 @@ string_newtype!(
     "RelPath",
     "A path relative to the recipe's directory, without `..`",
     None,
+    "a path relative to the recipe's directory",
     |v| v.0.to_string_lossy()
 );
 

@@ -1,148 +1,81 @@
-//! Semantic checks of a merged recipe: what the types alone cannot say. Errors point at
-//! the key in the recipe file that was given.
+//! Semantic checks of a merged recipe: what the types alone cannot say. Every problem
+//! is collected (with the key path it concerns), so a file's errors come all at once.
+//! Apart from resolving the real paths of files the recipe names, nothing here does
+//! I/O.
 
 use std::path::Path;
 
-use anyhow::Result;
+use super::diag::Seg;
+use super::{Recipe, Secret, Size, TtydSource};
 
-use super::load::{find_key, RecipeError};
-use super::{Recipe, Size};
+/// Problems found: the key path and what is wrong.
+pub type Issues = Vec<(Vec<Seg>, String)>;
 
-fn fail(file: &Path, text: &str, path: &[&str], message: impl Into<String>) -> anyhow::Error {
-    let (line, column) = find_key(text, path)
-        .or_else(|| find_key(text, &path[..1]))
-        .unwrap_or((1, 1));
-    RecipeError {
-        file: file.to_path_buf(),
-        line,
-        column,
-        key: path.join("."),
-        message: message.into(),
-    }
-    .into()
+fn k(parts: &[&str]) -> Vec<Seg> {
+    parts.iter().map(|p| Seg::key(p)).collect()
 }
 
-/// Checks a merged recipe; `file`/`text` are the recipe given (for error locations).
-pub fn check(r: &Recipe, file: &Path, text: &str) -> Result<()> {
+fn ki(a: &str, b: &str, i: usize, c: &str) -> Vec<Seg> {
+    vec![Seg::key(a), Seg::key(b), Seg::Index(i), Seg::key(c)]
+}
+
+/// Checks a merged recipe.
+pub fn check(r: &Recipe, issues: &mut Issues) {
     if r.version != 1 {
-        return Err(fail(
-            file,
-            text,
-            &["version"],
+        issues.push((
+            k(&["version"]),
             format!("unsupported recipe version {} (only 1 exists)", r.version),
         ));
     }
+    check_output(r, issues);
     if r.partial {
-        return check_output(r, file, text);
+        return;
     }
-    let Some(base) = &r.base else {
-        return Err(fail(
-            file,
-            text,
-            &["base"],
-            "the recipe has no base: give base.catalog, base.url or base.path",
-        ));
-    };
-    let sources = [
-        base.catalog.is_some(),
-        base.url.is_some(),
-        base.path.is_some(),
-    ]
-    .iter()
-    .filter(|x| **x)
-    .count();
-    if sources != 1 {
-        return Err(fail(
-            file,
-            text,
-            &["base"],
-            "give exactly one of base.catalog, base.url and base.path",
-        ));
-    }
-    if let Some(url) = &base.url {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(fail(
-                file,
-                text,
-                &["base", "url"],
-                format!("{url:?} is not an http(s) URL"),
-            ));
-        }
-        if base.checksum.is_none() {
-            return Err(fail(
-                file,
-                text,
-                &["base", "url"],
-                "a downloaded base needs a checksum (a literal sha256:/sha512: value or a checksum file); write `checksum: none` to opt out explicitly",
-            ));
-        }
-    }
+    check_base(r, issues);
     if let Some(Size::Relative(0)) | Some(Size::Absolute(0)) = r.disk.size {
-        return Err(fail(
-            file,
-            text,
-            &["disk", "size"],
-            "the disk size must be larger than zero",
+        issues.push((
+            k(&["disk", "size"]),
+            "the disk size must be larger than zero".into(),
         ));
     }
     if let Some(p) = &r.disk.grow.partition {
         if !p.starts_with("/dev/") {
-            return Err(fail(
-                file,
-                text,
-                &["disk", "grow", "partition"],
+            issues.push((
+                k(&["disk", "grow", "partition"]),
                 format!("{p:?} is not a device such as /dev/sda1"),
             ));
         }
     }
     let mut names = std::collections::BTreeSet::new();
-    for u in &r.customize.users {
+    for (i, u) in r.customize.users.iter().enumerate() {
+        let at = ki("customize", "users", i, "name");
         if !valid_name(&u.name) {
-            return Err(fail(
-                file,
-                text,
-                &["customize", "users", "name"],
-                format!("{:?} is not a valid user name", u.name),
-            ));
+            issues.push((at.clone(), format!("{:?} is not a valid user name", u.name)));
         }
         if !names.insert(u.name.clone()) {
-            return Err(fail(
-                file,
-                text,
-                &["customize", "users", "name"],
-                format!("user {} is listed twice", u.name),
-            ));
+            issues.push((at, format!("user {} is listed twice", u.name)));
         }
     }
-    for g in &r.customize.groups {
+    for (i, g) in r.customize.groups.iter().enumerate() {
         if !valid_name(&g.name) {
-            return Err(fail(
-                file,
-                text,
-                &["customize", "groups", "name"],
+            issues.push((
+                ki("customize", "groups", i, "name"),
                 format!("{:?} is not a valid group name", g.name),
             ));
         }
     }
-    for f in &r.customize.files {
-        match (&f.content, &f.source) {
-            (Some(_), Some(_)) | (None, None) => {
-                return Err(fail(
-                    file,
-                    text,
-                    &["customize", "files", "path"],
-                    format!("file {}: give exactly one of content and source", f.path.0),
-                ))
-            }
-            _ => {}
+    for (i, f) in r.customize.files.iter().enumerate() {
+        if f.content.is_some() == f.source.is_some() {
+            issues.push((
+                ki("customize", "files", i, "path"),
+                format!("file {}: give exactly one of content and source", f.path.0),
+            ));
         }
     }
     if let Some(tz) = &r.customize.timezone {
         if tz.contains("..") || tz.starts_with('/') || tz.contains(' ') {
-            return Err(fail(
-                file,
-                text,
-                &["customize", "timezone"],
+            issues.push((
+                k(&["customize", "timezone"]),
                 format!("{tz:?} is not an IANA time zone such as Europe/Berlin"),
             ));
         }
@@ -153,83 +86,116 @@ pub fn check(r: &Recipe, file: &Path, text: &str) -> Result<()> {
             || !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
             || h.starts_with('-')
         {
-            return Err(fail(
-                file,
-                text,
-                &["customize", "hostname"],
+            issues.push((
+                k(&["customize", "hostname"]),
                 format!("{h:?} is not a valid host name"),
             ));
         }
     }
-    if r.ttyd.enabled {
-        if r.ttyd.port == 0 {
-            return Err(fail(
-                file,
-                text,
-                &["ttyd", "port"],
-                "ttyd.port must be 1-65535",
-            ));
-        }
-        if r.ttyd.command.is_empty() {
-            return Err(fail(
-                file,
-                text,
-                &["ttyd", "command"],
-                "ttyd.command must name a program (default: login)",
-            ));
-        }
-        if let super::TtydSource::Url(u) = &r.ttyd.source {
-            if !(u.url.starts_with("http://") || u.url.starts_with("https://")) {
-                return Err(fail(
-                    file,
-                    text,
-                    &["ttyd", "source", "url"],
-                    format!("{:?} is not an http(s) URL", u.url),
-                ));
-            }
-            if matches!(u.sha256, super::Checksum::None) {
-                return Err(fail(
-                    file,
-                    text,
-                    &["ttyd", "source", "sha256"],
-                    "the ttyd download must be pinned by its sha256",
-                ));
-            }
-        }
-    }
-    check_output(r, file, text)
+    check_ttyd(r, issues);
 }
 
-fn check_output(r: &Recipe, file: &Path, text: &str) -> Result<()> {
+fn check_base(r: &Recipe, issues: &mut Issues) {
+    let Some(base) = &r.base else {
+        issues.push((
+            k(&["base"]),
+            "the recipe has no base: give base.catalog, base.url or base.path".into(),
+        ));
+        return;
+    };
+    let sources = [
+        base.catalog.is_some(),
+        base.url.is_some(),
+        base.path.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if sources != 1 {
+        issues.push((
+            k(&["base"]),
+            "give exactly one of base.catalog, base.url and base.path".into(),
+        ));
+    }
+    if let Some(url) = &base.url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            issues.push((
+                k(&["base", "url"]),
+                format!("{url:?} is not an http(s) URL"),
+            ));
+        }
+        if base.checksum.is_none() {
+            issues.push((
+                k(&["base", "url"]),
+                "a downloaded base needs a checksum (a literal sha256:/sha512: value or a checksum file); write `checksum: none` to opt out explicitly".into(),
+            ));
+        }
+    }
+    if let Some(super::ChecksumSpec::File(f)) = &base.checksum {
+        if f.signature_url.is_some() && f.signing_key.is_none() {
+            issues.push((
+                k(&["base", "checksum", "signature-url"]),
+                "a signature without a signing-key cannot be verified: add signing-key (a key file next to the recipe or a URL)".into(),
+            ));
+        }
+    }
+}
+
+fn check_ttyd(r: &Recipe, issues: &mut Issues) {
+    if !r.ttyd.enabled {
+        return;
+    }
+    if r.ttyd.port == 0 {
+        issues.push((k(&["ttyd", "port"]), "ttyd.port must be 1-65535".into()));
+    }
+    if r.ttyd.command.is_empty() {
+        issues.push((
+            k(&["ttyd", "command"]),
+            "ttyd.command must name a program (default: login)".into(),
+        ));
+    }
+    if let TtydSource::Url(u) = &r.ttyd.source {
+        if !(u.url.starts_with("http://") || u.url.starts_with("https://")) {
+            issues.push((
+                k(&["ttyd", "source", "url"]),
+                format!("{:?} is not an http(s) URL", u.url),
+            ));
+        }
+        if matches!(u.sha256, super::Checksum::None) {
+            issues.push((
+                k(&["ttyd", "source", "sha256"]),
+                "the ttyd download must be pinned by its sha256".into(),
+            ));
+        }
+    }
+}
+
+fn check_output(r: &Recipe, issues: &mut Issues) {
     let o = &r.output;
     for t in &o.tags {
         let probe = t
             .replace("{date}", "20260101")
             .replace("{version}", "1")
-            .replace("{git_sha}", "abc");
+            .replace("{git_sha}", "abc")
+            .replace("{name}", "x")
+            .replace("{arch}", "amd64");
         if crate::oci::layout::validate_tag(&probe).is_err() {
-            return Err(fail(
-                file,
-                text,
-                &["output", "tags"],
-                format!("{t:?} is not a valid tag (templates: {{date}}, {{version}}, {{git_sha}})"),
+            issues.push((
+                k(&["output", "tags"]),
+                format!("{t:?} is not a valid tag (templates: {{date}}, {{version}}, {{git_sha}}, {{name}}, {{arch}})"),
             ));
         }
         if t.contains("{version}") && o.version.is_none() {
-            return Err(fail(
-                file,
-                text,
-                &["output", "tags"],
+            issues.push((
+                k(&["output", "tags"]),
                 format!("tag {t:?} uses {{version}} but output.version is not set"),
             ));
         }
     }
     if o.tags.is_empty() {
-        return Err(fail(
-            file,
-            text,
-            &["output", "tags"],
-            "output.tags must name at least one tag",
+        issues.push((
+            k(&["output", "tags"]),
+            "output.tags must name at least one tag".into(),
         ));
     }
     if let Some(repo) = &o.repository {
@@ -244,34 +210,93 @@ fn check_output(r: &Recipe, file: &Path, text: &str) -> Result<()> {
             .next()
             .is_some_and(|h| h.contains('.') || h.contains(':') || h == "localhost");
         if !(ok || host_port_ok && repo.matches(':').count() == 1) {
-            return Err(fail(
-                file,
-                text,
-                &["output", "repository"],
+            issues.push((
+                k(&["output", "repository"]),
                 format!("{repo:?} is not a repository such as registry.example.com/lab/image"),
             ));
         }
     }
     if crate::oci::layer::check_level(o.compression, o.compression_level).is_err() {
-        return Err(fail(
-            file,
-            text,
-            &["output", "compression-level"],
-            "gzip levels are 1-9, zstd levels 1-19",
+        issues.push((
+            k(&["output", "compression-level"]),
+            "gzip levels are 1-9, zstd levels 1-19".into(),
         ));
     }
     if crate::oci::layer::validate_disk_name(&o.disk_name).is_err() {
-        return Err(fail(
-            file,
-            text,
-            &["output", "disk-name"],
+        issues.push((
+            k(&["output", "disk-name"]),
             format!(
                 "{:?} must be a plain file name such as disk.qcow2",
                 o.disk_name
             ),
         ));
     }
-    Ok(())
+}
+
+/// Files the recipe names must really lie inside its directory: the path as written
+/// (no `..`, not absolute) and the file it resolves to (a symlink to `/etc/shadow` is
+/// refused). Files that do not exist yet are reported too.
+pub fn check_files(r: &Recipe, dir: &Path, issues: &mut Issues) {
+    let root = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut check = |path: Vec<Seg>, rel: &str| {
+        if let Some(problem) = confined(&root, dir, rel) {
+            issues.push((path, problem));
+        }
+    };
+    if let Some(b) = &r.base {
+        if let Some(p) = &b.path {
+            check(k(&["base", "path"]), p);
+        }
+    }
+    for (i, f) in r.customize.files.iter().enumerate() {
+        if let Some(src) = &f.source {
+            check(
+                ki("customize", "files", i, "source"),
+                &src.0.to_string_lossy(),
+            );
+        }
+    }
+    if let TtydSource::Path(p) = &r.ttyd.source {
+        check(k(&["ttyd", "source", "path"]), &p.0.to_string_lossy());
+    }
+    let mut secret = |path: Vec<Seg>, s: &Secret| {
+        if let Secret::File(f) = s {
+            check(path, f);
+        }
+    };
+    for (i, u) in r.customize.users.iter().enumerate() {
+        if let Some(p) = &u.password {
+            secret(ki("customize", "users", i, "password"), p);
+        }
+    }
+    if let Some(p) = &r.customize.root_password {
+        secret(k(&["customize", "root-password"]), p);
+    }
+    if let Some(c) = &r.ttyd.credential {
+        secret(k(&["ttyd", "credential", "password"]), &c.password);
+    }
+}
+
+/// Why `rel` (relative to `dir`, whose real path is `root`) is not a file inside it.
+fn confined(root: &Path, dir: &Path, rel: &str) -> Option<String> {
+    let p = Path::new(rel);
+    if p.is_absolute()
+        || p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Some(format!(
+            "`{rel}` leaves the recipe's directory: files a recipe names must lie in its directory (secrets from elsewhere: use `{{env: NAME}}`)"
+        ));
+    }
+    match std::fs::canonicalize(dir.join(p)) {
+        Err(_) => Some(format!("`{rel}` does not exist (relative to {})", dir.display())),
+        Ok(real) if !real.starts_with(root) => Some(format!(
+            "`{rel}` resolves to {} outside the recipe's directory (through a symbolic link): refused",
+            real.display()
+        )),
+        Ok(real) if !real.is_file() => Some(format!("`{rel}` is not a regular file")),
+        Ok(_) => None,
+    }
 }
 
 fn valid_name(n: &str) -> bool {
@@ -282,4 +307,30 @@ fn valid_name(n: &str) -> bool {
             .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && n.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_out_of_the_directory_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("ok.txt"), "x").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", t.path().join("evil")).unwrap();
+        let root = std::fs::canonicalize(t.path()).unwrap();
+        assert_eq!(confined(&root, t.path(), "ok.txt"), None);
+        assert!(confined(&root, t.path(), "evil")
+            .unwrap()
+            .contains("outside"));
+        assert!(confined(&root, t.path(), "../x")
+            .unwrap()
+            .contains("leaves"));
+        assert!(confined(&root, t.path(), "/etc/passwd")
+            .unwrap()
+            .contains("leaves"));
+        assert!(confined(&root, t.path(), "missing")
+            .unwrap()
+            .contains("does not exist"));
+    }
 }

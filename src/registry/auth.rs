@@ -1,7 +1,13 @@
-//! Registry credentials: `--creds`/`DISKFORGE_CREDS`, then the auth files Docker and
-//! Podman write (`REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
-//! `$DOCKER_CONFIG/config.json`, `~/.docker/config.json`), including credential helpers.
-//! Values are returned with the list of strings to redact from every message.
+//! Registry credentials, found in the order podman and skopeo use: `--creds` /
+//! `DISKFORGE_CREDS`; then `--authfile FILE` alone when given; else `REGISTRY_AUTH_FILE`,
+//! `$XDG_RUNTIME_DIR/containers/auth.json`, `$XDG_CONFIG_HOME/containers/auth.json`
+//! (`~/.config/containers/auth.json`), `$DOCKER_CONFIG/config.json`,
+//! `~/.docker/config.json` — the first file with an entry for the registry wins, and a
+//! `credHelpers`/`credsStore` entry runs `docker-credential-NAME get`. Values are
+//! returned with the list of strings to redact from every message.
+//!
+//! Hand-written rather than taken from a crate: the maintained docker-credential crates
+//! read only Docker's config, not the containers auth files and their order.
 
 use std::path::PathBuf;
 
@@ -11,20 +17,25 @@ use serde_json::Value;
 
 use super::RegistryOptions;
 
-fn auth_files() -> Vec<PathBuf> {
+/// The auth files to read, in order.
+pub fn auth_files(authfile: Option<&std::path::Path>) -> Vec<PathBuf> {
+    if let Some(f) = authfile {
+        return vec![f.to_path_buf()];
+    }
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     let mut v = Vec::new();
-    if let Ok(f) = std::env::var("REGISTRY_AUTH_FILE") {
-        v.push(PathBuf::from(f));
+    v.extend(var("REGISTRY_AUTH_FILE"));
+    v.extend(var("XDG_RUNTIME_DIR").map(|d| d.join("containers/auth.json")));
+    match var("XDG_CONFIG_HOME") {
+        Some(d) => v.push(d.join("containers/auth.json")),
+        None => v.extend(var("HOME").map(|h| h.join(".config/containers/auth.json"))),
     }
-    if let Ok(d) = std::env::var("XDG_RUNTIME_DIR") {
-        v.push(PathBuf::from(d).join("containers/auth.json"));
-    }
-    if let Ok(d) = std::env::var("DOCKER_CONFIG") {
-        v.push(PathBuf::from(d).join("config.json"));
-    }
-    if let Ok(h) = std::env::var("HOME") {
-        v.push(PathBuf::from(h).join(".docker/config.json"));
-    }
+    v.extend(var("DOCKER_CONFIG").map(|d| d.join("config.json")));
+    v.extend(var("HOME").map(|h| h.join(".docker/config.json")));
     v
 }
 
@@ -38,9 +49,13 @@ pub fn for_registry(registry: &str, opts: &RegistryOptions) -> Result<(RegistryA
         let secrets = vec![p.to_string(), c.expose().to_string(), b64(c.expose())];
         return Ok((RegistryAuth::Basic(u.to_string(), p.to_string()), secrets));
     }
-    for f in auth_files() {
-        let Ok(text) = std::fs::read(&f) else {
-            continue;
+    for f in auth_files(opts.authfile.as_deref()) {
+        let text = match std::fs::read(&f) {
+            Ok(t) => t,
+            Err(e) if opts.authfile.is_some() => {
+                return Err(e).with_context(|| format!("reading --authfile {}", f.display()))
+            }
+            Err(_) => continue,
         };
         let v: Value = serde_json::from_slice(&text)
             .with_context(|| format!("parsing auth file {}", f.display()))?;
@@ -73,7 +88,7 @@ pub fn for_registry(registry: &str, opts: &RegistryOptions) -> Result<(RegistryA
             .as_str()
             .or(v["credsStore"].as_str());
         if let Some(h) = helper {
-            let out = crate::exec::Cmd::new(
+            let out = crate::sys::exec::Cmd::new(
                 format!("docker-credential-{h}"),
                 format!("asking credential helper {h} for {registry}"),
             )

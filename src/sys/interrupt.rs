@@ -136,88 +136,9 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Checked<W> {
     }
 }
 
-/// Kills `pid` and all its descendants, for helpers that run in their
-/// own session (the libguestfs server and its appliance). SIGTERM, then SIGKILL after
-/// `grace` for whatever is still alive. The tree is listed before the first signal and
-/// parents go first, so nothing gets the chance to start a replacement child.
-pub fn kill_tree(pid: u32, grace: std::time::Duration) {
-    let mut all = vec![pid];
-    all.extend(descendants(pid).into_iter().rev());
-    for p in &all {
-        send(*p, "TERM");
-    }
-    let deadline = std::time::Instant::now() + grace;
-    while std::time::Instant::now() < deadline {
-        if all.iter().all(|p| !alive(*p)) {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    for p in all.iter().filter(|p| alive(**p)) {
-        send(*p, "KILL");
-    }
-}
-
-fn send(pid: u32, sig: &str) {
-    // It may have exited on its own meanwhile: a failing `kill` is fine.
-    let _ = crate::exec::Cmd::new("kill", format!("sending SIG{sig} to process {pid}"))
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .cleanup()
-        .run();
-}
-
-fn alive(pid: u32) -> bool {
-    // A zombie still has a /proc entry; its state is Z.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-            .unwrap_or(false),
-        Err(_) => false,
-    }
-}
-
-/// Every descendant of `pid`, deepest first.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
-        .unwrap_or_default();
-    for t in tasks {
-        let children = std::fs::read_to_string(t.join("children")).unwrap_or_default();
-        for c in children
-            .split_whitespace()
-            .filter_map(|c| c.parse::<u32>().ok())
-        {
-            out.extend(descendants(c));
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kill_tree_stops_a_process_and_its_children() {
-        let mut child = std::process::Command::new("sh")
-            .arg("-c")
-            .arg("sleep 300 & sleep 300 & wait; sleep 300")
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        let kids = descendants(child.id());
-        assert_eq!(kids.len(), 2, "two sleeps under the shell: {kids:?}");
-        kill_tree(child.id(), std::time::Duration::from_secs(5));
-        let status = child.wait().unwrap();
-        assert!(!status.success());
-        for k in kids {
-            assert!(!alive(k), "{k} survived");
-        }
-    }
 
     #[test]
     fn no_signal_means_no_interruption() {

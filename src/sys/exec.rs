@@ -1,4 +1,4 @@
-//! The one door every external command (qemu-img, guestfish, virt-customize, …) goes through.
+//! The one door every external command (qemu-img, guestfish, QEMU, gpgv, …) goes through.
 //!
 //! A [`Cmd`] carries a human description separate from its argv, runs with stdin
 //! closed, logs its argv at debug level with secrets redacted, captures stderr and
@@ -18,14 +18,28 @@ use wait_timeout::ChildExt;
 /// How many bytes of stderr end up in an error message.
 const STDERR_TAIL: usize = 4096;
 
-/// The text shown in place of a secret.
-pub const REDACTED: &str = "***";
+pub use crate::redact::REDACTED;
 
 /// A program diskforge needs is not installed (exit status 3).
 #[derive(Debug, thiserror::Error)]
-#[error("{program} is not installed or not on PATH (ci/setup-system.sh installs every tool diskforge uses)")]
+#[error("{program} is not installed or not on PATH{} (ci/setup-system.sh installs every tool diskforge uses)", package_hint(program))]
 pub struct MissingTool {
     pub program: String,
+}
+
+/// The Debian package that provides `program`, as a hint.
+fn package_hint(program: &str) -> String {
+    let package = match program.rsplit('/').next().unwrap_or(program) {
+        "qemu-img" => "qemu-utils",
+        "guestfish" | "virt-customize" | "virt-sparsify" => "libguestfs-tools",
+        "qemu-system-x86_64" => "qemu-system-x86",
+        "qemu-system-aarch64" => "qemu-system-arm",
+        "gpgv" => "gpgv",
+        "sqv" => "sqv",
+        "git" => "git",
+        _ => return String::new(),
+    };
+    format!(": Debian package {package}")
 }
 
 /// An external command about to run.
@@ -40,6 +54,7 @@ pub struct Cmd {
     current_dir: Option<std::path::PathBuf>,
     input: Option<Vec<u8>>,
     cleanup: bool,
+    internal: bool,
 }
 
 /// What a finished command left behind.
@@ -70,6 +85,7 @@ impl Cmd {
             current_dir: None,
             input: None,
             cleanup: false,
+            internal: false,
         }
     }
 
@@ -127,6 +143,24 @@ impl Cmd {
         self
     }
 
+    /// Marks an operation inside a running tool (a `guestfish --remote` call) rather
+    /// than a process of its own: it is not reported as an `exec` event.
+    pub fn internal(mut self) -> Self {
+        self.internal = true;
+        self
+    }
+
+    /// Reports the command as an `exec` event (with the step that runs it).
+    fn report(&self) {
+        tracing::debug!(command = %self.display(), "{}", self.description);
+        if !self.internal {
+            crate::progress::event(
+                "exec",
+                serde_json::json!({"command": self.display(), "description": self.description}),
+            );
+        }
+    }
+
     pub fn description(&self) -> &str {
         &self.description
     }
@@ -135,16 +169,18 @@ impl Cmd {
         &self.program
     }
 
-    /// The argv as one shell-quoted line with secrets redacted, for logs and plans.
+    /// The argv as one shell-quoted line with secrets redacted and the work and cache
+    /// directories written as `$WORK` and `$CACHE` (see [`alias_path`]), for logs,
+    /// events and plans.
     pub fn display(&self) -> String {
         let mut words = vec![shell_quote(&self.program.to_string_lossy())];
         words.extend(self.args.iter().map(|a| shell_quote(&a.to_string_lossy())));
-        redact(&words.join(" "), &self.secrets)
+        redact(&unalias(&words.join(" ")), &self.secrets)
     }
 
     /// Runs to completion; a non-zero exit is an error carrying the stderr tail.
     pub fn run(&self) -> Result<Output> {
-        tracing::debug!(command = %self.display(), "{}", self.description);
+        self.report();
         let started = Instant::now();
         let mut command = Command::new(&self.program);
         command
@@ -189,10 +225,10 @@ impl Cmd {
             {
                 break status;
             }
-            if !self.cleanup && crate::interrupt::interrupted() {
+            if !self.cleanup && crate::sys::interrupt::interrupted() {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(crate::interrupt::error())
+                return Err(crate::sys::interrupt::error())
                     .with_context(|| format!("{}: stopped", self.description));
             }
             if let Some(limit) = self.timeout {
@@ -210,9 +246,9 @@ impl Cmd {
                 }
             }
         };
-        if !status.success() && !self.cleanup && crate::interrupt::interrupted() {
+        if !status.success() && !self.cleanup && crate::sys::interrupt::interrupted() {
             // The child got the terminal's Ctrl-C too: report the interruption, not its exit.
-            return Err(crate::interrupt::error())
+            return Err(crate::sys::interrupt::error())
                 .with_context(|| format!("{}: stopped", self.description));
         }
         let stdout = out_thread.join().unwrap_or_default();
@@ -249,7 +285,7 @@ impl Cmd {
     /// killed. Used to probe whether a long-running program (QEMU with KVM) can start at
     /// all: an early exit is an error carrying its output tail.
     pub fn stays_up(&self, grace: Duration) -> Result<()> {
-        tracing::debug!(command = %self.display(), "{}", self.description);
+        self.report();
         let mut command = Command::new(&self.program);
         command
             .args(&self.args)
@@ -289,7 +325,7 @@ impl Cmd {
     /// Starts a long-running command (a VM) and returns its handle; stdin is closed,
     /// stdout and stderr go where the caller says. The caller owns the child's lifetime.
     pub fn spawn(&self, stdout: Stdio, stderr: Stdio) -> Result<std::process::Child> {
-        tracing::debug!(command = %self.display(), "{}", self.description);
+        self.report();
         let mut command = Command::new(&self.program);
         command
             .args(&self.args)
@@ -327,8 +363,8 @@ impl Cmd {
     }
 
     fn tail(&self, bytes: &[u8]) -> String {
-        let text = String::from_utf8_lossy(bytes);
-        let text = text.trim();
+        // Masked before it is cut, so the cut cannot leave part of a secret behind.
+        let text = redact(String::from_utf8_lossy(bytes).trim(), &self.secrets);
         if text.is_empty() {
             return String::new();
         }
@@ -336,20 +372,49 @@ impl Cmd {
         let start = (start..text.len())
             .find(|i| text.is_char_boundary(*i))
             .unwrap_or(text.len());
-        format!(
-            "\n--- output tail ---\n{}",
-            redact(&text[start..], &self.secrets)
-        )
+        format!("\n--- output tail ---\n{}", &text[start..])
     }
 }
 
-/// Replaces every occurrence of each secret by `***`.
+thread_local! {
+    /// Directories shown by name in command lines: (prefix, name), longest first.
+    static ALIASES: std::cell::RefCell<Vec<(String, String)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Shows `dir` as `name` (`$WORK`, `$CACHE`) in this thread's command lines, so a plan
+/// and the build it describes print the same commands wherever their files live.
+pub fn alias_path(dir: &Path, name: &str) {
+    let d = dir.to_string_lossy().trim_end_matches('/').to_string();
+    ALIASES.with(|a| {
+        let mut a = a.borrow_mut();
+        a.retain(|(_, n)| n != name);
+        a.push((d, name.to_string()));
+        a.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+    });
+}
+
+fn unalias(line: &str) -> String {
+    ALIASES.with(|a| {
+        let mut out = line.to_string();
+        for (prefix, name) in a.borrow().iter() {
+            if !prefix.is_empty() {
+                out = out.replace(prefix.as_str(), name);
+            }
+        }
+        out
+    })
+}
+
+/// Replaces every occurrence of each secret (the given ones and the registered ones)
+/// by `***`.
 pub fn redact(text: &str, secrets: &[String]) -> String {
-    let mut out = text.to_string();
-    for s in secrets.iter().filter(|s| !s.is_empty()) {
-        out = out.replace(s.as_str(), REDACTED);
-    }
-    out
+    crate::redact::apply(text, secrets)
+}
+
+/// Adds a value that must never be shown, anywhere.
+pub fn register_secret(value: &str) {
+    crate::redact::register(value)
 }
 
 /// Quotes a word for a POSIX shell when it needs it.
@@ -370,6 +435,68 @@ pub fn have(program: &str) -> bool {
     std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
         .unwrap_or(false)
+}
+
+/// Kills `pid` and all its descendants, for helpers that run in their
+/// own session (the libguestfs server and its appliance). SIGTERM, then SIGKILL after
+/// `grace` for whatever is still alive. The tree is listed before the first signal and
+/// parents go first, so nothing gets the chance to start a replacement child.
+pub fn kill_tree(pid: u32, grace: std::time::Duration) {
+    let mut all = vec![pid];
+    all.extend(descendants(pid).into_iter().rev());
+    for p in &all {
+        send(*p, "TERM");
+    }
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if all.iter().all(|p| !alive(*p)) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for p in all.iter().filter(|p| alive(**p)) {
+        send(*p, "KILL");
+    }
+}
+
+fn send(pid: u32, sig: &str) {
+    // It may have exited on its own meanwhile: a failing `kill` is fine.
+    let _ = Cmd::new("kill", format!("sending SIG{sig} to process {pid}"))
+        .internal()
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .cleanup()
+        .run();
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still has a /proc entry; its state is Z.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Every descendant of `pid`, deepest first.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    for t in tasks {
+        let children = std::fs::read_to_string(t.join("children")).unwrap_or_default();
+        for c in children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+        {
+            out.extend(descendants(c));
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -403,6 +530,25 @@ mod tests {
         assert!(msg.contains("failing on purpose"), "{msg}");
         assert!(msg.contains("*** broke"), "{msg}");
         assert!(!msg.contains("secret-xyz"), "{msg}");
+    }
+
+    #[test]
+    fn a_secret_cut_by_the_tail_leaves_no_piece_behind() {
+        // The secret straddles the start of the 4096-byte tail.
+        let secret = "S3cret-Straddling-The-Cut";
+        let script = format!(
+            "printf '%s%s' '{secret}' \"$(head -c 4090 /dev/zero | tr '\\0' x)\" >&2; exit 1"
+        );
+        let err = Cmd::new("sh", "failing on purpose")
+            .args(["-c", &script])
+            .secret(secret)
+            .run()
+            .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("xxxx"), "{msg}");
+        for piece in ["Cut", "The-Cut", "Straddling"] {
+            assert!(!msg.contains(piece), "a piece of the secret: {piece}");
+        }
     }
 
     #[test]
@@ -440,5 +586,28 @@ mod tests {
             err.downcast_ref::<MissingTool>().unwrap().program,
             "no-such-tool-diskforge"
         );
+        let known = MissingTool {
+            program: "/usr/bin/virt-customize".into(),
+        };
+        assert!(known
+            .to_string()
+            .contains("not on PATH: Debian package libguestfs-tools"));
+    }
+    #[test]
+    fn kill_tree_stops_a_process_and_its_children() {
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("sleep 300 & sleep 300 & wait; sleep 300")
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let kids = descendants(child.id());
+        assert_eq!(kids.len(), 2, "two sleeps under the shell: {kids:?}");
+        kill_tree(child.id(), std::time::Duration::from_secs(5));
+        let status = child.wait().unwrap();
+        assert!(!status.success());
+        for k in kids {
+            assert!(!alive(k), "{k} survived");
+        }
     }
 }

@@ -10,8 +10,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
-use crate::cli::Accel;
-use crate::exec::Cmd;
+/// The accelerator asked for (`--accel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Accel {
+    /// KVM when it works, TCG (with a warning) otherwise.
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+use crate::sys::exec::Cmd;
 
 /// The accelerator in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

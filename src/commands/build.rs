@@ -1,0 +1,565 @@
+//! `diskforge build`: one recipe, or many in parallel (`--jobs`), each checked for being
+//! up to date first; one failing recipe does not stop the others (unless
+//! `--fail-fast`); a table on stdout and a JSON report.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use super::UsageError;
+use crate::cli::{BuildArgs, GlobalOpts, ReportOpts};
+use crate::pipeline::resolve::PartialRecipe;
+use crate::pipeline::{self, publish::Published, BuildOptions, Context, Outcome, Plan, WorkDir};
+
+/// What happened to one recipe.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecipeReport {
+    pub recipe: PathBuf,
+    pub name: String,
+    /// `built`, `up-to-date`, `failed` or `skipped`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<String>,
+    pub destinations: Vec<String>,
+    pub duration_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Why a recipe was skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Loads a signing key; the password of an encrypted one comes from a file or
+/// DISKFORGE_KEY_PASSWORD, never from the command line.
+pub fn load_key(
+    path: &Path,
+    password: &crate::cli::KeyPassword,
+) -> Result<crate::provenance::PrivateKey> {
+    let secret = match &password.key_password_file {
+        Some(f) => Some(crate::recipe::Secret::File(f.display().to_string())),
+        None => std::env::var_os("DISKFORGE_KEY_PASSWORD")
+            .map(|_| crate::recipe::Secret::Env("DISKFORGE_KEY_PASSWORD".into())),
+    };
+    crate::provenance::PrivateKey::load(path, secret.as_ref(), Path::new("."))
+}
+
+pub fn options(a: &BuildArgs) -> Result<BuildOptions> {
+    Ok(BuildOptions {
+        set: a.inputs.set.clone(),
+        catalog: a.inputs.catalog.clone(),
+        outputs: a.destinations.clone(),
+        compression: a.output.layer.compression.map(super::compression),
+        level: a.output.layer.compression_level,
+        arch: a.inputs.arch.map(super::arch),
+        incremental: a.incremental,
+        force: a.force,
+        disk_only: a.disk_only.clone(),
+        signer: a
+            .sign_key
+            .as_deref()
+            .map(|k| load_key(k, &a.key_password).map(std::sync::Arc::new))
+            .transpose()?,
+    })
+}
+
+/// Options that need a registry destination, checked before any work.
+pub fn check_report_opts(report: &ReportOpts, dests: &[String]) -> Result<()> {
+    if report.print_vm_manifest
+        && !dests.is_empty()
+        && !dests.iter().any(|d| d.starts_with("docker://"))
+    {
+        return Err(UsageError(
+            "--print-vm-manifest needs a docker:// destination: a VM boots an image from a registry".into(),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The recipes selected by `--only` / `--except` (matched on the recipe's file stem).
+fn select(args: &BuildArgs) -> Result<Vec<PathBuf>> {
+    let pats = |v: &[String]| -> Result<Vec<glob::Pattern>> {
+        v.iter()
+            .map(|p| glob::Pattern::new(p).with_context(|| format!("bad pattern {p:?}")))
+            .collect()
+    };
+    let only = pats(&args.only)?;
+    let except = pats(&args.except)?;
+    Ok(args
+        .recipes
+        .iter()
+        .filter(|p| {
+            let stem = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (only.is_empty() || only.iter().any(|g| g.matches(&stem)))
+                && !except.iter().any(|g| g.matches(&stem))
+        })
+        .cloned()
+        .collect())
+}
+
+/// Recipes built at once by default: one per core, and no more than the memory carries
+/// (an appliance and a package install take about 2 GiB).
+pub fn default_jobs() -> usize {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb >> 20)
+        .unwrap_or(2);
+    cores.min((mem_gib / 2).max(1) as usize).max(1)
+}
+
+pub fn run(g: &GlobalOpts, args: BuildArgs) -> Result<ExitCode> {
+    let recipes = select(&args)?;
+    if recipes.is_empty() {
+        return Err(UsageError("no recipe left after --only/--except".into()).into());
+    }
+    if args.disk_only.is_some() && recipes.len() > 1 {
+        return Err(UsageError("--disk-only takes one recipe".into()).into());
+    }
+    if recipes.len() > 1
+        && (args.output.report.digest_file.is_some() || args.output.report.print_vm_manifest)
+    {
+        return Err(
+            UsageError("--digest-file and --print-vm-manifest take one recipe".into()).into(),
+        );
+    }
+    if recipes.len() > 1 {
+        if let Some(o) = args.destinations.iter().find(|o| !o.contains("{name}")) {
+            return Err(UsageError(format!(
+                "--output {o} would receive every recipe: with several recipes, name each image with {{name}} (e.g. docker://HOST/lab/{{name}}:latest)"
+            ))
+            .into());
+        }
+    }
+    check_report_opts(&args.output.report, &args.destinations)?;
+    if args.destinations.is_empty() && args.output.report.print_vm_manifest {
+        // The recipe's own destinations push exactly when it names a repository
+        // (resolve::destinations): known from the recipe alone, before any work.
+        let loaded = crate::recipe::load(
+            &recipes[0],
+            &crate::recipe::LoadOptions {
+                set: args.inputs.set.clone(),
+            },
+        )?;
+        let kind = match loaded.recipe.output.repository {
+            Some(_) => "docker://",
+            None => "oci:",
+        };
+        check_report_opts(&args.output.report, &[kind.to_string()])?;
+    }
+    let opts = options(&args)?;
+    let ctx = super::context(g, super::registry_options(&args.registry, &[]))?;
+    let started = Instant::now();
+    let reports = if recipes.len() == 1 {
+        vec![build_one(&recipes[0], &opts, &ctx, &args, true)]
+    } else {
+        build_many(&recipes, &opts, &ctx, &args)
+    };
+    if let Some(f) = &args.report {
+        let doc = serde_json::json!({"recipes": reports, "duration_seconds": started.elapsed().as_secs_f64()});
+        crate::io::atomic::write(f, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    }
+    if recipes.len() > 1 {
+        print_table(&reports);
+    }
+    crate::progress::say(format!(
+        "build finished in {}",
+        crate::progress::format_duration(started.elapsed())
+    ));
+    let failed: Vec<&RecipeReport> = reports.iter().filter(|r| r.status == "failed").collect();
+    match failed.as_slice() {
+        [] => Ok(ExitCode::SUCCESS),
+        [one] if recipes.len() == 1 => {
+            Err(take_error()
+                .unwrap_or_else(|| anyhow::anyhow!(one.error.clone().unwrap_or_default())))
+        }
+        many => {
+            for f in many {
+                eprintln!(
+                    "error: {}: {}",
+                    f.recipe.display(),
+                    f.error.as_deref().unwrap_or("")
+                );
+            }
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn build_many(
+    recipes: &[PathBuf],
+    opts: &BuildOptions,
+    ctx: &Context,
+    args: &BuildArgs,
+) -> Vec<RecipeReport> {
+    let jobs = args
+        .jobs
+        .unwrap_or_else(default_jobs)
+        .clamp(1, recipes.len());
+    crate::progress::say(format!(
+        "building {} recipes, {jobs} at a time",
+        recipes.len()
+    ));
+    // Reversed: workers pop from the end, and recipes start in the order given.
+    let queue = Arc::new(Mutex::new(
+        recipes
+            .iter()
+            .cloned()
+            .enumerate()
+            .rev()
+            .collect::<Vec<_>>(),
+    ));
+    let results = Arc::new(Mutex::new(vec![None; recipes.len()]));
+    let stop = Arc::new(AtomicBool::new(false));
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            let (queue, results, stop) = (queue.clone(), results.clone(), stop.clone());
+            s.spawn(move || loop {
+                let next = queue.lock().expect("queue lock").pop();
+                let Some((i, path)) = next else { break };
+                let report = if stop.load(Ordering::SeqCst) {
+                    skipped(&path, "not started: a recipe failed and --fail-fast is set")
+                } else if crate::sys::interrupt::interrupted() {
+                    skipped(&path, "not started: interrupted")
+                } else {
+                    let report = build_one(&path, opts, ctx, args, false);
+                    if let Some(e) = take_error() {
+                        super::recipe_error_events(&e);
+                    }
+                    report
+                };
+                if report.status == "failed" && args.fail_fast {
+                    stop.store(true, Ordering::SeqCst);
+                }
+                results.lock().expect("results lock")[i] = Some(report);
+            });
+        }
+    });
+    let mut out = Vec::new();
+    for (i, r) in Arc::try_unwrap(results)
+        .map(|m| m.into_inner().expect("results lock"))
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        out.push(r.unwrap_or_else(|| skipped(&recipes[i], "not started")));
+    }
+    out
+}
+
+/// The report of a recipe before anything happened to it.
+fn blank(path: &Path) -> RecipeReport {
+    RecipeReport {
+        recipe: path.to_path_buf(),
+        name: stem(path),
+        status: "skipped",
+        digest: None,
+        pinned: None,
+        destinations: Vec::new(),
+        duration_seconds: 0.0,
+        layer_size: None,
+        build_key: None,
+        error: None,
+        reason: None,
+    }
+}
+
+fn skipped(path: &Path, reason: &str) -> RecipeReport {
+    RecipeReport {
+        reason: Some(reason.to_string()),
+        ..blank(path)
+    }
+}
+
+fn stem(p: &Path) -> String {
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Builds one recipe (`single`: the only one of the command); never returns an error,
+/// reports it. Among several recipes, a partial one (a shared parent) is skipped.
+pub fn build_one(
+    path: &Path,
+    opts: &BuildOptions,
+    ctx: &Context,
+    args: &BuildArgs,
+    single: bool,
+) -> RecipeReport {
+    let started = Instant::now();
+    crate::progress::set_recipe(Some(path.display().to_string()));
+    let mut report = blank(path);
+    match build_recipe(path, opts, ctx, args, single, &mut report) {
+        Ok(()) => {}
+        Err(e) if !single && e.is::<PartialRecipe>() => {
+            report.reason = Some("partial recipe: a shared parent that others extend".into());
+            crate::progress::say(format!("skipping {}: a partial recipe", path.display()));
+        }
+        Err(e) => {
+            report.status = "failed";
+            report.error = Some(super::error_text(&e));
+            crate::progress::event("recipe-failed", serde_json::json!({"error": report.error}));
+            // Kept typed for the caller on this thread: a single build returns it (exit
+            // code, events), a build of several reports its recipe errors as events.
+            FIRST_ERROR.with(|f| *f.borrow_mut() = Some(e));
+        }
+    }
+    report.duration_seconds = started.elapsed().as_secs_f64();
+    crate::progress::set_recipe(None);
+    report
+}
+
+thread_local! {
+    static FIRST_ERROR: std::cell::RefCell<Option<anyhow::Error>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The typed error of the last failed build on this thread.
+pub fn take_error() -> Option<anyhow::Error> {
+    FIRST_ERROR.with(|f| f.borrow_mut().take())
+}
+
+fn build_recipe(
+    path: &Path,
+    opts: &BuildOptions,
+    ctx: &Context,
+    args: &BuildArgs,
+    single: bool,
+    report: &mut RecipeReport,
+) -> Result<()> {
+    let resolved = pipeline::resolve::resolve(path, opts, ctx)?;
+    let ctx = &ctx.for_recipe(&resolved.loaded.recipe);
+    report.name = resolved.name.clone();
+    report.destinations = resolved.dests.iter().map(|d| d.to_string()).collect();
+    check_report_opts(
+        &args.output.report,
+        &report
+            .destinations
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>(),
+    )?;
+    // Secrets first: a missing one fails before anything slow happens.
+    let secrets = pipeline::resolve_secrets(&resolved.loaded)?;
+    let work = WorkDir::new(ctx)?;
+    pipeline::alias_dirs(ctx, work.path());
+    let plan = Plan::new(resolved, opts, ctx, work.path(), Some(&secrets))?;
+    report.build_key = Some(plan.build_key.clone());
+    let dests = &plan.resolved.dests;
+    if opts.disk_only.is_none() && !opts.force {
+        let arch = plan.resolved.arch.as_str();
+        if pipeline::publish::up_to_date(dests, &plan.build_key, ctx, arch)? {
+            report.status = "up-to-date";
+            crate::progress::event(
+                "up_to_date",
+                serde_json::json!({"build_key": plan.build_key}),
+            );
+            let msg = format!(
+                "up to date: {} already hold{} an image built from the same inputs (build key {}); nothing to do (--force rebuilds)",
+                report.destinations.join(", "),
+                if dests.len() == 1 { "s" } else { "" },
+                &plan.build_key[7..19]
+            );
+            if single && !args.output.report.print_vm_manifest {
+                println!("{msg}");
+            } else {
+                crate::progress::say(msg);
+            }
+            return Ok(());
+        }
+    }
+    crate::progress::say(format!("building {}", path.display()));
+    match pipeline::run(&plan, ctx, opts, &secrets)? {
+        Outcome::Disk(d) => {
+            report.status = "built";
+            println!("{}", d.display());
+        }
+        Outcome::Published(p) => {
+            report.status = "built";
+            report.digest = Some(p.image.manifest.digest().to_string());
+            report.pinned = p.pinned.clone();
+            report.layer_size = Some(p.image.layer.size);
+            let image = ClusterImage {
+                pinned: p.pinned.as_deref(),
+                tag: p.tags.first().map(String::as_str),
+                name: &plan.resolved.name,
+                disk_virtual_size: p.disk_virtual_size,
+                recipe: Some(&plan.resolved.loaded.recipe),
+            };
+            let dir = args
+                .kubevirt_manifests
+                .as_ref()
+                .map(|d| d.join(dns_name(&plan.resolved.name)));
+            if single {
+                print_published(&p, &image, &args.output.report, dir.as_deref())?;
+            } else if let (Some(dir), Some(m)) = (&dir, image.manifests()?) {
+                m.write_dir(dir)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the cluster-side manifests are made from.
+pub struct ClusterImage<'a> {
+    /// `HOST/REPO@sha256:…`, when the image was pushed.
+    pub pinned: Option<&'a str>,
+    /// The tag CDI follows.
+    pub tag: Option<&'a str>,
+    pub name: &'a str,
+    pub disk_virtual_size: u64,
+    pub recipe: Option<&'a crate::recipe::Recipe>,
+}
+
+impl ClusterImage<'_> {
+    /// The KubeVirt/CDI objects for the pushed image (`None`: nothing was pushed).
+    pub fn manifests(&self) -> Result<Option<crate::kubevirt::Manifests>> {
+        let Some(pinned) = self.pinned else {
+            return Ok(None);
+        };
+        let (repo, digest) = pinned
+            .split_once('@')
+            .context("a pinned reference without a digest")?;
+        let tag = self.tag.unwrap_or("latest");
+        let mut input = crate::kubevirt::ManifestInput::new(
+            repo,
+            tag,
+            digest,
+            &dns_name(self.name),
+            self.disk_virtual_size,
+        );
+        if let Some(r) = self.recipe {
+            let k = &r.output.kubevirt;
+            input.instancetype = k
+                .instancetype
+                .as_deref()
+                .map(crate::kubevirt::TypeRef::cluster);
+            input.preference = k
+                .preference
+                .as_deref()
+                .map(crate::kubevirt::TypeRef::cluster);
+            input.ttyd_port = r.ttyd.enabled.then_some(r.ttyd.port);
+        }
+        crate::kubevirt::Manifests::generate(&input).map(Some)
+    }
+}
+
+/// A Kubernetes object name from an image name (lower case, `-` for anything else,
+/// at most 52 characters so derived names still fit).
+fn dns_name(name: &str) -> String {
+    let mut s: String = name
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    s.truncate(52);
+    let s = s.trim_matches('-').to_string();
+    match s.chars().next() {
+        Some(c) if c.is_ascii_alphabetic() => s,
+        _ => format!("vm-{s}").trim_end_matches('-').to_string(),
+    }
+}
+
+/// Prints what was written, and writes the digest file, the VM manifest and the
+/// cluster manifests when asked. With `--print-vm-manifest` the manifest is the only
+/// thing on stdout.
+pub fn print_published(
+    p: &Published,
+    image: &ClusterImage<'_>,
+    report: &ReportOpts,
+    manifests_dir: Option<&Path>,
+) -> Result<()> {
+    let summary = format!(
+        "image {}  layer {} ({})\n{}",
+        p.image.manifest.digest(),
+        p.image.layer.digest,
+        crate::progress::human_bytes(p.image.layer.size),
+        p.written.join("\n")
+    );
+    if report.print_vm_manifest {
+        eprintln!("{summary}");
+    } else {
+        println!("{summary}");
+    }
+    if let Some(f) = &report.digest_file {
+        crate::io::atomic::write(f, format!("{}\n", p.image.manifest.digest()).as_bytes())?;
+    }
+    let manifests = if report.print_vm_manifest || manifests_dir.is_some() {
+        image.manifests()?
+    } else {
+        None
+    };
+    if report.print_vm_manifest {
+        let m = manifests
+            .as_ref()
+            .context("--print-vm-manifest needs a docker:// destination")?;
+        let (_, yaml) = m
+            .documents()?
+            .into_iter()
+            .next()
+            .context("no VM manifest")?;
+        print!("{yaml}");
+    }
+    if let Some(dir) = manifests_dir {
+        match &manifests {
+            Some(m) => {
+                for f in m.write_dir(dir)? {
+                    crate::progress::say(format!("wrote {}", f.display()));
+                }
+            }
+            None => crate::progress::say(
+                "no KubeVirt manifests: the image was not pushed to a registry (give a docker:// destination)",
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn print_table(reports: &[RecipeReport]) {
+    println!(
+        "{:<28} {:<11} {:>9} {:>10}  DIGEST / ERROR / REASON",
+        "RECIPE", "STATUS", "TIME", "LAYER"
+    );
+    for r in reports {
+        println!(
+            "{:<28} {:<11} {:>9} {:>10}  {}",
+            r.name,
+            r.status,
+            crate::progress::format_duration(std::time::Duration::from_secs_f64(
+                r.duration_seconds
+            )),
+            r.layer_size
+                .map(crate::progress::human_bytes)
+                .unwrap_or_else(|| "-".into()),
+            r.digest
+                .clone()
+                .or_else(|| r
+                    .error
+                    .as_ref()
+                    .map(|e| e.lines().next().unwrap_or("").to_string()))
+                .or_else(|| r.reason.clone())
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+}

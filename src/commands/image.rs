@@ -1,0 +1,526 @@
+//! `diskforge pack`, `push`, `inspect` and `index`: images that exist already.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::{json, Value};
+
+use super::UsageError;
+use crate::cli::{GlobalOpts, IndexArgs, InspectArgs, PackArgs, PushArgs};
+use crate::oci::image::{self, ImageMeta, Platform};
+use crate::oci::layer::LayerOptions;
+use crate::oci::read::{self, LayoutImage};
+use crate::oci::{ImageRef, Layout, PackSpec};
+use crate::registry::{self, RegistryOptions, RemoteRef};
+
+/// The default destination of `pack`: `oci:out/NAME:latest`, NAME from the disk's file.
+fn default_pack_dest(disk: &Path) -> String {
+    let stem: String = disk
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("oci:out/{stem}:latest")
+}
+
+/// `diskforge pack DISK`.
+pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
+    let outputs = if args.destinations.is_empty() {
+        vec![default_pack_dest(&args.disk)]
+    } else {
+        args.destinations.clone()
+    };
+    super::build::check_report_opts(&args.output.report, &outputs)?;
+    let dests = outputs
+        .iter()
+        .map(|s| ImageRef::parse(s))
+        .collect::<Result<Vec<_>>>()
+        .map_err(|e| UsageError(format!("{e:#}")))?;
+    let info = crate::sys::qemu_img::inspect_untrusted(&args.disk)?;
+    let compression = args
+        .output
+        .layer
+        .compression
+        .map(super::compression)
+        .unwrap_or_default();
+    crate::oci::layer::check_level(compression, args.output.layer.compression_level)
+        .map_err(|e| UsageError(format!("{e:#}")))?;
+    crate::pipeline::publish::warn_compression(compression);
+    let disk_name = args.disk_name.clone().unwrap_or_else(|| {
+        if info.format == "qcow2" {
+            "disk.qcow2"
+        } else {
+            "disk.img"
+        }
+        .to_string()
+    });
+    let epoch = crate::oci::layer::mtime_from_env()?;
+    let mut labels = crate::oci::pack::parse_pairs(&args.label, "--label")?;
+    labels
+        .entry("org.opencontainers.image.created".into())
+        .or_insert_with(|| image::rfc3339(epoch));
+    labels.insert(
+        "io.diskforge.version".into(),
+        env!("CARGO_PKG_VERSION").into(),
+    );
+    let spec = PackSpec {
+        disk: args.disk.clone(),
+        disk_name,
+        meta: ImageMeta {
+            architecture: super::arch(args.arch).as_str().to_string(),
+            created: image::rfc3339(epoch),
+            created_by: format!("diskforge {} pack", env!("CARGO_PKG_VERSION")),
+            labels,
+            env: Vec::new(),
+            annotations: Default::default(),
+        },
+        layer: LayerOptions {
+            compression,
+            level: args.output.layer.compression_level,
+            mtime: epoch,
+            threads: 0,
+        },
+    };
+    let ctx = super::context(g, super::registry_options(&args.registry, &[]))?;
+    let work = super::scratch_root(g)?;
+    let stage = crate::progress::stage(
+        "pack",
+        format!(
+            "packing {} ({}) into an OCI layer",
+            args.disk.display(),
+            compression.name()
+        ),
+    );
+    let mut published = crate::pipeline::publish::write_image(&spec, &dests, &ctx, &work)?;
+    published.disk_virtual_size = info.virtual_size;
+    stage.done();
+    let name = args
+        .disk
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let image = super::build::ClusterImage {
+        pinned: published.pinned.as_deref(),
+        tag: published.tags.first().map(String::as_str),
+        name: &name,
+        disk_virtual_size: info.virtual_size,
+        recipe: None,
+    };
+    super::build::print_published(&published, &image, &args.output.report, None)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `diskforge push LAYOUT[:TAG] docker://…`.
+pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
+    let src = if args.layout.starts_with("oci:") {
+        args.layout.clone()
+    } else {
+        format!("oci:{}", args.layout)
+    };
+    let (dir, tag) = match ImageRef::parse(&src)? {
+        ImageRef::Layout { dir, tag } => (dir, tag),
+        _ => bail!("{}: push takes an OCI layout directory", args.layout),
+    };
+    let mut refs = Vec::new();
+    for d in &args.destinations {
+        if !d.starts_with("docker://") {
+            return Err(UsageError(format!("{d}: push writes to docker://HOST/REPO:TAG")).into());
+        }
+        refs.push(RemoteRef::parse(d)?);
+    }
+    let layout = Layout::open(&dir)?;
+    let desc = layout.resolve(tag.as_deref())?;
+    let ctx = super::context(g, super::registry_options(&args.registry, &[]))?;
+    let mut groups: Vec<Vec<RemoteRef>> = Vec::new();
+    for r in refs {
+        match groups
+            .iter_mut()
+            .find(|g| g[0].registry == r.registry && g[0].repository == r.repository)
+        {
+            Some(g) => g.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    let mut first = None;
+    let mut first_tags = Vec::new();
+    for group in groups {
+        let outcome = crate::sys::rt::block_on(async {
+            let client = registry::Client::connect(&group[0].registry, &ctx.registry).await?;
+            let record = registry::push::PushRecord::new(&ctx.cache, &group[0].registry)?;
+            registry::push::push_image(&client, &layout, &desc, &group, Some(&record)).await
+        })?;
+        eprintln!(
+            "{}: {} blob(s) uploaded, {} already present, {} mounted",
+            outcome.pinned, outcome.uploaded_blobs, outcome.skipped_blobs, outcome.mounted_blobs
+        );
+        if args.report.print_vm_manifest {
+            eprintln!("{}", outcome.pinned);
+        } else {
+            println!("{}", outcome.pinned);
+        }
+        if first.is_none() {
+            first = Some(outcome.pinned);
+            first_tags = outcome.tags;
+        }
+    }
+    let pinned = first.context("no destination")?;
+    if let Some(f) = &args.report.digest_file {
+        crate::io::atomic::write(f, format!("{}\n", desc.digest()).as_bytes())?;
+    }
+    if args.report.print_vm_manifest || args.kubevirt_manifests.is_some() {
+        let img = LayoutImage::open(layout.clone(), tag.as_deref(), read::host_arch())?;
+        let size = read::scan_layers(&img, None)?
+            .disk
+            .map(|(_, h)| h.virtual_size)
+            .unwrap_or(0);
+        let (repo, _) = pinned
+            .split_once('@')
+            .context("a pinned reference without a digest")?;
+        let name = repo.rsplit('/').next().unwrap_or("vm").to_string();
+        let cluster = super::build::ClusterImage {
+            pinned: Some(&pinned),
+            tag: first_tags.first().map(String::as_str),
+            name: &name,
+            disk_virtual_size: size,
+            recipe: None,
+        };
+        let m = cluster.manifests()?.context("nothing was pushed")?;
+        if args.report.print_vm_manifest {
+            let (_, yaml) = m
+                .documents()?
+                .into_iter()
+                .next()
+                .context("no VM manifest")?;
+            print!("{yaml}");
+        }
+        if let Some(dir) = &args.kubevirt_manifests {
+            m.write_dir(dir)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `diskforge inspect IMAGE`.
+pub fn inspect(g: &GlobalOpts, args: InspectArgs) -> Result<ExitCode> {
+    let r = ImageRef::parse(&args.image)?;
+    let arch = read::host_arch();
+    let key = args
+        .key
+        .as_deref()
+        .map(crate::provenance::PublicKey::load)
+        .transpose()?;
+    let opts = super::registry_options(&args.registry, &[]);
+    let mut summary = match &r {
+        ImageRef::Registry { reference } => {
+            use crate::pipeline::attest::{read_attached, RegistrySource};
+            let rr = RemoteRef::parse(reference)?;
+            let client = crate::sys::rt::block_on(registry::Client::connect(&rr.registry, &opts))?;
+            let s = crate::sys::rt::block_on(registry::pull::summary(&client, &rr, arch))?;
+            let src = RegistrySource {
+                client: &client,
+                repo: &rr.repository,
+            };
+            let identity = format!("{}/{}", rr.registry, rr.repository);
+            let attached = read_attached(&src, &identity, &s.manifest_digest, key.as_ref())?;
+            let mut v = summary_json(
+                &args.image,
+                &s.digest,
+                &s.manifest,
+                &s.config,
+                s.disk.as_ref().map(|(p, h)| (p.as_str(), h)),
+            );
+            v["attached"] = serde_json::to_value(&attached)?;
+            v
+        }
+        _ => {
+            let scratch = super::scratch_root(g)?;
+            let (img, _temp) = open_local(&r, &scratch)?;
+            let scan = read::scan_layers(&img, None)?;
+            let disk = scan.disk.as_ref().map(|(e, h)| (e.path.as_str(), h));
+            let digest = img.manifest_desc.digest().to_string();
+            let attached = attached(&r, &img, &opts, &digest, key.as_ref())?;
+            let mut v = summary_json(&args.image, &digest, &img.manifest, &img.config, disk);
+            v["attached"] = serde_json::to_value(&attached)?;
+            v
+        }
+    };
+    if summary["attached"].is_null() {
+        summary["attached"] = json!({});
+    }
+    print_summary(&summary, args.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens a layout or an archive (unpacked into a temp dir under `scratch`).
+pub fn open_local(
+    r: &ImageRef,
+    scratch: &Path,
+) -> Result<(LayoutImage, Option<tempfile::TempDir>)> {
+    let arch = read::host_arch();
+    match r {
+        ImageRef::Layout { dir, tag } => Ok((
+            LayoutImage::open(Layout::open(dir)?, tag.as_deref(), arch)?,
+            None,
+        )),
+        ImageRef::Archive { file, tag } => {
+            let t = tempfile::Builder::new()
+                .prefix("diskforge-archive-")
+                .tempdir_in(scratch)
+                .context("creating a temp dir for the archive")?;
+            let l = crate::oci::archive::extract_archive(file, t.path())?;
+            Ok((LayoutImage::open(l, tag.as_deref(), arch)?, Some(t)))
+        }
+        ImageRef::Registry { .. } => bail!("{r} is not a local image"),
+    }
+}
+
+fn summary_json(
+    name: &str,
+    digest: &str,
+    manifest: &image::ImageManifest,
+    config: &image::ImageConfiguration,
+    disk: Option<(&str, &read::DiskHeader)>,
+) -> Value {
+    let layers: Vec<Value> = manifest
+        .layers()
+        .iter()
+        .map(|l| json!({"digest": l.digest().to_string(), "size": l.size(), "mediaType": l.media_type().to_string()}))
+        .collect();
+    let env = config
+        .config()
+        .as_ref()
+        .and_then(|c| c.env().clone())
+        .unwrap_or_default();
+    json!({
+        "image": name,
+        "digest": digest,
+        "architecture": config.architecture().to_string(),
+        "os": config.os().to_string(),
+        "created": config.created(),
+        "labels": image::labels(config),
+        "env": env,
+        "layers": layers,
+        "disk": disk.map(|(p, h)| json!({"path": p, "format": h.format, "virtual_size": h.virtual_size})),
+    })
+}
+
+/// Prints an image summary as JSON or as text.
+fn print_summary(s: &Value, as_json: bool) -> Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+        return Ok(());
+    }
+    let str_of = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    println!("Image:        {}", str_of(&s["image"]));
+    println!("Digest:       {}", str_of(&s["digest"]));
+    println!(
+        "Platform:     {}/{}",
+        str_of(&s["os"]),
+        str_of(&s["architecture"])
+    );
+    println!("Created:      {}", str_of(&s["created"]));
+    match s["disk"].as_object() {
+        Some(d) => println!(
+            "Disk:         {} ({}, virtual size {})",
+            str_of(&d["path"]),
+            str_of(&d["format"]),
+            crate::progress::human_bytes(d["virtual_size"].as_u64().unwrap_or(0))
+        ),
+        None => println!("Disk:         none found under disk/"),
+    }
+    println!("Layers:");
+    for l in s["layers"].as_array().into_iter().flatten() {
+        println!(
+            "  {}  {:>10}  {}",
+            str_of(&l["digest"]),
+            crate::progress::human_bytes(l["size"].as_u64().unwrap_or(0)),
+            str_of(&l["mediaType"])
+        );
+    }
+    if let Some(labels) = s["labels"].as_object().filter(|l| !l.is_empty()) {
+        println!("Labels:");
+        for (k, v) in labels {
+            println!("  {k}={}", v.as_str().unwrap_or_default());
+        }
+    }
+    if let Some(env) = s["env"].as_array().filter(|e| !e.is_empty()) {
+        println!("Env:");
+        for e in env {
+            println!("  {}", e.as_str().unwrap_or_default());
+        }
+    }
+    let a = &s["attached"];
+    let sigs = a["signatures"].as_u64().unwrap_or(0);
+    match a["valid_signatures"].as_u64() {
+        Some(v) => println!("Signatures:   {sigs} ({v} valid for the given key)"),
+        None => println!("Signatures:   {sigs}"),
+    }
+    match a["sbom_packages"].as_u64() {
+        Some(n) => println!("SBOM:         SPDX 2.3, {n} packages"),
+        None => println!("SBOM:         none attached"),
+    }
+    if let Some(m) = a["materials"].as_array().filter(|m| !m.is_empty()) {
+        match a["provenance_signed"].as_bool() {
+            Some(true) => println!("Provenance:   SLSA v1, signature valid for the given key"),
+            Some(false) => println!("Provenance:   SLSA v1, NOT signed by the given key"),
+            None => println!("Provenance:   SLSA v1"),
+        }
+        for x in m {
+            println!(
+                "  {}  {}",
+                x[1].as_str().unwrap_or_default(),
+                x[0].as_str().unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A descriptor for an index entry: the image's manifest with its platform.
+fn platform_entry(
+    manifest: image::Blob,
+    media_type: &str,
+    config: &image::ImageConfiguration,
+) -> Result<image::Descriptor> {
+    let mut d = manifest.descriptor(media_type)?;
+    let mut p = Platform::default();
+    p.set_architecture(config.architecture().clone());
+    p.set_os(config.os().clone());
+    d.set_platform(Some(p));
+    Ok(d)
+}
+
+/// `diskforge index DEST IMAGE...`: a multi-architecture index.
+pub fn index(_g: &GlobalOpts, args: IndexArgs) -> Result<ExitCode> {
+    match ImageRef::parse(&args.destination)? {
+        ImageRef::Registry { reference } => {
+            let dest = RemoteRef::parse(&reference)?;
+            let opts = super::registry_options(&args.registry, &[]);
+            let pinned = crate::sys::rt::block_on(async {
+                let client = registry::Client::connect(&dest.registry, &opts).await?;
+                let mut entries = Vec::new();
+                for i in &args.images {
+                    let r = RemoteRef::parse(i)?;
+                    if r.registry != dest.registry || r.repository != dest.repository {
+                        bail!(
+                            "{i}: the images of an index must be in {}/{}",
+                            dest.registry,
+                            dest.repository
+                        );
+                    }
+                    let (bytes, _, media) = client
+                        .manifest(&r.repository, r.reference())
+                        .await?
+                        .with_context(|| format!("{i} does not exist"))?;
+                    let image::Document::Manifest(m) = image::parse_document(&bytes)? else {
+                        bail!("{i} is an index already: give per-architecture images");
+                    };
+                    let cfg_bytes = client
+                        .small_blob(
+                            &r.repository,
+                            m.config().digest().as_ref(),
+                            m.config().size(),
+                        )
+                        .await?;
+                    let cfg = image::parse_config(&cfg_bytes)?;
+                    let media = if media.is_empty() {
+                        image::MEDIA_MANIFEST.to_string()
+                    } else {
+                        media
+                    };
+                    entries.push(platform_entry(image::Blob::raw(bytes), &media, &cfg)?);
+                }
+                let idx = image::index(entries)?;
+                let tag = dest.tag.clone().unwrap_or_else(|| "latest".into());
+                client
+                    .put_manifest(&dest.repository, &tag, &idx.bytes, image::MEDIA_INDEX)
+                    .await?;
+                Ok(dest.pinned(&idx.digest))
+            })?;
+            println!("{pinned}");
+        }
+        ImageRef::Layout { ref dir, ref tag } => {
+            let layout = Layout::open(dir)?;
+            let mut entries = Vec::new();
+            for i in &args.images {
+                let t = match i.strip_prefix("oci:") {
+                    Some(_) => match ImageRef::parse(i)? {
+                        ImageRef::Layout { dir: d2, tag } if d2 == *dir => tag,
+                        _ => bail!(
+                            "{i}: the images of an index must be in the destination layout {}",
+                            dir.display()
+                        ),
+                    },
+                    None => Some(i.clone()),
+                };
+                let desc = layout.resolve(t.as_deref())?;
+                let bytes = layout.read_blob(&desc)?;
+                let image::Document::Manifest(m) = image::parse_document(&bytes)? else {
+                    bail!("{i} is an index already: give per-architecture images");
+                };
+                let cfg = image::parse_config(&layout.read_blob(m.config())?)?;
+                entries.push(platform_entry(
+                    image::Blob::raw(bytes),
+                    &image::media_type(&desc),
+                    &cfg,
+                )?);
+            }
+            let idx = image::index(entries)?;
+            layout.write_blob(&idx)?;
+            let desc = idx.descriptor(image::MEDIA_INDEX)?;
+            layout.set_tag(tag.as_deref().unwrap_or("latest"), &desc, None)?;
+            println!("{}", idx.digest);
+        }
+        ImageRef::Archive { .. } => bail!("an index can be written to oci:DIR:TAG or docker://…"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What is attached to the image `digest` at `r`: signatures, SBOM, provenance.
+pub fn attached(
+    r: &ImageRef,
+    img: &LayoutImage,
+    registry: &RegistryOptions,
+    digest: &str,
+    key: Option<&crate::provenance::PublicKey>,
+) -> Result<crate::pipeline::attest::Attached> {
+    use crate::pipeline::attest::{read_attached, LayoutSource, RegistrySource};
+    match r {
+        ImageRef::Registry { reference } => {
+            let rr = RemoteRef::parse(reference)?;
+            let client =
+                crate::sys::rt::block_on(registry::Client::connect(&rr.registry, registry))?;
+            let src = RegistrySource {
+                client: &client,
+                repo: &rr.repository,
+            };
+            read_attached(
+                &src,
+                &format!("{}/{}", rr.registry, rr.repository),
+                digest,
+                key,
+            )
+        }
+        ImageRef::Layout { dir, .. } => read_attached(
+            &LayoutSource(&img.layout),
+            &crate::pipeline::publish::layout_identity(dir),
+            digest,
+            key,
+        ),
+        ImageRef::Archive { file, .. } => read_attached(
+            &LayoutSource(&img.layout),
+            &crate::pipeline::publish::layout_identity(file),
+            digest,
+            key,
+        ),
+    }
+}

@@ -1,0 +1,382 @@
+//! One file per subcommand: map the command line to typed options, call the pipeline
+//! and the library, print results. Results go to stdout (one documented format per
+//! flag); everything meant for people goes to stderr.
+
+pub mod base;
+pub mod build;
+pub mod cache;
+pub mod image;
+pub mod outdated;
+pub mod plan;
+pub mod run;
+pub mod sign;
+pub mod validate;
+pub mod verify;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::CommandFactory;
+
+use crate::cli::{Cli, Command, GlobalOpts, RegistryArgs};
+use crate::pipeline;
+use crate::registry::RegistryOptions;
+
+/// Exit code of `outdated` when some image needs a rebuild.
+pub const EXIT_STALE: u8 = 5;
+
+/// Sets up `tracing` on stderr according to -v/-q (RUST_LOG overrides). Colour only on
+/// a terminal, and never with NO_COLOR set.
+pub fn init_logging(global: &GlobalOpts) {
+    let level = if global.quiet {
+        "error"
+    } else {
+        match global.verbose {
+            0 => "info",
+            1 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("diskforge={level}")));
+    let color = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    // With --json-events a warning is an event, not also a log line: stderr stays JSON
+    // lines (debug and trace lines asked for with -v still print).
+    let json = global.json_events;
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(Redacting)
+                .with_ansi(color)
+                .with_target(false)
+                .without_time()
+                .with_filter(tracing_subscriber::filter::filter_fn(move |m| {
+                    !(json && *m.level() == tracing::Level::WARN)
+                })),
+        )
+        .with(WarningEvents)
+        .try_init();
+}
+
+/// Every warning is also a `warning` event (docs/events.md) when `--json-events` is on,
+/// so that CI sees them without parsing log lines.
+struct WarningEvents;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for WarningEvents {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if *event.metadata().level() != tracing::Level::WARN {
+            return;
+        }
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "message" {
+                    self.0 = value.to_string();
+                }
+            }
+        }
+        let mut m = Message(String::new());
+        event.record(&mut m);
+        crate::progress::event("warning", serde_json::json!({ "message": m.0 }));
+    }
+}
+
+/// stderr for log lines, with every registered secret replaced by `***`.
+struct Redacting;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Redacting {
+    type Writer = RedactingWriter;
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactingWriter(Vec::new())
+    }
+}
+
+struct RedactingWriter(Vec<u8>);
+
+impl std::io::Write for RedactingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for RedactingWriter {
+    fn drop(&mut self) {
+        let text = crate::redact::apply(&String::from_utf8_lossy(&self.0), &[]);
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), text.as_bytes());
+    }
+}
+
+/// The status a shell reports for a process stopped by SIGPIPE.
+pub const EXIT_CLOSED_STDOUT: u8 = 141;
+
+/// Runs `f`; when stdout is a pipe closed by its reader (`diskforge base list | head`),
+/// stops quietly with status 141 — after unwinding ran every cleanup guard — instead of
+/// a panic message. SIGPIPE stays ignored, so a child process closing its stdin is an
+/// error to handle, never a silent death.
+pub fn stop_quietly_on_closed_stdout(
+    f: impl FnOnce() -> ExitCode + std::panic::UnwindSafe,
+) -> ExitCode {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_closed_stdout(info.payload()) {
+            default(info)
+        }
+    }));
+    match std::panic::catch_unwind(f) {
+        Ok(code) => code,
+        Err(p) if is_closed_stdout(p.as_ref()) => ExitCode::from(EXIT_CLOSED_STDOUT),
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
+fn is_closed_stdout(payload: &(dyn std::any::Any + Send)) -> bool {
+    let msg = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe")
+}
+
+/// Exit codes documented in `diskforge --help` and docs/cli.md.
+pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
+    ExitCode::from(exit_code_number(err))
+}
+
+/// The number behind [`exit_code_for`].
+pub fn exit_code_number(err: &anyhow::Error) -> u8 {
+    if let Some(sig) = crate::sys::interrupt::signal() {
+        return (128 + sig) as u8;
+    }
+    let verification = err.downcast_ref::<verify::ContractViolation>().is_some()
+        || err
+            .downcast_ref::<crate::base::checksum::ChecksumMismatch>()
+            .is_some()
+        || err
+            .downcast_ref::<crate::base::signature::SignatureInvalid>()
+            .is_some()
+        || err
+            .downcast_ref::<crate::vm::probe::BootCheckFailed>()
+            .is_some();
+    if verification {
+        return 4;
+    }
+    if err
+        .downcast_ref::<crate::sys::exec::MissingTool>()
+        .is_some()
+    {
+        return 3;
+    }
+    if err.downcast_ref::<crate::recipe::RecipeErrors>().is_some()
+        || err.downcast_ref::<UsageError>().is_some()
+    {
+        return 2;
+    }
+    1
+}
+
+/// A wrong combination of options (exit code 2), found before any work starts.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The error message as printed: the whole chain, secrets removed.
+pub fn error_text(err: &anyhow::Error) -> String {
+    crate::redact::apply(&format!("{err:#}"), &[])
+}
+
+/// Reports a command's error: a `recipe-error` event per located recipe error, an
+/// `error` event, and the `error:` line on stderr. Returns the exit code.
+pub fn report_error(err: &anyhow::Error) -> ExitCode {
+    recipe_error_events(err);
+    let code = exit_code_for(err);
+    let text = error_text(err);
+    crate::progress::event(
+        "error",
+        serde_json::json!({"message": text, "exit_code": exit_code_number(err)}),
+    );
+    eprintln!("error: {text}");
+    code
+}
+
+/// One `recipe-error` event per located error in `err`, if it holds recipe errors.
+pub fn recipe_error_events(err: &anyhow::Error) {
+    if let Some(errors) = err.downcast_ref::<crate::recipe::RecipeErrors>() {
+        for e in &errors.0 {
+            crate::progress::event(
+                "recipe-error",
+                serde_json::json!({"file": e.file.display().to_string(), "line": e.line,
+                                   "column": e.column, "key": e.key, "message": e.message}),
+            );
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    crate::progress::configure(cli.global.json_events, cli.global.quiet);
+    crate::sys::interrupt::install()?;
+    crate::sys::rt::init()?;
+    let g = &cli.global;
+    match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "diskforge",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cache(cmd) => cache::run(g, cmd),
+        Command::Validate(a) => validate::run(g, a),
+        Command::Schema => validate::schema(),
+        Command::Base(c) => base::run(g, c),
+        Command::Plan(a) => plan::run(g, a),
+        Command::Build(a) => build::run(g, a),
+        Command::Outdated(a) => outdated::run(g, a),
+        Command::Pack(a) => image::pack(g, a),
+        Command::Inspect(a) => image::inspect(g, a),
+        Command::Index(a) => image::index(g, a),
+        Command::Push(a) => image::push(g, a),
+        Command::Run(a) => run::run(g, a),
+        Command::Verify(a) => verify::run(g, a),
+        Command::Sign(a) => sign::run(g, a),
+    }
+}
+
+/// Registry options from the command line (plus registries a recipe marks insecure).
+pub fn registry_options(a: &RegistryArgs, insecure: &[String]) -> RegistryOptions {
+    RegistryOptions {
+        tls_verify: a.tls_verify,
+        insecure_registries: insecure.to_vec(),
+        creds: a.creds.clone().map(|c| {
+            crate::redact::register(&c);
+            if let Some((_, p)) = c.split_once(':') {
+                crate::redact::register(p);
+            }
+            crate::recipe::SecretValue::new(c)
+        }),
+        authfile: a.authfile.clone(),
+        cert_dir: a.cert_dir.clone(),
+        timeout: Duration::from_secs(a.registry_timeout.max(1)),
+    }
+}
+
+/// The pipeline context of a command.
+pub fn context(g: &GlobalOpts, registry: RegistryOptions) -> Result<pipeline::Context> {
+    let mut ctx = context_without_cache(g, registry)?;
+    ctx.cache = crate::cache::Cache::open(g.cache_dir.as_deref())?;
+    Ok(ctx)
+}
+
+/// The pipeline context of a command that only reads: its cache is read as it is and
+/// never created.
+pub fn context_without_cache(
+    g: &GlobalOpts,
+    registry: RegistryOptions,
+) -> Result<pipeline::Context> {
+    let root = match &g.cache_dir {
+        Some(d) => d.clone(),
+        None => crate::cache::Cache::default_root()?,
+    };
+    Ok(pipeline::Context {
+        cache: crate::cache::Cache::read_only(root),
+        accel: match g.accel {
+            crate::cli::Accel::Auto => crate::sys::accel::Accel::Auto,
+            crate::cli::Accel::Kvm => crate::sys::accel::Accel::Kvm,
+            crate::cli::Accel::Tcg => crate::sys::accel::Accel::Tcg,
+        },
+        offline: g.offline,
+        work_root: g.work_dir.clone(),
+        keep_work: g.keep_work_dir,
+        registry,
+        clients: Default::default(),
+    })
+}
+
+/// A scratch directory for commands that unpack or pull (`inspect`, `verify`, `run`).
+pub fn scratch_root(g: &GlobalOpts) -> Result<PathBuf> {
+    let dir = match &g.work_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir(),
+    };
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+pub fn arch(a: crate::cli::ArchArg) -> crate::recipe::Arch {
+    match a {
+        crate::cli::ArchArg::Amd64 => crate::recipe::Arch::Amd64,
+        crate::cli::ArchArg::Arm64 => crate::recipe::Arch::Arm64,
+    }
+}
+
+pub fn compression(c: crate::cli::CompressionArg) -> crate::oci::Compression {
+    match c {
+        crate::cli::CompressionArg::Gzip => crate::oci::Compression::Gzip,
+        crate::cli::CompressionArg::Zstd => crate::oci::Compression::Zstd,
+        crate::cli::CompressionArg::None => crate::oci::Compression::None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exit_code_for;
+    use anyhow::Context;
+    use std::process::ExitCode;
+
+    #[test]
+    fn exit_codes_follow_the_error_type_through_context() {
+        let mismatch: anyhow::Result<()> = Err(crate::base::checksum::ChecksumMismatch {
+            url: "http://x/base.qcow2".into(),
+            expected: "sha256:aa".into(),
+            actual: "sha256:bb".into(),
+        }
+        .into());
+        let e = mismatch.context("getting the base image").unwrap_err();
+        assert_eq!(exit_code_for(&e), ExitCode::from(4));
+        let missing: anyhow::Result<()> = Err(crate::sys::exec::MissingTool {
+            program: "qemu-img".into(),
+        }
+        .into());
+        assert_eq!(
+            exit_code_for(&missing.context("resizing").unwrap_err()),
+            ExitCode::from(3)
+        );
+        let boot: anyhow::Result<()> =
+            Err(crate::vm::probe::BootCheckFailed("Login incorrect".into()).into());
+        assert_eq!(
+            exit_code_for(&boot.context("checking").unwrap_err()),
+            ExitCode::from(4)
+        );
+        let bad_sig: anyhow::Result<()> = Err(anyhow::anyhow!("sqv: exit status 1"));
+        let bad_sig = bad_sig
+            .context(crate::base::signature::SignatureInvalid("bad".into()))
+            .context("fetching the checksum file");
+        assert_eq!(exit_code_for(&bad_sig.unwrap_err()), ExitCode::from(4));
+        let usage = anyhow::Error::from(super::UsageError("x".into()));
+        assert_eq!(exit_code_for(&usage), ExitCode::from(2));
+        assert_eq!(
+            exit_code_for(&anyhow::anyhow!("something else")),
+            ExitCode::from(1)
+        );
+    }
+}

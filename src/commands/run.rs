@@ -1,0 +1,159 @@
+//! `diskforge run`: boot an image, layout or disk locally on a throwaway overlay, print
+//! where ttyd and SSH answer; `--check` proves it boots and serves ttyd (exit 4 when
+//! it does not).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+
+use crate::cli::{GlobalOpts, RunArgs};
+use crate::oci::ImageRef;
+use crate::recipe::DiskFormat;
+use crate::vm::{self, probe};
+
+/// A disk ready to boot (checked), with whatever temp dir holds it.
+pub struct BootDisk {
+    pub path: PathBuf,
+    pub format: DiskFormat,
+    _temp: Option<tempfile::TempDir>,
+}
+
+fn format_of(info: &crate::sys::qemu_img::ImageInfo) -> DiskFormat {
+    if info.format == "qcow2" {
+        DiskFormat::Qcow2
+    } else {
+        DiskFormat::Raw
+    }
+}
+
+/// Resolves an image reference or a disk file to a checked disk; images are unpacked
+/// (only their disk file, under a fixed name) into a temp dir under `scratch`.
+pub fn boot_disk(
+    image: &str,
+    g: &GlobalOpts,
+    registry: &crate::registry::RegistryOptions,
+) -> Result<BootDisk> {
+    let is_ref = image.starts_with("oci:")
+        || image.starts_with("oci-archive:")
+        || image.starts_with("docker://");
+    if !is_ref {
+        let path = PathBuf::from(image);
+        let info = crate::sys::qemu_img::inspect_untrusted(&path)?;
+        return Ok(BootDisk {
+            path,
+            format: format_of(&info),
+            _temp: None,
+        });
+    }
+    let scratch = super::scratch_root(g)?;
+    let (img, holder) = super::verify::open_any(&ImageRef::parse(image)?, &scratch, registry)?;
+    let temp = tempfile::Builder::new()
+        .prefix("diskforge-run-")
+        .tempdir_in(&scratch)
+        .context("creating a temp dir for the disk")?;
+    let scan = crate::oci::read::scan_layers(&img, Some(temp.path()))?;
+    if let Some(p) = scan.problems.first() {
+        anyhow::bail!("{image} is not a containerDisk: {p}");
+    }
+    drop(holder);
+    let path = scan
+        .extracted
+        .with_context(|| format!("{image} holds no disk under /disk"))?;
+    let info = crate::sys::qemu_img::inspect_untrusted(&path)?;
+    Ok(BootDisk {
+        path,
+        format: format_of(&info),
+        _temp: Some(temp),
+    })
+}
+
+fn pair(s: &str, what: &str) -> Result<(String, String)> {
+    s.split_once(':')
+        .map(|(u, p)| (u.to_string(), p.to_string()))
+        .with_context(|| format!("{what} must be USER:PASSWORD"))
+}
+
+pub fn run(g: &GlobalOpts, args: RunArgs) -> Result<ExitCode> {
+    let registry = super::registry_options(&args.registry, &[]);
+    let login = args
+        .login
+        .as_deref()
+        .map(|l| pair(l, "--login"))
+        .transpose()?;
+    let ttyd_auth = args
+        .ttyd_auth
+        .as_deref()
+        .map(|l| pair(l, "--ttyd-auth"))
+        .transpose()?;
+    for (_, p) in login.iter().chain(ttyd_auth.iter()) {
+        crate::redact::register(p);
+    }
+    let disk = boot_disk(&args.image, g, &registry)?;
+    let accel = crate::sys::accel::resolve(super::context(g, registry)?.accel)?;
+    let scratch = super::scratch_root(g)?;
+    let mut machine = vm::start(
+        &disk.path,
+        disk.format,
+        &vm::VmOptions {
+            memory_mib: args.memory,
+            cpus: args.cpus,
+            guest_ttyd_port: args.ttyd_port,
+            console: args.console && !args.check,
+            accel,
+        },
+        &scratch,
+    )?;
+    if args.ttyd_port != 0 {
+        eprintln!(
+            "ttyd:  http://127.0.0.1:{}/  (open it in a browser)",
+            machine.ttyd_port
+        );
+    }
+    eprintln!("ssh:   ssh -p {} USER@127.0.0.1", machine.ssh_port);
+    if !args.check {
+        if !args.console {
+            eprintln!("serial console log: {}", machine.serial_log.display());
+        }
+        eprintln!("(the VM runs on a throwaway overlay; Ctrl-C stops it)");
+        let status = loop {
+            if let Some(s) = machine.exited() {
+                break s;
+            }
+            if crate::sys::interrupt::interrupted() {
+                drop(machine);
+                crate::progress::say("stopped the VM and removed its overlay");
+                return Ok(ExitCode::SUCCESS);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        return Ok(if status.success() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    let started = Instant::now();
+    let opts = probe::CheckOptions {
+        ttyd_port: args.ttyd_port,
+        ttyd_auth,
+        login,
+        command: args.command.clone(),
+        deadline: started + Duration::from_secs(args.timeout),
+    };
+    match probe::check(&mut machine, &opts) {
+        Ok(report) => {
+            print!("{report}");
+            println!(
+                "check passed in {}",
+                crate::progress::format_duration(started.elapsed())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let tail = machine.serial_tail(40);
+            Err(e).context(format!("--- serial console (last 40 lines) ---\n{tail}"))
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! `diskforge sign IMAGE --key FILE`: signs an image's manifest digest — never a tag —
+//! in the cosign attachment format (`sha256-<hex>.sig` next to the image), which
+//! cosign, containers/image (skopeo, podman, CRI-O) and policy controllers check.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::cli::{GlobalOpts, SignArgs};
+use crate::oci::{ImageRef, Layout};
+use crate::pipeline::attest;
+use crate::provenance::sign;
+use crate::registry::{self, RemoteRef};
+
+pub fn run(_g: &GlobalOpts, args: SignArgs) -> Result<ExitCode> {
+    let key = super::build::load_key(&args.key, &args.key_password)?;
+    match ImageRef::parse(&args.image)? {
+        ImageRef::Registry { reference } => {
+            let r = RemoteRef::parse(&reference)?;
+            let opts = super::registry_options(&args.registry, &[]);
+            let pinned = crate::sys::rt::block_on(async {
+                let client = registry::Client::connect(&r.registry, &opts).await?;
+                let (bytes, digest, media) = client
+                    .manifest(&r.repository, r.reference())
+                    .await?
+                    .with_context(|| format!("{r} does not exist"))?;
+                let repository = format!("{}/{}", r.registry, r.repository);
+                let sig = sign::sign(&key, &repository, &digest)?;
+                let media = if media.is_empty() {
+                    crate::oci::image::MEDIA_MANIFEST.to_string()
+                } else {
+                    media
+                };
+                let subject = crate::oci::image::Blob::raw(bytes).descriptor(&media)?;
+                attest::to_registry(&client, &r, &subject, &[], Some(&sig)).await?;
+                Ok::<_, anyhow::Error>(r.pinned(&digest))
+            })?;
+            println!("{pinned}");
+        }
+        ImageRef::Layout { dir, tag } => {
+            let layout = Layout::open(&dir)?;
+            let desc = layout.resolve(tag.as_deref())?;
+            let name = crate::pipeline::publish::layout_identity(&dir);
+            let sig = sign::sign(&key, &name, desc.digest().as_ref())?;
+            attest::to_layout(&layout, &desc, &[], Some(&sig))?;
+            println!("{}", desc.digest());
+        }
+        ImageRef::Archive { .. } => bail!("sign takes a registry image or an OCI layout"),
+    }
+    eprintln!("signed with key {}", key.public().fingerprint());
+    Ok(ExitCode::SUCCESS)
+}

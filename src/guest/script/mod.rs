@@ -1,0 +1,485 @@
+//! The guest-side customization: POSIX shell scripts plus staging tarballs (files, SSH
+//! keys, commands, the ttyd binary, secrets), generated from the recipe in its order and
+//! run inside the guest with the guest's own tools.
+//!
+//! It comes in two parts so `build --incremental` can keep the disk between them:
+//! [`Customization::packages`] (install and remove packages) and
+//! [`Customization::main`] (everything else). A full build runs both in one appliance
+//! launch.
+//!
+//! Secrets: user and root passwords are hashed on the host (SHA-512 crypt) and only the
+//! hash enters the guest; the ttyd credential is written once, to the EnvironmentFile
+//! the recipe asked for. Everything staged lives on a tmpfs mounted over the staging
+//! directory for the launch, so no plaintext ever reaches the guest's disk, not even
+//! its free blocks. Every argument is shell-quoted whole ([`crate::sys::exec::shell_quote`]);
+//! nothing is ever dropped from a word to make it fit.
+
+mod hygiene;
+mod ttyd;
+mod users;
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::recipe::{Customize, Recipe, SecretValue, TtydSource};
+use crate::sys::exec::shell_quote as q;
+
+/// Where the staging tarball is unpacked in the guest (a tmpfs during the launch).
+pub const STAGE: &str = "/var/tmp/diskforge-stage";
+
+/// The shell functions every part starts with.
+const PRELUDE: &str = include_str!("prelude.sh");
+
+/// One file in a staging tarball.
+#[derive(Clone)]
+pub enum StageData {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
+#[derive(Clone)]
+pub struct StageFile {
+    pub name: String,
+    pub data: StageData,
+    pub mode: u32,
+}
+
+/// Secrets resolved on the host, by role.
+#[derive(Default, Clone)]
+pub struct Secrets {
+    /// Per user name.
+    pub users: Vec<(String, SecretValue)>,
+    pub root: Option<SecretValue>,
+    /// `user:password` for ttyd's basic auth.
+    pub ttyd: Option<SecretValue>,
+}
+
+impl Secrets {
+    /// Every value to redact from messages.
+    pub fn values(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .users
+            .iter()
+            .map(|(_, s)| s.expose().to_string())
+            .collect();
+        v.extend(self.root.iter().map(|s| s.expose().to_string()));
+        if let Some(t) = &self.ttyd {
+            v.push(t.expose().to_string());
+            if let Some((_, p)) = t.expose().split_once(':') {
+                v.push(p.to_string());
+            }
+        }
+        v
+    }
+}
+
+/// One script with the files it reads.
+#[derive(Default)]
+pub struct Part {
+    pub script: String,
+    pub files: Vec<StageFile>,
+    /// Human-readable steps (what `plan` shows).
+    pub steps: Vec<String>,
+}
+
+impl Part {
+    fn new() -> Part {
+        Part {
+            script: PRELUDE.replace("@STAGE@", STAGE),
+            ..Part::default()
+        }
+    }
+
+    /// True when there is nothing to run.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    fn step(&mut self, what: &str) {
+        let _ = writeln!(self.script, "\nstep {}", q(what));
+        self.steps.push(what.to_string());
+    }
+
+    fn line(&mut self, l: impl AsRef<str>) {
+        self.script.push_str(l.as_ref());
+        self.script.push('\n');
+    }
+
+    /// Stages `data` as `$S/name` and returns that path (quoted for the shell).
+    fn stage(&mut self, name: String, data: StageData, mode: u32) -> String {
+        let path = format!("\"$S\"/{}", q(&name));
+        self.files.push(StageFile { name, data, mode });
+        path
+    }
+
+    /// Writes the staging tarball (mode 0600: it may hold secrets).
+    pub fn write_tar(&self, path: &Path) -> Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        let mut b = tar::Builder::new(std::io::BufWriter::new(f));
+        let script = StageFile {
+            name: "customize.sh".into(),
+            data: StageData::Bytes(self.script.clone().into_bytes()),
+            mode: 0o700,
+        };
+        for sf in self.files.iter().chain(std::iter::once(&script)) {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(sf.mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_entry_type(tar::EntryType::Regular);
+            match &sf.data {
+                StageData::Bytes(bytes) => {
+                    h.set_size(bytes.len() as u64);
+                    b.append_data(&mut h, &sf.name, bytes.as_slice())
+                }
+                StageData::File(p) => {
+                    let f = std::fs::File::open(p)
+                        .with_context(|| format!("opening {}", p.display()))?;
+                    h.set_size(f.metadata()?.len());
+                    b.append_data(&mut h, &sf.name, f)
+                }
+            }
+            .with_context(|| format!("adding {} to the staging tarball", sf.name))?;
+        }
+        b.into_inner()
+            .context("finishing the staging tarball")?
+            .flush()
+            .context("writing the staging tarball")?;
+        Ok(())
+    }
+}
+
+/// The whole customization of a recipe.
+pub struct Customization {
+    /// Package installs and removals (the disk after this part is what
+    /// `build --incremental` keeps).
+    pub packages: Part,
+    /// Everything else: users, files, commands, units, ttyd, hygiene.
+    pub main: Part,
+    /// The packages installed (the appliance needs a network when there are some).
+    pub package_names: Vec<String>,
+}
+
+impl Customization {
+    /// Every step, in order.
+    pub fn steps(&self) -> Vec<String> {
+        self.packages
+            .steps
+            .iter()
+            .chain(&self.main.steps)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Generates the customization for a recipe. `ttyd_binary` is the host file to install
+/// when ttyd does not come from the package manager. Files named by the recipe must
+/// already have been checked (real paths inside the recipe's directory).
+pub fn generate(
+    recipe: &Recipe,
+    secrets: &Secrets,
+    recipe_dir: &Path,
+    ttyd_binary: Option<&Path>,
+) -> Result<Customization> {
+    let c: &Customize = &recipe.customize;
+    let t = &recipe.ttyd;
+    let mut package_names = c.packages.clone();
+    if t.enabled {
+        if let TtydSource::Package(p) = &t.source {
+            package_names.push(p.clone());
+        }
+    }
+    let mut pk = Part::new();
+    if !package_names.is_empty() {
+        pk.step(&format!("install packages: {}", package_names.join(" ")));
+        let words: Vec<String> = package_names.iter().map(|p| q(p)).collect();
+        pk.line(format!(
+            "with_appliance_dns install_packages {} || {{ rc=$?; echo \"package installation failed (exit $rc)\" >&2; exit $rc; }}",
+            words.join(" ")
+        ));
+    }
+    if !c.remove_packages.is_empty() {
+        pk.step(&format!("remove packages: {}", c.remove_packages.join(" ")));
+        let words: Vec<String> = c.remove_packages.iter().map(|p| q(p)).collect();
+        pk.line(format!("remove_packages {}", words.join(" ")));
+    }
+
+    let mut g = Part::new();
+    users::groups_and_users(&mut g, c, secrets)?;
+    files(&mut g, c, recipe_dir)?;
+    users::root(&mut g, c, secrets)?;
+    for (i, cmd) in c.commands.iter().enumerate() {
+        g.step(&format!("command {}: {}", i + 1, first_line(cmd)));
+        let f = g.stage(
+            format!("commands/{i}.sh"),
+            StageData::Bytes(format!("{cmd}\n").into_bytes()),
+            0o700,
+        );
+        g.line(format!("/bin/sh -e {f}"));
+    }
+    for u in &c.enable_units {
+        g.step(&format!("enable {u}"));
+        g.line(format!("enable_unit {}", q(u)));
+    }
+    for u in &c.disable_units {
+        g.step(&format!("disable {u}"));
+        g.line(format!(
+            "if have systemctl; then systemctl disable {} || true; fi",
+            q(u)
+        ));
+    }
+    if let Some(hn) = &c.hostname {
+        g.step(&format!("hostname {hn}"));
+        g.line(format!("echo {} > /etc/hostname", q(hn)));
+        g.line(format!(
+            "if [ -f /etc/hosts ] && ! grep -q '^127.0.1.1' /etc/hosts; then printf '127.0.1.1\\t%s\\n' {} >> /etc/hosts; fi",
+            q(hn)
+        ));
+    }
+    if let Some(tz) = &c.timezone {
+        g.step(&format!("timezone {tz}"));
+        let z = q(tz);
+        g.line(format!(
+            "[ -e /usr/share/zoneinfo/{z} ] || {{ echo {} >&2; exit 1; }}",
+            q(&format!(
+                "unknown time zone {tz}: /usr/share/zoneinfo/{tz} is missing"
+            ))
+        ));
+        g.line(format!(
+            "ln -sfn /usr/share/zoneinfo/{z} /etc/localtime; echo {z} > /etc/timezone"
+        ));
+    }
+    firstboot(&mut g, c);
+    if t.enabled {
+        ttyd::install(&mut g, t, secrets, ttyd_binary)?;
+    }
+    hygiene::apply(&mut g, &recipe.hygiene);
+    g.line("\necho '==> customization finished'");
+    Ok(Customization {
+        packages: pk,
+        main: g,
+        package_names,
+    })
+}
+
+fn files(g: &mut Part, c: &Customize, recipe_dir: &Path) -> Result<()> {
+    for d in &c.directories {
+        g.step(&format!("directory {}", d.path.0));
+        let p = q(&d.path.0);
+        g.line(format!("mkdir -p {p}"));
+        match (d.owner.as_deref(), d.group.as_deref()) {
+            (Some(o), Some(gr)) => g.line(format!("chown {} {p}", q(&format!("{o}:{gr}")))),
+            (Some(o), None) => g.line(format!("chown {} {p}", q(o))),
+            (None, Some(gr)) => g.line(format!("chgrp {} {p}", q(gr))),
+            (None, None) => {}
+        }
+        if let Some(m) = d.mode {
+            g.line(format!("chmod {:04o} {p}", m.0));
+        }
+    }
+    for (i, f) in c.files.iter().enumerate() {
+        g.step(&format!("file {}", f.path.0));
+        let data = match (&f.content, &f.source) {
+            (Some(text), None) => StageData::Bytes(text.clone().into_bytes()),
+            (None, Some(src)) => StageData::File(recipe_dir.join(&src.0)),
+            _ => bail!("file {}: give exactly one of content and source", f.path.0),
+        };
+        let staged = g.stage(format!("files/{i}"), data, 0o644);
+        let mode = f.mode.map(|m| m.0).unwrap_or(0o644);
+        let p = q(&f.path.0);
+        g.line(format!(
+            "mkdir -p \"$(dirname {p})\"; install -m {mode:04o} -o {} -g {} {staged} {p}",
+            q(f.owner.as_deref().unwrap_or("root")),
+            q(f.group.as_deref().or(f.owner.as_deref()).unwrap_or("root")),
+        ));
+    }
+    for l in &c.symlinks {
+        g.step(&format!("symlink {} -> {}", l.path.0, l.target));
+        let p = q(&l.path.0);
+        g.line(format!(
+            "mkdir -p \"$(dirname {p})\"; ln -sfn {} {p}",
+            q(&l.target)
+        ));
+    }
+    Ok(())
+}
+
+fn firstboot(g: &mut Part, c: &Customize) {
+    if c.firstboot_commands.is_empty() {
+        return;
+    }
+    g.step("first-boot commands");
+    let mut body = String::from("#!/bin/sh\n# Run once on the first boot (diskforge).\nset -e\n");
+    for cmd in &c.firstboot_commands {
+        body.push_str(cmd);
+        body.push('\n');
+    }
+    let f = g.stage(
+        "firstboot.sh".into(),
+        StageData::Bytes(body.into_bytes()),
+        0o755,
+    );
+    g.line(format!(
+        "install -D -m 0755 {f} /usr/local/lib/diskforge/firstboot.sh"
+    ));
+    let u = g.stage(
+        "diskforge-firstboot.service".into(),
+        StageData::Bytes(include_str!("diskforge-firstboot.service").into()),
+        0o644,
+    );
+    g.line("if have systemctl; then");
+    g.line(format!("  install -m 0644 {u} /etc/systemd/system/diskforge-firstboot.service; systemctl enable diskforge-firstboot.service"));
+    g.line("else");
+    g.line(format!(
+        "  echo {} > /etc/cron.d/diskforge-firstboot",
+        q("@reboot root [ -e /var/lib/diskforge/firstboot.done ] || { /usr/local/lib/diskforge/firstboot.sh && mkdir -p /var/lib/diskforge && touch /var/lib/diskforge/firstboot.done; }")
+    ));
+    g.line("fi");
+}
+
+/// The first line of a command for a step title, shortened — after masking secrets, so
+/// a cut can never leave part of one behind.
+fn first_line(s: &str) -> String {
+    let masked = crate::redact::apply(s, &[]);
+    let l = masked.lines().next().unwrap_or_default();
+    match l.char_indices().nth(60) {
+        Some((i, _)) => format!("{}…", &l[..i]),
+        None => l.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe(yaml: &str) -> Recipe {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn all_text(c: &Customization) -> String {
+        let mut s = c.packages.script.clone() + &c.main.script;
+        for f in c.packages.files.iter().chain(&c.main.files) {
+            if let StageData::Bytes(b) = &f.data {
+                s.push_str(&String::from_utf8_lossy(b));
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn script_keeps_recipe_order_and_batches_packages() {
+        let r = recipe(
+            "customize:\n  packages: [tmux, htop]\n  users: [{name: lab, sudo: true}]\n  files: [{path: /etc/motd, content: hi}]\n  commands: [\"echo one\", \"echo two\"]\n  enable-units: [ssh.service]\n  hostname: lab\nttyd: {enabled: true, source: {package: ttyd}}\n",
+        );
+        let c = generate(&r, &Secrets::default(), Path::new("."), None).unwrap();
+        let pk = &c.packages.script;
+        assert_eq!(
+            pk.matches("with_appliance_dns install_packages").count(),
+            1,
+            "one batched call:\n{pk}"
+        );
+        assert!(pk.contains("with_appliance_dns install_packages tmux htop ttyd"));
+        let s = &c.main.script;
+        let pos = |needle: &str| {
+            s.find(needle)
+                .unwrap_or_else(|| panic!("{needle} missing in\n{s}"))
+        };
+        assert!(pos("useradd") < pos("/etc/motd"));
+        assert!(pos("/etc/motd") < pos("commands/0.sh"));
+        assert!(pos("commands/0.sh") < pos("commands/1.sh"));
+        assert!(pos("commands/1.sh") < pos("enable_unit ssh.service"));
+        assert!(pos("enable_unit ssh.service") < pos("/etc/hostname"));
+        assert!(pos("/etc/hostname") < pos(ttyd::UNIT));
+        assert!(pos(ttyd::UNIT) < pos(": > /etc/machine-id"));
+        assert_eq!(c.package_names, vec!["tmux", "htop", "ttyd"]);
+        assert!(c.steps()[0].starts_with("install packages"));
+    }
+
+    #[test]
+    fn passwords_enter_the_guest_only_as_hashes() {
+        let r = recipe(
+            "customize:\n  users: [{name: lab, password: {env: X}}]\n  root-password: {env: Z}\nttyd: {enabled: true, source: {package: ttyd}, credential: {user: u, password: {env: Y}}}\n",
+        );
+        let s = Secrets {
+            users: vec![("lab".into(), SecretValue::new("pw-Secret-1".into()))],
+            root: Some(SecretValue::new("pw-Secret-3".into())),
+            ttyd: Some(SecretValue::new("u:pw-Secret-2".into())),
+        };
+        let c = generate(&r, &s, Path::new("."), None).unwrap();
+        let text = all_text(&c);
+        assert!(
+            !text.contains("pw-Secret-1") && !text.contains("pw-Secret-3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lab:$6$") && text.contains("root:$6$"),
+            "{text}"
+        );
+        assert!(text.contains("chpasswd -e"), "{text}");
+        // The ttyd credential is staged once, for its EnvironmentFile, never in the unit.
+        assert_eq!(text.matches("pw-Secret-2").count(), 1, "{text}");
+        let unit = c.main.files.iter().find(|f| f.name == ttyd::UNIT).unwrap();
+        let StageData::Bytes(u) = &unit.data else {
+            panic!()
+        };
+        let u = String::from_utf8_lossy(u);
+        assert!(!u.contains("pw-Secret"), "{u}");
+        assert!(
+            u.contains("-c ${TTYD_CREDENTIAL}")
+                && u.contains("EnvironmentFile=/etc/diskforge/ttyd.env"),
+            "{u}"
+        );
+        for f in c
+            .main
+            .files
+            .iter()
+            .filter(|f| f.name.starts_with("secrets/"))
+        {
+            assert_eq!(f.mode, 0o600, "{}", f.name);
+        }
+    }
+
+    #[test]
+    fn ttyd_unit_reflects_the_recipe_and_fallbacks_keep_every_argument() {
+        let r = recipe(
+            "ttyd: {enabled: true, source: {path: ttyd}, port: 8080, interface: eth0, writable: false, command: [bash, -c, \"echo it's $HOME\"], extra-args: [-t, fontSize=18], user: lab}\n",
+        );
+        let c = generate(
+            &r,
+            &Secrets::default(),
+            Path::new("."),
+            Some(Path::new("/bin/true")),
+        )
+        .unwrap();
+        let file = |name: &str| {
+            let f = c.main.files.iter().find(|f| f.name == name).unwrap();
+            let StageData::Bytes(b) = &f.data else {
+                panic!()
+            };
+            String::from_utf8_lossy(b).into_owned()
+        };
+        let u = file(ttyd::UNIT);
+        assert!(
+            u.contains("ExecStart=/usr/local/bin/ttyd -p 8080 -i eth0 -t fontSize=18 bash -c \"echo it's $$HOME\""),
+            "{u}"
+        );
+        assert!(
+            u.contains("User=lab") && u.contains("Restart=always"),
+            "{u}"
+        );
+        assert!(!u.contains(" -W"), "{u}");
+        let start = file("ttyd-start.sh");
+        assert!(start.contains(r#"'echo it'\''s $HOME'"#), "{start}");
+        assert!(c.package_names.is_empty());
+    }
+}

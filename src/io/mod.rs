@@ -1,0 +1,9 @@
+//! Byte-stream mechanics shared by every stage: decompression, hashing on the way,
+//! atomic files, the retry policy and bounds on untrusted input.
+
+pub mod atomic;
+pub mod decompress;
+pub mod hash;
+pub mod limits;
+pub mod retry;
+pub mod tls;

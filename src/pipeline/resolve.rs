@@ -1,0 +1,497 @@
+//! From a recipe file to everything a build depends on, read once: the loaded recipe,
+//! the base (catalog entry checked, checksum file read and verified, cached copy found),
+//! the ttyd binary and copied files by digest, the destinations with their templates expanded
+//! (the clock and git read once), and the target disk size. Nothing slow happens here:
+//! no image is downloaded and no appliance started.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::{BuildOptions, Context as Ctx};
+use crate::base::acquire::{AcquireOptions, Prepared, ResolvedBase};
+use crate::base::catalog::{self, CatalogEntry};
+use crate::base::CachedBase;
+use crate::oci::{Compression, ImageRef};
+use crate::recipe::{self, Arch, LoadedRecipe, Seg, Size, TtydSource};
+
+/// Where the base comes from, resolved.
+#[derive(Debug, Clone)]
+pub enum Base {
+    /// A download (catalog image or recipe URL) or a local file.
+    Image {
+        spec: ResolvedBase,
+        prepared: Prepared,
+    },
+    /// A base diskforge builds from distribution packages (`build:` catalog entries).
+    Build {
+        entry: CatalogEntry,
+        /// The definition hash that keys the built base.
+        hash: String,
+        cached: Option<CachedBase>,
+    },
+}
+
+impl Base {
+    /// The verified copy at hand, if any.
+    pub fn cached(&self) -> Option<&CachedBase> {
+        match self {
+            Base::Image { prepared, .. } => prepared.cached.as_ref(),
+            Base::Build { cached, .. } => cached.as_ref(),
+        }
+    }
+
+    /// What identifies the base's content for build keys.
+    pub fn identity(&self) -> Result<String> {
+        match self {
+            Base::Image { prepared, spec } => prepared.identity().with_context(|| {
+                format!(
+                    "the base {} has no checksum and is not cached: nothing identifies its content",
+                    describe_source(spec)
+                )
+            }),
+            Base::Build { hash, .. } => Ok(format!("build:{hash}")),
+        }
+    }
+}
+
+fn describe_source(spec: &ResolvedBase) -> String {
+    match &spec.source {
+        crate::base::BaseSource::Url { url, .. } => url.clone(),
+        crate::base::BaseSource::Path(p) => p.display().to_string(),
+    }
+}
+
+/// The ttyd binary copied from the host into the guest.
+#[derive(Debug, Clone)]
+pub enum TtydBinary {
+    /// Downloaded through the cache; the digest is the recipe's pin.
+    Url {
+        url: String,
+        sha256: String,
+        member: Option<String>,
+    },
+    /// A file next to the recipe.
+    File { path: PathBuf, sha256: String },
+}
+
+impl TtydBinary {
+    pub fn digest(&self) -> &str {
+        match self {
+            TtydBinary::Url { sha256, .. } | TtydBinary::File { sha256, .. } => sha256,
+        }
+    }
+}
+
+/// Everything a build depends on.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub loaded: LoadedRecipe,
+    /// The image name (`name:`, else the recipe's file name).
+    pub name: String,
+    pub arch: Arch,
+    /// A short name for the base (catalog name, URL or path), for labels and messages.
+    pub base_label: String,
+    pub base: Base,
+    pub ttyd: Option<TtydBinary>,
+    /// Copied files: guest path and `sha256:` of the host file.
+    pub files: Vec<(String, String)>,
+    pub dests: Vec<ImageRef>,
+    /// Creation time of the image (`SOURCE_DATE_EPOCH` or now), read once.
+    pub epoch: u64,
+    pub git_sha: Option<String>,
+    pub git_remote: Option<String>,
+    pub compression: Compression,
+    pub level: Option<u32>,
+    /// The base's virtual size and the disk's target size, when known before fetching.
+    pub base_size: Option<u64>,
+    pub target_size: Option<u64>,
+}
+
+/// A recipe marked `partial: true`: a shared parent that other recipes extend, not an
+/// image of its own. Commands over many recipes skip it.
+#[derive(Debug, thiserror::Error)]
+#[error("{} is a partial recipe (`partial: true`): build a recipe that extends it", .0.display())]
+pub struct PartialRecipe(pub PathBuf);
+
+/// Loads and resolves `path`.
+pub fn resolve(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<Resolved> {
+    let loaded = recipe::load(
+        path,
+        &recipe::LoadOptions {
+            set: opts.set.clone(),
+        },
+    )?;
+    if loaded.recipe.partial {
+        return Err(PartialRecipe(path.to_path_buf()).into());
+    }
+    check_loaded(&loaded, opts, ctx)?;
+    let r = &loaded.recipe;
+    let spec = r.base.clone().context("the recipe has no base")?;
+    let arch = opts.arch.or(spec.arch).unwrap_or_default();
+    let (base, base_label, recorded_size) = resolve_base(&loaded, arch, opts, ctx)?;
+    let base_size = base.cached().map(|c| c.virtual_size).or(recorded_size);
+    let target_size = base_size.map(|b| r.disk.size.map(|s| s.target(b)).unwrap_or(b));
+    if let (Some(b), Some(t)) = (base_size, target_size) {
+        if t < b {
+            return Err(loaded
+                .error_at(
+                    &[Seg::key("disk"), Seg::key("size")],
+                    format!(
+                        "the disk cannot shrink: the base {base_label} is {} ({b} bytes) and the recipe asks for {} ({t} bytes)",
+                        crate::progress::human_bytes(b),
+                        crate::progress::human_bytes(t)
+                    ),
+                )
+                .into());
+        }
+    }
+    let ttyd = ttyd_binary(&loaded)?;
+    let mut files = Vec::new();
+    for f in &r.customize.files {
+        if let Some(src) = &f.source {
+            let p = loaded.dir.join(&src.0);
+            let (h, _) = crate::io::hash::sha256_file(&p)
+                .with_context(|| format!("hashing {}", p.display()))?;
+            files.push((f.path.0.clone(), format!("sha256:{h}")));
+        }
+    }
+    let epoch = created_epoch()?;
+    let git_sha = git(&loaded.dir, &["rev-parse", "--short=12", "HEAD"]);
+    // A remote URL with credentials in it never becomes a label.
+    let git_remote =
+        git(&loaded.dir, &["config", "--get", "remote.origin.url"]).filter(|s| !s.contains('@'));
+    let name = image_name(&loaded);
+    let vars = TagVars {
+        name: &name,
+        arch,
+        version: r.output.version.as_deref(),
+        git_sha: git_sha.as_deref(),
+        epoch,
+    };
+    let dests = destinations(&loaded, &vars, opts)?;
+    let compression = opts.compression.unwrap_or(r.output.compression);
+    let level = opts.level.or(r.output.compression_level);
+    crate::oci::layer::check_level(compression, level)?;
+    let _ = ctx;
+    Ok(Resolved {
+        name,
+        arch,
+        base_label,
+        base,
+        ttyd,
+        files,
+        dests,
+        epoch,
+        git_sha,
+        git_remote,
+        compression,
+        level,
+        base_size,
+        target_size,
+        loaded,
+    })
+}
+
+/// What `validate` checks beyond the recipe itself, without network: the catalog entry
+/// exists, and the disk does not shrink below a base size known before any download
+/// (a built base, a size the catalog records, a local file, a cached download).
+pub fn check_static(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<LoadedRecipe> {
+    let loaded = recipe::load(
+        path,
+        &recipe::LoadOptions {
+            set: opts.set.clone(),
+        },
+    )?;
+    check_loaded(&loaded, opts, ctx)?;
+    Ok(loaded)
+}
+
+/// [`check_static`] of a loaded recipe: `resolve` runs it before anything slow, so `plan`
+/// and `build` report an unknown catalog entry or a shrinking disk (exit 2, located)
+/// before they fetch a checksum file.
+fn check_loaded(loaded: &LoadedRecipe, opts: &BuildOptions, ctx: &Ctx) -> Result<()> {
+    let r = &loaded.recipe;
+    let Some(spec) = r.base.clone().filter(|_| !r.partial) else {
+        return Ok(());
+    };
+    let arch = opts.arch.or(spec.arch).unwrap_or_default();
+    let size = if let Some(name) = &spec.catalog {
+        let entry = match catalog::find_entry(name, &loaded.dir, opts.catalog.as_deref()) {
+            Ok((e, _)) => e,
+            Err(e) => {
+                return Err(match e.downcast_ref::<catalog::UnknownEntry>() {
+                    Some(u) => loaded
+                        .error_at(&[Seg::key("base"), Seg::key("catalog")], u.to_string())
+                        .into(),
+                    None => e,
+                })
+            }
+        };
+        if !entry.images.is_empty() && !entry.images.contains_key(&arch) {
+            return Err(loaded
+                .error_at(
+                    &[Seg::key("base"), Seg::key("catalog")],
+                    format!("catalog entry {name} has no {} image", arch.as_str()),
+                )
+                .into());
+        }
+        match (&entry.build, entry.virtual_size) {
+            (Some(b), _) => b.size_bytes().ok(),
+            (None, Some(Size::Absolute(n))) => Some(n),
+            _ => None,
+        }
+    } else if let Some(p) = &spec.path {
+        // Read the way the build will (declared format, nothing it names opened); a
+        // file that fails that check is reported by the build, with the reason.
+        crate::sys::qemu_img::check_standalone(&loaded.dir.join(p), spec.format.unwrap_or_default())
+            .ok()
+            .map(|i| i.virtual_size)
+    } else if let Some(url) = &spec.url {
+        ctx.cache
+            .lookup(&crate::cache::RefKey::Url(url.clone()))?
+            .and_then(|hex| crate::sys::qemu_img::info(&ctx.cache.blob_path(&hex)).ok())
+            .map(|i| i.virtual_size)
+    } else {
+        None
+    };
+    if let (Some(b), Some(Size::Absolute(t))) = (size, r.disk.size) {
+        if t < b {
+            return Err(loaded
+                .error_at(
+                    &[Seg::key("disk"), Seg::key("size")],
+                    format!(
+                        "the disk cannot shrink: the base is {} ({b} bytes) and the recipe asks for {} ({t} bytes)",
+                        crate::progress::human_bytes(b),
+                        crate::progress::human_bytes(t)
+                    ),
+                )
+                .into());
+        }
+    }
+    Ok(())
+}
+
+fn resolve_base(
+    loaded: &LoadedRecipe,
+    arch: Arch,
+    opts: &BuildOptions,
+    ctx: &Ctx,
+) -> Result<(Base, String, Option<u64>)> {
+    let spec = loaded
+        .recipe
+        .base
+        .clone()
+        .context("the recipe has no base")?;
+    let acquire = AcquireOptions {
+        offline: ctx.offline,
+        ..Default::default()
+    };
+    if let Some(name) = &spec.catalog {
+        let (entry, origin) = match catalog::find_entry(name, &loaded.dir, opts.catalog.as_deref())
+        {
+            Ok(found) => found,
+            Err(e) => {
+                return Err(match e.downcast_ref::<catalog::UnknownEntry>() {
+                    Some(u) => loaded
+                        .error_at(&[Seg::key("base"), Seg::key("catalog")], u.to_string())
+                        .into(),
+                    None => e,
+                })
+            }
+        };
+        let recorded = match (&entry.build, entry.virtual_size) {
+            (Some(b), _) => match b.size {
+                Size::Absolute(n) => Some(n),
+                Size::Relative(_) => None,
+            },
+            (None, Some(Size::Absolute(n))) => Some(n),
+            _ => None,
+        };
+        if entry.build.is_some() {
+            let (hash, cached) = crate::base::build::cached_build(&entry, arch, &ctx.cache)?;
+            return Ok((
+                Base::Build {
+                    entry,
+                    hash,
+                    cached,
+                },
+                name.clone(),
+                recorded,
+            ));
+        }
+        let rb = ResolvedBase::from_catalog(&entry, arch, &origin)?;
+        let prepared = crate::base::acquire::block_on(crate::base::acquire::prepare(
+            &rb, &ctx.cache, &acquire,
+        ))?;
+        return Ok((Base::Image { spec: rb, prepared }, name.clone(), recorded));
+    }
+    let rb = ResolvedBase::from_spec(&spec, &loaded.dir)?;
+    let label = spec.url.clone().or(spec.path.clone()).unwrap_or_default();
+    let prepared =
+        crate::base::acquire::block_on(crate::base::acquire::prepare(&rb, &ctx.cache, &acquire))?;
+    Ok((Base::Image { spec: rb, prepared }, label, None))
+}
+
+fn ttyd_binary(loaded: &LoadedRecipe) -> Result<Option<TtydBinary>> {
+    let t = &loaded.recipe.ttyd;
+    if !t.enabled {
+        return Ok(None);
+    }
+    Ok(match &t.source {
+        TtydSource::Package(_) => None,
+        TtydSource::Url(u) => Some(TtydBinary::Url {
+            url: u.url.clone(),
+            sha256: u.sha256.to_string(),
+            member: u.member.clone(),
+        }),
+        TtydSource::Path(p) => {
+            let path = loaded.dir.join(&p.0);
+            let (h, _) = crate::io::hash::sha256_file(&path)
+                .with_context(|| format!("hashing ttyd.source.path {}", path.display()))?;
+            Some(TtydBinary::File {
+                path,
+                sha256: format!("sha256:{h}"),
+            })
+        }
+    })
+}
+
+/// The image name: `name:`, else the recipe's file name.
+pub fn image_name(loaded: &LoadedRecipe) -> String {
+    loaded.recipe.name.clone().unwrap_or_else(|| {
+        loaded
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image".into())
+    })
+}
+
+/// The creation time: `SOURCE_DATE_EPOCH` when set, otherwise now.
+fn created_epoch() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(_) => crate::oci::layer::mtime_from_env(),
+        Err(_) => Ok(chrono::Utc::now().timestamp().max(0) as u64),
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> Option<String> {
+    crate::sys::exec::Cmd::new("git", "reading the recipe's git checkout")
+        .args(args)
+        .current_dir(dir)
+        .run()
+        .ok()
+        .map(|o| o.stdout_str())
+        .filter(|s| !s.is_empty())
+}
+
+/// What the templates of tags and `--output` destinations expand to.
+pub struct TagVars<'a> {
+    pub name: &'a str,
+    pub arch: Arch,
+    pub version: Option<&'a str>,
+    pub git_sha: Option<&'a str>,
+    /// The image's creation time: `{date}` is its UTC day.
+    pub epoch: u64,
+}
+
+/// Expands `{name}`, `{arch}`, `{date}`, `{version}` and `{git_sha}` in `template`.
+pub fn expand_template(template: &str, v: &TagVars<'_>) -> Result<String> {
+    let mut out = template
+        .replace("{name}", v.name)
+        .replace("{arch}", v.arch.as_str());
+    if out.contains("{date}") {
+        let date = chrono::DateTime::from_timestamp(v.epoch as i64, 0)
+            .unwrap_or_default()
+            .format("%Y%m%d")
+            .to_string();
+        out = out.replace("{date}", &date);
+    }
+    if out.contains("{version}") {
+        match v.version {
+            Some(ver) => out = out.replace("{version}", ver),
+            None => bail!("{{version}} is used but output.version is not set"),
+        }
+    }
+    if out.contains("{git_sha}") {
+        match v.git_sha {
+            Some(s) => out = out.replace("{git_sha}", s),
+            None => bail!("{{git_sha}} is used but the recipe is not in a git checkout"),
+        }
+    }
+    Ok(out)
+}
+
+/// Expands a tag template (see [`expand_template`]) and checks the result is a tag.
+pub fn expand_tag(template: &str, v: &TagVars<'_>) -> Result<String> {
+    let out = expand_template(template, v).with_context(|| format!("tag {template:?}"))?;
+    crate::oci::layout::validate_tag(&out)?;
+    Ok(out)
+}
+
+/// Where a build writes: `--output` (templates expanded), else `docker://REPOSITORY:TAG`
+/// per tag, else `oci:out/NAME:TAG` per tag.
+fn destinations(
+    loaded: &LoadedRecipe,
+    v: &TagVars<'_>,
+    opts: &BuildOptions,
+) -> Result<Vec<ImageRef>> {
+    if !opts.outputs.is_empty() {
+        return opts
+            .outputs
+            .iter()
+            .map(|s| {
+                let dest = expand_template(s, v).with_context(|| format!("--output {s:?}"))?;
+                ImageRef::parse(&dest)
+            })
+            .collect();
+    }
+    let o = &loaded.recipe.output;
+    let tags = o
+        .tags
+        .iter()
+        .map(|t| expand_tag(t, v))
+        .collect::<Result<Vec<_>>>()?;
+    tags.iter()
+        .map(|t| match &o.repository {
+            Some(repo) => ImageRef::parse(&format!("docker://{repo}:{t}")),
+            None => ImageRef::parse(&format!("oci:out/{}:{t}", v.name)),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_templates_expand() {
+        let v = |version, git_sha, epoch| TagVars {
+            name: "lab",
+            arch: Arch::Arm64,
+            version,
+            git_sha,
+            epoch,
+        };
+        assert_eq!(
+            expand_tag("v{version}-{date}", &v(Some("1.2"), None, 1_700_000_000)).unwrap(),
+            "v1.2-20231114"
+        );
+        assert_eq!(
+            expand_tag("{name}-{git_sha}", &v(None, Some("abc123"), 0)).unwrap(),
+            "lab-abc123"
+        );
+        assert_eq!(
+            expand_tag("{name}-{arch}", &v(None, None, 0)).unwrap(),
+            "lab-arm64"
+        );
+        assert!(expand_tag("{version}", &v(None, None, 0)).is_err());
+        assert!(expand_tag("a/b", &v(None, None, 0)).is_err());
+        // Destinations expand whole: the repository may name the image too.
+        assert_eq!(
+            expand_template("docker://r.example/lab/{name}:1-{arch}", &v(None, None, 0)).unwrap(),
+            "docker://r.example/lab/lab:1-arm64"
+        );
+    }
+}

@@ -1,0 +1,362 @@
+//! Probing a booted guest the way its users meet it: ttyd's page over HTTP, then a
+//! terminal session over ttyd's WebSocket that reaches a login prompt, logs in and runs
+//! a command. The guest is the thing under test, not a trusted peer: pages are read
+//! with a size cap, WebSocket frames and messages are limited (tungstenite), and every
+//! wait has a deadline.
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Message, WebSocket};
+
+use super::Vm;
+
+/// A boot check failed (exit code 4).
+#[derive(Debug, thiserror::Error)]
+#[error("boot check failed: {0}")]
+pub struct BootCheckFailed(pub String);
+
+/// The most a single WebSocket message from the guest may hold.
+const MAX_MESSAGE: usize = 1 << 20;
+
+/// What `--check` does.
+pub struct CheckOptions {
+    /// 0: wait for a login prompt on the serial console instead of ttyd.
+    pub ttyd_port: u16,
+    /// ttyd's own basic-auth credential (`-c USER:PASSWORD`), when it has one.
+    pub ttyd_auth: Option<(String, String)>,
+    /// Log in as USER with PASSWORD and run `command`.
+    pub login: Option<(String, String)>,
+    pub command: Option<String>,
+    pub deadline: Instant,
+}
+
+/// GETs `path` from 127.0.0.1:`port`: the body on 200, at most [`crate::io::limits::MAX_PAGE`].
+pub fn http_get(port: u16, path: &str, auth: Option<&(String, String)>) -> Result<String> {
+    crate::sys::rt::block_on(async {
+        let client = crate::io::tls::client_builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .context("creating the HTTP client")?;
+        let mut req = client.get(format!("http://127.0.0.1:{port}{path}"));
+        if let Some((u, p)) = auth {
+            req = req.basic_auth(u, Some(p));
+        }
+        let resp = tokio::time::timeout(Duration::from_secs(20), req.send())
+            .await
+            .map_err(|_| anyhow!("no answer within 20 s"))??;
+        if !resp.status().is_success() {
+            bail!("HTTP {}", resp.status());
+        }
+        let body = crate::io::limits::read_body_capped(
+            resp,
+            crate::io::limits::MAX_PAGE,
+            Duration::from_secs(20),
+            Duration::from_secs(60),
+            "the ttyd page",
+        )
+        .await?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    })
+}
+
+/// Waits until ttyd serves its page on the VM's forwarded port.
+pub fn wait_for_ttyd(
+    vm: &mut Vm,
+    auth: Option<&(String, String)>,
+    deadline: Instant,
+) -> Result<()> {
+    loop {
+        crate::sys::interrupt::check()?;
+        if let Some(s) = vm.exited() {
+            return Err(BootCheckFailed(format!("QEMU exited ({s}) before ttyd answered")).into());
+        }
+        if http_get(vm.ttyd_port, "/", auth)
+            .map(|b| b.to_lowercase().contains("ttyd"))
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(BootCheckFailed(format!(
+                "timed out waiting for ttyd on http://127.0.0.1:{}/",
+                vm.ttyd_port
+            ))
+            .into());
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// Runs the boot check; returns a report of what was seen.
+pub fn check(vm: &mut Vm, o: &CheckOptions) -> Result<String> {
+    let stage = crate::progress::stage("boot", "waiting for the guest to boot");
+    if o.ttyd_port == 0 {
+        loop {
+            crate::sys::interrupt::check()?;
+            if let Some(s) = vm.exited() {
+                return Err(BootCheckFailed(format!(
+                    "QEMU exited ({s}) before the guest showed a login prompt"
+                ))
+                .into());
+            }
+            if vm.serial_contains("login:") {
+                stage.done();
+                return Ok("serial console: login prompt seen\n".into());
+            }
+            if Instant::now() > o.deadline {
+                return Err(BootCheckFailed(
+                    "timed out waiting for a login prompt on the serial console".into(),
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+    wait_for_ttyd(vm, o.ttyd_auth.as_ref(), o.deadline)?;
+    stage.done();
+    let port = vm.ttyd_port;
+    let mut report = format!("ttyd page: http://127.0.0.1:{port}/ answered\n");
+    let stage = crate::progress::stage("ttyd", "opening a ttyd terminal session");
+    let mut t = Terminal::connect(port, o.ttyd_auth.as_ref())?;
+    // Some gettys only print the prompt after a key press.
+    t.send_input("\r")?;
+    let mut nudged = Instant::now();
+    let mut seen = String::new();
+    while !seen.contains("login:") {
+        if Instant::now() > o.deadline {
+            return Err(BootCheckFailed(format!(
+                "timed out waiting for a login prompt in the ttyd session; it showed: {:?}",
+                tail(&seen)
+            ))
+            .into());
+        }
+        seen.push_str(&t.read_output(Duration::from_secs(3))?);
+        bound(&mut seen);
+        if nudged.elapsed() > Duration::from_secs(10) {
+            t.send_input("\r")?;
+            nudged = Instant::now();
+        }
+    }
+    stage.done();
+    report.push_str("ttyd session: login prompt seen\n");
+    if let Some((user, password)) = &o.login {
+        let stage = crate::progress::stage("login", format!("logging in as {user} over ttyd"));
+        let out = log_in(&mut t, user, password, o.command.as_deref(), o.deadline)?;
+        stage.done();
+        report.push_str(&format!("logged in as {user}; command output:\n{out}\n"));
+        let _ = t.send_input("exit\r");
+    }
+    Ok(report)
+}
+
+/// Logs in as `user` at the login prompt `t` shows, runs `command` [default: the user,
+/// the root filesystem size and the machine-id] and returns its output. A refused
+/// password is a failed boot check: the image does not do what its recipe says.
+pub fn log_in(
+    t: &mut Terminal,
+    user: &str,
+    password: &str,
+    command: Option<&str>,
+    deadline: Instant,
+) -> Result<String> {
+    t.send_input(&format!("{user}\r"))?;
+    t.wait_for(&["assword:"], deadline)?;
+    t.send_input(&format!("{password}\r"))?;
+    let after = t.wait_for(&["$ ", "# ", "incorrect"], deadline)?;
+    if after.contains("incorrect") {
+        return Err(BootCheckFailed(format!(
+            "logging in as {user} over ttyd failed: Login incorrect"
+        ))
+        .into());
+    }
+    let command =
+        command.unwrap_or("id -un; df -B1 --output=size / | tail -n1; cat /etc/machine-id");
+    // The quotes keep the markers out of the terminal's echo of the typed line.
+    t.send_input(&format!(
+        "echo DISKFORGE-\"\"BEGIN; {command}; echo DISKFORGE-\"\"END\r"
+    ))?;
+    let out = t.wait_for(&["DISKFORGE-END\r\n", "DISKFORGE-END\n"], deadline)?;
+    let body = out
+        .rsplit_once("DISKFORGE-BEGIN")
+        .map(|(_, b)| b)
+        .unwrap_or(&out)
+        .split("DISKFORGE-END")
+        .next()
+        .unwrap_or("")
+        .replace('\r', "");
+    Ok(body.trim().to_string())
+}
+
+/// Keeps the text seen from the guest bounded.
+fn bound(s: &mut String) {
+    if s.len() > 256 << 10 {
+        let cut = s.len() - (64 << 10);
+        let cut = (cut..s.len())
+            .find(|i| s.is_char_boundary(*i))
+            .unwrap_or(s.len());
+        s.drain(..cut);
+    }
+}
+
+fn tail(s: &str) -> String {
+    let start = s.len().saturating_sub(300);
+    let start = (start..s.len())
+        .find(|i| s.is_char_boundary(*i))
+        .unwrap_or(s.len());
+    s[start..].to_string()
+}
+
+/// A ttyd terminal session (its `tty` WebSocket protocol: client messages start with
+/// `0` for input; server messages with `0` carry terminal output).
+pub struct Terminal {
+    ws: WebSocket<TcpStream>,
+}
+
+impl Terminal {
+    pub fn connect(port: u16, auth: Option<&(String, String)>) -> Result<Terminal> {
+        use tungstenite::client::IntoClientRequest;
+        let stream = TcpStream::connect(("127.0.0.1", port)).context("connecting to ttyd")?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut req = format!("ws://127.0.0.1:{port}/ws")
+            .into_client_request()
+            .context("building the WebSocket request")?;
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "tty".parse().expect("static header"),
+        );
+        let token = auth
+            .map(|(u, p)| {
+                base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    format!("{u}:{p}"),
+                )
+            })
+            .unwrap_or_default();
+        if !token.is_empty() {
+            req.headers_mut().insert(
+                "Authorization",
+                format!("Basic {token}")
+                    .parse()
+                    .context("Authorization header")?,
+            );
+        }
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_MESSAGE))
+            .max_frame_size(Some(MAX_MESSAGE));
+        let (ws, _) = tungstenite::client::client_with_config(req, stream, Some(config))
+            .map_err(|e| anyhow!("ttyd refused the WebSocket session: {e}"))?;
+        let mut t = Terminal { ws };
+        let hello = serde_json::json!({"AuthToken": token, "columns": 100, "rows": 30});
+        t.ws.send(Message::Binary(hello.to_string().into_bytes().into()))
+            .context("starting the ttyd session")?;
+        Ok(t)
+    }
+
+    /// Types `text` into the terminal.
+    pub fn send_input(&mut self, text: &str) -> Result<()> {
+        let mut msg = vec![b'0'];
+        msg.extend_from_slice(text.as_bytes());
+        self.ws
+            .send(Message::Binary(msg.into()))
+            .context("writing to the ttyd session")
+    }
+
+    /// Terminal output received within `wait` (possibly empty).
+    pub fn read_output(&mut self, wait: Duration) -> Result<String> {
+        self.ws.get_ref().set_read_timeout(Some(wait))?;
+        match self.ws.read() {
+            Ok(Message::Binary(b)) if b.first() == Some(&b'0') => {
+                Ok(String::from_utf8_lossy(&b[1..]).into_owned())
+            }
+            Ok(Message::Text(t)) if t.starts_with('0') => Ok(t[1..].to_string()),
+            Ok(Message::Close(_)) => bail!("ttyd closed the terminal session"),
+            Ok(_) => Ok(String::new()),
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(String::new())
+            }
+            Err(e) => Err(anyhow!("reading from the ttyd session: {e}")),
+        }
+    }
+
+    /// Reads until one of `needles` shows up; returns what was read.
+    pub fn wait_for(&mut self, needles: &[&str], deadline: Instant) -> Result<String> {
+        let mut seen = String::new();
+        loop {
+            crate::sys::interrupt::check()?;
+            if needles.iter().any(|n| seen.contains(n)) {
+                return Ok(seen);
+            }
+            if Instant::now() > deadline {
+                return Err(BootCheckFailed(format!(
+                    "timed out waiting for {needles:?} in the ttyd session; it showed: {:?}",
+                    tail(&seen)
+                ))
+                .into());
+            }
+            seen.push_str(&self.read_output(Duration::from_secs(3))?);
+            bound(&mut seen);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A fake ttyd whose login prompt refuses every password: the first line typed is
+    /// the user name, the second the password.
+    fn refusing_ttyd() -> u16 {
+        use tungstenite::handshake::server::{Request, Response};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            // The callback's error type is tungstenite's, not ours.
+            #[allow(clippy::result_large_err)]
+            let mut ws = tungstenite::accept_hdr(stream, |_: &Request, mut r: Response| {
+                r.headers_mut()
+                    .insert("Sec-WebSocket-Protocol", "tty".parse().unwrap());
+                Ok(r)
+            })
+            .unwrap();
+            let mut lines = 0;
+            while let Ok(msg) = ws.read() {
+                let Message::Binary(b) = msg else { continue };
+                // Terminal input starts with `0`; the session's opening JSON with `{`.
+                let Some(input) = b.strip_prefix(b"0") else {
+                    continue;
+                };
+                for _ in input.iter().filter(|c| **c == b'\r') {
+                    lines += 1;
+                    let answer: &[u8] = match lines {
+                        1 => b"0lab\r\nPassword: ",
+                        _ => b"0\r\n\r\nLogin incorrect\r\nlab login: ",
+                    };
+                    let _ = ws.send(Message::Binary(answer.to_vec().into()));
+                }
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn a_refused_password_is_a_failed_boot_check() {
+        let port = refusing_ttyd();
+        let mut t = Terminal::connect(port, None).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let e = log_in(&mut t, "lab", "not-the-password", None, deadline).unwrap_err();
+        assert!(e.downcast_ref::<BootCheckFailed>().is_some(), "{e:#}");
+        let text = format!("{e:#}");
+        assert!(text.contains("Login incorrect"), "{text}");
+        assert!(!text.contains("not-the-password"), "{text}");
+    }
+}
