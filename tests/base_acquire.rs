@@ -65,6 +65,7 @@ fn fast_opts() -> AcquireOptions {
             max_attempts: 4,
             initial_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(200),
+            ..Default::default()
         },
     }
 }
@@ -88,6 +89,7 @@ fn checksum_file(url: String) -> ChecksumSpec {
         algorithm: None,
         signing_key: None,
         signature_url: None,
+        signing_key_fingerprints: Vec::new(),
     })
 }
 
@@ -377,6 +379,7 @@ async fn bsd_checksum_file_with_sha512_and_explicit_name() {
             algorithm: None,
             signing_key: None,
             signature_url: None,
+            signing_key_fingerprints: Vec::new(),
         }),
     );
     let got = acquire(&spec, &f.cache, &fast_opts()).await.unwrap();

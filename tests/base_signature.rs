@@ -177,6 +177,7 @@ impl Fixture {
                     algorithm: None,
                     signing_key: Some(key),
                     signature_url: sig.map(|s| self.server.url(s)),
+                    signing_key_fingerprints: Vec::new(),
                 }),
             },
             format: DiskFormat::Qcow2,
@@ -196,6 +197,7 @@ fn opts() -> AcquireOptions {
             max_attempts: 2,
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(50),
+            ..Default::default()
         },
     }
 }
@@ -344,6 +346,7 @@ async fn clearsigned_file_without_a_key_is_read_after_stripping_the_armor() {
                 algorithm: None,
                 signing_key: None,
                 signature_url: None,
+                signing_key_fingerprints: Vec::new(),
             }),
         },
         format: DiskFormat::Qcow2,

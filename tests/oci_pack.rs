@@ -178,7 +178,7 @@ fn packed_layout_meets_the_containerdisk_contract() {
     };
     assert_eq!(
         cfg["rootfs"]["diff_ids"][0].as_str().unwrap(),
-        format!("sha256:{}", diskforge::cache::sha256_hex(&tar_bytes))
+        format!("sha256:{}", diskforge::io::hash::sha256_hex(&tar_bytes))
     );
 
     // inspect reads the disk header from the layer.
@@ -204,19 +204,31 @@ fn same_input_gives_identical_digests_for_every_compression() {
     }
     let t = tempfile::tempdir().unwrap();
     let disk = random_qcow2(t.path(), 12);
+    // The second run sees one CPU (pack uses as many threads as it may run on): the
+    // bytes must not depend on how the compression was spread over threads.
+    let one_cpu = diskforge::sys::exec::have("taskset");
     for comp in ["gzip", "zstd", "none"] {
         let mut digests = Vec::new();
         for run in 0..2 {
             let layout = t.path().join(format!("{comp}-{run}"));
-            let out = pack(
-                &disk,
-                &[
-                    "--compression",
-                    comp,
-                    "--output",
-                    &format!("oci:{}:x", layout.display()),
-                ],
-            );
+            let args = [
+                "--compression",
+                comp,
+                "--output",
+                &format!("oci:{}:x", layout.display()),
+            ];
+            let out = if run == 1 && one_cpu {
+                Command::new("taskset")
+                    .args(["-c", "0", env!("CARGO_BIN_EXE_diskforge"), "pack"])
+                    .arg(&disk)
+                    .args(args)
+                    .env("SOURCE_DATE_EPOCH", "1700000000")
+                    .env_remove("RUST_LOG")
+                    .output()
+                    .unwrap()
+            } else {
+                pack(&disk, &args)
+            };
             assert!(
                 out.status.success(),
                 "{}",
@@ -232,7 +244,7 @@ fn same_input_gives_identical_digests_for_every_compression() {
         }
         assert_eq!(
             digests[0], digests[1],
-            "{comp}: two packs of the same disk differ"
+            "{comp}: two packs of the same disk differ (the second on one CPU: {one_cpu})"
         );
     }
     // A different SOURCE_DATE_EPOCH is a different image.
@@ -253,6 +265,112 @@ fn same_input_gives_identical_digests_for_every_compression() {
     assert_ne!(
         index_digest(&layout, "x"),
         index_digest(&t.path().join("none-0"), "x")
+    );
+}
+
+/// The gzip layer is several gzip members (compressed in parallel): gzip, Python's gzip
+/// module and umoci (Go) must each read all of it, back to the tar of the config's
+/// diff_id and the disk.
+#[test]
+fn other_tools_decompress_the_gzip_layer_to_the_diff_id() {
+    if !common::require(&["qemu-img", "gzip", "python3", "umoci"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    // Several 1 MiB gzip members.
+    let disk = random_qcow2(t.path(), 8);
+    let layout = t.path().join("layout");
+    let out = pack(
+        &disk,
+        &["--output", &format!("oci:{}:v1", layout.display())],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = manifest(&layout, &index_digest(&layout, "v1"));
+    let cfg = manifest(&layout, m["config"]["digest"].as_str().unwrap());
+    let diff_id = cfg["rootfs"]["diff_ids"][0].as_str().unwrap().to_string();
+    let blob = layout.join("blobs/sha256").join(
+        m["layers"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    );
+
+    sh(Command::new("gzip").arg("-t").arg(&blob));
+    let zcat = sh(Command::new("sh")
+        .arg("-c")
+        .arg("gzip -dc \"$1\" | sha256sum")
+        .arg("sh")
+        .arg(&blob));
+    assert_eq!(
+        format!("sha256:{}", zcat.split_whitespace().next().unwrap()),
+        diff_id,
+        "gzip -dc"
+    );
+    let py = sh(Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import gzip, hashlib, sys\n\
+             h = hashlib.sha256()\n\
+             with gzip.open(sys.argv[1]) as f:\n\
+             \x20   for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)\n\
+             print('sha256:' + h.hexdigest())",
+        )
+        .arg(&blob));
+    assert_eq!(py.trim(), diff_id, "python3 gzip");
+
+    let bundle = t.path().join("bundle");
+    sh(Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:v1", layout.display()))
+        .arg(&bundle));
+    assert_eq!(
+        std::fs::read(bundle.join("rootfs/disk/disk.qcow2")).unwrap(),
+        std::fs::read(&disk).unwrap(),
+        "umoci unpacked another disk"
+    );
+}
+
+/// Packing streams: peak memory does not grow with the disk. A 64 MiB and a 4 GiB disk
+/// (sparse, so the test needs no disk space) are packed with the default gzip; the
+/// second may take a few MiB more, never 100 MiB.
+#[test]
+fn packing_memory_stays_flat_in_the_disk_size() {
+    if !common::require(&["qemu-img"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let mut rss = Vec::new();
+    for (name, size) in [("small", 64u64 << 20), ("big", 4u64 << 30)] {
+        let raw = t.path().join(format!("{name}.raw"));
+        std::fs::File::create(&raw).unwrap().set_len(size).unwrap();
+        let layout = t.path().join(format!("l-{name}"));
+        let (out, kib) = common::hostile::with_peak_rss(
+            common::diskforge()
+                .arg("pack")
+                .arg(&raw)
+                .arg("--output")
+                .arg(format!("oci:{}", layout.display())),
+            std::time::Duration::from_secs(600),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("packing {size} bytes: peak RSS {} MiB", kib >> 10);
+        rss.push(kib);
+        std::fs::remove_dir_all(&layout).unwrap();
+    }
+    assert!(rss[1] < 100 << 10, "packing 4 GiB took {} KiB", rss[1]);
+    assert!(
+        rss[1] < rss[0] + (24 << 10),
+        "memory grows with the disk: {} KiB for 64 MiB, {} KiB for 4 GiB",
+        rss[0],
+        rss[1]
     );
 }
 
@@ -419,7 +537,7 @@ fn ctrl_c_while_packing_leaves_the_layout_as_it_was() {
     // Every blob left is whole: its content hashes to its name.
     for e in std::fs::read_dir(&blobs).unwrap() {
         let p = e.unwrap().path();
-        let (hex, _) = diskforge::cache::sha256_file(&p).unwrap();
+        let (hex, _) = diskforge::io::hash::sha256_file(&p).unwrap();
         assert_eq!(p.file_name().unwrap().to_string_lossy(), hex);
     }
     let ls = sh(Command::new("umoci").args(["ls", "--layout"]).arg(&layout));
@@ -502,4 +620,101 @@ fn a_missing_tool_exits_3_and_names_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("qemu-img is not installed"), "{err}");
+}
+
+/// The zstd layer is two frames (a stored first frame for CDI's importer, then libzstd's):
+/// the zstd tool and umoci (Go, klauspost's decoder, as in containerd and CDI) must read
+/// both, back to the tar of the config's diff_id and the disk.
+#[test]
+fn other_tools_decompress_the_zstd_layer_to_the_diff_id() {
+    if !common::require(&["qemu-img", "zstd", "skopeo", "umoci"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = random_qcow2(t.path(), 4);
+    let layout = t.path().join("layout");
+    let out = pack(
+        &disk,
+        &[
+            "--compression",
+            "zstd",
+            "--output",
+            &format!("oci:{}:v1", layout.display()),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = manifest(&layout, &index_digest(&layout, "v1"));
+    assert!(m["layers"][0]["mediaType"]
+        .as_str()
+        .unwrap()
+        .ends_with("+zstd"));
+    let cfg = manifest(&layout, m["config"]["digest"].as_str().unwrap());
+    let diff_id = cfg["rootfs"]["diff_ids"][0].as_str().unwrap().to_string();
+    let blob = layout.join("blobs/sha256").join(
+        m["layers"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    );
+    let head = std::fs::read(&blob).unwrap();
+    assert_eq!(
+        &head[..5],
+        &[0x28, 0xB5, 0x2F, 0xFD, 0x60],
+        "a stored first frame"
+    );
+
+    sh(Command::new("zstd").arg("-tq").arg(&blob));
+    let unz = sh(Command::new("sh")
+        .arg("-c")
+        .arg("zstd -dcq \"$1\" | sha256sum")
+        .arg("sh")
+        .arg(&blob));
+    assert_eq!(
+        format!("sha256:{}", unz.split_whitespace().next().unwrap()),
+        diff_id,
+        "zstd -dc"
+    );
+    // containers/image (skopeo) decodes the layer with klauspost's zstd, as containerd
+    // and CDI do, and writes it again as gzip; umoci (no zstd in Debian's build) then
+    // unpacks that copy.
+    let regz = t.path().join("regz");
+    sh(Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-compress-format", "gzip"])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("oci:{}:v1", regz.display())));
+    let m2 = manifest(&regz, &index_digest(&regz, "v1"));
+    assert!(m2["layers"][0]["mediaType"]
+        .as_str()
+        .unwrap()
+        .ends_with("+gzip"));
+    let regz_blob = regz.join("blobs/sha256").join(
+        m2["layers"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    );
+    let rezipped = sh(Command::new("sh")
+        .arg("-c")
+        .arg("gzip -dc \"$1\" | sha256sum")
+        .arg("sh")
+        .arg(&regz_blob));
+    assert_eq!(
+        format!("sha256:{}", rezipped.split_whitespace().next().unwrap()),
+        diff_id,
+        "the tar skopeo decoded"
+    );
+    let bundle = t.path().join("bundle");
+    sh(Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:v1", regz.display()))
+        .arg(&bundle));
+    assert_eq!(
+        std::fs::read(bundle.join("rootfs/disk/disk.qcow2")).unwrap(),
+        std::fs::read(&disk).unwrap(),
+        "umoci unpacked another disk"
+    );
 }

@@ -138,3 +138,109 @@ fn plan_shows_commands_in_order_and_never_a_secret() {
         );
     }
 }
+
+/// Secrets that reach a recipe through `${VAR}` (variables named like secrets, or marked
+/// `secret: true`) are masked in `plan`, `--json` plans and errors, while ordinary
+/// variables are shown.
+#[test]
+fn substituted_secrets_never_appear_in_plans_or_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let (token, key, plain) = (
+        "tok-Subst-Secret-41",
+        "key-Marked-Secret-77",
+        "visible-value-3",
+    );
+    std::fs::write(t.path().join("pw"), "x\n").unwrap();
+    let r = t.path().join("r.yaml");
+    std::fs::write(
+        &r,
+        "name: s\nenv: [API_TOKEN, {name: SITE_KEY, secret: true}, SITE_NAME]\nbase: {url: \"https://example.com/img.qcow2\", checksum: \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"}\ncustomize:\n  commands:\n    - \"curl -H 'Authorization: Bearer ${API_TOKEN}' https://example.com/\"\n    - \"echo ${SITE_NAME} 012345678901234567890123456789012 ${API_TOKEN}\"\n  files: [{path: /etc/site.key, content: \"${SITE_KEY}\", mode: \"0600\"}]\n",
+    )
+    .unwrap();
+    for json in [false, true] {
+        let mut c = common::diskforge();
+        c.arg("plan")
+            .arg(&r)
+            .env("API_TOKEN", token)
+            .env("SITE_KEY", key)
+            .env("SITE_NAME", plain);
+        if json {
+            c.arg("--json");
+        }
+        let out = c.output().unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{all}");
+        assert!(!all.contains(token), "substituted token in plan: {all}");
+        // Shortened step titles are cut after masking: no piece of a secret is left.
+        assert!(!all.contains(&token[..4]), "part of a token in plan: {all}");
+        assert!(!all.contains(key), "marked secret in plan: {all}");
+        assert!(
+            all.contains(plain),
+            "an ordinary variable was hidden: {all}"
+        );
+        assert!(all.contains("Authorization: Bearer"), "{all}");
+    }
+    // The step keys, the build key and the recipe digest are published (a label, the
+    // provenance): they must not depend on a secret's value, or anyone could test
+    // guesses at it. An ordinary variable does change them.
+    let plan_json = |token: &str, key: &str, plain: &str| -> serde_json::Value {
+        let out = common::diskforge()
+            .args(["plan", "--json"])
+            .arg(&r)
+            .env("API_TOKEN", token)
+            .env("SITE_KEY", key)
+            .env("SITE_NAME", plain)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let keys = |p: &serde_json::Value| -> Vec<String> {
+        let mut k: Vec<String> = p["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["key"].as_str().unwrap().to_string())
+            .collect();
+        k.push(p["build_key"].as_str().unwrap().to_string());
+        k.push(p["recipe_digest"].as_str().unwrap().to_string());
+        k
+    };
+    let first = keys(&plan_json(token, key, plain));
+    assert_eq!(
+        first,
+        keys(&plan_json("another-Token-9999", "another-Key-8888", plain)),
+        "a key or digest changed with a secret's value"
+    );
+    let other = keys(&plan_json(token, key, "another-visible-value"));
+    assert_ne!(
+        first.last(),
+        other.last(),
+        "the recipe digest ignores variables"
+    );
+    assert_ne!(first[first.len() - 2], other[other.len() - 2]);
+    // An error that quotes the value does not quote the secret either.
+    std::fs::write(
+        &r,
+        "name: s\nenv: [API_TOKEN]\nbase: {url: \"https://example.com/img.qcow2\", checksum: \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"}\ncustomize:\n  files: [{path: \"relative/${API_TOKEN}\", content: x}]\n",
+    )
+    .unwrap();
+    let out = common::diskforge()
+        .arg("validate")
+        .arg(&r)
+        .env("API_TOKEN", token)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("customize.files[0].path"), "{err}");
+    assert!(!err.contains(token), "secret in an error: {err}");
+}

@@ -74,15 +74,11 @@ pub fn rootfs_tarball() -> PathBuf {
     tar
 }
 
-/// Layouts of test disks.
+/// Layouts of test disks (the layout zoo, tests/fixtures/layouts/, has the others).
 #[derive(Clone, Copy, Debug)]
 pub enum Layout {
     /// GPT: a 100 MiB vfat partition, then the ext4 root (last).
     GptExt4,
-    /// MBR: one xfs root partition.
-    MbrXfs,
-    /// GPT: one LVM PV with VG `vg` and LV `root` (ext4).
-    GptLvmExt4,
 }
 
 /// A raw disk of `size_mib` holding the Debian tree in `layout`.
@@ -97,12 +93,6 @@ pub fn make_disk(dir: &Path, layout: Layout, size_mib: u64) -> PathBuf {
             "part-init /dev/sda gpt\npart-add /dev/sda p 2048 206847\npart-add /dev/sda p 206848 -34\nmkfs vfat /dev/sda1\nmkfs ext4 /dev/sda2\n",
             "/dev/sda2",
             "/dev/sda2 / ext4 defaults 0 1\n",
-        ),
-        Layout::MbrXfs => ("part-disk /dev/sda mbr\nmkfs xfs /dev/sda1\n", "/dev/sda1", "/dev/sda1 / xfs defaults 0 1\n"),
-        Layout::GptLvmExt4 => (
-            "part-disk /dev/sda gpt\npvcreate /dev/sda1\nvgcreate vg /dev/sda1\nlvcreate-free root vg 100\nmkfs ext4 /dev/vg/root\n",
-            "/dev/vg/root",
-            "/dev/vg/root / ext4 defaults 0 1\n",
         ),
     };
     let script = format!(
@@ -119,7 +109,7 @@ pub fn make_disk(dir: &Path, layout: Layout, size_mib: u64) -> PathBuf {
 
 /// sha256 of a file.
 pub fn sha256(p: &Path) -> String {
-    diskforge::cache::sha256_file(p).unwrap().0
+    diskforge::io::hash::sha256_file(p).unwrap().0
 }
 
 /// guestfish `key: value` records as numbers where they parse.
@@ -128,4 +118,53 @@ pub fn record(text: &str) -> std::collections::BTreeMap<String, u64> {
         .filter_map(|l| l.split_once(':'))
         .filter_map(|(k, v)| Some((k.trim().to_string(), v.trim().parse().ok()?)))
         .collect()
+}
+
+/// A base image as upstreams publish them: the Debian tree on a 700 MiB GPT/ext4 disk, as
+/// qcow2, made once per checkout under target/ (one appliance launch the first time).
+pub fn base_qcow2() -> PathBuf {
+    let dir = super::repo_root().join("target/test-rootfs");
+    let image = dir.join("base-gpt-ext4.qcow2");
+    if image.is_file() {
+        return image;
+    }
+    // Also creates `dir`.
+    rootfs_tarball();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".base-lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    if image.is_file() {
+        return image;
+    }
+    let work = tempfile::tempdir_in(&dir).unwrap();
+    let raw = make_disk(work.path(), Layout::GptExt4, 700);
+    let tmp = dir.join("base-gpt-ext4.partial.qcow2");
+    let out = Command::new("qemu-img")
+        .args(["convert", "-q", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&tmp)
+        .output()
+        .expect("starting qemu-img");
+    assert!(
+        out.status.success(),
+        "qemu-img convert failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::rename(&tmp, &image).unwrap();
+    image
+}
+
+/// [`base_qcow2`] as `DIR/base.qcow2`, for a recipe in DIR (`base: {path: base.qcow2}`):
+/// a hard link to the shared copy (diskforge never writes its base; tests check that).
+pub fn base_in(dir: &Path) -> PathBuf {
+    let link = dir.join("base.qcow2");
+    let shared = base_qcow2();
+    if std::fs::hard_link(&shared, &link).is_err() {
+        std::fs::copy(&shared, &link).unwrap();
+    }
+    link
 }

@@ -19,7 +19,7 @@ pub fn require(tools: &[&str]) -> bool {
     let missing: Vec<&str> = tools
         .iter()
         .copied()
-        .filter(|t| !diskforge::exec::have(t))
+        .filter(|t| !diskforge::sys::exec::have(t))
         .collect();
     if missing.is_empty() {
         return true;
@@ -35,6 +35,25 @@ pub fn require(tools: &[&str]) -> bool {
         missing.join(", ")
     );
     false
+}
+
+/// A python3 that can import every one of `modules`: the one on PATH, or Debian's when
+/// PATH leads to another Python. None after a loud message outside CI; panics in CI.
+pub fn python_with(modules: &[&str]) -> Option<&'static str> {
+    let import = format!("import {}", modules.join(", "));
+    let mut why = String::new();
+    for python in ["python3", "/usr/bin/python3"] {
+        match Command::new(python).args(["-c", &import]).output() {
+            Ok(out) if out.status.success() => return Some(python),
+            Ok(out) => why = String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            Err(e) => why = format!("{python}: {e}"),
+        }
+    }
+    if in_ci() {
+        panic!("no python3 can `{import}` under CI=true (run ci/setup-system.sh): {why}");
+    }
+    eprintln!("\n*** SKIPPING: no python3 can `{import}` (run ci/setup-system.sh): {why} ***\n");
+    None
 }
 
 /// The `diskforge` binary built for this test run.
@@ -112,6 +131,90 @@ pub fn temp_files(dir: &std::path::Path) -> Vec<PathBuf> {
     out
 }
 
+/// How often `needle` occurs in the file at `path` (streamed; matches across read
+/// boundaries count).
+pub fn occurrences(path: &std::path::Path, needle: &[u8]) -> usize {
+    use std::io::Read;
+    assert!(!needle.is_empty());
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut carry: Vec<u8> = Vec::new();
+    let mut count = 0;
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            return count;
+        }
+        let mut window = std::mem::take(&mut carry);
+        window.extend_from_slice(&buf[..n]);
+        count += window
+            .windows(needle.len())
+            .filter(|w| *w == needle)
+            .count();
+        let keep = needle.len() - 1;
+        carry = window[window.len().saturating_sub(keep)..].to_vec();
+    }
+}
+
+/// Occurrences of `needle` in every regular file under `dir`.
+pub fn occurrences_in_tree(dir: &std::path::Path, needle: &[u8]) -> usize {
+    let mut n = 0;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if m.is_dir() {
+                n += occurrences_in_tree(&p, needle);
+            } else if m.is_file() {
+                n += occurrences(&p, needle);
+            }
+        }
+    }
+    n
+}
+
+/// The (step, command line) pairs `plan --json` lists, in order.
+pub fn planned_commands(plan_json: &[u8]) -> Vec<(String, String)> {
+    let plan: serde_json::Value = serde_json::from_slice(plan_json)
+        .unwrap_or_else(|e| panic!("plan --json: {e}: {}", String::from_utf8_lossy(plan_json)));
+    plan["steps"]
+        .as_array()
+        .expect("plan steps")
+        .iter()
+        .flat_map(|s| {
+            let step = s["step"].as_str().unwrap().to_string();
+            s["commands"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |c| (step.clone(), c.as_str().unwrap().to_string()))
+        })
+        .collect()
+}
+
+/// The (step, command line) pairs a build with `--json-events` ran, from its `exec`
+/// events, in order. Commands run while the recipe is resolved (reading a local base's
+/// size, before the first step) carry no step: `plan` runs them too.
+pub fn executed_commands(stderr: &[u8]) -> Vec<(String, String)> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "exec" && v["step"].is_string())
+        .map(|v| {
+            (
+                v["step"].as_str().unwrap().to_string(),
+                v["command"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+pub mod browser;
 pub mod guest;
+pub mod hostile;
 pub mod http;
+pub mod kubevirt;
 pub mod registry;
+pub mod zoo;

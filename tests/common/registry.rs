@@ -1,5 +1,5 @@
 //! A real OCI registry for tests: Debian's `docker-registry` (the CNCF distribution
-//! registry) on a free loopback port, optionally with htpasswd basic auth. Its access
+//! registry) on a free loopback port, optionally with htpasswd basic auth or HTTPS. Its access
 //! log is kept so tests can see which requests reached it. Killed on drop.
 
 use std::io::{Read, Write};
@@ -35,10 +35,98 @@ fn free_port() -> u16 {
 impl Registry {
     /// Starts a registry; with `auth`, `(user, password)` are the only valid credentials.
     pub fn start(auth: Option<(&str, &str)>) -> Registry {
+        Registry::start_with(auth, None)
+    }
+
+    /// Starts a registry speaking HTTPS only, with a certificate for 127.0.0.1 issued by
+    /// a throwaway CA. Returns it and the CA certificate (PEM).
+    pub fn start_tls() -> (Registry, Vec<u8>) {
+        let certs = tempfile::tempdir().unwrap();
+        let d = certs.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=diskforge test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        let r = Registry::start_with(None, Some((d.join("server.crt"), d.join("server.key"))));
+        let ca = std::fs::read(d.join("ca.crt")).unwrap();
+        (r, ca)
+    }
+
+    fn start_with(auth: Option<(&str, &str)>, tls: Option<(PathBuf, PathBuf)>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let tls = match tls {
+            Some((cert, key)) => {
+                let (c, k) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+                std::fs::copy(cert, &c).unwrap();
+                std::fs::copy(key, &k).unwrap();
+                format!(
+                    ", tls: {{certificate: {}, key: {}}}",
+                    c.display(),
+                    k.display()
+                )
+            }
+            None => String::new(),
+        };
         let mut cfg = format!(
-            "version: 0.1\nlog: {{level: info, accesslog: {{disabled: false}}}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
+            "version: 0.1\nlog: {{level: info, accesslog: {{disabled: false}}}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: 127.0.0.1:{port}{tls}}}\n",
             dir.path().join("data").display()
         );
         if let Some((u, p)) = auth {
@@ -103,31 +191,100 @@ pub struct FaultProxy {
     pub addr: String,
     pub resets_done: Arc<AtomicUsize>,
     pub unavailable_done: Arc<AtomicUsize>,
+    /// Request body bytes forwarded upstream, over all requests.
+    pub body_bytes: Arc<AtomicUsize>,
+}
+
+/// What a [`FaultProxy`] does to the traffic it forwards. Faults target blob upload
+/// requests with a body (PUT or PATCH under `/blobs/uploads/`), counted in order.
+#[derive(Clone, Copy, Default)]
+pub struct Faults {
+    /// How many blob upload requests pass untouched before the faults start.
+    pub skip: usize,
+    /// Blob upload requests whose body (over `reset_after`) is cut after `reset_after`
+    /// bytes.
+    pub resets: usize,
+    /// Where a reset cuts a body [default: 64 KiB].
+    pub reset_after: Option<usize>,
+    /// Blob upload requests answered with 503 without reaching the registry.
+    pub unavailable: usize,
+    /// Request bodies forwarded at no more than this many bytes per second.
+    pub throttle: Option<u64>,
+    /// Requests whose request line contains this are answered with 500.
+    pub refuse: Option<&'static str>,
 }
 
 impl FaultProxy {
     pub fn start(upstream: &str, resets: usize, unavailable: usize) -> FaultProxy {
+        FaultProxy::start_with(
+            upstream,
+            Faults {
+                resets,
+                unavailable,
+                ..Faults::default()
+            },
+        )
+    }
+
+    pub fn start_with(upstream: &str, faults: Faults) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let resets_done = Arc::new(AtomicUsize::new(0));
-        let unavailable_done = Arc::new(AtomicUsize::new(0));
-        let (r2, u2) = (resets_done.clone(), unavailable_done.clone());
+        let counters = Counters::default();
+        let c2 = counters.clone();
         let upstream = upstream.to_string();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(client) = conn else { continue };
-                let (up, r3, u3) = (upstream.clone(), r2.clone(), u2.clone());
+                let (up, c3) = (upstream.clone(), c2.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(client, &up, resets, unavailable, &r3, &u3);
+                    let _ = serve(client, &up, faults, &c3);
                 });
             }
         });
         FaultProxy {
             addr,
-            resets_done,
-            unavailable_done,
+            resets_done: counters.resets,
+            unavailable_done: counters.unavailable,
+            body_bytes: counters.body_bytes,
         }
     }
+}
+
+#[derive(Clone, Default)]
+struct Counters {
+    resets: Arc<AtomicUsize>,
+    unavailable: Arc<AtomicUsize>,
+    body_bytes: Arc<AtomicUsize>,
+    bodies: Arc<AtomicUsize>,
+}
+
+/// Copies `len` bytes from `from` to `to`, at no more than `rate` bytes per second.
+fn forward(
+    from: &mut TcpStream,
+    to: &mut TcpStream,
+    len: usize,
+    rate: Option<u64>,
+    counted: &AtomicUsize,
+) -> std::io::Result<()> {
+    let start = Instant::now();
+    let mut buf = vec![0u8; 16 << 10];
+    let mut done = 0usize;
+    while done < len {
+        let n = from.read(&mut buf[..(len - done).min(16 << 10)])?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        to.write_all(&buf[..n])?;
+        done += n;
+        counted.fetch_add(n, Ordering::SeqCst);
+        if let Some(rate) = rate {
+            let due = Duration::from_secs_f64(done as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn read_head(c: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
@@ -147,10 +304,8 @@ fn read_head(c: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
 fn serve(
     mut client: TcpStream,
     upstream: &str,
-    resets: usize,
-    unavailable: usize,
-    resets_done: &AtomicUsize,
-    unavailable_done: &AtomicUsize,
+    faults: Faults,
+    counters: &Counters,
 ) -> std::io::Result<()> {
     while let Some(head) = read_head(&mut client)? {
         let text = String::from_utf8_lossy(&head).to_string();
@@ -162,10 +317,21 @@ fn serve(
                     .map(|v| v.trim().parse().unwrap_or(0))
             })
             .unwrap_or(0);
-        let is_blob_put = text.starts_with("PUT ") && text.contains("/blobs/uploads/");
-        if is_blob_put && unavailable_done.load(Ordering::SeqCst) < unavailable {
-            unavailable_done.fetch_add(1, Ordering::SeqCst);
-            // Swallow the body, then refuse.
+        let request_line = text.lines().next().unwrap_or_default();
+        if faults.refuse.is_some_and(|r| request_line.contains(r)) {
+            std::io::copy(&mut (&client).take(len as u64), &mut std::io::sink())?;
+            client.write_all(
+                b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: 56\r\n\r\n{\"errors\":[{\"code\":\"UNKNOWN\",\"message\":\"disk full...\"}]}",
+            )?;
+            continue;
+        }
+        let is_blob_body = (text.starts_with("PUT ") || text.starts_with("PATCH "))
+            && text.contains("/blobs/uploads/");
+        let targeted =
+            is_blob_body && counters.bodies.fetch_add(1, Ordering::SeqCst) >= faults.skip;
+        if targeted && counters.unavailable.load(Ordering::SeqCst) < faults.unavailable {
+            counters.unavailable.fetch_add(1, Ordering::SeqCst);
+            // Swallow the body, then refuse: the registry never sees the request.
             std::io::copy(&mut (&client).take(len as u64), &mut std::io::sink())?;
             client.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")?;
             continue;
@@ -179,16 +345,27 @@ fn serve(
             .join("\r\n");
         let head_text = head_text.trim_end().to_string() + "\r\nConnection: close\r\n\r\n";
         up.write_all(head_text.as_bytes())?;
-        if is_blob_put && len > 64 << 10 && resets_done.load(Ordering::SeqCst) < resets {
-            resets_done.fetch_add(1, Ordering::SeqCst);
-            let mut part = vec![0u8; 64 << 10];
-            client.read_exact(&mut part)?;
-            up.write_all(&part)?;
+        let cut = faults.reset_after.unwrap_or(64 << 10);
+        if targeted && len > cut && counters.resets.load(Ordering::SeqCst) < faults.resets {
+            counters.resets.fetch_add(1, Ordering::SeqCst);
+            forward(
+                &mut client,
+                &mut up,
+                cut,
+                faults.throttle,
+                &counters.body_bytes,
+            )?;
             let _ = client.shutdown(std::net::Shutdown::Both);
             let _ = up.shutdown(std::net::Shutdown::Both);
             return Ok(());
         }
-        std::io::copy(&mut (&client).take(len as u64), &mut up)?;
+        forward(
+            &mut client,
+            &mut up,
+            len,
+            faults.throttle,
+            &counters.body_bytes,
+        )?;
         let mut resp = Vec::new();
         up.read_to_end(&mut resp)?;
         // Tell the client the connection stays usable only if the response has a length.

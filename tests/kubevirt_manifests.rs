@@ -1,0 +1,148 @@
+//! The KubeVirt and CDI objects diskforge generates are valid for the projects' own
+//! published API definitions (tests/kubevirt/: strict, unknown fields are errors).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use diskforge::kubevirt::{ManifestInput, Manifests, Scope, ServiceType, TypeRef};
+
+const DIGEST: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+const GIB: u64 = 1 << 30;
+
+use common::kubevirt::{validate, validator_python};
+
+fn base() -> ManifestInput {
+    ManifestInput::new(
+        "registry.example.com:5000/lab/demo",
+        "latest",
+        DIGEST,
+        "demo",
+        4 * GIB,
+    )
+}
+
+/// Every combination the generator distinguishes, by name.
+fn variants() -> Vec<(&'static str, ManifestInput)> {
+    vec![
+        ("plain", base()),
+        (
+            "ttyd-instancetype",
+            ManifestInput {
+                instancetype: Some(TypeRef::cluster("u1.medium")),
+                preference: Some(TypeRef::cluster("ubuntu")),
+                ttyd_port: Some(7681),
+                ..base()
+            },
+        ),
+        (
+            "namespaced",
+            ManifestInput {
+                namespace: Some("labs".into()),
+                instancetype: Some(TypeRef {
+                    name: "lab-small".into(),
+                    scope: Scope::Namespace,
+                }),
+                ttyd_port: Some(8080),
+                service_type: ServiceType::NodePort,
+                schedule: "30 1 * * 1".into(),
+                storage_class: Some("local-path".into()),
+                disk_virtual_size: 10 * GIB + 1,
+                ..base()
+            },
+        ),
+        (
+            "preference-only",
+            ManifestInput {
+                namespace: Some("labs".into()),
+                preference: Some(TypeRef {
+                    name: "lab".into(),
+                    scope: Scope::Namespace,
+                }),
+                memory: "512Mi".into(),
+                ttyd_port: Some(7681),
+                service_type: ServiceType::LoadBalancer,
+                schedule: "@daily".into(),
+                ..base()
+            },
+        ),
+    ]
+}
+
+/// Writes a variant's files and its multi-document stream; returns every path and the
+/// number of documents in them.
+fn write_variant(dir: &Path, name: &str, input: &ManifestInput) -> (Vec<PathBuf>, usize) {
+    let manifests = Manifests::generate(input).unwrap();
+    let mut files = manifests.write_dir(&dir.join(name)).unwrap();
+    let docs = files.len();
+    let stream = dir.join(format!("{name}.yaml"));
+    std::fs::write(&stream, manifests.to_yaml_stream().unwrap()).unwrap();
+    files.push(stream);
+    (files, 2 * docs)
+}
+
+#[test]
+fn every_variant_is_valid_for_kubevirt_and_cdi() {
+    let Some(python) = validator_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (name, input) in variants() {
+        let (files, docs) = write_variant(dir.path(), name, &input);
+        let out = validate(python, &files);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{name}: the validator refused:\n{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Every document was looked at, not only the first of each file.
+        assert!(
+            stdout.contains(&format!("{docs}/{docs} documents valid")),
+            "{name}: {stdout}"
+        );
+    }
+}
+
+/// The validator is live: the same generated files with one field misspelled fail.
+#[test]
+fn the_validator_rejects_a_misspelled_field() {
+    let Some(python) = validator_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (files, _) = write_variant(dir.path(), "plain", &base());
+    let typos = [
+        ("vm.yaml", "containerDisk:", "containerDisks:"),
+        (
+            "dataimportcron.yaml",
+            "managedDataSource:",
+            "managedDatasource:",
+        ),
+        ("vm-persistent.yaml", "sourceRef:", "sourceReference:"),
+    ];
+    for (file, right, wrong) in typos {
+        let good = files.iter().find(|p| p.ends_with(file)).unwrap();
+        assert!(
+            validate(python, std::slice::from_ref(good))
+                .status
+                .success(),
+            "{file}"
+        );
+        let text = std::fs::read_to_string(good).unwrap();
+        assert!(text.contains(right), "{file} has no {right}");
+        let bad = dir.path().join(format!("typo-{file}"));
+        std::fs::write(&bad, text.replace(right, wrong)).unwrap();
+        let out = validate(python, &[bad]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{file} with {wrong} passed: {stdout}"
+        );
+        assert!(
+            stdout.contains(wrong.trim_end_matches(':')),
+            "{file}: the error does not name {wrong}: {stdout}"
+        );
+    }
+}
