@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Side-by-side: packing and pushing one qcow2 with `diskforge pack` (gzip and zstd)
 # versus buildah (`FROM scratch` + `ADD --chown=107:107`, then `buildah push`), in one
-# run, to the same loopback registry. Prints a Markdown table: wall time, peak RSS
-# (from /usr/bin/time -v), layer size, and ratios against buildah.
+# run, to the same loopback registry. Prints a Markdown table: wall time, CPU time (user +
+# system: what a run costs on a machine shared with other work), peak RSS (from
+# /usr/bin/time -v), layer size, and speed against buildah (buildah's time / the tool's).
 #
-# Usage: ci/bench/pack-vs-buildah.sh DISK.qcow2
+# Usage: [GZIP_LEVELS="4 6"] ci/bench/pack-vs-buildah.sh DISK.qcow2
+# GZIP_LEVELS: gzip levels to run diskforge at (default: its default level only).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -27,13 +29,21 @@ measure() { # measure NAME COMMAND... -> sets secs[NAME], rss[NAME] (KiB)
     || { echo "$name failed:" >&2; tail -20 "$work/$name.log" >&2; exit 1; }
   secs[$name]=$(awk -F': ' '/Elapsed \(wall clock\)/{n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; printf "%.1f", s}' "$work/$name.time")
   rss[$name]=$(awk -F': ' '/Maximum resident set size/{print $2}' "$work/$name.time")
+  cpu[$name]=$(awk -F': ' '/User time/{u=$2} /System time/{s=$2} END{printf "%.1f", u+s}' "$work/$name.time")
 }
-declare -A secs rss size
+declare -A secs rss size cpu
 
-measure diskforge_gzip "$diskforge" pack "$disk" --output "docker://$REGISTRY/bench/df-gzip:1" --tls-verify=false --work-dir "$work"
-size[diskforge_gzip]=$(layer_size bench/df-gzip:1)
+runs=()
+for level in ${GZIP_LEVELS:-default}; do
+  k=diskforge_gzip; lvl=()
+  if [ "$level" != default ]; then k=diskforge_gzip$level; lvl=(--compression-level "$level"); fi
+  measure "$k" "$diskforge" pack "$disk" "${lvl[@]}" --output "docker://$REGISTRY/bench/df-$k:1" --tls-verify=false --work-dir "$work"
+  size[$k]=$(layer_size "bench/df-$k:1")
+  runs+=("$k")
+done
 measure diskforge_zstd "$diskforge" pack "$disk" --compression zstd --output "docker://$REGISTRY/bench/df-zstd:1" --tls-verify=false --work-dir "$work"
 size[diskforge_zstd]=$(layer_size bench/df-zstd:1)
+runs+=(diskforge_zstd)
 
 mkdir -p "$work/ctx"
 cp --reflink=auto "$disk" "$work/ctx/disk.qcow2"
@@ -44,12 +54,13 @@ measure buildah_push "${B[@]}" push --tls-verify=false localhost/bench:1 "docker
 size[buildah]=$(layer_size bench/buildah:1)
 b_secs=$(python3 -c "print(round(${secs[buildah_bud]}+${secs[buildah_push]},1))")
 b_rss=$(( rss[buildah_bud] > rss[buildah_push] ? rss[buildah_bud] : rss[buildah_push] ))
+b_cpu=$(python3 -c "print(round(${cpu[buildah_bud]}+${cpu[buildah_push]},1))")
 
-echo "Disk: $(basename "$disk"), $(stat -c %s "$disk") bytes; $(nproc) cores."
+echo "Disk: $(basename "$disk"), $(stat -c %s "$disk") bytes; $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg) at the end."
 echo
-echo "| tool | pack+push (s) | peak RSS (MiB) | layer (bytes) | time vs buildah |"
-echo "| --- | ---: | ---: | ---: | ---: |"
-echo "| buildah bud + push (gzip) | $b_secs | $((b_rss/1024)) | ${size[buildah]} | 1.00 |"
-for k in diskforge_gzip diskforge_zstd; do
-  python3 -c "print(f'| ${k/_/ pack } | ${secs[$k]} | $((rss[$k]/1024)) | ${size[$k]} | {${secs[$k]}/$b_secs:.2f} |')"
+echo "| tool | pack+push (s) | CPU (s) | peak RSS (MiB) | layer (bytes) | speed vs buildah | CPU vs buildah |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| buildah bud + push (gzip) | $b_secs | $b_cpu | $((b_rss/1024)) | ${size[buildah]} | 1.00× | 1.00× |"
+for k in "${runs[@]}"; do
+  python3 -c "print(f'| ${k/_/ pack } | ${secs[$k]} | ${cpu[$k]} | $((rss[$k]/1024)) | ${size[$k]} | {$b_secs/${secs[$k]}:.2f}× | {$b_cpu/${cpu[$k]}:.2f}× |')"
 done

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Incremental rebuilds, side by side in one run: the demo recipe built in full, then
+# with --incremental (which keeps the disk after growth and package installation),
+# then again after changing only the ttyd port, then with nothing changed. Prints a
+# Markdown table of wall times, appliance launches and the ratios to the full build.
+#
+# Usage: [CACHE_DIR=DIR] ci/bench/incremental.sh
+#   CACHE_DIR  diskforge's cache to use (default: the user's); it must hold the demo's
+#              base, and should hold no stage of the demo for the "first" row to mean it
+# Needs: a release build (cargo build --release), the demo's base in the cache
+# (ci/demo.sh builds it once), qemu-img and libguestfs.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+diskforge=${DISKFORGE:-$repo/target/release/diskforge}
+export LIBGUESTFS_BACKEND=${LIBGUESTFS_BACKEND:-direct}
+export LIBGUESTFS_BACKEND_SETTINGS=${LIBGUESTFS_BACKEND_SETTINGS:-force_tcg}
+export DISKFORGE_LAB_PASSWORD=${DISKFORGE_LAB_PASSWORD:-bench-only-password}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# The recipe beside a copy of the demo, so that editing the port leaves the repository
+# alone; the base and ttyd come from the user's cache.
+cp "$repo/recipes/demo.yaml" "$work/demo.yaml"
+
+cache_args=()
+[ -z "${CACHE_DIR:-}" ] || cache_args=(--cache-dir "$CACHE_DIR")
+
+declare -A secs launches
+run() { # run NAME OUTPUT_DIR ARGS...
+  local name=$1 out=$2; shift 2
+  local s e
+  s=$(date +%s.%N)
+  "$diskforge" "${cache_args[@]}" --json-events build "$work/demo.yaml" --output "oci:$work/$out:latest" "$@" \
+    2>"$work/$name.log" >/dev/null || { echo "$name failed:" >&2; tail -20 "$work/$name.log" >&2; exit 1; }
+  e=$(date +%s.%N)
+  secs[$name]=$(python3 -c "import sys;print(f'{float(sys.argv[2])-float(sys.argv[1]):.1f}')" "$s" "$e")
+  launches[$name]=$(python3 - "$work/$name.log" <<'PY'
+import json, sys
+n = 0
+for line in open(sys.argv[1]):
+    try:
+        e = json.loads(line)
+    except ValueError:
+        continue
+    if e.get("event") == "appliance_launches":
+        n += e.get("count", 0)
+print(n)
+PY
+)
+  echo "$name: ${secs[$name]} s, ${launches[$name]} appliance launch(es)" >&2
+}
+
+# Each build writes its own layout (a layout holding the same build key is up to date).
+run full out-full
+run incremental_first out-first --incremental
+sed -i 's/^  port: 7681$/  port: 7682/' "$work/demo.yaml"
+grep -q '^  port: 7682$' "$work/demo.yaml" || { echo "the demo's ttyd port line moved" >&2; exit 1; }
+run port_changed out-port --incremental
+run unchanged out-port --incremental
+grep -q '"up_to_date"\|up to date' "$work/unchanged.log" || {
+  echo "the unchanged rebuild was not up to date" >&2
+  exit 1
+}
+
+ratio() { python3 -c "import sys;print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
+cat <<EOF
+| build of recipes/demo.yaml | wall time (s) | appliance launches | vs full build |
+| --- | ---: | ---: | ---: |
+| full (no --incremental) | ${secs[full]} | ${launches[full]} | 1.00 |
+| --incremental, first (keeps the stage) | ${secs[incremental_first]} | ${launches[incremental_first]} | $(ratio "${secs[incremental_first]}" "${secs[full]}") |
+| --incremental, ttyd port changed | ${secs[port_changed]} | ${launches[port_changed]} | **$(ratio "${secs[port_changed]}" "${secs[full]}")** |
+| --incremental, nothing changed | ${secs[unchanged]} | ${launches[unchanged]} | $(ratio "${secs[unchanged]}" "${secs[full]}") |
+EOF
