@@ -20,13 +20,13 @@ everything was seen, 1 otherwise (with the terminal's text and a screenshot name
 *-failure.png beside --screenshot).
 """
 import argparse
-import base64
 import os
 import re
 import shutil
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from selenium import webdriver
@@ -207,14 +207,22 @@ def main():
     try:
         if args.basic_auth:
             check_challenge(args.url)
-            token = base64.b64encode(f"{args.basic_auth}:{basic_password}".encode()).decode()
-            # What the browser sends once the user filled in its credential dialog: the
-            # header on every request to the page, /token included.
-            driver.execute_cdp_cmd("Network.enable", {})
-            driver.execute_cdp_cmd(
-                "Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}}
+            # Answer the browser's own credential challenge the way a user's answer
+            # reaches it: credentials for the page's protection space, which the
+            # browser then keeps in its auth cache for every request of the page
+            # (/token and the WebSocket included). Chromium shows no dialog headless;
+            # credentials in a top-level navigation's URL fill the same cache.
+            parts = urllib.parse.urlsplit(args.url)
+            authed = parts._replace(
+                netloc="%s:%s@%s" % (
+                    urllib.parse.quote(args.basic_auth, safe=""),
+                    urllib.parse.quote(basic_password, safe=""),
+                    parts.netloc,
+                )
             )
-        driver.get(args.url)
+            driver.get(urllib.parse.urlunsplit(authed))
+        else:
+            driver.get(args.url)
         page.wait("the terminal to appear", lambda: driver.find_elements(By.CSS_SELECTOR, ".xterm"))
         driver.find_element(By.CSS_SELECTOR, ".xterm").click()
         if args.login:
