@@ -8,6 +8,8 @@ bash ci/setup-system.sh
 bash ci/setup-rust.sh
 # The linters tests/ci_examples.rs runs on the pipeline examples in ci/examples/.
 bash ci/setup-linters.sh
+# The independent cosign verifier tests/provenance_sign.rs uses (sigstore-rs).
+bash ci/setup-verifiers.sh
 
 export LIBGUESTFS_BACKEND=${LIBGUESTFS_BACKEND:-direct}
 # Tests that need a tool fail (never skip) when CI=true.
