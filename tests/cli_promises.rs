@@ -67,6 +67,7 @@ fn tagged_digest(layout: &Path, tag: &str) -> String {
 
 /// The JSON events among stderr's lines (those starting with `{`).
 fn events(out: &Output) -> Vec<serde_json::Value> {
+    common::events::check(&out.stderr);
     stderr(out)
         .lines()
         .filter(|l| l.starts_with('{'))

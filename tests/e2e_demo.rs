@@ -222,11 +222,7 @@ fn demo_builds_pushes_verifies_boots_and_serves_ttyd() {
         .output()
         .unwrap();
     ok(&out, "diskforge build");
-    assert_eq!(
-        common::executed_commands(&out.stderr),
-        planned,
-        "the build ran other commands than its plan listed"
-    );
+    common::assert_ran_the_plan(&common::executed_commands(&out.stderr), &planned);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let launches: Vec<u64> = stderr
         .lines()

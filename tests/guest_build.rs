@@ -17,7 +17,8 @@ const TOOLS: &[&str] = &["qemu-img", "guestfish", "mmdebstrap"];
 fn build(recipe: &Path, out: &Path, cache: &Path) -> Output {
     let mut c = common::diskforge();
     common::guestfs_env(&mut c);
-    c.args(["--json-events", "-v", "--accel", "tcg", "--cache-dir"])
+    let output = c
+        .args(["--json-events", "-v", "--accel", "tcg", "--cache-dir"])
         .arg(cache)
         .arg("build")
         .arg(recipe)
@@ -27,7 +28,9 @@ fn build(recipe: &Path, out: &Path, cache: &Path) -> Output {
         .env("DISKFORGE_TEST_ROOT_PW", "pw-Root-Secret-91")
         .env("DISKFORGE_TEST_TTYD_PW", "pw-Ttyd-Secret-53")
         .output()
-        .unwrap()
+        .unwrap();
+    common::events::check(&output.stderr);
+    output
 }
 
 /// The secrets the first test plants: (value, how often the published disk may hold
@@ -450,11 +453,7 @@ fn incremental_rebuild_reuses_the_grown_stage() {
             .unwrap();
         let planned = common::planned_commands(&plan.stdout);
         assert!(!planned.is_empty());
-        assert_eq!(
-            common::executed_commands(&out.stderr),
-            planned,
-            "the build ran other commands than its plan listed"
-        );
+        common::assert_ran_the_plan(&common::executed_commands(&out.stderr), &planned);
         out
     };
 

@@ -217,6 +217,7 @@ fn build(spec: &Spec, dir: &Path, timings: &mut Timings) -> PathBuf {
         .unwrap();
     timings.build = Some(started.elapsed());
     let stderr = String::from_utf8_lossy(&out.stderr);
+    common::events::check(&out.stderr);
     let ev = events(&out);
     timings.grow = ev
         .iter()

@@ -66,7 +66,9 @@ fn push(layout: &Path, dests: &[String], env: &[(&str, &str)], extra: &[&str]) -
     for (k, v) in env {
         c.env(k, v);
     }
-    c.output().unwrap()
+    let out = c.output().unwrap();
+    common::events::check(&out.stderr);
+    out
 }
 
 fn events(out: &Output, action: &str) -> usize {

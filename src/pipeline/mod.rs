@@ -147,6 +147,11 @@ pub const BUILD_KEY_LABEL: &str = "io.diskforge.build-key";
 /// `sha256:` of a step's inputs chained to `prev`, with the values of secret variables
 /// masked: the build key is published as a label, and must not let anyone test guesses
 /// at a secret (changing only a secret therefore needs `build --force`).
+/// What a plan names the cached base's file with while the base is neither downloaded
+/// nor built: its blob name (the digest of its bytes) is known only then. `build` runs
+/// the planned command with the real name in its place.
+pub const BASE_NOT_YET_CACHED: &str = "BASE-DIGEST";
+
 fn chain(prev: &str, step: &str, mut inputs: Value, secrets: &[String]) -> Result<String> {
     crate::redact::mask_json(&mut inputs, secrets);
     let bytes =
@@ -239,7 +244,7 @@ impl Plan {
             .base
             .cached()
             .map(|c| c.path.clone())
-            .unwrap_or_else(|| ctx.cache.blob_dir().join("<downloaded-base>"));
+            .unwrap_or_else(|| ctx.cache.blob_dir().join(BASE_NOT_YET_CACHED));
         // Without the base's size (not downloaded yet), a size in the recipe means growth.
         let grows = r.disk.grow.enabled
             && match (resolved.base_size, resolved.target_size) {
@@ -746,13 +751,11 @@ pub fn run(plan: &Plan, ctx: &Context, opts: &BuildOptions, secrets: &Secrets) -
                 crate::guest::run(&job)?;
             }
             "stage" => {
-                let kept = stages::store(&ctx.cache, &step.key, &work.join("stage.qcow2"))?;
-                let cmd = qemu_img::create_overlay_cmd(
-                    &kept,
-                    DiskFormat::Qcow2,
-                    &work.join("overlay.qcow2"),
-                );
-                cmd.run()?;
+                // The plan's overlay command names the kept disk's path in the cache.
+                stages::store(&ctx.cache, &step.key, &work.join("stage.qcow2"))?;
+                for c in &step.commands {
+                    c.run()?;
+                }
             }
             "guest" => {
                 if let Some(t) = &r.ttyd {

@@ -211,7 +211,38 @@ pub fn executed_commands(stderr: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Asserts that a build ran exactly the commands its plan listed, in order. The one
+/// thing a plan cannot know is the blob name of a base not yet in the cache
+/// (`diskforge::pipeline::BASE_NOT_YET_CACHED`): there the executed command must hold a
+/// `$CACHE/blobs/sha256/<64 hex digits>` and be the planned one otherwise.
+pub fn assert_ran_the_plan(executed: &[(String, String)], planned: &[(String, String)]) {
+    let token = format!(
+        "$CACHE/blobs/sha256/{}",
+        diskforge::pipeline::BASE_NOT_YET_CACHED
+    );
+    let matches = |(es, ec): &(String, String), (ps, pc): &(String, String)| {
+        if es != ps {
+            return false;
+        }
+        let Some((before, after)) = pc.split_once(&token) else {
+            return ec == pc;
+        };
+        let prefix = format!("{before}$CACHE/blobs/sha256/");
+        let Some(rest) = ec.strip_prefix(&prefix) else {
+            return false;
+        };
+        rest.len() >= 64
+            && rest[..64].bytes().all(|b| b.is_ascii_hexdigit())
+            && &rest[64..] == after
+    };
+    assert!(
+        executed.len() == planned.len() && executed.iter().zip(planned).all(|(e, p)| matches(e, p)),
+        "the build ran other commands than its plan listed:\n ran: {executed:#?}\n planned: {planned:#?}"
+    );
+}
+
 pub mod browser;
+pub mod events;
 pub mod guest;
 pub mod hostile;
 pub mod http;
