@@ -16,7 +16,9 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VERIFIERS/bin/co
 fi
 echo "==> building ci/cosign-verify (sigstore-rs) into $VERIFIERS"
 mkdir -p "$VERIFIERS/bin"
-CARGO_TARGET_DIR="$VERIFIERS/target" cargo build --release --locked \
+# The dev profile (no debug info): it checks a handful of signatures, and builds in
+# about half the time of a release build.
+CARGO_TARGET_DIR="$VERIFIERS/target" cargo build --locked \
   --manifest-path "$src/Cargo.toml"
-install -m 0755 "$VERIFIERS/target/release/cosign-verify" "$VERIFIERS/bin/cosign-verify"
+install -m 0755 "$VERIFIERS/target/debug/cosign-verify" "$VERIFIERS/bin/cosign-verify"
 echo "$want" >"$stamp"
