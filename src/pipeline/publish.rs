@@ -123,7 +123,7 @@ pub fn publish(
 pub fn warn_compression(c: crate::oci::Compression) {
     if c == crate::oci::Compression::Zstd {
         tracing::warn!(
-            "zstd layers need KubeVirt CDI v1.57 or later and a zstd-capable runtime (containerd 1.5+, CRI-O); CDI releases up to v1.66 import them only in the shape diskforge writes (a stored first frame, for CDI issue #4277), so images recompressed by other tools may be refused with \"window size exceeded\"; use gzip where older importers may read the image"
+            "zstd layers need KubeVirt CDI v1.57 or later and a zstd-capable runtime (containerd 1.5+, CRI-O); CDI releases up to v1.66 may refuse zstd disk layers with \"window size exceeded\" (CDI issue #4277): diskforge's layers start with a stored frame meant to avoid it, which recompression by other tools loses; use gzip where older importers may read the image"
         );
     }
 }
