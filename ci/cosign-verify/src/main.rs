@@ -22,10 +22,11 @@ async fn main() {
         eprintln!("cosign-verify: {what}: {e}");
         std::process::exit(2)
     };
-    let image: OciReference = image.parse().unwrap_or_else(|e| fail("image reference", &e));
+    let image: OciReference = image
+        .parse()
+        .unwrap_or_else(|e| fail("image reference", &e));
     let key = std::fs::read(key).unwrap_or_else(|e| fail("reading the public key", &e));
-    let verifier =
-        PublicKeyVerifier::try_from(&key).unwrap_or_else(|e| fail("the public key", &e));
+    let verifier = PublicKeyVerifier::try_from(&key).unwrap_or_else(|e| fail("the public key", &e));
     let config = ClientConfig {
         protocol: if http {
             ClientProtocol::Http
@@ -46,7 +47,10 @@ async fn main() {
         .trusted_signature_layers(&Auth::Anonymous, &image)
         .await
         .unwrap_or_else(|e| fail("fetching signatures", &e));
-    println!("image {digest}, signatures under {sig_image}: {} layer(s)", layers.len());
+    println!(
+        "image {digest}, signatures under {sig_image}: {} layer(s)",
+        layers.len()
+    );
     let constraints: VerificationConstraintVec = vec![Box::new(verifier)];
     match verify_constraints(&layers, constraints.iter()) {
         Ok(()) => println!("verified: a signature by the key covers {digest}"),
