@@ -26,21 +26,11 @@ fn lint_bin_dir() -> PathBuf {
 
 /// The linter's path; a missing one fails under CI and skips loudly otherwise.
 fn linter(name: &str) -> Option<PathBuf> {
-    let p = lint_bin_dir().join(name);
-    if p.exists() {
-        return Some(p);
-    }
-    if common::in_ci() {
-        panic!(
-            "linter {name} missing under CI=true: {} (run ci/setup-linters.sh)",
-            p.display()
-        );
-    }
-    eprintln!(
-        "\n*** SKIPPING: linter {name} not installed at {} (run ci/setup-linters.sh) ***\n",
-        p.display()
-    );
-    None
+    common::installed_tool(
+        lint_bin_dir().join(name),
+        &format!("linter {name}"),
+        "ci/setup-linters.sh",
+    )
 }
 
 fn run(cmd: &mut Command) -> Output {

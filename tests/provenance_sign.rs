@@ -156,21 +156,11 @@ fn cosign_verifier() -> Option<PathBuf> {
             .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache"))
             .join("diskforge/verifiers"),
     };
-    let p = dir.join("bin/cosign-verify");
-    if p.exists() {
-        return Some(p);
-    }
-    if common::in_ci() {
-        panic!(
-            "cosign-verify missing under CI=true: {} (run ci/setup-verifiers.sh)",
-            p.display()
-        );
-    }
-    eprintln!(
-        "\n*** SKIPPING sigstore-rs: {} not built (run ci/setup-verifiers.sh) ***\n",
-        p.display()
-    );
-    None
+    common::installed_tool(
+        dir.join("bin/cosign-verify"),
+        "cosign-verify (sigstore-rs)",
+        "ci/setup-verifiers.sh",
+    )
 }
 
 /// Payload blobs by digest.

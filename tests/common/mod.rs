@@ -241,6 +241,25 @@ pub fn assert_ran_the_plan(executed: &[(String, String)], planned: &[(String, St
     );
 }
 
+/// A tool a setup script installs outside PATH: its path when it is there; when it is
+/// not, a failure under CI and a loud skip otherwise, naming the script that installs it.
+pub fn installed_tool(path: PathBuf, what: &str, setup: &str) -> Option<PathBuf> {
+    if path.exists() {
+        return Some(path);
+    }
+    if in_ci() {
+        panic!(
+            "{what} missing under CI=true: {} (run {setup})",
+            path.display()
+        );
+    }
+    eprintln!(
+        "\n*** SKIPPING: {what} not installed at {} (run {setup}) ***\n",
+        path.display()
+    );
+    None
+}
+
 pub mod browser;
 pub mod events;
 pub mod guest;
