@@ -284,6 +284,59 @@ pub fn partition_diff(raw_a: &Path, a: &Partition, raw_b: &Path, b: &Partition) 
     )
 }
 
+/// Whether partition `a` of `raw_a` and `b` of `raw_b` hold an ext2/3/4 filesystem and
+/// differ only inside its primary superblock (bytes 1024 to 2047): the mount count and
+/// times that a read-write mount writes even when no file changes.
+pub fn only_ext_superblock_differs(
+    raw_a: &Path,
+    a: &Partition,
+    raw_b: &Path,
+    b: &Partition,
+) -> bool {
+    use std::io::{Seek, SeekFrom};
+    let open = |raw: &Path, p: &Partition| {
+        let mut f = std::fs::File::open(raw).unwrap();
+        f.seek(SeekFrom::Start(p.start * 512)).unwrap();
+        f.take(p.size * 512)
+    };
+    let (mut fa, mut fb) = (open(raw_a, a), open(raw_b, b));
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut first = true;
+    loop {
+        let na = read_full(&mut fa, &mut ba);
+        let nb = read_full(&mut fb, &mut bb);
+        if na != nb {
+            return false;
+        }
+        if na == 0 {
+            return true;
+        }
+        if first {
+            // The ext magic 0xEF53 at offset 1080, in both.
+            if na < 2048 || ba[1080..1082] != [0x53, 0xef] || bb[1080..1082] != [0x53, 0xef] {
+                return false;
+            }
+            if ba[..1024] != bb[..1024] || ba[2048..na] != bb[2048..na] {
+                return false;
+            }
+            first = false;
+        } else if ba[..na] != bb[..nb] {
+            return false;
+        }
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> usize {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]).unwrap() {
+            0 => break,
+            k => n += k,
+        }
+    }
+    n
+}
+
 /// Where the GPT headers of a raw disk point: (total sectors, the primary header's
 /// AlternateLBA, the backup header's MyLBA, the primary header's LastUsableLBA). The
 /// backup header must be the disk's last sector for firmware and the kernel to trust it.
