@@ -144,14 +144,14 @@ pub struct Plan {
 /// The label holding a build's key.
 pub const BUILD_KEY_LABEL: &str = "io.diskforge.build-key";
 
-/// `sha256:` of a step's inputs chained to `prev`, with the values of secret variables
-/// masked: the build key is published as a label, and must not let anyone test guesses
-/// at a secret (changing only a secret therefore needs `build --force`).
 /// What a plan names the cached base's file with while the base is neither downloaded
 /// nor built: its blob name (the digest of its bytes) is known only then. `build` runs
 /// the planned command with the real name in its place.
 pub const BASE_NOT_YET_CACHED: &str = "BASE-DIGEST";
 
+/// `sha256:` of a step's inputs chained to `prev`, with the values of secret variables
+/// masked: the build key is published as a label, and must not let anyone test guesses
+/// at a secret (changing only a secret therefore needs `build --force`).
 fn chain(prev: &str, step: &str, mut inputs: Value, secrets: &[String]) -> Result<String> {
     crate::redact::mask_json(&mut inputs, secrets);
     let bytes =
