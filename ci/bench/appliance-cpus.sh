@@ -6,7 +6,8 @@
 #
 #   ci/bench/appliance-cpus.sh TREE.tar [ROUNDS]
 #
-# TREE.tar: e.g. target/zoo/work/rootfs-*.tar (the zoo's Debian tree, built by the tests).
+# TREE.tar: a root tree, e.g. the layout zoo's Debian tree made by
+# `tests/fixtures/layouts/rootfs.sh TREE.tar`.
 set -euo pipefail
 tree=${1:?usage: $0 TREE.tar [ROUNDS]}
 rounds=${2:-2}
