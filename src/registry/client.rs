@@ -566,28 +566,7 @@ impl Client {
         if size > MAX_DOCUMENT {
             bail!("{digest} declares {size} bytes for a document: more than the {MAX_DOCUMENT} allowed");
         }
-        let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
-        let resp = self
-            .send(Method::GET, &url, repo, false, HeaderMap::new(), None)
-            .await?;
-        if !resp.status().is_success() {
-            return Err(self.fail("GET", &url, resp).await);
-        }
-        let bytes = crate::io::limits::read_body_capped(
-            resp,
-            size,
-            self.idle,
-            self.idle,
-            &format!("blob {digest}"),
-        )
-        .await?;
-        if bytes.len() as u64 != size || crate::io::hash::sha256_digest(&bytes) != digest {
-            bail!(
-                "blob {digest} from {} does not match its descriptor",
-                self.registry
-            );
-        }
-        Ok(bytes)
+        self.checked_blob(repo, digest, size, self.idle).await
     }
 
     /// A blob of at most `cap` bytes whose descriptor says `size`, checked.
@@ -601,6 +580,18 @@ impl Client {
         if size > cap {
             bail!("{digest} declares {size} bytes: more than the {cap} allowed here");
         }
+        self.checked_blob(repo, digest, size, self.idle * 4).await
+    }
+
+    /// GETs a blob whose size is already bounded, in memory, within `deadline`, and
+    /// checks it against its descriptor's size and digest.
+    async fn checked_blob(
+        &self,
+        repo: &str,
+        digest: &str,
+        size: u64,
+        deadline: Duration,
+    ) -> Result<Vec<u8>> {
         let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
         let resp = self
             .send(Method::GET, &url, repo, false, HeaderMap::new(), None)
@@ -612,7 +603,7 @@ impl Client {
             resp,
             size,
             self.idle,
-            self.idle * 4,
+            deadline,
             &format!("blob {digest}"),
         )
         .await?;
