@@ -123,7 +123,7 @@ pub fn publish(
 pub fn warn_compression(c: crate::oci::Compression) {
     if c == crate::oci::Compression::Zstd {
         tracing::warn!(
-            "zstd layers need KubeVirt CDI v1.57 or later and a zstd-capable runtime (containerd 1.5+, CRI-O); CDI releases up to v1.66 may refuse zstd disk layers with \"window size exceeded\" (CDI issue #4277): diskforge's layers start with a stored frame meant to avoid it, which recompression by other tools loses; use gzip where older importers may read the image"
+            "zstd layers need KubeVirt CDI v1.57 or later and a zstd-capable runtime (containerd 1.5+, CRI-O); CDI releases up to v1.66 refuse ordinary zstd disk layers with \"window size exceeded\" (CDI issue #4277); diskforge's layers start with a stored frame that those importers read intact, a shape that recompression by other tools loses; use gzip where older importers may read a recompressed copy"
         );
     }
 }
