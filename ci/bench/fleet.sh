@@ -16,6 +16,7 @@ base=$(readlink -f "${1:?usage: fleet.sh BASE.qcow2 [JOBS]}")
 jobs=${2:-2}
 diskforge=${DISKFORGE:-$repo/target/release/diskforge}
 export LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg
+# shellcheck source=ci/bench/registry.sh
 . "$here/registry.sh"
 start_registry
 work=$(mktemp -d)

@@ -15,6 +15,7 @@ size=${2:-4G}
 diskforge=${DISKFORGE:-$repo/target/release/diskforge}
 ttyd_bin=${TTYD_BIN:?set TTYD_BIN to a ttyd 1.7.7 static binary}
 export LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg
+# shellcheck source=ci/bench/registry.sh
 . "$here/registry.sh"
 # Sum of the layer sizes in an image's manifest (skopeo in Debian 12 lacks LayersData).
 layer_size() {

@@ -12,6 +12,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 disk=$(readlink -f "${1:?usage: pack-vs-buildah.sh DISK.qcow2}")
 diskforge=${DISKFORGE:-$repo/target/release/diskforge}
+# shellcheck source=ci/bench/registry.sh
 . "$here/registry.sh"
 # Sum of the layer sizes in an image's manifest (skopeo in Debian 12 lacks LayersData).
 layer_size() {

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by benchmark scripts: start Debian's docker-registry on a free loopback port.
 # Sets REGISTRY (host:port) and registers a trap that stops it.
 start_registry() {

@@ -15,6 +15,7 @@ repo=$(cd "$here/../.." && pwd)
 rounds=${1:-1}
 diskforge=${DISKFORGE:-$repo/target/release/diskforge}
 export LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg
+# shellcheck source=ci/bench/registry.sh
 . "$here/registry.sh"
 start_registry
 work=$(mktemp -d)
