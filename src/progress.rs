@@ -187,6 +187,19 @@ pub fn bytes(label: &str, total: Option<u64>) -> Bytes {
     }
 }
 
+/// Tracks bytes without drawing or printing anything while they move (for a transfer
+/// that runs beside another one's bar); only the closing `progress-done` event is sent.
+pub fn silent_bytes(label: &str) -> Bytes {
+    Bytes {
+        label: label.to_string(),
+        total: None,
+        done: 0,
+        bar: Some(ProgressBar::hidden()),
+        started: Instant::now(),
+        last_line: Instant::now(),
+    }
+}
+
 impl Bytes {
     pub fn inc(&mut self, n: u64) {
         self.done += n;

@@ -10,8 +10,8 @@ use common::registry::{FaultProxy, Faults, Registry};
 
 const TOOLS: &[&str] = &["qemu-img", "docker-registry", "skopeo", "htpasswd"];
 
-/// A packed layout with a few MiB of random data; returns (layout dir, manifest digest).
-fn layout(dir: &Path, mib: usize) -> (PathBuf, String) {
+/// A qcow2 of `mib` MiB of pseudo-random (incompressible) data.
+fn random_qcow2(dir: &Path, mib: usize) -> PathBuf {
     let raw = dir.join("d.raw");
     let mut f = std::fs::File::create(&raw).unwrap();
     let mut x: u64 = 0x1234_5678_9abc_def1 ^ mib as u64;
@@ -34,6 +34,13 @@ fn layout(dir: &Path, mib: usize) -> (PathBuf, String) {
         .status()
         .unwrap()
         .success());
+    std::fs::remove_file(&raw).unwrap();
+    q
+}
+
+/// A packed layout with a few MiB of random data; returns (layout dir, manifest digest).
+fn layout(dir: &Path, mib: usize) -> (PathBuf, String) {
+    let q = random_qcow2(dir, mib);
     let l = dir.join("layout");
     let out = common::diskforge()
         .arg("pack")
@@ -729,4 +736,167 @@ fn ctrl_c_during_a_push_leaves_no_tag_and_a_second_push_completes() {
         manifest_digest.contains(&pushed),
         "{pushed} not in {manifest_digest}"
     );
+}
+
+/// `pack` to a registry uploads the layer while it packs it: the layer's bytes reach the
+/// registry before the packed layer is complete (seen from outside: before its blob
+/// appears in the OCI layout written beside), the image is complete (skopeo copies it,
+/// checking every digest), and packing the same disk again uploads nothing.
+#[test]
+fn pack_uploads_the_layer_while_packing_and_the_same_disk_again_uploads_nothing() {
+    use std::io::Read as _;
+    use std::sync::atomic::Ordering::SeqCst;
+    if !common::require(TOOLS) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = random_qcow2(t.path(), 48);
+    let reg = Registry::start(None);
+    let proxy = FaultProxy::start_with(&reg.addr, Faults::default());
+    let pack = |tag: &str| {
+        let layout = t.path().join(format!("layout-{tag}"));
+        let mut child = common::diskforge()
+            .args(["--json-events", "pack"])
+            .arg(&disk)
+            .args(["--tls-verify=false", "--output"])
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg("--output")
+            .arg(format!("docker://{}/lab/stream:{tag}", proxy.addr))
+            .env("XDG_CACHE_HOME", t.path().join("xdg"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The layer blob gets its name when packing is complete: how many bytes had
+        // reached the registry then?
+        let blobs = layout.join("blobs/sha256");
+        let body_bytes = proxy.body_bytes.clone();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done2 = done.clone();
+        let watcher = std::thread::spawn(move || {
+            while !done2.load(SeqCst) {
+                let named = std::fs::read_dir(&blobs)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|e| {
+                        !e.file_name().to_string_lossy().starts_with('.')
+                            && e.metadata().is_ok_and(|m| m.len() > 1 << 20)
+                    });
+                if named {
+                    return Some(body_bytes.load(SeqCst));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            None
+        });
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let status = child.wait().unwrap();
+        done.store(true, SeqCst);
+        let sent_when_packed = watcher.join().unwrap();
+        assert!(status.success(), "{err}");
+        common::events::check(err.as_bytes());
+        (err, sent_when_packed)
+    };
+
+    let sent_before = proxy.body_bytes.load(SeqCst);
+    let (err, sent_when_packed) = pack("1");
+    let sent_when_packed = sent_when_packed.expect("the layer blob never appeared") - sent_before;
+    let layer_size: u64 = err
+        .lines()
+        .find(|l| l.contains("\"event\":\"packed\""))
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|v| v["layer_size"].as_u64())
+        .unwrap_or_else(|| panic!("no packed event: {err}"));
+    assert!(
+        sent_when_packed > 0,
+        "no layer byte had reached the registry when the layer was complete: {err}"
+    );
+    let streamed = err
+        .lines()
+        .find(|l| l.contains("\"what\":\"uploading while packing\""))
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .unwrap_or_else(|| panic!("no upload while packing: {err}"));
+    assert_eq!(streamed["bytes"].as_u64(), Some(layer_size), "{err}");
+    let blob_events = |err: &str, action: &str| {
+        err.lines()
+            .filter(|l| l.contains("\"blob\"") && l.contains(&format!("\"action\":\"{action}\"")))
+            .count()
+    };
+    assert_eq!(blob_events(&err, "uploaded"), 2, "{err}");
+    // skopeo reads the image back and checks every blob against its digest.
+    let copy = t.path().join("copy");
+    let st = Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .arg(format!("docker://{}/lab/stream:1", reg.addr))
+        .arg(format!("oci:{}:x", copy.display()))
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    // The same disk again: the registry is asked first and nothing is sent.
+    // Every request goes through the proxy: only the manifest (under a KiB) is sent.
+    let before = proxy.body_bytes.load(SeqCst);
+    let (err, _) = pack("2");
+    let sent = proxy.body_bytes.load(SeqCst) - before;
+    assert!(sent < 4096, "{sent} bytes sent on the second pack: {err}");
+    assert_eq!(blob_events(&err, "skipped"), 2, "{err}");
+    assert!(!err.contains("uploading while packing"), "{err}");
+    assert_eq!(
+        skopeo_digest(&format!("docker://{}/lab/stream:2", reg.addr), None),
+        skopeo_digest(&format!("docker://{}/lab/stream:1", reg.addr), None)
+    );
+}
+
+/// When the upload that runs while packing breaks, the finished layer is uploaded the
+/// ordinary way and the push completes with an intact image.
+#[test]
+fn a_broken_upload_while_packing_falls_back_to_the_finished_layer() {
+    if !common::require(TOOLS) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = random_qcow2(t.path(), 24);
+    let reg = Registry::start(None);
+    let proxy = FaultProxy::start_with(
+        &reg.addr,
+        Faults {
+            // The first blob upload request is the layer's, sent while packing.
+            resets: 1,
+            reset_after: Some(2 << 20),
+            ..Faults::default()
+        },
+    );
+    let out = common::diskforge()
+        .arg("pack")
+        .arg(&disk)
+        .args(["--tls-verify=false", "--output"])
+        .arg(format!("docker://{}/lab/broken:1", proxy.addr))
+        .env("XDG_CACHE_HOME", t.path().join("xdg"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        proxy.resets_done.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert!(
+        err.contains("uploading the layer while packing did not work"),
+        "{err}"
+    );
+    let copy = t.path().join("copy");
+    let st = Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .arg(format!("docker://{}/lab/broken:1", reg.addr))
+        .arg(format!("oci:{}:x", copy.display()))
+        .status()
+        .unwrap();
+    assert!(st.success());
 }

@@ -88,6 +88,7 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
             level: args.output.layer.compression_level,
             mtime: epoch,
             threads: 0,
+            feed: None,
         },
     };
     let ctx = super::context(g, super::registry_options(&args.registry, &[]))?;
@@ -156,7 +157,7 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
         let outcome = crate::sys::rt::block_on(async {
             let client = registry::Client::connect(&group[0].registry, &ctx.registry).await?;
             let record = registry::push::PushRecord::new(&ctx.cache, &group[0].registry)?;
-            registry::push::push_image(&client, &layout, &desc, &group, Some(&record)).await
+            registry::push::push_image(&client, &layout, &desc, &group, Some(&record), &[]).await
         })?;
         eprintln!(
             "{}: {} blob(s) uploaded, {} already present, {} mounted",

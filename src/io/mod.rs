@@ -3,6 +3,7 @@
 
 pub mod atomic;
 pub mod decompress;
+pub mod growing;
 pub mod hash;
 pub mod limits;
 pub mod retry;

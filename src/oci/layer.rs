@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use super::image::Layer;
 use super::layout::Layout;
+use crate::io::growing::Reporting;
 use crate::io::hash::{HashingWriter, Tap};
 
 /// Layer compression. gzip is what every consumer reads; zstd is smaller and faster but
@@ -53,6 +54,12 @@ const CHUNK: usize = 1 << 20;
 /// digest. 1 MiB loses < 1% of ratio against one unbroken stream (measured on a Debian
 /// disk: 140.8 MB at 1 MiB, 141.3 MB at 256 KiB).
 const GZIP_MEMBER: usize = 1 << 20;
+/// zstd job size: the stream is cut into jobs of this many bytes, each compressed by one
+/// worker. The output depends on it (not on the number of workers); libzstd's default at
+/// level 3 is 8 MiB, and 4 MiB takes a third less memory (about 49 instead of 75 MiB
+/// peak RSS packing a 424 MB Debian disk on two threads) for a layer 0.4% bigger.
+/// Changing it changes every zstd digest of a disk over 4 MiB.
+const ZSTD_JOB: u32 = 4 << 20;
 /// At most this many gzip threads: gzp keeps about four members per thread in flight
 /// (2 MiB each with the output), so this bounds memory on many-core machines too.
 const GZIP_MAX_THREADS: usize = 8;
@@ -79,16 +86,14 @@ pub fn mtime_from_env() -> Result<u64> {
 
 /// The compressor at the end of the tar stream.
 enum Sink {
-    Gzip(
-        gzp::par::compress::ParCompress<
-            'static,
-            gzp::deflate::Mgzip,
-            HashingWriter<BufWriter<File>>,
-        >,
-    ),
+    Gzip(gzp::par::compress::ParCompress<'static, gzp::deflate::Mgzip, BlobWriter>),
     Zstd(Box<ZstdSink>),
-    None(HashingWriter<BufWriter<File>>),
+    None(BlobWriter),
 }
+
+/// The blob file's writer: hashed (the blob digest), buffered, each byte reported to the
+/// feed once it reaches the file.
+type BlobWriter = HashingWriter<BufWriter<Reporting<File>>>;
 
 /// How many bytes of the tar stream go into the stored first zstd frame: the size of
 /// the header-sniffing buffer of KubeVirt CDI's registry importer.
@@ -109,12 +114,12 @@ pub const ZSTD_STORED_PREFIX: usize = 512;
 struct ZstdSink {
     head: Vec<u8>,
     /// The blob writer, level and threads, until the encoder starts.
-    pending: Option<(HashingWriter<BufWriter<File>>, i32, u32)>,
-    encoder: Option<zstd::stream::write::Encoder<'static, HashingWriter<BufWriter<File>>>>,
+    pending: Option<(BlobWriter, i32, u32)>,
+    encoder: Option<zstd::stream::write::Encoder<'static, BlobWriter>>,
 }
 
 impl ZstdSink {
-    fn new(blob: HashingWriter<BufWriter<File>>, level: i32, threads: u32) -> ZstdSink {
+    fn new(blob: BlobWriter, level: i32, threads: u32) -> ZstdSink {
         ZstdSink {
             head: Vec::with_capacity(ZSTD_STORED_PREFIX),
             pending: Some((blob, level, threads)),
@@ -130,6 +135,7 @@ impl ZstdSink {
         blob.write_all(&stored_zstd_frame(&self.head))?;
         let mut encoder = zstd::stream::write::Encoder::new(blob, level)?;
         encoder.multithread(threads)?;
+        encoder.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB))?;
         self.encoder = Some(encoder);
         Ok(())
     }
@@ -252,6 +258,9 @@ pub struct LayerOptions {
     pub mtime: u64,
     /// Compression threads (0: all cores).
     pub threads: usize,
+    /// Told about every byte of the blob as it is written, and its digest at the end
+    /// (for an upload that runs while the layer is packed).
+    pub feed: Option<std::sync::Arc<crate::io::growing::Feed>>,
 }
 
 /// Writes the layer for `disk` named `disk/NAME` into `layout`: streamed into a temp
@@ -269,11 +278,17 @@ pub fn write_layer(disk: &Path, name: &str, layout: &Layout, opts: &LayerOptions
     let disk_size = meta.len();
     let temp = layout.new_blob()?;
     let out = temp.reopen()?;
+    if let Some(feed) = &opts.feed {
+        feed.start(temp.reopen()?);
+    }
 
     let blob_tap = Tap::new();
     let tar_tap = Tap::new();
-    let blob_writer =
-        HashingWriter::new(BufWriter::with_capacity(CHUNK, out), blob_tap.clone(), None);
+    let blob_writer = HashingWriter::new(
+        BufWriter::with_capacity(CHUNK, Reporting::new(out, opts.feed.clone())),
+        blob_tap.clone(),
+        None,
+    );
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -340,6 +355,9 @@ pub fn write_layer(disk: &Path, name: &str, layout: &Layout, opts: &LayerOptions
 
     let (digest, size) = blob_tap.digest();
     let (diff_id, tar_size) = tar_tap.digest();
+    if let Some(feed) = &opts.feed {
+        feed.complete(&digest, size);
+    }
     temp.persist(&layout.blob_path(&digest)?)?;
     Ok(Layer {
         digest,
@@ -419,7 +437,12 @@ mod tests {
 
     /// 3.5 MiB that compress like a filesystem: random bytes, then low-entropy ones.
     fn sample_disk(dir: &Path) -> PathBuf {
-        let mut data = vec![0u8; 7 << 19];
+        sample_disk_of(dir, 7 << 19)
+    }
+
+    /// `len` bytes: 1 MiB of random bytes, then low-entropy ones.
+    fn sample_disk_of(dir: &Path, len: usize) -> PathBuf {
+        let mut data = vec![0u8; len];
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
         for (i, b) in data.iter_mut().enumerate() {
             x ^= x << 13;
@@ -440,6 +463,7 @@ mod tests {
             level: None,
             mtime: DEFAULT_MTIME,
             threads,
+            feed: None,
         };
         write_layer(disk, "disk.img", &layout, &opts).unwrap()
     }
@@ -488,6 +512,24 @@ mod tests {
             (
                 "sha256:be6735fe52233e35e2ecf4cb889208ab7d8112e10a23821d91b60aa2cfc96cbb",
                 2_414_371
+            )
+        );
+    }
+
+    /// Over several zstd jobs, the bytes depend on the job size alone: the same for one
+    /// worker and for three, and pinned.
+    #[test]
+    fn zstd_jobs_are_pinned_and_independent_of_the_thread_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = sample_disk_of(dir.path(), 10 << 20);
+        let one = layer(&disk, Compression::Zstd, 1);
+        let three = layer(&disk, Compression::Zstd, 3);
+        assert_eq!((&one.digest, one.size), (&three.digest, three.size));
+        assert_eq!(
+            (one.digest.as_str(), one.size),
+            (
+                "sha256:753d05c02e90bd1b4260892da5e0dceae1d89a416dc8f5306610129602b8a5fc",
+                5_960_756
             )
         );
     }
@@ -570,6 +612,7 @@ mod tests {
             level: None,
             mtime: DEFAULT_MTIME,
             threads: 2,
+            feed: None,
         };
         let l = write_layer(&disk, "disk.img", &layout, &opts).unwrap();
         let blob = std::fs::read(layout.blob_path(&l.digest).unwrap()).unwrap();

@@ -112,6 +112,7 @@ pub fn publish(
             level: r.level,
             mtime: crate::oci::layer::mtime_from_env()?,
             threads: 0,
+            feed: None,
         },
     };
     let mut p = write_image(&spec, &r.dests, ctx, &plan.work)?;
@@ -168,7 +169,24 @@ pub fn write_image(
             (Layout::create(staging.path())?, vec!["staged".to_string()])
         }
     };
-    let image = crate::oci::pack::pack_to_layout(spec, &primary, &primary_tags)?;
+    // Registry destinations, one upload per repository; the first one's layer upload
+    // runs while the layer is packed.
+    let mut remotes: Vec<RemoteRef> = Vec::new();
+    for d in dests {
+        if let ImageRef::Registry { reference } = d {
+            remotes.push(RemoteRef::parse(reference)?);
+        }
+    }
+    let groups = group_by_repository(remotes);
+    let record = PackRecord::new(spec, &ctx.cache)?;
+    let (image, streamed) = match groups.first() {
+        Some(g) if !record.seen() => pack_while_uploading(spec, &primary, &primary_tags, ctx, g)?,
+        _ => (
+            crate::oci::pack::pack_to_layout(spec, &primary, &primary_tags)?,
+            None,
+        ),
+    };
+    record.add();
     crate::progress::event(
         "packed",
         json!({"manifest": image.manifest.digest().to_string(), "layer": image.layer.digest,
@@ -177,7 +195,6 @@ pub fn write_image(
     let mut written = Vec::new();
     let mut pinned = None;
     let mut tags = Vec::new();
-    let mut remotes: Vec<RemoteRef> = Vec::new();
     for d in dests {
         match d {
             ImageRef::Layout { dir, .. } => {
@@ -199,10 +216,10 @@ pub fn write_image(
                 )?;
                 written.push(format!("oci-archive:{}:{tag}", file.display()));
             }
-            ImageRef::Registry { reference } => remotes.push(RemoteRef::parse(reference)?),
+            ImageRef::Registry { .. } => {}
         }
     }
-    for group in group_by_repository(remotes) {
+    for (i, group) in groups.iter().enumerate() {
         let stage = crate::progress::stage(
             "push",
             format!(
@@ -217,8 +234,19 @@ pub fn write_image(
         let outcome = crate::sys::rt::block_on(async {
             let client = ctx.client(&group[0].registry).await?;
             let record = registry::push::PushRecord::new(&ctx.cache, &group[0].registry)?;
-            registry::push::push_image(&client, &primary, &image.manifest, &group, Some(&record))
-                .await
+            let sent: &[String] = match (i, &streamed) {
+                (0, Some(d)) => std::slice::from_ref(d),
+                _ => &[],
+            };
+            registry::push::push_image(
+                &client,
+                &primary,
+                &image.manifest,
+                group,
+                Some(&record),
+                sent,
+            )
+            .await
         })?;
         stage.done();
         written.push(outcome.pinned.clone());
@@ -234,6 +262,109 @@ pub fn write_image(
         tags,
         disk_virtual_size: 0,
     })
+}
+
+/// Packs into `layout` while the layer is uploaded to the repository of `group` as it
+/// grows, so that the upload ends moments after the packing instead of starting then.
+/// Returns the packed image and, when that upload succeeded, the layer digest it
+/// committed. A failed upload costs nothing but the time: the push after packing
+/// uploads the finished blob the ordinary, resumable way.
+fn pack_while_uploading(
+    spec: &PackSpec,
+    layout: &Layout,
+    tags: &[String],
+    ctx: &Context,
+    group: &[RemoteRef],
+) -> Result<(PackedImage, Option<String>)> {
+    let (feed, follower) = crate::io::growing::channel();
+    let mut fed = spec.clone();
+    fed.layer.feed = Some(feed);
+    let (packed, uploaded) = std::thread::scope(|s| {
+        // The packer owns the only feed: when it stops, finished or not, the upload
+        // hears of it.
+        let packer = s.spawn(move || crate::oci::pack::pack_to_layout(&fed, layout, tags));
+        let uploaded = crate::sys::rt::block_on(async {
+            let client = ctx.client(&group[0].registry).await?;
+            client.upload_growing(&group[0].repository, follower).await
+        });
+        let packed = packer
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the packing thread panicked")));
+        (packed, uploaded)
+    });
+    let image = packed?;
+    let streamed = match uploaded {
+        Ok((digest, _)) if digest == image.layer.digest => Some(digest),
+        Ok((digest, _)) => {
+            tracing::info!(
+                "uploaded {digest} while packing, but the layer is {}",
+                image.layer.digest
+            );
+            None
+        }
+        Err(e) => {
+            if e.downcast_ref::<crate::sys::interrupt::Interrupted>()
+                .is_some()
+            {
+                return Err(e);
+            }
+            tracing::info!(
+                "uploading the layer while packing did not work ({e:#}); uploading it now"
+            );
+            None
+        }
+    };
+    Ok((image, streamed))
+}
+
+/// Which disks were packed before, with which layer options: a disk packed again is
+/// likely one a registry already holds, so its layer is not uploaded while packing (the
+/// registry is asked first, after packing, and nothing is sent when it has the blob).
+/// Keyed by the file's identity (device, inode, size, modification and change times)
+/// and everything the layer's bytes depend on.
+struct PackRecord {
+    file: Option<PathBuf>,
+}
+
+impl PackRecord {
+    fn new(spec: &PackSpec, cache: &crate::cache::Cache) -> Result<PackRecord> {
+        use std::os::unix::fs::MetadataExt as _;
+        let Ok(m) = std::fs::metadata(&spec.disk) else {
+            // Packing reports the missing disk.
+            return Ok(PackRecord { file: None });
+        };
+        let key = format!(
+            "{}\0{}\0{}\0{}\0{}.{}\0{}.{}\0{:?}\0{:?}\0{}\0{}\0{}",
+            std::fs::canonicalize(&spec.disk)
+                .unwrap_or_else(|_| spec.disk.clone())
+                .display(),
+            m.dev(),
+            m.ino(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+            spec.layer.compression,
+            spec.layer.level,
+            spec.layer.mtime,
+            spec.disk_name,
+            env!("CARGO_PKG_VERSION"),
+        );
+        let dir = cache.state_dir("packed")?;
+        Ok(PackRecord {
+            file: Some(dir.join(crate::io::hash::sha256_hex(key.as_bytes()))),
+        })
+    }
+    fn seen(&self) -> bool {
+        self.file.as_ref().is_some_and(|f| f.exists())
+    }
+    fn add(&self) {
+        if let Some(f) = &self.file {
+            // Only an optimization: a failure to record costs a later upload.
+            let _ = crate::io::atomic::write(f, b"");
+        }
+    }
 }
 
 /// Registry destinations grouped by registry and repository (one upload each).

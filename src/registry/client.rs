@@ -888,6 +888,76 @@ impl Client {
         Ok(())
     }
 
+    /// Uploads a blob while it is still being written: one PATCH whose body follows the
+    /// file as it grows (chunked transfer encoding) and ends when the writer reports the
+    /// blob complete, then the commit under the digest the writer reports. Returns that
+    /// digest and size. Best effort: on any failure (or when the writer gives up) the
+    /// upload session is cancelled and the error returned, and the caller uploads the
+    /// finished blob the ordinary, resumable way.
+    pub async fn upload_growing(
+        &self,
+        repo: &str,
+        feed: tokio::sync::watch::Receiver<crate::io::growing::Growth>,
+    ) -> Result<(String, u64)> {
+        let location = self.start_upload(repo).await?;
+        let mut progress = crate::progress::silent_bytes("uploading while packing");
+        let result = async {
+            let mut h = HeaderMap::new();
+            h.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            let body = crate::io::growing::follow(feed.clone());
+            let resp = self
+                .send_body(
+                    Method::PATCH,
+                    &location,
+                    repo,
+                    h,
+                    body,
+                    "the layer being packed",
+                    &mut progress,
+                )
+                .await?;
+            let status = resp.status();
+            if status != StatusCode::ACCEPTED && !status.is_success() {
+                return Err(self.fail("PATCH", &location, resp).await);
+            }
+            let next = resp
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(|l| self.absolute(l))
+                .unwrap_or_else(|| location.clone());
+            // The body ended, so the writer reported the blob complete.
+            let (digest, size) = feed
+                .borrow()
+                .complete
+                .clone()
+                .context("the layer being packed ended unfinished")?;
+            self.finish_upload(repo, &next, &digest).await?;
+            Ok((digest, size))
+        }
+        .await;
+        progress.finish();
+        if result.is_err() {
+            // Best effort: the registry drops abandoned sessions by itself too.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                self.send(
+                    Method::DELETE,
+                    &location,
+                    repo,
+                    true,
+                    HeaderMap::new(),
+                    None,
+                ),
+            )
+            .await;
+        }
+        result
+    }
+
     async fn start_upload(&self, repo: &str) -> Result<String> {
         let url = self.url(&format!("/v2/{repo}/blobs/uploads/"));
         let mut h = HeaderMap::new();
@@ -1023,7 +1093,7 @@ impl Client {
         Ok(Sent::Done)
     }
 
-    /// Sends `len` bytes of `path` from `offset` as the body, failing on a stall.
+    /// Sends `len` bytes of `source` from `offset` as the body, failing on a stall.
     #[allow(clippy::too_many_arguments)]
     async fn stream_request(
         &self,
@@ -1040,16 +1110,44 @@ impl Client {
             .await
             .with_context(|| format!("opening {}", path.display()))?;
         f.seek(std::io::SeekFrom::Start(offset)).await?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(f.take(len), 256 << 10);
+        self.send_body(
+            method,
+            url,
+            repo,
+            headers,
+            stream,
+            &format!("{len} bytes"),
+            progress,
+        )
+        .await
+    }
+
+    /// Sends `body` as a request's body, failing when it stalls; `what` names the body in
+    /// that error.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_body<S>(
+        &self,
+        method: Method,
+        url: &str,
+        repo: &str,
+        headers: HeaderMap,
+        body: S,
+        what: &str,
+        progress: &mut crate::progress::Bytes,
+    ) -> Result<reqwest::Response>
+    where
+        S: futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
+    {
         let watch = Watch::new();
         let w2 = watch.clone();
-        let stream =
-            tokio_util::io::ReaderStream::with_capacity(f.take(len), 256 << 10).map(move |chunk| {
-                crate::sys::interrupt::check_io()?;
-                if let Ok(b) = &chunk {
-                    w2.add(b.len() as u64);
-                }
-                chunk
-            });
+        let stream = body.map(move |chunk| {
+            crate::sys::interrupt::check_io()?;
+            if let Ok(b) = &chunk {
+                w2.add(b.len() as u64);
+            }
+            chunk
+        });
         let mut req = self
             .http
             .request(method.clone(), url)
@@ -1067,7 +1165,7 @@ impl Client {
             },
             &watch,
             self.idle,
-            &format!("{method} of {} bytes", len),
+            &format!("{method} of {what}"),
         )
         .await;
         progress.inc(watch.total.load(Ordering::Relaxed) - before);

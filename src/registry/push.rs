@@ -76,12 +76,14 @@ impl PushRecord {
 }
 
 /// Pushes the image `desc` of `layout` to `dests` (one repository, several tags).
+/// `sent`: blobs already uploaded to that repository by this command (while packing).
 pub async fn push_image(
     client: &Client,
     layout: &Layout,
     desc: &Descriptor,
     dests: &[RemoteRef],
     record: Option<&PushRecord>,
+    sent: &[String],
 ) -> Result<PushOutcome> {
     let Some(first) = dests.first() else {
         bail!("no registry destination");
@@ -107,6 +109,14 @@ pub async fn push_image(
     collect(layout, desc, &mut children, &mut blobs)?;
     let mounts = record.map(PushRecord::repos).unwrap_or_default();
     for b in &blobs {
+        if sent.iter().any(|d| d.as_str() == b.digest().as_ref()) {
+            outcome.uploaded_blobs += 1;
+            crate::progress::event(
+                "blob",
+                json!({"digest": b.digest().to_string(), "action": "uploaded", "size": b.size()}),
+            );
+            continue;
+        }
         push_blob(client, layout, repo, b, &mounts, &mut outcome).await?;
     }
     for c in &children {

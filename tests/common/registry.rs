@@ -261,7 +261,7 @@ struct Counters {
 /// Copies `len` bytes from `from` to `to`, at no more than `rate` bytes per second.
 fn forward(
     from: &mut TcpStream,
-    to: &mut TcpStream,
+    to: &mut impl Write,
     len: usize,
     rate: Option<u64>,
     counted: &AtomicUsize,
@@ -287,11 +287,69 @@ fn forward(
     Ok(())
 }
 
+/// Forwards a chunked request body (`Transfer-Encoding: chunked`) as it comes, counting
+/// its payload bytes; with `cut`, stops after that many payload bytes and returns false.
+fn forward_chunked(
+    from: &mut TcpStream,
+    to: &mut impl Write,
+    cut: Option<usize>,
+    rate: Option<u64>,
+    counted: &AtomicUsize,
+) -> std::io::Result<bool> {
+    let mut payload = 0usize;
+    loop {
+        let line = read_line(from)?;
+        to.write_all(&line)?;
+        let text = String::from_utf8_lossy(&line);
+        let hex = text.trim().split(';').next().unwrap_or_default();
+        let size = usize::from_str_radix(hex, 16)
+            .map_err(|_| std::io::Error::other(format!("bad chunk size line {text:?}")))?;
+        if size == 0 {
+            // Trailers up to the empty line.
+            loop {
+                let l = read_line(from)?;
+                to.write_all(&l)?;
+                if l == b"\r\n" {
+                    return Ok(true);
+                }
+            }
+        }
+        let take = match cut {
+            Some(c) if payload + size > c => c - payload,
+            _ => size,
+        };
+        forward(from, to, take, rate, counted)?;
+        payload += take;
+        if take < size {
+            return Ok(false);
+        }
+        let crlf = read_line(from)?;
+        to.write_all(&crlf)?;
+    }
+}
+
+fn read_line(c: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        if c.read(&mut byte)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        line.push(byte[0]);
+    }
+    Ok(line)
+}
+
 fn read_head(c: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         if c.read(&mut byte)? == 0 {
+            return Ok(None);
+        }
+        // A TLS ClientHello (a client probing for HTTPS): plain HTTP only, so hang up
+        // at once, as a plain-HTTP registry's refusal would.
+        if head.is_empty() && byte[0] == 0x16 {
             return Ok(None);
         }
         head.push(byte[0]);
@@ -317,9 +375,17 @@ fn serve(
                     .map(|v| v.trim().parse().unwrap_or(0))
             })
             .unwrap_or(0);
+        let chunked = text
+            .lines()
+            .any(|l| l.trim().to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
         let request_line = text.lines().next().unwrap_or_default();
         if faults.refuse.is_some_and(|r| request_line.contains(r)) {
-            std::io::copy(&mut (&client).take(len as u64), &mut std::io::sink())?;
+            if chunked {
+                let ignored = AtomicUsize::new(0);
+                forward_chunked(&mut client, &mut std::io::sink(), None, None, &ignored)?;
+            } else {
+                std::io::copy(&mut (&client).take(len as u64), &mut std::io::sink())?;
+            }
             client.write_all(
                 b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: 56\r\n\r\n{\"errors\":[{\"code\":\"UNKNOWN\",\"message\":\"disk full...\"}]}",
             )?;
@@ -332,7 +398,12 @@ fn serve(
         if targeted && counters.unavailable.load(Ordering::SeqCst) < faults.unavailable {
             counters.unavailable.fetch_add(1, Ordering::SeqCst);
             // Swallow the body, then refuse: the registry never sees the request.
-            std::io::copy(&mut (&client).take(len as u64), &mut std::io::sink())?;
+            if chunked {
+                let ignored = AtomicUsize::new(0);
+                forward_chunked(&mut client, &mut std::io::sink(), None, None, &ignored)?;
+            } else {
+                std::io::copy(&mut (&client).take(len as u64), &mut std::io::sink())?;
+            }
             client.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")?;
             continue;
         }
@@ -346,6 +417,26 @@ fn serve(
         let head_text = head_text.trim_end().to_string() + "\r\nConnection: close\r\n\r\n";
         up.write_all(head_text.as_bytes())?;
         let cut = faults.reset_after.unwrap_or(64 << 10);
+        if chunked {
+            let reset = targeted && counters.resets.load(Ordering::SeqCst) < faults.resets;
+            let whole = forward_chunked(
+                &mut client,
+                &mut up,
+                reset.then_some(cut),
+                faults.throttle,
+                &counters.body_bytes,
+            )?;
+            if !whole {
+                counters.resets.fetch_add(1, Ordering::SeqCst);
+                let _ = client.shutdown(std::net::Shutdown::Both);
+                let _ = up.shutdown(std::net::Shutdown::Both);
+                return Ok(());
+            }
+            let mut resp = Vec::new();
+            up.read_to_end(&mut resp)?;
+            client.write_all(&resp)?;
+            continue;
+        }
         if targeted && len > cut && counters.resets.load(Ordering::SeqCst) < faults.resets {
             counters.resets.fetch_add(1, Ordering::SeqCst);
             forward(
