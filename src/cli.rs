@@ -314,7 +314,7 @@ pub struct CompressionOpts {
     #[arg(long, value_enum)]
     pub compression: Option<CompressionArg>,
     /// Compression level (gzip 1-9, zstd 1-19) [default: the recipe's, else gzip 4,
-    /// zstd 3].
+    /// zstd 2].
     #[arg(long, value_name = "N")]
     pub compression_level: Option<u32>,
 }

@@ -178,9 +178,16 @@ pub fn write_image(
         }
     }
     let groups = group_by_repository(remotes);
+    // A disk packed before is likely in a registry this cache pushed it to; the push
+    // after packing asks first and sends nothing then. Anywhere else it is uploaded
+    // while packing.
     let record = PackRecord::new(spec, &ctx.cache)?;
+    let stream = |g: &[RemoteRef]| -> Result<bool> {
+        Ok(!record.seen()
+            || registry::push::PushRecord::new(&ctx.cache, &g[0].registry)?.is_empty())
+    };
     let (image, streamed) = match groups.first() {
-        Some(g) if !record.seen() => pack_while_uploading(spec, &primary, &primary_tags, ctx, g)?,
+        Some(g) if stream(g)? => pack_while_uploading(spec, &primary, &primary_tags, ctx, g)?,
         _ => (
             crate::oci::pack::pack_to_layout(spec, &primary, &primary_tags)?,
             None,
@@ -318,9 +325,10 @@ fn pack_while_uploading(
 }
 
 /// Which disks were packed before, with which layer options: a disk packed again is
-/// likely one a registry already holds, so its layer is not uploaded while packing (the
-/// registry is asked first, after packing, and nothing is sent when it has the blob).
-/// Keyed by the file's identity (device, inode, size, modification and change times)
+/// likely one a registry this cache pushed to already holds, so its layer is not
+/// uploaded to such a registry while packing (the registry is asked first, after
+/// packing, and nothing is sent when it has the blob or can mount it). Keyed by the
+/// file's identity (device, inode, size, modification and change times)
 /// and everything the layer's bytes depend on.
 struct PackRecord {
     file: Option<PathBuf>,

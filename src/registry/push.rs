@@ -57,6 +57,10 @@ impl PushRecord {
             )),
         })
     }
+    /// True when this cache has pushed nothing to the registry.
+    pub fn is_empty(&self) -> bool {
+        self.repos().is_empty()
+    }
     fn repos(&self) -> Vec<String> {
         std::fs::read(&self.file)
             .ok()
