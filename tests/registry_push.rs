@@ -830,15 +830,10 @@ fn pack_uploads_the_layer_while_packing_and_the_same_disk_again_uploads_nothing(
             .count()
     };
     assert_eq!(blob_events(&err, "uploaded"), 2, "{err}");
-    // skopeo reads the image back and checks every blob against its digest.
-    let copy = t.path().join("copy");
-    let st = Command::new("skopeo")
-        .args(["copy", "--quiet", "--src-tls-verify=false"])
-        .arg(format!("docker://{}/lab/stream:1", reg.addr))
-        .arg(format!("oci:{}:x", copy.display()))
-        .status()
-        .unwrap();
-    assert!(st.success());
+    copies_back_intact(
+        &format!("{}/lab/stream:1", reg.addr),
+        &t.path().join("copy"),
+    );
 
     // The same disk again: the registry is asked first and nothing is sent.
     // Every request goes through the proxy: only the manifest (under a KiB) is sent.
@@ -891,12 +886,24 @@ fn a_broken_upload_while_packing_falls_back_to_the_finished_layer() {
         err.contains("uploading the layer while packing did not work"),
         "{err}"
     );
-    let copy = t.path().join("copy");
-    let st = Command::new("skopeo")
+    copies_back_intact(
+        &format!("{}/lab/broken:1", reg.addr),
+        &t.path().join("copy"),
+    );
+}
+
+/// skopeo copies `reference` into an OCI layout in `dir`, checking every blob against
+/// its digest.
+fn copies_back_intact(reference: &str, dir: &Path) {
+    let out = Command::new("skopeo")
         .args(["copy", "--quiet", "--src-tls-verify=false"])
-        .arg(format!("docker://{}/lab/broken:1", reg.addr))
-        .arg(format!("oci:{}:x", copy.display()))
-        .status()
+        .arg(format!("docker://{reference}"))
+        .arg(format!("oci:{}:x", dir.display()))
+        .output()
         .unwrap();
-    assert!(st.success());
+    assert!(
+        out.status.success(),
+        "skopeo copy {reference}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

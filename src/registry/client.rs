@@ -1093,7 +1093,7 @@ impl Client {
         Ok(Sent::Done)
     }
 
-    /// Sends `len` bytes of `source` from `offset` as the body, failing on a stall.
+    /// Sends `len` bytes of `path` from `offset` as the body, failing on a stall.
     #[allow(clippy::too_many_arguments)]
     async fn stream_request(
         &self,
