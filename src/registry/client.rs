@@ -923,12 +923,7 @@ impl Client {
             if status != StatusCode::ACCEPTED && !status.is_success() {
                 return Err(self.fail("PATCH", &location, resp).await);
             }
-            let next = resp
-                .headers()
-                .get(LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .map(|l| self.absolute(l))
-                .unwrap_or_else(|| location.clone());
+            let next = self.next_location(&resp, &location);
             // The body ended, so the writer reported the blob complete.
             let (digest, size) = feed
                 .borrow()
@@ -976,6 +971,16 @@ impl Client {
         Ok(self.absolute(loc))
     }
 
+    /// Where an upload goes on after `resp`: its `Location` when it names one (made
+    /// absolute), else `current`.
+    fn next_location(&self, resp: &reqwest::Response, current: &str) -> String {
+        resp.headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|l| self.absolute(l))
+            .unwrap_or_else(|| current.to_string())
+    }
+
     /// Commits a chunked upload.
     async fn finish_upload(&self, repo: &str, location: &str, digest: &str) -> Result<()> {
         let url = with_digest(location, digest);
@@ -1007,13 +1012,7 @@ impl Client {
             None => return None,
             Some(r) => resume_offset(r.to_str().ok()?)?,
         };
-        let loc = resp
-            .headers()
-            .get(LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .map(|l| self.absolute(l))
-            .unwrap_or_else(|| location.to_string());
-        Some((loc, offset))
+        Some((self.next_location(&resp, location), offset))
     }
 
     /// PATCHes `path` from `offset` in chunks, keeping `location` and `offset` current
@@ -1058,9 +1057,7 @@ impl Client {
             if status != StatusCode::ACCEPTED && !status.is_success() {
                 return Err(self.fail("PATCH", location, resp).await);
             }
-            if let Some(l) = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()) {
-                *location = self.absolute(l);
-            }
+            *location = self.next_location(&resp, location);
             *offset += len;
         }
         Ok(Sent::Chunked)
