@@ -907,3 +907,69 @@ fn copies_back_intact(reference: &str, dir: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Ctrl-C while the layer is being packed and uploaded at once: exit 130, no fallback
+/// upload, no tag in the registry, and no half-written blob in the layout beside.
+#[test]
+fn ctrl_c_while_uploading_during_packing_leaves_no_tag_and_no_partial_blob() {
+    if !common::require(&["docker-registry", "skopeo", "qemu-img"]) {
+        return;
+    }
+    let reg = Registry::start(None);
+    let t = tempfile::tempdir().unwrap();
+    // 2 GiB of zeros packed without compression: packing and uploading take long enough
+    // to interrupt in the middle, and the disk is cheap to make.
+    let disk = t.path().join("big.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let layout = t.path().join("layout");
+    let dest = format!("docker://{}/lab/cut-while-packing:1", reg.addr);
+    let child = common::diskforge()
+        .args(["--json-events", "pack"])
+        .arg(&disk)
+        .args(["--compression", "none", "--tls-verify=false", "--output"])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg("--output")
+        .arg(&dest)
+        .env("XDG_CACHE_HOME", t.path().join("xdg"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the registry holds part of the layer, which the packer is still
+    // writing (its blob has no name in the layout yet).
+    let storage = reg.dir.path().join("data");
+    let blobs = layout.join("blobs/sha256");
+    let out = common::interrupt_when(
+        child,
+        "INT",
+        || largest_file(&storage) > 64 << 20,
+        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(20),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted by SIGINT"), "{err}");
+    assert!(
+        !err.contains("uploading it now") && !err.contains("retrying"),
+        "an interruption is neither a fallback nor a retry: {err}"
+    );
+    assert!(
+        !err.contains("\"event\":\"packed\""),
+        "packing finished before the interruption; the test proves nothing: {err}"
+    );
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", &dest])
+        .output()
+        .unwrap();
+    assert!(!inspect.status.success(), "the tag exists after Ctrl-C");
+    let leftovers: Vec<_> = std::fs::read_dir(&blobs)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(leftovers.is_empty(), "left in the layout: {leftovers:?}");
+}
