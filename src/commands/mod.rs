@@ -181,6 +181,9 @@ pub fn exit_code_number(err: &anyhow::Error) -> u8 {
     if err
         .downcast_ref::<crate::sys::exec::MissingTool>()
         .is_some()
+        || err
+            .downcast_ref::<crate::guest::selinux::NoRelabelTool>()
+            .is_some()
     {
         return 3;
     }

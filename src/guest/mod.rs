@@ -11,6 +11,7 @@ pub mod fish;
 pub mod fstab;
 pub mod grow;
 pub mod script;
+pub mod selinux;
 
 use std::path::{Path, PathBuf};
 
@@ -43,6 +44,8 @@ pub struct GuestJob<'a> {
     /// so those partitions stay byte for byte as the base had them (a read-write mount
     /// alone rewrites an ext4 superblock or an xfs log).
     pub protect_boot: bool,
+    /// Relabel for SELinux at the end (the last launch of a build).
+    pub relabel: selinux::Relabel,
 }
 
 /// What the guest stage measured.
@@ -134,6 +137,18 @@ pub fn run(job: &GuestJob<'_>) -> Result<GuestReport> {
             read_packages(&f, dir).context("reading the guest's installed packages")?;
         }
         staging.unmount(&f)?;
+    }
+    // After everything that writes files, before free space is zeroed.
+    if job.relabel != selinux::Relabel::Skip {
+        let mut writable = Vec::new();
+        for (mp, dev) in &mounts {
+            if job.protect_boot && is_boot(mp) {
+                continue;
+            }
+            let (block, _) = split_btrfsvol(dev);
+            writable.push((mp.clone(), f.vfs_type(&block)?));
+        }
+        selinux::relabel(&f, job.relabel, &writable)?;
     }
     if job.sparsify {
         let stage = crate::progress::stage("sparsify", "zeroing free space");
@@ -438,13 +453,18 @@ fn fstab_root(f: &Fish, devices: &[String]) -> Result<Option<Root>> {
     }))
 }
 
+/// `/boot` or a mount point under it.
+fn is_boot(mp: &str) -> bool {
+    mp == "/boot" || mp.starts_with("/boot/")
+}
+
 fn mount_all(f: &Fish, mounts: &[(String, String)], protect_boot: bool) -> Result<()> {
     for (mp, dev) in mounts {
         let (block, subvol) = split_btrfsvol(dev);
         if mp != "/" && !f.is_dir(mp)? {
             f.call(&["mkdir-p", mp])?;
         }
-        let read_only = protect_boot && (mp == "/boot" || mp.starts_with("/boot/"));
+        let read_only = protect_boot && is_boot(mp);
         let mut options = Vec::new();
         if read_only {
             options.push("ro".to_string());

@@ -22,6 +22,7 @@ use crate::base::CachedBase;
 use crate::cache::Cache;
 use crate::guest::fish::{Drive, Fish};
 use crate::guest::script::{self, Customization, Secrets};
+use crate::guest::selinux::Relabel;
 use crate::oci::Compression;
 use crate::recipe::{self, Arch, DiskFormat, LoadedRecipe};
 use crate::registry::RegistryOptions;
@@ -139,6 +140,8 @@ pub struct Plan {
     /// The incremental stage disk, when the cache has it.
     pub stage_hit: Option<PathBuf>,
     pub customization: Customization,
+    /// What the last guest launch does about SELinux labels.
+    pub relabel: Relabel,
 }
 
 /// The label holding a build's key.
@@ -236,6 +239,11 @@ impl Plan {
         let ttyd_file = resolved.ttyd.as_ref().map(|_| work.join("ttyd"));
         let customization =
             script::generate(r, secrets, &resolved.loaded.dir, ttyd_file.as_deref())?;
+        let relabel = Relabel::decide(
+            r.customize.selinux_relabel,
+            resolved.base_os.as_deref(),
+            &customization.package_names,
+        );
         let base_format = match &resolved.base {
             Base::Image { spec, .. } => spec.format,
             Base::Build { .. } => DiskFormat::Qcow2,
@@ -419,7 +427,13 @@ impl Plan {
                     }],
                     false,
                 )],
-                operations: customization.main.steps.clone(),
+                operations: customization
+                    .main
+                    .steps
+                    .iter()
+                    .cloned()
+                    .chain(relabel.operation())
+                    .collect(),
                 cached: false,
             });
         } else {
@@ -448,6 +462,7 @@ impl Plan {
                 ops.push(grow_op());
             }
             ops.extend(customization.steps());
+            ops.extend(relabel.operation());
             if r.hygiene.sparsify {
                 ops.push("zero free space".into());
             }
@@ -556,6 +571,7 @@ impl Plan {
             incremental: opts.incremental,
             stage_hit,
             customization,
+            relabel,
         })
     }
 
@@ -728,6 +744,12 @@ pub fn run(plan: &Plan, ctx: &Context, opts: &BuildOptions, secrets: &Secrets) -
     let recipe = &r.loaded.recipe;
     let work = &plan.work;
     let eff = accel::resolve(ctx.accel)?;
+    if recipe.customize.selinux_relabel == crate::recipe::SelinuxRelabel::Off {
+        tracing::warn!(
+            "customize.selinux-relabel is false: on an SELinux guest the files this build \
+             writes keep no or wrong labels (password login and ttyd may fail under enforcing)"
+        );
+    }
     let mut base: Option<CachedBase> = r.base.cached().cloned();
     let mut disk: Option<PathBuf> = None;
     let mut finalized: Option<qemu_img::ImageInfo> = None;
@@ -949,5 +971,11 @@ fn guest_job<'a>(
         // The last launch reads the package database for the SBOM.
         packages_to: (!packages_only).then(|| plan.work.join("packages")),
         protect_boot: !writes_boot(recipe, network, sparsify),
+        // The last launch relabels everything the build wrote, the kept stage included.
+        relabel: if packages_only {
+            Relabel::Skip
+        } else {
+            plan.relabel
+        },
     }
 }

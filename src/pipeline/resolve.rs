@@ -92,6 +92,8 @@ pub struct Resolved {
     pub arch: Arch,
     /// A short name for the base (catalog name, URL or path), for labels and messages.
     pub base_label: String,
+    /// The base's distribution family, when a catalog entry names it.
+    pub base_os: Option<String>,
     pub base: Base,
     pub ttyd: Option<TtydBinary>,
     /// Copied files: guest path and `sha256:` of the host file.
@@ -129,7 +131,12 @@ pub fn resolve(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<Resolved> 
     let r = &loaded.recipe;
     let spec = r.base.clone().context("the recipe has no base")?;
     let arch = opts.arch.or(spec.arch).unwrap_or_default();
-    let (base, base_label, recorded_size) = resolve_base(&loaded, arch, opts, ctx)?;
+    let FoundBase {
+        base,
+        label: base_label,
+        recorded_size,
+        os: base_os,
+    } = resolve_base(&loaded, arch, opts, ctx)?;
     let base_size = base.cached().map(|c| c.virtual_size).or(recorded_size);
     let target_size = base_size.map(|b| r.disk.size.map(|s| s.target(b)).unwrap_or(b));
     if let (Some(b), Some(t)) = (base_size, target_size) {
@@ -178,6 +185,7 @@ pub fn resolve(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<Resolved> 
         name,
         arch,
         base_label,
+        base_os,
         base,
         ttyd,
         files,
@@ -272,12 +280,21 @@ fn check_loaded(loaded: &LoadedRecipe, opts: &BuildOptions, ctx: &Ctx) -> Result
     Ok(())
 }
 
+/// The base a recipe names, as resolved: what it is, a short label, the size its catalog
+/// entry records and its distribution family (catalog entries only).
+struct FoundBase {
+    base: Base,
+    label: String,
+    recorded_size: Option<u64>,
+    os: Option<String>,
+}
+
 fn resolve_base(
     loaded: &LoadedRecipe,
     arch: Arch,
     opts: &BuildOptions,
     ctx: &Ctx,
-) -> Result<(Base, String, Option<u64>)> {
+) -> Result<FoundBase> {
     let spec = loaded
         .recipe
         .base
@@ -310,27 +327,38 @@ fn resolve_base(
         };
         if entry.build.is_some() {
             let (hash, cached) = crate::base::build::cached_build(&entry, arch, &ctx.cache)?;
-            return Ok((
-                Base::Build {
+            return Ok(FoundBase {
+                os: Some(entry.os.clone()),
+                base: Base::Build {
                     entry,
                     hash,
                     cached,
                 },
-                name.clone(),
-                recorded,
-            ));
+                label: name.clone(),
+                recorded_size: recorded,
+            });
         }
         let rb = ResolvedBase::from_catalog(&entry, arch, &origin)?;
         let prepared = crate::base::acquire::block_on(crate::base::acquire::prepare(
             &rb, &ctx.cache, &acquire,
         ))?;
-        return Ok((Base::Image { spec: rb, prepared }, name.clone(), recorded));
+        return Ok(FoundBase {
+            base: Base::Image { spec: rb, prepared },
+            label: name.clone(),
+            recorded_size: recorded,
+            os: Some(entry.os.clone()),
+        });
     }
     let rb = ResolvedBase::from_spec(&spec, &loaded.dir)?;
     let label = spec.url.clone().or(spec.path.clone()).unwrap_or_default();
     let prepared =
         crate::base::acquire::block_on(crate::base::acquire::prepare(&rb, &ctx.cache, &acquire))?;
-    Ok((Base::Image { spec: rb, prepared }, label, None))
+    Ok(FoundBase {
+        base: Base::Image { spec: rb, prepared },
+        label,
+        recorded_size: None,
+        os: None,
+    })
 }
 
 fn ttyd_binary(loaded: &LoadedRecipe) -> Result<Option<TtydBinary>> {

@@ -446,6 +446,75 @@ pub struct Customize {
     /// Commands run once on the guest's first boot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub firstboot_commands: Vec<String>,
+    /// Give every file the SELinux label the guest's policy assigns, at the end of the
+    /// guest stage: `auto` (when the guest has a policy), `true` (required: the build
+    /// fails when it cannot be done) or `false` (skip, with a warning on every build).
+    #[serde(default, skip_serializing_if = "SelinuxRelabel::is_auto")]
+    pub selinux_relabel: SelinuxRelabel,
+}
+
+/// `customize.selinux-relabel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SelinuxRelabel {
+    /// Relabel when the guest's `/etc/selinux/config` names an installed policy.
+    #[default]
+    Auto,
+    /// Relabel, or fail the build.
+    Required,
+    /// Never relabel.
+    Off,
+}
+
+impl SelinuxRelabel {
+    fn is_auto(&self) -> bool {
+        *self == SelinuxRelabel::Auto
+    }
+
+    /// The recipe's spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SelinuxRelabel::Auto => "auto",
+            SelinuxRelabel::Required => "true",
+            SelinuxRelabel::Off => "false",
+        }
+    }
+}
+
+impl Serialize for SelinuxRelabel {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            SelinuxRelabel::Auto => s.serialize_str("auto"),
+            SelinuxRelabel::Required => s.serialize_bool(true),
+            SelinuxRelabel::Off => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SelinuxRelabel {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const HINT: &str = "expected `auto`, `true` or `false`";
+        match Scalar::deserialize(d).map_err(|_| serde::de::Error::custom(HINT))? {
+            Scalar::Bool(true) => Ok(SelinuxRelabel::Required),
+            Scalar::Bool(false) => Ok(SelinuxRelabel::Off),
+            Scalar::Text(t) if t == "auto" => Ok(SelinuxRelabel::Auto),
+            other => Err(serde::de::Error::custom(format!(
+                "{HINT}, found {}",
+                other.describe()
+            ))),
+        }
+    }
+}
+
+impl JsonSchema for SelinuxRelabel {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SelinuxRelabel".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "`auto` (relabel when the guest has an SELinux policy), `true` (required) or `false` (skip)",
+            "oneOf": [{"type": "boolean"}, {"const": "auto"}]
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
