@@ -193,7 +193,7 @@ pub fn relabel(f: &Fish, relabel: Relabel, mounts: &[(String, String)]) -> Resul
     stage.done();
     crate::progress::event(
         "selinux_relabel",
-        json!({"policy": config.policy, "mode": config.mode, "filesystems": targets, "tool": how}),
+        json!({"policy": config.policy, "mode": config.mode, "filesystems": targets.join(" "), "tool": how}),
     );
     Ok(targets)
 }
