@@ -810,3 +810,76 @@ fn a_bearer_token_echoed_by_a_registry_is_masked_everywhere() {
     assert!(msg.contains("\"event\":\"error\""), "no error event: {msg}");
     assert!(common::temp_files(t.path()).is_empty());
 }
+
+#[test]
+fn a_recipe_name_or_a_reference_cannot_steer_where_images_go() {
+    if !common::require(&["qemu-img", "/usr/bin/time"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let cwd = t.path().join("a/b");
+    std::fs::create_dir_all(&cwd).unwrap();
+    std::fs::write(cwd.join("base.qcow2"), qcow2(t.path())).unwrap();
+    std::fs::write(
+        cwd.join("recipe.yaml"),
+        "name: ../../x\nbase: {path: base.qcow2}\n",
+    )
+    .unwrap();
+    let layout = small_layout(t.path());
+    let run = |args: &[&str]| {
+        let started = Instant::now();
+        let (out, _) = with_peak_rss(
+            df().arg("--json-events")
+                .args(args)
+                .current_dir(&cwd)
+                .env("DISKFORGE_CACHE_DIR", t.path().join("cache"))
+                .env("DISKFORGE_WORK_DIR", t.path().join("work"))
+                .env("XDG_CACHE_HOME", t.path().join("xdg")),
+            Duration::from_secs(120),
+        );
+        assert!(started.elapsed() < Duration::from_secs(30), "{args:?}");
+        common::events::check(&out.stderr);
+        let msg = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {msg}");
+        assert!(msg.contains("\"exit_code\":2"), "{args:?}: {msg}");
+        msg
+    };
+    for cmd in ["plan", "build"] {
+        let msg = run(&[cmd, "recipe.yaml"]);
+        assert!(
+            msg.contains("recipe.yaml:1:1: name: \"../../x\" is not a plain image name"),
+            "{cmd}: {msg}"
+        );
+    }
+    let disk = t.path().join("small.qcow2");
+    let disk = disk.to_str().unwrap();
+    let layout_tag = format!("{}:t", layout.display());
+    for args in [
+        &["inspect", "docker://127.0.0.1:1/Lab/x:1"][..],
+        &["push", &layout_tag, "docker://127.0.0.1:1/lab/x:bad tag!"],
+        &["pack", disk, "-o", "docker://127.0.0.1:1/lab//x:1"],
+        &["verify", "docker://127.0.0.1:1/lab/x@sha256:short"],
+    ] {
+        let msg = run(args);
+        assert!(msg.contains("is not an image reference"), "{args:?}: {msg}");
+    }
+    // Nothing was written anywhere: no image, no cache entry, no half-written file.
+    for gone in ["x", "a/x", "a/b/out", "out"] {
+        assert!(!t.path().join(gone).exists(), "{gone} was created");
+    }
+    fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+    let cached = files(&t.path().join("cache"));
+    assert!(cached.is_empty(), "the cache holds {cached:?}");
+    assert!(common::temp_files(t.path()).is_empty());
+}

@@ -197,6 +197,16 @@ pub fn exit_code_number(err: &anyhow::Error) -> u8 {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// An image reference given on the command line: a malformed one is wrong usage.
+pub fn image_ref(s: &str) -> Result<crate::oci::dest::ImageRef> {
+    crate::oci::dest::ImageRef::parse(s).map_err(|e| UsageError(format!("{e:#}")).into())
+}
+
+/// A registry reference given on the command line: a malformed one is wrong usage.
+pub fn remote_ref(s: &str) -> Result<crate::registry::RemoteRef> {
+    crate::registry::RemoteRef::parse(s).map_err(|e| UsageError(format!("{e:#}")).into())
+}
+
 /// The error message as printed: the whole chain, secrets removed.
 pub fn error_text(err: &anyhow::Error) -> String {
     crate::redact::apply(&format!("{err:#}"), &[])

@@ -210,6 +210,9 @@ pub fn with_peak_rss(
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap())
         .process_group(0);
+    if let Some(d) = cmd.get_current_dir() {
+        t.current_dir(d);
+    }
     for (k, v) in cmd.get_envs() {
         match v {
             Some(v) => t.env(k, v),
