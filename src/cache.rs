@@ -140,7 +140,11 @@ impl Cache {
     }
 
     pub fn default_root() -> Result<PathBuf> {
-        if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        // The XDG base directory spec: a relative path in the variable is invalid and
+        // ignored (and a relative cache would break every overlay's backing path).
+        if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty() && Path::new(v).is_absolute())
+        {
             return Ok(PathBuf::from(xdg).join("diskforge"));
         }
         match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
