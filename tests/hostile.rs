@@ -883,3 +883,54 @@ fn a_recipe_name_or_a_reference_cannot_steer_where_images_go() {
     assert!(cached.is_empty(), "the cache holds {cached:?}");
     assert!(common::temp_files(t.path()).is_empty());
 }
+
+#[test]
+fn an_ambiguous_checksum_file_is_refused_before_any_download() {
+    if !common::require(&["/usr/bin/time"]) {
+        return;
+    }
+    let server = common::http::TestServer::start();
+    let (good, bad) = ("a".repeat(64), "b".repeat(64));
+    server.serve(
+        "SHA256SUMS",
+        format!("{good}  amd64/disk.qcow2\n{bad}  arm64/disk.qcow2\n").into_bytes(),
+    );
+    server.serve("disk.qcow2", vec![0u8; 4096]);
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(
+        t.path().join("r.yaml"),
+        format!(
+            "base:\n  url: {}\n  checksum: {{url: {}}}\n",
+            server.url("disk.qcow2"),
+            server.url("SHA256SUMS")
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let (out, _) = with_peak_rss(
+        df().args(["--json-events", "plan"])
+            .arg(t.path().join("r.yaml"))
+            .env("DISKFORGE_CACHE_DIR", t.path().join("cache"))
+            .env("DISKFORGE_WORK_DIR", t.path().join("work")),
+        Duration::from_secs(120),
+    );
+    let msg = text(&out);
+    common::events::check(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{msg}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        msg.contains(&format!("line 1 `{good}  amd64/disk.qcow2`"))
+            && msg.contains(&format!("line 2 `{bad}  arm64/disk.qcow2`")),
+        "both lines should be named: {msg}"
+    );
+    assert_eq!(server.count("disk.qcow2"), 0, "the image was downloaded");
+    assert!(server.count("SHA256SUMS") >= 1);
+    assert!(common::temp_files(t.path()).is_empty());
+    assert!(
+        !t.path().join("cache/blobs/sha256").exists()
+            || std::fs::read_dir(t.path().join("cache/blobs/sha256"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+}
