@@ -825,6 +825,7 @@ fn a_recipe_name_or_a_reference_cannot_steer_where_images_go() {
         "name: ../../x\nbase: {path: base.qcow2}\n",
     )
     .unwrap();
+    std::fs::write(cwd.join("ok.yaml"), "base: {path: base.qcow2}\n").unwrap();
     let layout = small_layout(t.path());
     let run = |args: &[&str]| {
         let started = Instant::now();
@@ -859,6 +860,12 @@ fn a_recipe_name_or_a_reference_cannot_steer_where_images_go() {
         &["push", &layout_tag, "docker://127.0.0.1:1/lab/x:bad tag!"],
         &["pack", disk, "-o", "docker://127.0.0.1:1/lab//x:1"],
         &["verify", "docker://127.0.0.1:1/lab/x@sha256:short"],
+        &[
+            "build",
+            "ok.yaml",
+            "--output",
+            "docker://127.0.0.1:1/lab/{name}:a b",
+        ],
     ] {
         let msg = run(args);
         assert!(msg.contains("is not an image reference"), "{args:?}: {msg}");
