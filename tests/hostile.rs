@@ -852,6 +852,17 @@ fn a_recipe_name_or_a_reference_cannot_steer_where_images_go() {
             "{cmd}: {msg}"
         );
     }
+    // Without `name:`, the file name stands in for it, and must be as plain.
+    std::fs::write(cwd.join("...yaml"), "base: {path: base.qcow2}\n").unwrap();
+    let (out, _) = with_peak_rss(
+        df().args(["plan", "...yaml"])
+            .current_dir(&cwd)
+            .env("DISKFORGE_CACHE_DIR", t.path().join("cache"))
+            .env("DISKFORGE_WORK_DIR", t.path().join("work")),
+        Duration::from_secs(120),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("set `name:`"), "{}", text(&out));
     let disk = t.path().join("small.qcow2");
     let disk = disk.to_str().unwrap();
     let layout_tag = format!("{}:t", layout.display());

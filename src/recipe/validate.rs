@@ -97,7 +97,7 @@ pub fn check(r: &Recipe, issues: &mut Issues) {
 
 /// An image name: what the default destination `oci:out/NAME` and the `{name}` tag
 /// template take, so a plain file name that is also a valid tag.
-fn valid_image_name(n: &str) -> bool {
+pub fn valid_image_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 128
         && n.chars()
