@@ -75,7 +75,8 @@ struct Plaintext {
 
 impl Plaintext {
     fn allows(&self, url: &Url) -> bool {
-        self.anywhere || self.hosts.iter().any(|h| *h == authority(url))
+        let target = authority(url);
+        self.anywhere || self.hosts.iter().any(|h| h.eq_ignore_ascii_case(&target))
     }
 }
 
@@ -1600,6 +1601,11 @@ mod tests {
             anywhere: false,
             hosts: vec!["127.0.0.1:5000".into()],
         };
+        let upper = Plaintext {
+            anywhere: false,
+            hosts: vec!["Reg.Example:5000".into()],
+        };
+        assert!(upper.allows(&url("http://reg.example:5000/v2/")));
         let plain = url("http://127.0.0.1:5000");
         assert!(credential_allowed(
             &plain,
