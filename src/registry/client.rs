@@ -58,7 +58,7 @@ pub struct AuthError {
 /// diskforge refused to send a request over plain HTTP (a downgrade from HTTPS, or a
 /// credential in plain text) where plain HTTP was not allowed.
 #[derive(Debug, thiserror::Error)]
-#[error("refusing to send a request to {url} over plain HTTP: {why}; allow plain HTTP with --tls-verify=false (or list {authority} under output.insecure-registries) only if the network is trusted")]
+#[error("refusing to send a request to {url}: {why}; allow plain HTTP with --tls-verify=false (or list {authority} under output.insecure-registries) only if the network is trusted")]
 pub struct PlaintextRefused {
     pub url: String,
     pub authority: String,
@@ -119,11 +119,11 @@ fn credential_allowed(
                 format!("{scheme}: is not a registry URL scheme")
             } else if issuer.scheme() == "https" {
                 format!(
-                    "{} was reached over HTTPS, and diskforge does not downgrade to plain HTTP",
+                    "it is plain HTTP, {} was reached over HTTPS, and diskforge does not downgrade to plain HTTP",
                     authority(issuer)
                 )
             } else {
-                "plain HTTP is allowed only for the registry itself".to_string()
+                "it is plain HTTP, which is allowed only for the registry itself".to_string()
             };
             return Err(PlaintextRefused {
                 url: target.as_str().to_string(),
@@ -155,7 +155,8 @@ fn redirect_policy(plaintext: Plaintext) -> reqwest::redirect::Policy {
     })
 }
 
-/// The realm, service and scope of a `WWW-Authenticate: Bearer …` challenge.
+/// The realm and service of a `WWW-Authenticate: Bearer …` challenge (the scope is the
+/// repository asked for).
 #[derive(Debug, Default, PartialEq, Eq)]
 struct BearerChallenge {
     realm: String,
