@@ -7,7 +7,9 @@
 //! meta/<hex>.json         size, origin, creation and last-use time of a blob
 //! refs/<kind>-<hex>       other names of a blob: the upstream checksum (`src-sha256-…`,
 //!                         `src-sha512-…`, which may cover the compressed download), the URL
-//!                         (`url-<sha256 of the URL>`), an archive member (`member-…`)
+//!                         (`url-<sha256 of the URL>`), an archive member (`member-…`);
+//!                         the blob's metadata lists the names it was stored under, and a
+//!                         reference the metadata does not list is ignored
 //! partial/<key>.part      an interrupted download, resumed with HTTP Range (kept across runs)
 //! locks/<key>.lock        one exclusive lock per key: concurrent builds download once
 //! stages/<key>.qcow2      disks kept by `build --incremental`, named by their stage key
@@ -47,6 +49,10 @@ pub struct BlobMeta {
     /// The upstream checksum that verified it (`sha512:…`), when there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_digest: Option<String>,
+    /// The references (`refs/` file names) this blob was stored under: a reference
+    /// naming the blob counts only when it is listed here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
     /// RFC 3339.
     pub created: String,
     /// RFC 3339; updated on every use, drives `cache prune --days`.
@@ -140,7 +146,11 @@ impl Cache {
     }
 
     pub fn default_root() -> Result<PathBuf> {
-        if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        // The XDG base directory spec: a relative path in the variable is invalid and
+        // ignored (and a relative cache would break every overlay's backing path).
+        if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty() && Path::new(v).is_absolute())
+        {
             return Ok(PathBuf::from(xdg).join("diskforge"));
         }
         match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
@@ -245,7 +255,50 @@ impl Cache {
             tracing::warn!("ignoring malformed cache reference {}", path.display());
             return Ok(None);
         }
-        Ok(self.blob_path(&hex).is_file().then_some(hex))
+        if !self.blob_path(&hex).is_file() {
+            return Ok(None);
+        }
+        let name = key.file_name();
+        match self.meta(&hex)? {
+            // Metadata written before names were recorded cannot be checked: the name
+            // is recorded now (best effort: a read-only cache stays as it is), as the
+            // reference has always been trusted.
+            Some(meta) if meta.names.is_empty() => {
+                if let Err(e) = self.add_name(&hex, &name) {
+                    tracing::debug!("recording {name} for blob sha256:{hex}: {e:#}");
+                }
+            }
+            Some(meta) if meta.names.contains(&name) => {}
+            Some(meta) => {
+                tracing::warn!(
+                    "ignoring cache reference {}: it names blob sha256:{hex}, which was stored as {} ({}), not under this name",
+                    path.display(),
+                    meta.names.join(", "),
+                    meta.origin
+                );
+                return Ok(None);
+            }
+            None => {
+                tracing::warn!(
+                    "ignoring cache reference {}: blob sha256:{hex} has no metadata to check it against",
+                    path.display()
+                );
+                return Ok(None);
+            }
+        }
+        Ok(Some(hex))
+    }
+
+    /// Records `name` among the references blob `hex` is stored under.
+    fn add_name(&self, hex: &str, name: &str) -> Result<()> {
+        let Some(mut meta) = self.meta(hex)? else {
+            bail!("blob sha256:{hex} has no metadata to record the reference {name} in");
+        };
+        if !meta.names.iter().any(|n| n == name) {
+            meta.names.push(name.to_string());
+            self.write_meta(&meta)?;
+        }
+        Ok(())
     }
 
     /// Re-hashes a blob (a full read: about 1-2 s per GiB on a 2-core machine) and
@@ -299,23 +352,27 @@ impl Cache {
             temp.persist(&dest)?;
         }
         let now = now_rfc3339();
-        let created = self
-            .meta(hex)?
-            .map(|m| m.created)
+        let old = self.meta(hex)?;
+        let created = old
+            .as_ref()
+            .map(|m| m.created.clone())
             .unwrap_or_else(|| now.clone());
         self.write_meta(&BlobMeta {
             digest: hex.to_string(),
             size,
             origin: origin.to_string(),
             source_digest,
+            names: old.map(|m| m.names).unwrap_or_default(),
             created,
             last_used: now,
         })?;
         Ok(dest)
     }
 
-    /// Points `key` at blob `hex` (atomically replacing an older reference).
+    /// Points `key` at blob `hex` (atomically replacing an older reference), and records
+    /// the name in the blob's metadata first, so the reference checks out on lookup.
     pub fn set_ref(&self, key: &RefKey, hex: &str) -> Result<()> {
+        self.add_name(hex, &key.file_name())?;
         crate::io::atomic::write(&self.ref_path(key), hex.as_bytes())
             .context("writing a cache reference")
     }
@@ -355,6 +412,7 @@ impl Cache {
                     size,
                     origin: "unknown".to_string(),
                     source_digest: None,
+                    names: Vec::new(),
                     created: now_rfc3339(),
                     last_used: String::new(),
                 }
@@ -545,5 +603,60 @@ mod tests {
         cache.commit(temp, &hex, "test", None).unwrap();
         assert!(!cache.verify_blob(&hex).unwrap());
         assert!(!cache.blob_path(&hex).exists());
+    }
+
+    #[test]
+    fn a_reference_to_a_blob_stored_under_another_name_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path()).unwrap();
+        let store = |data: &[u8], key: &RefKey| {
+            let mut temp = cache.temp_blob().unwrap();
+            temp.write_all(data).unwrap();
+            let hex = sha256_hex(data);
+            cache.commit(temp, &hex, "test", None).unwrap();
+            cache.set_ref(key, &hex).unwrap();
+            hex
+        };
+        let (a, b) = (
+            RefKey::Url("http://x/a".into()),
+            RefKey::Url("http://x/b".into()),
+        );
+        let hex_a = store(b"content a", &a);
+        let hex_b = store(b"content b", &b);
+        assert_eq!(cache.lookup(&b).unwrap().as_deref(), Some(hex_b.as_str()));
+        // b's reference now names a's blob: intact, but not what b was stored as.
+        fs::write(cache.ref_path(&b), &hex_a).unwrap();
+        assert!(cache.verify_blob(&hex_a).unwrap());
+        assert_eq!(cache.lookup(&b).unwrap(), None);
+        assert_eq!(cache.lookup(&a).unwrap().as_deref(), Some(hex_a.as_str()));
+        // Storing b again repairs the reference; the same content under a second name
+        // keeps both names.
+        store(b"content b", &b);
+        assert_eq!(cache.lookup(&b).unwrap().as_deref(), Some(hex_b.as_str()));
+        let c = RefKey::Source {
+            algorithm: "sha256".into(),
+            hex: hex_a.clone(),
+        };
+        store(b"content a", &c);
+        assert_eq!(cache.lookup(&a).unwrap().as_deref(), Some(hex_a.as_str()));
+        assert_eq!(cache.lookup(&c).unwrap().as_deref(), Some(hex_a.as_str()));
+        // A reference to a blob without metadata cannot be checked.
+        fs::remove_file(cache.meta_path(&hex_a)).unwrap();
+        assert_eq!(cache.lookup(&a).unwrap(), None);
+    }
+
+    #[test]
+    fn references_from_before_names_were_recorded_are_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path()).unwrap();
+        let mut temp = cache.temp_blob().unwrap();
+        temp.write_all(b"old").unwrap();
+        let hex = sha256_hex(b"old");
+        cache.commit(temp, &hex, "test", None).unwrap();
+        let key = RefKey::Url("http://x/old".into());
+        fs::write(cache.ref_path(&key), &hex).unwrap();
+        assert!(cache.meta(&hex).unwrap().unwrap().names.is_empty());
+        assert_eq!(cache.lookup(&key).unwrap().as_deref(), Some(hex.as_str()));
+        assert_eq!(cache.meta(&hex).unwrap().unwrap().names, [key.file_name()]);
     }
 }

@@ -415,6 +415,63 @@ async fn literal_sha512_and_its_mismatch() {
     assert!(err.downcast_ref::<ChecksumMismatch>().is_some(), "{err:#}");
 }
 
+/// A reference that names another intact blob (a misdirected `refs/` file) is not
+/// trusted: the blob's record does not list that name, so the base is fetched again and
+/// the build gets the image its checksum names, not the other one.
+#[tokio::test]
+async fn a_reference_naming_another_intact_blob_is_not_trusted() {
+    let Some(f) = fixture() else { return };
+    let a = make_qcow2(&f.dir, "a.qcow2", "8M");
+    let b = make_qcow2(&f.dir, "b.qcow2", "16M");
+    f.server.serve("a.qcow2", a.clone());
+    f.server.serve("b.qcow2", b.clone());
+    let spec = |name: &str, data: &[u8]| {
+        url_base(
+            f.server.url(name),
+            literal(&format!("sha512:{}", sha512(data))),
+        )
+    };
+    acquire(&spec("a.qcow2", &a), &f.cache, &fast_opts())
+        .await
+        .unwrap();
+    let got = acquire(&spec("b.qcow2", &b), &f.cache, &fast_opts())
+        .await
+        .unwrap();
+    assert_eq!(got.digest, format!("sha256:{}", sha256(&b)));
+    assert_eq!(f.server.count("b.qcow2"), 1);
+    // b's checksum now names a's blob, which is intact.
+    let b_ref = f.cache.root().join("refs").join(
+        RefKey::Source {
+            algorithm: "sha512".into(),
+            hex: sha512(&b),
+        }
+        .file_name(),
+    );
+    fs::write(&b_ref, sha256(&a)).unwrap();
+    let again = acquire(&spec("b.qcow2", &b), &f.cache, &fast_opts())
+        .await
+        .unwrap();
+    assert_eq!(
+        again.digest,
+        format!("sha256:{}", sha256(&b)),
+        "got a's blob"
+    );
+    assert_eq!(again.virtual_size, 16 << 20);
+    assert_eq!(f.server.count("b.qcow2"), 2, "b was not fetched again");
+    assert_eq!(
+        fs::read_to_string(&b_ref).unwrap(),
+        sha256(&b),
+        "reference repaired"
+    );
+    assert!(!cache_files(&f.cache).iter().any(|p| p.contains(".tmp-")));
+    // a is still found under its own name.
+    let a_again = acquire(&spec("a.qcow2", &a), &f.cache, &fast_opts())
+        .await
+        .unwrap();
+    assert_eq!(a_again.digest, format!("sha256:{}", sha256(&a)));
+    assert_eq!(f.server.count("a.qcow2"), 1);
+}
+
 fn xz(data: &[u8]) -> Vec<u8> {
     compress_with(data, &["xz", "-c", "-T1"])
 }

@@ -624,3 +624,89 @@ fn ctrl_c_during_customization_stops_the_appliance_and_leaves_nothing() {
     assert_eq!(common::temp_files(&cache), Vec::<std::path::PathBuf>::new());
     assert_eq!(sha256(&base), base_sum, "the base changed");
 }
+
+/// `--cache-dir c`, relative to where diskforge runs: the overlay names its backing file
+/// (the base downloaded into the cache) by a path qemu-img resolves from the overlay's
+/// own directory, so every such path is made absolute once, when the command line is
+/// read. A real build from a downloaded base succeeds.
+#[test]
+fn a_relative_cache_dir_builds() {
+    if !common::require(TOOLS) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let base = common::guest::base_qcow2();
+    let server = common::http::TestServer::start();
+    server.serve("base.qcow2", std::fs::read(&base).unwrap());
+    std::fs::write(
+        t.path().join("r.yaml"),
+        format!(
+            "base: {{url: \"{}\", checksum: \"sha256:{}\"}}\n",
+            server.url("base.qcow2"),
+            sha256(&base)
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut c = common::diskforge();
+    common::guestfs_env(&mut c);
+    let out = c
+        .current_dir(t.path())
+        .args(["--json-events", "--accel", "tcg", "--cache-dir", "c"])
+        .args(["build", "r.yaml", "--disk-only", "out.qcow2"])
+        .env("DISKFORGE_WORK_DIR", "w")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    common::events::check(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(took < std::time::Duration::from_secs(900), "took {took:?}");
+    // The disk is standalone, and the base went into the relative cache.
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json", "-U"])
+        .arg(t.path().join("out.qcow2"))
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert!(info.get("backing-filename").is_none(), "{info}");
+    let blobs: Vec<_> = std::fs::read_dir(t.path().join("c/blobs/sha256"))
+        .unwrap()
+        .collect();
+    assert_eq!(
+        blobs.len(),
+        1,
+        "the base is cached under the relative cache dir"
+    );
+    // DISKFORGE_CACHE_DIR=c finds the same cache, and the plan names it as $CACHE.
+    let plan = common::diskforge()
+        .current_dir(t.path())
+        .env("DISKFORGE_CACHE_DIR", "c")
+        .args([
+            "--accel",
+            "tcg",
+            "plan",
+            "r.yaml",
+            "--disk-only",
+            "out2.qcow2",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert_eq!(plan.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("qemu-img create -q -f qcow2 -F qcow2 -b $CACHE/blobs/sha256/"),
+        "{text}"
+    );
+    // The work directory was cleaned up and nothing half-written is left.
+    let work_left: Vec<_> = std::fs::read_dir(t.path().join("w"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(work_left.is_empty(), "{work_left:?}");
+    assert!(common::temp_files(t.path()).is_empty());
+}

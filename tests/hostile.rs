@@ -603,3 +603,352 @@ fn a_huge_ttyd_page_is_refused() {
     let e = diskforge::vm::probe::http_get(port, "/", None).unwrap_err();
     assert!(format!("{e:#}").contains("more than"), "{e:#}");
 }
+
+/// Every request a fake server saw, shared with the test.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<common::hostile::Request>>>;
+
+/// A small pushable layout (tag `t`) under `dir`.
+fn small_layout(dir: &Path) -> std::path::PathBuf {
+    let layout = dir.join("layout");
+    let disk = qcow2(dir);
+    let layer = tar(&[
+        ("disk/", b'5', b"", 107, 0o555),
+        ("disk/disk.qcow2", b'0', &disk, 107, 0o440),
+    ]);
+    layout_with_layer(&layout, &layer, None);
+    layout
+}
+
+/// `diskforge --json-events push LAYOUT:t DEST` with `extra` options, credentials only
+/// from the command line, the cache under `dir`; killed after 120 s.
+fn push_with(dir: &Path, layout: &Path, dest: &str, extra: &[&str]) -> std::process::Output {
+    let (out, _) = with_peak_rss(
+        df().args(["--json-events", "push"])
+            .arg(format!("{}:t", layout.display()))
+            .arg(dest)
+            .args(extra)
+            .env("XDG_CACHE_HOME", dir.join("xdg"))
+            .env("HOME", dir)
+            .env_remove("DISKFORGE_CREDS")
+            .env_remove("DOCKER_CONFIG")
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("XDG_CONFIG_HOME"),
+        Duration::from_secs(120),
+    );
+    out
+}
+
+#[test]
+fn credentials_never_follow_an_upload_location_to_another_host() {
+    if !common::require(&["qemu-img", "/usr/bin/time"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let layout = small_layout(t.path());
+    let password = "Upl0ad-Pa55word-QZX";
+    let basic = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("ci:{password}"),
+    );
+    let basic_shown = basic.clone();
+    // The other host: records what reaches it and wants credentials of its own.
+    let other_seen: Seen = Default::default();
+    let seen = other_seen.clone();
+    let other = FakeServer::start_on("127.0.0.2", move |r, c| {
+        seen.lock().unwrap().push(r.clone());
+        head(
+            c,
+            "401 Unauthorized",
+            &[
+                ("WWW-Authenticate", "Basic realm=\"other\"".into()),
+                ("Content-Length", "0".into()),
+            ],
+        );
+    });
+    // The registry: Basic auth, and every upload it starts goes on at the other host.
+    let location = format!("http://{}/v2/lab/x/blobs/uploads/u1?_state=s", other.addr);
+    let registry = FakeServer::start(move |r, c| {
+        let authorized =
+            r.headers.get("authorization").map(String::as_str) == Some(&format!("Basic {basic}"));
+        if !authorized {
+            head(
+                c,
+                "401 Unauthorized",
+                &[
+                    ("WWW-Authenticate", "Basic realm=\"stand-in\"".into()),
+                    ("Content-Length", "0".into()),
+                ],
+            );
+        } else if r.path == "/v2/" {
+            head(c, "200 OK", &[("Content-Length", "0".into())]);
+        } else if r.method == "POST" && r.path.starts_with("/v2/lab/x/blobs/uploads/") {
+            head(
+                c,
+                "202 Accepted",
+                &[
+                    ("Location", location.clone()),
+                    ("Content-Length", "0".into()),
+                ],
+            );
+        } else {
+            head(c, "404 Not Found", &[("Content-Length", "0".into())]);
+        }
+    });
+    let started = Instant::now();
+    let out = push_with(
+        t.path(),
+        &layout,
+        &format!("docker://{}/lab/x:1", registry.addr),
+        &["--tls-verify=false", "--creds", &format!("ci:{password}")],
+    );
+    let took = started.elapsed();
+    let msg = text(&out);
+    common::events::check(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{msg}");
+    assert!(took < Duration::from_secs(60), "took {took:?}: {msg}");
+    let reached = other_seen.lock().unwrap().clone();
+    assert!(
+        !reached.is_empty(),
+        "the upload never went to the Location: {msg}"
+    );
+    for r in &reached {
+        assert!(
+            !r.headers.contains_key("authorization"),
+            "{} {} reached {} with the registry's credential: {:?}",
+            r.method,
+            r.path,
+            other.addr,
+            r.headers
+        );
+    }
+    assert!(
+        msg.contains("sends the credential only to"),
+        "the refusal does not say why: {msg}"
+    );
+    assert!(
+        !msg.contains(password) && !msg.contains(&basic_shown),
+        "{msg}"
+    );
+    assert!(common::temp_files(t.path()).is_empty());
+}
+
+#[test]
+fn a_bearer_token_echoed_by_a_registry_is_masked_everywhere() {
+    if !common::require(&["/usr/bin/time"]) {
+        return;
+    }
+    let token = "tok-7f3a9c1e5b2d8f4a6c0e";
+    let issued: Seen = Default::default();
+    let i2 = issued.clone();
+    let token_server = FakeServer::start(move |r, c| {
+        i2.lock().unwrap().push(r.clone());
+        let body = format!("{{\"token\":\"{token}\",\"expires_in\":300}}");
+        head(
+            c,
+            "200 OK",
+            &[
+                ("Content-Type", "application/json".into()),
+                ("Content-Length", body.len().to_string()),
+            ],
+        );
+        let _ = c.write_all(body.as_bytes());
+    });
+    let realm = format!("http://{}/token", token_server.addr);
+    // The registry asks for a token, then echoes the Authorization it got in an error.
+    let registry = FakeServer::start(move |r, c| {
+        let Some(auth) = r.headers.get("authorization") else {
+            head(
+                c,
+                "401 Unauthorized",
+                &[
+                    (
+                        "WWW-Authenticate",
+                        format!("Bearer realm=\"{realm}\",service=\"stand-in\""),
+                    ),
+                    ("Content-Length", "0".into()),
+                ],
+            );
+            return;
+        };
+        let body = format!(
+            "{{\"errors\":[{{\"code\":\"DENIED\",\"message\":\"{auth} may not read this\"}}]}}"
+        );
+        head(
+            c,
+            "400 Bad Request",
+            &[
+                ("Content-Type", "application/json".into()),
+                ("Content-Length", body.len().to_string()),
+            ],
+        );
+        let _ = c.write_all(body.as_bytes());
+    });
+    let t = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let (out, _) = with_peak_rss(
+        df().args(["--json-events", "-v", "inspect", "--tls-verify=false"])
+            .arg(format!("docker://{}/lab/x:1", registry.addr))
+            .env("XDG_CACHE_HOME", t.path().join("xdg"))
+            .env("HOME", t.path())
+            .env_remove("DISKFORGE_CREDS")
+            .env_remove("DOCKER_CONFIG")
+            .env_remove("REGISTRY_AUTH_FILE"),
+        Duration::from_secs(120),
+    );
+    let took = started.elapsed();
+    let msg = text(&out);
+    common::events::check(&out.stderr);
+    assert!(!issued.lock().unwrap().is_empty(), "no token was issued");
+    assert_eq!(out.status.code(), Some(1), "{msg}");
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    assert!(
+        msg.contains("DENIED") && msg.contains("Bearer ***"),
+        "the registry's error is not shown (masked): {msg}"
+    );
+    assert!(!msg.contains(token), "the token leaked: {msg}");
+    assert!(msg.contains("\"event\":\"error\""), "no error event: {msg}");
+    assert!(common::temp_files(t.path()).is_empty());
+}
+
+#[test]
+fn a_recipe_name_or_a_reference_cannot_steer_where_images_go() {
+    if !common::require(&["qemu-img", "/usr/bin/time"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let cwd = t.path().join("a/b");
+    std::fs::create_dir_all(&cwd).unwrap();
+    std::fs::write(cwd.join("base.qcow2"), qcow2(t.path())).unwrap();
+    std::fs::write(
+        cwd.join("recipe.yaml"),
+        "name: ../../x\nbase: {path: base.qcow2}\n",
+    )
+    .unwrap();
+    std::fs::write(cwd.join("ok.yaml"), "base: {path: base.qcow2}\n").unwrap();
+    let layout = small_layout(t.path());
+    let run = |args: &[&str]| {
+        let started = Instant::now();
+        let (out, _) = with_peak_rss(
+            df().arg("--json-events")
+                .args(args)
+                .current_dir(&cwd)
+                .env("DISKFORGE_CACHE_DIR", t.path().join("cache"))
+                .env("DISKFORGE_WORK_DIR", t.path().join("work"))
+                .env("XDG_CACHE_HOME", t.path().join("xdg")),
+            Duration::from_secs(120),
+        );
+        assert!(started.elapsed() < Duration::from_secs(30), "{args:?}");
+        common::events::check(&out.stderr);
+        let msg = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {msg}");
+        assert!(msg.contains("\"exit_code\":2"), "{args:?}: {msg}");
+        msg
+    };
+    for cmd in ["plan", "build"] {
+        let msg = run(&[cmd, "recipe.yaml"]);
+        assert!(
+            msg.contains("recipe.yaml:1:1: name: \"../../x\" is not a plain image name"),
+            "{cmd}: {msg}"
+        );
+    }
+    // Without `name:`, the file name stands in for it, and must be as plain.
+    std::fs::write(cwd.join("...yaml"), "base: {path: base.qcow2}\n").unwrap();
+    let (out, _) = with_peak_rss(
+        df().args(["plan", "...yaml"])
+            .current_dir(&cwd)
+            .env("DISKFORGE_CACHE_DIR", t.path().join("cache"))
+            .env("DISKFORGE_WORK_DIR", t.path().join("work")),
+        Duration::from_secs(120),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("set `name:`"), "{}", text(&out));
+    let disk = t.path().join("small.qcow2");
+    let disk = disk.to_str().unwrap();
+    let layout_tag = format!("{}:t", layout.display());
+    for args in [
+        &["inspect", "docker://127.0.0.1:1/Lab/x:1"][..],
+        &["push", &layout_tag, "docker://127.0.0.1:1/lab/x:bad tag!"],
+        &["pack", disk, "-o", "docker://127.0.0.1:1/lab//x:1"],
+        &["verify", "docker://127.0.0.1:1/lab/x@sha256:short"],
+        &[
+            "build",
+            "ok.yaml",
+            "--output",
+            "docker://127.0.0.1:1/lab/{name}:a b",
+        ],
+    ] {
+        let msg = run(args);
+        assert!(msg.contains("is not an image reference"), "{args:?}: {msg}");
+    }
+    // Nothing was written anywhere: no image, no cache entry, no half-written file.
+    for gone in ["x", "a/x", "a/b/out", "out"] {
+        assert!(!t.path().join(gone).exists(), "{gone} was created");
+    }
+    fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+    let cached = files(&t.path().join("cache"));
+    assert!(cached.is_empty(), "the cache holds {cached:?}");
+    assert!(common::temp_files(t.path()).is_empty());
+}
+
+#[test]
+fn an_ambiguous_checksum_file_is_refused_before_any_download() {
+    if !common::require(&["/usr/bin/time"]) {
+        return;
+    }
+    let server = common::http::TestServer::start();
+    let (good, bad) = ("a".repeat(64), "b".repeat(64));
+    server.serve(
+        "SHA256SUMS",
+        format!("{good}  amd64/disk.qcow2\n{bad}  arm64/disk.qcow2\n").into_bytes(),
+    );
+    server.serve("disk.qcow2", vec![0u8; 4096]);
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(
+        t.path().join("r.yaml"),
+        format!(
+            "base:\n  url: {}\n  checksum: {{url: {}}}\n",
+            server.url("disk.qcow2"),
+            server.url("SHA256SUMS")
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let (out, _) = with_peak_rss(
+        df().args(["--json-events", "plan"])
+            .arg(t.path().join("r.yaml"))
+            .env("DISKFORGE_CACHE_DIR", t.path().join("cache"))
+            .env("DISKFORGE_WORK_DIR", t.path().join("work")),
+        Duration::from_secs(120),
+    );
+    let msg = text(&out);
+    common::events::check(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{msg}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        msg.contains(&format!("line 1 `{good}  amd64/disk.qcow2`"))
+            && msg.contains(&format!("line 2 `{bad}  arm64/disk.qcow2`")),
+        "both lines should be named: {msg}"
+    );
+    assert_eq!(server.count("disk.qcow2"), 0, "the image was downloaded");
+    assert!(server.count("SHA256SUMS") >= 1);
+    assert!(common::temp_files(t.path()).is_empty());
+    assert!(
+        !t.path().join("cache/blobs/sha256").exists()
+            || std::fs::read_dir(t.path().join("cache/blobs/sha256"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+}

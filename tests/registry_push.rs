@@ -973,3 +973,72 @@ fn ctrl_c_while_uploading_during_packing_leaves_no_tag_and_no_partial_blob() {
         .collect();
     assert!(leftovers.is_empty(), "left in the layout: {leftovers:?}");
 }
+
+/// An HTTPS registry (verified with --cert-dir) whose uploads go on at a plain-HTTP
+/// address (its `http.host` says so): the upload is refused before anything — the
+/// credential least of all — goes over plain HTTP.
+#[test]
+fn an_https_registry_cannot_move_an_upload_to_plain_http() {
+    if !common::require(&["qemu-img", "docker-registry", "openssl", "htpasswd"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (l, _) = layout(t.path(), 1);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let other = common::hostile::FakeServer::start_on("127.0.0.2", move |r, c| {
+        s2.lock().unwrap().push(r.clone());
+        common::hostile::head(
+            c,
+            "500 Internal Server Error",
+            &[("Content-Length", "0".into())],
+        );
+    });
+    let password = "Tl5-Pa55word-Downgrade";
+    let (reg, ca) = Registry::start_tls_with(
+        Some(("ci", password)),
+        Some(&format!("http://{}", other.addr)),
+    );
+    let certs = t.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::write(certs.join("ca.crt"), ca).unwrap();
+    let started = std::time::Instant::now();
+    let out = common::diskforge()
+        .args(["--json-events", "push"])
+        .arg(format!("{}:v1", l.display()))
+        .arg(format!("docker://{}/lab/tls:1", reg.addr))
+        .args(["--creds", &format!("ci:{password}"), "--cert-dir"])
+        .arg(&certs)
+        .env("XDG_CACHE_HOME", t.path().join("xdg"))
+        .env_remove("DISKFORGE_CREDS")
+        .env_remove("DOCKER_CONFIG")
+        .env_remove("REGISTRY_AUTH_FILE")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    common::events::check(&out.stderr);
+    let msg = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{msg}");
+    assert!(took < std::time::Duration::from_secs(60), "took {took:?}");
+    // The registry did hand out the plain-HTTP location.
+    assert!(
+        reg.count(&["POST", "/blobs/uploads/"]) >= 1,
+        "{}",
+        reg.log_text()
+    );
+    let reached = seen.lock().unwrap().clone();
+    assert!(
+        reached.is_empty(),
+        "requests went over plain HTTP to {}: {reached:?}",
+        other.addr
+    );
+    assert!(msg.contains("does not downgrade"), "{msg}");
+    assert!(!msg.contains(password), "{msg}");
+    assert!(common::temp_files(t.path()).is_empty());
+    // Nothing was tagged.
+    assert_eq!(reg.count(&["PUT", "/manifests/"]), 0, "{}", reg.log_text());
+}

@@ -172,14 +172,18 @@ fn parse_line(line: &str) -> Option<(Option<&str>, &str, &str)> {
 
 /// Finds the entry for `file_name` in a checksum file (GNU or BSD form; a clearsigned file
 /// must be stripped first). The algorithm comes from the BSD tag, else `algorithm`, else
-/// the hash length.
+/// the hash length. An entry matches by its whole name or its last path segment; when
+/// several entries match with different hashes of the same algorithm (the name listed
+/// twice, or under two directories), the file is ambiguous and refused, naming the lines.
 pub fn find_in_checksum_file(
     text: &str,
     file_name: &str,
     algorithm: Option<HashAlgorithm>,
 ) -> Result<Digest> {
     let mut names = Vec::new();
-    for line in text.lines() {
+    let mut found: Vec<(usize, &str, Digest)> = Vec::new();
+    let mut other_algorithm = None;
+    for (n, line) in text.lines().enumerate() {
         let Some((tag, name, hash)) = parse_line(line) else {
             continue;
         };
@@ -187,41 +191,43 @@ pub fn find_in_checksum_file(
             names.push(name.to_string());
             continue;
         }
-        let from_tag = match tag {
-            Some(t) => match algorithm_from_tag(t) {
-                Some(a) => Some(a),
-                None => bail!("checksum file lists {file_name} with unsupported algorithm {t}"),
-            },
-            None => None,
+        // A line of another algorithm than the recipe's (by its tag, or by the length
+        // of an untagged hash) is not a candidate.
+        let tagged = match tag {
+            Some(t) => algorithm_from_tag(t),
+            None => algorithm_from_len(hash.len()),
         };
-        let alg = match from_tag
-            .or(algorithm)
-            .or_else(|| algorithm_from_len(hash.len()))
-        {
-            Some(a) => a,
-            None => bail!(
-                "cannot tell the algorithm of the {}-digit hash for {file_name}; set `algorithm`",
-                hash.len()
-            ),
-        };
-        if let (Some(declared), Some(tagged)) = (algorithm, from_tag) {
-            if declared != tagged {
-                bail!(
-                    "checksum file lists {file_name} as {} but the recipe says {}",
-                    tagged.name(),
-                    declared.name()
-                );
+        if let (Some(declared), Some(t)) = (algorithm, tagged) {
+            if declared != t {
+                other_algorithm.get_or_insert((t, declared));
+                continue;
             }
         }
-        if hash.len() != alg.hex_len() {
+        let digest = entry_digest(tag, hash, file_name, algorithm)?;
+        if let Some((first, first_line, _)) = found
+            .iter()
+            .find(|(_, _, d)| d.algorithm == digest.algorithm && d.hex != digest.hex)
+        {
             bail!(
-                "checksum for {file_name} has {} hex digits; {} needs {}",
-                hash.len(),
-                alg.name(),
-                alg.hex_len()
+                "checksum file is ambiguous for {file_name}: line {} `{}` and line {} `{}` give different {} hashes; refusing to pick one",
+                first + 1,
+                first_line.trim_end(),
+                n + 1,
+                line.trim_end(),
+                digest.algorithm.name()
             );
         }
-        return Ok(Digest::new(alg, hash));
+        found.push((n, line, digest));
+    }
+    if let Some((_, _, d)) = found.into_iter().next() {
+        return Ok(d);
+    }
+    if let Some((tagged, declared)) = other_algorithm {
+        bail!(
+            "checksum file lists {file_name} as {} but the recipe says {}",
+            tagged.name(),
+            declared.name()
+        );
     }
     names.truncate(8);
     bail!(
@@ -232,6 +238,50 @@ pub fn find_in_checksum_file(
             format!(" (it lists: {})", names.join(", "))
         }
     )
+}
+
+/// The digest one checksum line gives for `file_name`.
+fn entry_digest(
+    tag: Option<&str>,
+    hash: &str,
+    file_name: &str,
+    algorithm: Option<HashAlgorithm>,
+) -> Result<Digest> {
+    let from_tag = match tag {
+        Some(t) => match algorithm_from_tag(t) {
+            Some(a) => Some(a),
+            None => bail!("checksum file lists {file_name} with unsupported algorithm {t}"),
+        },
+        None => None,
+    };
+    let alg = match from_tag
+        .or(algorithm)
+        .or_else(|| algorithm_from_len(hash.len()))
+    {
+        Some(a) => a,
+        None => bail!(
+            "cannot tell the algorithm of the {}-digit hash for {file_name}; set `algorithm`",
+            hash.len()
+        ),
+    };
+    if let (Some(declared), Some(tagged)) = (algorithm, from_tag) {
+        if declared != tagged {
+            bail!(
+                "checksum file lists {file_name} as {} but the recipe says {}",
+                tagged.name(),
+                declared.name()
+            );
+        }
+    }
+    if hash.len() != alg.hex_len() {
+        bail!(
+            "checksum for {file_name} has {} hex digits; {} needs {}",
+            hash.len(),
+            alg.name(),
+            alg.hex_len()
+        );
+    }
+    Ok(Digest::new(alg, hash))
 }
 
 #[cfg(test)]
@@ -284,5 +334,45 @@ mod tests {
         let mut h = Hasher::new(HashAlgorithm::Sha256);
         h.update(b"");
         assert_eq!(h.finish().hex, H256);
+    }
+
+    #[test]
+    fn ambiguous_entries_are_refused_naming_both_lines() {
+        let other = "a".repeat(64);
+        // The same name twice with different hashes.
+        let text = format!("{H256}  disk.qcow2\n{other}  disk.qcow2\n");
+        let msg = find_in_checksum_file(&text, "disk.qcow2", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("ambiguous")
+                && msg.contains(&format!("line 1 `{H256}  disk.qcow2`"))
+                && msg.contains(&format!("line 2 `{other}  disk.qcow2`")),
+            "{msg}"
+        );
+        // The same file name under two directories.
+        let text = format!("# sums\n{other}  amd64/disk.qcow2\n{H256}  arm64/disk.qcow2\n");
+        let msg = find_in_checksum_file(&text, "disk.qcow2", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("line 2 `")
+                && msg.contains("amd64/disk.qcow2")
+                && msg.contains("line 3 `")
+                && msg.contains("arm64/disk.qcow2"),
+            "{msg}"
+        );
+        // Naming the entry in full picks it.
+        let d = find_in_checksum_file(&text, "arm64/disk.qcow2", None).unwrap();
+        assert_eq!(d.hex, H256);
+        // BSD and GNU lines that agree, or hashes of two algorithms: nothing to choose.
+        let h512 = "b".repeat(128);
+        let text = format!(
+            "SHA256 (disk.qcow2) = {H256}\n{H256}  ./disk.qcow2\nSHA512 (disk.qcow2) = {h512}\n"
+        );
+        let d = find_in_checksum_file(&text, "disk.qcow2", None).unwrap();
+        assert_eq!(d, Digest::new(HashAlgorithm::Sha256, H256));
+        let d = find_in_checksum_file(&text, "disk.qcow2", Some(HashAlgorithm::Sha512)).unwrap();
+        assert_eq!(d, Digest::new(HashAlgorithm::Sha512, &h512));
     }
 }

@@ -154,6 +154,19 @@ pub fn run(g: &GlobalOpts, args: BuildArgs) -> Result<ExitCode> {
         }
     }
     check_report_opts(&args.output.report, &args.destinations)?;
+    // A destination malformed whatever the templates expand to is wrong usage, found
+    // before any work; one that only a recipe's values make malformed fails at resolve.
+    let probe = crate::pipeline::resolve::TagVars {
+        name: "x",
+        arch: crate::recipe::Arch::Amd64,
+        version: Some("1"),
+        git_sha: Some("0123456789ab"),
+        epoch: 0,
+    };
+    for o in &args.destinations {
+        let expanded = crate::pipeline::resolve::expand_template(o, &probe)?;
+        super::image_ref(&expanded)?;
+    }
     if args.destinations.is_empty() && args.output.report.print_vm_manifest {
         // The recipe's own destinations push exactly when it names a repository
         // (resolve::destinations): known from the recipe alone, before any work.

@@ -42,9 +42,8 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
     super::build::check_report_opts(&args.output.report, &outputs)?;
     let dests = outputs
         .iter()
-        .map(|s| ImageRef::parse(s))
-        .collect::<Result<Vec<_>>>()
-        .map_err(|e| UsageError(format!("{e:#}")))?;
+        .map(|s| super::image_ref(s))
+        .collect::<Result<Vec<_>>>()?;
     let info = crate::sys::qemu_img::inspect_untrusted(&args.disk)?;
     let compression = args
         .output
@@ -127,7 +126,7 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
     } else {
         format!("oci:{}", args.layout)
     };
-    let (dir, tag) = match ImageRef::parse(&src)? {
+    let (dir, tag) = match super::image_ref(&src)? {
         ImageRef::Layout { dir, tag } => (dir, tag),
         _ => bail!("{}: push takes an OCI layout directory", args.layout),
     };
@@ -136,7 +135,7 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
         if !d.starts_with("docker://") {
             return Err(UsageError(format!("{d}: push writes to docker://HOST/REPO:TAG")).into());
         }
-        refs.push(RemoteRef::parse(d)?);
+        refs.push(super::remote_ref(d)?);
     }
     let layout = Layout::open(&dir)?;
     let desc = layout.resolve(tag.as_deref())?;
@@ -212,7 +211,7 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
 
 /// `diskforge inspect IMAGE`.
 pub fn inspect(g: &GlobalOpts, args: InspectArgs) -> Result<ExitCode> {
-    let r = ImageRef::parse(&args.image)?;
+    let r = super::image_ref(&args.image)?;
     let arch = read::host_arch();
     let key = args
         .key
@@ -402,7 +401,7 @@ fn platform_entry(
 
 /// `diskforge index DEST IMAGE...`: a multi-architecture index.
 pub fn index(_g: &GlobalOpts, args: IndexArgs) -> Result<ExitCode> {
-    match ImageRef::parse(&args.destination)? {
+    match super::image_ref(&args.destination)? {
         ImageRef::Registry { reference } => {
             let dest = RemoteRef::parse(&reference)?;
             let opts = super::registry_options(&args.registry, &[]);
@@ -410,7 +409,7 @@ pub fn index(_g: &GlobalOpts, args: IndexArgs) -> Result<ExitCode> {
                 let client = registry::Client::connect(&dest.registry, &opts).await?;
                 let mut entries = Vec::new();
                 for i in &args.images {
-                    let r = RemoteRef::parse(i)?;
+                    let r = super::remote_ref(i)?;
                     if r.registry != dest.registry || r.repository != dest.repository {
                         bail!(
                             "{i}: the images of an index must be in {}/{}",
@@ -454,7 +453,7 @@ pub fn index(_g: &GlobalOpts, args: IndexArgs) -> Result<ExitCode> {
             let mut entries = Vec::new();
             for i in &args.images {
                 let t = match i.strip_prefix("oci:") {
-                    Some(_) => match ImageRef::parse(i)? {
+                    Some(_) => match super::image_ref(i)? {
                         ImageRef::Layout { dir: d2, tag } if d2 == *dir => tag,
                         _ => bail!(
                             "{i}: the images of an index must be in the destination layout {}",

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::CommandFactory;
 
 use crate::cli::{Cli, Command, GlobalOpts, RegistryArgs};
@@ -200,6 +200,16 @@ pub fn exit_code_number(err: &anyhow::Error) -> u8 {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// An image reference given on the command line: a malformed one is wrong usage.
+pub fn image_ref(s: &str) -> Result<crate::oci::dest::ImageRef> {
+    crate::oci::dest::ImageRef::parse(s).map_err(|e| UsageError(format!("{e:#}")).into())
+}
+
+/// A registry reference given on the command line: a malformed one is wrong usage.
+pub fn remote_ref(s: &str) -> Result<crate::registry::RemoteRef> {
+    crate::registry::RemoteRef::parse(s).map_err(|e| UsageError(format!("{e:#}")).into())
+}
+
 /// The error message as printed: the whole chain, secrets removed.
 pub fn error_text(err: &anyhow::Error) -> String {
     crate::redact::apply(&format!("{err:#}"), &[])
@@ -232,10 +242,11 @@ pub fn recipe_error_events(err: &anyhow::Error) {
     }
 }
 
-pub fn run(cli: Cli) -> Result<ExitCode> {
+pub fn run(mut cli: Cli) -> Result<ExitCode> {
     crate::progress::configure(cli.global.json_events, cli.global.quiet);
     crate::sys::interrupt::install()?;
     crate::sys::rt::init()?;
+    absolute_dirs(&mut cli.global)?;
     let g = &cli.global;
     match cli.command {
         Command::Completions { shell } => {
@@ -262,6 +273,23 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify(a) => verify::run(g, a),
         Command::Sign(a) => sign::run(g, a),
     }
+}
+
+/// Makes the cache and work directories (`--cache-dir`/`DISKFORGE_CACHE_DIR`,
+/// `--work-dir`/`DISKFORGE_WORK_DIR`) absolute, once, before anything uses them: an
+/// overlay names its backing file by a path qemu-img resolves from the overlay's own
+/// directory, and plans show these directories as `$CACHE`/`$WORK` by their text.
+fn absolute_dirs(g: &mut GlobalOpts) -> Result<()> {
+    for (dir, what) in [
+        (&mut g.cache_dir, "--cache-dir"),
+        (&mut g.work_dir, "--work-dir"),
+    ] {
+        if let Some(d) = dir {
+            *d = std::path::absolute(&*d)
+                .with_context(|| format!("making {what} {} absolute", d.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Registry options from the command line (plus registries a recipe marks insecure).

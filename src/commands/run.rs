@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 
 use crate::cli::{GlobalOpts, RunArgs};
-use crate::oci::ImageRef;
 use crate::recipe::DiskFormat;
 use crate::vm::{self, probe};
 
@@ -48,7 +47,7 @@ pub fn boot_disk(
         });
     }
     let scratch = super::scratch_root(g)?;
-    let (img, holder) = super::verify::open_any(&ImageRef::parse(image)?, &scratch, registry)?;
+    let (img, holder) = super::verify::open_any(&super::image_ref(image)?, &scratch, registry)?;
     let temp = tempfile::Builder::new()
         .prefix("diskforge-run-")
         .tempdir_in(&scratch)

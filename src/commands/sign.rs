@@ -14,7 +14,7 @@ use crate::registry::{self, RemoteRef};
 
 pub fn run(_g: &GlobalOpts, args: SignArgs) -> Result<ExitCode> {
     let key = super::build::load_key(&args.key, &args.key_password)?;
-    match ImageRef::parse(&args.image)? {
+    match super::image_ref(&args.image)? {
         ImageRef::Registry { reference } => {
             let r = RemoteRef::parse(&reference)?;
             let opts = super::registry_options(&args.registry, &[]);

@@ -62,7 +62,7 @@ pub fn run(g: &GlobalOpts, args: VerifyArgs) -> Result<ExitCode> {
     };
     let scratch = super::scratch_root(g)?;
     let registry = super::registry_options(&args.registry, &[]);
-    let r = ImageRef::parse(&args.image)?;
+    let r = super::image_ref(&args.image)?;
     let (img, _holder) = open_any(&r, &scratch, &registry)?;
     let temp = tempfile::Builder::new()
         .prefix("diskforge-verify-")

@@ -22,6 +22,9 @@ impl ImageRef {
             if rest.is_empty() || !rest.contains('/') {
                 bail!("{s:?}: a registry destination is docker://HOST/REPOSITORY[:TAG]");
             }
+            if let Err(e) = rest.parse::<oci_client::Reference>() {
+                bail!("{s:?} is not an image reference such as docker://HOST/REPOSITORY:TAG ({e})");
+            }
             return Ok(ImageRef::Registry {
                 reference: rest.to_string(),
             });
@@ -128,5 +131,13 @@ mod tests {
         assert!(ImageRef::parse("oci:").is_err());
         assert!(ImageRef::parse("oci:dir:bad/tag:x!").is_err());
         assert!(ImageRef::parse("docker://noslash").is_err());
+        for bad in [
+            "docker://127.0.0.1:5000/Lab/x:1",
+            "docker://127.0.0.1:5000/lab/x:bad tag!",
+            "docker://127.0.0.1:5000//x",
+            "docker://127.0.0.1:5000/lab/x@sha256:short",
+        ] {
+            assert!(ImageRef::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -168,7 +168,7 @@ pub fn resolve(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<Resolved> 
     // A remote URL with credentials in it never becomes a label.
     let git_remote =
         git(&loaded.dir, &["config", "--get", "remote.origin.url"]).filter(|s| !s.contains('@'));
-    let name = image_name(&loaded);
+    let name = image_name(&loaded)?;
     let vars = TagVars {
         name: &name,
         arch,
@@ -385,15 +385,24 @@ fn ttyd_binary(loaded: &LoadedRecipe) -> Result<Option<TtydBinary>> {
     })
 }
 
-/// The image name: `name:`, else the recipe's file name.
-pub fn image_name(loaded: &LoadedRecipe) -> String {
-    loaded.recipe.name.clone().unwrap_or_else(|| {
-        loaded
-            .path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "image".into())
-    })
+/// The image name: `name:` (validated with the recipe), else the recipe's file name,
+/// which must be as plain as a `name:` would have to be (`...yaml` would name `..`).
+pub fn image_name(loaded: &LoadedRecipe) -> Result<String> {
+    if let Some(n) = &loaded.recipe.name {
+        return Ok(n.clone());
+    }
+    let stem = loaded
+        .path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    if !crate::recipe::validate::valid_image_name(&stem) {
+        bail!(
+            "the file name of {} cannot name the image ({stem:?} would be its output directory out/{stem}): set `name:` in the recipe",
+            loaded.path.display()
+        );
+    }
+    Ok(stem)
 }
 
 /// The creation time: `SOURCE_DATE_EPOCH` when set, otherwise now.

@@ -95,6 +95,58 @@ pub fn check(r: &Recipe, issues: &mut Issues) {
     check_ttyd(r, issues);
 }
 
+/// An image name: what the default destination `oci:out/NAME` and the `{name}` tag
+/// template take, so a plain file name that is also a valid tag.
+pub fn valid_image_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 128
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && !n.starts_with(['.', '-'])
+}
+
+/// A repository as the distribution spec writes it: `[HOST[:PORT]/]PATH`, where PATH
+/// has at least one component (two without a host) and every component is lowercase
+/// letters and digits joined by `.`, `_`, `__` or runs of `-`. No `..`, no empty
+/// component, nothing a path or URL could be steered with.
+fn valid_repository(repo: &str) -> bool {
+    let mut parts: Vec<&str> = repo.split('/').collect();
+    if parts.len() < 2 {
+        return false;
+    }
+    let first = parts[0];
+    if first.contains('.') || first.contains(':') || first == "localhost" {
+        let (host, port) = match first.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (first, None),
+        };
+        let host_ok = !host.is_empty()
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            });
+        let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !host_ok || !port_ok {
+            return false;
+        }
+        parts.remove(0);
+    }
+    parts.iter().all(|c| path_component(c))
+}
+
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
+fn path_component(c: &str) -> bool {
+    let alnum = |ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit();
+    if !c.starts_with(alnum) || !c.ends_with(alnum) {
+        return false;
+    }
+    c.split(alnum)
+        .filter(|sep| !sep.is_empty())
+        .all(|sep| sep == "." || sep == "_" || sep == "__" || sep.chars().all(|ch| ch == '-'))
+}
+
 fn check_base(r: &Recipe, issues: &mut Issues) {
     let Some(base) = &r.base else {
         issues.push((
@@ -171,6 +223,14 @@ fn check_ttyd(r: &Recipe, issues: &mut Issues) {
 }
 
 fn check_output(r: &Recipe, issues: &mut Issues) {
+    if let Some(n) = &r.name {
+        if !valid_image_name(n) {
+            issues.push((
+                k(&["name"]),
+                format!("{n:?} is not a plain image name such as ubuntu-24.04-lab: letters, digits, '.', '_' and '-', not starting with '.' or '-' (it names the output directory out/NAME and may appear in tags)"),
+            ));
+        }
+    }
     let o = &r.output;
     for t in &o.tags {
         let probe = t
@@ -199,20 +259,10 @@ fn check_output(r: &Recipe, issues: &mut Issues) {
         ));
     }
     if let Some(repo) = &o.repository {
-        let ok = !repo.is_empty()
-            && repo.contains('/')
-            && !repo.contains(':')
-            && repo
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c));
-        let host_port_ok = repo
-            .split('/')
-            .next()
-            .is_some_and(|h| h.contains('.') || h.contains(':') || h == "localhost");
-        if !(ok || host_port_ok && repo.matches(':').count() == 1) {
+        if !valid_repository(repo) {
             issues.push((
                 k(&["output", "repository"]),
-                format!("{repo:?} is not a repository such as registry.example.com/lab/image"),
+                format!("{repo:?} is not a repository such as registry.example.com/lab/image (lowercase path components of letters and digits joined by '.', '_', '__' or '-')"),
             ));
         }
     }
@@ -332,5 +382,54 @@ mod tests {
         assert!(confined(&root, t.path(), "missing")
             .unwrap()
             .contains("does not exist"));
+    }
+
+    #[test]
+    fn names_and_repositories_cannot_steer_paths() {
+        for ok in ["demo", "ubuntu-24.04-lab", "Lab_1", "_x"] {
+            assert!(valid_image_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "../../x",
+            "a/b",
+            "..",
+            ".hidden",
+            "-x",
+            "a b",
+            "x\n",
+            &"a".repeat(129),
+        ] {
+            assert!(!valid_image_name(bad), "{bad:?}");
+        }
+        for ok in [
+            "registry.example.com/lab/image",
+            "127.0.0.1:5000/lab/x",
+            "localhost/a",
+            "lab/x",
+            "reg.example/a__b/c-d/e.f/g--h",
+        ] {
+            assert!(valid_repository(ok), "{ok}");
+        }
+        for bad in [
+            "x",
+            "../../x",
+            "lab/../x",
+            "reg.example/../../x",
+            "reg.example//x",
+            "reg.example/x/",
+            "reg.example/Lab",
+            "reg.example:0/x",
+            "reg.example:99999/x",
+            "reg..example/x",
+            "reg.example/a...b",
+            "reg.example/a___b",
+            "reg.example/-a",
+            "reg.example/a:b",
+            "reg.example/a@b",
+            "lab/x?y",
+        ] {
+            assert!(!valid_repository(bad), "{bad}");
+        }
     }
 }

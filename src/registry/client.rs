@@ -1,11 +1,14 @@
 //! One client per registry: the HTTP transport of the distribution API, built once.
 //!
-//! oci-client performs the token handshake (bearer challenges, scopes); every request is
-//! sent here on reqwest so that diskforge controls what an untrusted registry can do to
-//! it: documents are read with a size cap and a deadline, transfers fail when they stall
-//! (fewer than [`MIN_WINDOW_BYTES`] in a window) instead of after a total time, uploads
-//! go in chunks and resume where the registry says it stopped, and `Retry-After` is
-//! honoured (capped).
+//! Every request, the token handshake included, is sent here on reqwest so that
+//! diskforge controls what an untrusted registry can do to it: documents are read with
+//! a size cap and a deadline, transfers fail when they stall (fewer than
+//! [`MIN_WINDOW_BYTES`] in a window) instead of after a total time, uploads go in chunks
+//! and resume where the registry says it stopped, and `Retry-After` is honoured
+//! (capped). Where a request may go and whether it carries the credential is decided in
+//! one place, [`credential_allowed`]: a credential goes only to the origin it was issued
+//! for (the registry; the token realm for the token request), never to a host a
+//! response named, and nothing goes over plain HTTP unless plain HTTP was allowed.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,11 +19,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::StreamExt;
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Reference, RegistryOperation};
 use reqwest::header::{
-    HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RANGE,
+    HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RANGE, WWW_AUTHENTICATE,
 };
-use reqwest::{Method, StatusCode};
+use reqwest::{Method, StatusCode, Url};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::RegistryOptions;
@@ -32,6 +34,8 @@ use crate::io::retry::{retry_after, RetryPolicy};
 pub const CHUNK: u64 = 16 << 20;
 /// A transfer must move at least this many bytes in every window of the idle timeout.
 pub const MIN_WINDOW_BYTES: u64 = 64 << 10;
+/// The largest token response read (registries answer a few KiB).
+const MAX_TOKEN_RESPONSE: u64 = 1 << 20;
 
 /// A registry refused or failed a request.
 #[derive(Debug, thiserror::Error)]
@@ -51,12 +55,168 @@ pub struct AuthError {
     pub detail: String,
 }
 
+/// diskforge refused to send a request over plain HTTP (a downgrade from HTTPS, or a
+/// credential in plain text) where plain HTTP was not allowed.
+#[derive(Debug, thiserror::Error)]
+#[error("refusing to send a request to {url}: {why}; allow plain HTTP with --tls-verify=false (or list {authority} under output.insecure-registries) only if the network is trusted")]
+pub struct PlaintextRefused {
+    pub url: String,
+    pub authority: String,
+    pub why: String,
+}
+
+/// Where plain HTTP is allowed: everywhere with `--tls-verify=false`, else only to the
+/// listed insecure registries.
+#[derive(Debug, Clone)]
+struct Plaintext {
+    anywhere: bool,
+    hosts: Vec<String>,
+}
+
+impl Plaintext {
+    fn allows(&self, url: &Url) -> bool {
+        let target = authority(url);
+        self.anywhere || self.hosts.iter().any(|h| h.eq_ignore_ascii_case(&target))
+    }
+}
+
+/// `host[:port]` of a URL, as registries are named on the command line.
+fn authority(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    }
+}
+
+/// Who a request is addressed to, for [`credential_allowed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Audience {
+    /// The registry's API (and any URL a registry response named).
+    Registry,
+    /// The token realm named by the registry's `WWW-Authenticate` challenge, for the
+    /// token request only.
+    TokenRealm,
+}
+
+/// The one rule for where requests go and what they carry. `issuer` is the origin the
+/// credential was issued for (the registry as diskforge reached it). Refuses (error) any
+/// request over plain HTTP that `plaintext` does not allow — which covers a registry on
+/// HTTPS naming an `http://` location or realm — and otherwise says whether the request
+/// may carry the credential: to the token realm for the token request, else only to the
+/// issuer's own scheme, host and port. A host a response named never gets it.
+fn credential_allowed(
+    issuer: &Url,
+    target: &Url,
+    audience: Audience,
+    plaintext: &Plaintext,
+) -> Result<bool, PlaintextRefused> {
+    match target.scheme() {
+        "https" => {}
+        "http" if plaintext.allows(target) => {}
+        scheme => {
+            let why = if scheme != "http" {
+                format!("{scheme}: is not a registry URL scheme")
+            } else if issuer.scheme() == "https" {
+                format!(
+                    "it is plain HTTP, {} was reached over HTTPS, and diskforge does not downgrade to plain HTTP",
+                    authority(issuer)
+                )
+            } else {
+                "it is plain HTTP, which is allowed only for the registry itself".to_string()
+            };
+            return Err(PlaintextRefused {
+                url: target.as_str().to_string(),
+                authority: authority(target),
+                why,
+            });
+        }
+    }
+    Ok(audience == Audience::TokenRealm
+        || (issuer.scheme() == target.scheme()
+            && issuer.host_str() == target.host_str()
+            && issuer.port_or_known_default() == target.port_or_known_default()))
+}
+
+/// A redirect is followed only where [`credential_allowed`] lets a request go; reqwest
+/// itself drops the Authorization header when a redirect leaves the host.
+fn redirect_policy(plaintext: Plaintext) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 10 {
+            return attempt.error("more than 10 redirects");
+        }
+        let Some(from) = attempt.previous().last().cloned() else {
+            return attempt.follow();
+        };
+        match credential_allowed(&from, attempt.url(), Audience::Registry, &plaintext) {
+            Ok(_) => attempt.follow(),
+            Err(e) => attempt.error(e),
+        }
+    })
+}
+
+/// The realm and service of a `WWW-Authenticate: Bearer …` challenge (the scope is the
+/// repository asked for).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct BearerChallenge {
+    realm: String,
+    service: Option<String>,
+}
+
+/// Parses a Bearer challenge (`Bearer realm="…",service="…",scope="…"`); `None` for any
+/// other scheme (Basic: the credential goes to the registry itself).
+fn bearer_challenge(header: &str) -> Option<BearerChallenge> {
+    let rest = header.trim();
+    let (scheme, mut rest) = rest.split_once(char::is_whitespace)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let mut c = BearerChallenge::default();
+    loop {
+        rest = rest.trim_start_matches(|ch: char| ch == ',' || ch.is_whitespace());
+        if rest.is_empty() {
+            break;
+        }
+        let (key, after) = rest.split_once('=')?;
+        let (value, after) = match after.strip_prefix('"') {
+            Some(q) => {
+                let mut value = String::new();
+                let mut chars = q.char_indices();
+                let mut end = None;
+                while let Some((i, ch)) = chars.next() {
+                    match ch {
+                        '\\' => value.extend(chars.next().map(|(_, e)| e)),
+                        '"' => {
+                            end = Some(i + 1);
+                            break;
+                        }
+                        _ => value.push(ch),
+                    }
+                }
+                (value, &q[end?..])
+            }
+            None => {
+                let end = after.find(',').unwrap_or(after.len());
+                (after[..end].trim().to_string(), &after[end..])
+            }
+        };
+        match key.trim().to_ascii_lowercase().as_str() {
+            "realm" => c.realm = value,
+            "service" => c.service = Some(value),
+            _ => {}
+        }
+        rest = after;
+    }
+    (!c.realm.is_empty()).then_some(c)
+}
+
 /// A client for one registry.
 pub struct Client {
     pub registry: String,
     base: String,
+    origin: Url,
+    plaintext: Plaintext,
     http: reqwest::Client,
-    oci: oci_client::Client,
     auth: RegistryAuth,
     secrets: Vec<String>,
     tokens: Mutex<HashMap<(String, bool), Option<String>>>,
@@ -91,12 +251,6 @@ fn explain(registry: &str, e: &reqwest::Error, tls_verify: bool) -> String {
         String::new()
     };
     format!("{}{hint}", chain.trim_end_matches(": "))
-}
-
-fn reference(registry: &str, repo: &str) -> Result<Reference> {
-    format!("{registry}/{repo}:latest")
-        .parse::<Reference>()
-        .with_context(|| format!("{registry}/{repo} is not a valid repository"))
 }
 
 fn transient(status: StatusCode) -> bool {
@@ -172,11 +326,15 @@ impl Client {
     /// allowed, plain HTTP, and loads the credentials for it.
     pub async fn connect(registry: &str, opts: &RegistryOptions) -> Result<Client> {
         let insecure = !opts.tls_verify || opts.insecure_registries.iter().any(|r| r == registry);
+        let plaintext = Plaintext {
+            anywhere: !opts.tls_verify,
+            hosts: opts.insecure_registries.clone(),
+        };
         let mut builder = crate::io::tls::client_builder()
             .user_agent(concat!("diskforge/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
+            .redirect(redirect_policy(plaintext.clone()))
             .danger_accept_invalid_certs(insecure);
-        let mut extra_roots = Vec::new();
         if let Some(dir) = &opts.cert_dir {
             let (pems, identity) = cert_dir(dir)?;
             for pem in &pems {
@@ -186,7 +344,6 @@ impl Client {
                     builder = builder.add_root_certificate(c);
                 }
             }
-            extra_roots = pems;
             if let Some(id) = identity {
                 builder = builder.identity(id);
             }
@@ -214,30 +371,23 @@ impl Client {
             },
             Err(e) => return Err(e).with_context(|| format!("contacting registry {registry}")),
         };
-        let oci = oci_client::Client::new(oci_client::client::ClientConfig {
-            protocol: if scheme == "http" {
-                oci_client::client::ClientProtocol::HttpsExcept(vec![registry.to_string()])
-            } else {
-                oci_client::client::ClientProtocol::Https
-            },
-            accept_invalid_certificates: insecure,
-            extra_root_certificates: extra_roots
-                .iter()
-                .map(|pem| oci_client::client::Certificate {
-                    encoding: oci_client::client::CertificateEncoding::Pem,
-                    data: pem.clone(),
-                })
-                .collect(),
-            connect_timeout: Some(Duration::from_secs(30)),
-            read_timeout: Some(idle),
-            ..Default::default()
-        });
+        let base = format!("{scheme}://{registry}");
+        let origin = Url::parse(&base).with_context(|| format!("{base} is not a valid URL"))?;
         let (auth, secrets) = super::auth::for_registry(registry, opts)?;
         Ok(Client {
             registry: registry.to_string(),
-            base: format!("{scheme}://{registry}"),
+            base,
+            origin,
+            plaintext: if scheme == "http" {
+                // Reached over plain HTTP because it was allowed for this registry.
+                Plaintext {
+                    anywhere: plaintext.anywhere,
+                    hosts: [plaintext.hosts, vec![registry.to_string()]].concat(),
+                }
+            } else {
+                plaintext
+            },
             http,
-            oci,
             auth,
             secrets,
             tokens: Mutex::new(HashMap::new()),
@@ -255,37 +405,51 @@ impl Client {
         crate::sys::exec::redact(s, &self.secrets)
     }
 
-    /// The Authorization header for `repo` (push: pull and push scope), from the token
-    /// handshake, cached per repository.
+    /// Whether a request to `url` may carry the credential (see [`credential_allowed`]).
+    fn may_carry(&self, url: &str, audience: Audience) -> Result<bool> {
+        let target = Url::parse(url).with_context(|| format!("{url} is not a valid URL"))?;
+        Ok(credential_allowed(
+            &self.origin,
+            &target,
+            audience,
+            &self.plaintext,
+        )?)
+    }
+
+    /// The error for a 401 from `url`, which was sent without the credential because
+    /// it is not the registry's own origin.
+    fn withheld(&self, method: &Method, url: &str) -> anyhow::Error {
+        let host = Url::parse(url)
+            .map(|u| authority(&u))
+            .unwrap_or_else(|_| url.to_string());
+        AuthError {
+            registry: self.registry.clone(),
+            detail: format!(
+                "{method} {url}: HTTP 401: the registry sent this request to {host}, not to {}; diskforge sends the credential only to {}",
+                self.registry, self.registry
+            ),
+        }
+        .into()
+    }
+
+    /// The Authorization header for `repo` (push: pull and push scope): the token from
+    /// the handshake, cached per repository, or the Basic credential. Only for a URL
+    /// [`Client::may_carry`] allows.
     async fn authorization(&self, repo: &str, push: bool) -> Result<Option<HeaderValue>> {
         let key = (repo.to_string(), push);
         let cached = self.tokens.lock().expect("token lock").get(&key).cloned();
         let token = match cached {
             Some(t) => t,
             None => {
-                let op = if push {
-                    RegistryOperation::Push
-                } else {
-                    RegistryOperation::Pull
-                };
-                let r = reference(&self.registry, repo)?;
-                let t = match tokio::time::timeout(self.idle, self.oci.auth(&r, &self.auth, op))
-                    .await
-                {
-                    Err(_) => bail!(
-                        "authenticating to {}: no answer within {}s",
-                        self.registry,
-                        self.idle.as_secs()
-                    ),
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => {
-                        return Err(AuthError {
-                            registry: self.registry.clone(),
-                            detail: self.redact(&e.to_string()),
-                        }
-                        .into())
-                    }
-                };
+                let t =
+                    match tokio::time::timeout(self.idle * 2, self.fetch_token(repo, push)).await {
+                        Err(_) => bail!(
+                            "authenticating to {}: no answer within {}s",
+                            self.registry,
+                            (self.idle * 2).as_secs()
+                        ),
+                        Ok(t) => t?,
+                    };
                 self.tokens
                     .lock()
                     .expect("token lock")
@@ -307,6 +471,80 @@ impl Client {
         let mut v = HeaderValue::from_str(&value).context("building the Authorization header")?;
         v.set_sensitive(true);
         Ok(Some(v))
+    }
+
+    /// The token handshake: the registry's challenge names a Bearer realm, which issues a
+    /// token for `repo` (with the Basic credential when there is one). `None`: no Bearer
+    /// challenge, so the Basic credential (if any) goes to the registry itself. Every
+    /// token is registered with the redactor the moment it is read.
+    async fn fetch_token(&self, repo: &str, push: bool) -> Result<Option<String>> {
+        if let RegistryAuth::Bearer(t) = &self.auth {
+            return Ok(Some(t.clone()));
+        }
+        let url = self.url("/v2/");
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| anyhow!("GET {url}: {}", explain(&self.registry, &e, true)))?;
+        let Some(challenge) = resp
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|h| h.to_str().ok())
+            .and_then(bearer_challenge)
+        else {
+            return Ok(None);
+        };
+        let realm = Url::parse(&challenge.realm).with_context(|| {
+            format!(
+                "{} named the token realm {:?}, which is not a URL",
+                self.registry, challenge.realm
+            )
+        })?;
+        let with_credential = self.may_carry(realm.as_str(), Audience::TokenRealm)?;
+        let scope = format!(
+            "repository:{repo}:{}",
+            if push { "pull,push" } else { "pull" }
+        );
+        let mut query = vec![("scope", scope.as_str())];
+        if let Some(s) = &challenge.service {
+            query.push(("service", s.as_str()));
+        }
+        let mut req = self.http.get(realm.clone()).query(&query);
+        if let (true, RegistryAuth::Basic(u, p)) = (with_credential, &self.auth) {
+            req = req.basic_auth(u, Some(p));
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| anyhow!("GET {realm}: {}", explain(&self.registry, &e, true)))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let detail = self.error_detail(resp).await;
+            return Err(AuthError {
+                registry: self.registry.clone(),
+                detail: format!("token request to {realm}: HTTP {status}: {detail}"),
+            }
+            .into());
+        }
+        let body = crate::io::limits::read_body_capped(
+            resp,
+            MAX_TOKEN_RESPONSE,
+            self.idle,
+            self.idle,
+            "the token response",
+        )
+        .await?;
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .with_context(|| format!("the token response of {realm} is not JSON"))?;
+        let token = v["token"]
+            .as_str()
+            .or(v["access_token"].as_str())
+            .filter(|t| !t.is_empty())
+            .with_context(|| format!("the token response of {realm} holds no token"))?;
+        crate::redact::register(token);
+        Ok(Some(token.to_string()))
     }
 
     fn forget_token(&self, repo: &str, push: bool) {
@@ -341,6 +579,7 @@ impl Client {
         headers: HeaderMap,
         body: Option<Vec<u8>>,
     ) -> Result<reqwest::Response> {
+        let carries = self.may_carry(url, Audience::Registry)?;
         let mut failures = 0u32;
         let mut renewed = false;
         loop {
@@ -349,7 +588,11 @@ impl Client {
                 .http
                 .request(method.clone(), url)
                 .headers(headers.clone());
-            if let Some(auth) = self.authorization(repo, push).await? {
+            let auth = match carries {
+                true => self.authorization(repo, push).await?,
+                false => None,
+            };
+            if let Some(auth) = auth {
                 req = req.header(reqwest::header::AUTHORIZATION, auth);
             }
             if let Some(b) = &body {
@@ -367,6 +610,9 @@ impl Client {
                 ),
                 Ok(Ok(resp)) => {
                     let status = resp.status();
+                    if status == StatusCode::UNAUTHORIZED && !carries {
+                        return Err(self.withheld(&method, url));
+                    }
                     if status == StatusCode::UNAUTHORIZED && !renewed {
                         renewed = true;
                         self.forget_token(repo, push);
@@ -849,6 +1095,7 @@ impl Client {
             if e.downcast_ref::<crate::sys::interrupt::Interrupted>()
                 .is_some()
                 || e.downcast_ref::<AuthError>().is_some()
+                || e.downcast_ref::<PlaintextRefused>().is_some()
             {
                 return Err(e);
             }
@@ -1145,12 +1392,17 @@ impl Client {
             }
             chunk
         });
+        let carries = self.may_carry(url, Audience::Registry)?;
         let mut req = self
             .http
             .request(method.clone(), url)
             .headers(headers)
             .body(reqwest::Body::wrap_stream(stream));
-        if let Some(auth) = self.authorization(repo, true).await? {
+        let auth = match carries {
+            true => self.authorization(repo, true).await?,
+            false => None,
+        };
+        if let Some(auth) = auth {
             req = req.header(reqwest::header::AUTHORIZATION, auth);
         }
         let before = watch.total.load(Ordering::Relaxed);
@@ -1174,6 +1426,9 @@ impl Client {
                 tokio::time::sleep(w.min(self.policy.max_retry_after)).await;
             }
             return Err(err);
+        }
+        if resp.status() == StatusCode::UNAUTHORIZED && !carries {
+            return Err(self.withheld(&method, url));
         }
         if resp.status() == StatusCode::UNAUTHORIZED {
             self.forget_token(repo, true);
@@ -1270,6 +1525,142 @@ mod tests {
         assert_eq!(resume_offset("0-0"), None);
         for bad in ["", "0", "bytes=0-9", "5-9", "0-x", "-9"] {
             assert_eq!(resume_offset(bad), None, "{bad:?}");
+        }
+    }
+
+    fn url(s: &str) -> Url {
+        Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_credential_goes_only_to_the_origin_it_was_issued_for() {
+        let strict = Plaintext {
+            anywhere: false,
+            hosts: Vec::new(),
+        };
+        let reg = url("https://reg.example:5000");
+        let ok = |target: &str, audience| credential_allowed(&reg, &url(target), audience, &strict);
+        // The registry itself, default port spelled out or not.
+        assert!(ok(
+            "https://reg.example:5000/v2/x/blobs/uploads/1",
+            Audience::Registry
+        )
+        .unwrap());
+        let reg443 = url("https://reg.example");
+        assert!(credential_allowed(
+            &reg443,
+            &url("https://reg.example:443/v2/"),
+            Audience::Registry,
+            &strict
+        )
+        .unwrap());
+        // A host, port or scheme a response named: sent there, but without it.
+        for other in [
+            "https://other.example:5000/v2/x/blobs/uploads/1",
+            "https://reg.example:5001/v2/",
+            "https://reg.example/v2/",
+        ] {
+            assert!(!ok(other, Audience::Registry).unwrap(), "{other}");
+        }
+        // The token realm gets it for the token request, on any host over HTTPS.
+        assert!(ok("https://auth.example/token", Audience::TokenRealm).unwrap());
+        // Plain HTTP from an HTTPS registry: refused, for the realm too.
+        for (target, audience) in [
+            (
+                "http://reg.example:5000/v2/x/blobs/uploads/1",
+                Audience::Registry,
+            ),
+            ("http://other.example/v2/", Audience::Registry),
+            ("http://auth.example/token", Audience::TokenRealm),
+        ] {
+            let e = ok(target, audience).unwrap_err();
+            assert!(e.to_string().contains("does not downgrade"), "{e}");
+        }
+        assert!(ok("ftp://reg.example:5000/x", Audience::Registry).is_err());
+        // --tls-verify=false allows plain HTTP anywhere, still without the credential
+        // for other hosts.
+        let loose = Plaintext {
+            anywhere: true,
+            hosts: Vec::new(),
+        };
+        assert!(!credential_allowed(
+            &reg,
+            &url("http://other.example/v2/"),
+            Audience::Registry,
+            &loose
+        )
+        .unwrap());
+        assert!(credential_allowed(
+            &reg,
+            &url("http://auth.example/t"),
+            Audience::TokenRealm,
+            &loose
+        )
+        .unwrap());
+        // A registry listed as insecure: plain HTTP to it, not to the hosts it names.
+        let listed = Plaintext {
+            anywhere: false,
+            hosts: vec!["127.0.0.1:5000".into()],
+        };
+        let upper = Plaintext {
+            anywhere: false,
+            hosts: vec!["Reg.Example:5000".into()],
+        };
+        assert!(upper.allows(&url("http://reg.example:5000/v2/")));
+        let plain = url("http://127.0.0.1:5000");
+        assert!(credential_allowed(
+            &plain,
+            &url("http://127.0.0.1:5000/v2/"),
+            Audience::Registry,
+            &listed
+        )
+        .unwrap());
+        let e = credential_allowed(
+            &plain,
+            &url("http://127.0.0.2:5000/t"),
+            Audience::TokenRealm,
+            &listed,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("only for the registry itself"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bearer_challenges_are_parsed_and_others_ignored() {
+        assert_eq!(
+            bearer_challenge(
+                r#"Bearer realm="https://auth.example/token",service="reg.example",scope="repository:a/b:pull""#
+            ),
+            Some(BearerChallenge {
+                realm: "https://auth.example/token".into(),
+                service: Some("reg.example".into()),
+            })
+        );
+        assert_eq!(
+            bearer_challenge(r#"bearer service="a, b" , realm="https://x/t?a=\"q\"""#),
+            Some(BearerChallenge {
+                realm: r#"https://x/t?a="q""#.into(),
+                service: Some("a, b".into()),
+            })
+        );
+        assert_eq!(
+            bearer_challenge("Bearer realm=https://x/t,service=s"),
+            Some(BearerChallenge {
+                realm: "https://x/t".into(),
+                service: Some("s".into()),
+            })
+        );
+        for other in [
+            r#"Basic realm="registry""#,
+            "Bearer",
+            r#"Bearer service="s""#,
+            r#"Bearer realm="unterminated"#,
+            "",
+        ] {
+            assert_eq!(bearer_challenge(other), None, "{other}");
         }
     }
 }

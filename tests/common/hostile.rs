@@ -109,14 +109,27 @@ pub struct Request {
 type Handler = dyn Fn(&Request, &mut TcpStream) + Send + Sync;
 
 /// A fake HTTP/1.1 server on loopback; the handler writes the whole raw response and
-/// the connection is closed after it.
+/// the connection is closed after it. A TLS handshake (a client probing for HTTPS) is
+/// hung up on at once, as a plain-HTTP server's refusal would be.
 pub struct FakeServer {
     pub addr: String,
 }
 
 impl FakeServer {
     pub fn start(handler: impl Fn(&Request, &mut TcpStream) + Send + Sync + 'static) -> FakeServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        FakeServer::start_on("127.0.0.1", handler)
+    }
+
+    /// The same on another loopback address (`127.0.0.2`: another host to a client).
+    pub fn start_on(
+        ip: &str,
+        handler: impl Fn(&Request, &mut TcpStream) + Send + Sync + 'static,
+    ) -> FakeServer {
+        assert!(
+            ip.starts_with("127."),
+            "test servers listen on loopback only"
+        );
+        let listener = TcpListener::bind((ip, 0)).unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let handler: Arc<Handler> = Arc::new(handler);
         std::thread::spawn(move || {
@@ -124,6 +137,10 @@ impl FakeServer {
                 let Ok(mut c) = conn else { continue };
                 let h = handler.clone();
                 std::thread::spawn(move || {
+                    let mut first = [0u8; 1];
+                    if matches!(c.peek(&mut first), Ok(1) if first[0] == 0x16) {
+                        return;
+                    }
                     let mut r = BufReader::new(c.try_clone().unwrap());
                     let mut line = String::new();
                     if r.read_line(&mut line).is_err() {
@@ -193,6 +210,9 @@ pub fn with_peak_rss(
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap())
         .process_group(0);
+    if let Some(d) = cmd.get_current_dir() {
+        t.current_dir(d);
+    }
     for (k, v) in cmd.get_envs() {
         match v {
             Some(v) => t.env(k, v),

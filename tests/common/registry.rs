@@ -35,12 +35,19 @@ fn free_port() -> u16 {
 impl Registry {
     /// Starts a registry; with `auth`, `(user, password)` are the only valid credentials.
     pub fn start(auth: Option<(&str, &str)>) -> Registry {
-        Registry::start_with(auth, None)
+        Registry::start_with(auth, None, None)
     }
 
     /// Starts a registry speaking HTTPS only, with a certificate for 127.0.0.1 issued by
     /// a throwaway CA. Returns it and the CA certificate (PEM).
     pub fn start_tls() -> (Registry, Vec<u8>) {
+        Registry::start_tls_with(None, None)
+    }
+
+    /// [`Registry::start_tls`] with `auth` as in [`Registry::start`] and, with `host`, the
+    /// registry's `http.host`: the URL it puts into the locations it hands out (an upload
+    /// goes on there).
+    pub fn start_tls_with(auth: Option<(&str, &str)>, host: Option<&str>) -> (Registry, Vec<u8>) {
         let certs = tempfile::tempdir().unwrap();
         let d = certs.path();
         let openssl = |args: &[&str]| {
@@ -104,12 +111,20 @@ impl Registry {
             "-extfile",
             "ext.cnf",
         ]);
-        let r = Registry::start_with(None, Some((d.join("server.crt"), d.join("server.key"))));
+        let r = Registry::start_with(
+            auth,
+            Some((d.join("server.crt"), d.join("server.key"))),
+            host,
+        );
         let ca = std::fs::read(d.join("ca.crt")).unwrap();
         (r, ca)
     }
 
-    fn start_with(auth: Option<(&str, &str)>, tls: Option<(PathBuf, PathBuf)>) -> Registry {
+    fn start_with(
+        auth: Option<(&str, &str)>,
+        tls: Option<(PathBuf, PathBuf)>,
+        host: Option<&str>,
+    ) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let tls = match tls {
@@ -124,6 +139,10 @@ impl Registry {
                 )
             }
             None => String::new(),
+        };
+        let tls = match host {
+            Some(h) => format!("{tls}, host: \"{h}\""),
+            None => tls,
         };
         let mut cfg = format!(
             "version: 0.1\nlog: {{level: info, accesslog: {{disabled: false}}}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: 127.0.0.1:{port}{tls}}}\n",
