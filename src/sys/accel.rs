@@ -90,7 +90,7 @@ fn first_line(s: &str) -> &str {
     s.lines().find(|l| !l.trim().is_empty()).unwrap_or(s)
 }
 
-/// Checks that `/dev/kvm` can be opened and that QEMU can run a vCPU with it.
+/// Checks that `/dev/kvm` can be opened and that QEMU can run a guest with it.
 pub fn probe_kvm() -> Result<()> {
     let dev = std::path::Path::new("/dev/kvm");
     if !dev.exists() {
@@ -99,8 +99,109 @@ pub fn probe_kvm() -> Result<()> {
     if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(dev) {
         bail!("cannot open /dev/kvm: {e}");
     }
-    // No disk and no network: SeaBIOS runs and searches for a boot device, which is
-    // enough to exercise vCPU setup. A failing KVM makes QEMU exit within milliseconds.
+    match host_kernel() {
+        Some(kernel) => probe_kernel(&kernel),
+        None => probe_firmware(),
+    }
+}
+
+/// The newest kernel in /boot (libguestfs needs one there too).
+fn host_kernel() -> Option<std::path::PathBuf> {
+    let mut kernels: Vec<std::path::PathBuf> = std::fs::read_dir("/boot")
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
+        .collect();
+    kernels.sort();
+    kernels.pop()
+}
+
+/// How long the kernel probe may take: a working KVM reaches the kernel's panic (no
+/// root filesystem) in a second or two.
+const KERNEL_PROBE_LIMIT: Duration = Duration::from_secs(30);
+
+/// Boots the host's kernel without a root filesystem: it must print its banner and
+/// panic (QEMU then exits: `-no-reboot`). Some hosts run firmware under KVM but fail
+/// as soon as the kernel runs 64-bit code ("KVM internal error ... emulation failure"),
+/// and QEMU then stops the guest without exiting: a VM that never boots.
+fn probe_kernel(kernel: &std::path::Path) -> Result<()> {
+    use std::io::Read;
+    let cmd = Cmd::new(
+        "qemu-system-x86_64",
+        "probing KVM by booting the host's kernel",
+    )
+    .args([
+        "-accel", "kvm", "-cpu", "host", "-machine", "q35", "-m", "256",
+    ])
+    .args(["-nodefaults", "-no-user-config", "-display", "none"])
+    .args(["-no-reboot", "-monitor", "none", "-serial", "stdio"])
+    .arg("-kernel")
+    .arg(kernel)
+    .args(["-append", "console=ttyS0 panic=-1 loglevel=4"]);
+    let mut child = cmd.spawn(std::process::Stdio::piped(), std::process::Stdio::piped())?;
+    let mut out = child.stdout.take().expect("stdout is piped");
+    let mut err = child.stderr.take().expect("stderr is piped");
+    let out_thread = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out.read_to_end(&mut buf);
+        buf
+    });
+    let (err_tx, err_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let err_thread = std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = err.read(&mut chunk) {
+            if n == 0 || err_tx.send(chunk[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut stderr = Vec::new();
+    let verdict = loop {
+        while let Ok(bytes) = err_rx.try_recv() {
+            stderr.extend(bytes);
+        }
+        if String::from_utf8_lossy(&stderr).contains("KVM internal error") {
+            break Err("KVM internal error");
+        }
+        if let Some(status) = child.try_wait()? {
+            break Ok(status);
+        }
+        if started.elapsed() > KERNEL_PROBE_LIMIT || crate::sys::interrupt::signal().is_some() {
+            break Err("no exit");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if verdict.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let stdout = out_thread.join().unwrap_or_default();
+    let _ = err_thread.join();
+    while let Ok(bytes) = err_rx.try_recv() {
+        stderr.extend(bytes);
+    }
+    let said = String::from_utf8_lossy(&stderr);
+    let said = said.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    match verdict {
+        Err("KVM internal error") => bail!("a guest kernel fails under KVM: {said}"),
+        Err(_) => bail!(
+            "a guest kernel did not get to its first messages under KVM within {}s",
+            KERNEL_PROBE_LIMIT.as_secs()
+        ),
+        Ok(_) if String::from_utf8_lossy(&stdout).contains("Linux version") => Ok(()),
+        Ok(status) => bail!("a guest kernel under KVM exited ({status}) without booting: {said}"),
+    }
+}
+
+/// Without a kernel to boot: SeaBIOS runs and searches for a boot device, which is
+/// enough to exercise vCPU setup. A failing KVM makes QEMU exit within milliseconds.
+fn probe_firmware() -> Result<()> {
     Cmd::new("qemu-system-x86_64", "probing KVM with a tiny VM")
         .args(["-accel", "kvm", "-cpu", "host", "-machine", "q35"])
         .args([
