@@ -107,12 +107,14 @@ impl Layout {
     /// fails at the end of the stream when the content does not hash to the digest.
     pub fn open_blob(&self, desc: &Descriptor) -> Result<VerifiedReader<std::fs::File>> {
         let path = self.blob_path(desc.digest().as_ref())?;
-        let f = std::fs::File::open(&path)
-            .with_context(|| format!("opening blob {}", path.display()))?;
-        let meta = f
-            .metadata()
-            .with_context(|| format!("reading {}", path.display()))?;
-        if !meta.is_file() || meta.len() != desc.size() {
+        let (f, meta) = self.open_blob_file(&path).with_context(|| {
+            format!(
+                "blob {} in {}: the layout is corrupt or was tampered with",
+                desc.digest(),
+                self.root.display()
+            )
+        })?;
+        if meta.len() != desc.size() {
             bail!(
                 "blob {} in {} is {} bytes but its descriptor says {}: the layout is corrupt or was tampered with",
                 desc.digest(),
@@ -128,10 +130,31 @@ impl Layout {
         ))
     }
 
+    /// Opens a blob's file when it is a regular file inside the layout: a link may point
+    /// to another blob of the layout, never outside it (a hostile layout would read host
+    /// files that way); a FIFO, device or directory is refused before it is read.
+    fn open_blob_file(&self, path: &Path) -> Result<(std::fs::File, std::fs::Metadata)> {
+        let meta = std::fs::symlink_metadata(path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if meta.file_type().is_symlink() {
+            let target = std::fs::canonicalize(path)
+                .with_context(|| format!("following the link {}", path.display()))?;
+            let root = std::fs::canonicalize(&self.root)
+                .with_context(|| format!("resolving {}", self.root.display()))?;
+            if !target.starts_with(&root) {
+                bail!(
+                    "{} is a link to {}, outside the layout: refusing it",
+                    path.display(),
+                    target.display()
+                );
+            }
+        }
+        crate::sys::file::open_regular(path)
+    }
+
     fn index(&self) -> Result<ImageIndex> {
         let path = self.root.join("index.json");
-        let f =
-            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let (f, _) = crate::sys::file::open_regular(&path)?;
         let bytes = crate::io::limits::read_capped(
             f,
             crate::io::limits::MAX_DOCUMENT,

@@ -147,17 +147,7 @@ pub fn inspect_untrusted(path: &Path) -> Result<ImageInfo> {
 /// with that explicit format, whose answer must agree.
 fn inspect_as(path: &Path, declared: Option<DiskFormat>) -> Result<ImageInfo> {
     let mut head = Vec::with_capacity(512);
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    if !file
-        .metadata()
-        .with_context(|| format!("reading {}", path.display()))?
-        .is_file()
-    {
-        bail!(
-            "{} is not a regular file (a device or directory): refusing it as a disk",
-            path.display()
-        );
-    }
+    let (file, _) = super::file::open_regular(path).context("refusing it as a disk")?;
     file.take(512)
         .read_to_end(&mut head)
         .with_context(|| format!("reading {}", path.display()))?;

@@ -1,0 +1,174 @@
+//! Hostile files: layouts whose blobs are not files, disks that are corrupt or
+//! encrypted, layers that expand without end, and what interrupted commands leave
+//! behind. Each test is an attack or an accident that worked once, and must now fail
+//! cleanly, within bounded time and memory, leaving nothing behind.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::hostile::{layout_with_layer, tar, with_peak_rss};
+use sha2::Digest as _;
+
+fn df() -> Command {
+    let mut c = common::diskforge();
+    common::guestfs_env(&mut c);
+    c
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn sha_hex(data: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Creates a real qcow2 of `size` at `path` with `qemu-img create` and extra `args`.
+fn qemu_img_create(path: &Path, size: &str, args: &[&str]) {
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .args(args)
+        .arg(path)
+        .arg(size)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// The entries of `dir` (empty when it does not exist).
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// A layout whose layer blob (or config blob) is a FIFO, a directory, a link to a
+/// device or a link to a file outside the layout: `verify` and `inspect` refuse it by
+/// name within seconds, instead of blocking in `open` forever, and leave nothing in
+/// their scratch directory.
+#[test]
+fn blobs_that_are_not_regular_files_are_refused_at_once() {
+    if !common::require(&["qemu-img", "mkfifo", "/usr/bin/time"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk_path = t.path().join("small.qcow2");
+    qemu_img_create(&disk_path, "8M", &[]);
+    let disk = std::fs::read(&disk_path).unwrap();
+    let layer = tar(&[
+        ("disk/", b'5', b"", 107, 0o555),
+        ("disk/disk.qcow2", b'0', &disk, 107, 0o440),
+    ]);
+    let layer_hex = sha_hex(&layer);
+    // The real layer, kept outside every layout, for the link case.
+    let outside = t.path().join("outside-layer");
+    std::fs::write(&outside, &layer).unwrap();
+    type Replace = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Replace, &str)> = vec![
+        (
+            "fifo",
+            Box::new(|p: &Path| {
+                assert!(Command::new("mkfifo").arg(p).status().unwrap().success());
+            }),
+            "not a regular file",
+        ),
+        (
+            "dir",
+            Box::new(|p: &Path| std::fs::create_dir(p).unwrap()),
+            "not a regular file",
+        ),
+        (
+            "device",
+            Box::new(|p: &Path| std::os::unix::fs::symlink("/dev/zero", p).unwrap()),
+            "outside the layout",
+        ),
+        (
+            "link-out",
+            Box::new(move |p: &Path| std::os::unix::fs::symlink(&outside, p).unwrap()),
+            "outside the layout",
+        ),
+    ];
+    for (name, replace, why) in &cases {
+        let layout = t.path().join(name);
+        layout_with_layer(&layout, &layer, None);
+        let blob = layout.join("blobs/sha256").join(&layer_hex);
+        std::fs::remove_file(&blob).unwrap();
+        replace(&blob);
+        let scratch = t.path().join(format!("scratch-{name}"));
+        std::fs::create_dir(&scratch).unwrap();
+        for cmd in ["verify", "inspect"] {
+            let started = Instant::now();
+            let (out, rss_kib) = with_peak_rss(
+                df().arg("--work-dir")
+                    .arg(&scratch)
+                    .arg(cmd)
+                    .arg(format!("oci:{}:t", layout.display())),
+                Duration::from_secs(30),
+            );
+            let took = started.elapsed();
+            let msg = text(&out);
+            assert!(!out.status.success(), "{cmd} accepted a {name} blob: {msg}");
+            assert!(
+                msg.contains(why) && msg.contains(&layer_hex),
+                "{cmd}, {name}: the error must name the blob and why: {msg}"
+            );
+            assert!(
+                took < Duration::from_secs(5),
+                "{cmd}, {name}: took {took:?}"
+            );
+            assert!(rss_kib < 100 << 10, "{cmd}, {name}: peak RSS {rss_kib} KiB");
+            assert!(
+                entries(&scratch).is_empty(),
+                "{cmd}, {name}: left behind {:?}",
+                entries(&scratch)
+            );
+        }
+    }
+    // The config blob as a FIFO: refused the same way before anything reads it.
+    let layout = t.path().join("config-fifo");
+    layout_with_layer(&layout, &layer, None);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest_hex = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(layout.join("blobs/sha256").join(&manifest_hex)).unwrap(),
+    )
+    .unwrap();
+    let config_hex = manifest["config"]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let config = layout.join("blobs/sha256").join(&config_hex);
+    std::fs::remove_file(&config).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(&config)
+        .status()
+        .unwrap()
+        .success());
+    for cmd in ["verify", "inspect"] {
+        let started = Instant::now();
+        let (out, _) = with_peak_rss(
+            df().arg(cmd).arg(format!("oci:{}:t", layout.display())),
+            Duration::from_secs(30),
+        );
+        let msg = text(&out);
+        assert!(!out.status.success(), "{cmd}: {msg}");
+        assert!(
+            msg.contains("not a regular file") && msg.contains(&config_hex),
+            "{cmd}: {msg}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{cmd}");
+    }
+}
