@@ -172,3 +172,148 @@ fn blobs_that_are_not_regular_files_are_refused_at_once() {
         assert!(started.elapsed() < Duration::from_secs(5), "{cmd}");
     }
 }
+
+/// A real qcow2 with 40 MiB of data, cut in half: its header still reads, but
+/// `qemu-img check` finds clusters past the end of the file.
+fn truncated_qcow2(path: &Path) {
+    qemu_img_create(path, "64M", &[]);
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0xab 0 40M"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let len = std::fs::metadata(path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+}
+
+/// A LUKS-encrypted qcow2, as `qemu-img create` makes one.
+fn encrypted_qcow2(path: &Path) {
+    qemu_img_create(
+        path,
+        "64M",
+        &[
+            "--object",
+            "secret,id=sec0,data=x",
+            "-o",
+            "encrypt.format=luks,encrypt.key-secret=sec0",
+        ],
+    );
+}
+
+/// A qcow2 cut in half and a LUKS-encrypted qcow2: `pack` refuses both (and creates no
+/// layout), `verify` of an image holding one fails the contract (exit 4) instead of
+/// saying "contract satisfied", `run` refuses them before starting QEMU, and `build`
+/// refuses them as a local base. KubeVirt cannot boot either.
+#[test]
+fn corrupt_and_encrypted_disks_are_refused() {
+    if !common::require(&["qemu-img", "qemu-io", "/usr/bin/time"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    // Neutral names: the messages name the files, and must say why by themselves.
+    let corrupt = t.path().join("a.qcow2");
+    truncated_qcow2(&corrupt);
+    let encrypted = t.path().join("b.qcow2");
+    encrypted_qcow2(&encrypted);
+    for (disk, why) in [
+        (&corrupt, "is corrupt: qemu-img check found"),
+        (&encrypted, "is encrypted (luks)"),
+    ] {
+        let label = disk.file_stem().unwrap().to_string_lossy().into_owned();
+        let out_layout = t.path().join(format!("out-{label}"));
+        let (out, rss_kib) = with_peak_rss(
+            df().arg("pack")
+                .arg(disk)
+                .arg("-o")
+                .arg(format!("oci:{}:t", out_layout.display())),
+            Duration::from_secs(60),
+        );
+        let msg = text(&out);
+        assert!(!out.status.success(), "pack accepted the {why} disk: {msg}");
+        assert!(msg.contains(why), "pack, {why}: {msg}");
+        assert!(rss_kib < 100 << 10, "pack, {why}: peak RSS {rss_kib} KiB");
+        assert!(
+            !out_layout.exists(),
+            "pack of a refused disk left a layout behind"
+        );
+
+        let out = df()
+            .args(["run", "--check", "--timeout", "5"])
+            .arg(disk)
+            .output()
+            .unwrap();
+        let msg = text(&out);
+        assert!(!out.status.success() && msg.contains(why), "run: {msg}");
+
+        // An image holding the disk, built by hand.
+        let layout = t.path().join(format!("img-{label}"));
+        let bytes = std::fs::read(disk).unwrap();
+        layout_with_layer(
+            &layout,
+            &tar(&[
+                ("disk/", b'5', b"", 107, 0o555),
+                ("disk/disk.qcow2", b'0', &bytes, 107, 0o440),
+            ]),
+            None,
+        );
+        let scratch = t.path().join(format!("scratch-{label}"));
+        std::fs::create_dir(&scratch).unwrap();
+        let started = Instant::now();
+        let (out, rss_kib) = with_peak_rss(
+            df().arg("--work-dir")
+                .arg(&scratch)
+                .arg("verify")
+                .arg(format!("oci:{}:t", layout.display())),
+            Duration::from_secs(60),
+        );
+        let msg = text(&out);
+        assert_eq!(out.status.code(), Some(4), "verify, {why}: {msg}");
+        assert!(
+            msg.contains(why) && !msg.contains("contract satisfied"),
+            "verify, {why}: {msg}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(30));
+        assert!(rss_kib < 100 << 10, "verify, {why}: peak RSS {rss_kib} KiB");
+        assert!(
+            entries(&scratch).is_empty(),
+            "verify, {why}: left behind {:?}",
+            entries(&scratch)
+        );
+
+        // A build on it as a local base stops before any appliance starts.
+        let dir = t.path().join(format!("build-{label}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::hard_link(disk, dir.join("base.qcow2")).unwrap();
+        std::fs::write(dir.join("r.yaml"), "name: r\nbase: {path: base.qcow2}\n").unwrap();
+        let built = dir.join("built");
+        let out = df()
+            .current_dir(&dir)
+            .arg("--cache-dir")
+            .arg(dir.join("cache"))
+            .arg("--work-dir")
+            .arg(&scratch)
+            .args(["--accel", "tcg", "build"])
+            .arg("r.yaml")
+            .arg("-o")
+            .arg(format!("oci:{}:t", built.display()))
+            .output()
+            .unwrap();
+        let msg = text(&out);
+        assert!(
+            !out.status.success() && msg.contains(why),
+            "build, {why}: {msg}"
+        );
+        assert!(!built.exists(), "build, {why}: left a layout behind");
+        assert!(
+            entries(&scratch).is_empty(),
+            "build, {why}: left behind {:?}",
+            entries(&scratch)
+        );
+    }
+}

@@ -55,6 +55,8 @@ pub struct Cmd {
     input: Option<Vec<u8>>,
     cleanup: bool,
     internal: bool,
+    /// Non-zero exit codes that still mean the command did its job.
+    ok_codes: Vec<i32>,
 }
 
 /// What a finished command left behind.
@@ -86,7 +88,16 @@ impl Cmd {
             input: None,
             cleanup: false,
             internal: false,
+            ok_codes: Vec::new(),
         }
+    }
+
+    /// Treats exit code `code` as success too: for tools whose exit code reports a
+    /// finding (`qemu-img check`: 2 corruptions, 3 leaks) that the caller reads from
+    /// their output.
+    pub fn ok_code(mut self, code: i32) -> Self {
+        self.ok_codes.push(code);
+        self
     }
 
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
@@ -260,7 +271,9 @@ impl Cmd {
             "{} finished",
             self.description
         );
-        if !status.success() {
+        let accepted =
+            status.success() || status.code().is_some_and(|c| self.ok_codes.contains(&c));
+        if !accepted {
             let mut tail = self.tail(&stderr);
             if tail.is_empty() {
                 // Some tools (guestfish, virt-customize) report on stdout.
