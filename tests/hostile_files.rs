@@ -317,3 +317,156 @@ fn corrupt_and_encrypted_disks_are_refused() {
         );
     }
 }
+
+/// The QEMU processes whose command line names `marker` (a test's own scratch dir).
+fn qemu_pids(marker: &Path) -> Vec<u32> {
+    let marker = marker.display().to_string();
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains("qemu-system") && cmdline.contains(&marker) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Kills (on drop) every QEMU a test started, so a failing test leaves none running.
+struct QemuReaper(PathBuf);
+
+impl Drop for QemuReaper {
+    fn drop(&mut self) {
+        for pid in qemu_pids(&self.0) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// Waits up to `within` for `cond`.
+fn eventually(within: Duration, cond: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+/// `run --check` on a disk that never brings ttyd up (an empty qcow2: QEMU keeps
+/// running, the forwarded port accepts connections and never answers).
+fn run_check(disk: &Path, scratch: &Path, timeout: u64) -> Command {
+    let mut c = df();
+    c.arg("--work-dir")
+        .arg(scratch)
+        .args(["--accel", "tcg", "run", "--check", "--timeout"])
+        .arg(timeout.to_string())
+        .arg(disk)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    c
+}
+
+/// `run --check` reacts at once: SIGTERM while the probe waits for ttyd ends it within
+/// 3 s with status 143, `--timeout 5` ends it in well under the probe's old 20 s
+/// request timeout, and in both cases no QEMU and no overlay is left.
+#[test]
+fn run_check_stops_promptly_and_takes_qemu_with_it() {
+    if !common::require(&["qemu-img", "qemu-system-x86_64"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = t.path().join("empty.qcow2");
+    qemu_img_create(&disk, "64M", &[]);
+
+    // SIGTERM once QEMU runs and the probe is waiting on the forwarded port.
+    let scratch = t.path().join("scratch-term");
+    std::fs::create_dir(&scratch).unwrap();
+    let _reaper = QemuReaper(scratch.clone());
+    let child = run_check(&disk, &scratch, 600).spawn().unwrap();
+    let started = Instant::now();
+    let out = common::interrupt_when(
+        child,
+        "TERM",
+        || !qemu_pids(&scratch).is_empty() && started.elapsed() > Duration::from_secs(3),
+        Duration::from_secs(60),
+        Duration::from_secs(3),
+    );
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out));
+    assert!(
+        eventually(Duration::from_secs(2), || qemu_pids(&scratch).is_empty()),
+        "QEMU still runs after SIGTERM: {:?}",
+        qemu_pids(&scratch)
+    );
+    assert!(
+        entries(&scratch).is_empty(),
+        "left behind {:?}",
+        entries(&scratch)
+    );
+
+    // --timeout 5: a failed boot check (exit 4) soon after the 5 s.
+    let scratch = t.path().join("scratch-timeout");
+    std::fs::create_dir(&scratch).unwrap();
+    let _reaper = QemuReaper(scratch.clone());
+    let started = Instant::now();
+    let (out, rss_kib) = with_peak_rss(&mut run_check(&disk, &scratch, 5), Duration::from_secs(60));
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("timed out"), "{}", text(&out));
+    assert!(took < Duration::from_secs(12), "--timeout 5 took {took:?}");
+    assert!(rss_kib < 200 << 10, "peak RSS {rss_kib} KiB");
+    assert!(qemu_pids(&scratch).is_empty(), "QEMU left running");
+    assert!(
+        entries(&scratch).is_empty(),
+        "left behind {:?}",
+        entries(&scratch)
+    );
+}
+
+/// When diskforge dies without unwinding (SIGKILL, or a second Ctrl-C, which exits at
+/// once), QEMU dies with it instead of running on with its forwarded ports.
+#[test]
+fn qemu_does_not_outlive_a_killed_run() {
+    if !common::require(&["qemu-img", "qemu-system-x86_64"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = t.path().join("empty.qcow2");
+    qemu_img_create(&disk, "64M", &[]);
+    for signals in [&["KILL"][..], &["INT", "INT"][..]] {
+        let scratch = t.path().join(format!("scratch-{}", signals.join("-")));
+        std::fs::create_dir(&scratch).unwrap();
+        let _reaper = QemuReaper(scratch.clone());
+        let mut child = run_check(&disk, &scratch, 600).spawn().unwrap();
+        assert!(
+            eventually(Duration::from_secs(60), || !qemu_pids(&scratch).is_empty()),
+            "QEMU never started"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        for s in signals {
+            assert!(Command::new("kill")
+                .arg(format!("-{s}"))
+                .arg(child.id().to_string())
+                .status()
+                .unwrap()
+                .success());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let status = child.wait().unwrap();
+        assert!(!status.success());
+        assert!(
+            eventually(Duration::from_secs(5), || qemu_pids(&scratch).is_empty()),
+            "QEMU outlived diskforge after SIG{signals:?}: {:?}",
+            qemu_pids(&scratch)
+        );
+    }
+}

@@ -102,6 +102,7 @@ pub fn probe_kvm() -> Result<()> {
     // No disk and no network: SeaBIOS runs and searches for a boot device, which is
     // enough to exercise vCPU setup. A failing KVM makes QEMU exit within milliseconds.
     Cmd::new("qemu-system-x86_64", "probing KVM with a tiny VM")
+        .die_with_parent()
         .args(["-accel", "kvm", "-cpu", "host", "-machine", "q35"])
         .args([
             "-m",

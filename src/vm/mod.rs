@@ -101,6 +101,7 @@ pub fn start(disk: &Path, format: DiskFormat, o: &VmOptions, work: &Path) -> Res
         ));
     }
     let mut cmd = Cmd::new("qemu-system-x86_64", "booting the VM")
+        .die_with_parent()
         .args(o.accel.qemu_args())
         .args([
             "-machine",
