@@ -470,3 +470,208 @@ fn qemu_does_not_outlive_a_killed_run() {
         );
     }
 }
+
+/// A writer that hashes and counts what it passes on.
+struct Hashing<W> {
+    inner: W,
+    sha: sha2::Sha256,
+    n: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let k = self.inner.write(buf)?;
+        self.sha.update(&buf[..k]);
+        self.n += k as u64;
+        Ok(k)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// One zstd frame of `data`.
+fn zstd_frame(data: &[u8]) -> Vec<u8> {
+    zstd::stream::encode_all(data, 1).unwrap()
+}
+
+/// Writes, into a new layout at `dir`, an image whose zstd layer holds `disk/disk.img`
+/// of `claimed` bytes: `head`, then zeros. The blob is streamed as concatenated zstd
+/// frames (one frame of 64 MiB of zeros repeated), so a 20 GiB entry costs a few MiB of
+/// blob and no time to make; it is never held in memory.
+fn zero_bomb_layout(dir: &Path, head: &[u8], claimed: u64) {
+    use std::io::Write;
+    const CHUNK: u64 = 64 << 20;
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let tmp = blobs.join("layer.partial");
+    let mut w = Hashing {
+        inner: std::io::BufWriter::new(std::fs::File::create(&tmp).unwrap()),
+        sha: sha2::Sha256::new(),
+        n: 0,
+    };
+    let mut first = common::hostile::tar_header("disk/", b'5', 0, 107, 0o555).to_vec();
+    first.extend_from_slice(&common::hostile::tar_header(
+        "disk/disk.img",
+        b'0',
+        claimed,
+        107,
+        0o440,
+    ));
+    first.extend_from_slice(head);
+    // Zeros up to a whole chunk of the entry, so the rest is whole repeated chunks.
+    let after_head = claimed - head.len() as u64;
+    first.resize(first.len() + (after_head % CHUNK) as usize, 0);
+    w.write_all(&zstd_frame(&first)).unwrap();
+    let zeros = zstd_frame(&vec![0u8; CHUNK as usize]);
+    for _ in 0..after_head / CHUNK {
+        w.write_all(&zeros).unwrap();
+    }
+    // Padding to a block, then the end-of-archive blocks.
+    let pad = (512 - claimed % 512) % 512;
+    w.write_all(&zstd_frame(&vec![0u8; pad as usize + 1024]))
+        .unwrap();
+    w.flush().unwrap();
+    let (layer_hex, layer_size) = (hex::encode(w.sha.clone().finalize()), w.n);
+    drop(w);
+    std::fs::rename(&tmp, blobs.join(&layer_hex)).unwrap();
+    let put = |data: &[u8]| -> String {
+        let h = sha_hex(data);
+        std::fs::write(blobs.join(&h), data).unwrap();
+        format!("sha256:{h}")
+    };
+    // The diff_id would take hashing the whole expanded stream: a made-up one will do,
+    // nothing reads that far.
+    let config = serde_json::to_vec(&serde_json::json!({"architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", "0".repeat(64))]}}))
+    .unwrap();
+    let config_digest = put(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd",
+                    "digest": format!("sha256:{layer_hex}"), "size": layer_size}],
+    }))
+    .unwrap();
+    let manifest_digest = put(&manifest);
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest,
+        "size": manifest.len(), "annotations": {"org.opencontainers.image.ref.name": "t"},
+        "platform": {"os": "linux", "architecture": "amd64"}}]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+/// Bytes allocated on disk under `dir` (what holes do not cost).
+fn allocated(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut n = 0;
+    for p in entries(dir) {
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        n += m.blocks() * 512;
+        if m.is_dir() {
+            n += allocated(&p);
+        }
+    }
+    n
+}
+
+/// Runs `cmd` under [`with_peak_rss`] while watching how much `scratch` allocates;
+/// returns (output, peak RSS KiB, most bytes allocated under `scratch`, time taken).
+fn watched(
+    cmd: &mut Command,
+    scratch: &Path,
+    limit: Duration,
+) -> (std::process::Output, u64, u64, Duration) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (stop, scratch) = (stop.clone(), scratch.to_path_buf());
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                most = most.max(allocated(&scratch));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            most
+        })
+    };
+    let started = Instant::now();
+    let (out, rss) = with_peak_rss(cmd, limit);
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    (out, rss, watcher.join().unwrap(), took)
+}
+
+/// A 20 GiB disk entry of zeros in a layer of a few MiB. Behind a qcow2 header that
+/// says 64 MiB, `verify` stops as soon as the entry's size contradicts the header;
+/// as a raw disk, it stops at the limit `DISKFORGE_MAX_DISK_SIZE` sets; a raw disk of
+/// zeros under the limit is accepted and written as holes. Never more than a few MiB
+/// land in the scratch directory, and nothing stays there.
+#[test]
+fn expanding_layers_are_capped_and_written_sparse() {
+    if !common::require(&["qemu-img", "/usr/bin/time"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let small = t.path().join("small.qcow2");
+    qemu_img_create(&small, "64M", &[]);
+    let header = std::fs::read(&small).unwrap();
+    let huge = 20u64 << 30;
+    // (name, disk head, entry size, DISKFORGE_MAX_DISK_SIZE, why it is refused)
+    type Case<'a> = (&'a str, Vec<u8>, u64, Option<&'a str>, Option<&'a str>);
+    let cases: Vec<Case> = vec![
+        ("qcow2", header, huge, None, Some("virtual size")),
+        (
+            "raw",
+            Vec::new(),
+            huge,
+            Some("1G"),
+            Some("DISKFORGE_MAX_DISK_SIZE"),
+        ),
+        ("raw-ok", Vec::new(), 2 << 30, None, None),
+    ];
+    for (name, head, claimed, max, refused) in cases {
+        let layout = t.path().join(name);
+        zero_bomb_layout(&layout, &head, claimed);
+        let scratch = t.path().join(format!("scratch-{name}"));
+        std::fs::create_dir(&scratch).unwrap();
+        let mut cmd = df();
+        cmd.arg("--work-dir")
+            .arg(&scratch)
+            .arg("verify")
+            .arg(format!("oci:{}:t", layout.display()));
+        if let Some(m) = max {
+            cmd.env("DISKFORGE_MAX_DISK_SIZE", m);
+        }
+        let (out, rss_kib, most, took) = watched(&mut cmd, &scratch, Duration::from_secs(120));
+        let msg = text(&out);
+        eprintln!(
+            "{name}: {took:?}, peak RSS {} MiB, scratch at most {} KiB",
+            rss_kib >> 10,
+            most >> 10
+        );
+        match refused {
+            Some(why) => {
+                assert_eq!(out.status.code(), Some(4), "{name}: {msg}");
+                assert!(msg.contains(why), "{name}: {msg}");
+                assert!(took < Duration::from_secs(20), "{name}: took {took:?}");
+            }
+            None => assert!(
+                out.status.success() && msg.contains("contract satisfied"),
+                "{name}: {msg}"
+            ),
+        }
+        assert!(rss_kib < 100 << 10, "{name}: peak RSS {rss_kib} KiB");
+        assert!(
+            most < 64 << 20,
+            "{name}: the scratch dir grew to {most} bytes"
+        );
+        assert!(
+            entries(&scratch).is_empty(),
+            "{name}: left behind {:?}",
+            entries(&scratch)
+        );
+    }
+}

@@ -179,7 +179,7 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
     }
     if args.report.print_vm_manifest || args.kubevirt_manifests.is_some() {
         let img = LayoutImage::open(layout.clone(), tag.as_deref(), read::host_arch())?;
-        let size = read::scan_layers(&img, None)?
+        let size = read::scan_layers(&img, None, super::expand_limit()?)?
             .disk
             .map(|(_, h)| h.virtual_size)
             .unwrap_or(0);
@@ -245,7 +245,7 @@ pub fn inspect(g: &GlobalOpts, args: InspectArgs) -> Result<ExitCode> {
         _ => {
             let scratch = super::scratch_root(g)?;
             let (img, _temp) = open_local(&r, &scratch)?;
-            let scan = read::scan_layers(&img, None)?;
+            let scan = read::scan_layers(&img, None, super::expand_limit()?)?;
             let disk = scan.disk.as_ref().map(|(e, h)| (e.path.as_str(), h));
             let digest = img.manifest_desc.digest().to_string();
             let attached = attached(&r, &img, &opts, &digest, key.as_ref())?;

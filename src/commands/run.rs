@@ -53,7 +53,7 @@ pub fn boot_disk(
         .prefix("diskforge-run-")
         .tempdir_in(&scratch)
         .context("creating a temp dir for the disk")?;
-    let scan = crate::oci::read::scan_layers(&img, Some(temp.path()))?;
+    let scan = crate::oci::read::scan_layers(&img, Some(temp.path()), super::expand_limit()?)?;
     if let Some(p) = scan.problems.first() {
         anyhow::bail!("{image} is not a containerDisk: {p}");
     }

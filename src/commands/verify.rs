@@ -68,7 +68,7 @@ pub fn run(g: &GlobalOpts, args: VerifyArgs) -> Result<ExitCode> {
         .prefix("diskforge-verify-")
         .tempdir_in(&scratch)
         .context("creating a temp dir to unpack the image")?;
-    let scan = crate::oci::read::scan_layers(&img, Some(temp.path()))?;
+    let scan = crate::oci::read::scan_layers(&img, Some(temp.path()), super::expand_limit()?)?;
     let mut ok = Vec::new();
     let mut problems = scan.problems.clone();
     let files = scan.disk_files();
