@@ -68,10 +68,27 @@ pub struct ListEntry {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct PruneReport {
     pub blobs: usize,
+    /// Bytes of the removed blobs and temporary files.
     pub bytes: u64,
     pub partials: usize,
     pub stages: usize,
+    /// Temporary files of killed processes.
+    pub temps: usize,
 }
+
+/// A `.tmp-*` file in the cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TempFile {
+    pub path: PathBuf,
+    pub size: u64,
+    pub modified: SystemTime,
+    /// Its writer is running (it holds the file's lock).
+    pub in_use: bool,
+}
+
+/// How old an unlocked temporary file must be before `prune` takes it: longer than a
+/// writer needs between creating the file and locking it.
+const TEMP_GRACE: Duration = Duration::from_secs(5);
 
 /// A second name for a blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -364,6 +381,38 @@ impl Cache {
         self.write_meta(&meta)
     }
 
+    /// The `.tmp-*` files of the cache's directories: files being written now (their
+    /// writer holds a lock) and files a killed process left behind.
+    pub fn temp_files(&self) -> Result<Vec<TempFile>> {
+        let mut out = Vec::new();
+        for dir in [
+            self.blob_dir(),
+            self.root.join("meta"),
+            self.root.join("refs"),
+        ] {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+            };
+            for entry in rd {
+                let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+                if !entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                    continue;
+                }
+                let Ok(meta) = entry.metadata() else { continue };
+                out.push(TempFile {
+                    in_use: crate::io::atomic::in_use(&entry.path()),
+                    size: meta.len(),
+                    modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    path: entry.path(),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
     /// Every blob with its size and last use, most recently used first.
     pub fn list(&self) -> Result<Vec<ListEntry>> {
         let dir = self.blob_dir();
@@ -412,26 +461,23 @@ impl Cache {
                 report.bytes += entry.size;
             }
         }
-        // Temporary files left by a killed process. A day is far longer than any
-        // download, so a running build's temp file is never taken from under it.
-        let day_ago = SystemTime::now()
-            .checked_sub(Duration::from_secs(86_400))
+        // Temporary files left by a killed process: nobody holds their lock. A file
+        // younger than a few seconds may belong to a writer that has not taken its lock
+        // yet; a locked one belongs to a running writer, however old it is.
+        let grace = SystemTime::now()
+            .checked_sub(TEMP_GRACE)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        for dir in [
-            self.blob_dir(),
-            self.root.join("meta"),
-            self.root.join("refs"),
-        ] {
-            for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
-                let entry = entry?;
-                let stale = entry.file_name().to_string_lossy().starts_with(".tmp-")
-                    && entry
-                        .metadata()
-                        .and_then(|m| m.modified())
-                        .is_ok_and(|m| m < day_ago);
-                if stale {
-                    let _ = fs::remove_file(entry.path());
+        for t in self.temp_files()? {
+            if t.in_use || t.modified > grace {
+                continue;
+            }
+            match fs::remove_file(&t.path) {
+                Ok(()) => {
+                    report.temps += 1;
+                    report.bytes += t.size;
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", t.path.display())),
             }
         }
         // References to removed blobs are dangling now: drop them.

@@ -675,3 +675,174 @@ fn expanding_layers_are_capped_and_written_sparse() {
         );
     }
 }
+
+/// Every `.tmp-*` file directly in `dir`.
+fn temps_in(dir: &Path) -> Vec<PathBuf> {
+    entries(dir)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"))
+        })
+        .collect()
+}
+
+/// A base download killed with SIGKILL leaves its temporary blob in the cache:
+/// `cache list` shows it, `cache prune --all` removes it, while a temporary file whose
+/// download still runs (its writer holds a lock on it) is listed as in use and kept.
+#[test]
+fn temporary_files_of_killed_downloads_are_listed_and_pruned() {
+    if !common::require(&["qemu-img"]) {
+        return;
+    }
+    use std::io::Write;
+    let t = tempfile::tempdir().unwrap();
+    let disk = t.path().join("base.qcow2");
+    qemu_img_create(&disk, "64M", &[]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&std::fs::read(&disk).unwrap()).unwrap();
+    let gz = gz.finish().unwrap();
+    let gz_hex = sha_hex(&gz);
+    // Half the file, then nothing: the download stays in progress until it is killed.
+    let server = common::hostile::FakeServer::start(move |_, c| {
+        common::hostile::head(c, "200 OK", &[("Content-Length", gz.len().to_string())]);
+        let _ = c.write_all(&gz[..gz.len() / 2]);
+        let _ = c.flush();
+        std::thread::sleep(Duration::from_secs(120));
+    });
+    let dir = t.path().join("recipe");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("r.yaml"),
+        format!(
+            "name: r\nbase:\n  url: http://{}/base.qcow2.gz\n  checksum: sha256:{gz_hex}\n",
+            server.addr
+        ),
+    )
+    .unwrap();
+    let cache = t.path().join("cache");
+    let blobs = cache.join("blobs/sha256");
+    let cache_cmd = |args: &[&str]| {
+        let out = df()
+            .arg("--cache-dir")
+            .arg(&cache)
+            .arg("cache")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "cache {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut build = df()
+        .current_dir(&dir)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .arg("--work-dir")
+        .arg(t.path().join("work"))
+        .args(["--accel", "tcg", "build", "r.yaml", "-o"])
+        .arg(format!("oci:{}:t", t.path().join("out").display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || !temps_in(&blobs).is_empty()),
+        "the download never started"
+    );
+    let temp = temps_in(&blobs).remove(0);
+    let name = temp.file_name().unwrap().to_string_lossy().into_owned();
+    // While the download runs: listed as in use, and kept by the most thorough prune.
+    std::thread::sleep(Duration::from_secs(6));
+    let listed = cache_cmd(&["list"]);
+    assert!(
+        listed.contains(&name) && listed.contains("in use"),
+        "{listed}"
+    );
+    cache_cmd(&["prune", "--all"]);
+    assert!(
+        temp.exists(),
+        "prune removed the file of a running download"
+    );
+
+    build.kill().unwrap();
+    build.wait().unwrap();
+    // The killed writer's lock is gone with it.
+    let listed = cache_cmd(&["list"]);
+    assert!(
+        listed.contains(&name) && listed.contains("left by"),
+        "{listed}"
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    let pruned = cache_cmd(&["prune", "--all"]);
+    assert!(pruned.contains("1 temporary file"), "{pruned}");
+    assert!(temps_in(&blobs).is_empty(), "{:?}", temps_in(&blobs));
+    assert!(common::temp_files(&cache).is_empty());
+    assert!(!cache_cmd(&["list"]).contains(".tmp-"));
+}
+
+/// `pack` into a layout directory that did not exist, interrupted while it writes the
+/// layer: the directory it created is removed (no empty layout with `"manifests": []`
+/// stays behind); into a layout that existed, the layout is left as it was.
+#[test]
+fn an_interrupted_pack_removes_the_layout_it_created() {
+    if !common::require(&["qemu-img"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    // Random data, so packing takes long enough to be interrupted in the middle.
+    let disk = t.path().join("random.img");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("head -c 512M /dev/urandom > {}", disk.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let small = t.path().join("small.qcow2");
+    qemu_img_create(&small, "8M", &[]);
+    let existing = t.path().join("existing");
+    let out = df()
+        .arg("pack")
+        .arg(&small)
+        .arg("-o")
+        .arg(format!("oci:{}:old", existing.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let index_before = std::fs::read(existing.join("index.json")).unwrap();
+
+    let fresh = t.path().join("new/nested/layout");
+    for (layout, created) in [(&fresh, true), (&existing, false)] {
+        let child = df()
+            .arg("pack")
+            .arg(&disk)
+            .arg("-o")
+            .arg(format!("oci:{}:t", layout.display()))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let blobs = layout.join("blobs/sha256");
+        let out = common::interrupt_when(
+            child,
+            "INT",
+            || !temps_in(&blobs).is_empty(),
+            Duration::from_secs(60),
+            Duration::from_secs(20),
+        );
+        assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+        if created {
+            assert!(
+                !t.path().join("new").exists(),
+                "an interrupted pack left {} behind",
+                t.path().join("new").display()
+            );
+        } else {
+            assert_eq!(
+                std::fs::read(existing.join("index.json")).unwrap(),
+                index_before
+            );
+            assert!(temps_in(&blobs).is_empty());
+        }
+    }
+    assert!(common::temp_files(t.path()).is_empty());
+}

@@ -260,6 +260,53 @@ fn ref_name(d: &Descriptor) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// A layout directory that a command is about to create: unless [`NewLayout::keep`] is
+/// called (the command succeeded), dropping it removes the directory, and the parent
+/// directories created with it, with everything in them, so a failed or interrupted
+/// command leaves no empty layout behind. A directory that existed before is never
+/// touched.
+#[derive(Debug)]
+pub struct NewLayout {
+    /// The topmost directory this command creates, when it creates one.
+    created: Option<PathBuf>,
+}
+
+impl NewLayout {
+    /// Notes which of `root` and its parents do not exist yet; call before creating it.
+    pub fn before_creating(root: &Path) -> NewLayout {
+        let mut created = None;
+        let mut p = root;
+        while !p.as_os_str().is_empty() && std::fs::symlink_metadata(p).is_err() {
+            created = Some(p.to_path_buf());
+            match p.parent() {
+                Some(parent) => p = parent,
+                None => break,
+            }
+        }
+        NewLayout { created }
+    }
+
+    /// The command succeeded: the layout stays.
+    pub fn keep(mut self) {
+        self.created = None;
+    }
+}
+
+impl Drop for NewLayout {
+    fn drop(&mut self) {
+        if let Some(dir) = self.created.take() {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => tracing::info!(
+                    "removed {}, created by the command that failed",
+                    dir.display()
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("cannot remove {}: {e}", dir.display()),
+            }
+        }
+    }
+}
+
 /// A reader that counts and hashes a blob and turns a wrong size or digest into an
 /// error at the end of the stream (or as soon as it reads past the declared size).
 pub struct VerifiedReader<R> {
@@ -370,6 +417,30 @@ mod tests {
             format!("{e:#}").contains("does not match its digest"),
             "{e:#}"
         );
+    }
+
+    #[test]
+    fn only_the_directories_a_command_created_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let existing = dir.path().join("existing");
+        std::fs::create_dir(&existing).unwrap();
+        let guard = NewLayout::before_creating(&existing);
+        Layout::create(&existing).unwrap();
+        drop(guard);
+        assert!(
+            existing.join("index.json").is_file(),
+            "an existing directory went"
+        );
+        let fresh = dir.path().join("a/b/layout");
+        let guard = NewLayout::before_creating(&fresh);
+        Layout::create(&fresh).unwrap();
+        drop(guard);
+        assert!(!dir.path().join("a").exists());
+        let kept = dir.path().join("kept");
+        let guard = NewLayout::before_creating(&kept);
+        Layout::create(&kept).unwrap();
+        guard.keep();
+        assert!(kept.join("index.json").is_file());
     }
 
     #[test]
