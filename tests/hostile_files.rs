@@ -846,3 +846,34 @@ fn an_interrupted_pack_removes_the_layout_it_created() {
     }
     assert!(common::temp_files(t.path()).is_empty());
 }
+
+/// 160 KB of nested flow sequences: refused quickly (exit 2) with the position where
+/// the nesting went too deep, before the YAML parser sees it (which took 34 s).
+#[test]
+fn deeply_nested_flow_collections_are_refused_quickly() {
+    let t = tempfile::tempdir().unwrap();
+    for (name, open, close) in [("seq", "[", "]"), ("map", "{a: ", "}")] {
+        let f = t.path().join(format!("deep-{name}.yaml"));
+        let n = 80_000;
+        std::fs::write(
+            &f,
+            format!("name: x\nbase: {}{}\n", open.repeat(n), close.repeat(n)),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let (out, rss_kib) = with_peak_rss(df().arg("validate").arg(&f), Duration::from_secs(120));
+        let took = started.elapsed();
+        let msg = text(&out);
+        assert!(
+            took < Duration::from_secs(3),
+            "{name}: took {took:?}: {msg}"
+        );
+        assert_eq!(out.status.code(), Some(2), "{name}: {msg}");
+        assert!(msg.contains("nested"), "{name}: {msg}");
+        assert!(
+            msg.contains(&format!("{}:2:", f.display())),
+            "{name}: no position: {msg}"
+        );
+        assert!(rss_kib < 100 << 10, "{name}: peak RSS {rss_kib} KiB");
+    }
+}
