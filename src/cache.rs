@@ -82,13 +82,18 @@ pub struct TempFile {
     pub path: PathBuf,
     pub size: u64,
     pub modified: SystemTime,
-    /// Its writer is running (it holds the file's lock).
-    pub in_use: bool,
+    /// Whether its writer is running (it holds the file's lock); `None` where the
+    /// filesystem cannot tell.
+    pub in_use: Option<bool>,
 }
 
 /// How old an unlocked temporary file must be before `prune` takes it: longer than a
 /// writer needs between creating the file and locking it.
 const TEMP_GRACE: Duration = Duration::from_secs(5);
+
+/// How old a temporary file whose lock cannot be read must be before `prune` takes it:
+/// far longer than any download.
+const TEMP_UNKNOWN_AGE: Duration = Duration::from_secs(86_400);
 
 /// A second name for a blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -464,11 +469,18 @@ impl Cache {
         // Temporary files left by a killed process: nobody holds their lock. A file
         // younger than a few seconds may belong to a writer that has not taken its lock
         // yet; a locked one belongs to a running writer, however old it is.
-        let grace = SystemTime::now()
-            .checked_sub(TEMP_GRACE)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let ago = |d: Duration| {
+            SystemTime::now()
+                .checked_sub(d)
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        };
         for t in self.temp_files()? {
-            if t.in_use || t.modified > grace {
+            let old_enough = match t.in_use {
+                Some(true) => false,
+                Some(false) => t.modified < ago(TEMP_GRACE),
+                None => t.modified < ago(TEMP_UNKNOWN_AGE),
+            };
+            if !old_enough {
                 continue;
             }
             match fs::remove_file(&t.path) {

@@ -29,10 +29,12 @@ pub fn run(g: &GlobalOpts, cmd: CacheCommand) -> Result<ExitCode> {
                     name.display(),
                     crate::progress::human_bytes(t.size),
                     modified.format("%Y-%m-%dT%H:%M:%SZ"),
-                    if t.in_use {
-                        "temporary: in use by a running diskforge"
-                    } else {
-                        "temporary: left by a killed diskforge (cache prune removes it)"
+                    match t.in_use {
+                        Some(true) => "temporary: in use by a running diskforge",
+                        Some(false) => {
+                            "temporary: left by a killed diskforge (cache prune removes it)"
+                        }
+                        None => "temporary: cannot tell whether in use (cache prune removes it after a day)",
                     }
                 );
             }

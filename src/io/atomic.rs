@@ -98,20 +98,24 @@ impl AtomicFile {
     }
 }
 
-/// Takes the writer's lock on a new temporary file. Nobody else knows its name yet, so
-/// it cannot be taken; a filesystem without `flock` only loses the protection from
-/// `cache prune` (which then goes by age alone).
+/// Takes the writer's lock on a new temporary file. Only [`in_use`] may hold it for a
+/// moment (it is what tells a running writer from a dead one), so waiting for it is
+/// short. On a filesystem without `flock` the file stays unlocked and `cache prune`
+/// goes by age alone.
 fn hold(file: &File) {
-    if let Err(e) = file.try_lock() {
+    if let Err(e) = file.lock() {
         tracing::debug!("cannot lock a temporary file: {e}");
     }
 }
 
-/// Whether a writer holds the lock on the `.tmp-*` file at `path` (see [`AtomicFile`]).
-pub fn in_use(path: &Path) -> bool {
-    match File::open(path) {
-        Ok(f) => matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
-        Err(_) => false,
+/// Whether a writer holds the lock on the `.tmp-*` file at `path` (see
+/// [`AtomicFile`]); `None` when that cannot be told (no `flock` there, or the file went).
+pub fn in_use(path: &Path) -> Option<bool> {
+    let f = File::open(path).ok()?;
+    match f.try_lock() {
+        Ok(()) => Some(false),
+        Err(std::fs::TryLockError::WouldBlock) => Some(true),
+        Err(std::fs::TryLockError::Error(_)) => None,
     }
 }
 

@@ -22,16 +22,6 @@ impl<'a> SparseWriter<'a> {
         SparseWriter { file, pos: 0 }
     }
 
-    /// Bytes written so far, holes included.
-    pub fn len(&self) -> u64 {
-        self.pos
-    }
-
-    /// Whether nothing was written yet.
-    pub fn is_empty(&self) -> bool {
-        self.pos == 0
-    }
-
     /// Sets the file's length to what was written (holes included).
     pub fn finish(self) -> io::Result<u64> {
         self.file.set_len(self.pos)?;
