@@ -433,7 +433,9 @@ fn run_check_stops_promptly_and_takes_qemu_with_it() {
 }
 
 /// When diskforge dies without unwinding (SIGKILL, or a second Ctrl-C, which exits at
-/// once), QEMU dies with it instead of running on with its forwarded ports.
+/// once), QEMU dies with it instead of running on with its forwarded ports, and the
+/// next command that takes the scratch directory removes what the dead run left there
+/// (the VM's overlay).
 #[test]
 fn qemu_does_not_outlive_a_killed_run() {
     if !common::require(&["qemu-img", "qemu-system-x86_64"]) {
@@ -467,6 +469,27 @@ fn qemu_does_not_outlive_a_killed_run() {
             eventually(Duration::from_secs(5), || qemu_pids(&scratch).is_empty()),
             "QEMU outlived diskforge after SIG{signals:?}: {:?}",
             qemu_pids(&scratch)
+        );
+        if signals == ["KILL"] {
+            assert!(
+                !entries(&scratch).is_empty(),
+                "SIGKILL left nothing to reap"
+            );
+        }
+        // Older than the few seconds a live run may take to lock its directory.
+        std::thread::sleep(Duration::from_secs(11));
+        let out = df()
+            .arg("--work-dir")
+            .arg(&scratch)
+            .arg("verify")
+            .arg(format!("oci:{}:t", t.path().join("nothing").display()))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{}", text(&out));
+        assert!(
+            entries(&scratch).is_empty(),
+            "the next run left {:?} in place",
+            entries(&scratch)
         );
     }
 }

@@ -265,7 +265,7 @@ pub fn inspect(g: &GlobalOpts, args: InspectArgs) -> Result<ExitCode> {
 pub fn open_local(
     r: &ImageRef,
     scratch: &Path,
-) -> Result<(LayoutImage, Option<tempfile::TempDir>)> {
+) -> Result<(LayoutImage, Option<crate::io::scratch::ScratchDir>)> {
     let arch = read::host_arch();
     match r {
         ImageRef::Layout { dir, tag } => Ok((
@@ -273,10 +273,7 @@ pub fn open_local(
             None,
         )),
         ImageRef::Archive { file, tag } => {
-            let t = tempfile::Builder::new()
-                .prefix("diskforge-archive-")
-                .tempdir_in(scratch)
-                .context("creating a temp dir for the archive")?;
+            let t = crate::io::scratch::ScratchDir::new_in(scratch, "archive")?;
             let l = crate::oci::archive::extract_archive(file, t.path())?;
             Ok((LayoutImage::open(l, tag.as_deref(), arch)?, Some(t)))
         }

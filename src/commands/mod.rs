@@ -329,6 +329,8 @@ pub fn expand_limit() -> Result<crate::oci::read::ExpandLimit> {
     }
 }
 
+/// The directory commands unpack and boot images in; what killed runs left there is
+/// removed first ([`crate::io::scratch::reap`]).
 pub fn scratch_root(g: &GlobalOpts) -> Result<PathBuf> {
     let dir = match &g.work_dir {
         Some(d) => d.clone(),
@@ -336,6 +338,7 @@ pub fn scratch_root(g: &GlobalOpts) -> Result<PathBuf> {
     };
     std::fs::create_dir_all(&dir)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    crate::io::scratch::reap(&dir);
     Ok(dir)
 }
 

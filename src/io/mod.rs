@@ -7,5 +7,6 @@ pub mod growing;
 pub mod hash;
 pub mod limits;
 pub mod retry;
+pub mod scratch;
 pub mod sparse;
 pub mod tls;
