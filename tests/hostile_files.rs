@@ -513,16 +513,24 @@ impl<W: std::io::Write> std::io::Write for Hashing<W> {
     }
 }
 
-/// One zstd frame of `data`.
-fn zstd_frame(data: &[u8]) -> Vec<u8> {
-    zstd::stream::encode_all(data, 1).unwrap()
+/// One zstd frame, or one gzip member, of `data`.
+fn frame(gzip: bool, data: &[u8]) -> Vec<u8> {
+    if gzip {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    } else {
+        zstd::stream::encode_all(data, 1).unwrap()
+    }
 }
 
-/// Writes, into a new layout at `dir`, an image whose zstd layer holds `disk/disk.img`
-/// of `claimed` bytes: `head`, then zeros. The blob is streamed as concatenated zstd
-/// frames (one frame of 64 MiB of zeros repeated), so a 20 GiB entry costs a few MiB of
-/// blob and no time to make; it is never held in memory.
-fn zero_bomb_layout(dir: &Path, head: &[u8], claimed: u64) {
+/// Writes, into a new layout at `dir`, an image whose zstd (or gzip) layer holds
+/// `disk/disk.img` of `claimed` bytes: `head`, then zeros. The blob is streamed as
+/// concatenated frames or members (one of 64 MiB of zeros, repeated), so a 20 GiB
+/// entry costs a few MiB of zstd or 20 MiB of gzip and no time to make; it is never
+/// held in memory.
+fn zero_bomb_layout(dir: &Path, head: &[u8], claimed: u64, gzip: bool) {
     use std::io::Write;
     const CHUNK: u64 = 64 << 20;
     let blobs = dir.join("blobs/sha256");
@@ -545,14 +553,14 @@ fn zero_bomb_layout(dir: &Path, head: &[u8], claimed: u64) {
     // Zeros up to a whole chunk of the entry, so the rest is whole repeated chunks.
     let after_head = claimed - head.len() as u64;
     first.resize(first.len() + (after_head % CHUNK) as usize, 0);
-    w.write_all(&zstd_frame(&first)).unwrap();
-    let zeros = zstd_frame(&vec![0u8; CHUNK as usize]);
+    w.write_all(&frame(gzip, &first)).unwrap();
+    let zeros = frame(gzip, &vec![0u8; CHUNK as usize]);
     for _ in 0..after_head / CHUNK {
         w.write_all(&zeros).unwrap();
     }
     // Padding to a block, then the end-of-archive blocks.
     let pad = (512 - claimed % 512) % 512;
-    w.write_all(&zstd_frame(&vec![0u8; pad as usize + 1024]))
+    w.write_all(&frame(gzip, &vec![0u8; pad as usize + 1024]))
         .unwrap();
     w.flush().unwrap();
     let (layer_hex, layer_size) = (hex::encode(w.sha.clone().finalize()), w.n);
@@ -572,7 +580,7 @@ fn zero_bomb_layout(dir: &Path, head: &[u8], claimed: u64) {
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd",
+        "layers": [{"mediaType": if gzip { "application/vnd.oci.image.layer.v1.tar+gzip" } else { "application/vnd.oci.image.layer.v1.tar+zstd" },
                     "digest": format!("sha256:{layer_hex}"), "size": layer_size}],
     }))
     .unwrap();
@@ -627,7 +635,8 @@ fn watched(
     (out, rss, watcher.join().unwrap(), took)
 }
 
-/// A 20 GiB disk entry of zeros in a layer of a few MiB. Behind a qcow2 header that
+/// A 20 GiB disk entry of zeros in a zstd layer of a few MiB (or a gzip layer of
+/// 20 MiB). Behind a qcow2 header that
 /// says 64 MiB, `verify` stops as soon as the entry's size contradicts the header;
 /// as a raw disk, it stops at the limit `DISKFORGE_MAX_DISK_SIZE` sets; a raw disk of
 /// zeros under the limit is accepted and written as holes. Never more than a few MiB
@@ -645,7 +654,9 @@ fn expanding_layers_are_capped_and_written_sparse() {
     // (name, disk head, entry size, DISKFORGE_MAX_DISK_SIZE, why it is refused)
     type Case<'a> = (&'a str, Vec<u8>, u64, Option<&'a str>, Option<&'a str>);
     let cases: Vec<Case> = vec![
-        ("qcow2", header, huge, None, Some("virtual size")),
+        ("qcow2", header.clone(), huge, None, Some("virtual size")),
+        // 20 MiB of gzip members.
+        ("qcow2-gzip", header, huge, None, Some("virtual size")),
         (
             "raw",
             Vec::new(),
@@ -657,7 +668,7 @@ fn expanding_layers_are_capped_and_written_sparse() {
     ];
     for (name, head, claimed, max, refused) in cases {
         let layout = t.path().join(name);
-        zero_bomb_layout(&layout, &head, claimed);
+        zero_bomb_layout(&layout, &head, claimed, name.ends_with("-gzip"));
         let scratch = t.path().join(format!("scratch-{name}"));
         std::fs::create_dir(&scratch).unwrap();
         let mut cmd = df();
