@@ -381,7 +381,7 @@ fn run_check(disk: &Path, scratch: &Path, timeout: u64) -> Command {
 /// request timeout, and in both cases no QEMU and no overlay is left.
 #[test]
 fn run_check_stops_promptly_and_takes_qemu_with_it() {
-    if !common::require(&["qemu-img", "qemu-system-x86_64"]) {
+    if !common::require(&["qemu-img", "qemu-system-x86_64", "setpriv"]) {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -438,7 +438,7 @@ fn run_check_stops_promptly_and_takes_qemu_with_it() {
 /// (the VM's overlay).
 #[test]
 fn qemu_does_not_outlive_a_killed_run() {
-    if !common::require(&["qemu-img", "qemu-system-x86_64"]) {
+    if !common::require(&["qemu-img", "qemu-system-x86_64", "setpriv"]) {
         return;
     }
     let t = tempfile::tempdir().unwrap();
