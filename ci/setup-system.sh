@@ -18,6 +18,8 @@ main_pkgs=(
   debootstrap mmdebstrap extlinux syslinux-common gdisk apache2-utils gnupg sqv
   xz-utils zstd curl openssl python3 python3-pip python3-venv python3-yaml python3-jsonschema
   time shellcheck jq
+  # setpriv: QEMU started by `run` dies with diskforge (--pdeathsig).
+  util-linux
   chromium chromium-driver
   # The layout zoo (tests/fixtures/layouts/): the partitioning tools the distributions'
   # image builders use, and what the appliance needs for vfat, xfs, btrfs and LVM.

@@ -74,10 +74,32 @@ pub struct ListEntry {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct PruneReport {
     pub blobs: usize,
+    /// Bytes of the removed blobs and temporary files.
     pub bytes: u64,
     pub partials: usize,
     pub stages: usize,
+    /// Temporary files of killed processes.
+    pub temps: usize,
 }
+
+/// A `.tmp-*` file in the cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TempFile {
+    pub path: PathBuf,
+    pub size: u64,
+    pub modified: SystemTime,
+    /// Whether its writer is running (it holds the file's lock); `None` where the
+    /// filesystem cannot tell.
+    pub in_use: Option<bool>,
+}
+
+/// How old an unlocked temporary file must be before `prune` takes it: longer than a
+/// writer needs between creating the file and locking it.
+const TEMP_GRACE: Duration = Duration::from_secs(5);
+
+/// How old a temporary file whose lock cannot be read must be before `prune` takes it:
+/// far longer than any download.
+const TEMP_UNKNOWN_AGE: Duration = Duration::from_secs(86_400);
 
 /// A second name for a blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -422,6 +444,38 @@ impl Cache {
         self.write_meta(&meta)
     }
 
+    /// The `.tmp-*` files of the cache's directories: files being written now (their
+    /// writer holds a lock) and files a killed process left behind.
+    pub fn temp_files(&self) -> Result<Vec<TempFile>> {
+        let mut out = Vec::new();
+        for dir in [
+            self.blob_dir(),
+            self.root.join("meta"),
+            self.root.join("refs"),
+        ] {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+            };
+            for entry in rd {
+                let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+                if !entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                    continue;
+                }
+                let Ok(meta) = entry.metadata() else { continue };
+                out.push(TempFile {
+                    in_use: crate::io::atomic::in_use(&entry.path()),
+                    size: meta.len(),
+                    modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    path: entry.path(),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
     /// Every blob with its size and last use, most recently used first.
     pub fn list(&self) -> Result<Vec<ListEntry>> {
         let dir = self.blob_dir();
@@ -470,26 +524,30 @@ impl Cache {
                 report.bytes += entry.size;
             }
         }
-        // Temporary files left by a killed process. A day is far longer than any
-        // download, so a running build's temp file is never taken from under it.
-        let day_ago = SystemTime::now()
-            .checked_sub(Duration::from_secs(86_400))
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        for dir in [
-            self.blob_dir(),
-            self.root.join("meta"),
-            self.root.join("refs"),
-        ] {
-            for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
-                let entry = entry?;
-                let stale = entry.file_name().to_string_lossy().starts_with(".tmp-")
-                    && entry
-                        .metadata()
-                        .and_then(|m| m.modified())
-                        .is_ok_and(|m| m < day_ago);
-                if stale {
-                    let _ = fs::remove_file(entry.path());
+        // Temporary files left by a killed process: nobody holds their lock. A file
+        // younger than a few seconds may belong to a writer that has not taken its lock
+        // yet; a locked one belongs to a running writer, however old it is.
+        let ago = |d: Duration| {
+            SystemTime::now()
+                .checked_sub(d)
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        };
+        for t in self.temp_files()? {
+            let old_enough = match t.in_use {
+                Some(true) => false,
+                Some(false) => t.modified < ago(TEMP_GRACE),
+                None => t.modified < ago(TEMP_UNKNOWN_AGE),
+            };
+            if !old_enough {
+                continue;
+            }
+            match fs::remove_file(&t.path) {
+                Ok(()) => {
+                    report.temps += 1;
+                    report.bytes += t.size;
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", t.path.display())),
             }
         }
         // References to removed blobs are dangling now: drop them.

@@ -201,6 +201,12 @@ impl BuildSpec {
 /// Parses a catalog file.
 pub fn parse_entry(text: &str, origin: &str) -> anyhow::Result<CatalogEntry> {
     use anyhow::Context;
+    if let Some((line, column)) = crate::io::limits::yaml_too_deep(text) {
+        anyhow::bail!(
+            "{origin}:{line}:{column}: flow collections nested more than {} deep: refused before parsing",
+            crate::io::limits::MAX_YAML_NESTING
+        );
+    }
     serde_yaml::from_str(text).with_context(|| format!("parsing catalog entry {origin}"))
 }
 

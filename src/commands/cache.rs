@@ -21,14 +21,32 @@ pub fn run(g: &GlobalOpts, cmd: CacheCommand) -> Result<ExitCode> {
                     e.origin
                 );
             }
+            for t in cache.temp_files()? {
+                let name = t.path.strip_prefix(cache.root()).unwrap_or(&t.path);
+                let modified: chrono::DateTime<chrono::Utc> = t.modified.into();
+                println!(
+                    "{:<73} {:>10}  {:<20}  {}",
+                    name.display(),
+                    crate::progress::human_bytes(t.size),
+                    modified.format("%Y-%m-%dT%H:%M:%SZ"),
+                    match t.in_use {
+                        Some(true) => "temporary: in use by a running diskforge",
+                        Some(false) => {
+                            "temporary: left by a killed diskforge (cache prune removes it)"
+                        }
+                        None => "temporary: cannot tell whether in use (cache prune removes it after a day)",
+                    }
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         CacheCommand::Prune { days, all } => {
             let older_than = (!all).then(|| std::time::Duration::from_secs(days * 86_400));
             let report = cache.prune(older_than)?;
             println!(
-                "removed {} cached file(s), {}, {} kept stage disk(s) and {} partial download(s) from {}",
+                "removed {} cached file(s), {} temporary file(s) of killed runs ({} in all), {} kept stage disk(s) and {} partial download(s) from {}",
                 report.blobs,
+                report.temps,
                 crate::progress::human_bytes(report.bytes),
                 report.stages,
                 report.partials,

@@ -178,7 +178,7 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
     }
     if args.report.print_vm_manifest || args.kubevirt_manifests.is_some() {
         let img = LayoutImage::open(layout.clone(), tag.as_deref(), read::host_arch())?;
-        let size = read::scan_layers(&img, None)?
+        let size = read::scan_layers(&img, None, super::expand_limit()?)?
             .disk
             .map(|(_, h)| h.virtual_size)
             .unwrap_or(0);
@@ -244,7 +244,7 @@ pub fn inspect(g: &GlobalOpts, args: InspectArgs) -> Result<ExitCode> {
         _ => {
             let scratch = super::scratch_root(g)?;
             let (img, _temp) = open_local(&r, &scratch)?;
-            let scan = read::scan_layers(&img, None)?;
+            let scan = read::scan_layers(&img, None, super::expand_limit()?)?;
             let disk = scan.disk.as_ref().map(|(e, h)| (e.path.as_str(), h));
             let digest = img.manifest_desc.digest().to_string();
             let attached = attached(&r, &img, &opts, &digest, key.as_ref())?;
@@ -264,7 +264,7 @@ pub fn inspect(g: &GlobalOpts, args: InspectArgs) -> Result<ExitCode> {
 pub fn open_local(
     r: &ImageRef,
     scratch: &Path,
-) -> Result<(LayoutImage, Option<tempfile::TempDir>)> {
+) -> Result<(LayoutImage, Option<crate::io::scratch::ScratchDir>)> {
     let arch = read::host_arch();
     match r {
         ImageRef::Layout { dir, tag } => Ok((
@@ -272,10 +272,7 @@ pub fn open_local(
             None,
         )),
         ImageRef::Archive { file, tag } => {
-            let t = tempfile::Builder::new()
-                .prefix("diskforge-archive-")
-                .tempdir_in(scratch)
-                .context("creating a temp dir for the archive")?;
+            let t = crate::io::scratch::ScratchDir::new_in(scratch, "archive")?;
             let l = crate::oci::archive::extract_archive(file, t.path())?;
             Ok((LayoutImage::open(l, tag.as_deref(), arch)?, Some(t)))
         }

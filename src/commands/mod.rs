@@ -343,6 +343,25 @@ pub fn context_without_cache(
 }
 
 /// A scratch directory for commands that unpack or pull (`inspect`, `verify`, `run`).
+/// How big a disk a layer may expand to: `DISKFORGE_MAX_DISK_SIZE` (bytes, or with a
+/// K/M/G/T suffix), else [`crate::oci::read::DEFAULT_MAX_DISK`].
+pub fn expand_limit() -> Result<crate::oci::read::ExpandLimit> {
+    let Ok(v) = std::env::var("DISKFORGE_MAX_DISK_SIZE") else {
+        return Ok(crate::oci::read::ExpandLimit::default());
+    };
+    match crate::recipe::Size::parse(v.trim()) {
+        Ok(crate::recipe::Size::Absolute(max_disk)) => {
+            Ok(crate::oci::read::ExpandLimit { max_disk })
+        }
+        _ => Err(UsageError(format!(
+            "DISKFORGE_MAX_DISK_SIZE={v:?} must be an absolute size such as 100G"
+        ))
+        .into()),
+    }
+}
+
+/// The directory commands unpack and boot images in; what killed runs left there is
+/// removed first ([`crate::io::scratch::reap`]).
 pub fn scratch_root(g: &GlobalOpts) -> Result<PathBuf> {
     let dir = match &g.work_dir {
         Some(d) => d.clone(),
@@ -350,6 +369,7 @@ pub fn scratch_root(g: &GlobalOpts) -> Result<PathBuf> {
     };
     std::fs::create_dir_all(&dir)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    crate::io::scratch::reap(&dir);
     Ok(dir)
 }
 

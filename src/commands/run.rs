@@ -16,7 +16,7 @@ use crate::vm::{self, probe};
 pub struct BootDisk {
     pub path: PathBuf,
     pub format: DiskFormat,
-    _temp: Option<tempfile::TempDir>,
+    _temp: Option<crate::io::scratch::ScratchDir>,
 }
 
 fn format_of(info: &crate::sys::qemu_img::ImageInfo) -> DiskFormat {
@@ -48,11 +48,8 @@ pub fn boot_disk(
     }
     let scratch = super::scratch_root(g)?;
     let (img, holder) = super::verify::open_any(&super::image_ref(image)?, &scratch, registry)?;
-    let temp = tempfile::Builder::new()
-        .prefix("diskforge-run-")
-        .tempdir_in(&scratch)
-        .context("creating a temp dir for the disk")?;
-    let scan = crate::oci::read::scan_layers(&img, Some(temp.path()))?;
+    let temp = crate::io::scratch::ScratchDir::new_in(&scratch, "run")?;
+    let scan = crate::oci::read::scan_layers(&img, Some(temp.path()), super::expand_limit()?)?;
     if let Some(p) = scan.problems.first() {
         anyhow::bail!("{image} is not a containerDisk: {p}");
     }

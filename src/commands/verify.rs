@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result};
 
 use crate::cli::{GlobalOpts, VerifyArgs};
+use crate::io::scratch::ScratchDir;
 use crate::oci::read::LayoutImage;
 use crate::oci::{ImageRef, Layout};
 use crate::registry::{self, RegistryOptions, RemoteRef};
@@ -27,14 +28,11 @@ pub fn open_any(
     r: &ImageRef,
     scratch: &Path,
     registry: &RegistryOptions,
-) -> Result<(LayoutImage, Option<tempfile::TempDir>)> {
+) -> Result<(LayoutImage, Option<ScratchDir>)> {
     match r {
         ImageRef::Registry { reference } => {
             let rr = RemoteRef::parse(reference)?;
-            let t = tempfile::Builder::new()
-                .prefix("diskforge-pull-")
-                .tempdir_in(scratch)
-                .context("creating a temp dir for the pull")?;
+            let t = ScratchDir::new_in(scratch, "pull")?;
             let layout = Layout::create(t.path())?;
             let arch = crate::oci::read::host_arch();
             crate::sys::rt::block_on(async {
@@ -64,11 +62,8 @@ pub fn run(g: &GlobalOpts, args: VerifyArgs) -> Result<ExitCode> {
     let registry = super::registry_options(&args.registry, &[]);
     let r = super::image_ref(&args.image)?;
     let (img, _holder) = open_any(&r, &scratch, &registry)?;
-    let temp = tempfile::Builder::new()
-        .prefix("diskforge-verify-")
-        .tempdir_in(&scratch)
-        .context("creating a temp dir to unpack the image")?;
-    let scan = crate::oci::read::scan_layers(&img, Some(temp.path()))?;
+    let temp = ScratchDir::new_in(&scratch, "verify")?;
+    let scan = crate::oci::read::scan_layers(&img, Some(temp.path()), super::expand_limit()?)?;
     let mut ok = Vec::new();
     let mut problems = scan.problems.clone();
     let files = scan.disk_files();

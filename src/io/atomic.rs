@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 /// A file being written; renamed into place by [`AtomicFile::persist`], removed on drop.
+/// Its writer holds an exclusive lock (`flock`) on it until then, so `cache prune` can
+/// tell the file of a running writer from one a killed process left behind.
 #[derive(Debug)]
 pub struct AtomicFile {
     temp: tempfile::NamedTempFile,
@@ -30,6 +32,7 @@ impl AtomicFile {
             .prefix(".tmp-")
             .tempfile_in(dir)
             .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+        hold(temp.as_file());
         Ok(AtomicFile { temp })
     }
 
@@ -59,6 +62,7 @@ impl AtomicFile {
             .write(true)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
+        hold(&file);
         Ok(AtomicFile {
             temp: tempfile::NamedTempFile::from_parts(file, path),
         })
@@ -91,6 +95,27 @@ impl AtomicFile {
             .map_err(|e| e.error)
             .with_context(|| format!("renaming {} to {}", from.display(), dest.display()))?;
         Ok(())
+    }
+}
+
+/// Takes the writer's lock on a new temporary file. Only [`in_use`] may hold it for a
+/// moment (it is what tells a running writer from a dead one), so waiting for it is
+/// short. On a filesystem without `flock` the file stays unlocked and `cache prune`
+/// goes by age alone.
+fn hold(file: &File) {
+    if let Err(e) = file.lock() {
+        tracing::debug!("cannot lock a temporary file: {e}");
+    }
+}
+
+/// Whether a writer holds the lock on the `.tmp-*` file at `path` (see
+/// [`AtomicFile`]); `None` when that cannot be told (no `flock` there, or the file went).
+pub fn in_use(path: &Path) -> Option<bool> {
+    let f = File::open(path).ok()?;
+    match f.try_lock() {
+        Ok(()) => Some(false),
+        Err(std::fs::TryLockError::WouldBlock) => Some(true),
+        Err(std::fs::TryLockError::Error(_)) => None,
     }
 }
 

@@ -76,8 +76,51 @@ pub fn add(a: u64, b: u64, what: &str) -> Result<u64> {
         .with_context(|| format!("{what}: size overflow ({a} + {b})"))
 }
 
+/// The deepest flow collections (`[…]`, `{…}`) may nest in a YAML file diskforge
+/// reads. A recipe needs a handful; the YAML parser takes time quadratic in the depth
+/// (160 KB of `[` took 34 s), so deeper files are refused before it sees them.
+pub const MAX_YAML_NESTING: usize = 64;
+
+/// Where flow collections in `text` first nest deeper than [`MAX_YAML_NESTING`], as a
+/// 1-based (line, column). Every bracket counts, in quoted strings and comments too: a
+/// count that is too high can only refuse a pathological file, one too low would let
+/// it reach the parser.
+pub fn yaml_too_deep(text: &str) -> Option<(usize, usize)> {
+    let (mut depth, mut line, mut column) = (0usize, 1usize, 0usize);
+    for c in text.chars() {
+        column += 1;
+        match c {
+            '\n' => {
+                line += 1;
+                column = 0;
+            }
+            '[' | '{' => {
+                depth += 1;
+                if depth > MAX_YAML_NESTING {
+                    return Some((line, column));
+                }
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn deep_flow_nesting_is_found_with_its_position() {
+        let ok = format!(
+            "a: {}{}\n",
+            "[".repeat(MAX_YAML_NESTING),
+            "]".repeat(MAX_YAML_NESTING)
+        );
+        assert_eq!(yaml_too_deep(&ok), None);
+        let deep = format!("a: 1\nb: {}", "[{".repeat(40_000));
+        assert_eq!(yaml_too_deep(&deep), Some((2, 4 + MAX_YAML_NESTING)));
+        assert_eq!(yaml_too_deep("cmd: test ] ] && [ -f x ]\n"), None);
+    }
     use super::*;
 
     #[test]

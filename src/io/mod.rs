@@ -1,5 +1,5 @@
 //! Byte-stream mechanics shared by every stage: decompression, hashing on the way,
-//! atomic files, the retry policy and bounds on untrusted input.
+//! atomic files, sparse writes, the retry policy and bounds on untrusted input.
 
 pub mod atomic;
 pub mod decompress;
@@ -7,4 +7,6 @@ pub mod growing;
 pub mod hash;
 pub mod limits;
 pub mod retry;
+pub mod scratch;
+pub mod sparse;
 pub mod tls;

@@ -68,7 +68,8 @@ fn layout_member(name: &str) -> bool {
 
 /// Unpacks an OCI archive into the empty directory `dir` (which becomes a layout).
 pub fn extract_archive(file: &Path, dir: &Path) -> Result<Layout> {
-    let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let (f, _) = crate::sys::file::open_regular(file)
+        .with_context(|| format!("opening the OCI archive {}", file.display()))?;
     let mut a = tar::Archive::new(std::io::BufReader::new(f));
     std::fs::create_dir_all(dir.join("blobs/sha256"))
         .with_context(|| format!("creating {}", dir.display()))?;

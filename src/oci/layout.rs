@@ -107,12 +107,14 @@ impl Layout {
     /// fails at the end of the stream when the content does not hash to the digest.
     pub fn open_blob(&self, desc: &Descriptor) -> Result<VerifiedReader<std::fs::File>> {
         let path = self.blob_path(desc.digest().as_ref())?;
-        let f = std::fs::File::open(&path)
-            .with_context(|| format!("opening blob {}", path.display()))?;
-        let meta = f
-            .metadata()
-            .with_context(|| format!("reading {}", path.display()))?;
-        if !meta.is_file() || meta.len() != desc.size() {
+        let (f, meta) = self.open_blob_file(&path).with_context(|| {
+            format!(
+                "blob {} in {}: the layout is corrupt or was tampered with",
+                desc.digest(),
+                self.root.display()
+            )
+        })?;
+        if meta.len() != desc.size() {
             bail!(
                 "blob {} in {} is {} bytes but its descriptor says {}: the layout is corrupt or was tampered with",
                 desc.digest(),
@@ -128,10 +130,31 @@ impl Layout {
         ))
     }
 
+    /// Opens a blob's file when it is a regular file inside the layout: a link may point
+    /// to another blob of the layout, never outside it (a hostile layout would read host
+    /// files that way); a FIFO, device or directory is refused before it is read.
+    fn open_blob_file(&self, path: &Path) -> Result<(std::fs::File, std::fs::Metadata)> {
+        let meta = std::fs::symlink_metadata(path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if meta.file_type().is_symlink() {
+            let target = std::fs::canonicalize(path)
+                .with_context(|| format!("following the link {}", path.display()))?;
+            let root = std::fs::canonicalize(&self.root)
+                .with_context(|| format!("resolving {}", self.root.display()))?;
+            if !target.starts_with(&root) {
+                bail!(
+                    "{} is a link to {}, outside the layout: refusing it",
+                    path.display(),
+                    target.display()
+                );
+            }
+        }
+        crate::sys::file::open_regular(path)
+    }
+
     fn index(&self) -> Result<ImageIndex> {
         let path = self.root.join("index.json");
-        let f =
-            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let (f, _) = crate::sys::file::open_regular(&path)?;
         let bytes = crate::io::limits::read_capped(
             f,
             crate::io::limits::MAX_DOCUMENT,
@@ -235,6 +258,53 @@ fn ref_name(d: &Descriptor) -> Option<&str> {
         .as_ref()
         .and_then(|a| a.get(REF_NAME))
         .map(String::as_str)
+}
+
+/// A layout directory that a command is about to create: unless [`NewLayout::keep`] is
+/// called (the command succeeded), dropping it removes the directory, and the parent
+/// directories created with it, with everything in them, so a failed or interrupted
+/// command leaves no empty layout behind. A directory that existed before is never
+/// touched.
+#[derive(Debug)]
+pub struct NewLayout {
+    /// The topmost directory this command creates, when it creates one.
+    created: Option<PathBuf>,
+}
+
+impl NewLayout {
+    /// Notes which of `root` and its parents do not exist yet; call before creating it.
+    pub fn before_creating(root: &Path) -> NewLayout {
+        let mut created = None;
+        let mut p = root;
+        while !p.as_os_str().is_empty() && std::fs::symlink_metadata(p).is_err() {
+            created = Some(p.to_path_buf());
+            match p.parent() {
+                Some(parent) => p = parent,
+                None => break,
+            }
+        }
+        NewLayout { created }
+    }
+
+    /// The command succeeded: the layout stays.
+    pub fn keep(mut self) {
+        self.created = None;
+    }
+}
+
+impl Drop for NewLayout {
+    fn drop(&mut self) {
+        if let Some(dir) = self.created.take() {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => tracing::info!(
+                    "removed {}, created by the command that failed",
+                    dir.display()
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("cannot remove {}: {e}", dir.display()),
+            }
+        }
+    }
 }
 
 /// A reader that counts and hashes a blob and turns a wrong size or digest into an
@@ -347,6 +417,30 @@ mod tests {
             format!("{e:#}").contains("does not match its digest"),
             "{e:#}"
         );
+    }
+
+    #[test]
+    fn only_the_directories_a_command_created_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let existing = dir.path().join("existing");
+        std::fs::create_dir(&existing).unwrap();
+        let guard = NewLayout::before_creating(&existing);
+        Layout::create(&existing).unwrap();
+        drop(guard);
+        assert!(
+            existing.join("index.json").is_file(),
+            "an existing directory went"
+        );
+        let fresh = dir.path().join("a/b/layout");
+        let guard = NewLayout::before_creating(&fresh);
+        Layout::create(&fresh).unwrap();
+        drop(guard);
+        assert!(!dir.path().join("a").exists());
+        let kept = dir.path().join("kept");
+        let guard = NewLayout::before_creating(&kept);
+        Layout::create(&kept).unwrap();
+        guard.keep();
+        assert!(kept.join("index.json").is_file());
     }
 
     #[test]

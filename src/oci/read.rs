@@ -16,6 +16,79 @@ use crate::io::decompress::{self, Compression};
 /// The most entries remembered per image (a hostile layer may hold millions).
 const MAX_ENTRIES: usize = 10_000;
 
+/// The largest disk file a layer may expand to unless `DISKFORGE_MAX_DISK_SIZE` says
+/// otherwise: far beyond any containerDisk a node should pull, far below what fills a
+/// scratch disk by surprise.
+pub const DEFAULT_MAX_DISK: u64 = 64 << 30;
+
+/// What a layer walk may read: the disk file at most `max_disk` bytes (and a qcow2 file
+/// not much bigger than the virtual size its header states), the whole expanded tar
+/// stream at most `max_disk` plus [`TAR_SLACK`].
+#[derive(Debug, Clone, Copy)]
+pub struct ExpandLimit {
+    pub max_disk: u64,
+}
+
+/// What a tar stream may hold besides the disk: headers, the directory, padding.
+pub const TAR_SLACK: u64 = 64 << 20;
+
+impl Default for ExpandLimit {
+    fn default() -> Self {
+        ExpandLimit {
+            max_disk: DEFAULT_MAX_DISK,
+        }
+    }
+}
+
+impl ExpandLimit {
+    /// Why a disk entry of `size` bytes whose first bytes gave `header` is refused, if
+    /// it is. A qcow2 file holds its clusters plus metadata: the L2 and refcount tables
+    /// take at most 3% of the virtual size (512-byte clusters, extended L2 entries), so
+    /// a file more than an eighth (and 256 MiB) bigger than its virtual size is not a
+    /// disk but a decompression bomb or damage.
+    pub fn refuse(&self, path: &str, size: u64, header: &DiskHeader) -> Option<String> {
+        if size > self.max_disk {
+            return Some(format!(
+                "{path} expands to {size} bytes: more than the {} allowed (set DISKFORGE_MAX_DISK_SIZE to allow bigger disks)",
+                self.max_disk
+            ));
+        }
+        if header.format == "qcow2" {
+            let most = header
+                .virtual_size
+                .saturating_add(header.virtual_size / 8)
+                .saturating_add(256 << 20);
+            if size > most {
+                return Some(format!(
+                    "{path} is a {size}-byte qcow2 file whose header states a virtual size of {} bytes: a qcow2 file is never that much bigger than its virtual size (a decompression bomb or a damaged image)",
+                    header.virtual_size
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// A reader that fails once more than `limit` bytes came through it.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
+            std::io::Error::other(format!(
+                "the layer expands to more than {} bytes (set DISKFORGE_MAX_DISK_SIZE to allow bigger disks)",
+                self.limit
+            ))
+        })?;
+        Ok(n)
+    }
+}
+
 /// One image of a layout, resolved to its platform manifest.
 pub struct LayoutImage {
     pub layout: Layout,
@@ -153,20 +226,31 @@ fn unsafe_path(path: &str) -> Option<&'static str> {
 }
 
 /// Walks the layers of `img`. With `extract_to`, the disk file's content is written to
-/// `extract_to/disk` (nothing else is ever written); otherwise only the first 512 bytes
-/// of the disk are read and the walk stops there.
-pub fn scan_layers(img: &LayoutImage, extract_to: Option<&Path>) -> Result<Scan> {
+/// `extract_to/disk` (nothing else is ever written; runs of zeros become holes);
+/// otherwise only the first 512 bytes of the disk are read and the walk stops there.
+/// A disk entry bigger than `limit` allows is a problem, found before its content is
+/// read, and ends the walk.
+pub fn scan_layers(
+    img: &LayoutImage,
+    extract_to: Option<&Path>,
+    limit: ExpandLimit,
+) -> Result<Scan> {
     let mut scan = Scan::default();
+    let total = limit.max_disk.saturating_add(TAR_SLACK);
     for desc in img.manifest.layers() {
         let media = image::media_type(desc);
         let compression = Compression::from_media_type(&media)
             .with_context(|| format!("unsupported layer media type {media}"))?;
         let blob = img.layout.open_blob(desc)?;
-        let reader = decompress::reader(
-            compression,
-            std::io::BufReader::with_capacity(1 << 20, blob),
-        )?;
-        let done = scan_one(reader, extract_to, &mut scan)
+        let reader = Capped {
+            inner: decompress::reader(
+                compression,
+                std::io::BufReader::with_capacity(1 << 20, blob),
+            )?,
+            left: total,
+            limit: total,
+        };
+        let done = scan_one(reader, extract_to, limit, &mut scan)
             .with_context(|| format!("reading layer {}", desc.digest()))?;
         if done {
             break;
@@ -176,9 +260,14 @@ pub fn scan_layers(img: &LayoutImage, extract_to: Option<&Path>) -> Result<Scan>
 }
 
 /// One layer; true when the walk may stop (header-only mode found the disk).
-fn scan_one(reader: impl Read, extract_to: Option<&Path>, scan: &mut Scan) -> Result<bool> {
+fn scan_one(
+    reader: impl Read,
+    extract_to: Option<&Path>,
+    limit: ExpandLimit,
+    scan: &mut Scan,
+) -> Result<bool> {
     let mut archive = tar::Archive::new(reader);
-    let done = scan_entries(&mut archive, extract_to, scan)?;
+    let done = scan_entries(&mut archive, extract_to, limit, scan)?;
     if !done {
         // Read what follows the end-of-archive marker too: the blob's digest is checked
         // when its last byte has been read.
@@ -191,6 +280,7 @@ fn scan_one(reader: impl Read, extract_to: Option<&Path>, scan: &mut Scan) -> Re
 fn scan_entries<R: Read>(
     archive: &mut tar::Archive<R>,
     extract_to: Option<&Path>,
+    limit: ExpandLimit,
     scan: &mut Scan,
 ) -> Result<bool> {
     for entry in archive.entries().context("reading the layer tar")? {
@@ -241,12 +331,20 @@ fn scan_entries<R: Read>(
                 return Ok(true);
             }
             Some(dir) => {
+                if let Some(why) = limit.refuse(&path, info.size, &header) {
+                    scan.problems.push(why);
+                    return Ok(true);
+                }
                 let dest = dir.join("disk");
                 let mut out = crate::io::atomic::AtomicFile::new_in(dir)?;
-                std::io::Write::write_all(out.file(), &first[..n])
+                let mut sparse = crate::io::sparse::SparseWriter::new(out.file());
+                std::io::Write::write_all(&mut sparse, &first[..n])
                     .with_context(|| format!("writing {}", dest.display()))?;
-                std::io::copy(&mut crate::sys::interrupt::Checked(&mut e), out.file())
+                std::io::copy(&mut crate::sys::interrupt::Checked(&mut e), &mut sparse)
                     .with_context(|| format!("extracting {path} to {}", dest.display()))?;
+                sparse
+                    .finish()
+                    .with_context(|| format!("writing {}", dest.display()))?;
                 out.persist(&dest)?;
                 scan.extracted = Some(dest);
                 scan.disk = Some((info, header));

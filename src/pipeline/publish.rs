@@ -144,6 +144,16 @@ pub fn write_image(
     crate::oci::layer::check_level(spec.layer.compression, spec.layer.level)?;
     crate::oci::layer::validate_disk_name(&spec.disk_name)?;
     let arch = spec.meta.architecture.clone();
+    // Layout directories this command creates go again if it fails.
+    let new_layouts: Vec<crate::oci::layout::NewLayout> = dests
+        .iter()
+        .filter_map(|d| match d {
+            ImageRef::Layout { dir, .. } => {
+                Some(crate::oci::layout::NewLayout::before_creating(dir))
+            }
+            _ => None,
+        })
+        .collect();
     // Pack into the first layout destination, or a staging layout in the work dir.
     let staging;
     let first_layout = dests.iter().find_map(|d| match d {
@@ -261,6 +271,9 @@ pub fn write_image(
             pinned = Some(outcome.pinned);
             tags = outcome.tags;
         }
+    }
+    for l in new_layouts {
+        l.keep();
     }
     Ok(Published {
         image,

@@ -108,7 +108,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedRecipe> {
     // Parse every file first: syntax errors are located by the YAML parser.
     let mut values = Vec::new();
     for s in &chain {
-        let v: Value = serde_yaml::from_str(&s.text).map_err(|e| yaml_error(&s.path, &e))?;
+        let v = parse_yaml(&s.path, &s.text)?;
         if !matches!(v, Value::Mapping(_) | Value::Null) {
             return Err(RecipeErrors(vec![RecipeError {
                 file: s.path.clone(),
@@ -192,7 +192,7 @@ fn read_chain(path: &Path) -> Result<Vec<Source>> {
         }
         let text = std::fs::read_to_string(&p)
             .with_context(|| format!("reading recipe {}", p.display()))?;
-        let head: Value = serde_yaml::from_str(&text).map_err(|e| yaml_error(&p, &e))?;
+        let head = parse_yaml(&p, &text)?;
         if let Some(parent) = head.get("extends") {
             let err = |msg: String| -> anyhow::Error {
                 RecipeErrors(vec![diag::at(&p, &text, &[Seg::key("extends")], msg)]).into()
@@ -342,8 +342,12 @@ fn substitute_tree(
         Value::String(s) if s.contains("${") => match substitute(s, vars) {
             Ok((out, whole)) => {
                 *v = if whole {
-                    match serde_yaml::from_str::<Value>(&out) {
-                        Ok(x @ (Value::Number(_) | Value::Bool(_))) => x,
+                    let parsed = match crate::io::limits::yaml_too_deep(&out) {
+                        None => serde_yaml::from_str::<Value>(&out).ok(),
+                        Some(_) => None,
+                    };
+                    match parsed {
+                        Some(x @ (Value::Number(_) | Value::Bool(_))) => x,
                         _ => Value::String(out),
                     }
                 } else {
@@ -550,6 +554,25 @@ fn serde_error(
 }
 
 /// A YAML syntax error as a located [`RecipeErrors`].
+/// Parses a recipe file's text, after refusing flow collections nested too deep for
+/// the parser to handle in reasonable time.
+fn parse_yaml(file: &Path, text: &str) -> Result<Value> {
+    if let Some((line, column)) = crate::io::limits::yaml_too_deep(text) {
+        return Err(RecipeErrors(vec![RecipeError {
+            file: file.to_path_buf(),
+            line,
+            column,
+            key: "(document)".into(),
+            message: format!(
+                "flow collections ([…] or {{…}}) nested more than {} deep: refused before parsing",
+                crate::io::limits::MAX_YAML_NESTING
+            ),
+        }])
+        .into());
+    }
+    serde_yaml::from_str(text).map_err(|e| yaml_error(file, &e))
+}
+
 fn yaml_error(file: &Path, e: &serde_yaml::Error) -> anyhow::Error {
     let (line, column) = e
         .location()

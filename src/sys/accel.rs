@@ -203,6 +203,7 @@ fn probe_kernel(kernel: &std::path::Path) -> Result<()> {
 /// enough to exercise vCPU setup. A failing KVM makes QEMU exit within milliseconds.
 fn probe_firmware() -> Result<()> {
     Cmd::new("qemu-system-x86_64", "probing KVM with a tiny VM")
+        .die_with_parent()
         .args(["-accel", "kvm", "-cpu", "host", "-machine", "q35"])
         .args([
             "-m",

@@ -37,6 +37,7 @@ fn package_hint(program: &str) -> String {
         "gpgv" => "gpgv",
         "sqv" => "sqv",
         "git" => "git",
+        "setpriv" => "util-linux",
         _ => return String::new(),
     };
     format!(": Debian package {package}")
@@ -55,6 +56,11 @@ pub struct Cmd {
     input: Option<Vec<u8>>,
     cleanup: bool,
     internal: bool,
+    /// Non-zero exit codes that still mean the command did its job.
+    ok_codes: Vec<i32>,
+    /// Started through `setpriv --pdeathsig KILL`: the kernel kills it when diskforge
+    /// dies, however it dies.
+    die_with_parent: bool,
 }
 
 /// What a finished command left behind.
@@ -86,7 +92,57 @@ impl Cmd {
             input: None,
             cleanup: false,
             internal: false,
+            ok_codes: Vec::new(),
+            die_with_parent: false,
         }
+    }
+
+    /// Ties a long-running child (QEMU) to diskforge's life: it is started through
+    /// util-linux's `setpriv --pdeathsig KILL`, which asks the kernel to send it SIGKILL
+    /// when the thread that started it exits, so a SIGKILL or a second Ctrl-C of
+    /// diskforge, which skip every cleanup guard, cannot leave it running with its
+    /// forwarded ports. (`prctl` from a `pre_exec` hook would need unsafe code, which
+    /// the crate forbids.) Start such a child from a thread that lives as long as it
+    /// should: the main thread.
+    pub fn die_with_parent(mut self) -> Self {
+        self.die_with_parent = true;
+        self
+    }
+
+    /// The program and arguments actually executed.
+    fn argv(&self) -> (OsString, Vec<OsString>) {
+        if !self.die_with_parent {
+            return (self.program.clone(), self.args.clone());
+        }
+        let mut args: Vec<OsString> = ["--pdeathsig", "KILL", "--"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        args.push(self.program.clone());
+        args.extend(self.args.iter().cloned());
+        (OsString::from("setpriv"), args)
+    }
+
+    /// A `std::process::Command` for [`Cmd::argv`] with the environment and directory.
+    fn command(&self) -> Command {
+        let (program, args) = self.argv();
+        let mut command = Command::new(program);
+        command.args(args);
+        for (k, v) in &self.envs {
+            command.env(k, v);
+        }
+        if let Some(dir) = &self.current_dir {
+            command.current_dir(dir);
+        }
+        command
+    }
+
+    /// Treats exit code `code` as success too: for tools whose exit code reports a
+    /// finding (`qemu-img check`: 2 corruptions, 3 leaks) that the caller reads from
+    /// their output.
+    pub fn ok_code(mut self, code: i32) -> Self {
+        self.ok_codes.push(code);
+        self
     }
 
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
@@ -173,8 +229,9 @@ impl Cmd {
     /// directories written as `$WORK` and `$CACHE` (see [`alias_path`]), for logs,
     /// events and plans.
     pub fn display(&self) -> String {
-        let mut words = vec![shell_quote(&self.program.to_string_lossy())];
-        words.extend(self.args.iter().map(|a| shell_quote(&a.to_string_lossy())));
+        let (program, args) = self.argv();
+        let mut words = vec![shell_quote(&program.to_string_lossy())];
+        words.extend(args.iter().map(|a| shell_quote(&a.to_string_lossy())));
         redact(&unalias(&words.join(" ")), &self.secrets)
     }
 
@@ -182,9 +239,8 @@ impl Cmd {
     pub fn run(&self) -> Result<Output> {
         self.report();
         let started = Instant::now();
-        let mut command = Command::new(&self.program);
+        let mut command = self.command();
         command
-            .args(&self.args)
             .stdin(if self.input.is_some() {
                 Stdio::piped()
             } else {
@@ -192,12 +248,6 @@ impl Cmd {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for (k, v) in &self.envs {
-            command.env(k, v);
-        }
-        if let Some(dir) = &self.current_dir {
-            command.current_dir(dir);
-        }
         let mut child = command.spawn().map_err(|e| self.spawn_error(e))?;
         if let (Some(data), Some(mut stdin)) = (self.input.clone(), child.stdin.take()) {
             std::thread::spawn(move || {
@@ -260,7 +310,9 @@ impl Cmd {
             "{} finished",
             self.description
         );
-        if !status.success() {
+        let accepted =
+            status.success() || status.code().is_some_and(|c| self.ok_codes.contains(&c));
+        if !accepted {
             let mut tail = self.tail(&stderr);
             if tail.is_empty() {
                 // Some tools (guestfish, virt-customize) report on stdout.
@@ -286,15 +338,11 @@ impl Cmd {
     /// all: an early exit is an error carrying its output tail.
     pub fn stays_up(&self, grace: Duration) -> Result<()> {
         self.report();
-        let mut command = Command::new(&self.program);
+        let mut command = self.command();
         command
-            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for (k, v) in &self.envs {
-            command.env(k, v);
-        }
         let mut child = command.spawn().map_err(|e| self.spawn_error(e))?;
         let mut err_pipe = child.stderr.take().expect("stderr is piped");
         let err_thread = std::thread::spawn(move || {
@@ -326,23 +374,13 @@ impl Cmd {
     /// stdout and stderr go where the caller says. The caller owns the child's lifetime.
     pub fn spawn(&self, stdout: Stdio, stderr: Stdio) -> Result<std::process::Child> {
         self.report();
-        let mut command = Command::new(&self.program);
-        command
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
-        for (k, v) in &self.envs {
-            command.env(k, v);
-        }
-        if let Some(dir) = &self.current_dir {
-            command.current_dir(dir);
-        }
+        let mut command = self.command();
+        command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         command.spawn().map_err(|e| self.spawn_error(e))
     }
 
     fn spawn_error(&self, e: std::io::Error) -> anyhow::Error {
-        let program = self.program.to_string_lossy().into_owned();
+        let program = self.argv().0.to_string_lossy().into_owned();
         if e.kind() == std::io::ErrorKind::NotFound {
             return anyhow::Error::new(MissingTool { program })
                 .context(format!("{}: cannot start the program", self.description));

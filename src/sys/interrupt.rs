@@ -98,6 +98,33 @@ pub fn check_io() -> std::io::Result<()> {
     Ok(())
 }
 
+/// How often a wait looks at the flag: the longest a signal waits to be noticed.
+pub const POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Sleeps for `d`, or less when a signal arrives (then `Err(Interrupted)`).
+pub fn sleep(d: std::time::Duration) -> anyhow::Result<()> {
+    let until = std::time::Instant::now() + d;
+    loop {
+        check()?;
+        let now = std::time::Instant::now();
+        if now >= until {
+            return Ok(());
+        }
+        std::thread::sleep(POLL.min(until - now));
+    }
+}
+
+/// Completes (with the interruption) once a signal arrives: race a future against it
+/// with `tokio::select!` so that no network wait outlasts Ctrl-C.
+pub async fn signalled() -> Interrupted {
+    loop {
+        if interrupted() {
+            return error();
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// A reader or writer that fails with [`Interrupted`] once a signal arrived: wrap the
 /// source of a long `io::copy`, or the destination of a blob download, with it.
 pub struct Checked<R>(pub R);

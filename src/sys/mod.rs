@@ -3,6 +3,7 @@
 
 pub mod accel;
 pub mod exec;
+pub mod file;
 pub mod interrupt;
 pub mod qemu_img;
 pub mod rt;

@@ -53,8 +53,26 @@ pub struct ImageInfo {
     pub full_backing_filename: Option<String>,
     #[serde(default)]
     pub dirty_flag: Option<bool>,
+    /// Set (true) for an encrypted image.
+    #[serde(default)]
+    pub encrypted: Option<bool>,
     #[serde(default)]
     pub format_specific: Option<FormatSpecific>,
+}
+
+/// What `qemu-img check --output=json` found in a qcow2.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub struct CheckReport {
+    /// Metadata that points to the wrong place: data would be lost or read wrongly.
+    #[serde(default)]
+    pub corruptions: u64,
+    /// Clusters allocated but unused: harmless, space only.
+    #[serde(default)]
+    pub leaks: u64,
+    /// Parts qemu-img could not check at all.
+    #[serde(default)]
+    pub check_errors: u64,
 }
 
 /// `format-specific` of `qemu-img info`: for qcow2, whether it has an external data file.
@@ -69,6 +87,26 @@ pub struct FormatSpecific {
 impl ImageInfo {
     pub fn has_backing_file(&self) -> bool {
         self.backing_filename.is_some() || self.full_backing_filename.is_some()
+    }
+
+    /// How the image is encrypted ("luks", "aes"), when it is: qemu-img says
+    /// `encrypted: true` and names the scheme under `format-specific.data.encrypt`.
+    pub fn encryption(&self) -> Option<String> {
+        let scheme = self
+            .format_specific
+            .as_ref()
+            .and_then(|f| f.data.get("encrypt"))
+            .map(|e| {
+                e.get("format")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("unknown scheme")
+                    .to_string()
+            });
+        match (self.encrypted, scheme) {
+            (_, Some(s)) => Some(s),
+            (Some(true), None) => Some("unknown scheme".into()),
+            _ => None,
+        }
     }
 
     /// The external data file of a qcow2 image, if it names one.
@@ -147,17 +185,7 @@ pub fn inspect_untrusted(path: &Path) -> Result<ImageInfo> {
 /// with that explicit format, whose answer must agree.
 fn inspect_as(path: &Path, declared: Option<DiskFormat>) -> Result<ImageInfo> {
     let mut head = Vec::with_capacity(512);
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    if !file
-        .metadata()
-        .with_context(|| format!("reading {}", path.display()))?
-        .is_file()
-    {
-        bail!(
-            "{} is not a regular file (a device or directory): refusing it as a disk",
-            path.display()
-        );
-    }
+    let (file, _) = super::file::open_regular(path).context("refusing it as a disk")?;
     file.take(512)
         .read_to_end(&mut head)
         .with_context(|| format!("reading {}", path.display()))?;
@@ -188,7 +216,36 @@ fn inspect_as(path: &Path, declared: Option<DiskFormat>) -> Result<ImageInfo> {
             )
         })?;
     check_info(path, &info, format)?;
+    if format == DiskFormat::Qcow2 {
+        check_intact(path)?;
+    }
     Ok(info)
+}
+
+/// `qemu-img check` of a qcow2, as JSON; exit codes 2 (corruptions) and 3 (leaks) are
+/// findings, read from the report.
+pub fn check_json_cmd(path: &Path) -> Cmd {
+    Cmd::new("qemu-img", format!("checking {}", path.display()))
+        .args(["check", "--output=json", "-U", "-f", "qcow2"])
+        .arg(path)
+        .ok_code(2)
+        .ok_code(3)
+}
+
+/// Refuses a qcow2 whose metadata `qemu-img check` finds corrupt (a truncated or
+/// damaged file: its tables point past its end) or cannot check. Leaked clusters only
+/// cost space and are accepted.
+pub fn check_intact(path: &Path) -> Result<CheckReport> {
+    let report: CheckReport = check_json_cmd(path).run_json()?;
+    if report.corruptions > 0 || report.check_errors > 0 {
+        bail!(
+            "{} is corrupt: qemu-img check found {} corruption(s) and {} error(s) in its qcow2 metadata (a truncated or damaged file); KubeVirt could not boot it",
+            path.display(),
+            report.corruptions,
+            report.check_errors
+        );
+    }
+    Ok(report)
 }
 
 /// The format of a disk from its first bytes: qcow2, a refused foreign format, or raw.
@@ -262,6 +319,12 @@ pub fn check_info(path: &Path, info: &ImageInfo, format: DiskFormat) -> Result<(
     if let Some(f) = info.data_file() {
         bail!(
             "{} keeps its data in an external file ({f}): refusing it",
+            path.display()
+        );
+    }
+    if let Some(scheme) = info.encryption() {
+        bail!(
+            "{} is encrypted ({scheme}): KubeVirt cannot boot an encrypted containerDisk, it has no key for it",
             path.display()
         );
     }
@@ -358,6 +421,31 @@ mod tests {
                 .unwrap();
         assert_eq!(info.format, "raw");
         assert!(!info.has_backing_file());
+    }
+
+    #[test]
+    fn encrypted_images_are_refused_by_their_info() {
+        let info: ImageInfo = serde_json::from_str(include_str!(
+            "../../tests/fixtures/qemu-img-info-encrypted.json"
+        ))
+        .unwrap();
+        assert_eq!(info.encryption().as_deref(), Some("luks"));
+        let e = check_info(Path::new("disk.qcow2"), &info, DiskFormat::Qcow2).unwrap_err();
+        assert!(format!("{e:#}").contains("encrypted (luks)"), "{e:#}");
+        let plain: ImageInfo =
+            serde_json::from_str(include_str!("../../tests/fixtures/qemu-img-info-raw.json"))
+                .unwrap();
+        assert_eq!(plain.encryption(), None);
+    }
+
+    #[test]
+    fn check_reports_parse() {
+        let r: CheckReport = serde_json::from_str(
+            r#"{"image-end-offset": 21168128, "total-clusters": 1024, "corruptions": 322,
+                "check-errors": 0, "allocated-clusters": 640, "filename": "a.qcow2", "format": "qcow2"}"#,
+        )
+        .unwrap();
+        assert_eq!((r.corruptions, r.leaks, r.check_errors), (322, 0, 0));
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub struct Vm {
     pub serial_log: PathBuf,
     pub ttyd_port: u16,
     pub ssh_port: u16,
-    _dir: tempfile::TempDir,
+    _dir: crate::io::scratch::ScratchDir,
 }
 
 impl Drop for Vm {
@@ -82,10 +82,7 @@ impl Vm {
 /// fresh overlay in `work`. The overlay names the disk's format explicitly, so QEMU
 /// never probes it.
 pub fn start(disk: &Path, format: DiskFormat, o: &VmOptions, work: &Path) -> Result<Vm> {
-    let dir = tempfile::Builder::new()
-        .prefix("diskforge-vm-")
-        .tempdir_in(work)
-        .context("creating the VM directory")?;
+    let dir = crate::io::scratch::ScratchDir::new_in(work, "vm")?;
     let overlay = dir.path().join("overlay.qcow2");
     let disk =
         std::fs::canonicalize(disk).with_context(|| format!("resolving {}", disk.display()))?;
@@ -101,6 +98,7 @@ pub fn start(disk: &Path, format: DiskFormat, o: &VmOptions, work: &Path) -> Res
         ));
     }
     let mut cmd = Cmd::new("qemu-system-x86_64", "booting the VM")
+        .die_with_parent()
         .args(o.accel.qemu_args())
         .args([
             "-machine",

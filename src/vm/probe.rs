@@ -33,9 +33,28 @@ pub struct CheckOptions {
     pub deadline: Instant,
 }
 
-/// GETs `path` from 127.0.0.1:`port`: the body on 200, at most [`crate::io::limits::MAX_PAGE`].
+/// The longest one request to the guest may take.
+const REQUEST: Duration = Duration::from_secs(20);
+
+/// GETs `path` from 127.0.0.1:`port`: the body on 200, at most [`crate::io::limits::MAX_PAGE`],
+/// within 20 s.
 pub fn http_get(port: u16, path: &str, auth: Option<&(String, String)>) -> Result<String> {
-    crate::sys::rt::block_on(async {
+    http_get_until(port, path, auth, Instant::now() + REQUEST)
+}
+
+/// [`http_get`] that gives up at `deadline` (or 20 s, whichever comes first) and at
+/// once when a signal arrives: a guest port that accepts and never answers must not
+/// hold up `--timeout` or Ctrl-C.
+pub fn http_get_until(
+    port: u16,
+    path: &str,
+    auth: Option<&(String, String)>,
+    deadline: Instant,
+) -> Result<String> {
+    let wait = deadline
+        .saturating_duration_since(Instant::now())
+        .min(REQUEST);
+    let get = async {
         let client = crate::io::tls::client_builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
@@ -44,21 +63,27 @@ pub fn http_get(port: u16, path: &str, auth: Option<&(String, String)>) -> Resul
         if let Some((u, p)) = auth {
             req = req.basic_auth(u, Some(p));
         }
-        let resp = tokio::time::timeout(Duration::from_secs(20), req.send())
-            .await
-            .map_err(|_| anyhow!("no answer within 20 s"))??;
+        let resp = req.send().await?;
         if !resp.status().is_success() {
             bail!("HTTP {}", resp.status());
         }
         let body = crate::io::limits::read_body_capped(
             resp,
             crate::io::limits::MAX_PAGE,
-            Duration::from_secs(20),
+            REQUEST,
             Duration::from_secs(60),
             "the ttyd page",
         )
         .await?;
         Ok(String::from_utf8_lossy(&body).into_owned())
+    };
+    crate::sys::rt::block_on(async {
+        tokio::select! {
+            r = tokio::time::timeout(wait, get) => {
+                r.map_err(|_| anyhow!("no answer within {} s", wait.as_secs_f32().ceil()))?
+            }
+            i = crate::sys::interrupt::signalled() => Err(i.into()),
+        }
     })
 }
 
@@ -73,11 +98,10 @@ pub fn wait_for_ttyd(
         if let Some(s) = vm.exited() {
             return Err(BootCheckFailed(format!("QEMU exited ({s}) before ttyd answered")).into());
         }
-        if http_get(vm.ttyd_port, "/", auth)
-            .map(|b| b.to_lowercase().contains("ttyd"))
-            .unwrap_or(false)
-        {
-            return Ok(());
+        match http_get_until(vm.ttyd_port, "/", auth, deadline) {
+            Ok(b) if b.to_lowercase().contains("ttyd") => return Ok(()),
+            Err(e) if e.is::<crate::sys::interrupt::Interrupted>() => return Err(e),
+            _ => {}
         }
         if Instant::now() > deadline {
             return Err(BootCheckFailed(format!(
@@ -86,7 +110,7 @@ pub fn wait_for_ttyd(
             ))
             .into());
         }
-        std::thread::sleep(Duration::from_secs(2));
+        crate::sys::interrupt::sleep(until(deadline, Duration::from_secs(2)))?;
     }
 }
 
@@ -112,7 +136,7 @@ pub fn check(vm: &mut Vm, o: &CheckOptions) -> Result<String> {
                 )
                 .into());
             }
-            std::thread::sleep(Duration::from_secs(2));
+            crate::sys::interrupt::sleep(until(o.deadline, Duration::from_secs(2)))?;
         }
     }
     wait_for_ttyd(vm, o.ttyd_auth.as_ref(), o.deadline)?;
@@ -120,12 +144,13 @@ pub fn check(vm: &mut Vm, o: &CheckOptions) -> Result<String> {
     let port = vm.ttyd_port;
     let mut report = format!("ttyd page: http://127.0.0.1:{port}/ answered\n");
     let stage = crate::progress::stage("ttyd", "opening a ttyd terminal session");
-    let mut t = Terminal::connect(port, o.ttyd_auth.as_ref())?;
+    let mut t = Terminal::connect_until(port, o.ttyd_auth.as_ref(), o.deadline)?;
     // Some gettys only print the prompt after a key press.
     t.send_input("\r")?;
     let mut nudged = Instant::now();
     let mut seen = String::new();
     while !seen.contains("login:") {
+        crate::sys::interrupt::check()?;
         if Instant::now() > o.deadline {
             return Err(BootCheckFailed(format!(
                 "timed out waiting for a login prompt in the ttyd session; it showed: {:?}",
@@ -133,7 +158,7 @@ pub fn check(vm: &mut Vm, o: &CheckOptions) -> Result<String> {
             ))
             .into());
         }
-        seen.push_str(&t.read_output(Duration::from_secs(3))?);
+        seen.push_str(&t.read_output(until(o.deadline, SLICE))?);
         bound(&mut seen);
         if nudged.elapsed() > Duration::from_secs(10) {
             t.send_input("\r")?;
@@ -190,6 +215,19 @@ pub fn log_in(
     Ok(body.trim().to_string())
 }
 
+/// The longest a read from the terminal blocks before the deadline and the signal flag
+/// are looked at again.
+const SLICE: Duration = Duration::from_millis(250);
+
+/// `most`, or less when `deadline` is nearer (never zero: a zero socket timeout means
+/// none).
+fn until(deadline: Instant, most: Duration) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .min(most)
+        .max(Duration::from_millis(10))
+}
+
 /// Keeps the text seen from the guest bounded.
 fn bound(s: &mut String) {
     if s.len() > 256 << 10 {
@@ -217,9 +255,23 @@ pub struct Terminal {
 
 impl Terminal {
     pub fn connect(port: u16, auth: Option<&(String, String)>) -> Result<Terminal> {
+        Terminal::connect_until(port, auth, Instant::now() + Duration::from_secs(10))
+    }
+
+    /// Opens a session, giving up at `deadline` and when a signal arrives.
+    pub fn connect_until(
+        port: u16,
+        auth: Option<&(String, String)>,
+        deadline: Instant,
+    ) -> Result<Terminal> {
         use tungstenite::client::IntoClientRequest;
-        let stream = TcpStream::connect(("127.0.0.1", port)).context("connecting to ttyd")?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        use tungstenite::HandshakeError;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let stream = TcpStream::connect_timeout(&addr, until(deadline, Duration::from_secs(5)))
+            .context("connecting to ttyd")?;
+        // Short reads: the handshake is resumed after each until it ends, the deadline
+        // passes or a signal arrives.
+        stream.set_read_timeout(Some(SLICE))?;
         let mut req = format!("ws://127.0.0.1:{port}/ws")
             .into_client_request()
             .context("building the WebSocket request")?;
@@ -246,8 +298,25 @@ impl Terminal {
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_MESSAGE))
             .max_frame_size(Some(MAX_MESSAGE));
-        let (ws, _) = tungstenite::client::client_with_config(req, stream, Some(config))
-            .map_err(|e| anyhow!("ttyd refused the WebSocket session: {e}"))?;
+        let mut attempt = tungstenite::client::client_with_config(req, stream, Some(config));
+        let (ws, _) = loop {
+            match attempt {
+                Ok(done) => break done,
+                Err(HandshakeError::Interrupted(mid)) => {
+                    crate::sys::interrupt::check()?;
+                    if Instant::now() > deadline {
+                        return Err(BootCheckFailed(
+                            "timed out opening the ttyd WebSocket session".into(),
+                        )
+                        .into());
+                    }
+                    attempt = mid.handshake();
+                }
+                Err(HandshakeError::Failure(e)) => {
+                    bail!("ttyd refused the WebSocket session: {e}")
+                }
+            }
+        };
         let mut t = Terminal { ws };
         let hello = serde_json::json!({"AuthToken": token, "columns": 100, "rows": 30});
         t.ws.send(Message::Binary(hello.to_string().into_bytes().into()))
@@ -301,7 +370,7 @@ impl Terminal {
                 ))
                 .into());
             }
-            seen.push_str(&self.read_output(Duration::from_secs(3))?);
+            seen.push_str(&self.read_output(until(deadline, SLICE))?);
             bound(&mut seen);
         }
     }
