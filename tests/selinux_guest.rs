@@ -265,11 +265,11 @@ fn a_build_on_an_selinux_guest_leaves_every_label_right_and_boots_enforcing() {
     );
 
     // Boot it: enforcing, the user logs in through ttyd, no AVC denial anywhere.
-    let command = "echo mode=$(getenforce); echo ctx=$(id -Z); \
+    let command = "echo mode=$(/usr/sbin/getenforce); echo ctx=$(id -Z); \
                    echo ttyd=$(ps -eo label,comm | awk '$2 == \"ttyd\" {print $1}'); \
-                   echo audit=$(sudo -n grep -c 'avc: *denied' /var/log/audit/audit.log); \
-                   echo kernel=$(sudo -n dmesg | grep -c 'avc: *denied'); \
-                   echo auditd=$(systemctl is-active auditd)";
+                   echo auditd=$(systemctl is-active auditd); \
+                   sudo -n grep 'avc: *denied' /var/log/audit/audit.log | sed 's/^/audit-avc: /'; \
+                   sudo -n dmesg | grep 'avc: *denied' | sed 's/^/kernel-avc: /'; echo avc-end";
     let out = diskforge(&cache())
         .args(["run", "--check", "--timeout", "900", "--memory", "1024"])
         .arg(&disk)
@@ -299,16 +299,13 @@ fn a_build_on_an_selinux_guest_leaves_every_label_right_and_boots_enforcing() {
         "ttyd runs in {ttyd:?}:\n{report}"
     );
     assert_eq!(value("auditd"), "active", "{report}");
-    assert_eq!(
-        value("audit"),
-        "0",
-        "AVC denials in the audit log:\n{report}"
-    );
-    assert_eq!(
-        value("kernel"),
-        "0",
-        "AVC denials in the kernel log:\n{report}"
-    );
+    assert!(report.contains("avc-end"), "{report}");
+    let denials: Vec<&str> = report
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("audit-avc:") || l.starts_with("kernel-avc:"))
+        .collect();
+    assert!(denials.is_empty(), "AVC denials:\n{}", denials.join("\n"));
 }
 
 /// `plan --json` of `recipe` (no secret is read by a plan).

@@ -135,6 +135,7 @@ fn probe_kernel(kernel: &std::path::Path) -> Result<()> {
         "qemu-system-x86_64",
         "probing KVM by booting the host's kernel",
     )
+    .die_with_parent()
     .args([
         "-accel", "kvm", "-cpu", "host", "-machine", "q35", "-m", "256",
     ])
