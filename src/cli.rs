@@ -77,7 +77,8 @@ pub enum Command {
     Outdated(OutdatedArgs),
     /// Pack an existing qcow2 or raw disk into a containerDisk image.
     Pack(PackArgs),
-    /// Push an image from an OCI layout to a registry.
+    /// Push an image from an OCI layout to a registry, or promote one registry image
+    /// to another repository by digest.
     Push(PushArgs),
     /// Show an image's layers, labels and disk without pulling it all.
     Inspect(InspectArgs),
@@ -370,8 +371,9 @@ pub struct PackArgs {
 
 #[derive(Debug, Args)]
 pub struct PushArgs {
-    /// OCI layout directory, with an optional `:TAG`.
-    #[arg(value_name = "LAYOUT[:TAG]")]
+    /// OCI layout directory, with an optional `:TAG`; or `docker://HOST/REPO@sha256:…`
+    /// (or `:TAG`, resolved once) to promote a registry image by digest.
+    #[arg(value_name = "LAYOUT[:TAG]|docker://SOURCE")]
     pub layout: String,
     /// `docker://HOST/REPO:TAG` (give several for several tags).
     #[arg(required = true, value_name = "DEST")]
@@ -379,6 +381,13 @@ pub struct PushArgs {
     /// Write KubeVirt and CDI manifests for the pushed image into DIR.
     #[arg(long, value_name = "DIR", help_heading = "Output options")]
     pub kubevirt_manifests: Option<PathBuf>,
+    /// Promotion: copy the cosign signature (`sha256-<hex>.sig`) and the referrers (SBOM,
+    /// provenance) of the image and of each platform manifest too.
+    #[arg(long, help_heading = "Promotion options")]
+    pub with_attachments: bool,
+    /// Promotion: fail before writing anything unless the source is this digest.
+    #[arg(long, value_name = "sha256:…", help_heading = "Promotion options")]
+    pub expect_digest: Option<String>,
     #[command(flatten)]
     pub report: ReportOpts,
     #[command(flatten)]

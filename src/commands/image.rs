@@ -121,6 +121,15 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
 
 /// `diskforge push LAYOUT[:TAG] docker://…`.
 pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
+    if args.layout.starts_with("docker://") {
+        return super::promote::run(g, args);
+    }
+    if args.with_attachments || args.expect_digest.is_some() {
+        return Err(UsageError(
+            "--with-attachments and --expect-digest promote a docker:// source".into(),
+        )
+        .into());
+    }
     let src = if args.layout.starts_with("oci:") {
         args.layout.clone()
     } else {

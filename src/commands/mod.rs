@@ -8,6 +8,7 @@ pub mod cache;
 pub mod image;
 pub mod outdated;
 pub mod plan;
+pub mod promote;
 pub mod run;
 pub mod sign;
 pub mod validate;
@@ -174,6 +175,9 @@ pub fn exit_code_number(err: &anyhow::Error) -> u8 {
             .is_some()
         || err
             .downcast_ref::<crate::vm::probe::BootCheckFailed>()
+            .is_some()
+        || err
+            .downcast_ref::<crate::pipeline::promote::DigestMismatch>()
             .is_some();
     if verification {
         return 4;
