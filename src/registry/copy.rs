@@ -154,7 +154,7 @@ impl<'a> Copier<'a> {
     }
 
     async fn blob(&mut self, digest: &str, size: u64) -> Result<()> {
-        let event = |action: &str| {
+        let report = |action: &str| {
             crate::progress::event(
                 "blob",
                 json!({"digest": digest, "action": action, "size": size}),
@@ -162,7 +162,7 @@ impl<'a> Copier<'a> {
         };
         if self.dst.blob_size(self.dst_repo, digest).await?.is_some() {
             self.counts.skipped_blobs += 1;
-            event("skipped");
+            report("skipped");
             return Ok(());
         }
         if self.src.registry == self.dst.registry
@@ -184,7 +184,7 @@ impl<'a> Copier<'a> {
             .copy_blob_from(self.src, self.src_repo, self.dst_repo, digest, size)
             .await?;
         self.counts.copied_blobs += 1;
-        event("uploaded");
+        report("uploaded");
         Ok(())
     }
 }
