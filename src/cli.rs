@@ -249,6 +249,14 @@ pub struct BuildArgs {
     /// Write KubeVirt and CDI manifests for each pushed image into DIR/NAME/.
     #[arg(long, value_name = "DIR", help_heading = "Output options")]
     pub kubevirt_manifests: Option<PathBuf>,
+    /// How CDI's DataImportCron pulls the image (`node`: the node's container runtime).
+    #[arg(
+        long,
+        value_enum,
+        requires = "kubevirt_manifests",
+        help_heading = "Output options"
+    )]
+    pub pull_method: Option<PullMethodArg>,
     #[command(flatten)]
     pub output: OutputOpts,
     #[command(flatten)]
@@ -333,6 +341,16 @@ pub struct ReportOpts {
     pub print_vm_manifest: bool,
 }
 
+/// How CDI pulls a registry image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PullMethodArg {
+    /// CDI's importer pod reads the registry (CDI's default).
+    Pod,
+    /// The node's container runtime pulls the image, with the node's registry
+    /// configuration and image cache.
+    Node,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CompressionArg {
     Gzip,
@@ -381,6 +399,14 @@ pub struct PushArgs {
     /// Write KubeVirt and CDI manifests for the pushed image into DIR.
     #[arg(long, value_name = "DIR", help_heading = "Output options")]
     pub kubevirt_manifests: Option<PathBuf>,
+    /// How CDI's DataImportCron pulls the image (`node`: the node's container runtime).
+    #[arg(
+        long,
+        value_enum,
+        requires = "kubevirt_manifests",
+        help_heading = "Output options"
+    )]
+    pub pull_method: Option<PullMethodArg>,
     /// Promotion: copy the cosign signature (`sha256-<hex>.sig`) and the referrers (SBOM,
     /// provenance) of the image and of each platform manifest too.
     #[arg(long, help_heading = "Promotion options")]
@@ -417,6 +443,18 @@ pub struct IndexArgs {
     /// Per-architecture images (same registry and repository, or the same layout).
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<String>,
+    /// Write KubeVirt and CDI manifests into DIR/ARCH/ for each architecture of a
+    /// registry index: a DataImportCron importing that architecture from the tag.
+    #[arg(long, value_name = "DIR", help_heading = "Output options")]
+    pub kubevirt_manifests: Option<PathBuf>,
+    /// How CDI's DataImportCron pulls the image (`node`: the node's container runtime).
+    #[arg(
+        long,
+        value_enum,
+        requires = "kubevirt_manifests",
+        help_heading = "Output options"
+    )]
+    pub pull_method: Option<PullMethodArg>,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }

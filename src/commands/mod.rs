@@ -204,6 +204,14 @@ pub fn exit_code_number(err: &anyhow::Error) -> u8 {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// `--pull-method` as the cluster objects spell it.
+pub fn pull_method(a: crate::cli::PullMethodArg) -> crate::kubevirt::PullMethod {
+    match a {
+        crate::cli::PullMethodArg::Pod => crate::kubevirt::PullMethod::Pod,
+        crate::cli::PullMethodArg::Node => crate::kubevirt::PullMethod::Node,
+    }
+}
+
 /// An image reference given on the command line: a malformed one is wrong usage.
 pub fn image_ref(s: &str) -> Result<crate::oci::dest::ImageRef> {
     crate::oci::dest::ImageRef::parse(s).map_err(|e| UsageError(format!("{e:#}")).into())
