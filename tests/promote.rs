@@ -447,3 +447,83 @@ fn a_large_layer_crosses_registries_without_being_held_in_memory() {
         "a 192 MiB layer was copied with a peak RSS of {peak_kib} KiB"
     );
 }
+
+/// An auth file entry per registry: `(registry, user, password)`.
+fn auth_file(path: &Path, entries: &[(&str, &str, &str)]) {
+    use base64::Engine;
+    let auths: serde_json::Map<String, serde_json::Value> = entries
+        .iter()
+        .map(|(reg, u, p)| {
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+            (reg.to_string(), serde_json::json!({ "auth": token }))
+        })
+        .collect();
+    std::fs::write(path, serde_json::json!({ "auths": auths }).to_string()).unwrap();
+}
+
+#[test]
+fn each_registry_of_a_promotion_gets_only_its_own_credential() {
+    if !common::require(&["qemu-img", "docker-registry", "skopeo", "htpasswd"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let w = t.path();
+    let staging = Registry::start(Some(("stager", "staging-secret")));
+    let prod = Registry::start(Some(("publisher", "prod-secret")));
+    let auth = w.join("auth.json");
+    auth_file(
+        &auth,
+        &[
+            (&staging.addr, "stager", "staging-secret"),
+            (&prod.addr, "publisher", "prod-secret"),
+        ],
+    );
+    let stage = format!("{}/stage/vm", staging.addr);
+    let out = diskforge(
+        w,
+        &[
+            "pack",
+            random_qcow2(w, "a", 1, 7).to_str().unwrap(),
+            "--compression",
+            "none",
+            "--authfile",
+            auth.to_str().unwrap(),
+            "--output",
+            &format!("docker://{stage}:1"),
+        ],
+    );
+    let digest = ok(&out).split_whitespace().nth(1).unwrap().to_string();
+    let dest = format!("docker://{}/prod/vm:1", prod.addr);
+    let out = diskforge(
+        w,
+        &[
+            "push",
+            &format!("docker://{stage}@{digest}"),
+            &dest,
+            "--authfile",
+            auth.to_str().unwrap(),
+        ],
+    );
+    ok(&out);
+    // The registries log the user of every authenticated request: each saw only its own.
+    assert!(prod.count(&["publisher"]) > 0, "{}", prod.log_text());
+    assert_eq!(prod.count(&["stager"]), 0, "{}", prod.log_text());
+    assert_eq!(staging.count(&["publisher"]), 0, "{}", staging.log_text());
+    let out = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--creds",
+            "publisher:prod-secret",
+        ])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(digest_of(&out.stdout), digest);
+}
