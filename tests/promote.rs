@@ -218,6 +218,18 @@ fn promotion_between_registries_keeps_the_digest_and_copies_attachments_only_whe
         ],
     );
     assert_eq!(ok(&out).trim(), format!("{plain}@{index}"));
+    // Manifests by digest and under each tag, in the event stream as references.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for reference in [
+        format!("{plain}@{index}"),
+        format!("{plain}@{amd64}"),
+        format!("{plain}:stable"),
+    ] {
+        assert!(
+            stderr.contains(&format!("\"reference\":\"{reference}\"")),
+            "{reference}: {stderr}"
+        );
+    }
     assert_eq!(
         std::fs::read_to_string(w.join("digest")).unwrap().trim(),
         index

@@ -125,9 +125,14 @@ impl<'a> Copier<'a> {
             bail!("{} was written as {written}", m.digest);
         }
         self.counts.manifests += 1;
+        let sep = if reference.starts_with("sha256:") {
+            '@'
+        } else {
+            ':'
+        };
         crate::progress::event(
             "manifest",
-            json!({"reference": format!("{}/{}:{reference}", self.dst.registry, self.dst_repo),
+            json!({"reference": format!("{}/{}{sep}{reference}", self.dst.registry, self.dst_repo),
                 "digest": m.digest}),
         );
         Ok(())
