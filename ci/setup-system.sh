@@ -18,6 +18,8 @@ main_pkgs=(
   debootstrap mmdebstrap extlinux syslinux-common gdisk apache2-utils gnupg sqv
   xz-utils zstd curl openssl python3 python3-pip python3-venv python3-yaml python3-jsonschema
   time shellcheck jq
+  # gitlab-ci-local (ci/setup-linters.sh) copies the checkout with rsync.
+  rsync
   # setpriv: QEMU started by `run` dies with diskforge (--pdeathsig).
   util-linux
   chromium chromium-driver

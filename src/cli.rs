@@ -77,7 +77,8 @@ pub enum Command {
     Outdated(OutdatedArgs),
     /// Pack an existing qcow2 or raw disk into a containerDisk image.
     Pack(PackArgs),
-    /// Push an image from an OCI layout to a registry.
+    /// Push an image from an OCI layout to a registry, or promote one registry image
+    /// to another repository by digest.
     Push(PushArgs),
     /// Show an image's layers, labels and disk without pulling it all.
     Inspect(InspectArgs),
@@ -248,6 +249,14 @@ pub struct BuildArgs {
     /// Write KubeVirt and CDI manifests for each pushed image into DIR/NAME/.
     #[arg(long, value_name = "DIR", help_heading = "Output options")]
     pub kubevirt_manifests: Option<PathBuf>,
+    /// How CDI's DataImportCron pulls the image (`node`: the node's container runtime).
+    #[arg(
+        long,
+        value_enum,
+        requires = "kubevirt_manifests",
+        help_heading = "Output options"
+    )]
+    pub pull_method: Option<PullMethodArg>,
     #[command(flatten)]
     pub output: OutputOpts,
     #[command(flatten)]
@@ -332,6 +341,16 @@ pub struct ReportOpts {
     pub print_vm_manifest: bool,
 }
 
+/// How CDI pulls a registry image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PullMethodArg {
+    /// CDI's importer pod reads the registry (CDI's default).
+    Pod,
+    /// The node's container runtime pulls the image, with the node's registry
+    /// configuration and image cache.
+    Node,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CompressionArg {
     Gzip,
@@ -370,8 +389,9 @@ pub struct PackArgs {
 
 #[derive(Debug, Args)]
 pub struct PushArgs {
-    /// OCI layout directory, with an optional `:TAG`.
-    #[arg(value_name = "LAYOUT[:TAG]")]
+    /// OCI layout directory, with an optional `:TAG`; or `docker://HOST/REPO@sha256:…`
+    /// (or `:TAG`, resolved once) to promote a registry image by digest.
+    #[arg(value_name = "LAYOUT[:TAG]|docker://SOURCE")]
     pub layout: String,
     /// `docker://HOST/REPO:TAG` (give several for several tags).
     #[arg(required = true, value_name = "DEST")]
@@ -379,6 +399,21 @@ pub struct PushArgs {
     /// Write KubeVirt and CDI manifests for the pushed image into DIR.
     #[arg(long, value_name = "DIR", help_heading = "Output options")]
     pub kubevirt_manifests: Option<PathBuf>,
+    /// How CDI's DataImportCron pulls the image (`node`: the node's container runtime).
+    #[arg(
+        long,
+        value_enum,
+        requires = "kubevirt_manifests",
+        help_heading = "Output options"
+    )]
+    pub pull_method: Option<PullMethodArg>,
+    /// Promotion: copy the cosign signature (`sha256-<hex>.sig`) and the referrers (SBOM,
+    /// provenance) of the image and of each platform manifest too.
+    #[arg(long, help_heading = "Promotion options")]
+    pub with_attachments: bool,
+    /// Promotion: fail before writing anything unless the source is this digest.
+    #[arg(long, value_name = "sha256:…", help_heading = "Promotion options")]
+    pub expect_digest: Option<String>,
     #[command(flatten)]
     pub report: ReportOpts,
     #[command(flatten)]
@@ -408,6 +443,18 @@ pub struct IndexArgs {
     /// Per-architecture images (same registry and repository, or the same layout).
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<String>,
+    /// Write KubeVirt and CDI manifests into DIR/ARCH/ for each architecture of a
+    /// registry index: a DataImportCron importing that architecture from the tag.
+    #[arg(long, value_name = "DIR", help_heading = "Output options")]
+    pub kubevirt_manifests: Option<PathBuf>,
+    /// How CDI's DataImportCron pulls the image (`node`: the node's container runtime).
+    #[arg(
+        long,
+        value_enum,
+        requires = "kubevirt_manifests",
+        help_heading = "Output options"
+    )]
+    pub pull_method: Option<PullMethodArg>,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }

@@ -160,6 +160,119 @@ fn gitlab_pipeline_passes_the_gitlab_ci_schema() {
     assert!(text(&out).contains("validation done"), "{}", text(&out));
 }
 
+/// One job as gitlab-ci-local lists it: name, stage, when, the names of the jobs it needs.
+type ListedJob = (String, String, String, Vec<String>);
+
+/// The jobs of a GitLab pipeline file as gitlab-ci-local expands them (matrix jobs
+/// included), in its order.
+fn gitlab_ci_local_jobs(file: &Path) -> Option<Vec<ListedJob>> {
+    let gcl = linter("gitlab-ci-local")?;
+    if !common::require(&["git"]) {
+        return None;
+    }
+    // gitlab-ci-local reads the pipeline of a git checkout.
+    let project = tempfile::tempdir().unwrap();
+    std::fs::copy(file, project.path().join(".gitlab-ci.yml")).unwrap();
+    for args in [
+        &["init", "-q"][..],
+        &["add", ".gitlab-ci.yml"],
+        &[
+            "-c",
+            "user.name=ci",
+            "-c",
+            "user.email=ci@example.com",
+            "commit",
+            "-qm",
+            "x",
+        ],
+    ] {
+        let out = run(Command::new("git").args(args).current_dir(project.path()));
+        assert!(out.status.success(), "git {args:?}: {}", text(&out));
+    }
+    let out = run(Command::new(gcl)
+        .arg("--list-json")
+        .current_dir(project.path()));
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = &stdout[stdout
+        .find('[')
+        .unwrap_or_else(|| panic!("no JSON: {stdout}"))..];
+    let jobs: Vec<serde_json::Value> = serde_json::from_str(json).unwrap();
+    Some(
+        jobs.iter()
+            .map(|j| {
+                let s = |k: &str| j[k].as_str().unwrap_or_default().to_string();
+                let needs = j["needs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|n| n["job"].as_str().unwrap().to_string())
+                    .collect();
+                (s("name"), s("stage"), s("when"), needs)
+            })
+            .collect(),
+    )
+}
+
+/// gitlab-ci-local, which expands a pipeline the way GitLab does, reads the nightly
+/// graph docs/ci.md describes: the gate; one build per recipe and architecture, each
+/// needing the gate; one index per recipe needing the gate and the builds, run even
+/// after a failed build.
+#[test]
+fn gitlab_ci_local_expands_the_nightly_job_graph() {
+    let Some(jobs) = gitlab_ci_local_jobs(&common::repo_root().join(GITLAB)) else {
+        return;
+    };
+    let recipes = ["ubuntu-24.04-lab", "fedora-lab"];
+    let mut want = vec![("outdated".to_string(), "gate", "on_success", vec![])];
+    for r in recipes {
+        for arch in ["amd64", "arm64"] {
+            want.push((
+                format!("build: [{r},{arch}]"),
+                "build",
+                "on_success",
+                vec!["outdated"],
+            ));
+        }
+    }
+    for r in recipes {
+        want.push((
+            format!("index: [{r}]"),
+            "index",
+            "always",
+            vec!["outdated", "build"],
+        ));
+    }
+    let got: Vec<(String, &str, &str, Vec<&str>)> = jobs
+        .iter()
+        .map(|(n, s, w, needs)| {
+            (
+                n.clone(),
+                s.as_str(),
+                w.as_str(),
+                needs.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// The same reading of a copy whose index no longer waits for the builds differs.
+#[test]
+fn gitlab_ci_local_sees_an_index_that_does_not_wait_for_the_builds() {
+    let (_tmp, copy) = broken_copy(
+        GITLAB,
+        ".gitlab-ci.yml",
+        "needs: [outdated, build]",
+        "needs: [outdated]",
+    );
+    let Some(jobs) = gitlab_ci_local_jobs(&copy) else {
+        return;
+    };
+    let index = jobs.iter().find(|j| j.0.starts_with("index")).unwrap();
+    assert_eq!(index.3, ["outdated"]);
+}
+
 #[test]
 fn gitlab_schema_rejects_an_unknown_when() {
     let (_tmp, copy) = broken_copy(

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use diskforge::kubevirt::{ManifestInput, Manifests, Scope, ServiceType, TypeRef};
+use diskforge::kubevirt::{ManifestInput, Manifests, PullMethod, Scope, ServiceType, TypeRef};
 
 const DIGEST: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 const GIB: u64 = 1 << 30;
@@ -63,6 +63,15 @@ fn variants() -> Vec<(&'static str, ManifestInput)> {
                 ttyd_port: Some(7681),
                 service_type: ServiceType::LoadBalancer,
                 schedule: "@daily".into(),
+                ..base()
+            },
+        ),
+        (
+            "arm64-node-pull",
+            ManifestInput {
+                name: "demo-arm64".into(),
+                architecture: Some("arm64".into()),
+                pull_method: Some(PullMethod::Node),
                 ..base()
             },
         ),

@@ -419,6 +419,7 @@ fn build_recipe(
                 name: &plan.resolved.name,
                 disk_virtual_size: p.disk_virtual_size,
                 recipe: Some(&plan.resolved.loaded.recipe),
+                pull_method: args.pull_method.map(super::pull_method),
             };
             let dir = args
                 .kubevirt_manifests
@@ -443,6 +444,8 @@ pub struct ClusterImage<'a> {
     pub name: &'a str,
     pub disk_virtual_size: u64,
     pub recipe: Option<&'a crate::recipe::Recipe>,
+    /// `--pull-method`.
+    pub pull_method: Option<crate::kubevirt::PullMethod>,
 }
 
 impl ClusterImage<'_> {
@@ -462,6 +465,7 @@ impl ClusterImage<'_> {
             &dns_name(self.name),
             self.disk_virtual_size,
         );
+        input.pull_method = self.pull_method;
         if let Some(r) = self.recipe {
             let k = &r.output.kubevirt;
             input.instancetype = k
@@ -480,7 +484,7 @@ impl ClusterImage<'_> {
 
 /// A Kubernetes object name from an image name (lower case, `-` for anything else,
 /// at most 52 characters so derived names still fit).
-fn dns_name(name: &str) -> String {
+pub(crate) fn dns_name(name: &str) -> String {
     let mut s: String = name
         .to_ascii_lowercase()
         .chars()

@@ -114,6 +114,7 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
         name: &name,
         disk_virtual_size: info.virtual_size,
         recipe: None,
+        pull_method: None,
     };
     super::build::print_published(&published, &image, &args.output.report, None)?;
     Ok(ExitCode::SUCCESS)
@@ -121,6 +122,15 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
 
 /// `diskforge push LAYOUT[:TAG] docker://…`.
 pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
+    if args.layout.starts_with("docker://") {
+        return super::promote::run(g, args);
+    }
+    if args.with_attachments || args.expect_digest.is_some() {
+        return Err(UsageError(
+            "--with-attachments and --expect-digest promote a docker:// source".into(),
+        )
+        .into());
+    }
     let src = if args.layout.starts_with("oci:") {
         args.layout.clone()
     } else {
@@ -192,6 +202,7 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
             name: &name,
             disk_virtual_size: size,
             recipe: None,
+            pull_method: args.pull_method.map(super::pull_method),
         };
         let m = cluster.manifests()?.context("nothing was pushed")?;
         if args.report.print_vm_manifest {
@@ -436,16 +447,46 @@ pub fn index(_g: &GlobalOpts, args: IndexArgs) -> Result<ExitCode> {
                     };
                     entries.push(platform_entry(image::Blob::raw(bytes), &media, &cfg)?);
                 }
+                let platforms: Vec<(String, String)> = entries
+                    .iter()
+                    .filter_map(|e| {
+                        let arch = e.platform().as_ref()?.architecture().to_string();
+                        Some((arch, e.digest().to_string()))
+                    })
+                    .collect();
                 let idx = image::index(entries)?;
                 let tag = dest.tag.clone().unwrap_or_else(|| "latest".into());
                 client
                     .put_manifest(&dest.repository, &tag, &idx.bytes, image::MEDIA_INDEX)
                     .await?;
+                if let Some(dir) = &args.kubevirt_manifests {
+                    let pull = args.pull_method.map(super::pull_method);
+                    for (arch, digest) in &platforms {
+                        let r = RemoteRef {
+                            digest: Some(digest.clone()),
+                            tag: None,
+                            ..dest.clone()
+                        };
+                        let s = registry::pull::summary(&client, &r, arch).await?;
+                        let size = s
+                            .disk
+                            .map(|(_, h)| h.virtual_size)
+                            .with_context(|| format!("{}: the {arch} image holds no disk", r))?;
+                        let m = arch_manifests(&dest, &tag, arch, digest, size, pull)?;
+                        m.write_dir(&dir.join(arch))?;
+                    }
+                }
                 Ok(dest.pinned(&idx.digest))
             })?;
             println!("{pinned}");
         }
         ImageRef::Layout { ref dir, ref tag } => {
+            if args.kubevirt_manifests.is_some() {
+                return Err(UsageError(
+                    "--kubevirt-manifests needs an index in a registry (docker://…)".into(),
+                )
+                .into());
+            }
             let layout = Layout::open(dir)?;
             let mut entries = Vec::new();
             for i in &args.images {
@@ -480,6 +521,31 @@ pub fn index(_g: &GlobalOpts, args: IndexArgs) -> Result<ExitCode> {
         ImageRef::Archive { .. } => bail!("an index can be written to oci:DIR:TAG or docker://…"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The cluster objects for one architecture of an index: named NAME-ARCH, the VM
+/// pinned to that architecture's manifest, the DataImportCron following the index's
+/// tag and importing that architecture (CDI's `platform.architecture`).
+fn arch_manifests(
+    dest: &RemoteRef,
+    tag: &str,
+    arch: &str,
+    digest: &str,
+    disk_virtual_size: u64,
+    pull_method: Option<crate::kubevirt::PullMethod>,
+) -> Result<crate::kubevirt::Manifests> {
+    let name = dest.repository.rsplit('/').next().unwrap_or("vm");
+    let repo = format!("{}/{}", dest.registry, dest.repository);
+    let mut input = crate::kubevirt::ManifestInput::new(
+        &repo,
+        tag,
+        digest,
+        &super::build::dns_name(&format!("{name}-{arch}")),
+        disk_virtual_size,
+    );
+    input.architecture = Some(arch.to_string());
+    input.pull_method = pull_method;
+    crate::kubevirt::Manifests::generate(&input)
 }
 
 /// What is attached to the image `digest` at `r`: signatures, SBOM, provenance.

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod image;
 pub mod outdated;
 pub mod plan;
+pub mod promote;
 pub mod run;
 pub mod sign;
 pub mod validate;
@@ -174,6 +175,9 @@ pub fn exit_code_number(err: &anyhow::Error) -> u8 {
             .is_some()
         || err
             .downcast_ref::<crate::vm::probe::BootCheckFailed>()
+            .is_some()
+        || err
+            .downcast_ref::<crate::pipeline::promote::DigestMismatch>()
             .is_some();
     if verification {
         return 4;
@@ -199,6 +203,14 @@ pub fn exit_code_number(err: &anyhow::Error) -> u8 {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+/// `--pull-method` as the cluster objects spell it.
+pub fn pull_method(a: crate::cli::PullMethodArg) -> crate::kubevirt::PullMethod {
+    match a {
+        crate::cli::PullMethodArg::Pod => crate::kubevirt::PullMethod::Pod,
+        crate::cli::PullMethodArg::Node => crate::kubevirt::PullMethod::Node,
+    }
+}
 
 /// An image reference given on the command line: a malformed one is wrong usage.
 pub fn image_ref(s: &str) -> Result<crate::oci::dest::ImageRef> {

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 
-use super::types::ServiceType;
+use super::types::{PullMethod, ServiceType};
 
 /// Polled once a night at 03:00 (the controller's clock) unless told otherwise.
 pub const DEFAULT_SCHEDULE: &str = "0 3 * * *";
@@ -54,6 +54,11 @@ pub struct ManifestInput {
     pub schedule: String,
     /// Storage class for imported volumes; none uses the cluster's default.
     pub storage_class: Option<String>,
+    /// How CDI pulls the image; `None` leaves CDI's default (`pod`) unwritten.
+    pub pull_method: Option<PullMethod>,
+    /// The architecture the DataImportCron imports when the tag names an index
+    /// (`amd64`, `arm64`, …); `None` leaves the choice to CDI.
+    pub architecture: Option<String>,
 }
 
 /// An instancetype or preference by name.
@@ -119,6 +124,8 @@ impl ManifestInput {
             service_type: ServiceType::default(),
             schedule: DEFAULT_SCHEDULE.to_string(),
             storage_class: None,
+            pull_method: None,
+            architecture: None,
         }
     }
 
@@ -142,6 +149,15 @@ impl ManifestInput {
         check_schedule(&self.schedule)?;
         if let Some(class) = &self.storage_class {
             ensure!(!class.trim().is_empty(), "empty storage class name");
+        }
+        if let Some(arch) = &self.architecture {
+            ensure!(
+                !arch.is_empty()
+                    && arch
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()),
+                "architecture `{arch}` is not an OCI architecture name such as amd64"
+            );
         }
         Ok(())
     }

@@ -28,7 +28,7 @@ pub use input::{
     DEFAULT_SCHEDULE, PERSISTENT_SUFFIX, SERVICE_SUFFIX,
 };
 pub use objects::{expose, DATA_IMPORT_CRON_LABEL, VM_LABEL};
-pub use types::ServiceType;
+pub use types::{PullMethod, ServiceType};
 
 use types::{DataImportCron, DataSource, Service, VirtualMachine};
 

@@ -133,7 +133,14 @@ pub fn data_import_cron(input: &ManifestInput) -> Result<DataImportCron> {
         template: CronTemplate {
             spec: DataVolumeSpec {
                 source: Some(RegistrySource {
-                    registry: RegistryUrl { url },
+                    registry: RegistryUrl {
+                        url,
+                        pull_method: input.pull_method,
+                        platform: input
+                            .architecture
+                            .clone()
+                            .map(|architecture| PlatformOptions { architecture }),
+                    },
                 }),
                 source_ref: None,
                 storage: storage_spec(input),

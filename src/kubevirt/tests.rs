@@ -364,3 +364,33 @@ fn an_invalid_input_generates_nothing() {
         "{err}"
     );
 }
+
+#[test]
+fn an_architecture_and_a_pull_method_reach_the_registry_source_only_when_set() {
+    let plain = Manifests::generate(&input()).unwrap();
+    let source = "spec.template.spec.source.registry";
+    let registry = field(&plain.data_import_cron, source);
+    assert!(registry["platform"].is_null() && registry["pullMethod"].is_null());
+    let arm = ManifestInput {
+        architecture: Some("arm64".into()),
+        pull_method: Some(PullMethod::Node),
+        ..input()
+    };
+    let m = Manifests::generate(&arm).unwrap();
+    assert_eq!(
+        field(
+            &m.data_import_cron,
+            &format!("{source}.platform.architecture")
+        ),
+        serde_yaml::Value::from("arm64")
+    );
+    assert_eq!(
+        field(&m.data_import_cron, &format!("{source}.pullMethod")),
+        serde_yaml::Value::from("node")
+    );
+    let bad = ManifestInput {
+        architecture: Some("ARM 64".into()),
+        ..input()
+    };
+    assert!(format!("{:#}", Manifests::generate(&bad).unwrap_err()).contains("ARM 64"));
+}

@@ -222,10 +222,35 @@ pub struct RegistrySource {
     pub registry: RegistryUrl,
 }
 
+/// `registry: {url, pullMethod, platform}` (CDI's `DataVolumeSourceRegistry`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RegistryUrl {
     pub url: String,
+    /// `node`: the node's container runtime pulls the image; absent: CDI's importer pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pull_method: Option<PullMethod>,
+    /// The architecture CDI imports from a multi-architecture index.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<PlatformOptions>,
+}
+
+/// How CDI pulls a registry image (`pullMethod`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullMethod {
+    /// CDI's importer pod reads the registry itself (CDI's default).
+    #[default]
+    Pod,
+    /// The node's container runtime pulls the image, as for any container image.
+    Node,
+}
+
+/// `platform: {architecture}` (CDI's `PlatformOptions`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlatformOptions {
+    pub architecture: String,
 }
 
 /// `sourceRef: {kind: DataSource, name, namespace}`.

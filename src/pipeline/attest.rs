@@ -172,7 +172,7 @@ pub fn referrers_tag(digest: &str) -> String {
 }
 
 /// The referrers index after adding `entries` (existing entries kept, none twice).
-fn referrers_index(existing: Option<&[u8]>, entries: &[Descriptor]) -> Result<Blob> {
+pub(crate) fn referrers_index(existing: Option<&[u8]>, entries: &[Descriptor]) -> Result<Blob> {
     let mut manifests: Vec<Descriptor> = match existing.map(image::parse_document).transpose()? {
         Some(Document::Index(i)) => i.manifests().clone(),
         _ => Vec::new(),

@@ -9,6 +9,7 @@
 //! it: only users, files, commands, ttyd and hygiene run again.
 
 pub mod attest;
+pub mod promote;
 pub mod publish;
 pub mod resolve;
 pub mod stages;

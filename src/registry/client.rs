@@ -1135,6 +1135,98 @@ impl Client {
         Ok(())
     }
 
+    /// Copies the blob `digest` (`size` bytes) from `src_repo` of the registry `src` into
+    /// `repo` of this one: the GET's body is the PUT's body, so the blob passes through
+    /// in flight and is never held whole, in memory or on disk. Its size and digest are
+    /// checked on the way, and a body that grows past `size` or hashes to something else
+    /// fails the upload before it is committed (the registry checks the digest as well).
+    /// Each client sends its own credential to its own registry only. A failed attempt
+    /// starts over with a new GET and a new upload session.
+    pub async fn copy_blob_from(
+        &self,
+        src: &Client,
+        src_repo: &str,
+        repo: &str,
+        digest: &str,
+        size: u64,
+    ) -> Result<()> {
+        let mut progress = crate::progress::bytes(
+            &format!("copying {} from {}", short(digest), src.registry),
+            Some(size),
+        );
+        let mut failures = 0u32;
+        loop {
+            crate::sys::interrupt::check()?;
+            progress.set_position(0);
+            let e = match self
+                .copy_blob_once(src, src_repo, repo, digest, size, &mut progress)
+                .await
+            {
+                Ok(()) => break,
+                Err(e) => e,
+            };
+            if e.downcast_ref::<crate::sys::interrupt::Interrupted>()
+                .is_some()
+                || e.downcast_ref::<AuthError>().is_some()
+                || e.downcast_ref::<PlaintextRefused>().is_some()
+            {
+                return Err(e);
+            }
+            failures += 1;
+            if self.policy.gives_up(failures) {
+                return Err(e.context(format!(
+                    "copying blob {digest} from {}/{src_repo}: giving up after {failures} attempts",
+                    src.registry
+                )));
+            }
+            let wait = self.policy.wait(failures, None);
+            tracing::warn!(
+                "copying blob {} failed ({}); restarting in {}",
+                short(digest),
+                self.redact(&src.redact(&format!("{e:#}"))),
+                crate::progress::format_duration(wait)
+            );
+            tokio::time::sleep(wait).await;
+        }
+        progress.finish();
+        Ok(())
+    }
+
+    async fn copy_blob_once(
+        &self,
+        src: &Client,
+        src_repo: &str,
+        repo: &str,
+        digest: &str,
+        size: u64,
+        progress: &mut crate::progress::Bytes,
+    ) -> Result<()> {
+        let get = src.url(&format!("/v2/{src_repo}/blobs/{digest}"));
+        let resp = src
+            .send(Method::GET, &get, src_repo, false, HeaderMap::new(), None)
+            .await?;
+        if !resp.status().is_success() {
+            return Err(src.fail("GET", &get, resp).await);
+        }
+        let body = checked_stream(Box::pin(resp.bytes_stream()), digest.to_string(), size);
+        let location = self.start_upload(repo).await?;
+        let url = with_digest(&location, digest);
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        h.insert(CONTENT_LENGTH, HeaderValue::from(size));
+        let what = format!("blob {} from {}", short(digest), src.registry);
+        let resp = self
+            .send_body(Method::PUT, &url, repo, h, body, &what, progress)
+            .await?;
+        if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
+            return Err(self.fail("PUT", &url, resp).await);
+        }
+        Ok(())
+    }
+
     /// Uploads a blob while it is still being written: one PATCH whose body follows the
     /// file as it grows (chunked transfer encoding) and ends when the writer reports the
     /// blob complete, then the commit under the digest the writer reports. Returns that
@@ -1454,6 +1546,72 @@ enum Sent {
     Chunked,
     /// The registry does not take PATCH uploads.
     ChunksRefused,
+}
+
+/// A blob's bytes as they arrive, failing the stream when they run past `size`, end
+/// short of it, or hash to another digest than `digest`: a request carrying this body
+/// then breaks off before the registry could commit it.
+fn checked_stream(
+    body: impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + Unpin + 'static,
+    digest: String,
+    size: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    struct State<B> {
+        body: B,
+        sha: sha2::Sha256,
+        have: u64,
+        digest: String,
+        size: u64,
+        done: bool,
+    }
+    let state = State {
+        body,
+        sha: <sha2::Sha256 as sha2::Digest>::new(),
+        have: 0,
+        digest,
+        size,
+        done: false,
+    };
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    futures_util::stream::unfold(state, move |mut st| async move {
+        if st.done {
+            return None;
+        }
+        match st.body.next().await {
+            Some(Ok(chunk)) => {
+                st.have += chunk.len() as u64;
+                if st.have > st.size {
+                    st.done = true;
+                    let e = invalid(format!(
+                        "blob {} is longer than its declared {} bytes",
+                        st.digest, st.size
+                    ));
+                    return Some((Err(e), st));
+                }
+                sha2::Digest::update(&mut st.sha, &chunk);
+                Some((Ok(chunk), st))
+            }
+            Some(Err(e)) => {
+                st.done = true;
+                Some((Err(std::io::Error::other(e)), st))
+            }
+            None => {
+                st.done = true;
+                let actual = format!(
+                    "sha256:{}",
+                    hex::encode(sha2::Digest::finalize(st.sha.clone()))
+                );
+                if st.have != st.size || actual != st.digest {
+                    let e = invalid(format!(
+                        "blob {} arrived as {} bytes hashing to {actual}, not {} bytes",
+                        st.digest, st.have, st.size
+                    ));
+                    return Some((Err(e), st));
+                }
+                None
+            }
+        }
+    })
 }
 
 /// The byte an upload resumes at from the registry's `Range: 0-N` (N+1), or `None` to
