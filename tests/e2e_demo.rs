@@ -235,6 +235,16 @@ fn demo_builds_pushes_verifies_boots_and_serves_ttyd() {
         [1],
         "appliance launches of the guest stage: {stderr}"
     );
+    // A Debian guest without an SELinux policy is not touched: no relabel, not even a
+    // look at /etc/selinux.
+    let selinux: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{') && l.to_lowercase().contains("selinux"))
+        .collect();
+    assert!(
+        selinux.is_empty(),
+        "the demo build looked at SELinux: {selinux:#?}"
+    );
     let digest = std::fs::read_to_string(&digest_file)
         .unwrap()
         .trim()
