@@ -881,6 +881,75 @@ fn an_interrupted_pack_removes_the_layout_it_created() {
     assert!(common::temp_files(t.path()).is_empty());
 }
 
+/// Unmounts a test's tmpfs however the test ends.
+struct Unmount(std::path::PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A pack into a new layout on a filesystem that fills up: exit 1 naming the cause, and
+/// the layout directory it created is gone (no empty `"manifests": []` layout left).
+#[test]
+fn a_pack_that_runs_out_of_space_removes_the_layout_it_created() {
+    if !common::require(&["qemu-img", "mount", "umount"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let full = t.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "diskforge-full"])
+        .arg(&full)
+        .output()
+        .unwrap();
+    if !mounted.status.success() {
+        let why = text(&mounted);
+        assert!(
+            !common::in_ci(),
+            "cannot mount a tmpfs under CI=true (needs root): {why}"
+        );
+        eprintln!("\n*** SKIPPING: cannot mount a small tmpfs (needs root): {why} ***\n");
+        return;
+    }
+    let _unmount = Unmount(full.clone());
+    // Random data does not compress: the layer cannot fit in 4 MiB.
+    let disk = t.path().join("random.img");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("head -c 32M /dev/urandom > {}", disk.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let layout = full.join("new/layout");
+    let started = std::time::Instant::now();
+    let out = df()
+        .arg("pack")
+        .arg(&disk)
+        .arg("-o")
+        .arg(format!("oci:{}:t", layout.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("No space left on device"),
+        "the error does not say why: {}",
+        text(&out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(
+        !full.join("new").exists(),
+        "a pack that ran out of space left {} behind",
+        full.join("new").display()
+    );
+    assert_eq!(
+        std::fs::read_dir(&full).unwrap().count(),
+        0,
+        "the full filesystem is not empty again"
+    );
+}
+
 /// 160 KB of nested flow sequences: refused quickly (exit 2) with the position where
 /// the nesting went too deep, before the YAML parser sees it (which took 34 s).
 #[test]
