@@ -700,6 +700,14 @@ pub struct Hygiene {
     /// Remove build logs and truncate `/var/log`.
     #[serde(default = "yes")]
     pub logs: bool,
+    /// Remove the saved random seeds (`/var/lib/systemd/random-seed`,
+    /// `/var/lib/urandom/random-seed`), so VMs do not all credit the same seed.
+    #[serde(default = "yes")]
+    pub random_seed: bool,
+    /// Remove LVM's `/etc/lvm/devices/system.devices`, which names the build's disks by
+    /// their IDs and would hide the VM's own disks from LVM.
+    #[serde(default = "yes")]
+    pub lvm_devices: bool,
     /// Zero free space so the image packs small (costs time).
     #[serde(default)]
     pub sparsify: bool,
@@ -713,6 +721,8 @@ impl Default for Hygiene {
             package_cache: true,
             cloud_init: true,
             logs: true,
+            random_seed: true,
+            lvm_devices: true,
             sparsify: false,
         }
     }
