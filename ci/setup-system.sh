@@ -22,6 +22,8 @@ main_pkgs=(
   # The layout zoo (tests/fixtures/layouts/): the partitioning tools the distributions'
   # image builders use, and what the appliance needs for vfat, xfs, btrfs and LVM.
   parted fdisk dosfstools xfsprogs btrfs-progs lvm2 libguestfs-xfs
+  # UEFI boots (run --firmware uefi, uefi-secure-boot): OVMF with Microsoft's keys.
+  ovmf
 )
 
 missing=()

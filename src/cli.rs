@@ -456,6 +456,12 @@ pub struct RunArgs {
     /// user, the root filesystem size and the machine-id].
     #[arg(long, value_name = "CMD")]
     pub command: Option<String>,
+    /// `bios`, `uefi` or `uefi-secure-boot` [default: the image's `io.diskforge.firmware`
+    /// label, else bios]. UEFI boots OVMF (Secure Boot: q35 with SMM and Microsoft's
+    /// keys, as KubeVirt does); a disk without what UEFI needs is refused before QEMU
+    /// starts.
+    #[arg(long, value_name = "FIRMWARE")]
+    pub firmware: Option<String>,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -474,6 +480,11 @@ pub struct VerifyArgs {
     /// Also require a valid signature by this public key (PEM) for the digest.
     #[arg(long, value_name = "PUBKEY")]
     pub key: Option<PathBuf>,
+    /// Also check the disk has what this firmware needs to boot it (`bios`: MBR boot
+    /// code; `uefi`: an EFI system partition with a loader; `uefi-secure-boot`: a shim
+    /// there). One read-only appliance launch.
+    #[arg(long, value_name = "FIRMWARE")]
+    pub firmware: Option<String>,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }

@@ -406,6 +406,7 @@ fn build_recipe(
                 name: &plan.resolved.name,
                 disk_virtual_size: p.disk_virtual_size,
                 recipe: Some(&plan.resolved.loaded.recipe),
+                firmware: plan.resolved.firmware,
             };
             let dir = args
                 .kubevirt_manifests
@@ -430,6 +431,8 @@ pub struct ClusterImage<'a> {
     pub name: &'a str,
     pub disk_virtual_size: u64,
     pub recipe: Option<&'a crate::recipe::Recipe>,
+    /// The firmware the image boots with.
+    pub firmware: crate::recipe::Firmware,
 }
 
 impl ClusterImage<'_> {
@@ -461,6 +464,12 @@ impl ClusterImage<'_> {
                 .map(crate::kubevirt::TypeRef::cluster);
             input.ttyd_port = r.ttyd.enabled.then_some(r.ttyd.port);
         }
+        input.boot = match self.firmware {
+            crate::recipe::Firmware::Bios => crate::kubevirt::BootFirmware::Bios,
+            f => crate::kubevirt::BootFirmware::Efi {
+                secure_boot: f == crate::recipe::Firmware::UefiSecureBoot,
+            },
+        };
         crate::kubevirt::Manifests::generate(&input).map(Some)
     }
 }

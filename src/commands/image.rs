@@ -115,6 +115,7 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
         name: &name,
         disk_virtual_size: info.virtual_size,
         recipe: None,
+        firmware: crate::recipe::Firmware::Bios,
     };
     super::build::print_published(&published, &image, &args.output.report, None)?;
     Ok(ExitCode::SUCCESS)
@@ -193,6 +194,7 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
             name: &name,
             disk_virtual_size: size,
             recipe: None,
+            firmware: labelled_firmware(&img.config).unwrap_or(crate::recipe::Firmware::Bios),
         };
         let m = cluster.manifests()?.context("nothing was pushed")?;
         if args.report.print_vm_manifest {
@@ -524,4 +526,13 @@ pub fn attached(
             key,
         ),
     }
+}
+
+/// The firmware an image's config label records (`io.diskforge.firmware`), if any.
+pub fn labelled_firmware(
+    config: &oci_spec::image::ImageConfiguration,
+) -> Option<crate::recipe::Firmware> {
+    crate::oci::image::labels(config)
+        .get(crate::pipeline::publish::FIRMWARE_LABEL)
+        .and_then(|v| crate::recipe::Firmware::parse(v))
 }

@@ -10,13 +10,15 @@ use anyhow::{Context as _, Result};
 
 use crate::cli::{GlobalOpts, RunArgs};
 use crate::oci::ImageRef;
-use crate::recipe::DiskFormat;
+use crate::recipe::{DiskFormat, Firmware};
 use crate::vm::{self, probe};
 
 /// A disk ready to boot (checked), with whatever temp dir holds it.
 pub struct BootDisk {
     pub path: PathBuf,
     pub format: DiskFormat,
+    /// The firmware the image's label records (images only).
+    pub labelled_firmware: Option<Firmware>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -44,6 +46,7 @@ pub fn boot_disk(
         return Ok(BootDisk {
             path,
             format: format_of(&info),
+            labelled_firmware: None,
             _temp: None,
         });
     }
@@ -57,6 +60,7 @@ pub fn boot_disk(
     if let Some(p) = scan.problems.first() {
         anyhow::bail!("{image} is not a containerDisk: {p}");
     }
+    let labelled_firmware = super::image::labelled_firmware(&img.config);
     drop(holder);
     let path = scan
         .extracted
@@ -65,8 +69,38 @@ pub fn boot_disk(
     Ok(BootDisk {
         path,
         format: format_of(&info),
+        labelled_firmware,
         _temp: Some(temp),
     })
+}
+
+/// Refuses (exit 4) a disk that lacks what `firmware` needs to boot, before QEMU
+/// starts: UEFI needs an EFI system partition with a loader, Secure Boot a shim.
+fn check_boot_layout(
+    disk: &BootDisk,
+    firmware: Firmware,
+    accel: crate::sys::accel::Effective,
+    scratch: &std::path::Path,
+) -> Result<()> {
+    if !firmware.is_uefi() {
+        return Ok(());
+    }
+    let work = tempfile::Builder::new()
+        .prefix("diskforge-boot-")
+        .tempdir_in(scratch)
+        .context("creating a temp dir to read the boot layout")?;
+    let facts = crate::guest::boot::inspect(&disk.path, disk.format, accel, work.path())?;
+    let missing = facts.missing(firmware);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(probe::BootCheckFailed(format!(
+        "{} cannot boot with {firmware}: {} (found: {})",
+        disk.path.display(),
+        missing.join("; "),
+        facts.summary()
+    ))
+    .into())
 }
 
 fn pair(s: &str, what: &str) -> Result<(String, String)> {
@@ -90,9 +124,17 @@ pub fn run(g: &GlobalOpts, args: RunArgs) -> Result<ExitCode> {
     for (_, p) in login.iter().chain(ttyd_auth.iter()) {
         crate::redact::register(p);
     }
+    let wanted = args
+        .firmware
+        .as_deref()
+        .map(super::parse_firmware)
+        .transpose()?;
     let disk = boot_disk(&args.image, g, &registry)?;
+    let firmware = wanted.or(disk.labelled_firmware).unwrap_or(Firmware::Bios);
     let accel = crate::sys::accel::resolve(super::context(g, registry)?.accel)?;
     let scratch = super::scratch_root(g)?;
+    check_boot_layout(&disk, firmware, accel, &scratch)?;
+    eprintln!("firmware: {firmware}");
     let mut machine = vm::start(
         &disk.path,
         disk.format,
@@ -102,6 +144,8 @@ pub fn run(g: &GlobalOpts, args: RunArgs) -> Result<ExitCode> {
             guest_ttyd_port: args.ttyd_port,
             console: args.console && !args.check,
             accel,
+            firmware,
+            ovmf_dir: vm::firmware::OVMF_DIR.into(),
         },
         &scratch,
     )?;

@@ -54,6 +54,18 @@ pub struct ManifestInput {
     pub schedule: String,
     /// Storage class for imported volumes; none uses the cluster's default.
     pub storage_class: Option<String>,
+    /// How the VM boots.
+    pub boot: BootFirmware,
+}
+
+/// The firmware the VM boots with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BootFirmware {
+    /// Legacy BIOS: KubeVirt's default, nothing written.
+    #[default]
+    Bios,
+    /// UEFI; with Secure Boot the VM also gets SMM.
+    Efi { secure_boot: bool },
 }
 
 /// An instancetype or preference by name.
@@ -119,6 +131,7 @@ impl ManifestInput {
             service_type: ServiceType::default(),
             schedule: DEFAULT_SCHEDULE.to_string(),
             storage_class: None,
+            boot: BootFirmware::Bios,
         }
     }
 

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 
 use super::input::{
-    pinned_image, storage_request, tracked_url, ManifestInput, Scope, TypeRef, PERSISTENT_SUFFIX,
+    pinned_image, storage_request, tracked_url, BootFirmware, ManifestInput, Scope, TypeRef,
+    PERSISTENT_SUFFIX,
 };
 use super::types::*;
 
@@ -83,6 +84,27 @@ fn vm(
             },
         }),
     };
+    let (features, firmware) = match input.boot {
+        BootFirmware::Bios => (None, None),
+        BootFirmware::Efi { secure_boot } => (
+            secure_boot.then_some(Features {
+                smm: FeatureState { enabled: true },
+            }),
+            Some(FirmwareSpec {
+                bootloader: Bootloader {
+                    efi: Efi { secure_boot },
+                },
+            }),
+        ),
+    };
+    let disks = vec![Disk {
+        name: ROOT_DISK.to_string(),
+        disk: DiskTarget { bus: "virtio" },
+    }];
+    let volumes = vec![Volume {
+        name: ROOT_DISK.to_string(),
+        source,
+    }];
     let spec = VirtualMachineSpec {
         run_strategy,
         instancetype: input.instancetype.as_ref().map(|r| Matcher {
@@ -101,25 +123,21 @@ fn vm(
             spec: VmiSpec {
                 domain: Domain {
                     devices: Devices {
-                        disks: vec![Disk {
-                            name: ROOT_DISK.to_string(),
-                            disk: DiskTarget { bus: "virtio" },
-                        }],
+                        disks,
                         interfaces: vec![Interface {
                             name: POD_NETWORK.to_string(),
                             masquerade: Empty {},
                         }],
                     },
+                    features,
+                    firmware,
                     resources,
                 },
                 networks: vec![Network {
                     name: POD_NETWORK.to_string(),
                     pod: Empty {},
                 }],
-                volumes: vec![Volume {
-                    name: ROOT_DISK.to_string(),
-                    source,
-                }],
+                volumes,
             },
         },
     };

@@ -13,7 +13,7 @@ use crate::base::acquire::{AcquireOptions, Prepared, ResolvedBase};
 use crate::base::catalog::{self, CatalogEntry};
 use crate::base::CachedBase;
 use crate::oci::{Compression, ImageRef};
-use crate::recipe::{self, Arch, LoadedRecipe, Seg, Size, TtydSource};
+use crate::recipe::{self, Arch, Firmware, LoadedRecipe, Seg, Size, TtydSource};
 
 /// Where the base comes from, resolved.
 #[derive(Debug, Clone)]
@@ -106,6 +106,9 @@ pub struct Resolved {
     /// The base's virtual size and the disk's target size, when known before fetching.
     pub base_size: Option<u64>,
     pub target_size: Option<u64>,
+    /// The firmware VMs boot the image with: `boot.firmware`, else the catalog entry's
+    /// default, else BIOS.
+    pub firmware: Firmware,
 }
 
 /// A recipe marked `partial: true`: a shared parent that other recipes extend, not an
@@ -125,7 +128,7 @@ pub fn resolve(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<Resolved> 
     if loaded.recipe.partial {
         return Err(PartialRecipe(path.to_path_buf()).into());
     }
-    check_loaded(&loaded, opts, ctx)?;
+    let firmware = check_loaded(&loaded, opts, ctx)?;
     let r = &loaded.recipe;
     let spec = r.base.clone().context("the recipe has no base")?;
     let arch = opts.arch.or(spec.arch).unwrap_or_default();
@@ -189,6 +192,7 @@ pub fn resolve(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<Resolved> 
         level,
         base_size,
         target_size,
+        firmware,
         loaded,
     })
 }
@@ -209,12 +213,14 @@ pub fn check_static(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<Loade
 
 /// [`check_static`] of a loaded recipe: `resolve` runs it before anything slow, so `plan`
 /// and `build` report an unknown catalog entry or a shrinking disk (exit 2, located)
-/// before they fetch a checksum file.
-fn check_loaded(loaded: &LoadedRecipe, opts: &BuildOptions, ctx: &Ctx) -> Result<()> {
+/// before they fetch a checksum file, and a firmware the base cannot boot with. Returns
+/// the firmware the image boots with.
+fn check_loaded(loaded: &LoadedRecipe, opts: &BuildOptions, ctx: &Ctx) -> Result<Firmware> {
     let r = &loaded.recipe;
     let Some(spec) = r.base.clone().filter(|_| !r.partial) else {
-        return Ok(());
+        return Ok(r.boot.firmware.unwrap_or(Firmware::Bios));
     };
+    let mut firmware = r.boot.firmware.unwrap_or(Firmware::Bios);
     let arch = opts.arch.or(spec.arch).unwrap_or_default();
     let size = if let Some(name) = &spec.catalog {
         let entry = match catalog::find_entry(name, &loaded.dir, opts.catalog.as_deref()) {
@@ -236,6 +242,12 @@ fn check_loaded(loaded: &LoadedRecipe, opts: &BuildOptions, ctx: &Ctx) -> Result
                 )
                 .into());
         }
+        firmware = entry.firmware.resolve(r.boot.firmware).map_err(|e| {
+            loaded.error_at(
+                &[Seg::key("boot"), Seg::key("firmware")],
+                format!("{e} (catalog entry {name})"),
+            )
+        })?;
         match (&entry.build, entry.virtual_size) {
             (Some(b), _) => b.size_bytes().ok(),
             (None, Some(Size::Absolute(n))) => Some(n),
@@ -269,7 +281,7 @@ fn check_loaded(loaded: &LoadedRecipe, opts: &BuildOptions, ctx: &Ctx) -> Result
                 .into());
         }
     }
-    Ok(())
+    Ok(firmware)
 }
 
 fn resolve_base(

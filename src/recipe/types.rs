@@ -52,6 +52,8 @@ pub struct Recipe {
     #[serde(default)]
     pub hygiene: Hygiene,
     #[serde(default)]
+    pub boot: Boot,
+    #[serde(default)]
     pub output: Output,
 }
 
@@ -69,6 +71,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "customize",
     "ttyd",
     "hygiene",
+    "boot",
     "output",
 ];
 
@@ -282,6 +285,58 @@ impl Arch {
             Arch::Amd64 => "amd64",
             Arch::Arm64 => "arm64",
         }
+    }
+}
+
+/// How the image is booted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Boot {
+    /// The firmware VMs boot the image with [default: the catalog entry's default, else
+    /// `bios`]. It must be one the base supports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<Firmware>,
+}
+
+/// The firmware a VM boots with, as KubeVirt sets it up.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Firmware {
+    /// Legacy BIOS (SeaBIOS): KubeVirt's default.
+    Bios,
+    /// UEFI (OVMF) without Secure Boot.
+    Uefi,
+    /// UEFI with Secure Boot (q35 with SMM, Microsoft's keys enrolled): what the common
+    /// preferences for Fedora, RHEL, CentOS Stream and AlmaLinux select.
+    UefiSecureBoot,
+}
+
+impl Firmware {
+    pub const ALL: [Firmware; 3] = [Firmware::Bios, Firmware::Uefi, Firmware::UefiSecureBoot];
+
+    /// The recipe's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+            Firmware::UefiSecureBoot => "uefi-secure-boot",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Firmware> {
+        Firmware::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+
+    pub fn is_uefi(self) -> bool {
+        self != Firmware::Bios
+    }
+}
+
+impl fmt::Display for Firmware {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

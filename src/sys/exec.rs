@@ -37,6 +37,7 @@ fn package_hint(program: &str) -> String {
         "gpgv" => "gpgv",
         "sqv" => "sqv",
         "git" => "git",
+        n if n.starts_with("OVMF_") => "ovmf",
         _ => return String::new(),
     };
     format!(": Debian package {package}")

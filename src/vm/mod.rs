@@ -2,6 +2,7 @@
 //! written), with ttyd and SSH forwarded to free localhost ports, and probing what the
 //! guest serves. The guest is not trusted: see [`probe`].
 
+pub mod firmware;
 pub mod probe;
 
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use std::process::{Child, Stdio};
 
 use anyhow::{Context, Result};
 
-use crate::recipe::DiskFormat;
+use crate::recipe::{DiskFormat, Firmware};
 use crate::sys::exec::Cmd;
 
 /// A free TCP port on 127.0.0.1.
@@ -27,6 +28,10 @@ pub struct VmOptions {
     /// Serial console on this terminal instead of a log file.
     pub console: bool,
     pub accel: crate::sys::accel::Effective,
+    /// BIOS, or UEFI (with Secure Boot) from OVMF images.
+    pub firmware: Firmware,
+    /// Where the OVMF images are ([`firmware::OVMF_DIR`]).
+    pub ovmf_dir: PathBuf,
 }
 
 /// A running VM; QEMU is killed and its overlay removed on drop.
@@ -35,6 +40,8 @@ pub struct Vm {
     pub serial_log: PathBuf,
     pub ttyd_port: u16,
     pub ssh_port: u16,
+    /// Declared before the directory: removed before it, after QEMU is gone.
+    _vars: Option<firmware::VarsCopy>,
     _dir: tempfile::TempDir,
 }
 
@@ -82,10 +89,18 @@ impl Vm {
 /// fresh overlay in `work`. The overlay names the disk's format explicitly, so QEMU
 /// never probes it.
 pub fn start(disk: &Path, format: DiskFormat, o: &VmOptions, work: &Path) -> Result<Vm> {
+    let ovmf = firmware::Ovmf::for_firmware(o.firmware, &o.ovmf_dir);
+    if let Some(ovmf) = &ovmf {
+        ovmf.check_installed()?;
+    }
     let dir = tempfile::Builder::new()
         .prefix("diskforge-vm-")
         .tempdir_in(work)
         .context("creating the VM directory")?;
+    let vars = ovmf
+        .as_ref()
+        .map(|ovmf| ovmf.vars_copy(dir.path()))
+        .transpose()?;
     let overlay = dir.path().join("overlay.qcow2");
     let disk =
         std::fs::canonicalize(disk).with_context(|| format!("resolving {}", disk.display()))?;
@@ -104,13 +119,17 @@ pub fn start(disk: &Path, format: DiskFormat, o: &VmOptions, work: &Path) -> Res
         .args(o.accel.qemu_args())
         .args([
             "-machine",
-            "q35",
+            firmware::Ovmf::machine(o.firmware),
             "-m",
             &o.memory_mib.to_string(),
             "-smp",
             &o.cpus.to_string(),
         ])
-        .args(["-display", "none", "-no-user-config", "-nodefaults"])
+        .args(["-display", "none", "-no-user-config", "-nodefaults"]);
+    if let (Some(ovmf), Some(vars)) = (&ovmf, &vars) {
+        cmd = cmd.args(ovmf.qemu_args(vars));
+    }
+    cmd = cmd
         .arg("-drive")
         .arg(format!(
             "file={},if=virtio,format=qcow2,cache=unsafe",
@@ -135,6 +154,7 @@ pub fn start(disk: &Path, format: DiskFormat, o: &VmOptions, work: &Path) -> Res
         serial_log,
         ttyd_port,
         ssh_port,
+        _vars: vars,
         _dir: dir,
     })
 }
