@@ -120,6 +120,28 @@ pub struct BuildSpec {
     /// Install cloud-init.
     #[serde(default)]
     pub cloud_init: bool,
+    /// How the disk is laid out and booted.
+    #[serde(default, skip_serializing_if = "BaseLayout::is_mbr")]
+    pub layout: BaseLayout,
+}
+
+/// The disk layout of a built base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum BaseLayout {
+    /// MBR with one bootable ext4 partition and extlinux: BIOS only.
+    #[default]
+    Mbr,
+    /// GPT as Debian's cloud images have it: a BIOS boot partition (GRUB for BIOS), an
+    /// EFI system partition with Debian's signed shim and GRUB (UEFI, Secure Boot), and
+    /// the ext4 root last.
+    Gpt,
+}
+
+impl BaseLayout {
+    pub fn is_mbr(&self) -> bool {
+        *self == BaseLayout::Mbr
+    }
 }
 
 /// Every catalog file, built into the binary so an installed diskforge knows the whole
@@ -145,6 +167,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
     (
         "debian-12-minimal",
         include_str!("../../base-images/debian-12-minimal.yaml"),
+    ),
+    (
+        "debian-12-minimal-uefi",
+        include_str!("../../base-images/debian-12-minimal-uefi.yaml"),
     ),
     (
         "debian-13",
