@@ -462,6 +462,11 @@ pub struct RunArgs {
     /// starts.
     #[arg(long, value_name = "FIRMWARE")]
     pub firmware: Option<String>,
+    /// With `--check`: also require the QEMU guest agent to answer `guest-ping` and
+    /// `guest-get-osinfo` [default: when the image's `io.diskforge.guest-agent` label
+    /// says it has one].
+    #[arg(long)]
+    pub guest_agent: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }

@@ -1,11 +1,14 @@
 //! Booting the way KubeVirt boots the common Fedora and RHEL-family preferences: UEFI
-//! with Secure Boot (OVMF's Secure Boot build, Microsoft's keys enrolled, q35 with SMM).
+//! with Secure Boot (OVMF's Secure Boot build, Microsoft's keys enrolled, q35 with SMM),
+//! and the guest agent asked for the OS as kubevirt/containerdisks does before
+//! promoting an image.
 //!
 //! The demo recipe on diskforge's own UEFI base (debian-12-minimal-uefi: GPT, BIOS boot
 //! partition, ESP with Debian's signed shim and GRUB; built once under
-//! target/uefi-cache) is built, its boot layout verified for every firmware it claims,
-//! and booted with `run --check`: Secure Boot enabled in the guest. The same disk with
-//! an unsigned loader on the ESP is refused by the firmware.
+//! target/uefi-cache), with the guest agent from Debian's packages, is built, its boot
+//! layout verified for every firmware it claims, and booted with `run --check`: Secure
+//! Boot enabled in the guest, the agent reports Debian 12. The same disk with an
+//! unsigned loader on the ESP is refused by the firmware.
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -118,10 +121,15 @@ fn secure_boot_boots_the_signed_chain_and_refuses_an_unsigned_loader() {
     let cache = root.join("target/uefi-cache");
     let t = tempfile::tempdir().unwrap();
     let demo = std::fs::read_to_string(root.join("recipes/demo.yaml")).unwrap();
-    let recipe_text = demo.replace(
-        "  catalog: debian-12-minimal\n",
-        "  catalog: debian-12-minimal-uefi\n",
-    ) + "boot:\n  firmware: uefi-secure-boot\n";
+    // The demo with the guest agent instead of tmux and htop.
+    let recipe_text = demo
+        .replace(
+            "  catalog: debian-12-minimal\n",
+            "  catalog: debian-12-minimal-uefi\n",
+        )
+        .replace("  packages: [tmux, htop]\n", "  guest-agent: true\n")
+        + "boot:\n  firmware: uefi-secure-boot\n";
+    assert!(recipe_text.contains("guest-agent: true"));
     assert_ne!(recipe_text, demo);
     let recipe = t.path().join("demo-uefi.yaml");
     std::fs::write(&recipe, &recipe_text).unwrap();
@@ -171,7 +179,7 @@ fn secure_boot_boots_the_signed_chain_and_refuses_an_unsigned_loader() {
     }
 
     // 3. Boot it with the firmware its label names (Secure Boot); log in over ttyd and
-    //    ask the guest: booted through UEFI, Secure Boot enforced.
+    //    ask the guest: booted through UEFI, Secure Boot enforced; the agent answers.
     let started = Instant::now();
     let out = diskforge(&cache)
         .args(["run", "--check", "--timeout", "1200", "--memory", "1024"])
@@ -187,7 +195,12 @@ fn secure_boot_boots_the_signed_chain_and_refuses_an_unsigned_loader() {
     eprintln!("Secure Boot boot and check: {:?}", started.elapsed());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("firmware: uefi-secure-boot"), "{stderr}");
-    for want in ["booted-by-uefi", "SecureBoot enabled", "diskforge-42"] {
+    for want in [
+        "booted-by-uefi",
+        "SecureBoot enabled",
+        "diskforge-42",
+        "guest agent: answers guest-ping; guest-get-osinfo: Debian GNU/Linux 12",
+    ] {
         assert!(report.contains(want), "{want} not in:\n{report}");
     }
 

@@ -19,6 +19,8 @@ pub struct BootDisk {
     pub format: DiskFormat,
     /// The firmware the image's label records (images only).
     pub labelled_firmware: Option<Firmware>,
+    /// The image's label says it has the QEMU guest agent.
+    pub labelled_guest_agent: bool,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -47,6 +49,7 @@ pub fn boot_disk(
             path,
             format: format_of(&info),
             labelled_firmware: None,
+            labelled_guest_agent: false,
             _temp: None,
         });
     }
@@ -61,6 +64,9 @@ pub fn boot_disk(
         anyhow::bail!("{image} is not a containerDisk: {p}");
     }
     let labelled_firmware = super::image::labelled_firmware(&img.config);
+    let labelled_guest_agent = crate::oci::image::labels(&img.config)
+        .get(crate::pipeline::publish::GUEST_AGENT_LABEL)
+        .is_some_and(|v| v == "true");
     drop(holder);
     let path = scan
         .extracted
@@ -70,6 +76,7 @@ pub fn boot_disk(
         path,
         format: format_of(&info),
         labelled_firmware,
+        labelled_guest_agent,
         _temp: Some(temp),
     })
 }
@@ -186,7 +193,20 @@ pub fn run(g: &GlobalOpts, args: RunArgs) -> Result<ExitCode> {
         command: args.command.clone(),
         deadline: started + Duration::from_secs(args.timeout),
     };
-    match probe::check(&mut machine, &opts) {
+    let agent = args.guest_agent || disk.labelled_guest_agent;
+    let checked = probe::check(&mut machine, &opts).and_then(|report| {
+        if !agent {
+            return Ok(format!(
+                "{report}guest agent: not checked (the image does not say it has one; --guest-agent requires it)\n"
+            ));
+        }
+        let info = vm::agent::check(&machine.agent_socket, opts.deadline)
+            .map_err(|e| probe::BootCheckFailed(format!("{e:#}")))?;
+        Ok(format!(
+            "{report}guest agent: answers guest-ping; guest-get-osinfo: {info}\n"
+        ))
+    });
+    match checked {
         Ok(report) => {
             print!("{report}");
             println!(

@@ -501,6 +501,10 @@ pub struct Customize {
     /// Commands run once on the guest's first boot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub firstboot_commands: Vec<String>,
+    /// Install and enable the QEMU guest agent (`qemu-guest-agent`), which KubeVirt
+    /// asks for the guest's OS, addresses and users over its virtio-serial channel.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub guest_agent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

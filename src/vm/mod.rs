@@ -2,6 +2,7 @@
 //! written), with ttyd and SSH forwarded to free localhost ports, and probing what the
 //! guest serves. The guest is not trusted: see [`probe`].
 
+pub mod agent;
 pub mod firmware;
 pub mod probe;
 
@@ -40,9 +41,13 @@ pub struct Vm {
     pub serial_log: PathBuf,
     pub ttyd_port: u16,
     pub ssh_port: u16,
+    /// QEMU's end of the guest agent channel ([`agent::CHANNEL`]), a Unix socket.
+    pub agent_socket: PathBuf,
     /// Declared before the directory: removed before it, after QEMU is gone.
     _vars: Option<firmware::VarsCopy>,
     _dir: tempfile::TempDir,
+    /// Under the system's temp dir: a Unix socket path must stay short.
+    _socket_dir: tempfile::TempDir,
 }
 
 impl Drop for Vm {
@@ -105,6 +110,11 @@ pub fn start(disk: &Path, format: DiskFormat, o: &VmOptions, work: &Path) -> Res
     let disk =
         std::fs::canonicalize(disk).with_context(|| format!("resolving {}", disk.display()))?;
     crate::sys::qemu_img::create_overlay_cmd(&disk, format, &overlay).run()?;
+    let socket_dir = tempfile::Builder::new()
+        .prefix("diskforge-qga-")
+        .tempdir()
+        .context("creating a directory for the guest agent socket")?;
+    let agent_socket = socket_dir.path().join("qga.sock");
     let ttyd_port = free_port()?;
     let ssh_port = free_port()?;
     let serial_log = dir.path().join("serial.log");
@@ -136,7 +146,18 @@ pub fn start(disk: &Path, format: DiskFormat, o: &VmOptions, work: &Path) -> Res
             overlay.display()
         ))
         .args(["-nic", &nic])
-        .args(["-device", "virtio-rng-pci"]);
+        .args(["-device", "virtio-rng-pci"])
+        // The guest agent's channel, as KubeVirt gives every VM.
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=qga0,path={},server=on,wait=off",
+            agent_socket.display()
+        ))
+        .args(["-device", "virtio-serial-pci"])
+        .args([
+            "-device",
+            &format!("virtserialport,chardev=qga0,name={}", agent::CHANNEL),
+        ]);
     cmd = if o.console {
         cmd.args(["-serial", "mon:stdio"])
     } else {
@@ -154,7 +175,9 @@ pub fn start(disk: &Path, format: DiskFormat, o: &VmOptions, work: &Path) -> Res
         serial_log,
         ttyd_port,
         ssh_port,
+        agent_socket,
         _vars: vars,
         _dir: dir,
+        _socket_dir: socket_dir,
     })
 }
