@@ -24,6 +24,8 @@ main_pkgs=(
   parted fdisk dosfstools xfsprogs btrfs-progs lvm2 libguestfs-xfs
   # UEFI boots (run --firmware uefi, uefi-secure-boot): OVMF with Microsoft's keys.
   ovmf
+  # cloud-init's NoCloud seed for run --user-data (what KubeVirt makes it with).
+  genisoimage
 )
 
 missing=()

@@ -467,6 +467,12 @@ pub struct RunArgs {
     /// says it has one].
     #[arg(long)]
     pub guest_agent: bool,
+    /// cloud-config user-data (`#cloud-config` YAML) attached as a NoCloud seed disk
+    /// (`cidata`), as KubeVirt's cloudInitNoCloud volume; `${env:NAME}` and
+    /// `${file:PATH}` in it are replaced and never shown. `--check` then waits for
+    /// cloud-init to finish.
+    #[arg(long, value_name = "FILE")]
+    pub user_data: Option<PathBuf>,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }

@@ -1,13 +1,14 @@
 //! Booting the way KubeVirt boots the common Fedora and RHEL-family preferences: UEFI
 //! with Secure Boot (OVMF's Secure Boot build, Microsoft's keys enrolled, q35 with SMM),
-//! and the guest agent asked for the OS as kubevirt/containerdisks does before
-//! promoting an image.
+//! a cloudInitNoCloud seed, and the guest agent asked for the OS as
+//! kubevirt/containerdisks does before promoting an image.
 //!
 //! The demo recipe on diskforge's own UEFI base (debian-12-minimal-uefi: GPT, BIOS boot
 //! partition, ESP with Debian's signed shim and GRUB; built once under
-//! target/uefi-cache), with the guest agent from Debian's packages, is built, its boot
-//! layout verified for every firmware it claims, and booted with `run --check`: Secure
-//! Boot enabled in the guest, the agent reports Debian 12. The same disk with an
+//! target/uefi-cache), with cloud-init and the guest agent from Debian's packages, is
+//! built, its boot layout verified for every firmware it claims, and booted once with
+//! `run --check --user-data`: Secure Boot enabled in the guest, cloud-init ran the
+//! user-data from the NoCloud seed, the agent reports Debian 12. The same disk with an
 //! unsigned loader on the ESP is refused by the firmware.
 mod common;
 
@@ -26,6 +27,8 @@ const TOOLS: &[&str] = &[
     "tar",
 ];
 const PASSWORD: &str = "Uefi-Lab-Pass-3318";
+/// The password the user-data gives its user, from the environment.
+const CLOUDY_PASSWORD: &str = "Cloudy-Seed-Pass-5521";
 const OVMF: &[&str] = &[
     "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
     "/usr/share/OVMF/OVMF_VARS_4M.ms.fd",
@@ -38,10 +41,12 @@ fn ok(out: &Output, what: &str) -> String {
         "{what} failed:\n{}\n{stderr}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert!(
-        !stderr.contains(PASSWORD) && !String::from_utf8_lossy(&out.stdout).contains(PASSWORD),
-        "{what}: the password leaked"
-    );
+    for pw in [PASSWORD, CLOUDY_PASSWORD] {
+        assert!(
+            !stderr.contains(pw) && !String::from_utf8_lossy(&out.stdout).contains(pw),
+            "{what}: a password leaked"
+        );
+    }
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -50,9 +55,26 @@ fn diskforge(cache: &Path) -> Command {
     common::guestfs_env(&mut c);
     c.args(["--accel", "tcg", "--cache-dir"])
         .arg(cache)
-        .env("DISKFORGE_LAB_PASSWORD", PASSWORD);
+        .env("DISKFORGE_LAB_PASSWORD", PASSWORD)
+        .env("DISKFORGE_CLOUDY_PASSWORD", CLOUDY_PASSWORD);
     c
 }
+
+/// cloud-config as a cluster user would give it: a user, its password from the
+/// environment, a command whose trace the test reads back.
+const USER_DATA: &str = "#cloud-config
+users:
+  - default
+  - name: cloudy
+    shell: /bin/bash
+    lock_passwd: false
+chpasswd:
+  expire: false
+  users:
+    - {name: cloudy, password: \"${env:DISKFORGE_CLOUDY_PASSWORD}\", type: text}
+runcmd:
+  - echo user-data-applied > /var/tmp/cloud-init-marker
+";
 
 /// OVMF's Secure Boot images (Debian package `ovmf`): required like a tool.
 fn ovmf_installed() -> bool {
@@ -121,14 +143,16 @@ fn secure_boot_boots_the_signed_chain_and_refuses_an_unsigned_loader() {
     let cache = root.join("target/uefi-cache");
     let t = tempfile::tempdir().unwrap();
     let demo = std::fs::read_to_string(root.join("recipes/demo.yaml")).unwrap();
-    // The demo with the guest agent instead of tmux and htop.
-    let recipe_text = demo
-        .replace(
+    // The demo with cloud-init and the guest agent instead of tmux and htop.
+    let recipe_text =
+        demo.replace(
             "  catalog: debian-12-minimal\n",
             "  catalog: debian-12-minimal-uefi\n",
         )
-        .replace("  packages: [tmux, htop]\n", "  guest-agent: true\n")
-        + "boot:\n  firmware: uefi-secure-boot\n";
+        .replace(
+            "  packages: [tmux, htop]\n",
+            "  packages: [cloud-init]\n  guest-agent: true\n",
+        ) + "boot:\n  firmware: uefi-secure-boot\n";
     assert!(recipe_text.contains("guest-agent: true"));
     assert_ne!(recipe_text, demo);
     let recipe = t.path().join("demo-uefi.yaml");
@@ -178,16 +202,21 @@ fn secure_boot_boots_the_signed_chain_and_refuses_an_unsigned_loader() {
         );
     }
 
-    // 3. Boot it with the firmware its label names (Secure Boot); log in over ttyd and
-    //    ask the guest: booted through UEFI, Secure Boot enforced; the agent answers.
+    // 3. Boot it with the firmware its label names (Secure Boot) and the user-data on a
+    //    NoCloud seed; log in over ttyd and ask the guest: booted through UEFI, Secure
+    //    Boot enforced, cloud-init applied the user-data; the agent answers.
+    let user_data = t.path().join("user-data.yaml");
+    std::fs::write(&user_data, USER_DATA).unwrap();
     let started = Instant::now();
     let out = diskforge(&cache)
         .args(["run", "--check", "--timeout", "1200", "--memory", "1024"])
         .arg(&image)
+        .arg("--user-data")
+        .arg(&user_data)
         .args(["--login", &format!("lab:{PASSWORD}")])
         .args([
             "--command",
-            "test -d /sys/firmware/efi && echo booted-by-uefi; mokutil --sb-state; echo diskforge-$((6*7))",
+            "test -d /sys/firmware/efi && echo booted-by-uefi; mokutil --sb-state; for i in $(seq 150); do [ -e /var/tmp/cloud-init-marker ] && break; sleep 2; done; cat /var/tmp/cloud-init-marker; id -un cloudy; echo diskforge-$((6*7))",
         ])
         .output()
         .unwrap();
@@ -198,7 +227,11 @@ fn secure_boot_boots_the_signed_chain_and_refuses_an_unsigned_loader() {
     for want in [
         "booted-by-uefi",
         "SecureBoot enabled",
+        "user-data-applied",
+        "cloudy",
         "diskforge-42",
+        "cloud-init ran: Cloud-init v. ",
+        "DataSourceNoCloud",
         "guest agent: answers guest-ping; guest-get-osinfo: Debian GNU/Linux 12",
     ] {
         assert!(report.contains(want), "{want} not in:\n{report}");

@@ -78,10 +78,49 @@ fn variants() -> Vec<(&'static str, ManifestInput)> {
             ManifestInput {
                 boot: BootFirmware::Efi { secure_boot: true },
                 preference: Some(TypeRef::cluster("fedora")),
+                user_data_secret: Some("demo-userdata".into()),
                 ..base()
             },
         ),
     ]
+}
+
+/// cloud-init user-data reaches both VMs through the Secret, never inline.
+#[test]
+fn user_data_comes_from_a_secret() {
+    let m = Manifests::generate(&ManifestInput {
+        user_data_secret: Some("demo-userdata".into()),
+        ..base()
+    })
+    .unwrap();
+    let vms: Vec<serde_yaml::Value> = m
+        .documents()
+        .unwrap()
+        .into_iter()
+        .map(|(_, d)| serde_yaml::from_str::<serde_yaml::Value>(&d).unwrap())
+        .filter(|v| v["kind"] == "VirtualMachine")
+        .collect();
+    assert_eq!(vms.len(), 2);
+    for vm in &vms {
+        let spec = &vm["spec"]["template"]["spec"];
+        let volume = spec["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "cloudinitdisk")
+            .unwrap_or_else(|| panic!("no cloud-init volume: {spec:?}"));
+        // KubeVirt's UserDataSecretRef, whose JSON name is `secretRef`.
+        assert_eq!(
+            volume["cloudInitNoCloud"]["secretRef"]["name"],
+            "demo-userdata"
+        );
+        assert!(volume["cloudInitNoCloud"].get("userData").is_none());
+        assert!(spec["domain"]["devices"]["disks"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "cloudinitdisk"));
+    }
 }
 
 /// The firmware reaches both VMs (the containerDisk one and the persistent one) as

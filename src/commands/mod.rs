@@ -186,6 +186,7 @@ pub fn exit_code_number(err: &anyhow::Error) -> u8 {
     }
     if err.downcast_ref::<crate::recipe::RecipeErrors>().is_some()
         || err.downcast_ref::<UsageError>().is_some()
+        || err.downcast_ref::<crate::vm::seed::BadUserData>().is_some()
     {
         return 2;
     }

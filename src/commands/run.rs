@@ -136,6 +136,11 @@ pub fn run(g: &GlobalOpts, args: RunArgs) -> Result<ExitCode> {
         .as_deref()
         .map(super::parse_firmware)
         .transpose()?;
+    let user_data = args
+        .user_data
+        .as_deref()
+        .map(vm::seed::read_user_data)
+        .transpose()?;
     let disk = boot_disk(&args.image, g, &registry)?;
     let firmware = wanted.or(disk.labelled_firmware).unwrap_or(Firmware::Bios);
     let accel = crate::sys::accel::resolve(super::context(g, registry)?.accel)?;
@@ -153,6 +158,7 @@ pub fn run(g: &GlobalOpts, args: RunArgs) -> Result<ExitCode> {
             accel,
             firmware,
             ovmf_dir: vm::firmware::OVMF_DIR.into(),
+            user_data: user_data.clone(),
         },
         &scratch,
     )?;
@@ -195,6 +201,14 @@ pub fn run(g: &GlobalOpts, args: RunArgs) -> Result<ExitCode> {
     };
     let agent = args.guest_agent || disk.labelled_guest_agent;
     let checked = probe::check(&mut machine, &opts).and_then(|report| {
+        let report = if user_data.is_some() {
+            format!(
+                "{report}{}\n",
+                probe::wait_for_cloud_init(&mut machine, opts.deadline)?
+            )
+        } else {
+            report
+        };
         if !agent {
             return Ok(format!(
                 "{report}guest agent: not checked (the image does not say it has one; --guest-agent requires it)\n"

@@ -202,6 +202,7 @@ pub fn run(g: &GlobalOpts, args: VerifyArgs) -> Result<ExitCode> {
                     .or_else(|| super::image::labelled_firmware(&img.config))
                     .unwrap_or(crate::recipe::Firmware::Bios),
                 ovmf_dir: crate::vm::firmware::OVMF_DIR.into(),
+                user_data: None,
             },
             &scratch,
         )?;

@@ -56,6 +56,8 @@ pub struct ManifestInput {
     pub storage_class: Option<String>,
     /// How the VM boots.
     pub boot: BootFirmware,
+    /// The Secret holding cloud-init user-data (key `userdata`) for a NoCloud volume.
+    pub user_data_secret: Option<String>,
 }
 
 /// The firmware the VM boots with.
@@ -132,6 +134,7 @@ impl ManifestInput {
             schedule: DEFAULT_SCHEDULE.to_string(),
             storage_class: None,
             boot: BootFirmware::Bios,
+            user_data_secret: None,
         }
     }
 
@@ -153,6 +156,9 @@ impl ManifestInput {
         }
         ensure!(self.ttyd_port != Some(0), "ttyd port 0 cannot be exposed");
         check_schedule(&self.schedule)?;
+        if let Some(secret) = &self.user_data_secret {
+            check_dns_label("user-data Secret", secret, 253)?;
+        }
         if let Some(class) = &self.storage_class {
             ensure!(!class.trim().is_empty(), "empty storage class name");
         }

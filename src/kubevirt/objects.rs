@@ -22,6 +22,8 @@ const DEFAULT_PREFERENCE: &str = "instancetype.kubevirt.io/default-preference";
 const DEFAULT_PREFERENCE_KIND: &str = "instancetype.kubevirt.io/default-preference-kind";
 
 const ROOT_DISK: &str = "rootdisk";
+/// The NoCloud disk KubeVirt makes from the user-data Secret.
+const CLOUD_INIT_DISK: &str = "cloudinitdisk";
 const POD_NETWORK: &str = "default";
 /// CDI's own defaults, written out so the objects say what they do.
 const GARBAGE_COLLECT: &str = "Outdated";
@@ -97,14 +99,28 @@ fn vm(
             }),
         ),
     };
-    let disks = vec![Disk {
+    let mut disks = vec![Disk {
         name: ROOT_DISK.to_string(),
         disk: DiskTarget { bus: "virtio" },
     }];
-    let volumes = vec![Volume {
+    let mut volumes = vec![Volume {
         name: ROOT_DISK.to_string(),
         source,
     }];
+    if let Some(secret) = &input.user_data_secret {
+        disks.push(Disk {
+            name: CLOUD_INIT_DISK.to_string(),
+            disk: DiskTarget { bus: "virtio" },
+        });
+        volumes.push(Volume {
+            name: CLOUD_INIT_DISK.to_string(),
+            source: VolumeSource::CloudInitNoCloud {
+                user_data_secret_ref: SecretRef {
+                    name: secret.clone(),
+                },
+            },
+        });
+    }
     let spec = VirtualMachineSpec {
         run_strategy,
         instancetype: input.instancetype.as_ref().map(|r| Matcher {

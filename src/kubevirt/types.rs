@@ -216,8 +216,25 @@ pub struct Volume {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum VolumeSource {
-    ContainerDisk { image: String },
-    DataVolume { name: String },
+    ContainerDisk {
+        image: String,
+    },
+    DataVolume {
+        name: String,
+    },
+    /// cloud-init's NoCloud seed, its user-data read from a Secret (key `userdata`).
+    /// KubeVirt's Go field is `UserDataSecretRef`; its JSON name is `secretRef`.
+    #[serde(rename_all = "camelCase")]
+    CloudInitNoCloud {
+        #[serde(rename = "secretRef")]
+        user_data_secret_ref: SecretRef,
+    },
+}
+
+/// A Secret in the VM's namespace, by name.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SecretRef {
+    pub name: String,
 }
 
 /// `resources: {requests: …}` of a domain or of a volume claim.

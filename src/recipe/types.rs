@@ -861,6 +861,19 @@ pub struct KubevirtHints {
     pub instancetype: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preference: Option<String>,
+    /// cloud-init for the VM manifests: a NoCloud volume whose user-data comes from a
+    /// Secret, never written inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<CloudInitSpec>,
+}
+
+/// `output.kubevirt.cloud-init`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CloudInitSpec {
+    /// The Secret (in the VM's namespace) whose `userdata` key holds the user-data:
+    /// `kubectl create secret generic NAME --from-file=userdata=user-data.yaml`.
+    pub user_data_secret: String,
 }
 
 /// File permission bits, written as an octal string (`"0644"`).

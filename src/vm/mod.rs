@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod firmware;
 pub mod probe;
+pub mod seed;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -33,6 +34,8 @@ pub struct VmOptions {
     pub firmware: Firmware,
     /// Where the OVMF images are ([`firmware::OVMF_DIR`]).
     pub ovmf_dir: PathBuf,
+    /// cloud-config user-data ([`seed::read_user_data`]) for a NoCloud seed disk.
+    pub user_data: Option<String>,
 }
 
 /// A running VM; QEMU is killed and its overlay removed on drop.
@@ -106,6 +109,11 @@ pub fn start(disk: &Path, format: DiskFormat, o: &VmOptions, work: &Path) -> Res
         .as_ref()
         .map(|ovmf| ovmf.vars_copy(dir.path()))
         .transpose()?;
+    let seed = o
+        .user_data
+        .as_deref()
+        .map(|u| seed::make(dir.path(), u, "diskforge-run"))
+        .transpose()?;
     let overlay = dir.path().join("overlay.qcow2");
     let disk =
         std::fs::canonicalize(disk).with_context(|| format!("resolving {}", disk.display()))?;
@@ -145,7 +153,14 @@ pub fn start(disk: &Path, format: DiskFormat, o: &VmOptions, work: &Path) -> Res
             "file={},if=virtio,format=qcow2,cache=unsafe",
             overlay.display()
         ))
-        .args(["-nic", &nic])
+        .args(["-nic", &nic]);
+    if let Some(seed) = &seed {
+        cmd = cmd.arg("-drive").arg(format!(
+            "file={},if=virtio,format=raw,readonly=on",
+            seed.display()
+        ));
+    }
+    cmd = cmd
         .args(["-device", "virtio-rng-pci"])
         // The guest agent's channel, as KubeVirt gives every VM.
         .arg("-chardev")
