@@ -26,6 +26,10 @@ main_pkgs=(
   # The layout zoo (tests/fixtures/layouts/): the partitioning tools the distributions'
   # image builders use, and what the appliance needs for vfat, xfs, btrfs and LVM.
   parted fdisk dosfstools xfsprogs btrfs-progs lvm2 libguestfs-xfs
+  # UEFI boots (run --firmware uefi, uefi-secure-boot): OVMF with Microsoft's keys.
+  ovmf
+  # cloud-init's NoCloud seed for run --user-data (what KubeVirt makes it with).
+  genisoimage
 )
 
 missing=()

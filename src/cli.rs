@@ -503,6 +503,23 @@ pub struct RunArgs {
     /// user, the root filesystem size and the machine-id].
     #[arg(long, value_name = "CMD")]
     pub command: Option<String>,
+    /// `bios`, `uefi` or `uefi-secure-boot` [default: the image's `io.diskforge.firmware`
+    /// label, else bios]. UEFI boots OVMF (Secure Boot: q35 with SMM and Microsoft's
+    /// keys, as KubeVirt does); a disk without what UEFI needs is refused before QEMU
+    /// starts.
+    #[arg(long, value_name = "FIRMWARE")]
+    pub firmware: Option<String>,
+    /// With `--check`: also require the QEMU guest agent to answer `guest-ping` and
+    /// `guest-get-osinfo` [default: when the image's `io.diskforge.guest-agent` label
+    /// says it has one].
+    #[arg(long)]
+    pub guest_agent: bool,
+    /// cloud-config user-data (`#cloud-config` YAML) attached as a NoCloud seed disk
+    /// (`cidata`), as KubeVirt's cloudInitNoCloud volume; `${env:NAME}` and
+    /// `${file:PATH}` in it are replaced and never shown. `--check` then waits for
+    /// cloud-init to finish.
+    #[arg(long, value_name = "FILE")]
+    pub user_data: Option<PathBuf>,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -521,6 +538,11 @@ pub struct VerifyArgs {
     /// Also require a valid signature by this public key (PEM) for the digest.
     #[arg(long, value_name = "PUBKEY")]
     pub key: Option<PathBuf>,
+    /// Also check the disk has what this firmware needs to boot it (`bios`: MBR boot
+    /// code; `uefi`: an EFI system partition with a loader; `uefi-secure-boot`: a shim
+    /// there). One read-only appliance launch.
+    #[arg(long, value_name = "FIRMWARE")]
+    pub firmware: Option<String>,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }

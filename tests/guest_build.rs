@@ -111,6 +111,10 @@ customize:
   files:
     - {path: /etc/motd, content: "hello from diskforge\n", mode: "0644"}
     - {path: /opt/banner.txt, source: banner.txt, owner: lab, mode: "0600"}
+    # What a build machine leaves behind and hygiene removes.
+    - {path: /var/lib/systemd/random-seed, content: "seed of the build\n", mode: "0600"}
+    - {path: /var/lib/urandom/random-seed, content: "seed of the build\n", mode: "0600"}
+    - {path: /etc/lvm/devices/system.devices, content: "IDTYPE=sys_wwid IDNAME=build-disk\n"}
   symlinks: [{path: /usr/local/bin/hello, target: /bin/echo}]
   commands: ["echo first > /var/tmp/order", "echo second >> /var/tmp/order", "echo ${SITE_TOKEN} | sha256sum > /var/tmp/token.sha256"]
   enable-units: [ssh.service]
@@ -305,7 +309,7 @@ output:
 
     let text = fish(
         &["--ro", "-a", out_disk.to_str().unwrap(), "-i"],
-        "echo ==statvfs\nstatvfs /\necho ==motd\ncat /etc/motd\necho ==banner\nstat /opt/banner.txt\necho ==passwd\ncat /etc/passwd\necho ==group\ncat /etc/group\necho ==shadow\ncat /etc/shadow\necho ==keys\ncat /home/lab/.ssh/authorized_keys\necho ==sudo\ncat /etc/sudoers.d/lab\necho ==srv\nstat /srv/lab\necho ==link\nreadlink /usr/local/bin/hello\necho ==order\ncat /var/tmp/order\necho ==token\ncat /var/tmp/token.sha256\necho ==wants\nls /etc/systemd/system/multi-user.target.wants\necho ==unit\ncat /etc/systemd/system/diskforge-ttyd.service\necho ==ttydenv\nstat /etc/diskforge/ttyd.env\necho ==ttydenvtext\ncat /etc/diskforge/ttyd.env\necho ==ttydbin\nstat /usr/local/bin/ttyd\necho ==hostname\ncat /etc/hostname\necho ==tz\nreadlink /etc/localtime\necho ==mid\nfilesize /etc/machine-id\necho ==sshkeys\nglob-expand /etc/ssh/ssh_host_*\necho ==stage\nis-dir /var/tmp/diskforge-stage\necho ==end\n",
+        "echo ==statvfs\nstatvfs /\necho ==motd\ncat /etc/motd\necho ==banner\nstat /opt/banner.txt\necho ==passwd\ncat /etc/passwd\necho ==group\ncat /etc/group\necho ==shadow\ncat /etc/shadow\necho ==keys\ncat /home/lab/.ssh/authorized_keys\necho ==sudo\ncat /etc/sudoers.d/lab\necho ==srv\nstat /srv/lab\necho ==link\nreadlink /usr/local/bin/hello\necho ==order\ncat /var/tmp/order\necho ==token\ncat /var/tmp/token.sha256\necho ==wants\nls /etc/systemd/system/multi-user.target.wants\necho ==unit\ncat /etc/systemd/system/diskforge-ttyd.service\necho ==ttydenv\nstat /etc/diskforge/ttyd.env\necho ==ttydenvtext\ncat /etc/diskforge/ttyd.env\necho ==ttydbin\nstat /usr/local/bin/ttyd\necho ==hostname\ncat /etc/hostname\necho ==tz\nreadlink /etc/localtime\necho ==mid\nfilesize /etc/machine-id\necho ==sshkeys\nglob-expand /etc/ssh/ssh_host_*\necho ==stage\nis-dir /var/tmp/diskforge-stage\necho ==seeds\nexists /var/lib/systemd/random-seed\nexists /var/lib/urandom/random-seed\nexists /etc/lvm/devices/system.devices\nis-dir /etc/lvm/devices\necho ==end\n",
     );
     let sv = common::guest::record(section(&text, "statvfs"));
     let size = sv["blocks"] * sv["bsize"];
@@ -388,6 +392,12 @@ output:
         section(&text, "stage"),
         "false",
         "staging directory left behind"
+    );
+    // The random seeds and LVM's devices file are gone; their directories stay.
+    assert_eq!(
+        section(&text, "seeds"),
+        "false\nfalse\nfalse\ntrue",
+        "random seeds or LVM devices file left"
     );
 }
 

@@ -5,7 +5,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use diskforge::kubevirt::{ManifestInput, Manifests, PullMethod, Scope, ServiceType, TypeRef};
+use diskforge::kubevirt::{
+    BootFirmware, ManifestInput, Manifests, PullMethod, Scope, ServiceType, TypeRef,
+};
 
 const DIGEST: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 const GIB: u64 = 1 << 30;
@@ -75,7 +77,106 @@ fn variants() -> Vec<(&'static str, ManifestInput)> {
                 ..base()
             },
         ),
+        (
+            "uefi",
+            ManifestInput {
+                boot: BootFirmware::Efi { secure_boot: false },
+                ..base()
+            },
+        ),
+        (
+            "uefi-secure-boot",
+            ManifestInput {
+                boot: BootFirmware::Efi { secure_boot: true },
+                preference: Some(TypeRef::cluster("fedora")),
+                user_data_secret: Some("demo-userdata".into()),
+                ..base()
+            },
+        ),
     ]
+}
+
+/// cloud-init user-data reaches both VMs through the Secret, never inline.
+#[test]
+fn user_data_comes_from_a_secret() {
+    let m = Manifests::generate(&ManifestInput {
+        user_data_secret: Some("demo-userdata".into()),
+        ..base()
+    })
+    .unwrap();
+    let vms: Vec<serde_yaml::Value> = m
+        .documents()
+        .unwrap()
+        .into_iter()
+        .map(|(_, d)| serde_yaml::from_str::<serde_yaml::Value>(&d).unwrap())
+        .filter(|v| v["kind"] == "VirtualMachine")
+        .collect();
+    assert_eq!(vms.len(), 2);
+    for vm in &vms {
+        let spec = &vm["spec"]["template"]["spec"];
+        let volume = spec["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "cloudinitdisk")
+            .unwrap_or_else(|| panic!("no cloud-init volume: {spec:?}"));
+        // KubeVirt's UserDataSecretRef, whose JSON name is `secretRef`.
+        assert_eq!(
+            volume["cloudInitNoCloud"]["secretRef"]["name"],
+            "demo-userdata"
+        );
+        assert!(volume["cloudInitNoCloud"].get("userData").is_none());
+        assert!(spec["domain"]["devices"]["disks"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "cloudinitdisk"));
+    }
+}
+
+/// The firmware reaches both VMs (the containerDisk one and the persistent one) as
+/// KubeVirt reads it: `secureBoot` always written (KubeVirt defaults it to true), SMM
+/// with Secure Boot only, nothing for BIOS.
+#[test]
+fn the_firmware_is_written_as_kubevirt_reads_it() {
+    let domains = |input: &ManifestInput| -> Vec<serde_yaml::Value> {
+        Manifests::generate(input)
+            .unwrap()
+            .documents()
+            .unwrap()
+            .into_iter()
+            .map(|(_, d)| serde_yaml::from_str::<serde_yaml::Value>(&d).unwrap())
+            .filter(|v| v["kind"] == "VirtualMachine")
+            .map(|v| v["spec"]["template"]["spec"]["domain"].clone())
+            .collect()
+    };
+    let bios = domains(&base());
+    assert_eq!(bios.len(), 2);
+    for d in &bios {
+        assert!(
+            d.get("firmware").is_none() && d.get("features").is_none(),
+            "{d:?}"
+        );
+    }
+    for (secure_boot, smm) in [(false, false), (true, true)] {
+        let ds = domains(&ManifestInput {
+            boot: BootFirmware::Efi { secure_boot },
+            ..base()
+        });
+        assert_eq!(ds.len(), 2);
+        for d in &ds {
+            assert_eq!(
+                d["firmware"]["bootloader"]["efi"]["secureBoot"],
+                serde_yaml::Value::Bool(secure_boot),
+                "{d:?}"
+            );
+            assert_eq!(
+                d["features"]["smm"]["enabled"].as_bool().unwrap_or(false),
+                smm,
+                "{d:?}"
+            );
+        }
+    }
 }
 
 /// Writes a variant's files and its multi-document stream; returns every path and the

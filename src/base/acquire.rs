@@ -833,6 +833,7 @@ mod tests {
             images,
             build: None,
             virtual_size: None,
+            firmware: Default::default(),
         };
         let cat = crate::base::catalog::Origin::Dir("/cat".into());
         let base = ResolvedBase::from_catalog(&entry, Arch::Amd64, &cat).unwrap();

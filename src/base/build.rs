@@ -2,16 +2,24 @@
 //! Debian packages with mmdebstrap, for sites that reach a Debian mirror but not the
 //! upstream cloud images. The result is cached under the hash of its definition.
 //!
-//! One appliance launch lays it out: MBR partition table with one bootable ext4
-//! partition (UUID derived from the definition), the root tree, fstab and extlinux
-//! config by UUID (the disk is `vda` under KubeVirt, `sda` elsewhere), syslinux's MBR
-//! code, systemd-networkd DHCP on every ethernet interface.
+//! One appliance launch lays it out, in one of two layouts ([`BaseLayout`]):
+//! - MBR: one bootable ext4 partition (UUID derived from the definition), fstab and
+//!   extlinux config by UUID (the disk is `vda` under KubeVirt, `sda` elsewhere) and
+//!   syslinux's MBR code: BIOS only;
+//! - GPT, as Debian's cloud images: a BIOS boot partition with the guest's own GRUB
+//!   (`grub-install --target=i386-pc`), an EFI system partition with Debian's signed
+//!   shim as the removable loader `EFI/BOOT/BOOTX64.EFI` next to the signed GRUB (no
+//!   boot entry is needed: what a fresh KubeVirt VM's variable store has), and the ext4
+//!   root last; one `grub.cfg` on the root serves both, booting `/vmlinuz` so a kernel
+//!   update in the guest keeps it bootable.
+//!
+//! Both get systemd-networkd DHCP on every ethernet interface.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::base::catalog::{BuildSpec, CatalogEntry};
+use crate::base::catalog::{BaseLayout, BuildSpec, CatalogEntry};
 use crate::base::CachedBase;
 use crate::cache::{Cache, RefKey};
 use crate::guest::fish::{Drive, Fish};
@@ -192,6 +200,10 @@ pub fn mmdebstrap_cmd(spec: &BuildSpec, out: &Path) -> Cmd {
     if spec.cloud_init {
         pkgs.push("cloud-init".into());
     }
+    if spec.layout == BaseLayout::Gpt {
+        // shim-signed brings grub-efi-amd64-bin; grub-pc-bin is GRUB for BIOS.
+        pkgs.extend(["shim-signed", "grub-efi-amd64-signed", "grub-pc-bin"].map(String::from));
+    }
     pkgs.extend(spec.packages.iter().cloned());
     Cmd::new(
         "mmdebstrap",
@@ -275,11 +287,36 @@ fn build_into(
         false,
         accel,
     )?;
+    match spec.layout {
+        BaseLayout::Mbr => lay_out_mbr(&f, &tarball, &uuid, &mbr)?,
+        BaseLayout::Gpt => lay_out_gpt(&f, &tarball, &uuid, hash, size)?,
+    }
+    f.call(&["mkdir-p", "/etc/systemd/network"])?;
+    f.call(&[
+        "upload",
+        &net_file.to_string_lossy(),
+        "/etc/systemd/network/80-dhcp.network",
+    ])?;
+    f.call(&["write", "/etc/hostname", &format!("{}\n", entry.name)])?;
+    f.call(&["write", "/etc/machine-id", ""])?;
+    f.call(&[
+        "sh",
+        "systemctl enable systemd-networkd.service systemd-resolved.service",
+    ])?;
+    f.call(&["sh", "apt-get clean; rm -rf /var/lib/apt/lists/*"])?;
+    f.call(&["umount-all"])?;
+    f.close()?;
+    stage.done();
+    Ok(disk)
+}
+
+/// MBR, one bootable ext4 partition, extlinux with syslinux's MBR code: BIOS only.
+fn lay_out_mbr(f: &Fish, tarball: &Path, uuid: &str, mbr: &Path) -> Result<()> {
     f.call(&["part-init", "/dev/sda", "mbr"])?;
     f.call(&["part-add", "/dev/sda", "p", "2048", "-1"])?;
     f.call(&["part-set-bootable", "/dev/sda", "1", "true"])?;
     f.call(&["mkfs", "ext4", "/dev/sda1", "label:root"])?;
-    f.call(&["set-uuid", "/dev/sda1", &uuid])?;
+    f.call(&["set-uuid", "/dev/sda1", uuid])?;
     f.call(&["mount", "/dev/sda1", "/"])?;
     f.call(&["tar-in", &tarball.to_string_lossy(), "/"])?;
     let kernels = f.call(&["glob-expand", "/boot/vmlinuz-*"])?;
@@ -311,23 +348,128 @@ fn build_into(
         "size:440",
     ])?;
     f.call(&["rm", "/boot/extlinux/mbr.bin"])?;
-    f.call(&["mkdir-p", "/etc/systemd/network"])?;
+    Ok(())
+}
+
+/// The GPT type of the root partition (Linux root, x86-64), as Debian's cloud images.
+const ROOT_X86_64_GUID: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+const BIOS_BOOT_GUID: &str = "21686148-6449-6E6F-744E-656564454649";
+const ESP_GUID: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+
+/// The kernel and initrd a boot loader config names: the `/vmlinuz` and `/initrd.img`
+/// links the kernel package keeps pointing at the newest kernel, else the newest files.
+fn kernel_paths(f: &Fish) -> Result<(String, String)> {
+    if f.try_call(&["is-symlink", "/vmlinuz"]).as_deref() == Some("true")
+        && f.try_call(&["is-symlink", "/initrd.img"]).as_deref() == Some("true")
+    {
+        return Ok(("/vmlinuz".into(), "/initrd.img".into()));
+    }
+    let kernels = f.call(&["glob-expand", "/boot/vmlinuz-*"])?;
+    let kernel = kernels
+        .lines()
+        .last()
+        .context("no kernel in /boot after mmdebstrap")?
+        .to_string();
+    let initrd = kernel.replace("/vmlinuz-", "/initrd.img-");
+    Ok((kernel, initrd))
+}
+
+/// GPT like Debian's cloud images: 1 BIOS boot (3 MiB), 2 EFI system (124 MiB, vfat),
+/// 3 the ext4 root to the end. GRUB for BIOS in the BIOS boot partition; Debian's
+/// signed shim and GRUB on the ESP's removable path.
+fn lay_out_gpt(f: &Fish, tarball: &Path, uuid: &str, hash: &str, size: u64) -> Result<()> {
+    let last = size / 512 - 34;
+    f.call(&["part-init", "/dev/sda", "gpt"])?;
+    f.call(&["part-add", "/dev/sda", "p", "2048", "8191"])?;
+    f.call(&["part-add", "/dev/sda", "p", "8192", "262143"])?;
+    f.call(&["part-add", "/dev/sda", "p", "262144", &last.to_string()])?;
+    let esp_partuuid = fs_uuid(&crate::io::hash::sha256_hex(
+        format!("{hash} esp").as_bytes(),
+    ));
+    let root_partuuid = fs_uuid(&crate::io::hash::sha256_hex(
+        format!("{hash} root").as_bytes(),
+    ));
+    for (n, ty, name) in [
+        ("1", BIOS_BOOT_GUID, "bios"),
+        ("2", ESP_GUID, "esp"),
+        ("3", ROOT_X86_64_GUID, "root"),
+    ] {
+        f.call(&["part-set-gpt-type", "/dev/sda", n, ty])?;
+        f.call(&["part-set-name", "/dev/sda", n, name])?;
+    }
+    f.call(&["part-set-gpt-guid", "/dev/sda", "2", &esp_partuuid])?;
+    f.call(&["part-set-gpt-guid", "/dev/sda", "3", &root_partuuid])?;
+    f.call(&["mkfs", "vfat", "/dev/sda2"])?;
+    f.call(&["mkfs", "ext4", "/dev/sda3", "label:root"])?;
+    f.call(&["set-uuid", "/dev/sda3", uuid])?;
+    f.call(&["mount", "/dev/sda3", "/"])?;
+    f.call(&["tar-in", &tarball.to_string_lossy(), "/"])?;
+    f.call(&["mkdir-p", "/boot/efi"])?;
+    f.call(&["mount", "/dev/sda2", "/boot/efi"])?;
     f.call(&[
-        "upload",
-        &net_file.to_string_lossy(),
-        "/etc/systemd/network/80-dhcp.network",
+        "write",
+        "/etc/fstab",
+        &format!(
+            "UUID={uuid} / ext4 errors=remount-ro 0 1\nPARTUUID={esp_partuuid} /boot/efi vfat umask=0077 0 1\n"
+        ),
     ])?;
-    f.call(&["write", "/etc/hostname", &format!("{}\n", entry.name)])?;
-    f.call(&["write", "/etc/machine-id", ""])?;
+    let (kernel, initrd) = kernel_paths(f)?;
+    f.call(&["mkdir-p", "/boot/grub"])?;
+    f.call(&[
+        "write",
+        "/boot/grub/grub.cfg",
+        &format!(
+            "set timeout=1\ninsmod part_gpt\ninsmod ext2\nsearch --no-floppy --fs-uuid --set=root {uuid}\nmenuentry 'Debian GNU/Linux' {{\n  linux {kernel} root=UUID={uuid} ro console=tty0 console=ttyS0,115200n8\n  initrd {initrd}\n}}\n"
+        ),
+    ])?;
+    // The signed GRUB reads grub.cfg from its prefix (EFI/debian) or from where it was
+    // started (EFI/BOOT): both hold the stub that finds the root's grub.cfg.
+    let stub = format!(
+        "search.fs_uuid {uuid} root\nset prefix=($root)'/boot/grub'\nconfigfile $prefix/grub.cfg\n"
+    );
+    for dir in ["/boot/efi/EFI/BOOT", "/boot/efi/EFI/debian"] {
+        f.call(&["mkdir-p", dir])?;
+        f.call(&["write", &format!("{dir}/grub.cfg"), &stub])?;
+    }
+    for (from, to) in [
+        (
+            "/usr/lib/shim/shimx64.efi.signed",
+            "/boot/efi/EFI/BOOT/BOOTX64.EFI",
+        ),
+        (
+            "/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",
+            "/boot/efi/EFI/BOOT/grubx64.efi",
+        ),
+        (
+            "/usr/lib/shim/mmx64.efi.signed",
+            "/boot/efi/EFI/BOOT/mmx64.efi",
+        ),
+        (
+            "/usr/lib/shim/shimx64.efi.signed",
+            "/boot/efi/EFI/debian/shimx64.efi",
+        ),
+        (
+            "/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",
+            "/boot/efi/EFI/debian/grubx64.efi",
+        ),
+        (
+            "/usr/lib/shim/mmx64.efi.signed",
+            "/boot/efi/EFI/debian/mmx64.efi",
+        ),
+    ] {
+        // The packages' names may be links (`…signed` to `…signed.latest`): copied is
+        // the file they name, resolved inside the guest.
+        let file = f.call(&["realpath", from])?;
+        f.call(&["cp", &file, to])
+            .with_context(|| format!("putting {from} on the EFI system partition"))?;
+    }
+    // The appliance's kernel may name the disk /dev/sdb: the guest's tools find it.
     f.call(&[
         "sh",
-        "systemctl enable systemd-networkd.service systemd-resolved.service",
-    ])?;
-    f.call(&["sh", "apt-get clean; rm -rf /var/lib/apt/lists/*"])?;
-    f.call(&["umount-all"])?;
-    f.close()?;
-    stage.done();
-    Ok(disk)
+        "PATH=/usr/sbin:/usr/bin:/sbin:/bin; disk=/dev/$(lsblk -ndo PKNAME \"$(findmnt -no SOURCE -T /boot)\") && grub-install --target=i386-pc --boot-directory=/boot \"$disk\"",
+    ])
+    .context("installing GRUB for BIOS into the BIOS boot partition")?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::recipe::{Arch, ChecksumSpec, DiskFormat};
+use crate::recipe::{Arch, ChecksumSpec, DiskFormat, Firmware};
 
 /// `base-images/NAME.yaml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -36,6 +36,59 @@ pub struct CatalogEntry {
     /// shrink the disk is refused before anything is downloaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub virtual_size: Option<crate::recipe::Size>,
+    /// The firmware the image boots with [default: BIOS only].
+    #[serde(default)]
+    pub firmware: FirmwareSupport,
+}
+
+/// What firmware an image can boot with, and which one VMs get unless the recipe says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FirmwareSupport {
+    /// The firmware a recipe on this base gets when it names none (`boot.firmware`).
+    pub default: Firmware,
+    /// Every firmware the image boots with (a hybrid BIOS+UEFI image with a signed shim
+    /// lists all three).
+    pub supports: Vec<Firmware>,
+}
+
+impl Default for FirmwareSupport {
+    fn default() -> Self {
+        FirmwareSupport {
+            default: Firmware::Bios,
+            supports: vec![Firmware::Bios],
+        }
+    }
+}
+
+impl FirmwareSupport {
+    /// A problem with the entry itself: a default it does not support, or no firmware.
+    pub fn problem(&self) -> Option<String> {
+        if !self.supports.contains(&self.default) {
+            return Some(format!(
+                "firmware.default {} is not in firmware.supports",
+                self.default
+            ));
+        }
+        None
+    }
+
+    /// The firmware a recipe asking for `wanted` boots with, or why the base cannot.
+    pub fn resolve(&self, wanted: Option<Firmware>) -> Result<Firmware, String> {
+        let f = wanted.unwrap_or(self.default);
+        if self.supports.contains(&f) {
+            Ok(f)
+        } else {
+            Err(format!(
+                "the base boots with {} only, not {f}",
+                self.supports
+                    .iter()
+                    .map(|f| f.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
+    }
 }
 
 /// One downloadable image.
@@ -67,6 +120,28 @@ pub struct BuildSpec {
     /// Install cloud-init.
     #[serde(default)]
     pub cloud_init: bool,
+    /// How the disk is laid out and booted.
+    #[serde(default, skip_serializing_if = "BaseLayout::is_mbr")]
+    pub layout: BaseLayout,
+}
+
+/// The disk layout of a built base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum BaseLayout {
+    /// MBR with one bootable ext4 partition and extlinux: BIOS only.
+    #[default]
+    Mbr,
+    /// GPT as Debian's cloud images have it: a BIOS boot partition (GRUB for BIOS), an
+    /// EFI system partition with Debian's signed shim and GRUB (UEFI, Secure Boot), and
+    /// the ext4 root last.
+    Gpt,
+}
+
+impl BaseLayout {
+    pub fn is_mbr(&self) -> bool {
+        *self == BaseLayout::Mbr
+    }
 }
 
 /// Every catalog file, built into the binary so an installed diskforge knows the whole
@@ -92,6 +167,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
     (
         "debian-12-minimal",
         include_str!("../../base-images/debian-12-minimal.yaml"),
+    ),
+    (
+        "debian-12-minimal-uefi",
+        include_str!("../../base-images/debian-12-minimal-uefi.yaml"),
     ),
     (
         "debian-13",
@@ -207,7 +286,12 @@ pub fn parse_entry(text: &str, origin: &str) -> anyhow::Result<CatalogEntry> {
             crate::io::limits::MAX_YAML_NESTING
         );
     }
-    serde_yaml::from_str(text).with_context(|| format!("parsing catalog entry {origin}"))
+    let entry: CatalogEntry =
+        serde_yaml::from_str(text).with_context(|| format!("parsing catalog entry {origin}"))?;
+    if let Some(p) = entry.firmware.problem() {
+        anyhow::bail!("catalog entry {origin}: {p}");
+    }
+    Ok(entry)
 }
 
 /// A catalog name that is not in the catalog.

@@ -40,6 +40,16 @@ pub fn run(_g: &GlobalOpts, cmd: BaseCommand) -> Result<ExitCode> {
     for (e, origin) in &entries {
         println!("{}  ({} {}; {})", e.name, e.os, e.release, origin);
         println!("    {}", e.description);
+        println!(
+            "    firmware: {} (supports {})",
+            e.firmware.default,
+            e.firmware
+                .supports
+                .iter()
+                .map(|f| f.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         for (arch, img) in &e.images {
             println!("    {:<6} {}", arch.as_str(), img.url);
             let src = match &img.checksum {

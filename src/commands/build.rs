@@ -420,6 +420,7 @@ fn build_recipe(
                 disk_virtual_size: p.disk_virtual_size,
                 recipe: Some(&plan.resolved.loaded.recipe),
                 pull_method: args.pull_method.map(super::pull_method),
+                firmware: plan.resolved.firmware,
             };
             let dir = args
                 .kubevirt_manifests
@@ -446,6 +447,8 @@ pub struct ClusterImage<'a> {
     pub recipe: Option<&'a crate::recipe::Recipe>,
     /// `--pull-method`.
     pub pull_method: Option<crate::kubevirt::PullMethod>,
+    /// The firmware the image boots with.
+    pub firmware: crate::recipe::Firmware,
 }
 
 impl ClusterImage<'_> {
@@ -477,7 +480,14 @@ impl ClusterImage<'_> {
                 .as_deref()
                 .map(crate::kubevirt::TypeRef::cluster);
             input.ttyd_port = r.ttyd.enabled.then_some(r.ttyd.port);
+            input.user_data_secret = k.cloud_init.as_ref().map(|c| c.user_data_secret.clone());
         }
+        input.boot = match self.firmware {
+            crate::recipe::Firmware::Bios => crate::kubevirt::BootFirmware::Bios,
+            f => crate::kubevirt::BootFirmware::Efi {
+                secure_boot: f == crate::recipe::Firmware::UefiSecureBoot,
+            },
+        };
         crate::kubevirt::Manifests::generate(&input).map(Some)
     }
 }

@@ -115,6 +115,7 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
         disk_virtual_size: info.virtual_size,
         recipe: None,
         pull_method: None,
+        firmware: crate::recipe::Firmware::Bios,
     };
     super::build::print_published(&published, &image, &args.output.report, None)?;
     Ok(ExitCode::SUCCESS)
@@ -203,6 +204,7 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
             disk_virtual_size: size,
             recipe: None,
             pull_method: args.pull_method.map(super::pull_method),
+            firmware: labelled_firmware(&img.config).unwrap_or(crate::recipe::Firmware::Bios),
         };
         let m = cluster.manifests()?.context("nothing was pushed")?;
         if args.report.print_vm_manifest {
@@ -586,4 +588,13 @@ pub fn attached(
             key,
         ),
     }
+}
+
+/// The firmware an image's config label records (`io.diskforge.firmware`), if any.
+pub fn labelled_firmware(
+    config: &oci_spec::image::ImageConfiguration,
+) -> Option<crate::recipe::Firmware> {
+    crate::oci::image::labels(config)
+        .get(crate::pipeline::publish::FIRMWARE_LABEL)
+        .and_then(|v| crate::recipe::Firmware::parse(v))
 }

@@ -193,10 +193,23 @@ pub fn exit_code_number(err: &anyhow::Error) -> u8 {
     }
     if err.downcast_ref::<crate::recipe::RecipeErrors>().is_some()
         || err.downcast_ref::<UsageError>().is_some()
+        || err.downcast_ref::<crate::vm::seed::BadUserData>().is_some()
     {
         return 2;
     }
     1
+}
+
+/// A `--firmware` value of `run` and `verify` (exit 2 when it names none).
+pub fn parse_firmware(s: &str) -> anyhow::Result<crate::recipe::Firmware> {
+    use crate::recipe::Firmware;
+    Firmware::parse(s).ok_or_else(|| {
+        UsageError(format!(
+            "--firmware {s:?}: expected one of {}",
+            Firmware::ALL.map(Firmware::as_str).join(", ")
+        ))
+        .into()
+    })
 }
 
 /// A wrong combination of options (exit code 2), found before any work starts.

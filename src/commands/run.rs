@@ -9,13 +9,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 
 use crate::cli::{GlobalOpts, RunArgs};
-use crate::recipe::DiskFormat;
+use crate::recipe::{DiskFormat, Firmware};
 use crate::vm::{self, probe};
 
 /// A disk ready to boot (checked), with whatever temp dir holds it.
 pub struct BootDisk {
     pub path: PathBuf,
     pub format: DiskFormat,
+    /// The firmware the image's label records (images only).
+    pub labelled_firmware: Option<Firmware>,
+    /// The image's label says it has the QEMU guest agent.
+    pub labelled_guest_agent: bool,
     _temp: Option<crate::io::scratch::ScratchDir>,
 }
 
@@ -43,6 +47,8 @@ pub fn boot_disk(
         return Ok(BootDisk {
             path,
             format: format_of(&info),
+            labelled_firmware: None,
+            labelled_guest_agent: false,
             _temp: None,
         });
     }
@@ -53,6 +59,10 @@ pub fn boot_disk(
     if let Some(p) = scan.problems.first() {
         anyhow::bail!("{image} is not a containerDisk: {p}");
     }
+    let labelled_firmware = super::image::labelled_firmware(&img.config);
+    let labelled_guest_agent = crate::oci::image::labels(&img.config)
+        .get(crate::pipeline::publish::GUEST_AGENT_LABEL)
+        .is_some_and(|v| v == "true");
     drop(holder);
     let path = scan
         .extracted
@@ -61,8 +71,36 @@ pub fn boot_disk(
     Ok(BootDisk {
         path,
         format: format_of(&info),
+        labelled_firmware,
+        labelled_guest_agent,
         _temp: Some(temp),
     })
+}
+
+/// Refuses (exit 4) a disk that lacks what `firmware` needs to boot, before QEMU
+/// starts: UEFI needs an EFI system partition with a loader, Secure Boot a shim.
+fn check_boot_layout(
+    disk: &BootDisk,
+    firmware: Firmware,
+    accel: crate::sys::accel::Effective,
+    scratch: &std::path::Path,
+) -> Result<()> {
+    if !firmware.is_uefi() {
+        return Ok(());
+    }
+    let work = crate::io::scratch::ScratchDir::new_in(scratch, "boot")?;
+    let facts = crate::guest::boot::inspect(&disk.path, disk.format, accel, work.path())?;
+    let missing = facts.missing(firmware);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(probe::BootCheckFailed(format!(
+        "{} cannot boot with {firmware}: {} (found: {})",
+        disk.path.display(),
+        missing.join("; "),
+        facts.summary()
+    ))
+    .into())
 }
 
 fn pair(s: &str, what: &str) -> Result<(String, String)> {
@@ -86,9 +124,22 @@ pub fn run(g: &GlobalOpts, args: RunArgs) -> Result<ExitCode> {
     for (_, p) in login.iter().chain(ttyd_auth.iter()) {
         crate::redact::register(p);
     }
+    let wanted = args
+        .firmware
+        .as_deref()
+        .map(super::parse_firmware)
+        .transpose()?;
+    let user_data = args
+        .user_data
+        .as_deref()
+        .map(vm::seed::read_user_data)
+        .transpose()?;
     let disk = boot_disk(&args.image, g, &registry)?;
+    let firmware = wanted.or(disk.labelled_firmware).unwrap_or(Firmware::Bios);
     let accel = crate::sys::accel::resolve(super::context(g, registry)?.accel)?;
     let scratch = super::scratch_root(g)?;
+    check_boot_layout(&disk, firmware, accel, &scratch)?;
+    eprintln!("firmware: {firmware}");
     let mut machine = vm::start(
         &disk.path,
         disk.format,
@@ -98,6 +149,9 @@ pub fn run(g: &GlobalOpts, args: RunArgs) -> Result<ExitCode> {
             guest_ttyd_port: args.ttyd_port,
             console: args.console && !args.check,
             accel,
+            firmware,
+            ovmf_dir: vm::firmware::OVMF_DIR.into(),
+            user_data: user_data.clone(),
         },
         &scratch,
     )?;
@@ -138,7 +192,28 @@ pub fn run(g: &GlobalOpts, args: RunArgs) -> Result<ExitCode> {
         command: args.command.clone(),
         deadline: started + Duration::from_secs(args.timeout),
     };
-    match probe::check(&mut machine, &opts) {
+    let agent = args.guest_agent || disk.labelled_guest_agent;
+    let checked = probe::check(&mut machine, &opts).and_then(|report| {
+        let report = if user_data.is_some() {
+            format!(
+                "{report}{}\n",
+                probe::wait_for_cloud_init(&mut machine, opts.deadline)?
+            )
+        } else {
+            report
+        };
+        if !agent {
+            return Ok(format!(
+                "{report}guest agent: not checked (the image does not say it has one; --guest-agent requires it)\n"
+            ));
+        }
+        let info = vm::agent::check(&machine.agent_socket, opts.deadline)
+            .map_err(|e| probe::BootCheckFailed(format!("{e:#}")))?;
+        Ok(format!(
+            "{report}guest agent: answers guest-ping; guest-get-osinfo: {info}\n"
+        ))
+    });
+    match checked {
         Ok(report) => {
             print!("{report}");
             println!(

@@ -61,6 +61,14 @@ pub fn validate_catalog_file(path: &Path) -> Result<CatalogEntry> {
             ),
         ));
     }
+    if let Some(p) = entry.firmware.problem() {
+        errors.push(diag::at(
+            path,
+            &text,
+            &[Seg::key("firmware"), Seg::key("default")],
+            p,
+        ));
+    }
     if entry.images.is_empty() && entry.build.is_none() {
         errors.push(diag::at(
             path,

@@ -58,6 +58,11 @@ pub fn run(g: &GlobalOpts, args: VerifyArgs) -> Result<ExitCode> {
             }
         },
     };
+    let firmware = args
+        .firmware
+        .as_deref()
+        .map(super::parse_firmware)
+        .transpose()?;
     let scratch = super::scratch_root(g)?;
     let registry = super::registry_options(&args.registry, &[]);
     let r = super::image_ref(&args.image)?;
@@ -132,6 +137,20 @@ pub fn run(g: &GlobalOpts, args: VerifyArgs) -> Result<ExitCode> {
         },
         None => problems.push("no disk file found under /disk".into()),
     }
+    if let (Some(f), Some((path, info))) = (firmware, &boot) {
+        let accel = crate::sys::accel::resolve(super::context(g, registry.clone())?.accel)?;
+        let facts = crate::guest::boot::inspect(path, format_of(info), accel, temp.path())?;
+        let missing = facts.missing(f);
+        if missing.is_empty() {
+            ok.push(format!("boots with {f}: {}", facts.summary()));
+        } else {
+            problems.extend(
+                missing
+                    .into_iter()
+                    .map(|m| format!("cannot boot with {f}: {m}")),
+            );
+        }
+    }
     if let Some(k) = &args.key {
         let key = crate::provenance::PublicKey::load(k)?;
         let digest = img.manifest_desc.digest().to_string();
@@ -164,11 +183,7 @@ pub fn run(g: &GlobalOpts, args: VerifyArgs) -> Result<ExitCode> {
     if args.boot {
         let (path, info) = boot.context("no disk to boot")?;
         let accel = crate::sys::accel::resolve(super::context(g, registry)?.accel)?;
-        let format = if info.format == "qcow2" {
-            crate::recipe::DiskFormat::Qcow2
-        } else {
-            crate::recipe::DiskFormat::Raw
-        };
+        let format = format_of(&info);
         let mut vm = crate::vm::start(
             &path,
             format,
@@ -178,6 +193,11 @@ pub fn run(g: &GlobalOpts, args: VerifyArgs) -> Result<ExitCode> {
                 guest_ttyd_port: 7681,
                 console: false,
                 accel,
+                firmware: firmware
+                    .or_else(|| super::image::labelled_firmware(&img.config))
+                    .unwrap_or(crate::recipe::Firmware::Bios),
+                ovmf_dir: crate::vm::firmware::OVMF_DIR.into(),
+                user_data: None,
             },
             &scratch,
         )?;
@@ -190,4 +210,12 @@ pub fn run(g: &GlobalOpts, args: VerifyArgs) -> Result<ExitCode> {
     }
     println!("{}: containerDisk contract satisfied", args.image);
     Ok(ExitCode::SUCCESS)
+}
+
+fn format_of(info: &crate::sys::qemu_img::ImageInfo) -> crate::recipe::DiskFormat {
+    if info.format == "qcow2" {
+        crate::recipe::DiskFormat::Qcow2
+    } else {
+        crate::recipe::DiskFormat::Raw
+    }
 }

@@ -59,6 +59,20 @@ pub struct ManifestInput {
     /// The architecture the DataImportCron imports when the tag names an index
     /// (`amd64`, `arm64`, …); `None` leaves the choice to CDI.
     pub architecture: Option<String>,
+    /// How the VM boots.
+    pub boot: BootFirmware,
+    /// The Secret holding cloud-init user-data (key `userdata`) for a NoCloud volume.
+    pub user_data_secret: Option<String>,
+}
+
+/// The firmware the VM boots with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BootFirmware {
+    /// Legacy BIOS: KubeVirt's default, nothing written.
+    #[default]
+    Bios,
+    /// UEFI; with Secure Boot the VM also gets SMM.
+    Efi { secure_boot: bool },
 }
 
 /// An instancetype or preference by name.
@@ -126,6 +140,8 @@ impl ManifestInput {
             storage_class: None,
             pull_method: None,
             architecture: None,
+            boot: BootFirmware::Bios,
+            user_data_secret: None,
         }
     }
 
@@ -147,6 +163,9 @@ impl ManifestInput {
         }
         ensure!(self.ttyd_port != Some(0), "ttyd port 0 cannot be exposed");
         check_schedule(&self.schedule)?;
+        if let Some(secret) = &self.user_data_secret {
+            check_dns_label("user-data Secret", secret, 253)?;
+        }
         if let Some(class) = &self.storage_class {
             ensure!(!class.trim().is_empty(), "empty storage class name");
         }

@@ -24,8 +24,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 pub use input::{
-    pinned_image, storage_request, tracked_url, ManifestInput, Scope, TypeRef, DEFAULT_MEMORY,
-    DEFAULT_SCHEDULE, PERSISTENT_SUFFIX, SERVICE_SUFFIX,
+    pinned_image, storage_request, tracked_url, BootFirmware, ManifestInput, Scope, TypeRef,
+    DEFAULT_MEMORY, DEFAULT_SCHEDULE, PERSISTENT_SUFFIX, SERVICE_SUFFIX,
 };
 pub use objects::{expose, DATA_IMPORT_CRON_LABEL, VM_LABEL};
 pub use types::{PullMethod, ServiceType};

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 
 use super::input::{
-    pinned_image, storage_request, tracked_url, ManifestInput, Scope, TypeRef, PERSISTENT_SUFFIX,
+    pinned_image, storage_request, tracked_url, BootFirmware, ManifestInput, Scope, TypeRef,
+    PERSISTENT_SUFFIX,
 };
 use super::types::*;
 
@@ -21,6 +22,8 @@ const DEFAULT_PREFERENCE: &str = "instancetype.kubevirt.io/default-preference";
 const DEFAULT_PREFERENCE_KIND: &str = "instancetype.kubevirt.io/default-preference-kind";
 
 const ROOT_DISK: &str = "rootdisk";
+/// The NoCloud disk KubeVirt makes from the user-data Secret.
+const CLOUD_INIT_DISK: &str = "cloudinitdisk";
 const POD_NETWORK: &str = "default";
 /// CDI's own defaults, written out so the objects say what they do.
 const GARBAGE_COLLECT: &str = "Outdated";
@@ -83,6 +86,41 @@ fn vm(
             },
         }),
     };
+    let (features, firmware) = match input.boot {
+        BootFirmware::Bios => (None, None),
+        BootFirmware::Efi { secure_boot } => (
+            secure_boot.then_some(Features {
+                smm: FeatureState { enabled: true },
+            }),
+            Some(FirmwareSpec {
+                bootloader: Bootloader {
+                    efi: Efi { secure_boot },
+                },
+            }),
+        ),
+    };
+    let mut disks = vec![Disk {
+        name: ROOT_DISK.to_string(),
+        disk: DiskTarget { bus: "virtio" },
+    }];
+    let mut volumes = vec![Volume {
+        name: ROOT_DISK.to_string(),
+        source,
+    }];
+    if let Some(secret) = &input.user_data_secret {
+        disks.push(Disk {
+            name: CLOUD_INIT_DISK.to_string(),
+            disk: DiskTarget { bus: "virtio" },
+        });
+        volumes.push(Volume {
+            name: CLOUD_INIT_DISK.to_string(),
+            source: VolumeSource::CloudInitNoCloud {
+                user_data_secret_ref: SecretRef {
+                    name: secret.clone(),
+                },
+            },
+        });
+    }
     let spec = VirtualMachineSpec {
         run_strategy,
         instancetype: input.instancetype.as_ref().map(|r| Matcher {
@@ -101,25 +139,21 @@ fn vm(
             spec: VmiSpec {
                 domain: Domain {
                     devices: Devices {
-                        disks: vec![Disk {
-                            name: ROOT_DISK.to_string(),
-                            disk: DiskTarget { bus: "virtio" },
-                        }],
+                        disks,
                         interfaces: vec![Interface {
                             name: POD_NETWORK.to_string(),
                             masquerade: Empty {},
                         }],
                     },
+                    features,
+                    firmware,
                     resources,
                 },
                 networks: vec![Network {
                     name: POD_NETWORK.to_string(),
                     pod: Empty {},
                 }],
-                volumes: vec![Volume {
-                    name: ROOT_DISK.to_string(),
-                    source,
-                }],
+                volumes,
             },
         },
     };

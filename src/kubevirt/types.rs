@@ -124,7 +124,44 @@ pub struct VmiSpec {
 pub struct Domain {
     pub devices: Devices,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub features: Option<Features>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<FirmwareSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<Requests<Memory>>,
+}
+
+/// `features: {smm: {enabled: true}}`: Secure Boot needs SMM.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Features {
+    pub smm: FeatureState,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureState {
+    pub enabled: bool,
+}
+
+/// `firmware: {bootloader: {efi: {secureBoot: …}}}`; without it KubeVirt boots BIOS.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FirmwareSpec {
+    pub bootloader: Bootloader,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bootloader {
+    pub efi: Efi,
+}
+
+/// KubeVirt turns Secure Boot on when `secureBoot` is left out: it is always written.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Efi {
+    pub secure_boot: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -179,8 +216,25 @@ pub struct Volume {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum VolumeSource {
-    ContainerDisk { image: String },
-    DataVolume { name: String },
+    ContainerDisk {
+        image: String,
+    },
+    DataVolume {
+        name: String,
+    },
+    /// cloud-init's NoCloud seed, its user-data read from a Secret (key `userdata`).
+    /// KubeVirt's Go field is `UserDataSecretRef`; its JSON name is `secretRef`.
+    #[serde(rename_all = "camelCase")]
+    CloudInitNoCloud {
+        #[serde(rename = "secretRef")]
+        user_data_secret_ref: SecretRef,
+    },
+}
+
+/// A Secret in the VM's namespace, by name.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SecretRef {
+    pub name: String,
 }
 
 /// `resources: {requests: …}` of a domain or of a volume claim.

@@ -71,12 +71,24 @@ pub fn labels(plan: &Plan, base: &CachedBase) -> BTreeMap<String, String> {
         "io.diskforge.version".into(),
         env!("CARGO_PKG_VERSION").into(),
     );
+    l.insert(FIRMWARE_LABEL.into(), r.firmware.as_str().into());
+    if recipe.customize.guest_agent {
+        l.insert(GUEST_AGENT_LABEL.into(), "true".into());
+    }
     l.insert(BUILD_KEY_LABEL.into(), plan.build_key.clone());
     for (k, v) in &o.labels {
         l.insert(k.clone(), v.clone());
     }
     l
 }
+
+/// The config label that records the firmware the image boots with (`boot.firmware`,
+/// else the catalog's default); `run` boots an image with it unless told otherwise.
+pub const FIRMWARE_LABEL: &str = "io.diskforge.firmware";
+
+/// The config label (`true`) of an image with the QEMU guest agent installed
+/// (`customize.guest-agent`): `run --check` then requires the agent to answer.
+pub const GUEST_AGENT_LABEL: &str = "io.diskforge.guest-agent";
 
 /// Packs the finished disk of `plan` and writes every destination.
 pub fn publish(

@@ -13,7 +13,7 @@ use crate::base::acquire::{AcquireOptions, Prepared, ResolvedBase};
 use crate::base::catalog::{self, CatalogEntry};
 use crate::base::CachedBase;
 use crate::oci::{Compression, ImageRef};
-use crate::recipe::{self, Arch, LoadedRecipe, Seg, Size, TtydSource};
+use crate::recipe::{self, Arch, Firmware, LoadedRecipe, Seg, Size, TtydSource};
 
 /// Where the base comes from, resolved.
 #[derive(Debug, Clone)]
@@ -108,6 +108,9 @@ pub struct Resolved {
     /// The base's virtual size and the disk's target size, when known before fetching.
     pub base_size: Option<u64>,
     pub target_size: Option<u64>,
+    /// The firmware VMs boot the image with: `boot.firmware`, else the catalog entry's
+    /// default, else BIOS.
+    pub firmware: Firmware,
 }
 
 /// A recipe marked `partial: true`: a shared parent that other recipes extend, not an
@@ -127,7 +130,7 @@ pub fn resolve(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<Resolved> 
     if loaded.recipe.partial {
         return Err(PartialRecipe(path.to_path_buf()).into());
     }
-    check_loaded(&loaded, opts, ctx)?;
+    let firmware = check_loaded(&loaded, opts, ctx)?;
     let r = &loaded.recipe;
     let spec = r.base.clone().context("the recipe has no base")?;
     let arch = opts.arch.or(spec.arch).unwrap_or_default();
@@ -197,6 +200,7 @@ pub fn resolve(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<Resolved> 
         level,
         base_size,
         target_size,
+        firmware,
         loaded,
     })
 }
@@ -217,12 +221,14 @@ pub fn check_static(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<Loade
 
 /// [`check_static`] of a loaded recipe: `resolve` runs it before anything slow, so `plan`
 /// and `build` report an unknown catalog entry or a shrinking disk (exit 2, located)
-/// before they fetch a checksum file.
-fn check_loaded(loaded: &LoadedRecipe, opts: &BuildOptions, ctx: &Ctx) -> Result<()> {
+/// before they fetch a checksum file, and a firmware the base cannot boot with. Returns
+/// the firmware the image boots with.
+fn check_loaded(loaded: &LoadedRecipe, opts: &BuildOptions, ctx: &Ctx) -> Result<Firmware> {
     let r = &loaded.recipe;
     let Some(spec) = r.base.clone().filter(|_| !r.partial) else {
-        return Ok(());
+        return Ok(r.boot.firmware.unwrap_or(Firmware::Bios));
     };
+    let mut firmware = r.boot.firmware.unwrap_or(Firmware::Bios);
     let arch = opts.arch.or(spec.arch).unwrap_or_default();
     let size = if let Some(name) = &spec.catalog {
         let entry = match catalog::find_entry(name, &loaded.dir, opts.catalog.as_deref()) {
@@ -244,6 +250,12 @@ fn check_loaded(loaded: &LoadedRecipe, opts: &BuildOptions, ctx: &Ctx) -> Result
                 )
                 .into());
         }
+        firmware = entry.firmware.resolve(r.boot.firmware).map_err(|e| {
+            loaded.error_at(
+                &[Seg::key("boot"), Seg::key("firmware")],
+                format!("{e} (catalog entry {name})"),
+            )
+        })?;
         match (&entry.build, entry.virtual_size) {
             (Some(b), _) => b.size_bytes().ok(),
             (None, Some(Size::Absolute(n))) => Some(n),
@@ -277,7 +289,7 @@ fn check_loaded(loaded: &LoadedRecipe, opts: &BuildOptions, ctx: &Ctx) -> Result
                 .into());
         }
     }
-    Ok(())
+    Ok(firmware)
 }
 
 /// The base a recipe names, as resolved: what it is, a short label, the size its catalog

@@ -52,6 +52,8 @@ pub struct Recipe {
     #[serde(default)]
     pub hygiene: Hygiene,
     #[serde(default)]
+    pub boot: Boot,
+    #[serde(default)]
     pub output: Output,
 }
 
@@ -69,6 +71,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "customize",
     "ttyd",
     "hygiene",
+    "boot",
     "output",
 ];
 
@@ -285,6 +288,58 @@ impl Arch {
     }
 }
 
+/// How the image is booted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Boot {
+    /// The firmware VMs boot the image with [default: the catalog entry's default, else
+    /// `bios`]. It must be one the base supports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<Firmware>,
+}
+
+/// The firmware a VM boots with, as KubeVirt sets it up.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Firmware {
+    /// Legacy BIOS (SeaBIOS): KubeVirt's default.
+    Bios,
+    /// UEFI (OVMF) without Secure Boot.
+    Uefi,
+    /// UEFI with Secure Boot (q35 with SMM, Microsoft's keys enrolled): what the common
+    /// preferences for Fedora, RHEL, CentOS Stream and AlmaLinux select.
+    UefiSecureBoot,
+}
+
+impl Firmware {
+    pub const ALL: [Firmware; 3] = [Firmware::Bios, Firmware::Uefi, Firmware::UefiSecureBoot];
+
+    /// The recipe's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+            Firmware::UefiSecureBoot => "uefi-secure-boot",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Firmware> {
+        Firmware::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+
+    pub fn is_uefi(self) -> bool {
+        self != Firmware::Bios
+    }
+}
+
+impl fmt::Display for Firmware {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Target size and growth.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -451,6 +506,10 @@ pub struct Customize {
     /// fails when it cannot be done) or `false` (skip, with a warning on every build).
     #[serde(default, skip_serializing_if = "SelinuxRelabel::is_auto")]
     pub selinux_relabel: SelinuxRelabel,
+    /// Install and enable the QEMU guest agent (`qemu-guest-agent`), which KubeVirt
+    /// asks for the guest's OS, addresses and users over its virtio-serial channel.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub guest_agent: bool,
 }
 
 /// `customize.selinux-relabel`.
@@ -769,6 +828,14 @@ pub struct Hygiene {
     /// Remove build logs and truncate `/var/log`.
     #[serde(default = "yes")]
     pub logs: bool,
+    /// Remove the saved random seeds (`/var/lib/systemd/random-seed`,
+    /// `/var/lib/urandom/random-seed`), so VMs do not all credit the same seed.
+    #[serde(default = "yes")]
+    pub random_seed: bool,
+    /// Remove LVM's `/etc/lvm/devices/system.devices`, which names the build's disks by
+    /// their IDs and would hide the VM's own disks from LVM.
+    #[serde(default = "yes")]
+    pub lvm_devices: bool,
     /// Zero free space so the image packs small (costs time).
     #[serde(default)]
     pub sparsify: bool,
@@ -782,6 +849,8 @@ impl Default for Hygiene {
             package_cache: true,
             cloud_init: true,
             logs: true,
+            random_seed: true,
+            lvm_devices: true,
             sparsify: false,
         }
     }
@@ -861,6 +930,19 @@ pub struct KubevirtHints {
     pub instancetype: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preference: Option<String>,
+    /// cloud-init for the VM manifests: a NoCloud volume whose user-data comes from a
+    /// Secret, never written inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<CloudInitSpec>,
+}
+
+/// `output.kubevirt.cloud-init`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CloudInitSpec {
+    /// The Secret (in the VM's namespace) whose `userdata` key holds the user-data:
+    /// `kubectl create secret generic NAME --from-file=userdata=user-data.yaml`.
+    pub user_data_secret: String,
 }
 
 /// File permission bits, written as an octal string (`"0644"`).

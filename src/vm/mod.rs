@@ -2,14 +2,17 @@
 //! written), with ttyd and SSH forwarded to free localhost ports, and probing what the
 //! guest serves. The guest is not trusted: see [`probe`].
 
+pub mod agent;
+pub mod firmware;
 pub mod probe;
+pub mod seed;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
 use anyhow::{Context, Result};
 
-use crate::recipe::DiskFormat;
+use crate::recipe::{DiskFormat, Firmware};
 use crate::sys::exec::Cmd;
 
 /// A free TCP port on 127.0.0.1.
@@ -27,6 +30,12 @@ pub struct VmOptions {
     /// Serial console on this terminal instead of a log file.
     pub console: bool,
     pub accel: crate::sys::accel::Effective,
+    /// BIOS, or UEFI (with Secure Boot) from OVMF images.
+    pub firmware: Firmware,
+    /// Where the OVMF images are ([`firmware::OVMF_DIR`]).
+    pub ovmf_dir: PathBuf,
+    /// cloud-config user-data ([`seed::read_user_data`]) for a NoCloud seed disk.
+    pub user_data: Option<String>,
 }
 
 /// A running VM; QEMU is killed and its overlay removed on drop.
@@ -35,7 +44,13 @@ pub struct Vm {
     pub serial_log: PathBuf,
     pub ttyd_port: u16,
     pub ssh_port: u16,
+    /// QEMU's end of the guest agent channel ([`agent::CHANNEL`]), a Unix socket.
+    pub agent_socket: PathBuf,
+    /// Declared before the directory: removed before it, after QEMU is gone.
+    _vars: Option<firmware::VarsCopy>,
     _dir: crate::io::scratch::ScratchDir,
+    /// Under the system's temp dir: a Unix socket path must stay short.
+    _socket_dir: tempfile::TempDir,
 }
 
 impl Drop for Vm {
@@ -82,11 +97,29 @@ impl Vm {
 /// fresh overlay in `work`. The overlay names the disk's format explicitly, so QEMU
 /// never probes it.
 pub fn start(disk: &Path, format: DiskFormat, o: &VmOptions, work: &Path) -> Result<Vm> {
+    let ovmf = firmware::Ovmf::for_firmware(o.firmware, &o.ovmf_dir);
+    if let Some(ovmf) = &ovmf {
+        ovmf.check_installed()?;
+    }
     let dir = crate::io::scratch::ScratchDir::new_in(work, "vm")?;
+    let vars = ovmf
+        .as_ref()
+        .map(|ovmf| ovmf.vars_copy(dir.path()))
+        .transpose()?;
+    let seed = o
+        .user_data
+        .as_deref()
+        .map(|u| seed::make(dir.path(), u, "diskforge-run"))
+        .transpose()?;
     let overlay = dir.path().join("overlay.qcow2");
     let disk =
         std::fs::canonicalize(disk).with_context(|| format!("resolving {}", disk.display()))?;
     crate::sys::qemu_img::create_overlay_cmd(&disk, format, &overlay).run()?;
+    let socket_dir = tempfile::Builder::new()
+        .prefix("diskforge-qga-")
+        .tempdir()
+        .context("creating a directory for the guest agent socket")?;
+    let agent_socket = socket_dir.path().join("qga.sock");
     let ttyd_port = free_port()?;
     let ssh_port = free_port()?;
     let serial_log = dir.path().join("serial.log");
@@ -102,20 +135,42 @@ pub fn start(disk: &Path, format: DiskFormat, o: &VmOptions, work: &Path) -> Res
         .args(o.accel.qemu_args())
         .args([
             "-machine",
-            "q35",
+            firmware::Ovmf::machine(o.firmware),
             "-m",
             &o.memory_mib.to_string(),
             "-smp",
             &o.cpus.to_string(),
         ])
-        .args(["-display", "none", "-no-user-config", "-nodefaults"])
+        .args(["-display", "none", "-no-user-config", "-nodefaults"]);
+    if let (Some(ovmf), Some(vars)) = (&ovmf, &vars) {
+        cmd = cmd.args(ovmf.qemu_args(vars));
+    }
+    cmd = cmd
         .arg("-drive")
         .arg(format!(
             "file={},if=virtio,format=qcow2,cache=unsafe",
             overlay.display()
         ))
-        .args(["-nic", &nic])
-        .args(["-device", "virtio-rng-pci"]);
+        .args(["-nic", &nic]);
+    if let Some(seed) = &seed {
+        cmd = cmd.arg("-drive").arg(format!(
+            "file={},if=virtio,format=raw,readonly=on",
+            seed.display()
+        ));
+    }
+    cmd = cmd
+        .args(["-device", "virtio-rng-pci"])
+        // The guest agent's channel, as KubeVirt gives every VM.
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=qga0,path={},server=on,wait=off",
+            agent_socket.display()
+        ))
+        .args(["-device", "virtio-serial-pci"])
+        .args([
+            "-device",
+            &format!("virtserialport,chardev=qga0,name={}", agent::CHANNEL),
+        ]);
     cmd = if o.console {
         cmd.args(["-serial", "mon:stdio"])
     } else {
@@ -133,6 +188,9 @@ pub fn start(disk: &Path, format: DiskFormat, o: &VmOptions, work: &Path) -> Res
         serial_log,
         ttyd_port,
         ssh_port,
+        agent_socket,
+        _vars: vars,
         _dir: dir,
+        _socket_dir: socket_dir,
     })
 }

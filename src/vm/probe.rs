@@ -376,6 +376,59 @@ impl Terminal {
     }
 }
 
+/// After the boot check with a NoCloud seed attached: waits for cloud-init's final
+/// message on the serial console ("Cloud-init v. … finished at …") and requires it to
+/// name the NoCloud datasource. A console that never mentions cloud-init by now means
+/// a guest without it: reported, not failed.
+pub fn wait_for_cloud_init(vm: &mut Vm, deadline: Instant) -> Result<String> {
+    let stage = crate::progress::stage("cloud-init", "waiting for cloud-init to finish");
+    let console = vm.serial_tail(usize::MAX);
+    if !console.to_ascii_lowercase().contains("cloud-init") {
+        stage.done();
+        return Ok(
+            "cloud-init: not checked: nothing on the serial console mentions cloud-init (the guest seems to have none); the seed was attached"
+                .into(),
+        );
+    }
+    loop {
+        crate::sys::interrupt::check()?;
+        if let Some(line) = cloud_init_finished(&vm.serial_tail(usize::MAX)) {
+            stage.done();
+            if !line.contains("NoCloud") {
+                return Err(BootCheckFailed(format!(
+                    "cloud-init finished without the NoCloud seed: {line}"
+                ))
+                .into());
+            }
+            return Ok(format!("cloud-init ran: {line}"));
+        }
+        if let Some(s) = vm.exited() {
+            return Err(
+                BootCheckFailed(format!("QEMU exited ({s}) before cloud-init finished")).into(),
+            );
+        }
+        if Instant::now() > deadline {
+            return Err(
+                BootCheckFailed("timed out waiting for cloud-init to finish".into()).into(),
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// cloud-init's final message on a console, if it is there.
+fn cloud_init_finished(console: &str) -> Option<String> {
+    console
+        .lines()
+        .map(|l| l.trim_matches(|c: char| c.is_control() || c.is_whitespace()))
+        .find_map(|l| {
+            let at = l.find("Cloud-init v. ")?;
+            let line = &l[at..];
+            line.contains(" finished at ")
+                .then(|| line.chars().take(300).collect())
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,5 +480,20 @@ mod tests {
         let text = format!("{e:#}");
         assert!(text.contains("Login incorrect"), "{text}");
         assert!(!text.contains("not-the-password"), "{text}");
+    }
+
+    #[test]
+    fn cloud_inits_final_message_is_found_on_a_noisy_console() {
+        let console = "[  OK  ] Started cloud-final.service\r\n\x1b[0m[   42.1] cloud-init[512]: Cloud-init v. 22.4.2 finished at Fri, 04 Dec 2026 23:00:00 +0000. Datasource DataSourceNoCloud [seed=/dev/vdb][dsmode=net].  Up 42.10 seconds\r\n";
+        let line = cloud_init_finished(console).unwrap();
+        assert!(
+            line.starts_with("Cloud-init v. 22.4.2 finished at"),
+            "{line}"
+        );
+        assert!(line.contains("DataSourceNoCloud"), "{line}");
+        assert_eq!(
+            cloud_init_finished("Cloud-init v. 22.4.2 running 'init' at"),
+            None
+        );
     }
 }

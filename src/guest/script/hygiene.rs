@@ -1,5 +1,6 @@
 //! Golden-image hygiene: what one build of an image must not hand to every VM made
-//! from it (machine-id, SSH host keys, package caches, logs, cloud-init state).
+//! from it (machine-id, SSH host keys, package caches, logs, cloud-init state, random
+//! seeds, LVM's devices file).
 
 use super::{Part, StageData};
 use crate::recipe::Hygiene;
@@ -29,6 +30,14 @@ pub fn apply(g: &mut Part, h: &Hygiene) {
     if h.logs {
         g.step("hygiene: logs");
         g.line("find /var/log -type f -exec truncate -s 0 {} + 2>/dev/null || true; rm -f /root/.bash_history /var/log/*.gz /var/log/*.[0-9]");
+    }
+    if h.random_seed {
+        g.step("hygiene: random seeds");
+        g.line("rm -f /var/lib/systemd/random-seed /var/lib/urandom/random-seed");
+    }
+    if h.lvm_devices {
+        g.step("hygiene: LVM devices file");
+        g.line("rm -f /etc/lvm/devices/system.devices");
     }
     if h.machine_id {
         g.step("hygiene: machine-id");

@@ -194,6 +194,9 @@ pub fn generate(
     let c: &Customize = &recipe.customize;
     let t = &recipe.ttyd;
     let mut package_names = c.packages.clone();
+    if c.guest_agent && !package_names.iter().any(|p| p == GUEST_AGENT_PACKAGE) {
+        package_names.push(GUEST_AGENT_PACKAGE.to_string());
+    }
     if t.enabled {
         if let TtydSource::Package(p) = &t.source {
             package_names.push(p.clone());
@@ -260,6 +263,9 @@ pub fn generate(
         ));
     }
     firstboot(&mut g, c);
+    if c.guest_agent {
+        guest_agent(&mut g);
+    }
     if t.enabled {
         ttyd::install(&mut g, t, secrets, ttyd_binary)?;
     }
@@ -270,6 +276,24 @@ pub fn generate(
         main: g,
         package_names,
     })
+}
+
+/// The QEMU guest agent's package: the same name in the apt, dnf, yum, zypper and apk
+/// repositories of every distribution in the catalog.
+pub const GUEST_AGENT_PACKAGE: &str = "qemu-guest-agent";
+
+/// Starts the guest agent at boot. Debian's and Fedora's units are static and started
+/// by udev when the `org.qemu.guest_agent.0` port appears (nothing to enable); others
+/// are enabled; OpenRC gets the service in its default runlevel.
+fn guest_agent(g: &mut Part) {
+    g.step("enable the QEMU guest agent");
+    g.line("if have systemctl; then");
+    g.line("  state=$(systemctl is-enabled qemu-guest-agent.service 2>/dev/null || true)");
+    g.line("  case \"$state\" in static|enabled|indirect|alias) ;; *) systemctl enable qemu-guest-agent.service ;; esac");
+    g.line("elif have rc-update; then rc-update add qemu-guest-agent default");
+    g.line(
+        "else echo 'no systemd or OpenRC: cannot start qemu-guest-agent at boot' >&2; exit 1; fi",
+    );
 }
 
 fn files(g: &mut Part, c: &Customize, recipe_dir: &Path) -> Result<()> {
@@ -403,6 +427,31 @@ mod tests {
         assert!(pos(ttyd::UNIT) < pos(": > /etc/machine-id"));
         assert_eq!(c.package_names, vec!["tmux", "htop", "ttyd"]);
         assert!(c.steps()[0].starts_with("install packages"));
+    }
+
+    #[test]
+    fn the_guest_agent_is_installed_with_the_packages_and_started_at_boot() {
+        let r = recipe("customize:\n  packages: [tmux]\n  guest-agent: true\n");
+        let c = generate(&r, &Secrets::default(), Path::new("."), None).unwrap();
+        assert_eq!(c.package_names, vec!["tmux", "qemu-guest-agent"]);
+        assert!(c
+            .packages
+            .script
+            .contains("with_appliance_dns install_packages tmux qemu-guest-agent"));
+        let s = &c.main.script;
+        assert!(
+            s.contains("systemctl enable qemu-guest-agent.service"),
+            "{s}"
+        );
+        assert!(s.contains("rc-update add qemu-guest-agent default"), "{s}");
+        let off = generate(
+            &recipe("customize:\n  packages: [tmux]\n"),
+            &Secrets::default(),
+            Path::new("."),
+            None,
+        )
+        .unwrap();
+        assert!(!all_text(&off).contains("qemu-guest-agent"));
     }
 
     #[test]
