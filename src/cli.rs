@@ -72,7 +72,7 @@ pub enum Command {
     /// Print the ordered steps of a build with their exact command lines.
     Plan(PlanArgs),
     /// Build images from recipes.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Say which recipes need a rebuild, without building (exit 5 when some do).
     Outdated(OutdatedArgs),
     /// Pack an existing qcow2 or raw disk into a containerDisk image.
@@ -125,6 +125,15 @@ pub struct RecipeInputs {
     /// Build for this architecture (overrides the recipe's `base.arch`).
     #[arg(long, value_enum)]
     pub arch: Option<ArchArg>,
+    /// Use this local disk image as the base instead of the recipe's (its `base.format`
+    /// and `base.arch` still apply; default qcow2). Allowed wherever it lies.
+    #[arg(long, value_name = "PATH")]
+    pub base: Option<PathBuf>,
+    /// Let the base and `customize.files[].source` name files under DIR (absolute paths,
+    /// `file://` URLs, symbolic links), judged by their real paths (repeatable; also
+    /// DISKFORGE_ALLOW_PATH, colon-separated).
+    #[arg(long, value_name = "DIR")]
+    pub allow_path: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -57,6 +57,7 @@ pub fn load_key(
 pub fn options(a: &BuildArgs) -> Result<BuildOptions> {
     Ok(BuildOptions {
         set: a.inputs.set.clone(),
+        host: super::host_access(&a.inputs)?,
         catalog: a.inputs.catalog.clone(),
         outputs: a.destinations.clone(),
         compression: a.output.layer.compression.map(super::compression),
@@ -174,6 +175,7 @@ pub fn run(g: &GlobalOpts, args: BuildArgs) -> Result<ExitCode> {
             &recipes[0],
             &crate::recipe::LoadOptions {
                 set: args.inputs.set.clone(),
+                host: super::host_access(&args.inputs)?,
             },
         )?;
         let kind = match loaded.recipe.output.repository {

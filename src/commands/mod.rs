@@ -263,7 +263,7 @@ pub fn run(mut cli: Cli) -> Result<ExitCode> {
         Command::Schema => validate::schema(),
         Command::Base(c) => base::run(g, c),
         Command::Plan(a) => plan::run(g, a),
-        Command::Build(a) => build::run(g, a),
+        Command::Build(a) => build::run(g, *a),
         Command::Outdated(a) => outdated::run(g, a),
         Command::Pack(a) => image::pack(g, a),
         Command::Inspect(a) => image::inspect(g, a),
@@ -351,6 +351,18 @@ pub fn scratch_root(g: &GlobalOpts) -> Result<PathBuf> {
     std::fs::create_dir_all(&dir)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
     Ok(dir)
+}
+
+/// What the command line allows a recipe to name on the host: `--allow-path` and
+/// `DISKFORGE_ALLOW_PATH` directories, and the `--base` file. A directory or file that
+/// does not exist is wrong usage.
+pub fn host_access(inputs: &crate::cli::RecipeInputs) -> Result<crate::recipe::HostAccess> {
+    let mut dirs = inputs.allow_path.clone();
+    if let Some(env) = std::env::var_os("DISKFORGE_ALLOW_PATH") {
+        dirs.extend(crate::recipe::host::split_allow_env(&env.to_string_lossy()));
+    }
+    crate::recipe::HostAccess::new(&dirs, inputs.base.as_deref())
+        .map_err(|e| UsageError(format!("{e:#}")).into())
 }
 
 pub fn arch(a: crate::cli::ArchArg) -> crate::recipe::Arch {

@@ -100,6 +100,8 @@ impl Context {
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
     pub set: Vec<String>,
+    /// Host files allowed beyond the recipe's directory, and the `--base` file.
+    pub host: crate::recipe::HostAccess,
     pub catalog: Option<PathBuf>,
     /// `--output` destinations (none: the recipe's).
     pub outputs: Vec<String>,

@@ -122,6 +122,7 @@ pub fn resolve(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<Resolved> 
         path,
         &recipe::LoadOptions {
             set: opts.set.clone(),
+            host: opts.host.clone(),
         },
     )?;
     if loaded.recipe.partial {
@@ -209,6 +210,7 @@ pub fn check_static(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<Loade
         path,
         &recipe::LoadOptions {
             set: opts.set.clone(),
+            host: opts.host.clone(),
         },
     )?;
     check_loaded(&loaded, opts, ctx)?;
@@ -249,7 +251,7 @@ fn check_loaded(loaded: &LoadedRecipe, opts: &BuildOptions, ctx: &Ctx) -> Result
             (None, Some(Size::Absolute(n))) => Some(n),
             _ => None,
         }
-    } else if let Some(p) = &spec.path {
+    } else if let Some(p) = local_base(&spec) {
         // Read the way the build will (declared format, nothing it names opened); a
         // file that fails that check is reported by the build, with the reason.
         crate::sys::qemu_img::check_standalone(&loaded.dir.join(p), spec.format.unwrap_or_default())
@@ -278,6 +280,18 @@ fn check_loaded(loaded: &LoadedRecipe, opts: &BuildOptions, ctx: &Ctx) -> Result
         }
     }
     Ok(())
+}
+
+/// The local file a base names: `path`, or a `file://` URL.
+fn local_base(spec: &recipe::BaseSpec) -> Option<PathBuf> {
+    match (
+        &spec.path,
+        spec.url.as_deref().map(recipe::host::file_url_path),
+    ) {
+        (Some(p), _) => Some(PathBuf::from(p)),
+        (None, Some(Some(Ok(p)))) => Some(p),
+        _ => None,
+    }
 }
 
 /// The base a recipe names, as resolved: what it is, a short label, the size its catalog

@@ -21,6 +21,9 @@ use super::Recipe;
 pub struct LoadOptions {
     /// `--set KEY=VALUE` pairs, as given.
     pub set: Vec<String>,
+    /// Host files the command line allows beyond the recipe's directory, and the
+    /// `--base` file that replaces the recipe's base.
+    pub host: super::HostAccess,
 }
 
 /// One file of an `extends:` chain.
@@ -140,6 +143,9 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedRecipe> {
     if !errors.is_empty() {
         return Err(RecipeErrors(errors).into());
     }
+    if let Some(base) = opts.host.base() {
+        override_base(&mut merged, base);
+    }
     let recipe = parse_sections(&merged, &chain)?;
     let mut issues = Vec::new();
     super::validate::check(&recipe, &mut issues);
@@ -147,7 +153,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedRecipe> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    super::validate::check_files(&recipe, &dir, &mut issues);
+    super::validate::check_files(&recipe, &dir, &opts.host, &mut issues);
     if !issues.is_empty() {
         let errs = issues
             .into_iter()
@@ -394,6 +400,25 @@ fn substitute(
     Ok((out, whole))
 }
 
+/// `--base PATH`: the base becomes that local file; the recipe's `format` and `arch`
+/// still describe it, its source and checksum are dropped.
+fn override_base(merged: &mut Value, path: &Path) {
+    let Value::Mapping(m) = merged else { return };
+    let mut base = serde_yaml::Mapping::new();
+    if let Some(Value::Mapping(old)) = m.get("base") {
+        for key in ["format", "arch"] {
+            if let Some(v) = old.get(key) {
+                base.insert(key.into(), v.clone());
+            }
+        }
+    }
+    base.insert(
+        "path".into(),
+        Value::String(path.to_string_lossy().into_owned()),
+    );
+    m.insert("base".into(), Value::Mapping(base));
+}
+
 /// Deep merge: maps merge, lists append, scalars override.
 pub fn merge(base: &mut Value, over: Value) {
     match (base, over) {
@@ -622,6 +647,7 @@ mod tests {
         assert_eq!(r.ttyd.port, 8080);
         let opts = LoadOptions {
             set: vec!["host=from-set".into(), "size=\"}\nextra: [injected]".into()],
+            ..Default::default()
         };
         let e = load(&p, &opts).unwrap_err();
         // The value stays one string: a bad size, not a new key.

@@ -1,0 +1,302 @@
+//! The user's way in (issue 24): what a new user's first command lines hit. Bases kept
+//! where the user keeps them (`--allow-path`, `DISKFORGE_ALLOW_PATH`, `file://`,
+//! `--base`) and nothing more reachable through symbolic links. Fast: small disks made
+//! with qemu-img; nothing is built.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// diskforge with its cache and work directories inside `t`.
+fn df(t: &Path) -> Command {
+    let mut c = common::diskforge();
+    c.env("DISKFORGE_CACHE_DIR", t.join("cache"))
+        .env("DISKFORGE_WORK_DIR", t.join("work"))
+        .env("SOURCE_DATE_EPOCH", "1767225600")
+        .env_remove("DISKFORGE_ALLOW_PATH")
+        .env_remove("DISKFORGE_CATALOG");
+    c
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// An empty qcow2 disk of `size` made by qemu-img.
+fn qcow2(dir: &Path, name: &str, size: &str) -> PathBuf {
+    let p = dir.join(name);
+    assert!(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&p)
+        .arg(size)
+        .status()
+        .unwrap()
+        .success());
+    p
+}
+
+fn write(p: &Path, s: &str) -> PathBuf {
+    std::fs::write(p, s).unwrap();
+    p.to_path_buf()
+}
+
+/// `~/labs/lab.yaml` next to `/srv/images/ubuntu.qcow2`, a directory the user did not
+/// allow, and symbolic links between them.
+struct Site {
+    t: tempfile::TempDir,
+    recipes: PathBuf,
+    images: PathBuf,
+    private: PathBuf,
+}
+
+fn site() -> Site {
+    let t = tempfile::tempdir().unwrap();
+    let [recipes, images, private] =
+        ["labs", "images", "private"].map(|d| std::fs::canonicalize(t.path()).unwrap().join(d));
+    for d in [&recipes, &images, &private] {
+        std::fs::create_dir(d).unwrap();
+    }
+    qcow2(&images, "ubuntu.qcow2", "64M");
+    qcow2(&private, "other.qcow2", "64M");
+    write(&images.join("motd"), "hello\n");
+    write(&private.join("key"), "not for recipes\n");
+    Site {
+        t,
+        recipes,
+        images,
+        private,
+    }
+}
+
+fn validate(s: &Site, recipe: &Path, extra: &[&str]) -> Output {
+    df(s.t.path())
+        .arg("validate")
+        .arg(recipe)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn assert_refused_at(out: &Output, place: &str, hint: &str) {
+    let all = text(out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains(place), "want {place:?}: {all}");
+    assert!(all.contains(hint), "want the hint {hint:?}: {all}");
+}
+
+#[test]
+fn a_base_outside_the_recipe_needs_the_command_lines_permission() {
+    if !common::require(&["qemu-img"]) {
+        return;
+    }
+    let s = site();
+    let base = s.images.join("ubuntu.qcow2");
+    let recipe = write(
+        &s.recipes.join("lab.yaml"),
+        &format!("name: lab\nbase:\n  path: {}\n", base.display()),
+    );
+    // Refused, located, and the error says how to allow it.
+    let out = validate(&s, &recipe, &[]);
+    assert_refused_at(&out, "lab.yaml:3:3: base.path: ", "--allow-path DIR");
+    assert!(text(&out).contains("--base PATH"), "{}", text(&out));
+    // Allowed on the command line, or through the environment (colon-separated).
+    let images = s.images.to_str().unwrap();
+    let out = validate(&s, &recipe, &["--allow-path", images]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = df(s.t.path())
+        .arg("validate")
+        .arg(&recipe)
+        .env(
+            "DISKFORGE_ALLOW_PATH",
+            format!("{}:{images}", s.recipes.display()),
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // Another allowed directory does not open this one.
+    let out = validate(&s, &recipe, &["--allow-path", s.private.to_str().unwrap()]);
+    assert_refused_at(&out, "lab.yaml:3:3: base.path: ", "--allow-path DIR");
+    // plan reads the base where it lies.
+    let out = df(s.t.path())
+        .args(["plan", "--json", "--allow-path", images])
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&*base.to_string_lossy()),
+        "{}",
+        text(&out)
+    );
+    // A directory that does not exist is wrong usage.
+    let out = validate(&s, &recipe, &["--allow-path", "/nonexistent/images"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--allow-path /nonexistent/images"));
+
+    // A file:// URL is the same file, under the same rule.
+    let url = write(
+        &s.recipes.join("url.yaml"),
+        &format!("name: url\nbase:\n  url: file://{}\n", base.display()),
+    );
+    let out = validate(&s, &url, &[]);
+    assert_refused_at(&out, "url.yaml:3:3: base.url: ", "--allow-path DIR");
+    let out = validate(&s, &url, &["--allow-path", images]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = df(s.t.path())
+        .args(["plan", "--allow-path", images])
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&*base.to_string_lossy()),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn symbolic_links_cannot_lead_out_of_the_allowed_directories() {
+    if !common::require(&["qemu-img"]) {
+        return;
+    }
+    let s = site();
+    let images = s.images.to_str().unwrap();
+    // A link in the allowed directory to a file outside it.
+    std::os::unix::fs::symlink(s.private.join("other.qcow2"), s.images.join("link.qcow2")).unwrap();
+    let through = write(
+        &s.recipes.join("through.yaml"),
+        &format!(
+            "name: through\nbase: {{path: {}}}\n",
+            s.images.join("link.qcow2").display()
+        ),
+    );
+    let out = validate(&s, &through, &["--allow-path", images]);
+    assert_refused_at(&out, "through.yaml:2:8: base.path: ", "private/other.qcow2");
+    // A `..` path that leaves the allowed directory again.
+    let dots = write(
+        &s.recipes.join("dots.yaml"),
+        &format!(
+            "name: dots\nbase: {{path: {}/../private/other.qcow2}}\n",
+            s.images.display()
+        ),
+    );
+    let out = validate(&s, &dots, &["--allow-path", images]);
+    assert_refused_at(&out, "dots.yaml:2:8: base.path: ", "refused");
+    // A link next to the recipe into an allowed directory: fine once allowed (the real
+    // path decides), refused otherwise.
+    std::os::unix::fs::symlink(s.images.join("ubuntu.qcow2"), s.recipes.join("base.qcow2"))
+        .unwrap();
+    let near = write(
+        &s.recipes.join("near.yaml"),
+        "name: near\nbase: {path: base.qcow2}\n",
+    );
+    let out = validate(&s, &near, &[]);
+    assert_refused_at(&out, "near.yaml:2:8: base.path: ", "symbolic link");
+    let out = validate(&s, &near, &["--allow-path", images]);
+    assert!(out.status.success(), "{}", text(&out));
+    // An allowed directory given through a link is judged by its real path too.
+    let alias = s.t.path().join("alias");
+    std::os::unix::fs::symlink(&s.images, &alias).unwrap();
+    let out = validate(&s, &near, &["--allow-path", alias.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn copied_files_stay_confined_unless_allowed_the_same_way() {
+    let s = site();
+    let recipe_dir_base = s.recipes.join("b.qcow2");
+    std::fs::write(&recipe_dir_base, b"").unwrap();
+    let motd = s.images.join("motd");
+    let recipe = write(
+        &s.recipes.join("files.yaml"),
+        &format!(
+            "name: files\nbase: {{path: b.qcow2}}\ncustomize:\n  files:\n    - path: /etc/motd\n      source: {}\n",
+            motd.display()
+        ),
+    );
+    let out = validate(&s, &recipe, &[]);
+    assert_refused_at(
+        &out,
+        "files.yaml:6:7: customize.files[0].source: ",
+        "--allow-path DIR",
+    );
+    let out = validate(&s, &recipe, &["--allow-path", s.images.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The --base file is a base, not a directory: it opens nothing for copied files.
+    let out = validate(
+        &s,
+        &recipe,
+        &["--base", s.images.join("ubuntu.qcow2").to_str().unwrap()],
+    );
+    assert_refused_at(
+        &out,
+        "files.yaml:6:7: customize.files[0].source: ",
+        "--allow-path DIR",
+    );
+    // Secrets stay in the recipe's directory whatever is allowed.
+    let secret = write(
+        &s.recipes.join("secret.yaml"),
+        &format!(
+            "name: secret\nbase: {{path: b.qcow2}}\ncustomize:\n  root-password: {{file: {}}}\n",
+            s.private.join("key").display()
+        ),
+    );
+    let out = validate(&s, &secret, &["--allow-path", s.private.to_str().unwrap()]);
+    assert_refused_at(
+        &out,
+        "secret.yaml:4:3: customize.root-password: ",
+        "{env: NAME}",
+    );
+}
+
+#[test]
+fn build_base_names_a_file_anywhere_and_replaces_the_recipes_base() {
+    if !common::require(&["qemu-img"]) {
+        return;
+    }
+    let s = site();
+    let base = s.images.join("ubuntu.qcow2");
+    // A recipe whose base is a catalog entry that would have to be downloaded.
+    let recipe = write(
+        &s.recipes.join("lab.yaml"),
+        "name: lab\nbase: {catalog: ubuntu-24.04}\ndisk: {size: 1G}\n",
+    );
+    let out = df(s.t.path())
+        .args(["--offline", "plan", "--json", "--base"])
+        .arg(&base)
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let all = plan.to_string();
+    assert!(all.contains(&*base.to_string_lossy()), "{all}");
+    assert!(!all.contains("cloud-images.ubuntu.com"), "{all}");
+    // The base really is the file named: growing it to 1G is planned from its size.
+    let commands = common::planned_commands(&out.stdout);
+    assert!(
+        commands
+            .iter()
+            .any(|(_, c)| c.contains("qemu-img create") && c.contains(&*base.to_string_lossy())),
+        "{commands:#?}"
+    );
+    // The same option on build: refused usage when the file is missing, before any work.
+    let out = df(s.t.path())
+        .args(["build", "--base", "/nonexistent/base.qcow2"])
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--base /nonexistent/base.qcow2"),
+        "{}",
+        text(&out)
+    );
+    assert!(!s.t.path().join("work").exists());
+}
