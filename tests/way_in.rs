@@ -300,3 +300,131 @@ fn build_base_names_a_file_anywhere_and_replaces_the_recipes_base() {
     );
     assert!(!s.t.path().join("work").exists());
 }
+
+/// A recipe whose base is downloaded from a host that does not resolve.
+fn unresolvable(t: &Path, checksum: &str) -> PathBuf {
+    write(
+        &t.join("dns.yaml"),
+        &format!("name: dns\nbase:\n  url: https://images.diskforge-test.invalid/u.qcow2\n  checksum: {checksum}\n"),
+    )
+}
+
+#[test]
+fn plan_fails_at_once_when_a_host_name_does_not_resolve() {
+    let t = tempfile::tempdir().unwrap();
+    let recipe = unresolvable(
+        t.path(),
+        "{url: https://images.diskforge-test.invalid/SHA256SUMS}",
+    );
+    let started = std::time::Instant::now();
+    let out = df(t.path()).args(["plan"]).arg(&recipe).output().unwrap();
+    let took = started.elapsed();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("cannot resolve the host name images.diskforge-test.invalid"),
+        "{all}"
+    );
+    // The retry policy would wait 1+2+4+8+16 s between six attempts.
+    assert!(!all.contains("retrying"), "{all}");
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+}
+
+#[test]
+fn plan_works_offline_and_marks_what_it_cannot_know() {
+    let t = tempfile::tempdir().unwrap();
+    // A catalog entry with a checksum file, nothing cached, --offline.
+    let catalog = write(
+        &t.path().join("cat.yaml"),
+        "name: cat\nbase: {catalog: ubuntu-24.04}\ndisk: {size: 10G}\n",
+    );
+    // `checksum: none`, at a host that does not even resolve: nothing is fetched.
+    let none = unresolvable(t.path(), "none");
+    for (recipe, offline, says) in [
+        (&catalog, true, "against its checksum file https://"),
+        (&none, false, "NOT verified (`checksum: none`"),
+    ] {
+        let mut c = df(t.path());
+        if offline {
+            c.arg("--offline");
+        }
+        let out = c.arg("plan").arg(recipe).output().unwrap();
+        let all = text(&out);
+        assert!(out.status.success(), "{all}");
+        assert!(all.contains(says), "{all}");
+        assert!(!all.contains("has no checksum"), "{all}");
+        assert!(
+            all.contains("build key unknown until the base is downloaded"),
+            "{all}"
+        );
+        let mut c = df(t.path());
+        if offline {
+            c.arg("--offline");
+        }
+        let out = c.args(["plan", "--json"]).arg(recipe).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(plan["build_key"].is_null(), "{plan}");
+        assert!(
+            plan["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["key"].is_null()),
+            "{plan}"
+        );
+        // The steps themselves are all there.
+        let commands = common::planned_commands(&out.stdout);
+        assert!(
+            commands.iter().any(|(_, c)| c.contains("qemu-img convert")),
+            "{commands:#?}"
+        );
+    }
+    // A build needs the digest: it says why it cannot start.
+    let out = df(t.path())
+        .args(["--offline", "build"])
+        .arg(&catalog)
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("is not read with --offline"), "{all}");
+}
+
+#[test]
+fn plan_shows_users_sudo_groups_and_whether_ttyd_has_a_credential() {
+    let t = tempfile::tempdir().unwrap();
+    let secret = "ttyd-Cred-Secret-5521";
+    let pw = "user-Pw-Secret-8812";
+    let recipe = write(
+        &t.path().join("users.yaml"),
+        "name: users\nbase: {url: \"https://example.com/img.qcow2\", checksum: \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"}\ncustomize:\n  users:\n    - {name: lab, groups: [wheel, docker], sudo: true, password: {env: DF_USER_PW}}\n    - {name: guest}\nttyd: {enabled: true, credential: {user: admin, password: {env: DF_TTYD_PW}}}\n",
+    );
+    let out = df(t.path())
+        .arg("plan")
+        .arg(&recipe)
+        .env("DF_TTYD_PW", secret)
+        .env("DF_USER_PW", pw)
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("user lab (groups wheel,docker; sudo without password; password set)"),
+        "{all}"
+    );
+    assert!(
+        all.contains("user guest (no extra groups; no sudo; no password)"),
+        "{all}"
+    );
+    assert!(all.contains("HTTP credential set for user admin"), "{all}");
+    assert!(!all.contains(secret) && !all.contains(pw), "{all}");
+    // Without a credential the plan says the terminal is open.
+    let open = write(
+        &t.path().join("open.yaml"),
+        "name: open\nbase: {url: \"https://example.com/img.qcow2\", checksum: \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"}\nttyd: {enabled: true}\n",
+    );
+    let out = df(t.path()).arg("plan").arg(&open).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("no HTTP credential"), "{}", text(&out));
+}

@@ -45,8 +45,18 @@ impl Base {
     pub fn identity(&self) -> Result<String> {
         match self {
             Base::Image { prepared, spec } => prepared.identity().with_context(|| {
+                let why = match &spec.source {
+                    crate::base::BaseSource::Url {
+                        checksum: crate::recipe::ChecksumSpec::File(f),
+                        ..
+                    } => format!(
+                        "its checksum file {} is not read with --offline and the base is not cached",
+                        f.url
+                    ),
+                    _ => "it has `checksum: none` and is not cached".to_string(),
+                };
                 format!(
-                    "the base {} has no checksum and is not cached: nothing identifies its content",
+                    "the base {}: {why}: nothing identifies its content yet",
                     describe_source(spec)
                 )
             }),

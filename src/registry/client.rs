@@ -604,6 +604,10 @@ impl Client {
                     anyhow!("{method} {url}: no answer within {}s", self.idle.as_secs()),
                     None,
                 ),
+                Ok(Err(e)) if crate::io::tls::name_not_resolved(&e).is_some() => {
+                    // No retry: a name that does not resolve now will not in a few seconds.
+                    return Err(anyhow::Error::new(e).context(format!("{method} {url}")));
+                }
                 Ok(Err(e)) => (
                     anyhow!("{method} {url}: {}", explain(&self.registry, &e, true)),
                     None,
@@ -1022,7 +1026,8 @@ impl Client {
                 }
                 Err(e)
                     if e.downcast_ref::<crate::sys::interrupt::Interrupted>()
-                        .is_some() =>
+                        .is_some()
+                        || crate::io::tls::is_name_not_resolved(&e) =>
                 {
                     return Err(e)
                 }
@@ -1096,6 +1101,7 @@ impl Client {
                 .is_some()
                 || e.downcast_ref::<AuthError>().is_some()
                 || e.downcast_ref::<PlaintextRefused>().is_some()
+                || crate::io::tls::is_name_not_resolved(&e)
             {
                 return Err(e);
             }
