@@ -260,7 +260,20 @@ pub struct BuildArgs {
     #[command(flatten)]
     pub output: OutputOpts,
     #[command(flatten)]
+    pub limit: LayerLimitOpts,
+    #[command(flatten)]
     pub registry: RegistryArgs,
+}
+
+/// The largest layer a push may send.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Output options")]
+pub struct LayerLimitOpts {
+    /// Refuse, before uploading, to push a compressed layer larger than SIZE (`5G`,
+    /// `500M`); the documented limits of ghcr.io, docker.io and quay.io apply anyway
+    /// (docs/cli.md).
+    #[arg(long, value_name = "SIZE")]
+    pub max_layer_size: Option<String>,
 }
 
 /// Where the password of an encrypted signing key comes from: never the command line.
@@ -374,6 +387,8 @@ pub struct PackArgs {
     #[command(flatten)]
     pub output: OutputOpts,
     #[command(flatten)]
+    pub limit: LayerLimitOpts,
+    #[command(flatten)]
     pub registry: RegistryArgs,
 }
 
@@ -390,6 +405,8 @@ pub struct PushArgs {
     pub kubevirt_manifests: Option<PathBuf>,
     #[command(flatten)]
     pub report: ReportOpts,
+    #[command(flatten)]
+    pub limit: LayerLimitOpts,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }

@@ -428,3 +428,124 @@ fn plan_shows_users_sudo_groups_and_whether_ttyd_has_a_credential() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("no HTTP credential"), "{}", text(&out));
 }
+
+/// The repositories a loopback registry holds, read from its storage directory.
+fn stored_repositories(reg: &common::registry::Registry) -> Vec<String> {
+    let root = reg.dir.path().join("data/docker/registry/v2/repositories");
+    let mut out = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.join("_manifests").is_dir() {
+                out.push(p.strip_prefix(&root).unwrap().display().to_string());
+            } else if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_layer_over_the_limit_is_refused_before_any_upload() {
+    if !common::require(&["qemu-img", "docker-registry"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = qcow2(t.path(), "lab.qcow2", "64M");
+    let reg = common::registry::Registry::start(None);
+    let dest = format!("docker://{}/lab/big:1", reg.addr);
+    let out = df(t.path())
+        .arg("pack")
+        .arg(&disk)
+        .args(["-o", &dest, "--tls-verify=false", "--max-layer-size", "1K"])
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("--max-layer-size: 1024 bytes): not pushed"),
+        "{all}"
+    );
+    assert!(all.contains("--compression zstd"), "{all}");
+    assert!(all.contains("hygiene.sparsify"), "{all}");
+    // Nothing reached the registry: no blob upload was even started.
+    assert_eq!(
+        reg.count(&["POST", "/v2/lab/big/blobs/uploads"]),
+        0,
+        "{}",
+        reg.log_text()
+    );
+    assert!(
+        stored_repositories(&reg).is_empty(),
+        "{:?}",
+        stored_repositories(&reg)
+    );
+
+    // Under the limit but near it: pushed, with a warning and the remedies.
+    let layout = t.path().join("layout");
+    let out = df(t.path())
+        .arg("pack")
+        .arg(&disk)
+        .arg("-o")
+        .arg(format!("oci:{}:1", layout.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let blob = |d: &str| -> serde_json::Value {
+        let hex = d.strip_prefix("sha256:").unwrap();
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap())
+            .unwrap()
+    };
+    let manifest = blob(&manifest_digest);
+    let size = manifest["layers"][0]["size"].as_u64().unwrap();
+    let out = df(t.path())
+        .arg("push")
+        .arg(format!("{}:1", layout.display()))
+        .arg(&dest)
+        .args(["--tls-verify=false", "--max-layer-size"])
+        .arg(format!("{}", size + size / 10))
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("close to what"), "{all}");
+    assert!(all.contains("--compression zstd"), "{all}");
+    assert_eq!(stored_repositories(&reg), vec!["lab/big".to_string()]);
+    // Just under it is refused by push too, before uploading.
+    let out = df(t.path())
+        .arg("push")
+        .arg(format!("{}:1", layout.display()))
+        .arg(format!("docker://{}/lab/other:1", reg.addr))
+        .args(["--tls-verify=false", "--max-layer-size"])
+        .arg(format!("{}", size - 1))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("not pushed"), "{}", text(&out));
+    assert_eq!(stored_repositories(&reg), vec!["lab/big".to_string()]);
+    // A size that is not one is wrong usage.
+    let out = df(t.path())
+        .arg("push")
+        .arg(format!("{}:1", layout.display()))
+        .arg(&dest)
+        .args(["--max-layer-size", "+1G"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    // The config names the placeholder entrypoint kubevirt/containerdisks uses.
+    let config = blob(manifest["config"]["digest"].as_str().unwrap());
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["no-entrypoint"]),
+        "{config}"
+    );
+}

@@ -185,7 +185,7 @@ pub fn run(g: &GlobalOpts, args: BuildArgs) -> Result<ExitCode> {
         check_report_opts(&args.output.report, &[kind.to_string()])?;
     }
     let opts = options(&args)?;
-    let ctx = super::context(g, super::registry_options(&args.registry, &[]))?;
+    let ctx = super::context(g, super::push_options(&args.registry, &args.limit)?)?;
     let started = Instant::now();
     let reports = if recipes.len() == 1 {
         vec![build_one(&recipes[0], &opts, &ctx, &args, true)]

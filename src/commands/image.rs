@@ -90,7 +90,7 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
             feed: None,
         },
     };
-    let ctx = super::context(g, super::registry_options(&args.registry, &[]))?;
+    let ctx = super::context(g, super::push_options(&args.registry, &args.limit)?)?;
     let work = super::scratch_root(g)?;
     let stage = crate::progress::stage(
         "pack",
@@ -139,7 +139,7 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
     }
     let layout = Layout::open(&dir)?;
     let desc = layout.resolve(tag.as_deref())?;
-    let ctx = super::context(g, super::registry_options(&args.registry, &[]))?;
+    let ctx = super::context(g, super::push_options(&args.registry, &args.limit)?)?;
     let mut groups: Vec<Vec<RemoteRef>> = Vec::new();
     for r in refs {
         match groups

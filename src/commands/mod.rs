@@ -307,7 +307,30 @@ pub fn registry_options(a: &RegistryArgs, insecure: &[String]) -> RegistryOption
         authfile: a.authfile.clone(),
         cert_dir: a.cert_dir.clone(),
         timeout: Duration::from_secs(a.registry_timeout.max(1)),
+        max_layer_size: None,
     }
+}
+
+/// Registry options of a command that pushes layers: `--max-layer-size` as well.
+pub fn push_options(
+    a: &RegistryArgs,
+    limit: &crate::cli::LayerLimitOpts,
+) -> Result<RegistryOptions> {
+    let mut o = registry_options(a, &[]);
+    o.max_layer_size = match &limit.max_layer_size {
+        None => None,
+        Some(s) => match crate::recipe::Size::parse(s) {
+            Ok(crate::recipe::Size::Absolute(n)) => Some(n),
+            _ if s.parse::<u64>().is_ok_and(|n| n > 0) => s.parse().ok(),
+            _ => {
+                return Err(UsageError(format!(
+                    "--max-layer-size {s:?}: give a size such as 5G, 500M or a number of bytes"
+                ))
+                .into())
+            }
+        },
+    };
+    Ok(o)
 }
 
 /// The pipeline context of a command.

@@ -316,7 +316,8 @@ impl Plan {
             json!({"compression": resolved.compression.name(), "level": resolved.level,
                    "disk-name": o.disk_name, "labels": o.labels, "annotations": o.annotations,
                    "kubevirt": serde_json::to_value(&o.kubevirt)?, "name": resolved.name,
-                   "description": r.description, "version": o.version}),
+                   "description": r.description, "version": o.version,
+                   "entrypoint": crate::oci::image::ENTRYPOINT_PLACEHOLDER}),
             sv,
         )?;
 

@@ -182,9 +182,20 @@ pub fn write_image(
     // after packing asks first and sends nothing then. Anywhere else it is uploaded
     // while packing.
     let record = PackRecord::new(spec, &ctx.cache)?;
+    // A layer that might exceed the registry's limit is packed first and checked before
+    // any upload; the layer is at most the disk file plus tar and compression overhead.
+    let fits = |g: &[RemoteRef]| -> Result<bool> {
+        let limit = registry::limits::layer_limit(&g[0].registry, ctx.registry.max_layer_size);
+        let disk = std::fs::metadata(&spec.disk)
+            .with_context(|| format!("reading {}", spec.disk.display()))?
+            .len();
+        let bound = disk.saturating_add(disk / 64).saturating_add(1 << 20);
+        Ok(limit.is_none_or(|l| bound <= l.bytes))
+    };
     let stream = |g: &[RemoteRef]| -> Result<bool> {
-        Ok(!record.seen()
-            || registry::push::PushRecord::new(&ctx.cache, &g[0].registry)?.is_empty())
+        Ok(fits(g)?
+            && (!record.seen()
+                || registry::push::PushRecord::new(&ctx.cache, &g[0].registry)?.is_empty()))
     };
     let (image, streamed) = match groups.first() {
         Some(g) if stream(g)? => pack_while_uploading(spec, &primary, &primary_tags, ctx, g)?,

@@ -222,6 +222,8 @@ pub struct Client {
     tokens: Mutex<HashMap<(String, bool), Option<String>>>,
     idle: Duration,
     policy: RetryPolicy,
+    /// `--max-layer-size`, checked with the registry's known limit before a push.
+    pub max_layer_size: Option<u64>,
 }
 
 /// Turns a transport error into one a user can act on (plain HTTP registry, untrusted
@@ -393,6 +395,7 @@ impl Client {
             tokens: Mutex::new(HashMap::new()),
             idle,
             policy: RetryPolicy::default(),
+            max_layer_size: opts.max_layer_size,
         })
     }
 
