@@ -549,3 +549,74 @@ fn a_layer_over_the_limit_is_refused_before_any_upload() {
         "{config}"
     );
 }
+
+#[test]
+fn every_error_of_a_recipe_comes_in_one_pass_sorted_by_position() {
+    let t = tempfile::tempdir().unwrap();
+    let recipe = write(
+        &t.path().join("many.yaml"),
+        "name: many\nbase: {catalog: ubuntu-2404}\nbogus: 1\ndisk:\n  size: 10X\ncustomize:\n  pakages: [a]\n  hostname: \"${NOPE}\"\n  users:\n    - name: Bad User\n      sudo: maybe\n  files:\n    - path: /etc/motd\n      source: missing.txt\nttyd:\n  port: 0\n  enabled: true\noutput:\n  compression: lz4\n",
+    );
+    let out = df(t.path()).arg("validate").arg(&recipe).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let located: Vec<String> = err
+        .lines()
+        .filter_map(|l| l.split("many.yaml:").nth(1))
+        .map(|l| l.split(": ").take(2).collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        located,
+        vec![
+            "2:8 base.catalog",
+            "3:1 bogus",
+            "5:3 disk.size",
+            "7:3 customize.pakages",
+            "8:3 customize.hostname",
+            "10:7 customize.users[0].name",
+            "11:7 customize.users[0].sudo",
+            "14:7 customize.files[0].source",
+            "16:3 ttyd.port",
+            "19:3 output.compression",
+        ],
+        "{err}"
+    );
+    for hint in [
+        "did you mean `ubuntu-24.04`?",
+        "did you mean `packages`?",
+        "undefined variable ${NOPE}",
+        "\"Bad User\" is not a valid user name",
+        "`missing.txt` does not exist",
+        "expected one of gzip, zstd, none",
+    ] {
+        assert!(err.contains(hint), "want {hint:?}: {err}");
+    }
+}
+
+#[test]
+fn a_duplicate_key_is_reported_at_its_second_occurrence() {
+    let t = tempfile::tempdir().unwrap();
+    let recipe = write(
+        &t.path().join("dup.yaml"),
+        "name: dup\nbase: {path: b.qcow2}\ncustomize:\n  packages: [a]\n  hostname: x\n  packages: [b]\n",
+    );
+    let out = df(t.path()).arg("validate").arg(&recipe).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            "dup.yaml:6:3: customize.packages: duplicate key `packages` (first given at line 4)"
+        ),
+        "{err}"
+    );
+    let top = write(
+        &t.path().join("top.yaml"),
+        "name: top\nbase: {path: b.qcow2}\n\nname: again\n",
+    );
+    let out = df(t.path()).arg("validate").arg(&top).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.contains("top.yaml:4:1: name: duplicate key `name`"),
+        "{err}"
+    );
+}

@@ -176,6 +176,7 @@ pub fn run(g: &GlobalOpts, args: BuildArgs) -> Result<ExitCode> {
             &crate::recipe::LoadOptions {
                 set: args.inputs.set.clone(),
                 host: super::host_access(&args.inputs)?,
+                references: None,
             },
         )?;
         let kind = match loaded.recipe.output.repository {

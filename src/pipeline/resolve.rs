@@ -133,6 +133,7 @@ pub fn resolve(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<Resolved> 
         &recipe::LoadOptions {
             set: opts.set.clone(),
             host: opts.host.clone(),
+            references: Some(catalog_references(opts)),
         },
     )?;
     if loaded.recipe.partial {
@@ -221,6 +222,7 @@ pub fn check_static(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<Loade
         &recipe::LoadOptions {
             set: opts.set.clone(),
             host: opts.host.clone(),
+            references: Some(catalog_references(opts)),
         },
     )?;
     check_loaded(&loaded, opts, ctx)?;
@@ -290,6 +292,40 @@ fn check_loaded(loaded: &LoadedRecipe, opts: &BuildOptions, ctx: &Ctx) -> Result
         }
     }
     Ok(())
+}
+
+/// The catalog entry a recipe names exists (with an image for the architecture built):
+/// checked with the recipe's other errors, in one pass.
+fn catalog_references(opts: &BuildOptions) -> recipe::References {
+    let catalog_dir = opts.catalog.clone();
+    let arch_opt = opts.arch;
+    recipe::References(std::sync::Arc::new(
+        move |r: &recipe::Recipe, dir: &Path| {
+            let mut issues = Vec::new();
+            let Some(spec) = &r.base else { return issues };
+            let Some(name) = &spec.catalog else {
+                return issues;
+            };
+            let at = vec![Seg::key("base"), Seg::key("catalog")];
+            match catalog::find_entry(name, dir, catalog_dir.as_deref()) {
+                Ok((entry, _)) => {
+                    let arch = arch_opt.or(spec.arch).unwrap_or_default();
+                    if !entry.images.is_empty() && !entry.images.contains_key(&arch) {
+                        issues.push((
+                            at,
+                            format!("catalog entry {name} has no {} image", arch.as_str()),
+                        ));
+                    }
+                }
+                Err(e) => {
+                    if let Some(u) = e.downcast_ref::<catalog::UnknownEntry>() {
+                        issues.push((at, u.to_string()));
+                    }
+                }
+            }
+            issues
+        },
+    ))
 }
 
 /// The local file a base names: `path`, or a `file://` URL.

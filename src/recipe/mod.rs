@@ -10,6 +10,6 @@ pub mod validate;
 
 pub use diag::{RecipeError, RecipeErrors, Seg};
 pub use host::HostAccess;
-pub use load::{load, LoadOptions, LoadedRecipe};
+pub use load::{load, LoadOptions, LoadedRecipe, References};
 pub use secret::SecretValue;
 pub use types::*;
