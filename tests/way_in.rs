@@ -459,13 +459,13 @@ fn a_layer_over_the_limit_is_refused_before_any_upload() {
     let out = df(t.path())
         .arg("pack")
         .arg(&disk)
-        .args(["-o", &dest, "--tls-verify=false", "--max-layer-size", "1K"])
+        .args(["-o", &dest, "--tls-verify=false", "--max-layer-size", "100"])
         .output()
         .unwrap();
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(
-        all.contains("--max-layer-size: 1024 bytes): not pushed"),
+        all.contains("--max-layer-size: 100 bytes): not pushed"),
         "{all}"
     );
     assert!(all.contains("--compression zstd"), "{all}");
