@@ -419,9 +419,19 @@ pub struct InspectArgs {
     /// Check signatures and the provenance against this public key (PEM).
     #[arg(long, value_name = "PUBKEY")]
     pub key: Option<PathBuf>,
-    /// Print JSON.
-    #[arg(long)]
+    /// Print JSON (the same as `--format json`).
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+    /// `json`, or a template of fields such as `{{.Digest}}` or `{{.Labels.KEY}}`
+    /// (docs/cli.md lists them); one line per image.
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
+    /// Print the manifest (or index) the reference names, byte for byte.
+    #[arg(long, conflicts_with_all = ["json", "format", "config", "key"])]
+    pub raw: bool,
+    /// Print the image's config, byte for byte.
+    #[arg(long, conflicts_with_all = ["json", "format", "key"])]
+    pub config: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -500,6 +510,9 @@ pub struct VerifyArgs {
     /// Also require a valid signature by this public key (PEM) for the digest.
     #[arg(long, value_name = "PUBKEY")]
     pub key: Option<PathBuf>,
+    /// Print the result as one JSON document (checks passed and failed).
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }

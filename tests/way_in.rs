@@ -620,3 +620,145 @@ fn a_duplicate_key_is_reported_at_its_second_occurrence() {
         "{err}"
     );
 }
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    diskforge::io::hash::sha256_hex(bytes)
+}
+
+#[test]
+fn inspect_and_verify_answer_scripts_in_one_typed_shape() {
+    if !common::require(&["qemu-img", "docker-registry"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = qcow2(t.path(), "lab.qcow2", "64M");
+    let layout = t.path().join("layout");
+    let image = format!("oci:{}:1", layout.display());
+    let out = df(t.path())
+        .arg("pack")
+        .arg(&disk)
+        .args(["-o", &image])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let digest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let inspect = |extra: &[&str], image: &str| -> Output {
+        df(t.path())
+            .arg("inspect")
+            .args(extra)
+            .arg(image)
+            .output()
+            .unwrap()
+    };
+    // Fields by name, one line.
+    let out = inspect(
+        &[
+            "--format",
+            "{{.Digest}} {{.DiskFormat}} {{.DiskVirtualSize}} {{.Architecture}}",
+        ],
+        &image,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{digest} qcow2 67108864 amd64\n")
+    );
+    // A misspelt field is wrong usage, with the field it meant; never a silent "-".
+    let out = inspect(&["--format", "{{.Digset}}"], &image);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("did you mean `{{.Digest}}`"),
+        "{}",
+        text(&out)
+    );
+    assert!(out.stdout.is_empty());
+    // --format json is --json: the documented fields.
+    let a: serde_json::Value =
+        serde_json::from_slice(&inspect(&["--json"], &image).stdout).unwrap();
+    let b: serde_json::Value =
+        serde_json::from_slice(&inspect(&["--format", "json"], &image).stdout).unwrap();
+    assert_eq!(a, b);
+    for field in [
+        "image",
+        "digest",
+        "architecture",
+        "os",
+        "created",
+        "labels",
+        "env",
+        "layers",
+        "disk",
+        "attached",
+    ] {
+        assert!(a.get(field).is_some(), "no {field}: {a}");
+    }
+    assert_eq!(a["digest"], digest.as_str());
+    assert_eq!(a["disk"]["virtual_size"], 67108864);
+    // --raw: the manifest byte for byte; --config: the config.
+    let raw = inspect(&["--raw"], &image);
+    assert!(raw.status.success(), "{}", text(&raw));
+    assert_eq!(format!("sha256:{}", sha256_hex(&raw.stdout)), digest);
+    let manifest: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let config = inspect(&["--config"], &image);
+    assert!(config.status.success(), "{}", text(&config));
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(&config.stdout)),
+        manifest["config"]["digest"].as_str().unwrap()
+    );
+    // The same from a registry.
+    let reg = common::registry::Registry::start(None);
+    let remote = format!("docker://{}/lab/inspect:1", reg.addr);
+    let out = df(t.path())
+        .arg("push")
+        .arg(format!("{}:1", layout.display()))
+        .arg(&remote)
+        .arg("--tls-verify=false")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let raw = inspect(&["--raw", "--tls-verify=false"], &remote);
+    assert!(raw.status.success(), "{}", text(&raw));
+    assert_eq!(format!("sha256:{}", sha256_hex(&raw.stdout)), digest);
+    let out = inspect(
+        &["--format", "{{.Digest}} {{.Layer}}", "--tls-verify=false"],
+        &remote,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "{digest} {}\n",
+            manifest["layers"][0]["digest"].as_str().unwrap()
+        )
+    );
+
+    // verify --json: one document, passing or failing (exit 4).
+    let out = df(t.path())
+        .args(["verify", "--json"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["satisfied"], true, "{v}");
+    assert_eq!(v["digest"], digest.as_str());
+    assert!(v["failed"].as_array().unwrap().is_empty(), "{v}");
+    assert!(!v["passed"].as_array().unwrap().is_empty(), "{v}");
+    let out = df(t.path())
+        .args(["verify", "--json", "--size", "1G"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["satisfied"], false, "{v}");
+    assert!(
+        v["failed"][0].as_str().unwrap().contains("virtual size"),
+        "{v}"
+    );
+}

@@ -10,6 +10,7 @@ pub mod outdated;
 pub mod plan;
 pub mod run;
 pub mod sign;
+pub mod summary;
 pub mod validate;
 pub mod verify;
 
