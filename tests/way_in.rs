@@ -762,3 +762,74 @@ fn inspect_and_verify_answer_scripts_in_one_typed_shape() {
         "{v}"
     );
 }
+
+#[test]
+fn inspect_of_an_index_lists_every_platform() {
+    if !common::require(&["qemu-img"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = qcow2(t.path(), "lab.qcow2", "64M");
+    let layout = t.path().join("multi");
+    let mut digests = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let out = df(t.path())
+            .arg("pack")
+            .arg(&disk)
+            .args(["--arch", arch, "-o"])
+            .arg(format!("oci:{}:{arch}", layout.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let d = df(t.path())
+            .args(["inspect", "--format", "{{.Digest}}"])
+            .arg(format!("oci:{}:{arch}", layout.display()))
+            .output()
+            .unwrap();
+        digests.push(String::from_utf8_lossy(&d.stdout).trim().to_string());
+    }
+    let out = df(t.path())
+        .arg("index")
+        .arg(format!("oci:{}:multi", layout.display()))
+        .args(["amd64", "arm64"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let multi = format!("oci:{}:multi", layout.display());
+    let out = df(t.path())
+        .args(["inspect", "--json"])
+        .arg(&multi)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let platforms: Vec<(String, String)> = v["platforms"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no platforms: {v}"))
+        .iter()
+        .map(|p| {
+            (
+                p["architecture"].as_str().unwrap().to_string(),
+                p["digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        platforms,
+        vec![
+            ("amd64".to_string(), digests[0].clone()),
+            ("arm64".to_string(), digests[1].clone())
+        ]
+    );
+    let out = df(t.path()).arg("inspect").arg(&multi).output().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains(&format!("linux/arm64  {}", digests[1])), "{s}");
+    // A single image has no platform list.
+    let out = df(t.path())
+        .args(["inspect", "--json"])
+        .arg(format!("oci:{}:amd64", layout.display()))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v.get("platforms").is_none(), "{v}");
+}

@@ -239,14 +239,16 @@ pub fn inspect(g: &GlobalOpts, args: InspectArgs) -> Result<ExitCode> {
             };
             let identity = format!("{}/{}", rr.registry, rr.repository);
             let attached = read_attached(&src, &identity, &s.manifest_digest, key.as_ref())?;
-            ImageSummary::new(
+            let mut summary = ImageSummary::new(
                 &args.image,
                 &s.digest,
                 &s.manifest,
                 &s.config,
                 s.disk.as_ref().map(|(p, h)| (p.as_str(), h)),
                 attached,
-            )
+            );
+            summary.platforms = super::summary::platforms(&top_document(g, &r, &args)?)?;
+            summary
         }
         _ => {
             let scratch = super::scratch_root(g)?;
@@ -255,14 +257,21 @@ pub fn inspect(g: &GlobalOpts, args: InspectArgs) -> Result<ExitCode> {
             let disk = scan.disk.as_ref().map(|(e, h)| (e.path.as_str(), h));
             let digest = img.manifest_desc.digest().to_string();
             let attached = attached(&r, &img, &opts, &digest, key.as_ref())?;
-            ImageSummary::new(
+            let mut summary = ImageSummary::new(
                 &args.image,
                 &digest,
                 &img.manifest,
                 &img.config,
                 disk,
                 attached,
-            )
+            );
+            let tag = match &r {
+                ImageRef::Layout { tag, .. } | ImageRef::Archive { tag, .. } => tag.as_deref(),
+                ImageRef::Registry { .. } => None,
+            };
+            let top = img.layout.read_blob(&img.layout.resolve(tag)?)?;
+            summary.platforms = super::summary::platforms(&top)?;
+            summary
         }
     };
     match (args.json, args.format.as_deref()) {
@@ -278,19 +287,15 @@ pub fn inspect(g: &GlobalOpts, args: InspectArgs) -> Result<ExitCode> {
 /// `inspect --raw`: the manifest or index the reference names; `--config`: the config
 /// of the image for this host's architecture. Both as stored, byte for byte.
 fn document_bytes(g: &GlobalOpts, r: &ImageRef, args: &InspectArgs, arch: &str) -> Result<Vec<u8>> {
+    if args.raw {
+        return top_document(g, r, args);
+    }
     match r {
         ImageRef::Registry { reference } => {
             let rr = RemoteRef::parse(reference)?;
             let opts = super::registry_options(&args.registry, &[]);
             crate::sys::rt::block_on(async {
                 let client = registry::Client::connect(&rr.registry, &opts).await?;
-                if args.raw {
-                    let (bytes, _, _) = client
-                        .manifest(&rr.repository, rr.reference())
-                        .await?
-                        .with_context(|| format!("{rr} does not exist"))?;
-                    return Ok(bytes);
-                }
                 let img = registry::pull::resolve(&client, &rr, arch)
                     .await?
                     .with_context(|| format!("{rr} does not exist"))?;
@@ -303,15 +308,31 @@ fn document_bytes(g: &GlobalOpts, r: &ImageRef, args: &InspectArgs, arch: &str) 
         _ => {
             let scratch = super::scratch_root(g)?;
             let (img, _temp) = open_local(r, &scratch)?;
-            if args.raw {
-                let tag = match r {
-                    ImageRef::Layout { tag, .. } | ImageRef::Archive { tag, .. } => tag.as_deref(),
-                    ImageRef::Registry { .. } => None,
-                };
-                let top = img.layout.resolve(tag)?;
-                return img.layout.read_blob(&top);
-            }
             img.layout.read_blob(img.manifest.config())
+        }
+    }
+}
+
+/// The manifest or index the reference names, as stored.
+fn top_document(g: &GlobalOpts, r: &ImageRef, args: &InspectArgs) -> Result<Vec<u8>> {
+    match r {
+        ImageRef::Registry { reference } => {
+            let rr = RemoteRef::parse(reference)?;
+            let opts = super::registry_options(&args.registry, &[]);
+            crate::sys::rt::block_on(async {
+                let client = registry::Client::connect(&rr.registry, &opts).await?;
+                let (bytes, _, _) = client
+                    .manifest(&rr.repository, rr.reference())
+                    .await?
+                    .with_context(|| format!("{rr} does not exist"))?;
+                Ok(bytes)
+            })
+        }
+        ImageRef::Layout { tag, .. } | ImageRef::Archive { tag, .. } => {
+            let scratch = super::scratch_root(g)?;
+            let (img, _temp) = open_local(r, &scratch)?;
+            let top = img.layout.resolve(tag.as_deref())?;
+            img.layout.read_blob(&top)
         }
     }
 }

@@ -26,6 +26,42 @@ pub struct ImageSummary {
     pub layers: Vec<LayerSummary>,
     pub disk: Option<DiskSummary>,
     pub attached: Attached,
+    /// When the reference names an index: every image in it (the rest of the summary
+    /// describes the one for this host's architecture).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<PlatformEntry>,
+}
+
+/// One image of an index.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlatformEntry {
+    pub digest: String,
+    pub os: String,
+    pub architecture: String,
+}
+
+/// The images an index lists; none for a plain manifest.
+pub fn platforms(top: &[u8]) -> Result<Vec<PlatformEntry>> {
+    Ok(match image::parse_document(top)? {
+        image::Document::Manifest(_) => Vec::new(),
+        image::Document::Index(idx) => idx
+            .manifests()
+            .iter()
+            .map(|d| PlatformEntry {
+                digest: d.digest().to_string(),
+                os: d
+                    .platform()
+                    .as_ref()
+                    .map(|p| p.os().to_string())
+                    .unwrap_or_else(|| "unknown".into()),
+                architecture: d
+                    .platform()
+                    .as_ref()
+                    .map(|p| p.architecture().to_string())
+                    .unwrap_or_else(|| "unknown".into()),
+            })
+            .collect(),
+    })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -96,6 +132,7 @@ impl ImageSummary {
                 virtual_size: h.virtual_size,
             }),
             attached,
+            platforms: Vec::new(),
         }
     }
 
@@ -202,6 +239,12 @@ impl ImageSummary {
                 line(format!("  {e}"));
             }
         }
+        if !self.platforms.is_empty() {
+            line("Platforms:".into());
+            for p in &self.platforms {
+                line(format!("  {}/{}  {}", p.os, p.architecture, p.digest));
+            }
+        }
         let a = &self.attached;
         match a.valid_signatures {
             Some(v) => line(format!(
@@ -260,6 +303,7 @@ mod tests {
             }],
             disk: None,
             attached: Attached::default(),
+            platforms: Vec::new(),
         }
     }
 
