@@ -89,6 +89,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Sign an image's manifest digest (cosign format, `sha256-<hex>.sig`).
     Sign(SignArgs),
+    /// Write a commented starter recipe that validates.
+    Init(InitArgs),
     /// Print the recipe JSON Schema.
     Schema,
     /// Base image catalog.
@@ -103,6 +105,19 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The recipe file to write (never overwritten).
+    #[arg(value_name = "FILE", default_value = "recipe.yaml")]
+    pub recipe: PathBuf,
+    /// The catalog entry to start from (`diskforge base list`).
+    #[arg(long, value_name = "NAME", default_value = "debian-12")]
+    pub base: String,
+    /// Base image catalog directory [default: base-images/ next to the recipe, then built-in].
+    #[arg(long, value_name = "DIR", env = "DISKFORGE_CATALOG")]
+    pub catalog: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -833,3 +833,52 @@ fn inspect_of_an_index_lists_every_platform() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v.get("platforms").is_none(), "{v}");
 }
+
+#[test]
+fn init_writes_a_starter_recipe_that_validates_and_plans() {
+    let t = tempfile::tempdir().unwrap();
+    for base in ["debian-12", "ubuntu-24.04", "fedora-43"] {
+        let recipe = t.path().join(format!("{base}-lab.yaml"));
+        let out = df(t.path())
+            .args(["init", "--base", base])
+            .arg(&recipe)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let written = std::fs::read_to_string(&recipe).unwrap();
+        assert!(written.contains(&format!("catalog: {base}")), "{written}");
+        assert!(
+            written
+                .lines()
+                .filter(|l| l.trim_start().starts_with('#'))
+                .count()
+                > 5
+        );
+        let out = df(t.path()).arg("validate").arg(&recipe).output().unwrap();
+        assert!(out.status.success(), "{base}: {}", text(&out));
+        let out = df(t.path())
+            .args(["--offline", "plan"])
+            .arg(&recipe)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{base}: {}", text(&out));
+    }
+    // Never over an existing file; an unknown base is wrong usage with a suggestion.
+    let existing = t.path().join("debian-12-lab.yaml");
+    std::fs::write(&existing, "mine\n").unwrap();
+    let out = df(t.path()).arg("init").arg(&existing).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "mine\n");
+    let out = df(t.path())
+        .args(["init", "--base", "ubunt-24.04"])
+        .arg(t.path().join("new.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("did you mean `ubuntu-24.04`?"),
+        "{}",
+        text(&out)
+    );
+    assert!(!t.path().join("new.yaml").exists());
+}

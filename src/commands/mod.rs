@@ -6,6 +6,7 @@ pub mod base;
 pub mod build;
 pub mod cache;
 pub mod image;
+pub mod init;
 pub mod outdated;
 pub mod plan;
 pub mod run;
@@ -261,6 +262,7 @@ pub fn run(mut cli: Cli) -> Result<ExitCode> {
         }
         Command::Cache(cmd) => cache::run(g, cmd),
         Command::Validate(a) => validate::run(g, a),
+        Command::Init(a) => init::run(g, a),
         Command::Schema => validate::schema(),
         Command::Base(c) => base::run(g, c),
         Command::Plan(a) => plan::run(g, a),
