@@ -356,6 +356,18 @@ pub struct CompressionOpts {
     pub compression_level: Option<u32>,
 }
 
+/// How `pack` compresses the layer (no recipe is involved).
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Output options")]
+pub struct PackCompressionOpts {
+    /// Layer compression [default: gzip].
+    #[arg(long, value_enum)]
+    pub compression: Option<CompressionArg>,
+    /// Compression level (gzip 1-9, zstd 1-19) [default: gzip 4, zstd 2].
+    #[arg(long, value_name = "N")]
+    pub compression_level: Option<u32>,
+}
+
 /// Where the result is reported besides stdout.
 #[derive(Debug, Args, Clone, Default)]
 #[command(next_help_heading = "Output options")]
@@ -400,7 +412,9 @@ pub struct PackArgs {
     )]
     pub destinations: Vec<String>,
     #[command(flatten)]
-    pub output: OutputOpts,
+    pub layer: PackCompressionOpts,
+    #[command(flatten)]
+    pub report: ReportOpts,
     #[command(flatten)]
     pub limit: LayerLimitOpts,
     #[command(flatten)]

@@ -882,3 +882,39 @@ fn init_writes_a_starter_recipe_that_validates_and_plans() {
     );
     assert!(!t.path().join("new.yaml").exists());
 }
+
+#[test]
+fn pack_reports_packing_done_before_the_push() {
+    if !common::require(&["qemu-img", "docker-registry"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = qcow2(t.path(), "lab.qcow2", "64M");
+    let reg = common::registry::Registry::start(None);
+    let out = df(t.path())
+        .arg("pack")
+        .arg(&disk)
+        .arg("-o")
+        .arg(format!("docker://{}/lab/order:1", reg.addr))
+        .arg("--tls-verify=false")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    let pack_done = err.find("pack done").expect("pack done");
+    let push_start = err.find("==> push").expect("push stage");
+    let push_done = err.find("push done").expect("push done");
+    assert!(pack_done < push_start && push_start < push_done, "{err}");
+}
+
+#[test]
+fn pack_help_does_not_speak_of_a_recipe() {
+    let out = common::diskforge()
+        .args(["pack", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(help.contains("--compression"), "{help}");
+    assert!(!help.to_lowercase().contains("recipe"), "{help}");
+}

@@ -39,19 +39,18 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
     } else {
         args.destinations.clone()
     };
-    super::build::check_report_opts(&args.output.report, &outputs)?;
+    super::build::check_report_opts(&args.report, &outputs)?;
     let dests = outputs
         .iter()
         .map(|s| super::image_ref(s))
         .collect::<Result<Vec<_>>>()?;
     let info = crate::sys::qemu_img::inspect_untrusted(&args.disk)?;
     let compression = args
-        .output
         .layer
         .compression
         .map(super::compression)
         .unwrap_or_default();
-    crate::oci::layer::check_level(compression, args.output.layer.compression_level)
+    crate::oci::layer::check_level(compression, args.layer.compression_level)
         .map_err(|e| UsageError(format!("{e:#}")))?;
     crate::pipeline::publish::warn_compression(compression);
     let disk_name = args.disk_name.clone().unwrap_or_else(|| {
@@ -84,7 +83,7 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
         },
         layer: LayerOptions {
             compression,
-            level: args.output.layer.compression_level,
+            level: args.layer.compression_level,
             mtime: epoch,
             threads: 0,
             feed: None,
@@ -100,9 +99,9 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
             compression.name()
         ),
     );
-    let mut published = crate::pipeline::publish::write_image(&spec, &dests, &ctx, &work)?;
+    let mut published =
+        crate::pipeline::publish::write_image(&spec, &dests, &ctx, &work, Some(stage))?;
     published.disk_virtual_size = info.virtual_size;
-    stage.done();
     let name = args
         .disk
         .file_stem()
@@ -115,7 +114,7 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
         disk_virtual_size: info.virtual_size,
         recipe: None,
     };
-    super::build::print_published(&published, &image, &args.output.report, None)?;
+    super::build::print_published(&published, &image, &args.report, None)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -115,7 +115,7 @@ pub fn publish(
             feed: None,
         },
     };
-    let mut p = write_image(&spec, &r.dests, ctx, &plan.work)?;
+    let mut p = write_image(&spec, &r.dests, ctx, &plan.work, None)?;
     p.disk_virtual_size = info.virtual_size;
     Ok(p)
 }
@@ -132,11 +132,14 @@ pub fn warn_compression(c: crate::oci::Compression) {
 /// Packs once and writes every destination: layouts get the blobs (hard links after the
 /// first), archives a tar of a one-image layout, registries a streaming push from the
 /// packed layout.
+/// `packing`: a stage that ends when the layer is packed, before anything is copied or
+/// pushed (so that "pack done" is never reported after "push done").
 pub fn write_image(
     spec: &PackSpec,
     dests: &[ImageRef],
     ctx: &Context,
     work: &Path,
+    packing: Option<crate::progress::Stage>,
 ) -> Result<Published> {
     if dests.is_empty() {
         bail!("no destination: give --output oci:DIR[:TAG], oci-archive:FILE or docker://HOST/REPO:TAG");
@@ -205,6 +208,9 @@ pub fn write_image(
         ),
     };
     record.add();
+    if let Some(stage) = packing {
+        stage.done();
+    }
     crate::progress::event(
         "packed",
         json!({"manifest": image.manifest.digest().to_string(), "layer": image.layer.digest,
