@@ -161,8 +161,17 @@ pub enum ArchArg {
 #[derive(Debug, Args, Clone)]
 #[command(next_help_heading = "Registry options")]
 pub struct RegistryArgs {
-    /// `--tls-verify=false` allows plain HTTP and unverified TLS for registries.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    /// `--tls-verify=false` allows plain HTTP and unverified TLS for registries (a bare
+    /// `--tls-verify` is `--tls-verify=true`, as in podman and skopeo).
+    #[arg(
+        long,
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
     pub tls_verify: bool,
     /// Registry credentials USER:PASSWORD.
     #[arg(

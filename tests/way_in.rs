@@ -918,3 +918,90 @@ fn pack_help_does_not_speak_of_a_recipe() {
     assert!(help.contains("--compression"), "{help}");
     assert!(!help.to_lowercase().contains("recipe"), "{help}");
 }
+
+#[test]
+fn a_bare_tls_verify_means_true() {
+    if !common::require(&["qemu-img", "docker-registry"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = qcow2(t.path(), "lab.qcow2", "64M");
+    let reg = common::registry::Registry::start(None);
+    let image = format!("docker://{}/lab/tls:1", reg.addr);
+    // A bare flag before a positional argument is accepted, and verifies: the plain
+    // HTTP registry is refused with the hint.
+    let out = df(t.path())
+        .args(["pack", "--tls-verify"])
+        .arg(&disk)
+        .args(["-o", &image])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("--tls-verify=false"), "{}", text(&out));
+    let out = df(t.path())
+        .args(["pack", "--tls-verify=false"])
+        .arg(&disk)
+        .args(["-o", &image])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn registry_errors_tell_missing_from_wrong_credentials_and_vv_traces_http() {
+    if !common::require(&["qemu-img", "docker-registry", "htpasswd"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = qcow2(t.path(), "lab.qcow2", "64M");
+    let password = "Trace-Pa55word-71";
+    let reg = common::registry::Registry::start(Some(("ci", password)));
+    let dest = format!("docker://{}/lab/auth:1", reg.addr);
+    let pack = |creds: Option<&str>, extra: &[&str]| -> Output {
+        let mut c = df(t.path());
+        c.args(extra)
+            .arg("pack")
+            .arg(&disk)
+            .args(["-o", &dest, "--tls-verify=false"])
+            .env("HOME", t.path())
+            .env("XDG_RUNTIME_DIR", t.path().join("run"))
+            .env("XDG_CONFIG_HOME", t.path().join("config"))
+            .env_remove("DISKFORGE_CREDS")
+            .env_remove("DOCKER_CONFIG")
+            .env_remove("REGISTRY_AUTH_FILE");
+        if let Some(c2) = creds {
+            c.env("DISKFORGE_CREDS", c2);
+        }
+        c.output().unwrap()
+    };
+    let out = pack(None, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("no credentials for it were found"),
+        "{}",
+        text(&out)
+    );
+    let out = pack(Some("ci:Wrong-Pa55-0"), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("authentication failed for")
+            && text(&out).contains("with the credentials found for it"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("Wrong-Pa55-0"), "{}", text(&out));
+    // -vv: methods, URLs and statuses; never a header or the password.
+    let out = pack(Some(&format!("ci:{password}")), &["-vv"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains(&format!(
+            "PUT http://{}/v2/lab/auth/manifests/1 -> 201",
+            reg.addr
+        )),
+        "{all}"
+    );
+    assert!(all.contains("-> 401") || all.contains("-> 202"), "{all}");
+    assert!(!all.contains(password), "{all}");
+    assert!(!all.to_lowercase().contains("authorization:"), "{all}");
+}

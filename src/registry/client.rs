@@ -47,12 +47,23 @@ pub struct HttpError {
     pub detail: String,
 }
 
-/// The registry refused the credentials (or gave none that work).
+/// The registry refused the credentials, or asked for some and none were found: the
+/// message says which.
 #[derive(Debug, thiserror::Error)]
-#[error("authentication failed for {registry}: check --creds / DISKFORGE_CREDS or the auth file ({detail})")]
+#[error("{}", auth_message(.registry, .detail, *.had_credentials))]
 pub struct AuthError {
     pub registry: String,
     pub detail: String,
+    /// Whether a credential for the registry was found (and sent where allowed).
+    pub had_credentials: bool,
+}
+
+fn auth_message(registry: &str, detail: &str, had_credentials: bool) -> String {
+    if had_credentials {
+        format!("authentication failed for {registry} with the credentials found for it: check --creds / DISKFORGE_CREDS or the auth file ({detail})")
+    } else {
+        format!("authentication required by {registry}: no credentials for it were found: give --creds USER:PASSWORD or DISKFORGE_CREDS, or log in with `podman login {registry}` or `skopeo login {registry}` ({detail})")
+    }
 }
 
 /// diskforge refused to send a request over plain HTTP (a downgrade from HTTPS, or a
@@ -421,11 +432,17 @@ impl Client {
 
     /// The error for a 401 from `url`, which was sent without the credential because
     /// it is not the registry's own origin.
+    /// Whether a credential for this registry was found.
+    fn has_credentials(&self) -> bool {
+        !matches!(self.auth, RegistryAuth::Anonymous)
+    }
+
     fn withheld(&self, method: &Method, url: &str) -> anyhow::Error {
         let host = Url::parse(url)
             .map(|u| authority(&u))
             .unwrap_or_else(|_| url.to_string());
         AuthError {
+            had_credentials: self.has_credentials(),
             registry: self.registry.clone(),
             detail: format!(
                 "{method} {url}: HTTP 401: the registry sent this request to {host}, not to {}; diskforge sends the credential only to {}",
@@ -491,6 +508,7 @@ impl Client {
             .send()
             .await
             .map_err(|e| anyhow!("GET {url}: {}", explain(&self.registry, &e, true)))?;
+        tracing::trace!("GET {url} -> {}", resp.status());
         let Some(challenge) = resp
             .headers()
             .get(WWW_AUTHENTICATE)
@@ -523,9 +541,11 @@ impl Client {
             .await
             .map_err(|e| anyhow!("GET {realm}: {}", explain(&self.registry, &e, true)))?;
         let status = resp.status();
+        tracing::trace!("GET {realm} (token) -> {status}");
         if !status.is_success() {
             let detail = self.error_detail(resp).await;
             return Err(AuthError {
+                had_credentials: self.has_credentials(),
                 registry: self.registry.clone(),
                 detail: format!("token request to {realm}: HTTP {status}: {detail}"),
             }
@@ -602,6 +622,10 @@ impl Client {
                 req = req.body(b.clone());
             }
             let outcome = tokio::time::timeout(self.idle, req.send()).await;
+            if let Ok(Ok(resp)) = &outcome {
+                // -vv: the HTTP trace (method, URL, status; never a header).
+                tracing::trace!("{method} {url} -> {}", resp.status());
+            }
             let (error, wait) = match outcome {
                 Err(_) => (
                     anyhow!("{method} {url}: no answer within {}s", self.idle.as_secs()),
@@ -628,6 +652,7 @@ impl Client {
                     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                         let detail = self.error_detail(resp).await;
                         return Err(AuthError {
+                            had_credentials: self.has_credentials(),
                             registry: self.registry.clone(),
                             detail: format!("{method} {url}: HTTP {status}: {detail}"),
                         }
@@ -1428,6 +1453,7 @@ impl Client {
         .await;
         progress.inc(watch.total.load(Ordering::Relaxed) - before);
         let resp = resp?;
+        tracing::trace!("{method} {url} -> {}", resp.status());
         if transient(resp.status()) {
             let wait = retry_after(resp.headers());
             let err = self.fail(method.as_str(), url, resp).await;
@@ -1448,6 +1474,7 @@ impl Client {
         if resp.status() == StatusCode::FORBIDDEN {
             let detail = self.error_detail(resp).await;
             return Err(AuthError {
+                had_credentials: self.has_credentials(),
                 registry: self.registry.clone(),
                 detail,
             }
