@@ -77,7 +77,7 @@ pub enum Command {
     Outdated(OutdatedArgs),
     /// Pack an existing qcow2 or raw disk into a containerDisk image.
     Pack(PackArgs),
-    /// Push an image from an OCI layout to a registry.
+    /// Push an image from an OCI layout or oci-archive to a registry.
     Push(PushArgs),
     /// Show an image's layers, labels and disk without pulling it all.
     Inspect(InspectArgs),
@@ -432,7 +432,7 @@ pub struct PackArgs {
 
 #[derive(Debug, Args)]
 pub struct PushArgs {
-    /// OCI layout directory, with an optional `:TAG`.
+    /// OCI layout directory (`[oci:]DIR[:TAG]`) or archive (`oci-archive:FILE[:TAG]`).
     #[arg(value_name = "LAYOUT[:TAG]")]
     pub layout: String,
     /// `docker://HOST/REPO:TAG` (give several for several tags).

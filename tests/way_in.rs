@@ -1005,3 +1005,47 @@ fn registry_errors_tell_missing_from_wrong_credentials_and_vv_traces_http() {
     assert!(!all.contains(password), "{all}");
     assert!(!all.to_lowercase().contains("authorization:"), "{all}");
 }
+
+#[test]
+fn push_reads_the_oci_archive_pack_writes_and_keeps_its_digest() {
+    if !common::require(&["qemu-img", "docker-registry"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = qcow2(t.path(), "lab.qcow2", "64M");
+    let archive = format!("oci-archive:{}:1", t.path().join("lab.tar").display());
+    let out = df(t.path())
+        .arg("pack")
+        .arg(&disk)
+        .args(["-o", &archive])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = df(t.path())
+        .args(["inspect", "--format", "{{.Digest}}", &archive])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let digest = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    let reg = common::registry::Registry::start(None);
+    let out = df(t.path())
+        .args(["push", &archive])
+        .arg(format!("docker://{}/lab/archive:1", reg.addr))
+        .arg("--tls-verify=false")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{}/lab/archive@{digest}", reg.addr)
+    );
+    // The registry serves the same bytes.
+    let out = df(t.path())
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{}/lab/archive:1", reg.addr))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(format!("sha256:{}", sha256_hex(&out.stdout)), digest);
+}

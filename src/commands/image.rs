@@ -120,14 +120,10 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
 
 /// `diskforge push LAYOUT[:TAG] docker://…`.
 pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
-    let src = if args.layout.starts_with("oci:") {
+    let src = if args.layout.starts_with("oci:") || args.layout.starts_with("oci-archive:") {
         args.layout.clone()
     } else {
         format!("oci:{}", args.layout)
-    };
-    let (dir, tag) = match super::image_ref(&src)? {
-        ImageRef::Layout { dir, tag } => (dir, tag),
-        _ => bail!("{}: push takes an OCI layout directory", args.layout),
     };
     let mut refs = Vec::new();
     for d in &args.destinations {
@@ -136,7 +132,26 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
         }
         refs.push(super::remote_ref(d)?);
     }
-    let layout = Layout::open(&dir)?;
+    // An archive (what `pack -o oci-archive:` writes) is unpacked to a temp layout and
+    // pushed from there: the same blobs, so the same digests.
+    let unpacked;
+    let (layout, tag) = match super::image_ref(&src)? {
+        ImageRef::Layout { dir, tag } => (Layout::open(&dir)?, tag),
+        ImageRef::Archive { file, tag } => {
+            unpacked = tempfile::Builder::new()
+                .prefix("diskforge-archive-")
+                .tempdir_in(super::scratch_root(g)?)
+                .context("creating a temp dir for the archive")?;
+            (
+                crate::oci::archive::extract_archive(&file, unpacked.path())?,
+                tag,
+            )
+        }
+        _ => bail!(
+            "{}: push takes an OCI layout directory or an oci-archive: file",
+            args.layout
+        ),
+    };
     let desc = layout.resolve(tag.as_deref())?;
     let ctx = super::context(g, super::push_options(&args.registry, &args.limit)?)?;
     let mut groups: Vec<Vec<RemoteRef>> = Vec::new();
