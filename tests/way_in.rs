@@ -557,6 +557,8 @@ fn every_error_of_a_recipe_comes_in_one_pass_sorted_by_position() {
         &t.path().join("many.yaml"),
         "name: many\nbase: {catalog: ubuntu-2404}\nbogus: 1\ndisk:\n  size: 10X\ncustomize:\n  pakages: [a]\n  hostname: \"${NOPE}\"\n  users:\n    - name: Bad User\n      sudo: maybe\n  files:\n    - path: /etc/motd\n      source: missing.txt\nttyd:\n  port: 0\n  enabled: true\noutput:\n  compression: lz4\n",
     );
+    // A file with a close name: the typo gets a suggestion.
+    std::fs::write(t.path().join("missing.text"), "x").unwrap();
     let out = df(t.path()).arg("validate").arg(&recipe).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(2), "{err}");
@@ -587,6 +589,7 @@ fn every_error_of_a_recipe_comes_in_one_pass_sorted_by_position() {
         "undefined variable ${NOPE}",
         "\"Bad User\" is not a valid user name",
         "`missing.txt` does not exist",
+        "did you mean `missing.text`?",
         "expected one of gzip, zstd, none",
     ] {
         assert!(err.contains(hint), "want {hint:?}: {err}");

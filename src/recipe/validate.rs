@@ -381,8 +381,11 @@ fn located(root: &Path, dir: &Path, rel: &Path, host: &HostAccess, reach: Reach)
     let real = match std::fs::canonicalize(dir.join(rel)) {
         Err(_) => {
             return Some(format!(
-                "`{shown}` does not exist (relative to {})",
-                dir.display()
+                "`{shown}` does not exist (relative to {}){}",
+                dir.display(),
+                nearby(root, dir, rel)
+                    .map(|n| format!(": did you mean `{n}`?"))
+                    .unwrap_or_default()
             ))
         }
         Ok(real) => real,
@@ -405,6 +408,29 @@ fn located(root: &Path, dir: &Path, rel: &Path, host: &HostAccess, reach: Reach)
         return Some(format!("`{shown}` is not a regular file"));
     }
     None
+}
+
+/// A file next to the missing `rel` whose name is close to its name (a typo), written
+/// the way `rel` was. Only inside the recipe's directory (real path `root`): names
+/// elsewhere on the host are not the recipe's to learn.
+fn nearby(root: &Path, dir: &Path, rel: &Path) -> Option<String> {
+    if written_outside(rel) {
+        return None;
+    }
+    let name = rel.file_name()?.to_str()?;
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    let real_parent = std::fs::canonicalize(dir.join(parent)).ok()?;
+    if !real_parent.starts_with(root) {
+        return None;
+    }
+    let entries: Vec<String> = std::fs::read_dir(real_parent)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    let names: Vec<&str> = entries.iter().map(String::as_str).collect();
+    let close = super::diag::did_you_mean(name, &names)?;
+    Some(parent.join(close).display().to_string())
 }
 
 fn valid_name(n: &str) -> bool {
