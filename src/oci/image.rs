@@ -316,7 +316,7 @@ mod tests {
         let text = String::from_utf8(c.bytes.clone()).unwrap();
         assert!(
             text.starts_with(
-                r#"{"architecture":"amd64","config":{"Env":["X=1"],"Labels":{"a":"1","b":"2"}}"#
+                r#"{"architecture":"amd64","config":{"Entrypoint":["no-entrypoint"],"Env":["X=1"],"Labels":{"a":"1","b":"2"}}"#
             ),
             "{text}"
         );
