@@ -1052,3 +1052,18 @@ fn push_reads_the_oci_archive_pack_writes_and_keeps_its_digest() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(format!("sha256:{}", sha256_hex(&out.stdout)), digest);
 }
+
+#[test]
+fn completions_cover_the_new_ways_in() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = common::diskforge()
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        for word in ["init", "allow-path", "max-layer-size", "format"] {
+            assert!(script.contains(word), "{shell}: no {word}");
+        }
+    }
+}
