@@ -72,13 +72,13 @@ pub enum Command {
     /// Print the ordered steps of a build with their exact command lines.
     Plan(PlanArgs),
     /// Build images from recipes.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Say which recipes need a rebuild, without building (exit 5 when some do).
     Outdated(OutdatedArgs),
     /// Pack an existing qcow2 or raw disk into a containerDisk image.
     Pack(PackArgs),
-    /// Push an image from an OCI layout to a registry, or promote one registry image
-    /// to another repository by digest.
+    /// Push an image from an OCI layout or oci-archive to a registry, or promote one
+    /// registry image to another repository by digest.
     Push(PushArgs),
     /// Show an image's layers, labels and disk without pulling it all.
     Inspect(InspectArgs),
@@ -90,6 +90,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Sign an image's manifest digest (cosign format, `sha256-<hex>.sig`).
     Sign(SignArgs),
+    /// Write a commented starter recipe that validates.
+    Init(InitArgs),
     /// Print the recipe JSON Schema.
     Schema,
     /// Base image catalog.
@@ -104,6 +106,19 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The recipe file to write (never overwritten).
+    #[arg(value_name = "FILE", default_value = "recipe.yaml")]
+    pub recipe: PathBuf,
+    /// The catalog entry to start from (`diskforge base list`).
+    #[arg(long, value_name = "NAME", default_value = "debian-12")]
+    pub base: String,
+    /// Base image catalog directory [default: base-images/ next to the recipe, then built-in].
+    #[arg(long, value_name = "DIR", env = "DISKFORGE_CATALOG")]
+    pub catalog: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +141,15 @@ pub struct RecipeInputs {
     /// Build for this architecture (overrides the recipe's `base.arch`).
     #[arg(long, value_enum)]
     pub arch: Option<ArchArg>,
+    /// Use this local disk image as the base instead of the recipe's (its `base.format`
+    /// and `base.arch` still apply; default qcow2). Allowed wherever it lies.
+    #[arg(long, value_name = "PATH")]
+    pub base: Option<PathBuf>,
+    /// Let the base and `customize.files[].source` name files under DIR (absolute paths,
+    /// `file://` URLs, symbolic links), judged by their real paths (repeatable; also
+    /// DISKFORGE_ALLOW_PATH, colon-separated).
+    #[arg(long, value_name = "DIR")]
+    pub allow_path: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -138,8 +162,17 @@ pub enum ArchArg {
 #[derive(Debug, Args, Clone)]
 #[command(next_help_heading = "Registry options")]
 pub struct RegistryArgs {
-    /// `--tls-verify=false` allows plain HTTP and unverified TLS for registries.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    /// `--tls-verify=false` allows plain HTTP and unverified TLS for registries (a bare
+    /// `--tls-verify` is `--tls-verify=true`, as in podman and skopeo).
+    #[arg(
+        long,
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
     pub tls_verify: bool,
     /// Registry credentials USER:PASSWORD.
     #[arg(
@@ -260,7 +293,20 @@ pub struct BuildArgs {
     #[command(flatten)]
     pub output: OutputOpts,
     #[command(flatten)]
+    pub limit: LayerLimitOpts,
+    #[command(flatten)]
     pub registry: RegistryArgs,
+}
+
+/// The largest layer a push may send.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Output options")]
+pub struct LayerLimitOpts {
+    /// Refuse, before uploading, to push a compressed layer larger than SIZE (`5G`,
+    /// `500M`); the documented limits of ghcr.io, docker.io and quay.io apply anyway
+    /// (docs/cli.md).
+    #[arg(long, value_name = "SIZE")]
+    pub max_layer_size: Option<String>,
 }
 
 /// Where the password of an encrypted signing key comes from: never the command line.
@@ -328,6 +374,18 @@ pub struct CompressionOpts {
     pub compression_level: Option<u32>,
 }
 
+/// How `pack` compresses the layer (no recipe is involved).
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Output options")]
+pub struct PackCompressionOpts {
+    /// Layer compression [default: gzip].
+    #[arg(long, value_enum)]
+    pub compression: Option<CompressionArg>,
+    /// Compression level (gzip 1-9, zstd 1-19) [default: gzip 4, zstd 2].
+    #[arg(long, value_name = "N")]
+    pub compression_level: Option<u32>,
+}
+
 /// Where the result is reported besides stdout.
 #[derive(Debug, Args, Clone, Default)]
 #[command(next_help_heading = "Output options")]
@@ -382,15 +440,20 @@ pub struct PackArgs {
     )]
     pub destinations: Vec<String>,
     #[command(flatten)]
-    pub output: OutputOpts,
+    pub layer: PackCompressionOpts,
+    #[command(flatten)]
+    pub report: ReportOpts,
+    #[command(flatten)]
+    pub limit: LayerLimitOpts,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct PushArgs {
-    /// OCI layout directory, with an optional `:TAG`; or `docker://HOST/REPO@sha256:…`
-    /// (or `:TAG`, resolved once) to promote a registry image by digest.
+    /// OCI layout directory (`[oci:]DIR[:TAG]`) or archive (`oci-archive:FILE[:TAG]`); or
+    /// `docker://HOST/REPO@sha256:…` (or `:TAG`, resolved once) to promote a registry
+    /// image by digest.
     #[arg(value_name = "LAYOUT[:TAG]|docker://SOURCE")]
     pub layout: String,
     /// `docker://HOST/REPO:TAG` (give several for several tags).
@@ -417,6 +480,8 @@ pub struct PushArgs {
     #[command(flatten)]
     pub report: ReportOpts,
     #[command(flatten)]
+    pub limit: LayerLimitOpts,
+    #[command(flatten)]
     pub registry: RegistryArgs,
 }
 
@@ -428,9 +493,19 @@ pub struct InspectArgs {
     /// Check signatures and the provenance against this public key (PEM).
     #[arg(long, value_name = "PUBKEY")]
     pub key: Option<PathBuf>,
-    /// Print JSON.
-    #[arg(long)]
+    /// Print JSON (the same as `--format json`).
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+    /// `json`, or a template of fields such as `{{.Digest}}` or `{{.Labels.KEY}}`
+    /// (docs/cli.md lists them); one line per image.
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
+    /// Print the manifest (or index) the reference names, byte for byte.
+    #[arg(long, conflicts_with_all = ["json", "format", "config", "key"])]
+    pub raw: bool,
+    /// Print the image's config, byte for byte.
+    #[arg(long, conflicts_with_all = ["json", "format", "key"])]
+    pub config: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -543,6 +618,9 @@ pub struct VerifyArgs {
     /// there). One read-only appliance launch.
     #[arg(long, value_name = "FIRMWARE")]
     pub firmware: Option<String>,
+    /// Print the result as one JSON document (checks passed and failed).
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }

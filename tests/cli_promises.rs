@@ -682,6 +682,8 @@ fn type_errors_are_located_in_the_recipes_words_all_at_once() {
     let t = tempfile::tempdir().unwrap();
     let recipe = t.path().join("lab.yaml");
     std::fs::write(&recipe, THREE_TYPE_ERRORS).unwrap();
+    // The base exists: every error is about a value (a missing file would be one more).
+    std::fs::write(t.path().join("base.qcow2"), b"").unwrap();
     let mut seen = Vec::new();
     for cmd in ["validate", "plan", "build"] {
         let out = df(t.path()).arg(cmd).arg(&recipe).output().unwrap();
@@ -1007,6 +1009,7 @@ fn json_events_are_versioned_and_include_recipe_errors() {
 
     let bad = t.path().join("lab.yaml");
     std::fs::write(&bad, THREE_TYPE_ERRORS).unwrap();
+    std::fs::write(t.path().join("base.qcow2"), b"").unwrap();
     let bad2 = t.path().join("other.yaml");
     std::fs::write(&bad2, "base: {path: base.qcow2}\ndisk: {size: 10}\n").unwrap();
     let runs: [(&[&str], &[&Path]); 3] = [

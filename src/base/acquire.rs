@@ -61,7 +61,16 @@ impl ResolvedBase {
     pub fn from_spec(spec: &BaseSpec, recipe_dir: &Path) -> Result<ResolvedBase> {
         let format = spec.format.unwrap_or_default();
         let arch = spec.arch.unwrap_or_default();
+        let file_url = spec
+            .url
+            .as_deref()
+            .and_then(crate::recipe::host::file_url_path)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!(e))?;
         let source = match (&spec.url, &spec.path) {
+            (Some(_), None) if file_url.is_some() => {
+                BaseSource::Path(file_url.expect("checked just above"))
+            }
             (Some(url), None) => {
                 let Some(checksum) = spec.checksum.clone() else {
                     bail!(

@@ -183,6 +183,10 @@ impl Http {
             Err(e) if e.is_builder() => {
                 return Err(e).with_context(|| format!("invalid download URL {url}"))
             }
+            Err(e) if crate::io::tls::name_not_resolved(&e).is_some() => {
+                // No retry: a name that does not resolve now will not in a few seconds.
+                return Err(anyhow::Error::new(e).context(format!("GET {url}")));
+            }
             Err(e) => {
                 return Ok(Attempt::Retry {
                     error: anyhow::Error::new(e).context(format!("GET {url}")),

@@ -57,6 +57,7 @@ pub fn load_key(
 pub fn options(a: &BuildArgs) -> Result<BuildOptions> {
     Ok(BuildOptions {
         set: a.inputs.set.clone(),
+        host: super::host_access(&a.inputs)?,
         catalog: a.inputs.catalog.clone(),
         outputs: a.destinations.clone(),
         compression: a.output.layer.compression.map(super::compression),
@@ -174,6 +175,8 @@ pub fn run(g: &GlobalOpts, args: BuildArgs) -> Result<ExitCode> {
             &recipes[0],
             &crate::recipe::LoadOptions {
                 set: args.inputs.set.clone(),
+                host: super::host_access(&args.inputs)?,
+                references: None,
             },
         )?;
         let kind = match loaded.recipe.output.repository {
@@ -183,7 +186,7 @@ pub fn run(g: &GlobalOpts, args: BuildArgs) -> Result<ExitCode> {
         check_report_opts(&args.output.report, &[kind.to_string()])?;
     }
     let opts = options(&args)?;
-    let ctx = super::context(g, super::registry_options(&args.registry, &[]))?;
+    let ctx = super::context(g, super::push_options(&args.registry, &args.limit)?)?;
     let started = Instant::now();
     let reports = if recipes.len() == 1 {
         vec![build_one(&recipes[0], &opts, &ctx, &args, true)]

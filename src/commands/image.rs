@@ -4,8 +4,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
-use serde_json::{json, Value};
 
+use super::summary::ImageSummary;
 use super::UsageError;
 use crate::cli::{GlobalOpts, IndexArgs, InspectArgs, PackArgs, PushArgs};
 use crate::oci::image::{self, ImageMeta, Platform};
@@ -39,19 +39,18 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
     } else {
         args.destinations.clone()
     };
-    super::build::check_report_opts(&args.output.report, &outputs)?;
+    super::build::check_report_opts(&args.report, &outputs)?;
     let dests = outputs
         .iter()
         .map(|s| super::image_ref(s))
         .collect::<Result<Vec<_>>>()?;
     let info = crate::sys::qemu_img::inspect_untrusted(&args.disk)?;
     let compression = args
-        .output
         .layer
         .compression
         .map(super::compression)
         .unwrap_or_default();
-    crate::oci::layer::check_level(compression, args.output.layer.compression_level)
+    crate::oci::layer::check_level(compression, args.layer.compression_level)
         .map_err(|e| UsageError(format!("{e:#}")))?;
     crate::pipeline::publish::warn_compression(compression);
     let disk_name = args.disk_name.clone().unwrap_or_else(|| {
@@ -84,13 +83,13 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
         },
         layer: LayerOptions {
             compression,
-            level: args.output.layer.compression_level,
+            level: args.layer.compression_level,
             mtime: epoch,
             threads: 0,
             feed: None,
         },
     };
-    let ctx = super::context(g, super::registry_options(&args.registry, &[]))?;
+    let ctx = super::context(g, super::push_options(&args.registry, &args.limit)?)?;
     let work = super::scratch_root(g)?;
     let stage = crate::progress::stage(
         "pack",
@@ -100,9 +99,9 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
             compression.name()
         ),
     );
-    let mut published = crate::pipeline::publish::write_image(&spec, &dests, &ctx, &work)?;
+    let mut published =
+        crate::pipeline::publish::write_image(&spec, &dests, &ctx, &work, Some(stage))?;
     published.disk_virtual_size = info.virtual_size;
-    stage.done();
     let name = args
         .disk
         .file_stem()
@@ -117,7 +116,7 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
         pull_method: None,
         firmware: crate::recipe::Firmware::Bios,
     };
-    super::build::print_published(&published, &image, &args.output.report, None)?;
+    super::build::print_published(&published, &image, &args.report, None)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -132,14 +131,10 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
         )
         .into());
     }
-    let src = if args.layout.starts_with("oci:") {
+    let src = if args.layout.starts_with("oci:") || args.layout.starts_with("oci-archive:") {
         args.layout.clone()
     } else {
         format!("oci:{}", args.layout)
-    };
-    let (dir, tag) = match super::image_ref(&src)? {
-        ImageRef::Layout { dir, tag } => (dir, tag),
-        _ => bail!("{}: push takes an OCI layout directory", args.layout),
     };
     let mut refs = Vec::new();
     for d in &args.destinations {
@@ -148,9 +143,28 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
         }
         refs.push(super::remote_ref(d)?);
     }
-    let layout = Layout::open(&dir)?;
+    // An archive (what `pack -o oci-archive:` writes) is unpacked to a temp layout and
+    // pushed from there: the same blobs, so the same digests.
+    let unpacked;
+    let (layout, tag) = match super::image_ref(&src)? {
+        ImageRef::Layout { dir, tag } => (Layout::open(&dir)?, tag),
+        ImageRef::Archive { file, tag } => {
+            unpacked = tempfile::Builder::new()
+                .prefix("diskforge-archive-")
+                .tempdir_in(super::scratch_root(g)?)
+                .context("creating a temp dir for the archive")?;
+            (
+                crate::oci::archive::extract_archive(&file, unpacked.path())?,
+                tag,
+            )
+        }
+        _ => bail!(
+            "{}: push takes an OCI layout directory or an oci-archive: file",
+            args.layout
+        ),
+    };
     let desc = layout.resolve(tag.as_deref())?;
-    let ctx = super::context(g, super::registry_options(&args.registry, &[]))?;
+    let ctx = super::context(g, super::push_options(&args.registry, &args.limit)?)?;
     let mut groups: Vec<Vec<RemoteRef>> = Vec::new();
     for r in refs {
         match groups
@@ -226,13 +240,21 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
 pub fn inspect(g: &GlobalOpts, args: InspectArgs) -> Result<ExitCode> {
     let r = super::image_ref(&args.image)?;
     let arch = read::host_arch();
+    if args.raw || args.config {
+        let bytes = document_bytes(g, &r, &args, arch)?;
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        out.write_all(&bytes)?;
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let key = args
         .key
         .as_deref()
         .map(crate::provenance::PublicKey::load)
         .transpose()?;
     let opts = super::registry_options(&args.registry, &[]);
-    let mut summary = match &r {
+    let summary = match &r {
         ImageRef::Registry { reference } => {
             use crate::pipeline::attest::{read_attached, RegistrySource};
             let rr = RemoteRef::parse(reference)?;
@@ -244,15 +266,16 @@ pub fn inspect(g: &GlobalOpts, args: InspectArgs) -> Result<ExitCode> {
             };
             let identity = format!("{}/{}", rr.registry, rr.repository);
             let attached = read_attached(&src, &identity, &s.manifest_digest, key.as_ref())?;
-            let mut v = summary_json(
+            let mut summary = ImageSummary::new(
                 &args.image,
                 &s.digest,
                 &s.manifest,
                 &s.config,
                 s.disk.as_ref().map(|(p, h)| (p.as_str(), h)),
+                attached,
             );
-            v["attached"] = serde_json::to_value(&attached)?;
-            v
+            summary.platforms = super::summary::platforms(&top_document(g, &r, &args)?)?;
+            summary
         }
         _ => {
             let scratch = super::scratch_root(g)?;
@@ -261,16 +284,84 @@ pub fn inspect(g: &GlobalOpts, args: InspectArgs) -> Result<ExitCode> {
             let disk = scan.disk.as_ref().map(|(e, h)| (e.path.as_str(), h));
             let digest = img.manifest_desc.digest().to_string();
             let attached = attached(&r, &img, &opts, &digest, key.as_ref())?;
-            let mut v = summary_json(&args.image, &digest, &img.manifest, &img.config, disk);
-            v["attached"] = serde_json::to_value(&attached)?;
-            v
+            let mut summary = ImageSummary::new(
+                &args.image,
+                &digest,
+                &img.manifest,
+                &img.config,
+                disk,
+                attached,
+            );
+            let tag = match &r {
+                ImageRef::Layout { tag, .. } | ImageRef::Archive { tag, .. } => tag.as_deref(),
+                ImageRef::Registry { .. } => None,
+            };
+            let top = img.layout.read_blob(&img.layout.resolve(tag)?)?;
+            summary.platforms = super::summary::platforms(&top)?;
+            summary
         }
     };
-    if summary["attached"].is_null() {
-        summary["attached"] = json!({});
+    match (args.json, args.format.as_deref()) {
+        (true, _) | (false, Some("json")) => {
+            println!("{}", serde_json::to_string_pretty(&summary)?)
+        }
+        (false, Some(template)) => println!("{}", summary.render(template)?),
+        (false, None) => print!("{}", summary.text()),
     }
-    print_summary(&summary, args.json)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `inspect --raw`: the manifest or index the reference names; `--config`: the config
+/// of the image for this host's architecture. Both as stored, byte for byte.
+fn document_bytes(g: &GlobalOpts, r: &ImageRef, args: &InspectArgs, arch: &str) -> Result<Vec<u8>> {
+    if args.raw {
+        return top_document(g, r, args);
+    }
+    match r {
+        ImageRef::Registry { reference } => {
+            let rr = RemoteRef::parse(reference)?;
+            let opts = super::registry_options(&args.registry, &[]);
+            crate::sys::rt::block_on(async {
+                let client = registry::Client::connect(&rr.registry, &opts).await?;
+                let img = registry::pull::resolve(&client, &rr, arch)
+                    .await?
+                    .with_context(|| format!("{rr} does not exist"))?;
+                let c = img.manifest.config();
+                client
+                    .small_blob(&rr.repository, c.digest().as_ref(), c.size())
+                    .await
+            })
+        }
+        _ => {
+            let scratch = super::scratch_root(g)?;
+            let (img, _temp) = open_local(r, &scratch)?;
+            img.layout.read_blob(img.manifest.config())
+        }
+    }
+}
+
+/// The manifest or index the reference names, as stored.
+fn top_document(g: &GlobalOpts, r: &ImageRef, args: &InspectArgs) -> Result<Vec<u8>> {
+    match r {
+        ImageRef::Registry { reference } => {
+            let rr = RemoteRef::parse(reference)?;
+            let opts = super::registry_options(&args.registry, &[]);
+            crate::sys::rt::block_on(async {
+                let client = registry::Client::connect(&rr.registry, &opts).await?;
+                let (bytes, _, _) = client
+                    .manifest(&rr.repository, rr.reference())
+                    .await?
+                    .with_context(|| format!("{rr} does not exist"))?;
+                Ok(bytes)
+            })
+        }
+        ImageRef::Layout { tag, .. } | ImageRef::Archive { tag, .. } => {
+            let scratch = super::scratch_root(g)?;
+            let (img, _temp) = open_local(r, &scratch)?;
+            let top = img.layout.resolve(tag.as_deref())?;
+            img.layout.read_blob(&top)
+        }
+    }
 }
 
 /// Opens a layout or an archive (unpacked into a temp dir under `scratch`).
@@ -291,108 +382,6 @@ pub fn open_local(
         }
         ImageRef::Registry { .. } => bail!("{r} is not a local image"),
     }
-}
-
-fn summary_json(
-    name: &str,
-    digest: &str,
-    manifest: &image::ImageManifest,
-    config: &image::ImageConfiguration,
-    disk: Option<(&str, &read::DiskHeader)>,
-) -> Value {
-    let layers: Vec<Value> = manifest
-        .layers()
-        .iter()
-        .map(|l| json!({"digest": l.digest().to_string(), "size": l.size(), "mediaType": l.media_type().to_string()}))
-        .collect();
-    let env = config
-        .config()
-        .as_ref()
-        .and_then(|c| c.env().clone())
-        .unwrap_or_default();
-    json!({
-        "image": name,
-        "digest": digest,
-        "architecture": config.architecture().to_string(),
-        "os": config.os().to_string(),
-        "created": config.created(),
-        "labels": image::labels(config),
-        "env": env,
-        "layers": layers,
-        "disk": disk.map(|(p, h)| json!({"path": p, "format": h.format, "virtual_size": h.virtual_size})),
-    })
-}
-
-/// Prints an image summary as JSON or as text.
-fn print_summary(s: &Value, as_json: bool) -> Result<()> {
-    if as_json {
-        println!("{}", serde_json::to_string_pretty(s)?);
-        return Ok(());
-    }
-    let str_of = |v: &Value| v.as_str().unwrap_or("-").to_string();
-    println!("Image:        {}", str_of(&s["image"]));
-    println!("Digest:       {}", str_of(&s["digest"]));
-    println!(
-        "Platform:     {}/{}",
-        str_of(&s["os"]),
-        str_of(&s["architecture"])
-    );
-    println!("Created:      {}", str_of(&s["created"]));
-    match s["disk"].as_object() {
-        Some(d) => println!(
-            "Disk:         {} ({}, virtual size {})",
-            str_of(&d["path"]),
-            str_of(&d["format"]),
-            crate::progress::human_bytes(d["virtual_size"].as_u64().unwrap_or(0))
-        ),
-        None => println!("Disk:         none found under disk/"),
-    }
-    println!("Layers:");
-    for l in s["layers"].as_array().into_iter().flatten() {
-        println!(
-            "  {}  {:>10}  {}",
-            str_of(&l["digest"]),
-            crate::progress::human_bytes(l["size"].as_u64().unwrap_or(0)),
-            str_of(&l["mediaType"])
-        );
-    }
-    if let Some(labels) = s["labels"].as_object().filter(|l| !l.is_empty()) {
-        println!("Labels:");
-        for (k, v) in labels {
-            println!("  {k}={}", v.as_str().unwrap_or_default());
-        }
-    }
-    if let Some(env) = s["env"].as_array().filter(|e| !e.is_empty()) {
-        println!("Env:");
-        for e in env {
-            println!("  {}", e.as_str().unwrap_or_default());
-        }
-    }
-    let a = &s["attached"];
-    let sigs = a["signatures"].as_u64().unwrap_or(0);
-    match a["valid_signatures"].as_u64() {
-        Some(v) => println!("Signatures:   {sigs} ({v} valid for the given key)"),
-        None => println!("Signatures:   {sigs}"),
-    }
-    match a["sbom_packages"].as_u64() {
-        Some(n) => println!("SBOM:         SPDX 2.3, {n} packages"),
-        None => println!("SBOM:         none attached"),
-    }
-    if let Some(m) = a["materials"].as_array().filter(|m| !m.is_empty()) {
-        match a["provenance_signed"].as_bool() {
-            Some(true) => println!("Provenance:   SLSA v1, signature valid for the given key"),
-            Some(false) => println!("Provenance:   SLSA v1, NOT signed by the given key"),
-            None => println!("Provenance:   SLSA v1"),
-        }
-        for x in m {
-            println!(
-                "  {}  {}",
-                x[1].as_str().unwrap_or_default(),
-                x[0].as_str().unwrap_or_default()
-            );
-        }
-    }
-    Ok(())
 }
 
 /// A descriptor for an index entry: the image's manifest with its platform.

@@ -6,11 +6,13 @@ pub mod base;
 pub mod build;
 pub mod cache;
 pub mod image;
+pub mod init;
 pub mod outdated;
 pub mod plan;
 pub mod promote;
 pub mod run;
 pub mod sign;
+pub mod summary;
 pub mod validate;
 pub mod verify;
 
@@ -285,10 +287,11 @@ pub fn run(mut cli: Cli) -> Result<ExitCode> {
         }
         Command::Cache(cmd) => cache::run(g, cmd),
         Command::Validate(a) => validate::run(g, a),
+        Command::Init(a) => init::run(g, a),
         Command::Schema => validate::schema(),
         Command::Base(c) => base::run(g, c),
         Command::Plan(a) => plan::run(g, a),
-        Command::Build(a) => build::run(g, a),
+        Command::Build(a) => build::run(g, *a),
         Command::Outdated(a) => outdated::run(g, a),
         Command::Pack(a) => image::pack(g, a),
         Command::Inspect(a) => image::inspect(g, a),
@@ -332,7 +335,30 @@ pub fn registry_options(a: &RegistryArgs, insecure: &[String]) -> RegistryOption
         authfile: a.authfile.clone(),
         cert_dir: a.cert_dir.clone(),
         timeout: Duration::from_secs(a.registry_timeout.max(1)),
+        max_layer_size: None,
     }
+}
+
+/// Registry options of a command that pushes layers: `--max-layer-size` as well.
+pub fn push_options(
+    a: &RegistryArgs,
+    limit: &crate::cli::LayerLimitOpts,
+) -> Result<RegistryOptions> {
+    let mut o = registry_options(a, &[]);
+    o.max_layer_size = match &limit.max_layer_size {
+        None => None,
+        Some(s) => match crate::recipe::Size::parse(s) {
+            Ok(crate::recipe::Size::Absolute(n)) => Some(n),
+            _ if s.parse::<u64>().is_ok_and(|n| n > 0) => s.parse().ok(),
+            _ => {
+                return Err(UsageError(format!(
+                    "--max-layer-size {s:?}: give a size such as 5G, 500M or a number of bytes"
+                ))
+                .into())
+            }
+        },
+    };
+    Ok(o)
 }
 
 /// The pipeline context of a command.
@@ -396,6 +422,18 @@ pub fn scratch_root(g: &GlobalOpts) -> Result<PathBuf> {
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
     crate::io::scratch::reap(&dir);
     Ok(dir)
+}
+
+/// What the command line allows a recipe to name on the host: `--allow-path` and
+/// `DISKFORGE_ALLOW_PATH` directories, and the `--base` file. A directory or file that
+/// does not exist is wrong usage.
+pub fn host_access(inputs: &crate::cli::RecipeInputs) -> Result<crate::recipe::HostAccess> {
+    let mut dirs = inputs.allow_path.clone();
+    if let Some(env) = std::env::var_os("DISKFORGE_ALLOW_PATH") {
+        dirs.extend(crate::recipe::host::split_allow_env(&env.to_string_lossy()));
+    }
+    crate::recipe::HostAccess::new(&dirs, inputs.base.as_deref())
+        .map_err(|e| UsageError(format!("{e:#}")).into())
 }
 
 pub fn arch(a: crate::cli::ArchArg) -> crate::recipe::Arch {

@@ -30,6 +30,7 @@ struct Status {
 pub fn run(g: &GlobalOpts, args: OutdatedArgs) -> Result<ExitCode> {
     let opts = BuildOptions {
         set: args.inputs.set.clone(),
+        host: super::host_access(&args.inputs)?,
         catalog: args.inputs.catalog.clone(),
         outputs: args.output.clone(),
         arch: args.inputs.arch.map(super::arch),

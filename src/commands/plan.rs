@@ -12,6 +12,7 @@ use crate::pipeline::{self, BuildOptions, Plan};
 pub fn run(g: &GlobalOpts, a: PlanArgs) -> Result<ExitCode> {
     let opts = BuildOptions {
         set: a.inputs.set.clone(),
+        host: super::host_access(&a.inputs)?,
         catalog: a.inputs.catalog.clone(),
         outputs: a.output.clone(),
         arch: a.inputs.arch.map(super::arch),

@@ -117,6 +117,7 @@ pub fn run(g: &GlobalOpts, args: ValidateArgs) -> Result<ExitCode> {
     let ctx = super::context_without_cache(g, crate::registry::RegistryOptions::default())?;
     let opts = crate::pipeline::BuildOptions {
         set: args.inputs.set.clone(),
+        host: super::host_access(&args.inputs)?,
         catalog: args.inputs.catalog.clone(),
         arch: args.inputs.arch.map(super::arch),
         ..Default::default()

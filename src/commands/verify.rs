@@ -167,20 +167,21 @@ pub fn run(g: &GlobalOpts, args: VerifyArgs) -> Result<ExitCode> {
             )),
         }
     }
-    for l in &ok {
-        println!("  ok    {l}");
+    let mut report = VerifyReport {
+        image: args.image.clone(),
+        digest: img.manifest_desc.digest().to_string(),
+        satisfied: problems.is_empty(),
+        passed: ok,
+        failed: problems,
+        booted: None,
+    };
+    if !args.json {
+        report.print_checks();
     }
-    for p in &problems {
-        println!("  FAIL  {p}");
+    if !report.satisfied || !args.boot {
+        return report.finish(args.json);
     }
-    if !problems.is_empty() {
-        return Err(ContractViolation {
-            image: args.image.clone(),
-            problems,
-        }
-        .into());
-    }
-    if args.boot {
+    let booted = (|| -> Result<()> {
         let (path, info) = boot.context("no disk to boot")?;
         let accel = crate::sys::accel::resolve(super::context(g, registry)?.accel)?;
         let format = format_of(&info);
@@ -205,11 +206,66 @@ pub fn run(g: &GlobalOpts, args: VerifyArgs) -> Result<ExitCode> {
             &mut vm,
             None,
             std::time::Instant::now() + std::time::Duration::from_secs(900),
-        )?;
+        )
+    })();
+    report.booted = Some(booted.is_ok());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    booted?;
+    if !args.json {
         println!("  ok    boots, and ttyd answers");
     }
-    println!("{}: containerDisk contract satisfied", args.image);
-    Ok(ExitCode::SUCCESS)
+    report.finish_quietly(args.json)
+}
+
+/// What `verify` found: the same value behind its lines and `--json`.
+#[derive(Debug, serde::Serialize)]
+pub struct VerifyReport {
+    pub image: String,
+    /// The platform manifest's digest.
+    pub digest: String,
+    /// Every check of the containerDisk contract (and `--key`) passed.
+    pub satisfied: bool,
+    pub passed: Vec<String>,
+    pub failed: Vec<String>,
+    /// With `--boot`: whether it booted and ttyd answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub booted: Option<bool>,
+}
+
+impl VerifyReport {
+    fn print_checks(&self) {
+        for l in &self.passed {
+            println!("  ok    {l}");
+        }
+        for p in &self.failed {
+            println!("  FAIL  {p}");
+        }
+    }
+
+    /// Prints the report (JSON, or the closing line) and turns failures into the
+    /// contract violation (exit 4).
+    fn finish(self, json: bool) -> Result<ExitCode> {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&self)?);
+        }
+        self.finish_quietly(json)
+    }
+
+    fn finish_quietly(self, json: bool) -> Result<ExitCode> {
+        if !self.satisfied {
+            return Err(ContractViolation {
+                image: self.image,
+                problems: self.failed,
+            }
+            .into());
+        }
+        if !json {
+            println!("{}: containerDisk contract satisfied", self.image);
+        }
+        Ok(ExitCode::SUCCESS)
+    }
 }
 
 fn format_of(info: &crate::sys::qemu_img::ImageInfo) -> crate::recipe::DiskFormat {

@@ -105,9 +105,16 @@ pub fn digest(s: &str) -> Result<Digest> {
     Digest::from_str(s).with_context(|| format!("malformed digest {s:?}"))
 }
 
+/// The config's Entrypoint: nothing runs in a containerDisk; runtimes that boot it
+/// (crun-vm) recognise this value.
+pub const ENTRYPOINT_PLACEHOLDER: &str = "no-entrypoint";
+
 /// The image configuration for one containerDisk layer.
 pub fn config(meta: &ImageMeta, layer: &Layer) -> Result<Blob> {
-    let mut cfg = ConfigBuilder::default();
+    // What kubevirt/containerdisks sets (its PR #100): an image runtime such as crun-vm
+    // reads this placeholder as "no entrypoint" and boots the disk, and engines that
+    // require an entrypoint (Docker) accept the image without one on the command line.
+    let mut cfg = ConfigBuilder::default().entrypoint(vec![ENTRYPOINT_PLACEHOLDER.to_string()]);
     if !meta.labels.is_empty() {
         cfg = cfg.labels(
             meta.labels
@@ -309,7 +316,7 @@ mod tests {
         let text = String::from_utf8(c.bytes.clone()).unwrap();
         assert!(
             text.starts_with(
-                r#"{"architecture":"amd64","config":{"Env":["X=1"],"Labels":{"a":"1","b":"2"}}"#
+                r#"{"architecture":"amd64","config":{"Entrypoint":["no-entrypoint"],"Env":["X=1"],"Labels":{"a":"1","b":"2"}}"#
             ),
             "{text}"
         );

@@ -101,6 +101,8 @@ impl Context {
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
     pub set: Vec<String>,
+    /// Host files allowed beyond the recipe's directory, and the `--base` file.
+    pub host: crate::recipe::HostAccess,
     pub catalog: Option<PathBuf>,
     /// `--output` destinations (none: the recipe's).
     pub outputs: Vec<String>,
@@ -152,6 +154,11 @@ pub const BUILD_KEY_LABEL: &str = "io.diskforge.build-key";
 /// nor built: its blob name (the digest of its bytes) is known only then. `build` runs
 /// the planned command with the real name in its place.
 pub const BASE_NOT_YET_CACHED: &str = "BASE-DIGEST";
+
+/// What a plan shows for keys that depend on a base whose digest is not known yet
+/// (`checksum: none`, or a checksum file not read with `--offline`, and no cached copy);
+/// `plan --json` gives `null`.
+pub const KEY_NOT_YET_KNOWN: &str = "unknown until the base is downloaded";
 
 /// `sha256:` of a step's inputs chained to `prev`, with the values of secret variables
 /// masked: the build key is published as a label, and must not let anyone test guesses
@@ -229,6 +236,14 @@ impl Plan {
         secrets: Option<&Secrets>,
     ) -> Result<Plan> {
         let r = &resolved.loaded.recipe;
+        // A plan (no secrets resolved) may show a base whose content nothing identifies
+        // yet (`checksum: none`, or a checksum file not read offline): its keys are
+        // unknown. A build needs them.
+        let identity = match resolved.base.identity() {
+            Ok(id) => Some(id),
+            Err(_) if secrets.is_none() => None,
+            Err(e) => return Err(e),
+        };
         let placeholders;
         let secrets = match secrets {
             Some(s) => s,
@@ -265,7 +280,7 @@ impl Plan {
         let k_base = chain(
             "",
             "base",
-            json!({"diskforge": env!("CARGO_PKG_VERSION"), "base": resolved.base.identity()?,
+            json!({"diskforge": env!("CARGO_PKG_VERSION"), "base": identity.as_deref().unwrap_or(BASE_NOT_YET_CACHED),
                    "arch": resolved.arch.as_str(), "format": base_format.as_str()}),
             sv,
         )?;
@@ -303,11 +318,12 @@ impl Plan {
                    "disk-name": o.disk_name, "labels": o.labels, "annotations": o.annotations,
                    "kubevirt": serde_json::to_value(&o.kubevirt)?, "name": resolved.name,
                    "description": r.description, "version": o.version,
-                   "firmware": resolved.firmware.as_str()}),
+                   "firmware": resolved.firmware.as_str(),
+                   "entrypoint": crate::oci::image::ENTRYPOINT_PLACEHOLDER}),
             sv,
         )?;
 
-        let stage_hit = if opts.incremental {
+        let stage_hit = if opts.incremental && identity.is_some() {
             stages::lookup(&ctx.cache, &k_packages)?
         } else {
             None
@@ -565,10 +581,19 @@ impl Plan {
                 });
             }
         }
+        let build_key = match identity {
+            Some(_) => k_image,
+            None => {
+                for s in &mut steps {
+                    s.key = KEY_NOT_YET_KNOWN.to_string();
+                }
+                KEY_NOT_YET_KNOWN.to_string()
+            }
+        };
         Ok(Plan {
             resolved,
             steps,
-            build_key: k_image,
+            build_key,
             work: work.to_path_buf(),
             incremental: opts.incremental,
             stage_hit,
@@ -583,7 +608,7 @@ impl Plan {
             .steps
             .iter()
             .map(|s| {
-                json!({"step": s.name, "description": s.description, "key": s.key, "cached": s.cached,
+                json!({"step": s.name, "description": s.description, "key": known(&s.key), "cached": s.cached,
                        "commands": s.commands.iter().map(Cmd::display).collect::<Vec<_>>(),
                        "operations": s.operations})
             })
@@ -591,10 +616,18 @@ impl Plan {
         json!({
             "recipe": self.resolved.loaded.path,
             "recipe_digest": self.resolved.loaded.digest,
-            "build_key": self.build_key,
+            "build_key": known(&self.build_key),
             "destinations": self.resolved.dests.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
             "steps": steps,
         })
+    }
+}
+
+/// A key as JSON: `null` when it is not known yet.
+fn known(key: &str) -> Value {
+    match key {
+        KEY_NOT_YET_KNOWN => Value::Null,
+        k => Value::String(k.to_string()),
     }
 }
 
@@ -623,11 +656,20 @@ fn base_step(resolved: &Resolved, key: &str, work: &Path) -> Result<Step> {
                     }
                     _ => String::new(),
                 },
-                prepared
-                    .expected
-                    .as_ref()
-                    .map(|d| format!(" against {d}"))
-                    .unwrap_or_default()
+                match (&prepared.expected, &spec.source) {
+                    (Some(d), _) => format!(" against {d}"),
+                    (
+                        None,
+                        crate::base::acquire::BaseSource::Url {
+                            checksum: crate::recipe::ChecksumSpec::File(f),
+                            ..
+                        },
+                    ) => format!(
+                        " against its checksum file {} (not read with --offline; the base's digest is unknown)",
+                        f.url
+                    ),
+                    (None, _) => " — NOT verified (`checksum: none`; the base's digest is unknown until it is downloaded)".to_string(),
+                }
             ),
             Vec::new(),
             false,

@@ -127,7 +127,7 @@ pub fn publish(
             feed: None,
         },
     };
-    let mut p = write_image(&spec, &r.dests, ctx, &plan.work)?;
+    let mut p = write_image(&spec, &r.dests, ctx, &plan.work, None)?;
     p.disk_virtual_size = info.virtual_size;
     Ok(p)
 }
@@ -144,11 +144,14 @@ pub fn warn_compression(c: crate::oci::Compression) {
 /// Packs once and writes every destination: layouts get the blobs (hard links after the
 /// first), archives a tar of a one-image layout, registries a streaming push from the
 /// packed layout.
+/// `packing`: a stage that ends when the layer is packed, before anything is copied or
+/// pushed (so that "pack done" is never reported after "push done").
 pub fn write_image(
     spec: &PackSpec,
     dests: &[ImageRef],
     ctx: &Context,
     work: &Path,
+    packing: Option<crate::progress::Stage>,
 ) -> Result<Published> {
     if dests.is_empty() {
         bail!("no destination: give --output oci:DIR[:TAG], oci-archive:FILE or docker://HOST/REPO:TAG");
@@ -204,9 +207,20 @@ pub fn write_image(
     // after packing asks first and sends nothing then. Anywhere else it is uploaded
     // while packing.
     let record = PackRecord::new(spec, &ctx.cache)?;
+    // A layer that might exceed the registry's limit is packed first and checked before
+    // any upload; the layer is at most the disk file plus tar and compression overhead.
+    let fits = |g: &[RemoteRef]| -> Result<bool> {
+        let limit = registry::limits::layer_limit(&g[0].registry, ctx.registry.max_layer_size);
+        let disk = std::fs::metadata(&spec.disk)
+            .with_context(|| format!("reading {}", spec.disk.display()))?
+            .len();
+        let bound = disk.saturating_add(disk / 64).saturating_add(1 << 20);
+        Ok(limit.is_none_or(|l| bound <= l.bytes))
+    };
     let stream = |g: &[RemoteRef]| -> Result<bool> {
-        Ok(!record.seen()
-            || registry::push::PushRecord::new(&ctx.cache, &g[0].registry)?.is_empty())
+        Ok(fits(g)?
+            && (!record.seen()
+                || registry::push::PushRecord::new(&ctx.cache, &g[0].registry)?.is_empty()))
     };
     let (image, streamed) = match groups.first() {
         Some(g) if stream(g)? => pack_while_uploading(spec, &primary, &primary_tags, ctx, g)?,
@@ -216,6 +230,9 @@ pub fn write_image(
         ),
     };
     record.add();
+    if let Some(stage) = packing {
+        stage.done();
+    }
     crate::progress::event(
         "packed",
         json!({"manifest": image.manifest.digest().to_string(), "layer": image.layer.digest,

@@ -45,8 +45,18 @@ impl Base {
     pub fn identity(&self) -> Result<String> {
         match self {
             Base::Image { prepared, spec } => prepared.identity().with_context(|| {
+                let why = match &spec.source {
+                    crate::base::BaseSource::Url {
+                        checksum: crate::recipe::ChecksumSpec::File(f),
+                        ..
+                    } => format!(
+                        "its checksum file {} is not read with --offline and the base is not cached",
+                        f.url
+                    ),
+                    _ => "it has `checksum: none` and is not cached".to_string(),
+                };
                 format!(
-                    "the base {} has no checksum and is not cached: nothing identifies its content",
+                    "the base {}: {why}: nothing identifies its content yet",
                     describe_source(spec)
                 )
             }),
@@ -125,6 +135,8 @@ pub fn resolve(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<Resolved> 
         path,
         &recipe::LoadOptions {
             set: opts.set.clone(),
+            host: opts.host.clone(),
+            references: Some(catalog_references(opts)),
         },
     )?;
     if loaded.recipe.partial {
@@ -213,6 +225,8 @@ pub fn check_static(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<Loade
         path,
         &recipe::LoadOptions {
             set: opts.set.clone(),
+            host: opts.host.clone(),
+            references: Some(catalog_references(opts)),
         },
     )?;
     check_loaded(&loaded, opts, ctx)?;
@@ -261,7 +275,7 @@ fn check_loaded(loaded: &LoadedRecipe, opts: &BuildOptions, ctx: &Ctx) -> Result
             (None, Some(Size::Absolute(n))) => Some(n),
             _ => None,
         }
-    } else if let Some(p) = &spec.path {
+    } else if let Some(p) = local_base(&spec) {
         // Read the way the build will (declared format, nothing it names opened); a
         // file that fails that check is reported by the build, with the reason.
         crate::sys::qemu_img::check_standalone(&loaded.dir.join(p), spec.format.unwrap_or_default())
@@ -290,6 +304,52 @@ fn check_loaded(loaded: &LoadedRecipe, opts: &BuildOptions, ctx: &Ctx) -> Result
         }
     }
     Ok(firmware)
+}
+
+/// The catalog entry a recipe names exists (with an image for the architecture built):
+/// checked with the recipe's other errors, in one pass.
+fn catalog_references(opts: &BuildOptions) -> recipe::References {
+    let catalog_dir = opts.catalog.clone();
+    let arch_opt = opts.arch;
+    recipe::References(std::sync::Arc::new(
+        move |r: &recipe::Recipe, dir: &Path| {
+            let mut issues = Vec::new();
+            let Some(spec) = &r.base else { return issues };
+            let Some(name) = &spec.catalog else {
+                return issues;
+            };
+            let at = vec![Seg::key("base"), Seg::key("catalog")];
+            match catalog::find_entry(name, dir, catalog_dir.as_deref()) {
+                Ok((entry, _)) => {
+                    let arch = arch_opt.or(spec.arch).unwrap_or_default();
+                    if !entry.images.is_empty() && !entry.images.contains_key(&arch) {
+                        issues.push((
+                            at,
+                            format!("catalog entry {name} has no {} image", arch.as_str()),
+                        ));
+                    }
+                }
+                Err(e) => {
+                    if let Some(u) = e.downcast_ref::<catalog::UnknownEntry>() {
+                        issues.push((at, u.to_string()));
+                    }
+                }
+            }
+            issues
+        },
+    ))
+}
+
+/// The local file a base names: `path`, or a `file://` URL.
+fn local_base(spec: &recipe::BaseSpec) -> Option<PathBuf> {
+    match (
+        &spec.path,
+        spec.url.as_deref().map(recipe::host::file_url_path),
+    ) {
+        (Some(p), _) => Some(PathBuf::from(p)),
+        (None, Some(Some(Ok(p)))) => Some(p),
+        _ => None,
+    }
 }
 
 /// The base a recipe names, as resolved: what it is, a short label, the size its catalog

@@ -16,11 +16,31 @@ use serde_yaml::Value;
 use super::diag::{self, did_you_mean, humanize, RecipeError, RecipeErrors, Seg};
 use super::Recipe;
 
+/// Checks of what a recipe refers to beyond itself (a catalog entry's name): they run in
+/// the same pass as the recipe's own checks, so their errors come with the others. Given
+/// the parsed recipe and its directory, they return the problems found at their keys.
+/// A check of references: the problems found, at their keys.
+pub type ReferenceCheck = dyn Fn(&Recipe, &Path) -> super::validate::Issues + Send + Sync;
+
+#[derive(Clone)]
+pub struct References(pub std::sync::Arc<ReferenceCheck>);
+
+impl std::fmt::Debug for References {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("References(..)")
+    }
+}
+
 /// What the command line adds to a recipe file.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// `--set KEY=VALUE` pairs, as given.
     pub set: Vec<String>,
+    /// Host files the command line allows beyond the recipe's directory, and the
+    /// `--base` file that replaces the recipe's base.
+    pub host: super::HostAccess,
+    /// Checks of names the recipe refers to (the catalog), run with the others.
+    pub references: Option<References>,
 }
 
 /// One file of an `extends:` chain.
@@ -122,12 +142,20 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedRecipe> {
         values.push(v);
     }
     let (vars, secret_values) = variables(&chain, &values, set)?;
+    // Every error of the file in one pass: undefined variables, unknown keys and types,
+    // then the semantic checks of the sections that parsed, then references.
     let mut errors = Vec::new();
     let mut merged = Value::Null;
     for (s, mut v) in chain.iter().zip(values).rev() {
+        let mut unresolved = Vec::new();
         substitute_tree(&mut v, &vars, &mut Vec::new(), &mut |path, msg| {
-            errors.push(diag::at(&s.path, &s.text, path, msg))
+            errors.push(diag::at(&s.path, &s.text, path, msg));
+            unresolved.push(path.to_vec());
         });
+        // A value with an undefined variable is reported once, not again as a bad value.
+        for path in &unresolved {
+            remove_at(&mut v, path);
+        }
         if let Value::Mapping(m) = &mut v {
             m.remove("extends");
             // Only the recipe given decides whether it is a partial one.
@@ -137,23 +165,38 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<LoadedRecipe> {
         }
         merge(&mut merged, v);
     }
-    if !errors.is_empty() {
-        return Err(RecipeErrors(errors).into());
+    if let Some(base) = opts.host.base() {
+        override_base(&mut merged, base);
     }
-    let recipe = parse_sections(&merged, &chain)?;
+    let (recipe, bad_sections, removed) = parse_sections(&merged, &chain, &mut errors)?;
     let mut issues = Vec::new();
     super::validate::check(&recipe, &mut issues);
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    super::validate::check_files(&recipe, &dir, &mut issues);
-    if !issues.is_empty() {
-        let errs = issues
+    super::validate::check_files(&recipe, &dir, &opts.host, &mut issues);
+    if let Some(refs) = &opts.references {
+        if !bad_sections.contains("base") && !recipe.partial {
+            issues.extend((refs.0)(&recipe, &dir));
+        }
+    }
+    // A value in error (or a section that did not parse) is checked as absent: say
+    // nothing more about it.
+    issues.retain(|(p, _)| {
+        let in_bad_section =
+            matches!(p.first(), Some(Seg::Key(k)) if bad_sections.contains(k.as_str()));
+        !in_bad_section && !removed.iter().any(|r| p.starts_with(r))
+    });
+    errors.extend(
+        issues
             .into_iter()
-            .map(|(p, m)| locate_in_chain(&chain, &p, m))
-            .collect();
-        return Err(RecipeErrors(errs).into());
+            .map(|(p, m)| locate_in_chain(&chain, &p, m)),
+    );
+    if !errors.is_empty() {
+        errors.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+        errors.dedup();
+        return Err(RecipeErrors(errors).into());
     }
     let digest = recipe_digest(&recipe, &secret_values)?;
     Ok(LoadedRecipe {
@@ -398,6 +441,25 @@ fn substitute(
     Ok((out, whole))
 }
 
+/// `--base PATH`: the base becomes that local file; the recipe's `format` and `arch`
+/// still describe it, its source and checksum are dropped.
+fn override_base(merged: &mut Value, path: &Path) {
+    let Value::Mapping(m) = merged else { return };
+    let mut base = serde_yaml::Mapping::new();
+    if let Some(Value::Mapping(old)) = m.get("base") {
+        for key in ["format", "arch"] {
+            if let Some(v) = old.get(key) {
+                base.insert(key.into(), v.clone());
+            }
+        }
+    }
+    base.insert(
+        "path".into(),
+        Value::String(path.to_string_lossy().into_owned()),
+    );
+    m.insert("base".into(), Value::Mapping(base));
+}
+
 /// Deep merge: maps merge, lists append, scalars override.
 pub fn merge(base: &mut Value, over: Value) {
     match (base, over) {
@@ -421,13 +483,21 @@ pub fn merge(base: &mut Value, over: Value) {
 }
 
 /// Parses the merged recipe one top-level section at a time, so one bad section does
-/// not hide the errors of the others; each error is located in the chain.
-fn parse_sections(merged: &Value, chain: &[Source]) -> Result<Recipe> {
-    let mut errors = Vec::new();
+/// not hide the errors of the others; each error is located in the chain and added to
+/// `errors`. Returns the recipe made of what parsed (values in error taken out, sections
+/// that still did not parse left at their defaults), the names of those sections and the
+/// paths of the values taken out.
+fn parse_sections(
+    merged: &Value,
+    chain: &[Source],
+    errors: &mut Vec<RecipeError>,
+) -> Result<(Recipe, BTreeSet<String>, Vec<Vec<Seg>>)> {
     let empty = serde_yaml::Mapping::new();
     let map = merged.as_mapping().unwrap_or(&empty);
     let known = super::types::TOP_LEVEL_KEYS;
     let mut clean = serde_yaml::Mapping::new();
+    let mut bad = BTreeSet::new();
+    let mut removed = Vec::new();
     for (k, v) in map {
         let name = k.as_str().unwrap_or("?");
         if !known.contains(&name) {
@@ -438,16 +508,20 @@ fn parse_sections(merged: &Value, chain: &[Source]) -> Result<Recipe> {
             errors.push(locate_in_chain(chain, &[Seg::key(name)], msg));
             continue;
         }
-        if section_errors(k, v, chain, &mut errors) {
-            clean.insert(k.clone(), v.clone());
+        let section = section_errors(k, v, chain, errors);
+        match section.parsed {
+            Some(rest) => {
+                clean.insert(k.clone(), rest);
+            }
+            None => {
+                bad.insert(name.to_string());
+            }
         }
+        removed.extend(section.removed);
     }
-    if !errors.is_empty() {
-        return Err(RecipeErrors(errors).into());
-    }
-    serde_yaml::from_value(Value::Mapping(clean)).map_err(|e| {
-        RecipeErrors(vec![locate_in_chain(chain, &[], humanize(&e.to_string()))]).into()
-    })
+    let recipe = serde_yaml::from_value(Value::Mapping(clean))
+        .map_err(|e| RecipeErrors(vec![locate_in_chain(chain, &[], humanize(&e.to_string()))]))?;
+    Ok((recipe, bad, removed))
 }
 
 /// At most this many errors are reported for one section of a recipe.
@@ -456,21 +530,24 @@ const MAX_SECTION_ERRORS: usize = 32;
 /// Parses one top-level section on its own and adds every error in it to `errors`, not
 /// only the first: after each error the value at its key is taken out and the section
 /// parsed again, until it parses or an error repeats (a required key that was taken out
-/// reports itself missing: that is not the user's error and ends the search). True
-/// when the section had no error.
+/// reports itself missing: that is not the user's error and ends the search).
 fn section_errors(
     key: &Value,
     value: &Value,
     chain: &[Source],
     errors: &mut Vec<RecipeError>,
-) -> bool {
+) -> Section {
     let mut one = serde_yaml::Mapping::new();
     one.insert(key.clone(), value.clone());
     let mut one = Value::Mapping(one);
     let mut removed: Vec<Vec<Seg>> = Vec::new();
+    let mut parsed = false;
     for _ in 0..MAX_SECTION_ERRORS {
         let r: std::result::Result<Recipe, _> = serde_path_to_error::deserialize(one.clone());
-        let Err(e) = r else { break };
+        let Err(e) = r else {
+            parsed = true;
+            break;
+        };
         let missing = e.inner().to_string().contains("missing field");
         let (err, path) = serde_error(chain, e);
         let repeated = removed.iter().any(|p| {
@@ -485,7 +562,18 @@ fn section_errors(
         }
         removed.push(path);
     }
-    removed.is_empty()
+    Section {
+        parsed: if parsed { one.get(key).cloned() } else { None },
+        removed,
+    }
+}
+
+/// What is left of a section after its errors were taken out.
+struct Section {
+    /// The section without the values in error, when that parses.
+    parsed: Option<Value>,
+    /// The key paths of the values in error.
+    removed: Vec<Vec<Seg>>,
 }
 
 /// Takes the value at `path` out of `v` (a mapping entry is removed; a list item is
@@ -553,7 +641,6 @@ fn serde_error(
     (locate_in_chain(chain, &path, humanize(&msg)), path)
 }
 
-/// A YAML syntax error as a located [`RecipeErrors`].
 /// Parses a recipe file's text, after refusing flow collections nested too deep for
 /// the parser to handle in reasonable time.
 fn parse_yaml(file: &Path, text: &str) -> Result<Value> {
@@ -570,22 +657,94 @@ fn parse_yaml(file: &Path, text: &str) -> Result<Value> {
         }])
         .into());
     }
-    serde_yaml::from_str(text).map_err(|e| yaml_error(file, &e))
+    serde_yaml::from_str(text).map_err(|e| yaml_error(file, text, &e))
 }
 
-fn yaml_error(file: &Path, e: &serde_yaml::Error) -> anyhow::Error {
+/// A YAML syntax error as a located [`RecipeErrors`]. A duplicate key is reported at
+/// its second occurrence (the parser points at the mapping that holds it).
+fn yaml_error(file: &Path, text: &str, e: &serde_yaml::Error) -> anyhow::Error {
     let (line, column) = e
         .location()
         .map(|l| (l.line(), l.column()))
         .unwrap_or((1, 1));
-    RecipeErrors(vec![RecipeError {
+    let message = humanize(&e.to_string());
+    let error = duplicate_key(file, text, line, column, &message).unwrap_or(RecipeError {
         file: file.to_path_buf(),
         line,
         column,
         key: "(document)".into(),
-        message: humanize(&e.to_string()),
-    }])
-    .into()
+        message,
+    });
+    RecipeErrors(vec![error]).into()
+}
+
+/// `PATH: duplicate entry with key "K"` from the parser, whose mapping starts at
+/// `line`:`column`: the error at the second `K:` of that mapping.
+fn duplicate_key(
+    file: &Path,
+    text: &str,
+    line: usize,
+    column: usize,
+    message: &str,
+) -> Option<RecipeError> {
+    let (prefix, rest) = match message.split_once(": duplicate entry with key \"") {
+        Some((p, r)) => (Some(p), r),
+        None => (None, message.strip_prefix("duplicate entry with key \"")?),
+    };
+    let key = rest.strip_suffix('"')?;
+    let indent = column.saturating_sub(1);
+    let mut seen = 0;
+    for (i, l) in text.lines().enumerate().skip(line.saturating_sub(1)) {
+        let trimmed = l.trim_start();
+        let at = l.len() - trimmed.len();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if at < indent && i + 1 > line {
+            break;
+        }
+        let unquoted = trimmed.trim_start_matches(['"', '\'']);
+        if at == indent
+            && unquoted.starts_with(key)
+            && unquoted[key.len()..]
+                .trim_start_matches(['"', '\''])
+                .trim_start()
+                .starts_with(':')
+        {
+            seen += 1;
+            if seen == 2 {
+                let path = match prefix {
+                    Some(p) => format!("{p}.{key}"),
+                    None => key.to_string(),
+                };
+                return Some(RecipeError {
+                    file: file.to_path_buf(),
+                    line: i + 1,
+                    column: at + 1,
+                    key: path,
+                    message: format!(
+                        "duplicate key `{key}` (first given at line {})",
+                        first_line(text, line, indent, key)
+                    ),
+                });
+            }
+        }
+    }
+    None
+}
+
+fn first_line(text: &str, from: usize, indent: usize, key: &str) -> usize {
+    text.lines()
+        .enumerate()
+        .skip(from.saturating_sub(1))
+        .find(|(_, l)| {
+            l.len() - l.trim_start().len() == indent
+                && l.trim_start()
+                    .trim_start_matches(['"', '\''])
+                    .starts_with(key)
+        })
+        .map(|(i, _)| i + 1)
+        .unwrap_or(from)
 }
 
 /// The digest of a resolved recipe, with the values of secret variables masked: it is
@@ -645,6 +804,7 @@ mod tests {
         assert_eq!(r.ttyd.port, 8080);
         let opts = LoadOptions {
             set: vec!["host=from-set".into(), "size=\"}\nextra: [injected]".into()],
+            ..Default::default()
         };
         let e = load(&p, &opts).unwrap_err();
         // The value stays one string: a bad size, not a new key.
@@ -656,6 +816,7 @@ mod tests {
     #[test]
     fn undefined_variable_is_located_at_its_key() {
         let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("b.qcow2"), b"").unwrap();
         let p = write(
             t.path(),
             "r.yaml",
@@ -672,6 +833,7 @@ mod tests {
     #[test]
     fn every_error_of_a_file_is_reported_with_its_location() {
         let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("b.qcow2"), b"").unwrap();
         let p = write(
             t.path(),
             "r.yaml",

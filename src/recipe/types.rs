@@ -627,9 +627,10 @@ pub struct FileSpec {
     pub path: GuestPath,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
-    /// A file relative to the recipe's directory (it may not leave that directory).
+    /// A host file relative to the recipe's directory; elsewhere only in a directory the
+    /// command line allows (`--allow-path`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<RelPath>,
+    pub source: Option<HostFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -988,6 +989,21 @@ impl RelPath {
     }
 }
 
+/// A file on the building host: relative to the recipe's directory, or (absolute or
+/// with `..`) in a directory the command line allows; where it really lies is checked
+/// when the recipe is loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostFile(pub PathBuf);
+
+impl HostFile {
+    pub fn parse(s: &str) -> Result<HostFile, String> {
+        if s.is_empty() {
+            return Err("empty path".to_string());
+        }
+        Ok(HostFile(PathBuf::from(s)))
+    }
+}
+
 impl GuestPath {
     pub fn parse(s: &str) -> Result<GuestPath, String> {
         if !s.starts_with('/') {
@@ -1107,6 +1123,14 @@ string_newtype!(
     Some(r"^/"),
     "an absolute guest path such as `/etc/motd`",
     |v| v.0.clone()
+);
+string_newtype!(
+    HostFile,
+    "HostFile",
+    "A host file relative to the recipe's directory; elsewhere only in a directory allowed with --allow-path",
+    None,
+    "a path to a file on the building host",
+    |v| v.0.to_string_lossy()
 );
 string_newtype!(
     RelPath,

@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use super::diag::Seg;
+use super::host::{file_url_path, written_outside, HostAccess};
 use super::{Recipe, Secret, Size, TtydSource};
 
 /// Problems found: the key path and what is wrong.
@@ -170,13 +171,22 @@ fn check_base(r: &Recipe, issues: &mut Issues) {
         ));
     }
     if let Some(url) = &base.url {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            issues.push((
-                k(&["base", "url"]),
-                format!("{url:?} is not an http(s) URL"),
-            ));
+        match file_url_path(url) {
+            Some(Err(problem)) => issues.push((k(&["base", "url"]), problem)),
+            Some(Ok(_)) if base.checksum.is_some() => issues.push((
+                k(&["base", "checksum"]),
+                "a file:// base is read in place, like base.path, and its checksum is not checked: remove checksum".into(),
+            )),
+            Some(Ok(_)) => {}
+            None if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                issues.push((
+                    k(&["base", "url"]),
+                    format!("{url:?} is not an http(s) or file:// URL"),
+                ))
+            }
+            None => {}
         }
-        if base.checksum.is_none() {
+        if base.checksum.is_none() && file_url_path(url).is_none() {
             issues.push((
                 k(&["base", "url"]),
                 "a downloaded base needs a checksum (a literal sha256:/sha512: value or a checksum file); write `checksum: none` to opt out explicitly".into(),
@@ -285,33 +295,45 @@ fn check_output(r: &Recipe, issues: &mut Issues) {
 
 /// Files the recipe names must really lie inside its directory: the path as written
 /// (no `..`, not absolute) and the file it resolves to (a symlink to `/etc/shadow` is
-/// refused). Files that do not exist yet are reported too.
-pub fn check_files(r: &Recipe, dir: &Path, issues: &mut Issues) {
+/// refused). The base and copied files may also lie in a directory the command line
+/// allows (`host`), judged by their real paths; the `--base` file is always allowed.
+/// Secrets and the ttyd binary stay in the recipe's directory. Files that do not exist
+/// yet are reported too.
+pub fn check_files(r: &Recipe, dir: &Path, host: &HostAccess, issues: &mut Issues) {
     let root = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let mut check = |path: Vec<Seg>, rel: &str| {
-        if let Some(problem) = confined(&root, dir, rel) {
+    let confined = HostAccess::default();
+    let mut check = |path: Vec<Seg>, rel: &Path, reach: Reach| {
+        let access = match reach {
+            Reach::Recipe => &confined,
+            Reach::Base | Reach::Allowed => host,
+        };
+        if let Some(problem) = located(&root, dir, rel, access, reach) {
             issues.push((path, problem));
         }
     };
     if let Some(b) = &r.base {
         if let Some(p) = &b.path {
-            check(k(&["base", "path"]), p);
+            check(k(&["base", "path"]), Path::new(p), Reach::Base);
+        }
+        if let Some(Some(Ok(p))) = b.url.as_deref().map(file_url_path) {
+            check(k(&["base", "url"]), &p, Reach::Base);
         }
     }
     for (i, f) in r.customize.files.iter().enumerate() {
         if let Some(src) = &f.source {
             check(
                 ki("customize", "files", i, "source"),
-                &src.0.to_string_lossy(),
+                Path::new(&src.0),
+                Reach::Allowed,
             );
         }
     }
     if let TtydSource::Path(p) = &r.ttyd.source {
-        check(k(&["ttyd", "source", "path"]), &p.0.to_string_lossy());
+        check(k(&["ttyd", "source", "path"]), &p.0, Reach::Recipe);
     }
     let mut secret = |path: Vec<Seg>, s: &Secret| {
         if let Secret::File(f) = s {
-            check(path, f);
+            check(path, Path::new(f), Reach::Recipe);
         }
     };
     for (i, u) in r.customize.users.iter().enumerate() {
@@ -327,26 +349,88 @@ pub fn check_files(r: &Recipe, dir: &Path, issues: &mut Issues) {
     }
 }
 
-/// Why `rel` (relative to `dir`, whose real path is `root`) is not a file inside it.
-fn confined(root: &Path, dir: &Path, rel: &str) -> Option<String> {
-    let p = Path::new(rel);
-    if p.is_absolute()
-        || p.components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
-    {
+/// How far a file the recipe names may lie from the recipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// Only in the recipe's directory (secrets, the ttyd binary).
+    Recipe,
+    /// Also in directories the command line allows (copied files).
+    Allowed,
+    /// The base: also in allowed directories, or the `--base` file.
+    Base,
+}
+
+/// Why `rel` (relative to `dir`, whose real path is `root`) is not a regular file the
+/// recipe may name, judged by its real path.
+fn located(root: &Path, dir: &Path, rel: &Path, host: &HostAccess, reach: Reach) -> Option<String> {
+    let shown = rel.display();
+    let how = match reach {
+        Reach::Recipe => "secrets from elsewhere: use `{env: NAME}`",
+        Reach::Allowed => {
+            "allow its directory with --allow-path DIR or DISKFORGE_ALLOW_PATH=DIR (the person running diskforge decides, not the recipe)"
+        }
+        Reach::Base => {
+            "allow its directory with --allow-path DIR or DISKFORGE_ALLOW_PATH=DIR, or name the file with `diskforge build --base PATH`"
+        }
+    };
+    if written_outside(rel) && !host.allows_dirs() && host.base().is_none() {
         return Some(format!(
-            "`{rel}` leaves the recipe's directory: files a recipe names must lie in its directory (secrets from elsewhere: use `{{env: NAME}}`)"
+            "`{shown}` leaves the recipe's directory: files a recipe names must lie in its directory unless the command line allows more ({how})"
         ));
     }
-    match std::fs::canonicalize(dir.join(p)) {
-        Err(_) => Some(format!("`{rel}` does not exist (relative to {})", dir.display())),
-        Ok(real) if !real.starts_with(root) => Some(format!(
-            "`{rel}` resolves to {} outside the recipe's directory (through a symbolic link): refused",
+    let real = match std::fs::canonicalize(dir.join(rel)) {
+        Err(_) => {
+            return Some(format!(
+                "`{shown}` does not exist (relative to {}){}",
+                dir.display(),
+                nearby(root, dir, rel)
+                    .map(|n| format!(": did you mean `{n}`?"))
+                    .unwrap_or_default()
+            ))
+        }
+        Ok(real) => real,
+    };
+    let allowed = real.starts_with(root)
+        || (reach != Reach::Recipe && host.dir_allows(&real))
+        || (reach == Reach::Base && host.is_base(&real));
+    if !allowed {
+        let through = if written_outside(rel) {
+            String::new()
+        } else {
+            " (through a symbolic link)".to_string()
+        };
+        return Some(format!(
+            "`{shown}` resolves to {}{through}, outside the recipe's directory and every allowed directory: refused ({how})",
             real.display()
-        )),
-        Ok(real) if !real.is_file() => Some(format!("`{rel}` is not a regular file")),
-        Ok(_) => None,
+        ));
     }
+    if !real.is_file() {
+        return Some(format!("`{shown}` is not a regular file"));
+    }
+    None
+}
+
+/// A file next to the missing `rel` whose name is close to its name (a typo), written
+/// the way `rel` was. Only inside the recipe's directory (real path `root`): names
+/// elsewhere on the host are not the recipe's to learn.
+fn nearby(root: &Path, dir: &Path, rel: &Path) -> Option<String> {
+    if written_outside(rel) {
+        return None;
+    }
+    let name = rel.file_name()?.to_str()?;
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    let real_parent = std::fs::canonicalize(dir.join(parent)).ok()?;
+    if !real_parent.starts_with(root) {
+        return None;
+    }
+    let entries: Vec<String> = std::fs::read_dir(real_parent)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    let names: Vec<&str> = entries.iter().map(String::as_str).collect();
+    let close = super::diag::did_you_mean(name, &names)?;
+    Some(parent.join(close).display().to_string())
 }
 
 fn valid_name(n: &str) -> bool {
@@ -369,19 +453,40 @@ mod tests {
         std::fs::write(t.path().join("ok.txt"), "x").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", t.path().join("evil")).unwrap();
         let root = std::fs::canonicalize(t.path()).unwrap();
-        assert_eq!(confined(&root, t.path(), "ok.txt"), None);
-        assert!(confined(&root, t.path(), "evil")
+        let none = HostAccess::default();
+        let at = |rel: &str, host: &HostAccess, reach| {
+            located(&root, t.path(), Path::new(rel), host, reach)
+        };
+        assert_eq!(at("ok.txt", &none, Reach::Recipe), None);
+        assert!(at("evil", &none, Reach::Recipe)
             .unwrap()
-            .contains("outside"));
-        assert!(confined(&root, t.path(), "../x")
+            .contains("symbolic link"));
+        assert!(at("../x", &none, Reach::Recipe).unwrap().contains("leaves"));
+        assert!(at("/etc/passwd", &none, Reach::Recipe)
             .unwrap()
             .contains("leaves"));
-        assert!(confined(&root, t.path(), "/etc/passwd")
-            .unwrap()
-            .contains("leaves"));
-        assert!(confined(&root, t.path(), "missing")
+        assert!(at("missing", &none, Reach::Recipe)
             .unwrap()
             .contains("does not exist"));
+        // An allowed directory opens it to the base and copied files, never to secrets.
+        let etc = HostAccess::new(&["/etc".into()], None).unwrap();
+        assert_eq!(at("/etc/passwd", &etc, Reach::Allowed), None);
+        assert_eq!(at("evil", &etc, Reach::Base), None);
+        assert!(at("/etc/passwd", &etc, Reach::Recipe)
+            .unwrap()
+            .contains("refused"));
+        assert!(at("/usr/bin/env", &etc, Reach::Base)
+            .unwrap()
+            .contains("refused"));
+        // The --base file is allowed as the base only, and not its directory.
+        let base = HostAccess::new(&[], Some(Path::new("/etc/passwd"))).unwrap();
+        assert_eq!(at("/etc/passwd", &base, Reach::Base), None);
+        assert!(at("/etc/passwd", &base, Reach::Allowed)
+            .unwrap()
+            .contains("refused"));
+        assert!(at("/etc/group", &base, Reach::Base)
+            .unwrap()
+            .contains("refused"));
     }
 
     #[test]

@@ -47,12 +47,23 @@ pub struct HttpError {
     pub detail: String,
 }
 
-/// The registry refused the credentials (or gave none that work).
+/// The registry refused the credentials, or asked for some and none were found: the
+/// message says which.
 #[derive(Debug, thiserror::Error)]
-#[error("authentication failed for {registry}: check --creds / DISKFORGE_CREDS or the auth file ({detail})")]
+#[error("{}", auth_message(.registry, .detail, *.had_credentials))]
 pub struct AuthError {
     pub registry: String,
     pub detail: String,
+    /// Whether a credential for the registry was found (and sent where allowed).
+    pub had_credentials: bool,
+}
+
+fn auth_message(registry: &str, detail: &str, had_credentials: bool) -> String {
+    if had_credentials {
+        format!("authentication failed for {registry} with the credentials found for it: check --creds / DISKFORGE_CREDS or the auth file ({detail})")
+    } else {
+        format!("authentication required by {registry}: no credentials for it were found: give --creds USER:PASSWORD or DISKFORGE_CREDS, or log in with `podman login {registry}` or `skopeo login {registry}` ({detail})")
+    }
 }
 
 /// diskforge refused to send a request over plain HTTP (a downgrade from HTTPS, or a
@@ -222,6 +233,8 @@ pub struct Client {
     tokens: Mutex<HashMap<(String, bool), Option<String>>>,
     idle: Duration,
     policy: RetryPolicy,
+    /// `--max-layer-size`, checked with the registry's known limit before a push.
+    pub max_layer_size: Option<u64>,
 }
 
 /// Turns a transport error into one a user can act on (plain HTTP registry, untrusted
@@ -393,6 +406,7 @@ impl Client {
             tokens: Mutex::new(HashMap::new()),
             idle,
             policy: RetryPolicy::default(),
+            max_layer_size: opts.max_layer_size,
         })
     }
 
@@ -418,11 +432,17 @@ impl Client {
 
     /// The error for a 401 from `url`, which was sent without the credential because
     /// it is not the registry's own origin.
+    /// Whether a credential for this registry was found.
+    fn has_credentials(&self) -> bool {
+        !matches!(self.auth, RegistryAuth::Anonymous)
+    }
+
     fn withheld(&self, method: &Method, url: &str) -> anyhow::Error {
         let host = Url::parse(url)
             .map(|u| authority(&u))
             .unwrap_or_else(|_| url.to_string());
         AuthError {
+            had_credentials: self.has_credentials(),
             registry: self.registry.clone(),
             detail: format!(
                 "{method} {url}: HTTP 401: the registry sent this request to {host}, not to {}; diskforge sends the credential only to {}",
@@ -488,6 +508,7 @@ impl Client {
             .send()
             .await
             .map_err(|e| anyhow!("GET {url}: {}", explain(&self.registry, &e, true)))?;
+        tracing::trace!("GET {url} -> {}", resp.status());
         let Some(challenge) = resp
             .headers()
             .get(WWW_AUTHENTICATE)
@@ -520,9 +541,11 @@ impl Client {
             .await
             .map_err(|e| anyhow!("GET {realm}: {}", explain(&self.registry, &e, true)))?;
         let status = resp.status();
+        tracing::trace!("GET {realm} (token) -> {status}");
         if !status.is_success() {
             let detail = self.error_detail(resp).await;
             return Err(AuthError {
+                had_credentials: self.has_credentials(),
                 registry: self.registry.clone(),
                 detail: format!("token request to {realm}: HTTP {status}: {detail}"),
             }
@@ -599,11 +622,19 @@ impl Client {
                 req = req.body(b.clone());
             }
             let outcome = tokio::time::timeout(self.idle, req.send()).await;
+            if let Ok(Ok(resp)) = &outcome {
+                // -vv: the HTTP trace (method, URL, status; never a header).
+                tracing::trace!("{method} {url} -> {}", resp.status());
+            }
             let (error, wait) = match outcome {
                 Err(_) => (
                     anyhow!("{method} {url}: no answer within {}s", self.idle.as_secs()),
                     None,
                 ),
+                Ok(Err(e)) if crate::io::tls::name_not_resolved(&e).is_some() => {
+                    // No retry: a name that does not resolve now will not in a few seconds.
+                    return Err(anyhow::Error::new(e).context(format!("{method} {url}")));
+                }
                 Ok(Err(e)) => (
                     anyhow!("{method} {url}: {}", explain(&self.registry, &e, true)),
                     None,
@@ -621,6 +652,7 @@ impl Client {
                     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                         let detail = self.error_detail(resp).await;
                         return Err(AuthError {
+                            had_credentials: self.has_credentials(),
                             registry: self.registry.clone(),
                             detail: format!("{method} {url}: HTTP {status}: {detail}"),
                         }
@@ -1022,7 +1054,8 @@ impl Client {
                 }
                 Err(e)
                     if e.downcast_ref::<crate::sys::interrupt::Interrupted>()
-                        .is_some() =>
+                        .is_some()
+                        || crate::io::tls::is_name_not_resolved(&e) =>
                 {
                     return Err(e)
                 }
@@ -1096,6 +1129,7 @@ impl Client {
                 .is_some()
                 || e.downcast_ref::<AuthError>().is_some()
                 || e.downcast_ref::<PlaintextRefused>().is_some()
+                || crate::io::tls::is_name_not_resolved(&e)
             {
                 return Err(e);
             }
@@ -1511,6 +1545,7 @@ impl Client {
         .await;
         progress.inc(watch.total.load(Ordering::Relaxed) - before);
         let resp = resp?;
+        tracing::trace!("{method} {url} -> {}", resp.status());
         if transient(resp.status()) {
             let wait = retry_after(resp.headers());
             let err = self.fail(method.as_str(), url, resp).await;
@@ -1531,6 +1566,7 @@ impl Client {
         if resp.status() == StatusCode::FORBIDDEN {
             let detail = self.error_detail(resp).await;
             return Err(AuthError {
+                had_credentials: self.has_credentials(),
                 registry: self.registry.clone(),
                 detail,
             }

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod client;
 pub mod copy;
+pub mod limits;
 pub mod pull;
 pub mod push;
 
@@ -29,6 +30,9 @@ pub struct RegistryOptions {
     pub cert_dir: Option<PathBuf>,
     /// Longest silence (and least progress window) tolerated from a registry.
     pub timeout: Duration,
+    /// `--max-layer-size`: the largest compressed layer pushed (registries' own
+    /// documented limits apply too, see `limits`).
+    pub max_layer_size: Option<u64>,
 }
 
 impl Default for RegistryOptions {
@@ -40,6 +44,7 @@ impl Default for RegistryOptions {
             authfile: None,
             cert_dir: None,
             timeout: Duration::from_secs(60),
+            max_layer_size: None,
         }
     }
 }

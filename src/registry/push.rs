@@ -111,6 +111,18 @@ pub async fn push_image(
     let mut children = Vec::new();
     let mut blobs = Vec::new();
     collect(layout, desc, &mut children, &mut blobs)?;
+    // Before anything is uploaded: a layer the registry would refuse after the upload.
+    for b in blobs
+        .iter()
+        .filter(|b| image::media_type(b).contains(".layer."))
+    {
+        super::limits::check_layer(
+            &first.registry,
+            b.digest().as_ref(),
+            b.size(),
+            client.max_layer_size,
+        )?;
+    }
     let mounts = record.map(PushRecord::repos).unwrap_or_default();
     for b in &blobs {
         if sent.iter().any(|d| d.as_str() == b.digest().as_ref()) {

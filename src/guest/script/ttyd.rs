@@ -22,7 +22,14 @@ const START: &str = "/usr/local/lib/diskforge/ttyd-start.sh";
 const CREDENTIAL: &str = "${TTYD_CREDENTIAL}";
 
 pub fn install(g: &mut Part, t: &Ttyd, secrets: &Secrets, binary: Option<&Path>) -> Result<()> {
-    g.step(&format!("ttyd on port {}", t.port));
+    g.step(&format!(
+        "ttyd on port {} ({})",
+        t.port,
+        match &t.credential {
+            Some(c) => format!("HTTP credential set for user {}", c.user),
+            None => "no HTTP credential: whoever reaches the port gets the terminal".into(),
+        }
+    ));
     let exe = match &t.source {
         TtydSource::Package(_) => "/usr/bin/ttyd".to_string(),
         TtydSource::Url(_) | TtydSource::Path(_) => {

@@ -52,7 +52,7 @@ pub fn groups_and_users(g: &mut Part, c: &Customize, secrets: &Secrets) -> Resul
         ));
     }
     for (i, u) in c.users.iter().enumerate() {
-        g.step(&format!("user {}", u.name));
+        g.step(&user_summary(u));
         let n = q(&u.name);
         let shell = q(u.shell.as_deref().unwrap_or("/bin/bash"));
         let uid = u.uid.map(|x| format!("-u {x} ")).unwrap_or_default();
@@ -90,6 +90,31 @@ pub fn groups_and_users(g: &mut Part, c: &Customize, secrets: &Secrets) -> Resul
         }
     }
     Ok(())
+}
+
+/// What `plan` says about a user: groups, sudo, and whether a password and keys are set
+/// (never the password).
+fn user_summary(u: &crate::recipe::UserSpec) -> String {
+    let groups = if u.groups.is_empty() {
+        "no extra groups".to_string()
+    } else {
+        format!("groups {}", u.groups.join(","))
+    };
+    let sudo = if u.sudo {
+        "sudo without password"
+    } else {
+        "no sudo"
+    };
+    let password = if u.password.is_some() {
+        "password set"
+    } else {
+        "no password"
+    };
+    let keys = match u.ssh_authorized_keys.len() {
+        0 => String::new(),
+        n => format!(", {n} SSH key{}", if n == 1 { "" } else { "s" }),
+    };
+    format!("user {} ({groups}; {sudo}; {password}{keys})", u.name)
 }
 
 pub fn root(g: &mut Part, c: &Customize, secrets: &Secrets) -> Result<()> {
