@@ -46,13 +46,7 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use common::text;
 
 /// A copy of `rel` (a file, or a directory of YAML files) in a temp dir, with `from`
 /// replaced by `to` in `file` (which must contain it). Returns the dir and the copy's path.

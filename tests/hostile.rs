@@ -11,19 +11,9 @@ use std::time::{Duration, Instant};
 
 use common::hostile::{head, layout_with_layer, tar, with_peak_rss, FakeServer};
 
-fn df() -> Command {
-    let mut c = common::diskforge();
-    common::guestfs_env(&mut c);
-    c
-}
+use common::diskforge_tcg as df;
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use common::text;
 
 /// A small real qcow2 disk's bytes.
 fn qcow2(dir: &Path) -> Vec<u8> {

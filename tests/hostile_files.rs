@@ -12,19 +12,9 @@ use std::time::{Duration, Instant};
 use common::hostile::{layout_with_layer, tar, with_peak_rss};
 use sha2::Digest as _;
 
-fn df() -> Command {
-    let mut c = common::diskforge();
-    common::guestfs_env(&mut c);
-    c
-}
+use common::diskforge_tcg as df;
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use common::text;
 
 fn sha_hex(data: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(data))

@@ -62,15 +62,8 @@ fn fixture() -> PathBuf {
     let recipe = root.join("tests/fixtures/selinux/debian-12-selinux.yaml");
     let hash = common::guest::sha256(&recipe);
     let dir = root.join("target/selinux-fixture");
-    std::fs::create_dir_all(&dir).unwrap();
     let image = dir.join(format!("debian-12-selinux-{}.qcow2", &hash[..16]));
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(".lock"))
-        .unwrap();
-    lock.lock().unwrap();
+    let _lock = common::lock_in(&dir, ".lock");
     if image.is_file() {
         return image;
     }

@@ -19,13 +19,7 @@ fn df(t: &Path) -> Command {
     c
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use common::text;
 
 /// An empty qcow2 disk of `size` made by qemu-img.
 fn qcow2(dir: &Path, name: &str, size: &str) -> PathBuf {

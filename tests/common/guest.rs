@@ -38,14 +38,7 @@ pub fn rootfs_tarball() -> PathBuf {
     if tar.is_file() {
         return tar;
     }
-    std::fs::create_dir_all(&dir).unwrap();
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(".lock"))
-        .unwrap();
-    lock.lock().unwrap();
+    let _lock = super::lock_in(&dir, ".lock");
     if tar.is_file() {
         return tar;
     }
@@ -130,13 +123,7 @@ pub fn base_qcow2() -> PathBuf {
     }
     // Also creates `dir`.
     rootfs_tarball();
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(".base-lock"))
-        .unwrap();
-    lock.lock().unwrap();
+    let _lock = super::lock_in(&dir, ".base-lock");
     if image.is_file() {
         return image;
     }

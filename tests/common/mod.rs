@@ -63,6 +63,36 @@ pub fn diskforge() -> Command {
     cmd
 }
 
+/// stdout then stderr of a finished command, for assertions and their messages.
+pub fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Takes the exclusive lock `dir/name` (created when missing) and holds it until the
+/// returned file is dropped: fixtures built once per checkout are built by one test.
+pub fn lock_in(dir: &std::path::Path, name: &str) -> std::fs::File {
+    std::fs::create_dir_all(dir).unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(name))
+        .unwrap();
+    lock.lock().unwrap();
+    lock
+}
+
+/// [`diskforge`] with libguestfs set up for machines without a working KVM.
+pub fn diskforge_tcg() -> Command {
+    let mut c = diskforge();
+    guestfs_env(&mut c);
+    c
+}
+
 /// libguestfs and QEMU settings for machines without a working KVM.
 pub fn guestfs_env(cmd: &mut Command) -> &mut Command {
     cmd.env("LIBGUESTFS_BACKEND", "direct")
