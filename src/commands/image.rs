@@ -179,7 +179,7 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
     let mut first_tags = Vec::new();
     for group in groups {
         let outcome = crate::sys::rt::block_on(async {
-            let client = registry::Client::connect(&group[0].registry, &ctx.registry).await?;
+            let client = ctx.client(&group[0].registry).await?;
             let record = registry::push::PushRecord::new(&ctx.cache, &group[0].registry)?;
             registry::push::push_image(&client, &layout, &desc, &group, Some(&record), &[]).await
         })?;
@@ -255,11 +255,10 @@ pub fn inspect(g: &GlobalOpts, args: InspectArgs) -> Result<ExitCode> {
         .transpose()?;
     let opts = super::registry_options(&args.registry, &[]);
     let summary = match &r {
-        ImageRef::Registry { reference } => {
+        ImageRef::Registry(rr) => {
             use crate::pipeline::attest::{read_attached, RegistrySource};
-            let rr = RemoteRef::parse(reference)?;
             let client = crate::sys::rt::block_on(registry::Client::connect(&rr.registry, &opts))?;
-            let s = crate::sys::rt::block_on(registry::pull::summary(&client, &rr, arch))?;
+            let s = crate::sys::rt::block_on(registry::pull::summary(&client, rr, arch))?;
             let src = RegistrySource {
                 client: &client,
                 repo: &rr.repository,
@@ -294,7 +293,7 @@ pub fn inspect(g: &GlobalOpts, args: InspectArgs) -> Result<ExitCode> {
             );
             let tag = match &r {
                 ImageRef::Layout { tag, .. } | ImageRef::Archive { tag, .. } => tag.as_deref(),
-                ImageRef::Registry { .. } => None,
+                ImageRef::Registry(_) => None,
             };
             let top = img.layout.read_blob(&img.layout.resolve(tag)?)?;
             summary.platforms = super::summary::platforms(&top)?;
@@ -318,12 +317,11 @@ fn document_bytes(g: &GlobalOpts, r: &ImageRef, args: &InspectArgs, arch: &str) 
         return top_document(g, r, args);
     }
     match r {
-        ImageRef::Registry { reference } => {
-            let rr = RemoteRef::parse(reference)?;
+        ImageRef::Registry(rr) => {
             let opts = super::registry_options(&args.registry, &[]);
             crate::sys::rt::block_on(async {
                 let client = registry::Client::connect(&rr.registry, &opts).await?;
-                let img = registry::pull::resolve(&client, &rr, arch)
+                let img = registry::pull::resolve(&client, rr, arch)
                     .await?
                     .with_context(|| format!("{rr} does not exist"))?;
                 let c = img.manifest.config();
@@ -343,8 +341,7 @@ fn document_bytes(g: &GlobalOpts, r: &ImageRef, args: &InspectArgs, arch: &str) 
 /// The manifest or index the reference names, as stored.
 fn top_document(g: &GlobalOpts, r: &ImageRef, args: &InspectArgs) -> Result<Vec<u8>> {
     match r {
-        ImageRef::Registry { reference } => {
-            let rr = RemoteRef::parse(reference)?;
+        ImageRef::Registry(rr) => {
             let opts = super::registry_options(&args.registry, &[]);
             crate::sys::rt::block_on(async {
                 let client = registry::Client::connect(&rr.registry, &opts).await?;
@@ -380,7 +377,7 @@ pub fn open_local(
             let l = crate::oci::archive::extract_archive(file, t.path())?;
             Ok((LayoutImage::open(l, tag.as_deref(), arch)?, Some(t)))
         }
-        ImageRef::Registry { .. } => bail!("{r} is not a local image"),
+        ImageRef::Registry(_) => bail!("{r} is not a local image"),
     }
 }
 
@@ -401,8 +398,7 @@ fn platform_entry(
 /// `diskforge index DEST IMAGE...`: a multi-architecture index.
 pub fn index(_g: &GlobalOpts, args: IndexArgs) -> Result<ExitCode> {
     match super::image_ref(&args.destination)? {
-        ImageRef::Registry { reference } => {
-            let dest = RemoteRef::parse(&reference)?;
+        ImageRef::Registry(dest) => {
             let opts = super::registry_options(&args.registry, &[]);
             let pinned = crate::sys::rt::block_on(async {
                 let client = registry::Client::connect(&dest.registry, &opts).await?;
@@ -549,8 +545,7 @@ pub fn attached(
 ) -> Result<crate::pipeline::attest::Attached> {
     use crate::pipeline::attest::{read_attached, LayoutSource, RegistrySource};
     match r {
-        ImageRef::Registry { reference } => {
-            let rr = RemoteRef::parse(reference)?;
+        ImageRef::Registry(rr) => {
             let client =
                 crate::sys::rt::block_on(registry::Client::connect(&rr.registry, registry))?;
             let src = RegistrySource {

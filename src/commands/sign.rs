@@ -10,13 +10,12 @@ use crate::cli::{GlobalOpts, SignArgs};
 use crate::oci::{ImageRef, Layout};
 use crate::pipeline::attest;
 use crate::provenance::sign;
-use crate::registry::{self, RemoteRef};
+use crate::registry;
 
 pub fn run(_g: &GlobalOpts, args: SignArgs) -> Result<ExitCode> {
     let key = super::build::load_key(&args.key, &args.key_password)?;
     match super::image_ref(&args.image)? {
-        ImageRef::Registry { reference } => {
-            let r = RemoteRef::parse(&reference)?;
+        ImageRef::Registry(r) => {
             let opts = super::registry_options(&args.registry, &[]);
             let pinned = crate::sys::rt::block_on(async {
                 let client = registry::Client::connect(&r.registry, &opts).await?;

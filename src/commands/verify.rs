@@ -12,7 +12,7 @@ use crate::cli::{GlobalOpts, VerifyArgs};
 use crate::io::scratch::ScratchDir;
 use crate::oci::read::LayoutImage;
 use crate::oci::{ImageRef, Layout};
-use crate::registry::{self, RegistryOptions, RemoteRef};
+use crate::registry::{self, RegistryOptions};
 
 /// The image breaks the containerDisk contract (exit code 4).
 #[derive(Debug, thiserror::Error)]
@@ -30,14 +30,13 @@ pub fn open_any(
     registry: &RegistryOptions,
 ) -> Result<(LayoutImage, Option<ScratchDir>)> {
     match r {
-        ImageRef::Registry { reference } => {
-            let rr = RemoteRef::parse(reference)?;
+        ImageRef::Registry(rr) => {
             let t = ScratchDir::new_in(scratch, "pull")?;
             let layout = Layout::create(t.path())?;
             let arch = crate::oci::read::host_arch();
             crate::sys::rt::block_on(async {
                 let client = registry::Client::connect(&rr.registry, registry).await?;
-                registry::pull::pull_image(&client, &rr, arch, &layout, "pulled").await
+                registry::pull::pull_image(&client, rr, arch, &layout, "pulled").await
             })?;
             Ok((LayoutImage::open(layout, Some("pulled"), arch)?, Some(t)))
         }

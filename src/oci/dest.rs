@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
+use super::reference::RemoteRef;
+
 /// Where an image is written to or read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageRef {
@@ -12,8 +14,8 @@ pub enum ImageRef {
     Layout { dir: PathBuf, tag: Option<String> },
     /// A tar of an OCI layout.
     Archive { file: PathBuf, tag: Option<String> },
-    /// A registry reference without the `docker://` prefix.
-    Registry { reference: String },
+    /// A registry reference, parsed and validated when the `ImageRef` was made.
+    Registry(RemoteRef),
 }
 
 impl ImageRef {
@@ -22,12 +24,13 @@ impl ImageRef {
             if rest.is_empty() || !rest.contains('/') {
                 bail!("{s:?}: a registry destination is docker://HOST/REPOSITORY[:TAG]");
             }
-            if let Err(e) = rest.parse::<oci_client::Reference>() {
-                bail!("{s:?} is not an image reference such as docker://HOST/REPOSITORY:TAG ({e})");
-            }
-            return Ok(ImageRef::Registry {
-                reference: rest.to_string(),
-            });
+            return match RemoteRef::parse(rest) {
+                Ok(r) => Ok(ImageRef::Registry(r)),
+                Err(e) => bail!(
+                    "{s:?} is not an image reference such as docker://HOST/REPOSITORY:TAG ({:#})",
+                    e.root_cause()
+                ),
+            };
         }
         if let Some(rest) = s.strip_prefix("oci-archive:") {
             let (file, tag) = split_tag(rest, s)?;
@@ -46,10 +49,7 @@ impl ImageRef {
             ImageRef::Layout { tag, .. } | ImageRef::Archive { tag, .. } => {
                 tag.clone().unwrap_or_else(|| "latest".into())
             }
-            ImageRef::Registry { reference } => match reference.rsplit_once(':') {
-                Some((_, t)) if !t.contains('/') => t.to_string(),
-                _ => "latest".into(),
-            },
+            ImageRef::Registry(r) => r.tag_or_latest().to_string(),
         }
     }
 }
@@ -69,7 +69,7 @@ impl std::fmt::Display for ImageRef {
                 file.display(),
                 tag.as_deref().unwrap_or("latest")
             ),
-            ImageRef::Registry { reference } => write!(f, "docker://{reference}"),
+            ImageRef::Registry(r) => write!(f, "docker://{r}"),
         }
     }
 }
@@ -117,9 +117,19 @@ mod tests {
         );
         assert_eq!(
             ImageRef::parse("docker://127.0.0.1:5000/lab/x:1").unwrap(),
-            ImageRef::Registry {
-                reference: "127.0.0.1:5000/lab/x:1".into()
-            }
+            ImageRef::Registry(RemoteRef {
+                registry: "127.0.0.1:5000".into(),
+                repository: "lab/x".into(),
+                tag: Some("1".into()),
+                digest: None,
+            })
+        );
+        let d = format!("sha256:{}", "c".repeat(64));
+        let pinned = ImageRef::parse(&format!("docker://127.0.0.1:5000/lab/x@{d}")).unwrap();
+        assert_eq!(pinned.tag_or_latest(), "latest");
+        assert_eq!(
+            pinned.to_string(),
+            format!("docker://127.0.0.1:5000/lab/x@{d}")
         );
         assert_eq!(
             ImageRef::parse("docker://127.0.0.1:5000/lab/x")

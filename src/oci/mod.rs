@@ -9,8 +9,10 @@ pub mod layer;
 pub mod layout;
 pub mod pack;
 pub mod read;
+pub mod reference;
 
 pub use dest::ImageRef;
 pub use layer::Compression;
 pub use layout::Layout;
 pub use pack::{PackSpec, PackedImage};
+pub use reference::RemoteRef;

@@ -198,8 +198,8 @@ pub fn write_image(
     // runs while the layer is packed.
     let mut remotes: Vec<RemoteRef> = Vec::new();
     for d in dests {
-        if let ImageRef::Registry { reference } = d {
-            remotes.push(RemoteRef::parse(reference)?);
+        if let ImageRef::Registry(r) = d {
+            remotes.push(r.clone());
         }
     }
     let groups = group_by_repository(remotes);
@@ -262,7 +262,7 @@ pub fn write_image(
                 )?;
                 written.push(format!("oci-archive:{}:{tag}", file.display()));
             }
-            ImageRef::Registry { .. } => {}
+            ImageRef::Registry(_) => {}
         }
     }
     for (i, group) in groups.iter().enumerate() {
@@ -450,13 +450,10 @@ pub fn existing_labels(
             let img = crate::oci::read::LayoutImage::open(layout, Some(&tag), arch)?;
             Ok(Some(image::labels(&img.config)))
         }
-        ImageRef::Registry { reference } => {
-            let r = RemoteRef::parse(reference)?;
-            crate::sys::rt::block_on(async {
-                let client = ctx.client(&r.registry).await?;
-                registry::pull::labels(&client, &r, arch).await
-            })
-        }
+        ImageRef::Registry(r) => crate::sys::rt::block_on(async {
+            let client = ctx.client(&r.registry).await?;
+            registry::pull::labels(&client, r, arch).await
+        }),
         ImageRef::Archive { .. } => Ok(None),
     }
 }
@@ -544,7 +541,7 @@ pub fn attest(
         .dests
         .iter()
         .filter_map(|d| match d {
-            ImageRef::Registry { reference } => RemoteRef::parse(reference).ok(),
+            ImageRef::Registry(r) => Some(r.clone()),
             _ => None,
         })
         .collect();
