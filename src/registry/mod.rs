@@ -4,9 +4,13 @@
 pub mod auth;
 pub mod client;
 pub mod copy;
+mod download;
 pub mod limits;
 pub mod pull;
 pub mod push;
+pub mod request;
+mod token;
+pub mod upload;
 
 use std::path::PathBuf;
 use std::time::Duration;
