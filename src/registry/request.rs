@@ -648,4 +648,128 @@ mod tests {
         let body = futures_util::stream::iter([Ok(bytes::Bytes::from_static(b"x"))]);
         assert!(!r(Method::PUT).stream(body, "a blob").replayable());
     }
+
+    /// A loopback server: `GET /v2/` answers 200 (the ping and the challenge probe, no
+    /// challenge); every other request gets the next of `answers` (status line and
+    /// headers) and is recorded as `METHOD PATH` with the bytes of its body.
+    /// `METHOD PATH` and body length of each request the server answered.
+    type Seen = Arc<Mutex<Vec<(String, usize)>>>;
+
+    fn serve(answers: Vec<&'static str>) -> (String, Seen) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen: Seen = Default::default();
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            let mut answers = answers.into_iter();
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut r = BufReader::new(conn);
+                let mut line = String::new();
+                // A TLS hello (the https ping) is not a request line: drop it.
+                if r.read_line(&mut line).is_err() || !line.ends_with(" HTTP/1.1\r\n") {
+                    continue;
+                }
+                let mut len = 0;
+                loop {
+                    let mut h = String::new();
+                    r.read_line(&mut h).unwrap();
+                    if h == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                let mut parts = line.split(' ');
+                let (method, path) = (parts.next().unwrap(), parts.next().unwrap());
+                let head = if path == "/v2/" {
+                    "200 OK"
+                } else {
+                    log.lock().unwrap().push((format!("{method} {path}"), len));
+                    answers.next().unwrap_or("500 Out Of Answers")
+                };
+                let _ = write!(
+                    r.get_mut(),
+                    "HTTP/1.1 {head}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        (addr, seen)
+    }
+
+    fn client(addr: &str) -> Client {
+        crate::sys::rt::init().ok();
+        let opts = super::super::RegistryOptions {
+            tls_verify: false,
+            timeout: Duration::from_secs(5),
+            ..Default::default()
+        };
+        crate::sys::rt::block_on(Client::connect(addr, &opts)).unwrap()
+    }
+
+    #[test]
+    fn a_replayable_request_is_retried_after_retry_after_and_renews_its_token_once() {
+        let (addr, seen) = serve(vec![
+            "503 Service Unavailable\r\nRetry-After: 1",
+            "401 Unauthorized",
+            "200 OK",
+        ]);
+        let c = client(&addr);
+        let url = format!("http://{addr}/v2/lab/x/manifests/1");
+        let started = Instant::now();
+        let resp = crate::sys::rt::block_on(
+            c.send(Request::new(Method::PUT, &url, Scope::push("lab/x")).bytes(&b"{}"[..])),
+        )
+        .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(started.elapsed() >= Duration::from_secs(1));
+        let seen = seen.lock().unwrap().clone();
+        let put = ("PUT /v2/lab/x/manifests/1".to_string(), 2);
+        assert_eq!(seen, vec![put.clone(), put.clone(), put]);
+    }
+
+    #[test]
+    fn a_second_401_is_an_authentication_error() {
+        let (addr, seen) = serve(vec!["401 Unauthorized", "401 Unauthorized"]);
+        let c = client(&addr);
+        let url = format!("http://{addr}/v2/lab/x/blobs/sha256:0");
+        let e = crate::sys::rt::block_on(c.send(Request::new(
+            Method::HEAD,
+            &url,
+            Scope::pull("lab/x"),
+        )))
+        .unwrap_err();
+        let auth = e.downcast_ref::<AuthError>().expect("an AuthError");
+        assert!(!auth.had_credentials);
+        assert!(auth.detail.contains("HTTP 401"), "{}", auth.detail);
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_streamed_body_is_sent_once_and_its_retry_after_is_waited_out() {
+        let (addr, seen) = serve(vec![
+            "503 Service Unavailable\r\nRetry-After: 1",
+            "201 Created",
+        ]);
+        let c = client(&addr);
+        let url = format!("http://{addr}/v2/lab/x/blobs/uploads/1?digest=sha256:0");
+        let body = futures_util::stream::iter([Ok(bytes::Bytes::from_static(b"blob"))]);
+        let started = Instant::now();
+        let put = Request::new(Method::PUT, &url, Scope::push("lab/x"))
+            .header(reqwest::header::CONTENT_LENGTH, HeaderValue::from(4u64))
+            .stream(body, "a blob");
+        let e = crate::sys::rt::block_on(c.send(put)).unwrap_err();
+        assert_eq!(
+            e.downcast_ref::<HttpError>().map(|h| h.status),
+            Some(503),
+            "{e:#}"
+        );
+        assert!(started.elapsed() >= Duration::from_secs(1));
+        assert_eq!(seen.lock().unwrap().len(), 1, "the stream was sent again");
+    }
 }
