@@ -10,7 +10,7 @@ pub mod pull;
 pub mod push;
 pub mod request;
 mod token;
-pub mod upload;
+mod upload;
 
 use std::path::PathBuf;
 use std::time::Duration;
