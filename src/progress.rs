@@ -47,6 +47,46 @@ thread_local! {
         const { std::cell::RefCell::new((None, None)) };
 }
 
+/// Whether human lines name their recipe (several recipes build at once).
+static LABEL_BY_RECIPE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Starts (or stops) putting `[NAME] ` before every human line, bar and log line a
+/// recipe's thread prints, so that lines of recipes built side by side (`--jobs`) say
+/// which recipe they belong to.
+pub fn label_by_recipe(on: bool) {
+    LABEL_BY_RECIPE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `[NAME] ` for a line printed by a thread building recipe NAME while several build,
+/// else nothing.
+pub fn line_prefix() -> String {
+    if !LABEL_BY_RECIPE.load(std::sync::atomic::Ordering::Relaxed) {
+        return String::new();
+    }
+    CONTEXT.with(|c| {
+        c.borrow()
+            .0
+            .as_deref()
+            .map(|r| {
+                let p = std::path::Path::new(r);
+                let name = p.file_stem().unwrap_or(p.as_os_str()).to_string_lossy();
+                format!("[{name}] ")
+            })
+            .unwrap_or_default()
+    })
+}
+
+/// `text` with [`line_prefix`] before each of its lines.
+pub fn prefixed(text: &str) -> String {
+    let prefix = line_prefix();
+    if prefix.is_empty() {
+        return text.to_string();
+    }
+    text.split_inclusive('\n')
+        .map(|l| format!("{prefix}{l}"))
+        .collect()
+}
+
 /// Sets the recipe this thread builds (events carry it as `recipe`).
 pub fn set_recipe(recipe: Option<String>) {
     CONTEXT.with(|c| c.borrow_mut().0 = recipe);
@@ -95,7 +135,7 @@ pub fn say(msg: impl AsRef<str>) {
     if m.quiet || m.json {
         return;
     }
-    eprintln!("{}", crate::redact::apply(msg.as_ref(), &[]));
+    eprintln!("{}", prefixed(&crate::redact::apply(msg.as_ref(), &[])));
 }
 
 /// A timed stage. Call [`Stage::done`] on success; dropping it unfinished reports failure.
@@ -174,7 +214,7 @@ pub fn bytes(label: &str, total: Option<u64>) -> Bytes {
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
         );
-        bar.set_message(label.to_string());
+        bar.set_message(format!("{}{label}", line_prefix()));
         bar
     });
     Bytes {
@@ -278,6 +318,21 @@ pub fn format_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_of_a_recipe_built_beside_others_carry_its_name() {
+        // Only this thread has a recipe, so other tests' lines stay as they are.
+        set_recipe(Some("recipes/lab-web.yaml".into()));
+        label_by_recipe(false);
+        assert_eq!(prefixed("pack done"), "pack done");
+        label_by_recipe(true);
+        assert_eq!(
+            prefixed("warning: slow\n  because TCG\n"),
+            "[lab-web] warning: slow\n[lab-web]   because TCG\n"
+        );
+        set_recipe(None);
+        assert_eq!(prefixed("no recipe"), "no recipe");
+    }
 
     #[test]
     fn formats() {
