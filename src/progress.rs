@@ -87,6 +87,61 @@ pub fn prefixed(text: &str) -> String {
         .collect()
 }
 
+/// `text` with every line longer than `width` columns broken at spaces; a continued
+/// line keeps the first line's indentation plus four spaces. Words longer than a line
+/// (URLs, paths) stay whole. ANSI colour sequences take no columns.
+pub fn wrap(text: &str, width: usize) -> String {
+    fn columns(s: &str) -> usize {
+        let mut n = 0;
+        let mut in_escape = false;
+        for c in s.chars() {
+            match (in_escape, c) {
+                (false, '\u{1b}') => in_escape = true,
+                (true, c) if c.is_ascii_alphabetic() => in_escape = false,
+                (true, _) => {}
+                (false, _) => n += 1,
+            }
+        }
+        n
+    }
+    let mut out = String::new();
+    for line in text.split_inclusive('\n') {
+        let (body, newline) = match line.strip_suffix('\n') {
+            Some(b) => (b, "\n"),
+            None => (line, ""),
+        };
+        if columns(body) <= width {
+            out.push_str(line);
+            continue;
+        }
+        let indent: String = body.chars().take_while(|c| *c == ' ').collect();
+        let hanging = format!("{indent}    ");
+        let mut current = String::new();
+        for word in body[indent.len()..].split(' ') {
+            if current.is_empty() {
+                current = format!("{indent}{word}");
+            } else if columns(&current) + 1 + columns(word) <= width {
+                current.push(' ');
+                current.push_str(word);
+            } else {
+                out.push_str(current.trim_end());
+                out.push('\n');
+                current = format!("{hanging}{word}");
+            }
+        }
+        out.push_str(&current);
+        out.push_str(newline);
+    }
+    out
+}
+
+/// The terminal's width when stderr is one (for [`wrap`]).
+pub fn stderr_width() -> Option<usize> {
+    terminal_size::terminal_size_of(std::io::stderr())
+        .map(|(w, _)| w.0 as usize)
+        .filter(|w| *w >= 20)
+}
+
 /// Sets the recipe this thread builds (events carry it as `recipe`).
 pub fn set_recipe(recipe: Option<String>) {
     CONTEXT.with(|c| c.borrow_mut().0 = recipe);
@@ -332,6 +387,26 @@ mod tests {
         );
         set_recipe(None);
         assert_eq!(prefixed("no recipe"), "no recipe");
+    }
+
+    #[test]
+    fn long_lines_wrap_with_a_hanging_indent() {
+        let w = wrap(
+            " WARN KVM is not usable (no /dev/kvm); falling back to TCG emulation\nshort\n",
+            30,
+        );
+        assert_eq!(
+            w,
+            " WARN KVM is not usable (no\n     /dev/kvm); falling back\n     to TCG emulation\nshort\n"
+        );
+        for l in w.lines() {
+            assert!(l.chars().count() <= 30, "{l:?}");
+        }
+        // A word longer than the line stays whole; colour codes take no columns.
+        let url = "https://example.org/a/very/long/path/to/a/base-image.qcow2";
+        assert_eq!(wrap(url, 20), url);
+        let red = "\u{1b}[31mWARN\u{1b}[0m ok";
+        assert_eq!(wrap(red, 7), red);
     }
 
     #[test]

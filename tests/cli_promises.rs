@@ -1493,3 +1493,71 @@ fn lines_of_parallel_builds_name_their_recipe() {
         "the accelerator warning {warnings} times:\n{err}"
     );
 }
+
+/// In a terminal a long warning wraps to its width, continued lines indented; outside
+/// one it stays a single line, for logs and grep.
+#[test]
+fn long_warnings_wrap_in_a_terminal() {
+    if !common::require(&["script", "stty"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let sum = diskforge::io::hash::sha256_hex(b"alpha");
+    std::fs::write(
+        t.path().join("alpha.yaml"),
+        format!(
+            "version: 1\nname: alpha\nbase:\n  url: https://example.invalid/alpha.qcow2\n  checksum: sha256:{sum}\ncustomize:\n  selinux-relabel: false\n"
+        ),
+    )
+    .unwrap();
+    let df = std::path::Path::new(env!("CARGO_BIN_EXE_diskforge"));
+    let build = format!(
+        "{} build alpha.yaml --offline --accel tcg --cache-dir cache -o oci:out",
+        df.display()
+    );
+    // `script` gives the command a terminal of 50 columns.
+    let out = Command::new("script")
+        .current_dir(t.path())
+        .args([
+            "-qec",
+            &format!("stty rows 24 cols 50; {build}"),
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let warning: Vec<&str> = shown
+        .lines()
+        .skip_while(|l| !l.contains("selinux-relabel is false"))
+        .take_while(|l| !l.starts_with("==>"))
+        .collect();
+    assert!(warning.len() >= 3, "not wrapped:\n{shown}");
+    for l in &warning {
+        let plain = l.replace("\u{1b}[33m", "").replace("\u{1b}[0m", "");
+        assert!(
+            plain.chars().count() <= 50,
+            "{plain:?} is wider than 50:\n{shown}"
+        );
+    }
+    assert!(
+        warning[1..].iter().all(|l| l.starts_with("    ")),
+        "{shown}"
+    );
+    assert!(
+        warning.join(" ").contains("may fail under enforcing"),
+        "{shown}"
+    );
+
+    let out = Command::new("sh")
+        .current_dir(t.path())
+        .args(["-c", &build])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(
+        err.lines()
+            .any(|l| l.contains("selinux-relabel is false")
+                && l.contains("may fail under enforcing")),
+        "{err}"
+    );
+}

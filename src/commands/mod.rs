@@ -120,11 +120,15 @@ impl std::io::Write for RedactingWriter {
 
 impl Drop for RedactingWriter {
     fn drop(&mut self) {
-        // Written from the thread that logs, so a recipe's lines carry its name.
-        let text = crate::progress::prefixed(&crate::redact::apply(
+        // Written from the thread that logs, so a recipe's lines carry its name; wrapped
+        // to a terminal's width.
+        let mut text = crate::progress::prefixed(&crate::redact::apply(
             &String::from_utf8_lossy(&self.0),
             &[],
         ));
+        if let Some(width) = crate::progress::stderr_width() {
+            text = crate::progress::wrap(&text, width);
+        }
         let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), text.as_bytes());
     }
 }
