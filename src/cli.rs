@@ -597,7 +597,10 @@ pub struct PushArgs {
     /// image by digest.
     #[arg(value_name = "LAYOUT[:TAG]|docker://SOURCE")]
     pub layout: String,
-    /// `docker://HOST/REPO:TAG` (give several for several tags).
+    /// `docker://HOST/REPO:TAG` (give several for several tags);
+    /// `docker-archive:FILE[:NAME[:TAG]]` for `docker load` / `podman load`;
+    /// `containers-storage:NAME[:TAG]` into the local podman / CRI-O image store
+    /// (through skopeo).
     #[arg(required = true, value_name = "DEST")]
     pub destinations: Vec<String>,
     /// Write KubeVirt and CDI manifests for the pushed image into DIR.

@@ -137,11 +137,36 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
         format!("oci:{}", args.layout)
     };
     let mut refs = Vec::new();
+    let mut local = Vec::new();
     for d in &args.destinations {
-        if !d.starts_with("docker://") {
-            return Err(UsageError(format!("{d}: push writes to docker://HOST/REPO:TAG")).into());
+        if let Some(rest) = d.strip_prefix("docker-archive:") {
+            let r = crate::oci::docker_archive::DockerArchiveRef::parse(rest)
+                .map_err(|e| UsageError(format!("{e:#}")))?;
+            local.push(LocalDest::DockerArchive(r));
+        } else if let Some(name) = d.strip_prefix("containers-storage:") {
+            if name.parse::<oci_client::Reference>().is_err() || name.contains('@') {
+                return Err(UsageError(format!(
+                    "{d}: expected containers-storage:NAME[:TAG], e.g. containers-storage:localhost/lab/demo:1"
+                ))
+                .into());
+            }
+            local.push(LocalDest::Storage(name.to_string()));
+        } else if d.starts_with("docker://") {
+            refs.push(super::remote_ref(d)?);
+        } else {
+            return Err(UsageError(format!(
+                "{d}: push writes to docker://HOST/REPO:TAG, docker-archive:FILE[:NAME[:TAG]] or containers-storage:NAME[:TAG]"
+            ))
+            .into());
         }
-        refs.push(super::remote_ref(d)?);
+    }
+    if local.iter().any(|d| matches!(d, LocalDest::Storage(_))) && !crate::sys::exec::have("skopeo")
+    {
+        // Found before anything is written.
+        return Err(crate::sys::exec::MissingTool {
+            program: "skopeo".into(),
+        }
+        .into());
     }
     // An archive (what `pack -o oci-archive:` writes) is unpacked to a temp layout and
     // pushed from there: the same blobs, so the same digests.
@@ -164,6 +189,15 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
         ),
     };
     let desc = layout.resolve(tag.as_deref())?;
+    for d in &local {
+        write_local(d, &layout, &src, tag.as_deref())?;
+    }
+    if refs.is_empty() {
+        if let Some(f) = &args.report.digest_file {
+            crate::io::atomic::write(f, format!("{}\n", desc.digest()).as_bytes())?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let ctx = super::context(g, super::push_options(&args.registry, &args.limit)?)?;
     let mut groups: Vec<Vec<RemoteRef>> = Vec::new();
     for r in refs {
@@ -234,6 +268,56 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A destination on this machine rather than in a registry.
+enum LocalDest {
+    DockerArchive(crate::oci::docker_archive::DockerArchiveRef),
+    /// `containers-storage:NAME[:TAG]`.
+    Storage(String),
+}
+
+/// Writes the image `tag` of `layout` (given on the command line as `src`) to `d`, and
+/// prints the destination with the image ID (the config's digest) that `docker images` /
+/// `podman images` show.
+fn write_local(d: &LocalDest, layout: &Layout, src: &str, tag: Option<&str>) -> Result<()> {
+    let img = LayoutImage::open(layout.clone(), tag, read::host_arch())?;
+    let id = img.manifest.config().digest().to_string();
+    match d {
+        LocalDest::DockerArchive(r) => {
+            let stage = crate::progress::stage("docker-archive", format!("write {r}"));
+            crate::oci::docker_archive::write(&img, r)?;
+            stage.done();
+        }
+        LocalDest::Storage(name) => {
+            // skopeo reads the layout itself; an oci-archive source is named as such.
+            let from = if src.starts_with("oci-archive:") {
+                src.to_string()
+            } else {
+                match tag {
+                    Some(t) => format!("oci:{}:{t}", layout.root().display()),
+                    None => format!("oci:{}", layout.root().display()),
+                }
+            };
+            crate::sys::exec::Cmd::new(
+                "skopeo",
+                format!("copy the image into containers-storage:{name}"),
+            )
+            .args([
+                "copy",
+                "--quiet",
+                &from,
+                &format!("containers-storage:{name}"),
+            ])
+            .run()?;
+        }
+    }
+    let shown = match d {
+        LocalDest::DockerArchive(r) => r.to_string(),
+        LocalDest::Storage(n) => format!("containers-storage:{n}"),
+    };
+    println!("{shown} {id}");
+    Ok(())
 }
 
 /// `diskforge inspect IMAGE`.
