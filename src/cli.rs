@@ -78,7 +78,7 @@ pub const COMMAND_OPTIONS: &[(&str, &[&str])] = &[
     ),
     ("keep_work_dir", &["build"]),
     ("offline", &["build", "plan", "outdated", "validate"]),
-    ("accel", &["build", "run", "verify"]),
+    ("accel", &["build", "pack", "run", "verify"]),
 ];
 
 /// The command line's definition: [`Cli`] with the options shared by every subcommand
@@ -571,6 +571,13 @@ pub struct PackArgs {
     /// Extra label KEY=VALUE (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     pub label: Vec<String>,
+    /// `bios`, `uefi` or `uefi-secure-boot`: recorded in the image's
+    /// `io.diskforge.firmware` label and the VM manifest (`run` and `verify` boot with it);
+    /// for UEFI the disk must hold an EFI system partition with a loader (a shim for
+    /// Secure Boot), else nothing is written (exit 4) [default: none recorded; the VM
+    /// manifest boots BIOS].
+    #[arg(long, value_name = "FIRMWARE")]
+    pub firmware: Option<String>,
     /// Destination: `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]` or `docker://HOST/REPO:TAG`
     /// (repeatable) [default: oci:out/NAME:latest, NAME from the disk's file name].
     #[arg(

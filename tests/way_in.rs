@@ -1261,3 +1261,95 @@ fn tar_member(file: &Path, name: &str) -> Vec<u8> {
     }
     panic!("{name} is not in {}", file.display())
 }
+
+/// `c` with libguestfs set up for machines without a working KVM.
+fn tcg(mut c: Command) -> Command {
+    common::guestfs_env(&mut c);
+    c
+}
+
+/// `pack --firmware` records the firmware for `run`, `verify` and the VM manifest, after
+/// checking the disk has what it needs: a disk with an EFI system partition and a loader
+/// packs as `uefi`, and its VM manifest boots EFI without Secure Boot; a disk without
+/// one is refused (exit 4) with nothing written.
+#[test]
+fn pack_records_a_firmware_the_disk_can_boot_with() {
+    if !common::require(&["qemu-img", "guestfish", "docker-registry"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let reg = common::registry::Registry::start(None);
+    let blank = qcow2(t.path(), "blank.qcow2", "64M");
+    let esp = qcow2(t.path(), "esp.qcow2", "64M");
+    common::guest::fish(
+        &["-a", esp.to_str().unwrap()],
+        "run\npart-init /dev/sda gpt\npart-add /dev/sda p 2048 -2048\npart-set-gpt-type /dev/sda 1 C12A7328-F81F-11D2-BA4B-00A0C93EC93B\nmkfs vfat /dev/sda1\nmount /dev/sda1 /\nmkdir-p /EFI/BOOT\nwrite /EFI/BOOT/BOOTX64.EFI MZ-not-a-real-loader\numount-all\n",
+    );
+    let refused = t.path().join("refused");
+    let out = tcg(df(t.path()))
+        .arg("pack")
+        .arg(&blank)
+        .args(["--firmware", "uefi", "--accel", "tcg", "-o"])
+        .arg(format!("oci:{}", refused.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        text(&out).contains("cannot boot with uefi: no EFI system partition"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !refused.exists(),
+        "a refused pack wrote {}",
+        refused.display()
+    );
+
+    let layout = t.path().join("uefi");
+    let out = tcg(df(t.path()))
+        .arg("pack")
+        .arg(&esp)
+        .args([
+            "--firmware",
+            "uefi",
+            "--accel",
+            "tcg",
+            "--print-vm-manifest",
+            "-o",
+        ])
+        .arg(format!("oci:{}:1", layout.display()))
+        .arg("-o")
+        .arg(format!("docker://{}/lab/uefi:1", reg.addr))
+        .arg("--tls-verify=false")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let vm: serde_json::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    let domain = &vm["spec"]["template"]["spec"]["domain"];
+    assert_eq!(
+        domain["firmware"]["bootloader"]["efi"]["secureBoot"],
+        serde_json::json!(false),
+        "{vm}"
+    );
+    let config = df(t.path())
+        .args(["inspect", "--config"])
+        .arg(format!("oci:{}:1", layout.display()))
+        .output()
+        .unwrap();
+    let config: serde_json::Value = serde_json::from_slice(&config.stdout).unwrap();
+    assert_eq!(
+        config["config"]["Labels"]["io.diskforge.firmware"], "uefi",
+        "{config}"
+    );
+    // Secure Boot needs a shim, which this disk lacks.
+    let out = tcg(df(t.path()))
+        .arg("pack")
+        .arg(&esp)
+        .args(["--firmware", "uefi-secure-boot", "--accel", "tcg", "-o"])
+        .arg(format!("oci:{}", refused.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("no shim"), "{}", text(&out));
+    assert!(!refused.exists());
+}

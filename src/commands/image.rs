@@ -61,8 +61,19 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
         }
         .to_string()
     });
+    let firmware = args
+        .firmware
+        .as_deref()
+        .map(super::parse_firmware)
+        .transpose()?;
     let epoch = crate::oci::layer::mtime_from_env()?;
     let mut labels = crate::oci::pack::parse_pairs(&args.label, "--label")?;
+    if let Some(f) = firmware {
+        labels.insert(
+            crate::pipeline::publish::FIRMWARE_LABEL.into(),
+            f.as_str().into(),
+        );
+    }
     labels
         .entry("org.opencontainers.image.created".into())
         .or_insert_with(|| image::rfc3339(epoch));
@@ -91,6 +102,11 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
     };
     let ctx = super::context(g, super::push_options(&args.registry, &args.limit)?)?;
     let work = super::scratch_root(g)?;
+    if let Some(f) = firmware {
+        // Refused before anything is written, as `run --firmware` refuses to boot it.
+        let accel = crate::sys::accel::resolve(ctx.accel)?;
+        super::run::check_boot_layout(&args.disk, super::run::format_of(&info), f, accel, &work)?;
+    }
     let stage = crate::progress::stage(
         "pack",
         format!(
@@ -114,7 +130,7 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
         disk_virtual_size: info.virtual_size,
         recipe: None,
         pull_method: None,
-        firmware: crate::recipe::Firmware::Bios,
+        firmware: firmware.unwrap_or(crate::recipe::Firmware::Bios),
     };
     super::build::print_published(&published, &image, &args.report, None)?;
     Ok(ExitCode::SUCCESS)
