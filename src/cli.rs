@@ -589,6 +589,18 @@ pub struct PackArgs {
     pub destinations: Vec<String>,
     #[command(flatten)]
     pub layer: PackCompressionOpts,
+    /// Write KubeVirt and CDI manifests for the packed image into DIR (needs a docker://
+    /// destination: a cluster pulls from a registry).
+    #[arg(long, value_name = "DIR", help_heading = "Output options")]
+    pub kubevirt_manifests: Option<PathBuf>,
+    /// How CDI's DataImportCron pulls the image (`node`: the node's container runtime).
+    #[arg(
+        long,
+        value_enum,
+        requires = "kubevirt_manifests",
+        help_heading = "Output options"
+    )]
+    pub pull_method: Option<PullMethodArg>,
     #[command(flatten)]
     pub report: ReportOpts,
     #[command(flatten)]

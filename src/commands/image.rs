@@ -40,6 +40,12 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
         args.destinations.clone()
     };
     super::build::check_report_opts(&args.report, &outputs)?;
+    if args.kubevirt_manifests.is_some() && !outputs.iter().any(|d| d.starts_with("docker://")) {
+        return Err(UsageError(
+            "--kubevirt-manifests needs a docker:// destination: a cluster pulls the image from a registry".into(),
+        )
+        .into());
+    }
     let dests = outputs
         .iter()
         .map(|s| super::image_ref(s))
@@ -118,21 +124,35 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
     let mut published =
         crate::pipeline::publish::write_image(&spec, &dests, &ctx, &work, Some(stage))?;
     published.disk_virtual_size = info.virtual_size;
-    let name = args
-        .disk
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    // The VM is named after the repository it is pulled from, as for `push`; without
+    // one, after the disk.
+    let name = published
+        .pinned
+        .as_deref()
+        .and_then(|p| p.split_once('@'))
+        .and_then(|(repo, _)| repo.rsplit('/').next())
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            args.disk
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
     let image = super::build::ClusterImage {
         pinned: published.pinned.as_deref(),
         tag: published.tags.first().map(String::as_str),
         name: &name,
         disk_virtual_size: info.virtual_size,
         recipe: None,
-        pull_method: None,
+        pull_method: args.pull_method.map(super::pull_method),
         firmware: firmware.unwrap_or(crate::recipe::Firmware::Bios),
     };
-    super::build::print_published(&published, &image, &args.report, None)?;
+    super::build::print_published(
+        &published,
+        &image,
+        &args.report,
+        args.kubevirt_manifests.as_deref(),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
