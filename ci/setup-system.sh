@@ -20,6 +20,8 @@ main_pkgs=(
   time shellcheck jq
   # gitlab-ci-local (ci/setup-linters.sh) copies the checkout with rsync.
   rsync
+  # push docker-archive: and containers-storage: are read back by podman's own client.
+  podman
   # setpriv: QEMU started by `run` dies with diskforge (--pdeathsig).
   util-linux
   chromium chromium-driver

@@ -26,6 +26,10 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Options given before the subcommand. `-v`, `-q` and `--json-events` are accepted
+/// anywhere and listed once, in `diskforge --help`; the cache, work-directory, offline
+/// and accelerator options are offered again by exactly the subcommands that use them
+/// ([`COMMAND_OPTIONS`]), so `validate --accel` is an error rather than an ignored flag.
 #[derive(Debug, Args, Clone)]
 #[command(next_help_heading = "Global options")]
 pub struct GlobalOpts {
@@ -39,20 +43,150 @@ pub struct GlobalOpts {
     #[arg(long = "json-events", global = true)]
     pub json_events: bool,
     /// Cache for base images, downloads and kept stages [default: $XDG_CACHE_HOME/diskforge].
-    #[arg(long, global = true, env = "DISKFORGE_CACHE_DIR", value_name = "DIR")]
+    #[arg(long, env = "DISKFORGE_CACHE_DIR", value_name = "DIR", help_heading = MACHINE_HEADING)]
     pub cache_dir: Option<PathBuf>,
     /// Where intermediate disks are written [default: CACHE/work].
-    #[arg(long, global = true, env = "DISKFORGE_WORK_DIR", value_name = "DIR")]
+    #[arg(long, env = "DISKFORGE_WORK_DIR", value_name = "DIR", help_heading = MACHINE_HEADING)]
     pub work_dir: Option<PathBuf>,
     /// Keep intermediate files after the build, for debugging.
-    #[arg(long, global = true)]
+    #[arg(long, help_heading = MACHINE_HEADING)]
     pub keep_work_dir: bool,
     /// Use only the cache; fail if something must be downloaded.
-    #[arg(long, global = true)]
+    #[arg(long, help_heading = MACHINE_HEADING)]
     pub offline: bool,
     /// Accelerator for QEMU and libguestfs.
-    #[arg(long, global = true, value_enum, env = "DISKFORGE_ACCEL", default_value_t = Accel::Auto)]
+    #[arg(long, value_enum, env = "DISKFORGE_ACCEL", default_value_t = Accel::Auto, help_heading = MACHINE_HEADING)]
     pub accel: Accel,
+}
+
+/// Where `diskforge --help` lists the options of [`COMMAND_OPTIONS`].
+const MACHINE_HEADING: &str =
+    "Cache and machine options (also after the subcommands that use them)";
+
+/// The options of [`GlobalOpts`] that only some subcommands use, with the subcommands
+/// that offer them (a path `cache` covers `cache list` and `cache prune`).
+pub const COMMAND_OPTIONS: &[(&str, &[&str])] = &[
+    (
+        "cache_dir",
+        &[
+            "build", "plan", "outdated", "validate", "pack", "push", "cache",
+        ],
+    ),
+    (
+        "work_dir",
+        &["build", "pack", "push", "inspect", "run", "verify"],
+    ),
+    ("keep_work_dir", &["build"]),
+    ("offline", &["build", "plan", "outdated", "validate"]),
+    ("accel", &["build", "pack", "run", "verify"]),
+];
+
+/// The command line's definition: [`Cli`] with the options shared by every subcommand
+/// listed once, in `diskforge --help`, and each subcommand offering only the options
+/// of [`COMMAND_OPTIONS`] it uses.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let root = Cli::command();
+    // A subcommand that already holds an argument of a global's id keeps its own
+    // (hidden) copy instead of the shown one clap would propagate.
+    let hidden: Vec<clap::Arg> = root
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .map(|a| a.clone().hide(true))
+        .collect();
+    let shared: Vec<String> = root
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .map(|a| match (a.get_short(), a.get_long()) {
+            (Some(s), _) => format!("-{s}"),
+            (None, Some(l)) => format!("--{l}"),
+            (None, None) => a.get_id().to_string(),
+        })
+        .collect();
+    let offered: Vec<(clap::Arg, &[&str])> = COMMAND_OPTIONS
+        .iter()
+        .filter_map(|(id, cmds)| {
+            let a = root.get_arguments().find(|a| a.get_id() == *id)?;
+            Some((a.clone().help_heading(None::<&str>), *cmds))
+        })
+        .collect();
+    let note = format!(
+        "Global options ({}) go before or after the subcommand: see `diskforge --help`.",
+        shared.join(", ")
+    );
+    fn offer(
+        cmd: clap::Command,
+        top: &str,
+        hidden: &[clap::Arg],
+        offered: &[(clap::Arg, &[&str])],
+        note: &str,
+    ) -> clap::Command {
+        let mut cmd = cmd.after_help(note.to_string());
+        for a in hidden {
+            cmd = cmd.arg(a.clone());
+        }
+        for (a, cmds) in offered {
+            if cmds.contains(&top) {
+                cmd = cmd.arg(a.clone());
+            }
+        }
+        cmd.mut_subcommands(|sc| offer(sc, top, hidden, offered, note))
+    }
+    root.mut_subcommands(|sc| {
+        let top = sc.get_name().to_string();
+        offer(sc, &top, &hidden, &offered, &note)
+    })
+}
+
+impl Cli {
+    /// Parses the process's arguments with [`command`] (exits on `--help`, `--version`
+    /// and wrong usage, as clap does).
+    pub fn parse_args() -> Cli {
+        Self::parse_from_matches(command().get_matches()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses `args` (the program name first) with [`command`].
+    pub fn try_parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Self::parse_from_matches(command().try_get_matches_from(args)?)
+    }
+
+    /// [`Cli`] from matches, with an option of [`COMMAND_OPTIONS`] given after the
+    /// subcommand taking the place of the same option given before it.
+    fn parse_from_matches(matches: clap::ArgMatches) -> Result<Cli, clap::Error> {
+        use clap::FromArgMatches;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        let mut m = &matches;
+        while let Some((_, sub)) = m.subcommand() {
+            m = sub;
+        }
+        let given = |id: &str| {
+            m.try_contains_id(id).unwrap_or(false)
+                && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+        };
+        let g = &mut cli.global;
+        if given("cache_dir") {
+            g.cache_dir = m.get_one::<PathBuf>("cache_dir").cloned();
+        }
+        if given("work_dir") {
+            g.work_dir = m.get_one::<PathBuf>("work_dir").cloned();
+        }
+        if given("keep_work_dir") {
+            g.keep_work_dir = m.get_flag("keep_work_dir");
+        }
+        if given("offline") {
+            g.offline = m.get_flag("offline");
+        }
+        if given("accel") {
+            if let Some(a) = m.get_one::<Accel>("accel") {
+                g.accel = *a;
+            }
+        }
+        Ok(cli)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -100,6 +234,13 @@ pub enum Command {
     /// Download and stage cache.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Print the manual page diskforge(1), or write every page (one per subcommand).
+    Man {
+        /// Write diskforge.1 and diskforge-SUBCOMMAND.1 (for `man -M` or
+        /// /usr/local/share/man/man1) into DIR instead of printing diskforge(1).
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
     /// Print shell completions.
     Completions {
         /// The shell to print completions for.
@@ -430,6 +571,13 @@ pub struct PackArgs {
     /// Extra label KEY=VALUE (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     pub label: Vec<String>,
+    /// `bios`, `uefi` or `uefi-secure-boot`: recorded in the image's
+    /// `io.diskforge.firmware` label and the VM manifest (`run` and `verify` boot with it);
+    /// for UEFI the disk must hold an EFI system partition with a loader (a shim for
+    /// Secure Boot), else nothing is written (exit 4) [default: none recorded; the VM
+    /// manifest boots BIOS].
+    #[arg(long, value_name = "FIRMWARE")]
+    pub firmware: Option<String>,
     /// Destination: `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]` or `docker://HOST/REPO:TAG`
     /// (repeatable) [default: oci:out/NAME:latest, NAME from the disk's file name].
     #[arg(
@@ -441,6 +589,18 @@ pub struct PackArgs {
     pub destinations: Vec<String>,
     #[command(flatten)]
     pub layer: PackCompressionOpts,
+    /// Write KubeVirt and CDI manifests for the packed image into DIR (needs a docker://
+    /// destination: a cluster pulls from a registry).
+    #[arg(long, value_name = "DIR", help_heading = "Output options")]
+    pub kubevirt_manifests: Option<PathBuf>,
+    /// How CDI's DataImportCron pulls the image (`node`: the node's container runtime).
+    #[arg(
+        long,
+        value_enum,
+        requires = "kubevirt_manifests",
+        help_heading = "Output options"
+    )]
+    pub pull_method: Option<PullMethodArg>,
     #[command(flatten)]
     pub report: ReportOpts,
     #[command(flatten)]
@@ -456,7 +616,10 @@ pub struct PushArgs {
     /// image by digest.
     #[arg(value_name = "LAYOUT[:TAG]|docker://SOURCE")]
     pub layout: String,
-    /// `docker://HOST/REPO:TAG` (give several for several tags).
+    /// `docker://HOST/REPO:TAG` (give several for several tags);
+    /// `docker-archive:FILE[:NAME[:TAG]]` for `docker load` / `podman load`;
+    /// `containers-storage:NAME[:TAG]` into the local podman / CRI-O image store
+    /// (through skopeo).
     #[arg(required = true, value_name = "DEST")]
     pub destinations: Vec<String>,
     /// Write KubeVirt and CDI manifests for the pushed image into DIR.

@@ -1,9 +1,7 @@
 //! The `diskforge` command: parse arguments, set up logging, run, report the error chain.
 
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
-    let cli = diskforge::cli::Cli::parse();
+    let cli = diskforge::cli::Cli::parse_args();
     diskforge::commands::init_logging(&cli.global);
     diskforge::commands::stop_quietly_on_closed_stdout(|| match diskforge::commands::run(cli) {
         Ok(code) => code,

@@ -47,6 +47,101 @@ thread_local! {
         const { std::cell::RefCell::new((None, None)) };
 }
 
+/// Whether human lines name their recipe (several recipes build at once).
+static LABEL_BY_RECIPE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Starts (or stops) putting `[NAME] ` before every human line, bar and log line a
+/// recipe's thread prints, so that lines of recipes built side by side (`--jobs`) say
+/// which recipe they belong to.
+pub fn label_by_recipe(on: bool) {
+    LABEL_BY_RECIPE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `[NAME] ` for a line printed by a thread building recipe NAME while several build,
+/// else nothing.
+pub fn line_prefix() -> String {
+    if !LABEL_BY_RECIPE.load(std::sync::atomic::Ordering::Relaxed) {
+        return String::new();
+    }
+    CONTEXT.with(|c| {
+        c.borrow()
+            .0
+            .as_deref()
+            .map(|r| {
+                let p = std::path::Path::new(r);
+                let name = p.file_stem().unwrap_or(p.as_os_str()).to_string_lossy();
+                format!("[{name}] ")
+            })
+            .unwrap_or_default()
+    })
+}
+
+/// `text` with [`line_prefix`] before each of its lines.
+pub fn prefixed(text: &str) -> String {
+    let prefix = line_prefix();
+    if prefix.is_empty() {
+        return text.to_string();
+    }
+    text.split_inclusive('\n')
+        .map(|l| format!("{prefix}{l}"))
+        .collect()
+}
+
+/// `text` with every line longer than `width` columns broken at spaces; a continued
+/// line keeps the first line's indentation plus four spaces. Words longer than a line
+/// (URLs, paths) stay whole. ANSI colour sequences take no columns.
+pub fn wrap(text: &str, width: usize) -> String {
+    fn columns(s: &str) -> usize {
+        let mut n = 0;
+        let mut in_escape = false;
+        for c in s.chars() {
+            match (in_escape, c) {
+                (false, '\u{1b}') => in_escape = true,
+                (true, c) if c.is_ascii_alphabetic() => in_escape = false,
+                (true, _) => {}
+                (false, _) => n += 1,
+            }
+        }
+        n
+    }
+    let mut out = String::new();
+    for line in text.split_inclusive('\n') {
+        let (body, newline) = match line.strip_suffix('\n') {
+            Some(b) => (b, "\n"),
+            None => (line, ""),
+        };
+        if columns(body) <= width {
+            out.push_str(line);
+            continue;
+        }
+        let indent: String = body.chars().take_while(|c| *c == ' ').collect();
+        let hanging = format!("{indent}    ");
+        let mut current = String::new();
+        for word in body[indent.len()..].split(' ') {
+            if current.is_empty() {
+                current = format!("{indent}{word}");
+            } else if columns(&current) + 1 + columns(word) <= width {
+                current.push(' ');
+                current.push_str(word);
+            } else {
+                out.push_str(current.trim_end());
+                out.push('\n');
+                current = format!("{hanging}{word}");
+            }
+        }
+        out.push_str(&current);
+        out.push_str(newline);
+    }
+    out
+}
+
+/// The terminal's width when stderr is one (for [`wrap`]).
+pub fn stderr_width() -> Option<usize> {
+    terminal_size::terminal_size_of(std::io::stderr())
+        .map(|(w, _)| w.0 as usize)
+        .filter(|w| *w >= 20)
+}
+
 /// Sets the recipe this thread builds (events carry it as `recipe`).
 pub fn set_recipe(recipe: Option<String>) {
     CONTEXT.with(|c| c.borrow_mut().0 = recipe);
@@ -95,7 +190,7 @@ pub fn say(msg: impl AsRef<str>) {
     if m.quiet || m.json {
         return;
     }
-    eprintln!("{}", crate::redact::apply(msg.as_ref(), &[]));
+    eprintln!("{}", prefixed(&crate::redact::apply(msg.as_ref(), &[])));
 }
 
 /// A timed stage. Call [`Stage::done`] on success; dropping it unfinished reports failure.
@@ -174,7 +269,7 @@ pub fn bytes(label: &str, total: Option<u64>) -> Bytes {
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
         );
-        bar.set_message(label.to_string());
+        bar.set_message(format!("{}{label}", line_prefix()));
         bar
     });
     Bytes {
@@ -278,6 +373,41 @@ pub fn format_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_of_a_recipe_built_beside_others_carry_its_name() {
+        // Only this thread has a recipe, so other tests' lines stay as they are.
+        set_recipe(Some("recipes/lab-web.yaml".into()));
+        label_by_recipe(false);
+        assert_eq!(prefixed("pack done"), "pack done");
+        label_by_recipe(true);
+        assert_eq!(
+            prefixed("warning: slow\n  because TCG\n"),
+            "[lab-web] warning: slow\n[lab-web]   because TCG\n"
+        );
+        set_recipe(None);
+        assert_eq!(prefixed("no recipe"), "no recipe");
+    }
+
+    #[test]
+    fn long_lines_wrap_with_a_hanging_indent() {
+        let w = wrap(
+            " WARN KVM is not usable (no /dev/kvm); falling back to TCG emulation\nshort\n",
+            30,
+        );
+        assert_eq!(
+            w,
+            " WARN KVM is not usable (no\n     /dev/kvm); falling back\n     to TCG emulation\nshort\n"
+        );
+        for l in w.lines() {
+            assert!(l.chars().count() <= 30, "{l:?}");
+        }
+        // A word longer than the line stays whole; colour codes take no columns.
+        let url = "https://example.org/a/very/long/path/to/a/base-image.qcow2";
+        assert_eq!(wrap(url, 20), url);
+        let red = "\u{1b}[31mWARN\u{1b}[0m ok";
+        assert_eq!(wrap(red, 7), red);
+    }
 
     #[test]
     fn formats() {

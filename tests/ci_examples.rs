@@ -545,3 +545,278 @@ fn github_job_summary_renders_the_report() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------
+// The GitLab pipeline, executed
+
+/// The edits ci/examples/gitlab/.gitlab-ci.yml asks of its user (list the recipes in the
+/// two `parallel: matrix` blocks), plus the one gitlab-ci-local's shell executor needs:
+/// it has no way to ignore `image:` as a GitLab shell runner does, so `default.image`
+/// goes. Nothing else changes.
+fn gitlab_pipeline_for(recipes: &[&str]) -> String {
+    let shipped = std::fs::read_to_string(common::repo_root().join(GITLAB)).unwrap();
+    let listed = "RECIPE: [ubuntu-24.04-lab, fedora-lab]";
+    assert_eq!(shipped.matches(listed).count(), 2, "the two matrix lists");
+    let image = "default:\n  image:\n    name: $DISKFORGE_IMAGE\n    # The image's entrypoint is diskforge; jobs need a shell.\n    entrypoint: [\"\"]\n";
+    assert_eq!(shipped.matches(image).count(), 1, "default.image");
+    shipped
+        .replace(listed, &format!("RECIPE: [{}]", recipes.join(", ")))
+        .replace(image, "default:\n")
+}
+
+/// Where in gitlab-ci-local's log a job starts and finishes.
+fn job_span(log: &str, job: &str) -> (usize, usize) {
+    let lines: Vec<&str> = log.lines().collect();
+    let find = |what: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(job) && l.contains(what))
+            .unwrap_or_else(|| panic!("{job}: no {what:?} in the log:\n{log}"))
+    };
+    (find("starting shell"), find("finished in"))
+}
+
+/// The nightly pipeline as shipped, run by gitlab-ci-local's shell executor against a
+/// loopback registry with credentials: the gate, one build per recipe and architecture
+/// (amd64 built from the recipe on the project's own base, arm64 packed from a prebuilt
+/// disk through `DISK_DIR`, as arm64 guests cannot be customized on this host), an index
+/// per recipe after all its builds, and KubeVirt/CDI manifests as artifacts. The
+/// registry then holds each recipe's two architectures and the index over them; a second
+/// run of the same pipeline finds everything current and uploads nothing.
+#[test]
+fn gitlab_pipeline_runs_end_to_end_and_its_second_run_builds_nothing() {
+    let Some(gcl) = linter("gitlab-ci-local") else {
+        return;
+    };
+    if !common::require(&[
+        "git",
+        "jq",
+        "base64",
+        "qemu-img",
+        "guestfish",
+        "skopeo",
+        "docker-registry",
+        "htpasswd",
+    ]) {
+        return;
+    }
+    let Some(python) = common::kubevirt::validator_python() else {
+        return;
+    };
+    let (user, password) = ("ci", "pipeline-secret-4711");
+    let reg = common::registry::Registry::start(Some((user, password)));
+    let t = tempfile::tempdir().unwrap();
+    let project = t.path().join("project");
+    let recipes = ["lab-a", "lab-b"];
+    std::fs::create_dir_all(project.join("recipes")).unwrap();
+    common::guest::base_in(&project.join("recipes"));
+    for r in recipes {
+        std::fs::write(
+            project.join(format!("recipes/{r}.yaml")),
+            format!(
+                "version: 1\nname: {r}\nbase:\n  path: base.qcow2\ncustomize:\n  hostname: {r}\n  files:\n    - path: /etc/motd\n      content: \"{r}\\n\"\noutput:\n  repository: {}/lab/{r}\n  tags: [latest]\n",
+                reg.addr
+            ),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        project.join(".gitlab-ci.yml"),
+        gitlab_pipeline_for(&recipes),
+    )
+    .unwrap();
+    std::fs::write(project.join(".gitignore"), "*.qcow2\n").unwrap();
+    let disks = t.path().join("disks");
+    std::fs::create_dir_all(&disks).unwrap();
+    for r in recipes {
+        let out = run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(disks.join(format!("{r}-arm64.qcow2")))
+            .arg("64M"));
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    for args in [
+        &["init", "-q"][..],
+        &["add", "."],
+        &[
+            "-c",
+            "user.name=ci",
+            "-c",
+            "user.email=ci@example.com",
+            "commit",
+            "-qm",
+            "recipes",
+        ],
+    ] {
+        let out = run(Command::new("git").args(args).current_dir(&project));
+        assert!(out.status.success(), "git {args:?}: {}", text(&out));
+    }
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_diskforge")).parent().unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+    let pipeline = || {
+        let mut c = Command::new(&gcl);
+        c.current_dir(&project)
+            .env("PATH", &path)
+            .env_remove("DISKFORGE_CREDS")
+            .env_remove("REGISTRY_AUTH_FILE");
+        for v in [
+            "CI_PIPELINE_SOURCE=schedule".to_string(),
+            format!("IMAGE_PREFIX={}/lab", reg.addr),
+            format!("REGISTRY_USERNAME={user}"),
+            format!("REGISTRY_PASSWORD={password}"),
+            "REGISTRY_TLS_VERIFY=false".into(),
+            format!("DISK_DIR={}", disks.display()),
+            format!("DISKFORGE_CACHE_DIR={}", t.path().join("cache").display()),
+            "LIBGUESTFS_BACKEND_SETTINGS=force_tcg".into(),
+            "DISKFORGE_ACCEL=tcg".into(),
+        ] {
+            c.args(["--variable", &v]);
+        }
+        run(&mut c)
+    };
+
+    let first = pipeline();
+    let log = text(&first);
+    assert!(first.status.success(), "{log}");
+    let mut jobs = vec!["outdated".to_string()];
+    for r in recipes {
+        for arch in ["amd64", "arm64"] {
+            jobs.push(format!("build: [{r},{arch}]"));
+        }
+    }
+    for r in recipes {
+        jobs.push(format!("index: [{r}]"));
+    }
+    for j in &jobs {
+        assert!(
+            log.lines()
+                .any(|l| l.trim_start().starts_with("PASS") && l.contains(j.as_str())),
+            "{j} did not pass:\n{log}"
+        );
+    }
+    // The order GitLab would keep: the gate before every build, each index after every
+    // build of its recipe.
+    let (_, gate_done) = job_span(&log, "outdated");
+    for r in recipes {
+        let (index_start, _) = job_span(&log, &format!("index: [{r}]"));
+        for arch in ["amd64", "arm64"] {
+            let (start, done) = job_span(&log, &format!("build: [{r},{arch}]"));
+            assert!(
+                gate_done < start,
+                "build {r} {arch} started before the gate finished"
+            );
+            assert!(
+                done < index_start,
+                "index {r} started before build {arch} finished"
+            );
+        }
+        assert!(log.contains(&format!("stale: {r}")), "{log}");
+    }
+    // The secret never reaches the log.
+    assert!(
+        !log.contains(password),
+        "the registry password is in the log"
+    );
+
+    // What the registry holds: per recipe an amd64 image built from the recipe (its
+    // build key label), an arm64 image packed from the disk, the index over both.
+    let skopeo = |args: &[&str]| -> Vec<u8> {
+        let out = run(Command::new("skopeo").args(args).args([
+            "--tls-verify=false",
+            "--creds",
+            &format!("{user}:{password}"),
+        ]));
+        assert!(out.status.success(), "skopeo {args:?}: {}", text(&out));
+        out.stdout
+    };
+    for r in recipes {
+        let repo = format!("docker://{}/lab/{r}", reg.addr);
+        let index: serde_json::Value =
+            serde_json::from_slice(&skopeo(&["inspect", "--raw", &format!("{repo}:latest")]))
+                .unwrap();
+        let mut archs: Vec<String> = index["manifests"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{r}:latest is not an index: {index}"))
+            .iter()
+            .map(|m| m["platform"]["architecture"].as_str().unwrap().to_string())
+            .collect();
+        archs.sort();
+        assert_eq!(archs, ["amd64", "arm64"], "{index}");
+        let amd64: serde_json::Value = serde_json::from_slice(&skopeo(&[
+            "inspect",
+            "--config",
+            "--raw",
+            &format!("{repo}:latest-amd64"),
+        ]))
+        .unwrap();
+        assert!(
+            amd64["config"]["Labels"]["io.diskforge.build-key"].is_string(),
+            "{amd64}"
+        );
+        let arm64: serde_json::Value = serde_json::from_slice(&skopeo(&[
+            "inspect",
+            "--config",
+            "--raw",
+            &format!("{repo}:latest-arm64"),
+        ]))
+        .unwrap();
+        assert_eq!(arm64["architecture"], "arm64", "{arm64}");
+        // The artifacts: per architecture a VM and CDI's import, valid against the
+        // published API definitions.
+        let mut files = Vec::new();
+        for arch in ["amd64", "arm64"] {
+            for f in ["dataimportcron.yaml", "datasource.yaml"] {
+                let p = project.join(format!("manifests/{r}/{arch}/{f}"));
+                assert!(p.is_file(), "{} missing", p.display());
+                files.push(p);
+            }
+        }
+        // `build` writes a directory per recipe, `pack` (arm64) the manifests themselves;
+        // either VM is named after the recipe's repository.
+        for vm in [
+            project.join(format!("manifests/{r}-amd64/{r}/vm.yaml")),
+            project.join(format!("manifests/{r}-arm64/vm.yaml")),
+        ] {
+            let doc: serde_yaml::Value =
+                serde_yaml::from_str(&std::fs::read_to_string(&vm).unwrap()).unwrap();
+            assert_eq!(
+                doc["metadata"]["name"].as_str(),
+                Some(r),
+                "{}",
+                vm.display()
+            );
+            files.push(vm);
+        }
+        let out = common::kubevirt::validate(python, &files);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+
+    // The same pipeline again: every recipe current, every job says so, no upload.
+    let writes = |reg: &common::registry::Registry| {
+        reg.count(&["\"PUT "]) + reg.count(&["\"POST "]) + reg.count(&["\"PATCH "])
+    };
+    let before = writes(&reg);
+    assert!(
+        before > 0,
+        "the first run uploaded nothing?\n{}",
+        reg.log_text()
+    );
+    let second = pipeline();
+    let log = text(&second);
+    assert!(second.status.success(), "{log}");
+    for r in recipes {
+        assert!(log.contains(&format!("current: {r}")), "{log}");
+        assert_eq!(
+            log.matches(&format!("{r} is current: nothing to build"))
+                .count(),
+            2,
+            "{log}"
+        );
+        assert!(
+            log.contains(&format!("{r} is current: its index stands")),
+            "{log}"
+        );
+    }
+    assert!(!log.contains("==> guest"), "the second run built:\n{log}");
+    assert_eq!(writes(&reg), before, "the second run wrote to the registry");
+}

@@ -1153,7 +1153,13 @@ fn help_sections(help: &str) -> BTreeMap<String, Vec<String>> {
         if line.len() - t.len() > 6 {
             continue; // a description line
         }
-        let t = t.split_once(", ").map(|(_, l)| l).unwrap_or(t);
+        // `-v, --verbose`: the long name after the short one.
+        let t = match t.strip_prefix('-') {
+            Some(short) if !short.starts_with('-') => {
+                t.split_once(", ").map(|(_, l)| l).unwrap_or(t)
+            }
+            _ => t,
+        };
         if let Some(long) = t.strip_prefix("--") {
             let name: String = long
                 .chars()
@@ -1166,12 +1172,12 @@ fn help_sections(help: &str) -> BTreeMap<String, Vec<String>> {
 }
 
 /// Every argument of every subcommand has a description; no `[env: …]` is shown twice;
-/// global options sit under their own heading, registry options under theirs, and
-/// nothing else under either.
+/// the global options are listed once, in `diskforge --help`, and each subcommand's help
+/// points there instead of repeating them; a cache or machine option is offered by exactly
+/// the subcommands that use it; registry options sit under their own heading.
 #[test]
 fn help_describes_every_argument_under_the_right_heading() {
-    use clap::CommandFactory;
-    let root = diskforge::cli::Cli::command();
+    let root = diskforge::cli::command();
     let mut paths = Vec::new();
     subcommand_paths(&root, &[], &mut paths);
     assert!(paths.len() >= 15, "{paths:?}");
@@ -1205,7 +1211,16 @@ fn help_describes_every_argument_under_the_right_heading() {
         .filter(|a| a.is_global_set())
         .filter_map(|a| a.get_long().map(String::from))
         .collect();
-    assert!(globals.contains("json-events") && globals.contains("cache-dir"));
+    assert_eq!(
+        globals,
+        ["verbose", "quiet", "json-events"].map(String::from).into(),
+        "the options every subcommand takes"
+    );
+    let machine: BTreeMap<String, &[&str]> = diskforge::cli::COMMAND_OPTIONS
+        .iter()
+        .map(|(id, cmds)| (id.replace('_', "-"), *cmds))
+        .collect();
+    assert!(machine.contains_key("accel") && machine.contains_key("cache-dir"));
     let registry: BTreeSet<&str> = [
         "tls-verify",
         "creds",
@@ -1214,7 +1229,29 @@ fn help_describes_every_argument_under_the_right_heading() {
         "registry-timeout",
     ]
     .into();
+
     let mut problems = Vec::new();
+    let top = common::diskforge()
+        .arg("--help")
+        .env_remove("DISKFORGE_CREDS")
+        .output()
+        .unwrap();
+    let top_sections = help_sections(&stdout(&top));
+    for g in &globals {
+        if !top_sections
+            .get("Global options")
+            .is_some_and(|o| o.contains(g))
+        {
+            problems.push(format!(
+                "diskforge --help: --{g} is not under Global options"
+            ));
+        }
+    }
+    for m in machine.keys() {
+        if !top_sections.values().flatten().any(|o| o == m) {
+            problems.push(format!("diskforge --help does not list --{m}"));
+        }
+    }
     for path in &paths {
         let out = common::diskforge()
             .arg("help")
@@ -1235,21 +1272,22 @@ fn help_describes_every_argument_under_the_right_heading() {
                 problems.push(format!("{name}: [env: {var}] shown {n} times"));
             }
         }
+        if !squeeze(&help).contains("Global options (-v, -q, --json-events) go before or after the subcommand: see `diskforge --help`") {
+            problems.push(format!("{name}: its help does not point to the global options"));
+        }
         let sections = help_sections(&help);
-        let global_section = sections.get("Global options").cloned().unwrap_or_default();
-        for g in &globals {
-            if !global_section.contains(g) {
-                problems.push(format!("{name}: --{g} is not under Global options"));
+        let listed: BTreeSet<&String> = sections.values().flatten().collect();
+        for (m, cmds) in &machine {
+            let offered = listed.contains(m);
+            if offered != cmds.contains(&path[0].as_str()) {
+                problems.push(format!("{name}: --{m} offered: {offered}"));
             }
         }
         for (section, opts) in &sections {
             for o in opts {
-                let is_global = globals.contains(o);
-                let is_registry = registry.contains(o.as_str());
                 let ok = match section.as_str() {
-                    "Global options" => is_global,
-                    "Registry options" => is_registry,
-                    _ => !is_global && !is_registry,
+                    "Registry options" => registry.contains(o.as_str()),
+                    _ => !globals.contains(o) && !registry.contains(o.as_str()),
                 };
                 if !ok {
                     problems.push(format!("{name}: --{o} is under {section}"));
@@ -1258,4 +1296,268 @@ fn help_describes_every_argument_under_the_right_heading() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// A global option works on either side of the subcommand; a cache or machine option
+/// works before any subcommand and after one that uses it, and after one that does not
+/// it is wrong usage (exit 2) rather than silently ignored.
+#[test]
+fn options_are_taken_where_they_are_offered() {
+    let t = tempfile::tempdir().unwrap();
+    let recipe = common::repo_root().join("recipes/demo.yaml");
+    for args in [
+        vec!["-q", "validate"],
+        vec!["validate", "-q"],
+        vec!["validate", "--json-events"],
+        vec!["--accel", "tcg", "validate"],
+        vec!["validate", "--offline"],
+    ] {
+        let out = common::diskforge()
+            .args(&args)
+            .arg(&recipe)
+            .env("DISKFORGE_CACHE_DIR", t.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    }
+    // docs/cli.md's table says the same as the command line.
+    let doc = std::fs::read_to_string(common::repo_root().join("docs/cli.md")).unwrap();
+    for (id, cmds) in diskforge::cli::COMMAND_OPTIONS {
+        let long = format!("| `--{}", id.replace('_', "-"));
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with(&long))
+            .unwrap_or_else(|| panic!("docs/cli.md has no row for {long}"));
+        assert!(row.ends_with(&format!("| {} |", cmds.join(", "))), "{row}");
+    }
+    let out = common::diskforge()
+        .args(["validate", "--accel", "tcg"])
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("unexpected argument '--accel'"),
+        "{}",
+        text(&out)
+    );
+
+    // The value after the subcommand is the one used: `plan` opens (creates) the cache
+    // it is given there, never the one before the subcommand.
+    let before = t.path().join("before");
+    let after = t.path().join("after");
+    let out = common::diskforge()
+        .arg("--cache-dir")
+        .arg(&before)
+        .arg("plan")
+        .arg(&recipe)
+        .args(["--offline", "--cache-dir"])
+        .arg(&after)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(after.is_dir(), "{}", text(&out));
+    assert!(!before.exists(), "{}", text(&out));
+}
+
+/// `diskforge man` prints diskforge(1); `--out-dir` writes one page per subcommand; man
+/// reads each page without a warning and it holds the subcommand's options.
+#[test]
+fn man_pages_render_for_every_subcommand() {
+    if !common::require(&["man"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let out = common::diskforge().arg("man").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let main_page = t.path().join("stdout.1");
+    std::fs::write(&main_page, &out.stdout).unwrap();
+    let dir = t.path().join("man1");
+    let out = common::diskforge()
+        .args(["man", "--out-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(dir.join("diskforge.1")).unwrap(),
+        std::fs::read(&main_page).unwrap(),
+        "the printed page is the written one"
+    );
+    let root = diskforge::cli::command();
+    let mut paths = Vec::new();
+    subcommand_paths(&root, &[], &mut paths);
+    let mut pages = vec![(
+        "diskforge.1".to_string(),
+        vec!["--json-events", "Exit codes", "diskforge-build(1)"],
+    )];
+    for p in paths.iter().filter(|p| p[0] != "help") {
+        let want = match p.join(" ").as_str() {
+            "build" => vec!["--accel", "--jobs", "--incremental"],
+            "validate" => vec!["--offline", "--catalog"],
+            _ => vec![],
+        };
+        pages.push((format!("diskforge-{}.1", p.join("-")), want));
+    }
+    for (page, want) in pages {
+        let path = dir.join(&page);
+        assert!(path.is_file(), "{page} missing from {}", dir.display());
+        let out = Command::new("man")
+            .args(["--warnings", "-l"])
+            .arg(&path)
+            .env("MANWIDTH", "100")
+            .env("MAN_KEEP_FORMATTING", "0")
+            .env("PAGER", "cat")
+            .output()
+            .unwrap();
+        // Without a terminal man still overstrikes (bold: `N\bN`); read the letters.
+        let mut shown = String::new();
+        for c in String::from_utf8_lossy(&out.stdout).chars() {
+            if c == '\u{8}' {
+                shown.pop();
+            } else {
+                shown.push(c);
+            }
+        }
+        assert!(out.status.success(), "man -l {page}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).trim().is_empty(),
+            "man warns about {page}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // man may hyphenate or bold; compare without overstrikes.
+        let plain: String = shown.replace("\u{2010}", "-").replace("\u{2212}", "-");
+        assert!(plain.contains("NAME"), "{page}: {plain}");
+        for w in want {
+            assert!(plain.contains(w), "{page} lacks {w}: {plain}");
+        }
+    }
+    assert!(!dir.join("diskforge-help.1").exists(), "no page for `help`");
+}
+
+/// Recipes built side by side: every line on stderr that belongs to a recipe says which
+/// (`[NAME] `), and the accelerator is probed and warned about once for the command.
+#[test]
+fn lines_of_parallel_builds_name_their_recipe() {
+    let t = tempfile::tempdir().unwrap();
+    for n in ["alpha", "beta"] {
+        let sum = diskforge::io::hash::sha256_hex(n.as_bytes());
+        std::fs::write(
+            t.path().join(format!("{n}.yaml")),
+            format!(
+                "version: 1\nname: {n}\nbase:\n  url: https://example.invalid/{n}.qcow2\n  checksum: sha256:{sum}\n"
+            ),
+        )
+        .unwrap();
+    }
+    let out = common::diskforge()
+        .current_dir(t.path())
+        .args([
+            "build",
+            "alpha.yaml",
+            "beta.yaml",
+            "--offline",
+            "--jobs",
+            "2",
+        ])
+        .arg("--cache-dir")
+        .arg(t.path().join("cache"))
+        .args(["-o", "oci:out-{name}"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = stderr(&out);
+    for n in ["alpha", "beta"] {
+        assert!(
+            err.lines().any(|l| l.starts_with(&format!(
+                "[{n}] ==> base: download https://example.invalid/{n}.qcow2"
+            ))),
+            "{err}"
+        );
+    }
+    for l in err
+        .lines()
+        .filter(|l| l.contains("==>") || l.contains("https://example.invalid"))
+    {
+        assert!(
+            l.starts_with("[alpha] ") || l.starts_with("[beta] ") || l.starts_with("error: "),
+            "a recipe's line without its name: {l:?}\n{err}"
+        );
+    }
+    let warnings = err
+        .lines()
+        .filter(|l| l.contains("KVM is not usable"))
+        .count();
+    assert!(
+        warnings <= 1,
+        "the accelerator warning {warnings} times:\n{err}"
+    );
+}
+
+/// In a terminal a long warning wraps to its width, continued lines indented; outside
+/// one it stays a single line, for logs and grep.
+#[test]
+fn long_warnings_wrap_in_a_terminal() {
+    if !common::require(&["script", "stty"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let sum = diskforge::io::hash::sha256_hex(b"alpha");
+    std::fs::write(
+        t.path().join("alpha.yaml"),
+        format!(
+            "version: 1\nname: alpha\nbase:\n  url: https://example.invalid/alpha.qcow2\n  checksum: sha256:{sum}\ncustomize:\n  selinux-relabel: false\n"
+        ),
+    )
+    .unwrap();
+    let df = std::path::Path::new(env!("CARGO_BIN_EXE_diskforge"));
+    let build = format!(
+        "{} build alpha.yaml --offline --accel tcg --cache-dir cache -o oci:out",
+        df.display()
+    );
+    // `script` gives the command a terminal of 50 columns.
+    let out = Command::new("script")
+        .current_dir(t.path())
+        .args([
+            "-qec",
+            &format!("stty rows 24 cols 50; {build}"),
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let warning: Vec<&str> = shown
+        .lines()
+        .skip_while(|l| !l.contains("selinux-relabel is false"))
+        .take_while(|l| !l.starts_with("==>"))
+        .collect();
+    assert!(warning.len() >= 3, "not wrapped:\n{shown}");
+    for l in &warning {
+        let plain = l.replace("\u{1b}[33m", "").replace("\u{1b}[0m", "");
+        assert!(
+            plain.chars().count() <= 50,
+            "{plain:?} is wider than 50:\n{shown}"
+        );
+    }
+    assert!(
+        warning[1..].iter().all(|l| l.starts_with("    ")),
+        "{shown}"
+    );
+    assert!(
+        warning.join(" ").contains("may fail under enforcing"),
+        "{shown}"
+    );
+
+    let out = Command::new("sh")
+        .current_dir(t.path())
+        .args(["-c", &build])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(
+        err.lines()
+            .any(|l| l.contains("selinux-relabel is false")
+                && l.contains("may fail under enforcing")),
+        "{err}"
+    );
 }

@@ -1061,3 +1061,295 @@ fn completions_cover_the_new_ways_in() {
         }
     }
 }
+
+/// `skopeo` with its image store (containers-storage) inside `t`, on the vfs driver.
+fn storage_conf(t: &Path) -> PathBuf {
+    let conf = t.join("storage.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+            t.join("storage/root").display(),
+            t.join("storage/run").display()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+fn skopeo(conf: &Path, args: &[&str]) -> Output {
+    let out = Command::new("skopeo")
+        .env("CONTAINERS_STORAGE_CONF", conf)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "skopeo {args:?}: {}", text(&out));
+    out
+}
+
+/// `push` hands an image to docker/podman (`docker-archive:`) and to the local image store
+/// podman and CRI-O read (`containers-storage:`); skopeo, which reads both the way podman
+/// does, finds the same config (image ID), the same manifest in the store, and layer
+/// bytes that are the config's diff ID.
+#[test]
+fn push_writes_docker_archives_and_containers_storage_that_skopeo_reads_back() {
+    if !common::require(&["qemu-img", "skopeo", "podman"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let disk = qcow2(t.path(), "lab.qcow2", "64M");
+    let layout = t.path().join("lay");
+    let src = format!("oci:{}:v1", layout.display());
+    let out = df(t.path())
+        .arg("pack")
+        .arg(&disk)
+        .args(["--compression", "zstd", "-o", &src])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let manifest_digest = String::from_utf8_lossy(
+        &df(t.path())
+            .args(["inspect", "--format", "{{.Digest}}", &src])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    let config = df(t.path())
+        .args(["inspect", "--config", &src])
+        .output()
+        .unwrap()
+        .stdout;
+    let config_digest = format!("sha256:{}", sha256_hex(&config));
+    let config_json: serde_json::Value = serde_json::from_slice(&config).unwrap();
+    let diff_id = config_json["rootfs"]["diff_ids"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let conf = storage_conf(t.path());
+
+    let archive = t.path().join("out/lab.tar");
+    let dest_archive = format!("docker-archive:{}:lab/demo:v1", archive.display());
+    let out = df(t.path())
+        .env("CONTAINERS_STORAGE_CONF", &conf)
+        .args([
+            "push",
+            &src,
+            &dest_archive,
+            "containers-storage:localhost/lab/demo:v1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{dest_archive} {config_digest}\ncontainers-storage:localhost/lab/demo:v1 {config_digest}\n")
+    );
+
+    // The archive: named as asked, the same config, a layer whose bytes are its diff ID.
+    let in_archive = format!("docker-archive:{}", archive.display());
+    let listed = tar_member(&archive, "manifest.json");
+    let listed: serde_json::Value = serde_json::from_slice(&listed).unwrap();
+    assert_eq!(listed[0]["RepoTags"], serde_json::json!(["lab/demo:v1"]));
+    let raw = skopeo(&conf, &["inspect", "--config", "--raw", &in_archive]).stdout;
+    assert_eq!(format!("sha256:{}", sha256_hex(&raw)), config_digest);
+    let back = t.path().join("back");
+    skopeo(
+        &conf,
+        &[
+            "copy",
+            "-q",
+            &in_archive,
+            &format!("dir:{}", back.display()),
+        ],
+    );
+    // `dir:` keeps each blob as it was read, named by its digest.
+    let hex = diff_id.strip_prefix("sha256:").unwrap();
+    let layer = std::fs::read(back.join(hex)).unwrap();
+    assert_eq!(
+        sha256_hex(&layer),
+        hex,
+        "the archive's layer is the uncompressed layer"
+    );
+
+    // The store: the manifest diskforge wrote, byte for byte, and its config.
+    let stored = "containers-storage:localhost/lab/demo:v1";
+    let raw = skopeo(&conf, &["inspect", "--raw", stored]).stdout;
+    assert_eq!(format!("sha256:{}", sha256_hex(&raw)), manifest_digest);
+    let raw = skopeo(&conf, &["inspect", "--config", "--raw", stored]).stdout;
+    assert_eq!(format!("sha256:{}", sha256_hex(&raw)), config_digest);
+
+    // podman, the client users load these with: the store holds the image by its
+    // name and ID, and `podman load` of the archive gives the same image ID.
+    let podman = |args: &[&str]| {
+        let out = Command::new("podman")
+            .env("CONTAINERS_STORAGE_CONF", &conf)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "podman {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let id_hex = config_digest.strip_prefix("sha256:").unwrap();
+    assert_eq!(
+        podman(&[
+            "images",
+            "--no-trunc",
+            "--format",
+            "{{.Repository}}:{{.Tag}} {{.ID}}"
+        ]),
+        format!("localhost/lab/demo:v1 sha256:{id_hex}")
+    );
+    podman(&["rmi", "localhost/lab/demo:v1"]);
+    let loaded = podman(&["load", "-q", "-i", &archive.display().to_string()]);
+    assert!(loaded.contains("lab/demo:v1"), "{loaded}");
+    assert_eq!(
+        podman(&[
+            "images",
+            "--no-trunc",
+            "--format",
+            "{{.Repository}}:{{.Tag}} {{.ID}}"
+        ]),
+        format!("localhost/lab/demo:v1 sha256:{id_hex}")
+    );
+
+    // Wrong names are wrong usage, found before anything is written.
+    for bad in [
+        format!(
+            "docker-archive:{}:Bad Name",
+            t.path().join("bad.tar").display()
+        ),
+        "containers-storage:".to_string(),
+        "containers-storage:lab/demo@sha256:00".to_string(),
+        format!("docker-arch:{}", t.path().join("bad.tar").display()),
+    ] {
+        let out = df(t.path()).args(["push", &src, &bad]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out));
+    }
+    assert!(!t.path().join("bad.tar").exists());
+    // A failed write leaves no file: a source tag that does not exist.
+    let out = df(t.path())
+        .args(["push", &format!("oci:{}:nope", layout.display())])
+        .arg(format!(
+            "docker-archive:{}",
+            t.path().join("late.tar").display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let left: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        !left.iter().any(|n| n.to_string_lossy().contains("late")),
+        "{left:?}"
+    );
+}
+
+/// One member of a tar file.
+fn tar_member(file: &Path, name: &str) -> Vec<u8> {
+    let mut a = tar::Archive::new(std::fs::File::open(file).unwrap());
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_string_lossy() == name {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut v).unwrap();
+            return v;
+        }
+    }
+    panic!("{name} is not in {}", file.display())
+}
+
+/// `c` with libguestfs set up for machines without a working KVM.
+fn tcg(mut c: Command) -> Command {
+    common::guestfs_env(&mut c);
+    c
+}
+
+/// `pack --firmware` records the firmware for `run`, `verify` and the VM manifest, after
+/// checking the disk has what it needs: a disk with an EFI system partition and a loader
+/// packs as `uefi`, and its VM manifest boots EFI without Secure Boot; a disk without
+/// one is refused (exit 4) with nothing written.
+#[test]
+fn pack_records_a_firmware_the_disk_can_boot_with() {
+    if !common::require(&["qemu-img", "guestfish", "docker-registry"]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let reg = common::registry::Registry::start(None);
+    let blank = qcow2(t.path(), "blank.qcow2", "64M");
+    let esp = qcow2(t.path(), "esp.qcow2", "64M");
+    common::guest::fish(
+        &["-a", esp.to_str().unwrap()],
+        "run\npart-init /dev/sda gpt\npart-add /dev/sda p 2048 -2048\npart-set-gpt-type /dev/sda 1 C12A7328-F81F-11D2-BA4B-00A0C93EC93B\nmkfs vfat /dev/sda1\nmount /dev/sda1 /\nmkdir-p /EFI/BOOT\nwrite /EFI/BOOT/BOOTX64.EFI MZ-not-a-real-loader\numount-all\n",
+    );
+    let refused = t.path().join("refused");
+    let out = tcg(df(t.path()))
+        .arg("pack")
+        .arg(&blank)
+        .args(["--firmware", "uefi", "--accel", "tcg", "-o"])
+        .arg(format!("oci:{}", refused.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        text(&out).contains("cannot boot with uefi: no EFI system partition"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !refused.exists(),
+        "a refused pack wrote {}",
+        refused.display()
+    );
+
+    let layout = t.path().join("uefi");
+    let out = tcg(df(t.path()))
+        .arg("pack")
+        .arg(&esp)
+        .args([
+            "--firmware",
+            "uefi",
+            "--accel",
+            "tcg",
+            "--print-vm-manifest",
+            "-o",
+        ])
+        .arg(format!("oci:{}:1", layout.display()))
+        .arg("-o")
+        .arg(format!("docker://{}/lab/uefi:1", reg.addr))
+        .arg("--tls-verify=false")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let vm: serde_json::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    let domain = &vm["spec"]["template"]["spec"]["domain"];
+    assert_eq!(
+        domain["firmware"]["bootloader"]["efi"]["secureBoot"],
+        serde_json::json!(false),
+        "{vm}"
+    );
+    let config = df(t.path())
+        .args(["inspect", "--config"])
+        .arg(format!("oci:{}:1", layout.display()))
+        .output()
+        .unwrap();
+    let config: serde_json::Value = serde_json::from_slice(&config.stdout).unwrap();
+    assert_eq!(
+        config["config"]["Labels"]["io.diskforge.firmware"], "uefi",
+        "{config}"
+    );
+    // Secure Boot needs a shim, which this disk lacks.
+    let out = tcg(df(t.path()))
+        .arg("pack")
+        .arg(&esp)
+        .args(["--firmware", "uefi-secure-boot", "--accel", "tcg", "-o"])
+        .arg(format!("oci:{}", refused.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("no shim"), "{}", text(&out));
+    assert!(!refused.exists());
+}

@@ -238,6 +238,7 @@ fn build_many(
         "building {} recipes, {jobs} at a time",
         recipes.len()
     ));
+    crate::progress::label_by_recipe(true);
     // Reversed: workers pop from the end, and recipes start in the order given.
     let queue = Arc::new(Mutex::new(
         recipes

@@ -40,6 +40,12 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
         args.destinations.clone()
     };
     super::build::check_report_opts(&args.report, &outputs)?;
+    if args.kubevirt_manifests.is_some() && !outputs.iter().any(|d| d.starts_with("docker://")) {
+        return Err(UsageError(
+            "--kubevirt-manifests needs a docker:// destination: a cluster pulls the image from a registry".into(),
+        )
+        .into());
+    }
     let dests = outputs
         .iter()
         .map(|s| super::image_ref(s))
@@ -61,8 +67,19 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
         }
         .to_string()
     });
+    let firmware = args
+        .firmware
+        .as_deref()
+        .map(super::parse_firmware)
+        .transpose()?;
     let epoch = crate::oci::layer::mtime_from_env()?;
     let mut labels = crate::oci::pack::parse_pairs(&args.label, "--label")?;
+    if let Some(f) = firmware {
+        labels.insert(
+            crate::pipeline::publish::FIRMWARE_LABEL.into(),
+            f.as_str().into(),
+        );
+    }
     labels
         .entry("org.opencontainers.image.created".into())
         .or_insert_with(|| image::rfc3339(epoch));
@@ -91,6 +108,11 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
     };
     let ctx = super::context(g, super::push_options(&args.registry, &args.limit)?)?;
     let work = super::scratch_root(g)?;
+    if let Some(f) = firmware {
+        // Refused before anything is written, as `run --firmware` refuses to boot it.
+        let accel = crate::sys::accel::resolve(ctx.accel)?;
+        super::run::check_boot_layout(&args.disk, super::run::format_of(&info), f, accel, &work)?;
+    }
     let stage = crate::progress::stage(
         "pack",
         format!(
@@ -102,21 +124,35 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
     let mut published =
         crate::pipeline::publish::write_image(&spec, &dests, &ctx, &work, Some(stage))?;
     published.disk_virtual_size = info.virtual_size;
-    let name = args
-        .disk
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    // The VM is named after the repository it is pulled from, as for `push`; without
+    // one, after the disk.
+    let name = published
+        .pinned
+        .as_deref()
+        .and_then(|p| p.split_once('@'))
+        .and_then(|(repo, _)| repo.rsplit('/').next())
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            args.disk
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
     let image = super::build::ClusterImage {
         pinned: published.pinned.as_deref(),
         tag: published.tags.first().map(String::as_str),
         name: &name,
         disk_virtual_size: info.virtual_size,
         recipe: None,
-        pull_method: None,
-        firmware: crate::recipe::Firmware::Bios,
+        pull_method: args.pull_method.map(super::pull_method),
+        firmware: firmware.unwrap_or(crate::recipe::Firmware::Bios),
     };
-    super::build::print_published(&published, &image, &args.report, None)?;
+    super::build::print_published(
+        &published,
+        &image,
+        &args.report,
+        args.kubevirt_manifests.as_deref(),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -137,11 +173,36 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
         format!("oci:{}", args.layout)
     };
     let mut refs = Vec::new();
+    let mut local = Vec::new();
     for d in &args.destinations {
-        if !d.starts_with("docker://") {
-            return Err(UsageError(format!("{d}: push writes to docker://HOST/REPO:TAG")).into());
+        if let Some(rest) = d.strip_prefix("docker-archive:") {
+            let r = crate::oci::docker_archive::DockerArchiveRef::parse(rest)
+                .map_err(|e| UsageError(format!("{e:#}")))?;
+            local.push(LocalDest::DockerArchive(r));
+        } else if let Some(name) = d.strip_prefix("containers-storage:") {
+            if name.parse::<oci_client::Reference>().is_err() || name.contains('@') {
+                return Err(UsageError(format!(
+                    "{d}: expected containers-storage:NAME[:TAG], e.g. containers-storage:localhost/lab/demo:1"
+                ))
+                .into());
+            }
+            local.push(LocalDest::Storage(name.to_string()));
+        } else if d.starts_with("docker://") {
+            refs.push(super::remote_ref(d)?);
+        } else {
+            return Err(UsageError(format!(
+                "{d}: push writes to docker://HOST/REPO:TAG, docker-archive:FILE[:NAME[:TAG]] or containers-storage:NAME[:TAG]"
+            ))
+            .into());
         }
-        refs.push(super::remote_ref(d)?);
+    }
+    if local.iter().any(|d| matches!(d, LocalDest::Storage(_))) && !crate::sys::exec::have("skopeo")
+    {
+        // Found before anything is written.
+        return Err(crate::sys::exec::MissingTool {
+            program: "skopeo".into(),
+        }
+        .into());
     }
     // An archive (what `pack -o oci-archive:` writes) is unpacked to a temp layout and
     // pushed from there: the same blobs, so the same digests.
@@ -164,6 +225,15 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
         ),
     };
     let desc = layout.resolve(tag.as_deref())?;
+    for d in &local {
+        write_local(d, &layout, &src, tag.as_deref())?;
+    }
+    if refs.is_empty() {
+        if let Some(f) = &args.report.digest_file {
+            crate::io::atomic::write(f, format!("{}\n", desc.digest()).as_bytes())?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let ctx = super::context(g, super::push_options(&args.registry, &args.limit)?)?;
     let mut groups: Vec<Vec<RemoteRef>> = Vec::new();
     for r in refs {
@@ -234,6 +304,56 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A destination on this machine rather than in a registry.
+enum LocalDest {
+    DockerArchive(crate::oci::docker_archive::DockerArchiveRef),
+    /// `containers-storage:NAME[:TAG]`.
+    Storage(String),
+}
+
+/// Writes the image `tag` of `layout` (given on the command line as `src`) to `d`, and
+/// prints the destination with the image ID (the config's digest) that `docker images` /
+/// `podman images` show.
+fn write_local(d: &LocalDest, layout: &Layout, src: &str, tag: Option<&str>) -> Result<()> {
+    let img = LayoutImage::open(layout.clone(), tag, read::host_arch())?;
+    let id = img.manifest.config().digest().to_string();
+    match d {
+        LocalDest::DockerArchive(r) => {
+            let stage = crate::progress::stage("docker-archive", format!("write {r}"));
+            crate::oci::docker_archive::write(&img, r)?;
+            stage.done();
+        }
+        LocalDest::Storage(name) => {
+            // skopeo reads the layout itself; an oci-archive source is named as such.
+            let from = if src.starts_with("oci-archive:") {
+                src.to_string()
+            } else {
+                match tag {
+                    Some(t) => format!("oci:{}:{t}", layout.root().display()),
+                    None => format!("oci:{}", layout.root().display()),
+                }
+            };
+            crate::sys::exec::Cmd::new(
+                "skopeo",
+                format!("copy the image into containers-storage:{name}"),
+            )
+            .args([
+                "copy",
+                "--quiet",
+                &from,
+                &format!("containers-storage:{name}"),
+            ])
+            .run()?;
+        }
+    }
+    let shown = match d {
+        LocalDest::DockerArchive(r) => r.to_string(),
+        LocalDest::Storage(n) => format!("containers-storage:{n}"),
+    };
+    println!("{shown} {id}");
+    Ok(())
 }
 
 /// `diskforge inspect IMAGE`.

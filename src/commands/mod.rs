@@ -22,7 +22,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::CommandFactory;
 
 use crate::cli::{Cli, Command, GlobalOpts, RegistryArgs};
 use crate::pipeline;
@@ -121,7 +120,15 @@ impl std::io::Write for RedactingWriter {
 
 impl Drop for RedactingWriter {
     fn drop(&mut self) {
-        let text = crate::redact::apply(&String::from_utf8_lossy(&self.0), &[]);
+        // Written from the thread that logs, so a recipe's lines carry its name; wrapped
+        // to a terminal's width.
+        let mut text = crate::progress::prefixed(&crate::redact::apply(
+            &String::from_utf8_lossy(&self.0),
+            &[],
+        ));
+        if let Some(width) = crate::progress::stderr_width() {
+            text = crate::progress::wrap(&text, width);
+        }
         let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), text.as_bytes());
     }
 }
@@ -279,12 +286,13 @@ pub fn run(mut cli: Cli) -> Result<ExitCode> {
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
-                &mut Cli::command(),
+                &mut crate::cli::command(),
                 "diskforge",
                 &mut std::io::stdout(),
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Man { out_dir } => man_pages(out_dir.as_deref()),
         Command::Cache(cmd) => cache::run(g, cmd),
         Command::Validate(a) => validate::run(g, a),
         Command::Init(a) => init::run(g, a),
@@ -301,6 +309,44 @@ pub fn run(mut cli: Cli) -> Result<ExitCode> {
         Command::Verify(a) => verify::run(g, a),
         Command::Sign(a) => sign::run(g, a),
     }
+}
+
+/// `diskforge man`: diskforge(1) on stdout, or every page written into `out_dir`, each
+/// whole or not at all.
+fn man_pages(out_dir: Option<&std::path::Path>) -> Result<ExitCode> {
+    use std::io::Write;
+    let mut cmd = crate::cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let render = |c: &clap::Command| -> Result<Vec<u8>> {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(c.clone())
+            .render(&mut page)
+            .with_context(|| format!("rendering the manual page of {}", c.get_name()))?;
+        Ok(page)
+    };
+    let Some(dir) = out_dir else {
+        std::io::stdout()
+            .lock()
+            .write_all(&render(&cmd)?)
+            .context("writing the manual page to stdout")?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    fn pages(c: &clap::Command, out: &mut Vec<clap::Command>) {
+        out.push(c.clone());
+        for sc in c.get_subcommands().filter(|s| !s.is_hide_set()) {
+            pages(sc, out);
+        }
+    }
+    let mut all = Vec::new();
+    pages(&cmd, &mut all);
+    for c in &all {
+        let name = clap_mangen::Man::new(c.clone()).get_filename();
+        let path = dir.join(&name);
+        crate::io::atomic::write(&path, &render(c)?)?;
+        crate::progress::say(format!("wrote {}", path.display()));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Makes the cache and work directories (`--cache-dir`/`DISKFORGE_CACHE_DIR`,

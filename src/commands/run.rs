@@ -23,7 +23,8 @@ pub struct BootDisk {
     _temp: Option<crate::io::scratch::ScratchDir>,
 }
 
-fn format_of(info: &crate::sys::qemu_img::ImageInfo) -> DiskFormat {
+/// The format qemu-img found, as a recipe names it.
+pub(super) fn format_of(info: &crate::sys::qemu_img::ImageInfo) -> DiskFormat {
     if info.format == "qcow2" {
         DiskFormat::Qcow2
     } else {
@@ -79,8 +80,9 @@ pub fn boot_disk(
 
 /// Refuses (exit 4) a disk that lacks what `firmware` needs to boot, before QEMU
 /// starts: UEFI needs an EFI system partition with a loader, Secure Boot a shim.
-fn check_boot_layout(
-    disk: &BootDisk,
+pub(super) fn check_boot_layout(
+    disk: &std::path::Path,
+    format: DiskFormat,
     firmware: Firmware,
     accel: crate::sys::accel::Effective,
     scratch: &std::path::Path,
@@ -89,14 +91,14 @@ fn check_boot_layout(
         return Ok(());
     }
     let work = crate::io::scratch::ScratchDir::new_in(scratch, "boot")?;
-    let facts = crate::guest::boot::inspect(&disk.path, disk.format, accel, work.path())?;
+    let facts = crate::guest::boot::inspect(disk, format, accel, work.path())?;
     let missing = facts.missing(firmware);
     if missing.is_empty() {
         return Ok(());
     }
     Err(probe::BootCheckFailed(format!(
         "{} cannot boot with {firmware}: {} (found: {})",
-        disk.path.display(),
+        disk.display(),
         missing.join("; "),
         facts.summary()
     ))
@@ -138,7 +140,7 @@ pub fn run(g: &GlobalOpts, args: RunArgs) -> Result<ExitCode> {
     let firmware = wanted.or(disk.labelled_firmware).unwrap_or(Firmware::Bios);
     let accel = crate::sys::accel::resolve(super::context(g, registry)?.accel)?;
     let scratch = super::scratch_root(g)?;
-    check_boot_layout(&disk, firmware, accel, &scratch)?;
+    check_boot_layout(&disk.path, disk.format, firmware, accel, &scratch)?;
     eprintln!("firmware: {firmware}");
     let mut machine = vm::start(
         &disk.path,

@@ -138,7 +138,8 @@ pub fn run(g: &GlobalOpts, args: VerifyArgs) -> Result<ExitCode> {
     }
     if let (Some(f), Some((path, info))) = (firmware, &boot) {
         let accel = crate::sys::accel::resolve(super::context(g, registry.clone())?.accel)?;
-        let facts = crate::guest::boot::inspect(path, format_of(info), accel, temp.path())?;
+        let facts =
+            crate::guest::boot::inspect(path, super::run::format_of(info), accel, temp.path())?;
         let missing = facts.missing(f);
         if missing.is_empty() {
             ok.push(format!("boots with {f}: {}", facts.summary()));
@@ -183,7 +184,7 @@ pub fn run(g: &GlobalOpts, args: VerifyArgs) -> Result<ExitCode> {
     let booted = (|| -> Result<()> {
         let (path, info) = boot.context("no disk to boot")?;
         let accel = crate::sys::accel::resolve(super::context(g, registry)?.accel)?;
-        let format = format_of(&info);
+        let format = super::run::format_of(&info);
         let mut vm = crate::vm::start(
             &path,
             format,
@@ -264,13 +265,5 @@ impl VerifyReport {
             println!("{}: containerDisk contract satisfied", self.image);
         }
         Ok(ExitCode::SUCCESS)
-    }
-}
-
-fn format_of(info: &crate::sys::qemu_img::ImageInfo) -> crate::recipe::DiskFormat {
-    if info.format == "qcow2" {
-        crate::recipe::DiskFormat::Qcow2
-    } else {
-        crate::recipe::DiskFormat::Raw
     }
 }

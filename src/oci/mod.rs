@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod dest;
+pub mod docker_archive;
 pub mod image;
 pub mod layer;
 pub mod layout;

@@ -59,6 +59,10 @@ static CHOSEN: OnceLock<Effective> = OnceLock::new();
 /// Resolves `--accel` (or `DISKFORGE_ACCEL`) to the accelerator to use. `auto` probes KVM
 /// once and warns once when it falls back to TCG; `kvm` fails if KVM does not work.
 pub fn resolve(requested: Accel) -> Result<Effective> {
+    // Recipes built side by side wait for the first probe instead of probing (and
+    // warning) once each: one decision, one warning per command.
+    static PROBING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_probe = PROBING.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(chosen) = CHOSEN.get() {
         return Ok(*chosen);
     }

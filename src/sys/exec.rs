@@ -38,6 +38,7 @@ fn package_hint(program: &str) -> String {
         "sqv" => "sqv",
         "git" => "git",
         "setpriv" => "util-linux",
+        "skopeo" => "skopeo",
         n if n.starts_with("OVMF_") => "ovmf",
         _ => return String::new(),
     };
