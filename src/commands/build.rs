@@ -14,15 +14,14 @@ use serde::Serialize;
 use super::UsageError;
 use crate::cli::{BuildArgs, GlobalOpts, ReportOpts};
 use crate::pipeline::resolve::PartialRecipe;
-use crate::pipeline::{self, publish::Published, BuildOptions, Context, Outcome, Plan, WorkDir};
+use crate::pipeline::{self, publish::Published, BuildEnv, BuildOptions, Outcome, Plan, WorkDir};
 
 /// What happened to one recipe.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecipeReport {
     pub recipe: PathBuf,
     pub name: String,
-    /// `built`, `up-to-date`, `failed` or `skipped`.
-    pub status: &'static str,
+    pub status: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -38,6 +37,27 @@ pub struct RecipeReport {
     /// Why a recipe was skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// What became of a recipe (`status` in the report and the table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Built,
+    UpToDate,
+    Failed,
+    Skipped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Built => "built",
+            Status::UpToDate => "up-to-date",
+            Status::Failed => "failed",
+            Status::Skipped => "skipped",
+        }
+    }
 }
 
 /// Loads a signing key; the password of an encrypted one comes from a file or
@@ -188,10 +208,11 @@ pub fn run(g: &GlobalOpts, args: BuildArgs) -> Result<ExitCode> {
     let opts = options(&args)?;
     let ctx = super::context(g, super::push_options(&args.registry, &args.limit)?)?;
     let started = Instant::now();
-    let reports = if recipes.len() == 1 {
-        vec![build_one(&recipes[0], &opts, &ctx, &args, true)]
+    let (reports, single_error) = if recipes.len() == 1 {
+        let (report, error) = build_one(&recipes[0], &opts, &ctx, &args, true);
+        (vec![report], error)
     } else {
-        build_many(&recipes, &opts, &ctx, &args)
+        (build_many(&recipes, &opts, &ctx, &args), None)
     };
     if let Some(f) = &args.report {
         let doc = serde_json::json!({"recipes": reports, "duration_seconds": started.elapsed().as_secs_f64()});
@@ -204,11 +225,14 @@ pub fn run(g: &GlobalOpts, args: BuildArgs) -> Result<ExitCode> {
         "build finished in {}",
         crate::progress::format_duration(started.elapsed())
     ));
-    let failed: Vec<&RecipeReport> = reports.iter().filter(|r| r.status == "failed").collect();
+    let failed: Vec<&RecipeReport> = reports
+        .iter()
+        .filter(|r| r.status == Status::Failed)
+        .collect();
     match failed.as_slice() {
         [] => Ok(ExitCode::SUCCESS),
         [one] if recipes.len() == 1 => {
-            Err(take_error()
+            Err(single_error
                 .unwrap_or_else(|| anyhow::anyhow!(one.error.clone().unwrap_or_default())))
         }
         many => {
@@ -227,7 +251,7 @@ pub fn run(g: &GlobalOpts, args: BuildArgs) -> Result<ExitCode> {
 fn build_many(
     recipes: &[PathBuf],
     opts: &BuildOptions,
-    ctx: &Context,
+    ctx: &BuildEnv,
     args: &BuildArgs,
 ) -> Vec<RecipeReport> {
     let jobs = args
@@ -260,13 +284,13 @@ fn build_many(
                 } else if crate::sys::interrupt::interrupted() {
                     skipped(&path, "not started: interrupted")
                 } else {
-                    let report = build_one(&path, opts, ctx, args, false);
-                    if let Some(e) = take_error() {
+                    let (report, error) = build_one(&path, opts, ctx, args, false);
+                    if let Some(e) = error {
                         super::recipe_error_events(&e);
                     }
                     report
                 };
-                if report.status == "failed" && args.fail_fast {
+                if report.status == Status::Failed && args.fail_fast {
                     stop.store(true, Ordering::SeqCst);
                 }
                 results.lock().expect("results lock")[i] = Some(report);
@@ -290,7 +314,7 @@ fn blank(path: &Path) -> RecipeReport {
     RecipeReport {
         recipe: path.to_path_buf(),
         name: stem(path),
-        status: "skipped",
+        status: Status::Skipped,
         digest: None,
         pinned: None,
         destinations: Vec::new(),
@@ -315,18 +339,21 @@ fn stem(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Builds one recipe (`single`: the only one of the command); never returns an error,
-/// reports it. Among several recipes, a partial one (a shared parent) is skipped.
+/// Builds one recipe (`single`: the only one of the command): its report, and the typed
+/// error of a failed build (a single build returns it: exit code, events; a build of
+/// several reports its recipe errors as events). Among several recipes, a partial one
+/// (a shared parent) is skipped.
 pub fn build_one(
     path: &Path,
     opts: &BuildOptions,
-    ctx: &Context,
+    ctx: &BuildEnv,
     args: &BuildArgs,
     single: bool,
-) -> RecipeReport {
+) -> (RecipeReport, Option<anyhow::Error>) {
     let started = Instant::now();
     crate::progress::set_recipe(Some(path.display().to_string()));
     let mut report = blank(path);
+    let mut error = None;
     match build_recipe(path, opts, ctx, args, single, &mut report) {
         Ok(()) => {}
         Err(e) if !single && e.is::<PartialRecipe>() => {
@@ -334,32 +361,21 @@ pub fn build_one(
             crate::progress::say(format!("skipping {}: a partial recipe", path.display()));
         }
         Err(e) => {
-            report.status = "failed";
+            report.status = Status::Failed;
             report.error = Some(super::error_text(&e));
             crate::progress::event("recipe-failed", serde_json::json!({"error": report.error}));
-            // Kept typed for the caller on this thread: a single build returns it (exit
-            // code, events), a build of several reports its recipe errors as events.
-            FIRST_ERROR.with(|f| *f.borrow_mut() = Some(e));
+            error = Some(e);
         }
     }
     report.duration_seconds = started.elapsed().as_secs_f64();
     crate::progress::set_recipe(None);
-    report
-}
-
-thread_local! {
-    static FIRST_ERROR: std::cell::RefCell<Option<anyhow::Error>> = const { std::cell::RefCell::new(None) };
-}
-
-/// The typed error of the last failed build on this thread.
-pub fn take_error() -> Option<anyhow::Error> {
-    FIRST_ERROR.with(|f| f.borrow_mut().take())
+    (report, error)
 }
 
 fn build_recipe(
     path: &Path,
     opts: &BuildOptions,
-    ctx: &Context,
+    ctx: &BuildEnv,
     args: &BuildArgs,
     single: bool,
     report: &mut RecipeReport,
@@ -386,7 +402,7 @@ fn build_recipe(
     if opts.disk_only.is_none() && !opts.force {
         let arch = plan.resolved.arch.as_str();
         if pipeline::publish::up_to_date(dests, &plan.build_key, ctx, arch)? {
-            report.status = "up-to-date";
+            report.status = Status::UpToDate;
             crate::progress::event(
                 "up_to_date",
                 serde_json::json!({"build_key": plan.build_key}),
@@ -406,13 +422,13 @@ fn build_recipe(
         }
     }
     crate::progress::say(format!("building {}", path.display()));
-    match pipeline::run(&plan, ctx, opts, &secrets)? {
+    match pipeline::run(&plan, ctx, &secrets)? {
         Outcome::Disk(d) => {
-            report.status = "built";
+            report.status = Status::Built;
             println!("{}", d.display());
         }
         Outcome::Published(p) => {
-            report.status = "built";
+            report.status = Status::Built;
             report.digest = Some(p.image.manifest.digest().to_string());
             report.pinned = p.pinned.clone();
             report.layer_size = Some(p.image.layer.size);
@@ -575,7 +591,7 @@ fn print_table(reports: &[RecipeReport]) {
         println!(
             "{:<28} {:<11} {:>9} {:>10}  {}",
             r.name,
-            r.status,
+            r.status.as_str(),
             crate::progress::format_duration(std::time::Duration::from_secs_f64(
                 r.duration_seconds
             )),

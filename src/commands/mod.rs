@@ -362,7 +362,7 @@ pub fn push_options(
 }
 
 /// The pipeline context of a command.
-pub fn context(g: &GlobalOpts, registry: RegistryOptions) -> Result<pipeline::Context> {
+pub fn context(g: &GlobalOpts, registry: RegistryOptions) -> Result<pipeline::BuildEnv> {
     let mut ctx = context_without_cache(g, registry)?;
     ctx.cache = crate::cache::Cache::open(g.cache_dir.as_deref())?;
     Ok(ctx)
@@ -373,12 +373,12 @@ pub fn context(g: &GlobalOpts, registry: RegistryOptions) -> Result<pipeline::Co
 pub fn context_without_cache(
     g: &GlobalOpts,
     registry: RegistryOptions,
-) -> Result<pipeline::Context> {
+) -> Result<pipeline::BuildEnv> {
     let root = match &g.cache_dir {
         Some(d) => d.clone(),
         None => crate::cache::Cache::default_root()?,
     };
-    Ok(pipeline::Context {
+    Ok(pipeline::BuildEnv {
         cache: crate::cache::Cache::read_only(root),
         accel: match g.accel {
             crate::cli::Accel::Auto => crate::sys::accel::Accel::Auto,

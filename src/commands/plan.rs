@@ -50,7 +50,7 @@ fn render(plan: &Plan) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    for (i, step) in plan.steps.iter().enumerate() {
+    for (i, step) in plan.shown().iter().enumerate() {
         s.push_str(&format!(
             "\n{}. {}: {}{}\n   key {}\n",
             i + 1,
