@@ -15,6 +15,8 @@ pub mod publish;
 pub mod resolve;
 pub mod stages;
 pub mod step;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 
@@ -803,7 +805,7 @@ pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
         let (_scope, stage) = enter(&s.key, Step::Disk(&s.step));
         match &s.step {
             DiskStep::Overlay(o) => {
-                for c in o.commands(Some(&base))? {
+                for c in Step::Disk(&s.step).commands_on(Some(&base))? {
                     c.run()?;
                 }
                 resized = o.growth(Some(base.virtual_size))? != Growth::None;
@@ -817,7 +819,9 @@ pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
             DiskStep::KeptPackages => {}
             DiskStep::Stage(st) => {
                 stages::store(&env.cache, &s.key, &st.disk)?;
-                st.command().run()?;
+                for c in Step::Disk(&s.step).commands_on(Some(&base))? {
+                    c.run()?;
+                }
             }
         }
         stage.done();
@@ -875,7 +879,7 @@ struct FinishedDisk {
 /// Runs the finalize commands; the last one's output (`qemu-img info`) is checked.
 fn finalize(f: &Finalize) -> Result<FinishedDisk> {
     let mut out = None;
-    for c in f.commands() {
+    for c in Step::Finalize(f).commands_on(None)? {
         out = Some(c.run()?);
     }
     let out = out.context("finalize ran no command")?;

@@ -383,19 +383,25 @@ impl Step<'_> {
         }
     }
 
-    /// The external commands the step runs, in order (base builds: the ones the build
-    /// of the base runs).
+    /// The external commands the step runs, in order, as `plan` lists them.
     pub fn commands(&self) -> Vec<Cmd> {
-        match self {
+        self.commands_on(None).unwrap_or_default()
+    }
+
+    /// The external commands the step runs on `base` (`None`: the base as the plan
+    /// knows it), in order. Base builds and appliance launches: the launch the step
+    /// starts (what it then does inside is [`Step::operations`]).
+    pub fn commands_on(&self, base: Option<&CachedBase>) -> Result<Vec<Cmd>> {
+        Ok(match self {
             Step::Base(BaseAction::Build { commands, .. }) => commands.clone(),
             Step::Base(_) => Vec::new(),
-            Step::Disk(DiskStep::Overlay(o)) => o.commands(None).unwrap_or_default(),
+            Step::Disk(DiskStep::Overlay(o)) => o.commands(base)?,
             Step::Disk(DiskStep::Guest(g)) => vec![g.command()],
             Step::Disk(DiskStep::KeptPackages) => Vec::new(),
             Step::Disk(DiskStep::Stage(st)) => vec![st.command()],
             Step::Finalize(f) => f.commands(),
             Step::Deliver(_) => Vec::new(),
-        }
+        })
     }
 
     /// What the step does inside the appliance.
