@@ -286,6 +286,7 @@ fn build_into(
         }],
         false,
         accel,
+        &crate::guest::fish::Launches::default(),
     )?;
     match spec.layout {
         BaseLayout::Mbr => lay_out_mbr(&f, &tarball, &uuid, &mbr)?,

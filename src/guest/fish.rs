@@ -20,12 +20,16 @@ use anyhow::{bail, Context, Result};
 use crate::sys::accel::Effective;
 use crate::sys::exec::Cmd;
 
-/// Appliance launches in this process (reported after a build).
-static LAUNCHES: AtomicUsize = AtomicUsize::new(0);
+/// Appliance launches of one build (or one command), counted by [`Fish::launch`]: builds
+/// that run side by side (`build --jobs`) each count their own.
+#[derive(Debug, Default)]
+pub struct Launches(AtomicUsize);
 
-/// Appliance launches so far in this process.
-pub fn launches() -> usize {
-    LAUNCHES.load(Ordering::SeqCst)
+impl Launches {
+    /// Launches so far.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 /// A running guestfish server with its appliance. Dropping it shuts the appliance down.
@@ -70,7 +74,12 @@ impl Fish {
 
     /// Starts guestfish with the drives attached and launches the appliance (libguestfs's
     /// one vCPU: see [`LAUNCH_TIMEOUT`] and ARCHITECTURE.md for why not two).
-    pub fn launch(drives: &[Drive<'_>], network: bool, accel: Effective) -> Result<Fish> {
+    pub fn launch(
+        drives: &[Drive<'_>],
+        network: bool,
+        accel: Effective,
+        launches: &Launches,
+    ) -> Result<Fish> {
         let cmd = accel.libguestfs_env(Fish::launch_cmd(drives, network));
         let server_log = tempfile::Builder::new()
             .prefix("diskforge-guestfish-")
@@ -108,8 +117,8 @@ impl Fish {
             server_log,
             server_log_read: Cell::new(0),
         };
-        LAUNCHES.fetch_add(1, Ordering::SeqCst);
-        crate::progress::event("appliance", serde_json::json!({"launch": launches()}));
+        let launch = launches.0.fetch_add(1, Ordering::SeqCst) + 1;
+        crate::progress::event("appliance", serde_json::json!({"launch": launch}));
         fish.call_with(&["run"], Some(LAUNCH_TIMEOUT))
             .context("launching the libguestfs appliance")?;
         Ok(fish)

@@ -46,6 +46,8 @@ pub struct GuestJob<'a> {
     pub protect_boot: bool,
     /// Relabel for SELinux at the end (the last launch of a build).
     pub relabel: selinux::Relabel,
+    /// The build's launch counter.
+    pub launches: &'a fish::Launches,
 }
 
 /// Whether a launch grows a partition and its filesystem to the end of the disk.
@@ -71,7 +73,7 @@ pub struct GuestReport {
 
 /// Runs `job` in one appliance launch.
 pub fn run(job: &GuestJob<'_>) -> Result<GuestReport> {
-    let launches_before = fish::launches();
+    let launches_before = job.launches.count();
     let mut f = Fish::launch(
         &[Drive {
             path: job.disk,
@@ -80,6 +82,7 @@ pub fn run(job: &GuestJob<'_>) -> Result<GuestReport> {
         }],
         job.network,
         job.accel,
+        job.launches,
     )?;
     for s in &job.secrets {
         f.add_secret(s);
@@ -174,7 +177,9 @@ pub fn run(job: &GuestJob<'_>) -> Result<GuestReport> {
     }
     f.umount_all()?;
     f.close()?;
-    let launches = fish::launches() - launches_before;
+    // The build's own counter: other builds of the command (`--jobs`) launch their own
+    // appliances meanwhile.
+    let launches = job.launches.count() - launches_before;
     crate::progress::event("appliance_launches", json!({"count": launches}));
     Ok(GuestReport {
         root_device: root_block,

@@ -775,6 +775,7 @@ pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
         );
     }
     let started = chrono::Utc::now();
+    let launches = crate::guest::fish::Launches::default();
     let grows = plan.grows();
     let enter = |key: &str, step: Step<'_>| {
         let shown = Shown {
@@ -814,7 +815,7 @@ pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
                 if let (Some(t), Some(to)) = (&r.ttyd, &g.ttyd_to) {
                     publish::fetch_ttyd(t, env, to)?;
                 }
-                crate::guest::run(&guest_job(plan, g, secrets, eff, resized))?;
+                crate::guest::run(&guest_job(plan, g, secrets, eff, resized, &launches))?;
             }
             DiskStep::KeptPackages => {}
             DiskStep::Stage(st) => {
@@ -945,6 +946,7 @@ fn guest_job<'a>(
     secrets: &Secrets,
     eff: accel::Effective,
     resized: bool,
+    launches: &'a crate::guest::fish::Launches,
 ) -> crate::guest::GuestJob<'a> {
     let c = &plan.customization;
     crate::guest::GuestJob {
@@ -969,5 +971,6 @@ fn guest_job<'a>(
         packages_to: g.packages_to.clone(),
         protect_boot: g.protect_boot,
         relabel: g.relabel,
+        launches,
     }
 }
