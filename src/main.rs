@@ -5,8 +5,8 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = diskforge::cli::Cli::parse();
     diskforge::commands::init_logging(&cli.global);
-    diskforge::commands::stop_quietly_on_closed_stdout(|| match diskforge::commands::run(cli) {
+    match diskforge::commands::run(cli) {
         Ok(code) => code,
         Err(err) => diskforge::commands::report_error(&err),
-    })
+    }
 }

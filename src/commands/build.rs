@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
+use super::out::{out, outln};
 use super::UsageError;
 use crate::cli::{BuildArgs, GlobalOpts, ReportOpts};
 use crate::pipeline::resolve::PartialRecipe;
@@ -219,7 +220,7 @@ pub fn run(g: &GlobalOpts, args: BuildArgs) -> Result<ExitCode> {
         crate::io::atomic::write(f, serde_json::to_string_pretty(&doc)?.as_bytes())?;
     }
     if recipes.len() > 1 {
-        print_table(&reports);
+        print_table(&reports)?;
     }
     crate::progress::say(format!(
         "build finished in {}",
@@ -414,7 +415,7 @@ fn build_recipe(
                 &plan.build_key[7..19]
             );
             if single && !args.output.report.print_vm_manifest {
-                println!("{msg}");
+                outln!("{msg}")?;
             } else {
                 crate::progress::say(msg);
             }
@@ -425,7 +426,7 @@ fn build_recipe(
     match pipeline::run(&plan, ctx, &secrets)? {
         Outcome::Disk(d) => {
             report.status = Status::Built;
-            println!("{}", d.display());
+            outln!("{}", d.display())?;
         }
         Outcome::Published(p) => {
             report.status = Status::Built;
@@ -546,7 +547,7 @@ pub fn print_published(
     if report.print_vm_manifest {
         eprintln!("{summary}");
     } else {
-        println!("{summary}");
+        outln!("{summary}")?;
     }
     if let Some(f) = &report.digest_file {
         crate::io::atomic::write(f, format!("{}\n", p.image.manifest.digest()).as_bytes())?;
@@ -565,7 +566,7 @@ pub fn print_published(
             .into_iter()
             .next()
             .context("no VM manifest")?;
-        print!("{yaml}");
+        out!("{yaml}")?;
     }
     if let Some(dir) = manifests_dir {
         match &manifests {
@@ -582,13 +583,16 @@ pub fn print_published(
     Ok(())
 }
 
-fn print_table(reports: &[RecipeReport]) {
-    println!(
+fn print_table(reports: &[RecipeReport]) -> Result<()> {
+    outln!(
         "{:<28} {:<11} {:>9} {:>10}  DIGEST / ERROR / REASON",
-        "RECIPE", "STATUS", "TIME", "LAYER"
-    );
+        "RECIPE",
+        "STATUS",
+        "TIME",
+        "LAYER"
+    )?;
     for r in reports {
-        println!(
+        outln!(
             "{:<28} {:<11} {:>9} {:>10}  {}",
             r.name,
             r.status.as_str(),
@@ -606,6 +610,7 @@ fn print_table(reports: &[RecipeReport]) {
                     .map(|e| e.lines().next().unwrap_or("").to_string()))
                 .or_else(|| r.reason.clone())
                 .unwrap_or_else(|| "-".into())
-        );
+        )?;
     }
+    Ok(())
 }

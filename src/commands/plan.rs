@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
+use super::out::outln;
 use crate::cli::{GlobalOpts, PlanArgs};
 use crate::pipeline::{self, BuildOptions, Plan};
 
@@ -33,7 +34,7 @@ pub fn run(g: &GlobalOpts, a: PlanArgs) -> Result<ExitCode> {
     } else {
         render(&plan)
     };
-    println!("{}", crate::redact::apply(&text, &[]));
+    outln!("{}", crate::redact::apply(&text, &[]))?;
     Ok(ExitCode::SUCCESS)
 }
 
