@@ -152,70 +152,91 @@ pub fn default_jobs() -> usize {
     cores.min((mem_gib / 2).max(1) as usize).max(1)
 }
 
-pub fn run(g: &GlobalOpts, args: BuildArgs) -> Result<ExitCode> {
-    let recipes = select(&args)?;
-    if recipes.is_empty() {
-        return Err(UsageError("no recipe left after --only/--except".into()).into());
-    }
-    if args.disk_only.is_some() && recipes.len() > 1 {
-        return Err(UsageError("--disk-only takes one recipe".into()).into());
-    }
-    if recipes.len() > 1
-        && (args.output.report.digest_file.is_some() || args.output.report.print_vm_manifest)
-    {
-        return Err(
-            UsageError("--digest-file and --print-vm-manifest take one recipe".into()).into(),
-        );
-    }
-    if recipes.len() > 1 {
-        if let Some(o) = args.destinations.iter().find(|o| !o.contains("{name}")) {
-            return Err(UsageError(format!(
-                "--output {o} would receive every recipe: with several recipes, name each image with {{name}} (e.g. docker://HOST/lab/{{name}}:latest)"
-            ))
-            .into());
+/// What `build` was asked, checked and typed before any work: every later function
+/// gets this (or the part of it it needs), never the command line.
+pub struct BuildRequest {
+    pub recipes: Vec<PathBuf>,
+    pub opts: BuildOptions,
+    pub registry: crate::registry::RegistryOptions,
+    pub report: ReportOpts,
+    /// `--report FILE`.
+    pub report_file: Option<PathBuf>,
+    pub jobs: usize,
+    pub fail_fast: bool,
+    pub pull_method: Option<crate::kubevirt::PullMethod>,
+    pub kubevirt_manifests: Option<PathBuf>,
+}
+
+impl BuildRequest {
+    /// Checks the command line (wrong usage exits 2 before any work) and types it.
+    pub fn from_args(args: BuildArgs) -> Result<BuildRequest> {
+        let recipes = select(&args)?;
+        if recipes.is_empty() {
+            return Err(UsageError("no recipe left after --only/--except".into()).into());
         }
+        if args.disk_only.is_some() && recipes.len() > 1 {
+            return Err(UsageError("--disk-only takes one recipe".into()).into());
+        }
+        let report = &args.output.report;
+        if recipes.len() > 1 && (report.digest_file.is_some() || report.print_vm_manifest) {
+            return Err(
+                UsageError("--digest-file and --print-vm-manifest take one recipe".into()).into(),
+            );
+        }
+        if recipes.len() > 1 {
+            if let Some(o) = args.destinations.iter().find(|o| !o.contains("{name}")) {
+                return Err(UsageError(format!(
+                    "--output {o} would receive every recipe: with several recipes, name each image with {{name}} (e.g. docker://HOST/lab/{{name}}:latest)"
+                ))
+                .into());
+            }
+        }
+        check_report_opts(report, &args.destinations)?;
+        // A destination malformed whatever the templates expand to is wrong usage, found
+        // before any work; one that only a recipe's values make malformed fails at resolve.
+        for o in &args.destinations {
+            pipeline::resolve::check_destination_template(o)
+                .map_err(|e| UsageError(format!("{e:#}")))?;
+        }
+        let opts = options(&args)?;
+        if args.destinations.is_empty() && report.print_vm_manifest {
+            // The recipe's own destinations push exactly when it names a repository
+            // (resolve::destinations): known from the recipe alone, before any work.
+            let kind = match pipeline::resolve::names_repository(&recipes[0], &opts)? {
+                true => "docker://",
+                false => "oci:",
+            };
+            check_report_opts(report, &[kind.to_string()])?;
+        }
+        Ok(BuildRequest {
+            registry: super::push_options(&args.registry, &args.limit)?,
+            jobs: args
+                .jobs
+                .unwrap_or_else(default_jobs)
+                .clamp(1, recipes.len()),
+            recipes,
+            opts,
+            report: args.output.report,
+            report_file: args.report,
+            fail_fast: args.fail_fast,
+            pull_method: args.pull_method.map(super::pull_method),
+            kubevirt_manifests: args.kubevirt_manifests,
+        })
     }
-    check_report_opts(&args.output.report, &args.destinations)?;
-    // A destination malformed whatever the templates expand to is wrong usage, found
-    // before any work; one that only a recipe's values make malformed fails at resolve.
-    let probe = crate::pipeline::resolve::TagVars {
-        name: "x",
-        arch: crate::recipe::Arch::Amd64,
-        version: Some("1"),
-        git_sha: Some("0123456789ab"),
-        epoch: 0,
-    };
-    for o in &args.destinations {
-        let expanded = crate::pipeline::resolve::expand_template(o, &probe)?;
-        super::image_ref(&expanded)?;
-    }
-    if args.destinations.is_empty() && args.output.report.print_vm_manifest {
-        // The recipe's own destinations push exactly when it names a repository
-        // (resolve::destinations): known from the recipe alone, before any work.
-        let loaded = crate::recipe::load(
-            &recipes[0],
-            &crate::recipe::LoadOptions {
-                set: args.inputs.set.clone(),
-                host: super::host_access(&args.inputs)?,
-                references: None,
-            },
-        )?;
-        let kind = match loaded.recipe.output.repository {
-            Some(_) => "docker://",
-            None => "oci:",
-        };
-        check_report_opts(&args.output.report, &[kind.to_string()])?;
-    }
-    let opts = options(&args)?;
-    let ctx = super::context(g, super::push_options(&args.registry, &args.limit)?)?;
+}
+
+pub fn run(g: &GlobalOpts, args: BuildArgs) -> Result<ExitCode> {
+    let request = BuildRequest::from_args(args)?;
+    let env = super::context(g, request.registry.clone())?;
+    let recipes = &request.recipes;
     let started = Instant::now();
     let (reports, single_error) = if recipes.len() == 1 {
-        let (report, error) = build_one(&recipes[0], &opts, &ctx, &args, true);
+        let (report, error) = build_one(&recipes[0], &request, &env, true);
         (vec![report], error)
     } else {
-        (build_many(&recipes, &opts, &ctx, &args), None)
+        (build_many(&request, &env), None)
     };
-    if let Some(f) = &args.report {
+    if let Some(f) = &request.report_file {
         let doc = serde_json::json!({"recipes": reports, "duration_seconds": started.elapsed().as_secs_f64()});
         crate::io::atomic::write(f, serde_json::to_string_pretty(&doc)?.as_bytes())?;
     }
@@ -249,16 +270,8 @@ pub fn run(g: &GlobalOpts, args: BuildArgs) -> Result<ExitCode> {
     }
 }
 
-fn build_many(
-    recipes: &[PathBuf],
-    opts: &BuildOptions,
-    ctx: &BuildEnv,
-    args: &BuildArgs,
-) -> Vec<RecipeReport> {
-    let jobs = args
-        .jobs
-        .unwrap_or_else(default_jobs)
-        .clamp(1, recipes.len());
+fn build_many(request: &BuildRequest, env: &BuildEnv) -> Vec<RecipeReport> {
+    let (recipes, jobs) = (&request.recipes, request.jobs);
     crate::progress::say(format!(
         "building {} recipes, {jobs} at a time",
         recipes.len()
@@ -285,13 +298,13 @@ fn build_many(
                 } else if crate::sys::interrupt::interrupted() {
                     skipped(&path, "not started: interrupted")
                 } else {
-                    let (report, error) = build_one(&path, opts, ctx, args, false);
+                    let (report, error) = build_one(&path, request, env, false);
                     if let Some(e) = error {
                         super::recipe_error_events(&e);
                     }
                     report
                 };
-                if report.status == Status::Failed && args.fail_fast {
+                if report.status == Status::Failed && request.fail_fast {
                     stop.store(true, Ordering::SeqCst);
                 }
                 results.lock().expect("results lock")[i] = Some(report);
@@ -346,16 +359,15 @@ fn stem(p: &Path) -> String {
 /// (a shared parent) is skipped.
 pub fn build_one(
     path: &Path,
-    opts: &BuildOptions,
-    ctx: &BuildEnv,
-    args: &BuildArgs,
+    request: &BuildRequest,
+    env: &BuildEnv,
     single: bool,
 ) -> (RecipeReport, Option<anyhow::Error>) {
     let started = Instant::now();
     crate::progress::set_recipe(Some(path.display().to_string()));
     let mut report = blank(path);
     let mut error = None;
-    match build_recipe(path, opts, ctx, args, single, &mut report) {
+    match build_recipe(path, request, env, single, &mut report) {
         Ok(()) => {}
         Err(e) if !single && e.is::<PartialRecipe>() => {
             report.reason = Some("partial recipe: a shared parent that others extend".into());
@@ -375,18 +387,18 @@ pub fn build_one(
 
 fn build_recipe(
     path: &Path,
-    opts: &BuildOptions,
-    ctx: &BuildEnv,
-    args: &BuildArgs,
+    request: &BuildRequest,
+    env: &BuildEnv,
     single: bool,
     report: &mut RecipeReport,
 ) -> Result<()> {
-    let resolved = pipeline::resolve::resolve(path, opts, ctx)?;
-    let ctx = &ctx.for_recipe(&resolved.loaded.recipe);
+    let opts = &request.opts;
+    let resolved = pipeline::resolve::resolve(path, opts, env)?;
+    let ctx = &env.for_recipe(&resolved.loaded.recipe);
     report.name = resolved.name.clone();
     report.destinations = resolved.dests.iter().map(|d| d.to_string()).collect();
     check_report_opts(
-        &args.output.report,
+        &request.report,
         &report
             .destinations
             .iter()
@@ -414,7 +426,7 @@ fn build_recipe(
                 if dests.len() == 1 { "s" } else { "" },
                 &plan.build_key[7..19]
             );
-            if single && !args.output.report.print_vm_manifest {
+            if single && !request.report.print_vm_manifest {
                 outln!("{msg}")?;
             } else {
                 crate::progress::say(msg);
@@ -439,15 +451,15 @@ fn build_recipe(
                 name: &plan.resolved.name,
                 disk_virtual_size: p.disk_virtual_size,
                 recipe: Some(&plan.resolved.loaded.recipe),
-                pull_method: args.pull_method.map(super::pull_method),
+                pull_method: request.pull_method,
                 firmware: plan.resolved.firmware,
             };
-            let dir = args
+            let dir = request
                 .kubevirt_manifests
                 .as_ref()
                 .map(|d| d.join(dns_name(&plan.resolved.name)));
             if single {
-                print_published(&p, &image, &args.output.report, dir.as_deref())?;
+                print_published(&p, &image, &request.report, dir.as_deref())?;
             } else if let (Some(dir), Some(m)) = (&dir, image.manifests()?) {
                 m.write_dir(dir)?;
             }

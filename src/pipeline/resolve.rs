@@ -546,6 +546,34 @@ pub fn expand_tag(template: &str, v: &TagVars<'_>) -> Result<String> {
     Ok(out)
 }
 
+/// Checks a `--output` template before any work: whatever a recipe's values expand it
+/// to, it must name a destination.
+pub fn check_destination_template(template: &str) -> Result<()> {
+    let probe = TagVars {
+        name: "x",
+        arch: Arch::Amd64,
+        version: Some("1"),
+        git_sha: Some("0123456789ab"),
+        epoch: 0,
+    };
+    ImageRef::parse(&expand_template(template, &probe)?)?;
+    Ok(())
+}
+
+/// Whether the recipe at `path` names a registry repository (its own destinations are
+/// then `docker://`), read from the recipe alone.
+pub fn names_repository(path: &Path, opts: &BuildOptions) -> Result<bool> {
+    let loaded = recipe::load(
+        path,
+        &recipe::LoadOptions {
+            set: opts.set.clone(),
+            host: opts.host.clone(),
+            references: None,
+        },
+    )?;
+    Ok(loaded.recipe.output.repository.is_some())
+}
+
 /// Where a build writes: `--output` (templates expanded), else `docker://REPOSITORY:TAG`
 /// per tag, else `oci:out/NAME:TAG` per tag.
 fn destinations(
