@@ -408,7 +408,6 @@ fn build_recipe(
     // Secrets first: a missing one fails before anything slow happens.
     let secrets = pipeline::resolve_secrets(&resolved.loaded)?;
     let work = WorkDir::new(ctx)?;
-    pipeline::alias_dirs(ctx, work.path());
     let plan = Plan::new(resolved, opts, ctx, work.path(), Some(&secrets))?;
     report.build_key = Some(plan.build_key.clone());
     let dests = &plan.resolved.dests;

@@ -27,7 +27,6 @@ pub fn run(g: &GlobalOpts, a: PlanArgs) -> Result<ExitCode> {
     let resolved = pipeline::resolve::resolve(&a.recipe, &opts, &ctx)?;
     // The plan's work directory is never created: it only names `$WORK`.
     let work = ctx.cache.root().join("work").join("plan");
-    pipeline::alias_dirs(&ctx, &work);
     let plan = Plan::new(resolved, &opts, &ctx, &work, None)?;
     let text = if a.json {
         serde_json::to_string_pretty(&plan.to_json())?

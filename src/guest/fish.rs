@@ -18,17 +18,33 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use anyhow::{bail, Context, Result};
 
 use crate::sys::accel::Effective;
-use crate::sys::exec::Cmd;
+use crate::sys::exec::{Cmd, PathNames};
 
-/// Appliance launches of one build (or one command), counted by [`Fish::launch`]: builds
-/// that run side by side (`build --jobs`) each count their own.
+/// What the appliance launches of one build (or one command) share: their count, kept
+/// by [`Fish::launch`] (builds side by side, `build --jobs`, each count their own), and
+/// the directories their command lines show by name.
 #[derive(Debug, Default)]
-pub struct Launches(AtomicUsize);
+pub struct Session {
+    launches: AtomicUsize,
+    names: PathNames,
+}
 
-impl Launches {
+impl Session {
+    pub fn new(names: PathNames) -> Session {
+        Session {
+            launches: AtomicUsize::new(0),
+            names,
+        }
+    }
+
+    /// The directories command lines show by name.
+    pub fn names(&self) -> &PathNames {
+        &self.names
+    }
+
     /// Launches so far.
-    pub fn count(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
+    pub fn launches(&self) -> usize {
+        self.launches.load(Ordering::SeqCst)
     }
 }
 
@@ -78,9 +94,9 @@ impl Fish {
         drives: &[Drive<'_>],
         network: bool,
         accel: Effective,
-        launches: &Launches,
+        session: &Session,
     ) -> Result<Fish> {
-        let cmd = accel.libguestfs_env(Fish::launch_cmd(drives, network));
+        let cmd = accel.libguestfs_env(Fish::launch_cmd(drives, network).named(&session.names));
         let server_log = tempfile::Builder::new()
             .prefix("diskforge-guestfish-")
             .tempfile()
@@ -117,7 +133,7 @@ impl Fish {
             server_log,
             server_log_read: Cell::new(0),
         };
-        let launch = launches.0.fetch_add(1, Ordering::SeqCst) + 1;
+        let launch = session.launches.fetch_add(1, Ordering::SeqCst) + 1;
         crate::progress::event("appliance", serde_json::json!({"launch": launch}));
         fish.call_with(&["run"], Some(LAUNCH_TIMEOUT))
             .context("launching the libguestfs appliance")?;

@@ -46,8 +46,8 @@ pub struct GuestJob<'a> {
     pub protect_boot: bool,
     /// Relabel for SELinux at the end (the last launch of a build).
     pub relabel: selinux::Relabel,
-    /// The build's launch counter.
-    pub launches: &'a fish::Launches,
+    /// The build's launches (counted, and named directories in their command lines).
+    pub session: &'a fish::Session,
 }
 
 /// Whether a launch grows a partition and its filesystem to the end of the disk.
@@ -73,7 +73,7 @@ pub struct GuestReport {
 
 /// Runs `job` in one appliance launch.
 pub fn run(job: &GuestJob<'_>) -> Result<GuestReport> {
-    let launches_before = job.launches.count();
+    let launches_before = job.session.launches();
     let mut f = Fish::launch(
         &[Drive {
             path: job.disk,
@@ -82,7 +82,7 @@ pub fn run(job: &GuestJob<'_>) -> Result<GuestReport> {
         }],
         job.network,
         job.accel,
-        job.launches,
+        job.session,
     )?;
     for s in &job.secrets {
         f.add_secret(s);
@@ -179,7 +179,7 @@ pub fn run(job: &GuestJob<'_>) -> Result<GuestReport> {
     f.close()?;
     // The build's own counter: other builds of the command (`--jobs`) launch their own
     // appliances meanwhile.
-    let launches = job.launches.count() - launches_before;
+    let launches = job.session.launches() - launches_before;
     crate::progress::event("appliance_launches", json!({"count": launches}));
     Ok(GuestReport {
         root_device: root_block,

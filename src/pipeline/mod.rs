@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 
 use crate::base::CachedBase;
 use crate::cache::Cache;
+use crate::guest::fish::Session;
 use crate::guest::fish::{Drive, Fish};
 use crate::guest::script::{self, Customization, Secrets};
 use crate::guest::selinux::Relabel;
@@ -32,7 +33,7 @@ use crate::oci::Compression;
 use crate::recipe::{self, Arch, DiskFormat, LoadedRecipe};
 use crate::registry::RegistryOptions;
 use crate::sys::accel;
-use crate::sys::exec::Cmd;
+use crate::sys::exec::{Cmd, PathNames};
 use crate::sys::qemu_img;
 pub use resolve::{Base, Resolved};
 use step::{
@@ -137,6 +138,9 @@ pub struct Plan {
     pub build_key: String,
     pub work: PathBuf,
     pub customization: Customization,
+    /// The work and cache directories as `$WORK` and `$CACHE` in command lines, so a plan
+    /// and its build print the same commands wherever their files live.
+    pub names: PathNames,
 }
 
 /// The label holding a build's key.
@@ -419,6 +423,7 @@ impl Plan {
             build_key: keys.image.clone(),
             work: work.to_path_buf(),
             customization,
+            names: PathNames::new(&[(work, "$WORK"), (env.cache.root(), "$CACHE")]),
             resolved,
         };
         if identity.is_none() {
@@ -513,11 +518,21 @@ impl Plan {
                     description: step.description(&s),
                     key: key.to_string(),
                     cached: step.cached(),
-                    commands: step.commands(),
+                    commands: self.commands_of(step, None).unwrap_or_default(),
                     operations: step.operations(&s),
                 }
             })
             .collect()
+    }
+
+    /// The commands `step` runs on `base` (`None`: the base as the plan knows it), with
+    /// the plan's directory names: what `plan` lists and what `run` executes.
+    pub fn commands_of(&self, step: Step<'_>, base: Option<&CachedBase>) -> Result<Vec<Cmd>> {
+        Ok(step
+            .commands_on(base)?
+            .into_iter()
+            .map(|c| c.named(&self.names))
+            .collect())
     }
 
     /// The plan as JSON (`plan --json`).
@@ -735,12 +750,6 @@ impl Drop for WorkDir {
     }
 }
 
-/// Sets the `$WORK` and `$CACHE` names used in displayed command lines.
-pub fn alias_dirs(env: &BuildEnv, work: &Path) {
-    crate::sys::exec::alias_path(work, "$WORK");
-    crate::sys::exec::alias_path(env.cache.root(), "$CACHE");
-}
-
 /// Reports the step a thread runs on its events until dropped.
 struct StepScope(Option<String>);
 
@@ -775,7 +784,7 @@ pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
         );
     }
     let started = chrono::Utc::now();
-    let launches = crate::guest::fish::Launches::default();
+    let session = Session::new(plan.names.clone());
     let grows = plan.grows();
     let enter = |key: &str, step: Step<'_>| {
         let shown = Shown {
@@ -794,7 +803,7 @@ pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
     let base = match &plan.base.step {
         BaseAction::Cached(c) => c.clone(),
         BaseAction::Download { .. } | BaseAction::Build { .. } => {
-            acquire_base(r, env, eff, &plan.work)?
+            acquire_base(r, env, eff, &plan.work, &session)?
         }
     };
     stage.done();
@@ -806,7 +815,7 @@ pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
         let (_scope, stage) = enter(&s.key, Step::Disk(&s.step));
         match &s.step {
             DiskStep::Overlay(o) => {
-                for c in Step::Disk(&s.step).commands_on(Some(&base))? {
+                for c in plan.commands_of(Step::Disk(&s.step), Some(&base))? {
                     c.run()?;
                 }
                 resized = o.growth(Some(base.virtual_size))? != Growth::None;
@@ -815,12 +824,12 @@ pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
                 if let (Some(t), Some(to)) = (&r.ttyd, &g.ttyd_to) {
                     publish::fetch_ttyd(t, env, to)?;
                 }
-                crate::guest::run(&guest_job(plan, g, secrets, eff, resized, &launches))?;
+                crate::guest::run(&guest_job(plan, g, secrets, eff, resized, &session))?;
             }
             DiskStep::KeptPackages => {}
             DiskStep::Stage(st) => {
                 stages::store(&env.cache, &s.key, &st.disk)?;
-                for c in Step::Disk(&s.step).commands_on(Some(&base))? {
+                for c in plan.commands_of(Step::Disk(&s.step), Some(&base))? {
                     c.run()?;
                 }
             }
@@ -829,7 +838,7 @@ pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
     }
 
     let (_scope, stage) = enter(&plan.finalize.key, Step::Finalize(&plan.finalize.step));
-    let disk = finalize(&plan.finalize.step)?;
+    let disk = finalize(plan, &plan.finalize.step)?;
     stage.done();
 
     match &plan.deliver {
@@ -878,9 +887,9 @@ struct FinishedDisk {
 }
 
 /// Runs the finalize commands; the last one's output (`qemu-img info`) is checked.
-fn finalize(f: &Finalize) -> Result<FinishedDisk> {
+fn finalize(plan: &Plan, f: &Finalize) -> Result<FinishedDisk> {
     let mut out = None;
-    for c in Step::Finalize(f).commands_on(None)? {
+    for c in plan.commands_of(Step::Finalize(f), None)? {
         out = Some(c.run()?);
     }
     let out = out.context("finalize ran no command")?;
@@ -906,6 +915,7 @@ fn acquire_base(
     env: &BuildEnv,
     eff: accel::Effective,
     work: &Path,
+    session: &Session,
 ) -> Result<CachedBase> {
     match &r.base {
         Base::Image { spec, prepared } => {
@@ -917,9 +927,15 @@ fn acquire_base(
                 spec, prepared, &env.cache, &opts,
             ))
         }
-        Base::Build { entry, .. } => {
-            crate::base::build::build_base(entry, r.arch, &env.cache, env.offline, eff, work)
-        }
+        Base::Build { entry, .. } => crate::base::build::build_base(
+            entry,
+            r.arch,
+            &env.cache,
+            env.offline,
+            eff,
+            work,
+            session,
+        ),
     }
 }
 
@@ -946,7 +962,7 @@ fn guest_job<'a>(
     secrets: &Secrets,
     eff: accel::Effective,
     resized: bool,
-    launches: &'a crate::guest::fish::Launches,
+    session: &'a Session,
 ) -> crate::guest::GuestJob<'a> {
     let c = &plan.customization;
     crate::guest::GuestJob {
@@ -971,6 +987,6 @@ fn guest_job<'a>(
         packages_to: g.packages_to.clone(),
         protect_boot: g.protect_boot,
         relabel: g.relabel,
-        launches,
+        session,
     }
 }

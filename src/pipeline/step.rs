@@ -1,7 +1,7 @@
 //! The steps of a build as values. `Plan::new` decides every step once — which base,
 //! which backing file, whether and to what size the disk grows, what each appliance
 //! launch does — and stores the decision as the step's payload. `plan` prints the
-//! payload ([`Step::name`], [`Step::description`], [`Step::commands`],
+//! payload ([`Step::name`], [`Step::description`], [`Step::commands_on`],
 //! [`Step::operations`]); `run` executes the same payload, so what `plan` lists is
 //! what `build` runs by construction.
 //!
@@ -381,11 +381,6 @@ impl Step<'_> {
                 }
             ),
         }
-    }
-
-    /// The external commands the step runs, in order, as `plan` lists them.
-    pub fn commands(&self) -> Vec<Cmd> {
-        self.commands_on(None).unwrap_or_default()
     }
 
     /// The external commands the step runs on `base` (`None`: the base as the plan
