@@ -142,7 +142,8 @@ pub fn resolve(path: &Path, opts: &BuildOptions, env: &BuildEnv) -> Result<Resol
     if loaded.recipe.partial {
         return Err(PartialRecipe(path.to_path_buf()).into());
     }
-    let firmware = check_loaded(&loaded, opts, env)?;
+    let entry = catalog_entry(&loaded, opts)?;
+    let firmware = check_loaded(&loaded, entry.as_ref().map(|(e, _)| e), opts, env)?;
     let r = &loaded.recipe;
     let spec = r.base.clone().context("the recipe has no base")?;
     let arch = opts.arch.or(spec.arch).unwrap_or_default();
@@ -151,7 +152,7 @@ pub fn resolve(path: &Path, opts: &BuildOptions, env: &BuildEnv) -> Result<Resol
         label: base_label,
         recorded_size,
         os: base_os,
-    } = resolve_base(&loaded, arch, opts, env)?;
+    } = resolve_base(&loaded, entry, arch, env)?;
     let base_size = base.cached().map(|c| c.virtual_size).or(recorded_size);
     let target_size = base_size
         .map(|b| target_size(r.disk.size, b))
@@ -217,7 +218,8 @@ pub fn check_static(path: &Path, opts: &BuildOptions, env: &BuildEnv) -> Result<
             references: Some(catalog_references(opts)),
         },
     )?;
-    check_loaded(&loaded, opts, env)?;
+    let entry = catalog_entry(&loaded, opts)?;
+    check_loaded(&loaded, entry.as_ref().map(|(e, _)| e), opts, env)?;
     Ok(loaded)
 }
 
@@ -225,25 +227,44 @@ pub fn check_static(path: &Path, opts: &BuildOptions, env: &BuildEnv) -> Result<
 /// and `build` report an unknown catalog entry or a shrinking disk (exit 2, located)
 /// before they fetch a checksum file, and a firmware the base cannot boot with. Returns
 /// the firmware the image boots with.
-fn check_loaded(loaded: &LoadedRecipe, opts: &BuildOptions, env: &BuildEnv) -> Result<Firmware> {
+/// The catalog entry the recipe's base names (looked up once), and where it was found.
+fn catalog_entry(
+    loaded: &LoadedRecipe,
+    opts: &BuildOptions,
+) -> Result<Option<(CatalogEntry, catalog::Origin)>> {
+    let r = &loaded.recipe;
+    let Some(name) = r
+        .base
+        .as_ref()
+        .filter(|_| !r.partial)
+        .and_then(|b| b.catalog.as_ref())
+    else {
+        return Ok(None);
+    };
+    match catalog::find_entry(name, &loaded.dir, opts.catalog.as_deref()) {
+        Ok(found) => Ok(Some(found)),
+        Err(e) => Err(match e.downcast_ref::<catalog::UnknownEntry>() {
+            Some(u) => loaded
+                .error_at(&[Seg::key("base"), Seg::key("catalog")], u.to_string())
+                .into(),
+            None => e,
+        }),
+    }
+}
+
+fn check_loaded(
+    loaded: &LoadedRecipe,
+    entry: Option<&CatalogEntry>,
+    opts: &BuildOptions,
+    env: &BuildEnv,
+) -> Result<Firmware> {
     let r = &loaded.recipe;
     let Some(spec) = r.base.clone().filter(|_| !r.partial) else {
         return Ok(r.boot.firmware.unwrap_or(Firmware::Bios));
     };
     let mut firmware = r.boot.firmware.unwrap_or(Firmware::Bios);
     let arch = opts.arch.or(spec.arch).unwrap_or_default();
-    let size = if let Some(name) = &spec.catalog {
-        let entry = match catalog::find_entry(name, &loaded.dir, opts.catalog.as_deref()) {
-            Ok((e, _)) => e,
-            Err(e) => {
-                return Err(match e.downcast_ref::<catalog::UnknownEntry>() {
-                    Some(u) => loaded
-                        .error_at(&[Seg::key("base"), Seg::key("catalog")], u.to_string())
-                        .into(),
-                    None => e,
-                })
-            }
-        };
+    let size = if let (Some(name), Some(entry)) = (&spec.catalog, entry) {
         if !entry.images.is_empty() && !entry.images.contains_key(&arch) {
             return Err(loaded
                 .error_at(
@@ -370,8 +391,8 @@ struct FoundBase {
 
 fn resolve_base(
     loaded: &LoadedRecipe,
+    entry: Option<(CatalogEntry, catalog::Origin)>,
     arch: Arch,
-    opts: &BuildOptions,
     env: &BuildEnv,
 ) -> Result<FoundBase> {
     let spec = loaded
@@ -383,19 +404,7 @@ fn resolve_base(
         offline: env.offline,
         ..Default::default()
     };
-    if let Some(name) = &spec.catalog {
-        let (entry, origin) = match catalog::find_entry(name, &loaded.dir, opts.catalog.as_deref())
-        {
-            Ok(found) => found,
-            Err(e) => {
-                return Err(match e.downcast_ref::<catalog::UnknownEntry>() {
-                    Some(u) => loaded
-                        .error_at(&[Seg::key("base"), Seg::key("catalog")], u.to_string())
-                        .into(),
-                    None => e,
-                })
-            }
-        };
+    if let (Some(name), Some((entry, origin))) = (&spec.catalog, entry) {
         let recorded = match (&entry.build, entry.virtual_size) {
             (Some(b), _) => match b.size {
                 Size::Absolute(n) => Some(n),
