@@ -3,8 +3,8 @@
 fn main() -> std::process::ExitCode {
     let cli = diskforge::cli::Cli::parse_args();
     diskforge::commands::init_logging(&cli.global);
-    diskforge::commands::stop_quietly_on_closed_stdout(|| match diskforge::commands::run(cli) {
+    match diskforge::commands::run(cli) {
         Ok(code) => code,
         Err(err) => diskforge::commands::report_error(&err),
-    })
+    }
 }

@@ -230,7 +230,7 @@ fn three_recipes_in_two_jobs_then_the_gate() {
         broken["error"]
             .as_str()
             .unwrap()
-            .contains("refusing to shrink the disk"),
+            .contains("the disk cannot shrink"),
         "{report:#}"
     );
     assert!(broken.get("digest").is_none());

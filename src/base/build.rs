@@ -120,6 +120,7 @@ pub fn build_base(
     offline: bool,
     accel: Effective,
     work: &Path,
+    session: &crate::guest::fish::Session,
 ) -> Result<CachedBase> {
     let spec = entry
         .build
@@ -162,7 +163,7 @@ pub fn build_base(
             entry.name
         );
     }
-    let disk = build_into(entry, spec, &hash, work, accel)?;
+    let disk = build_into(entry, spec, &hash, work, accel, session)?;
     let _ = std::fs::remove_file(work.join("rootfs.tar"));
     let (hex, _) = crate::io::hash::sha256_file(&disk)?;
     let temp = cache.adopt(&disk)?;
@@ -242,6 +243,7 @@ fn build_into(
     hash: &str,
     work: &Path,
     accel: Effective,
+    session: &crate::guest::fish::Session,
 ) -> Result<PathBuf> {
     let stage = crate::progress::stage(
         "base-build",
@@ -252,7 +254,9 @@ fn build_into(
         ),
     );
     let tarball = work.join("rootfs.tar");
-    mmdebstrap_cmd(spec, &tarball).run()?;
+    mmdebstrap_cmd(spec, &tarball)
+        .named(session.names())
+        .run()?;
     stage.done();
 
     let stage = crate::progress::stage(
@@ -263,7 +267,9 @@ fn build_into(
         .size_bytes()
         .with_context(|| format!("catalog entry {}", entry.name))?;
     let disk = work.join("base.qcow2");
-    crate::sys::qemu_img::create_cmd(&disk, size).run()?;
+    crate::sys::qemu_img::create_cmd(&disk, size)
+        .named(session.names())
+        .run()?;
     let uuid = fs_uuid(hash);
     let mbr = [
         "/usr/lib/syslinux/mbr/mbr.bin",
@@ -286,6 +292,7 @@ fn build_into(
         }],
         false,
         accel,
+        session,
     )?;
     match spec.layout {
         BaseLayout::Mbr => lay_out_mbr(&f, &tarball, &uuid, &mbr)?,

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
+use super::out::outln;
 use crate::base::catalog::{self, CatalogEntry};
 use crate::cli::{BaseCommand, GlobalOpts};
 
@@ -38,9 +39,9 @@ pub fn run(_g: &GlobalOpts, cmd: BaseCommand) -> Result<ExitCode> {
         }
     }
     for (e, origin) in &entries {
-        println!("{}  ({} {}; {})", e.name, e.os, e.release, origin);
-        println!("    {}", e.description);
-        println!(
+        outln!("{}  ({} {}; {})", e.name, e.os, e.release, origin)?;
+        outln!("    {}", e.description)?;
+        outln!(
             "    firmware: {} (supports {})",
             e.firmware.default,
             e.firmware
@@ -49,9 +50,9 @@ pub fn run(_g: &GlobalOpts, cmd: BaseCommand) -> Result<ExitCode> {
                 .map(|f| f.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
+        )?;
         for (arch, img) in &e.images {
-            println!("    {:<6} {}", arch.as_str(), img.url);
+            outln!("    {:<6} {}", arch.as_str(), img.url)?;
             let src = match &img.checksum {
                 crate::recipe::ChecksumSpec::Literal(c) => c.to_string(),
                 crate::recipe::ChecksumSpec::File(f) => {
@@ -69,17 +70,17 @@ pub fn run(_g: &GlobalOpts, cmd: BaseCommand) -> Result<ExitCode> {
                     s
                 }
             };
-            println!("           {src}");
+            outln!("           {src}")?;
         }
         if let Some(b) = &e.build {
-            println!(
+            outln!(
                 "    built locally: {} {} (kernel {}, {}), mirror {}",
                 b.tool,
                 b.suite,
                 b.kernel,
                 b.size,
                 crate::base::build::mirror(b)
-            );
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -11,18 +11,18 @@ use std::time::Instant;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
+use super::out::{out, outln};
 use super::UsageError;
 use crate::cli::{BuildArgs, GlobalOpts, ReportOpts};
 use crate::pipeline::resolve::PartialRecipe;
-use crate::pipeline::{self, publish::Published, BuildOptions, Context, Outcome, Plan, WorkDir};
+use crate::pipeline::{self, publish::Published, BuildEnv, BuildOptions, Outcome, Plan, WorkDir};
 
 /// What happened to one recipe.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecipeReport {
     pub recipe: PathBuf,
     pub name: String,
-    /// `built`, `up-to-date`, `failed` or `skipped`.
-    pub status: &'static str,
+    pub status: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -38,6 +38,27 @@ pub struct RecipeReport {
     /// Why a recipe was skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// What became of a recipe (`status` in the report and the table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Built,
+    UpToDate,
+    Failed,
+    Skipped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Built => "built",
+            Status::UpToDate => "up-to-date",
+            Status::Failed => "failed",
+            Status::Skipped => "skipped",
+        }
+    }
 }
 
 /// Loads a signing key; the password of an encrypted one comes from a file or
@@ -131,84 +152,109 @@ pub fn default_jobs() -> usize {
     cores.min((mem_gib / 2).max(1) as usize).max(1)
 }
 
-pub fn run(g: &GlobalOpts, args: BuildArgs) -> Result<ExitCode> {
-    let recipes = select(&args)?;
-    if recipes.is_empty() {
-        return Err(UsageError("no recipe left after --only/--except".into()).into());
-    }
-    if args.disk_only.is_some() && recipes.len() > 1 {
-        return Err(UsageError("--disk-only takes one recipe".into()).into());
-    }
-    if recipes.len() > 1
-        && (args.output.report.digest_file.is_some() || args.output.report.print_vm_manifest)
-    {
-        return Err(
-            UsageError("--digest-file and --print-vm-manifest take one recipe".into()).into(),
-        );
-    }
-    if recipes.len() > 1 {
-        if let Some(o) = args.destinations.iter().find(|o| !o.contains("{name}")) {
-            return Err(UsageError(format!(
-                "--output {o} would receive every recipe: with several recipes, name each image with {{name}} (e.g. docker://HOST/lab/{{name}}:latest)"
-            ))
-            .into());
+/// What `build` was asked, checked and typed before any work: every later function
+/// gets this (or the part of it it needs), never the command line.
+pub struct BuildRequest {
+    pub recipes: Vec<PathBuf>,
+    pub opts: BuildOptions,
+    pub registry: crate::registry::RegistryOptions,
+    pub report: ReportOpts,
+    /// `--report FILE`.
+    pub report_file: Option<PathBuf>,
+    pub jobs: usize,
+    pub fail_fast: bool,
+    pub pull_method: Option<crate::kubevirt::PullMethod>,
+    pub kubevirt_manifests: Option<PathBuf>,
+}
+
+impl BuildRequest {
+    /// Checks the command line (wrong usage exits 2 before any work) and types it.
+    pub fn from_args(args: BuildArgs) -> Result<BuildRequest> {
+        let recipes = select(&args)?;
+        if recipes.is_empty() {
+            return Err(UsageError("no recipe left after --only/--except".into()).into());
         }
+        if args.disk_only.is_some() && recipes.len() > 1 {
+            return Err(UsageError("--disk-only takes one recipe".into()).into());
+        }
+        let report = &args.output.report;
+        if recipes.len() > 1 && (report.digest_file.is_some() || report.print_vm_manifest) {
+            return Err(
+                UsageError("--digest-file and --print-vm-manifest take one recipe".into()).into(),
+            );
+        }
+        if recipes.len() > 1 {
+            if let Some(o) = args.destinations.iter().find(|o| !o.contains("{name}")) {
+                return Err(UsageError(format!(
+                    "--output {o} would receive every recipe: with several recipes, name each image with {{name}} (e.g. docker://HOST/lab/{{name}}:latest)"
+                ))
+                .into());
+            }
+        }
+        check_report_opts(report, &args.destinations)?;
+        // A destination malformed whatever the templates expand to is wrong usage, found
+        // before any work; one that only a recipe's values make malformed fails at resolve.
+        for o in &args.destinations {
+            pipeline::resolve::check_destination_template(o)
+                .map_err(|e| UsageError(format!("{e:#}")))?;
+        }
+        let opts = options(&args)?;
+        if args.destinations.is_empty() && report.print_vm_manifest {
+            // The recipe's own destinations push exactly when it names a repository
+            // (resolve::destinations): known from the recipe alone, before any work.
+            let kind = match pipeline::resolve::names_repository(&recipes[0], &opts)? {
+                true => "docker://",
+                false => "oci:",
+            };
+            check_report_opts(report, &[kind.to_string()])?;
+        }
+        Ok(BuildRequest {
+            registry: super::push_options(&args.registry, &args.limit)?,
+            jobs: args
+                .jobs
+                .unwrap_or_else(default_jobs)
+                .clamp(1, recipes.len()),
+            recipes,
+            opts,
+            report: args.output.report,
+            report_file: args.report,
+            fail_fast: args.fail_fast,
+            pull_method: args.pull_method.map(super::pull_method),
+            kubevirt_manifests: args.kubevirt_manifests,
+        })
     }
-    check_report_opts(&args.output.report, &args.destinations)?;
-    // A destination malformed whatever the templates expand to is wrong usage, found
-    // before any work; one that only a recipe's values make malformed fails at resolve.
-    let probe = crate::pipeline::resolve::TagVars {
-        name: "x",
-        arch: crate::recipe::Arch::Amd64,
-        version: Some("1"),
-        git_sha: Some("0123456789ab"),
-        epoch: 0,
-    };
-    for o in &args.destinations {
-        let expanded = crate::pipeline::resolve::expand_template(o, &probe)?;
-        super::image_ref(&expanded)?;
-    }
-    if args.destinations.is_empty() && args.output.report.print_vm_manifest {
-        // The recipe's own destinations push exactly when it names a repository
-        // (resolve::destinations): known from the recipe alone, before any work.
-        let loaded = crate::recipe::load(
-            &recipes[0],
-            &crate::recipe::LoadOptions {
-                set: args.inputs.set.clone(),
-                host: super::host_access(&args.inputs)?,
-                references: None,
-            },
-        )?;
-        let kind = match loaded.recipe.output.repository {
-            Some(_) => "docker://",
-            None => "oci:",
-        };
-        check_report_opts(&args.output.report, &[kind.to_string()])?;
-    }
-    let opts = options(&args)?;
-    let ctx = super::context(g, super::push_options(&args.registry, &args.limit)?)?;
+}
+
+pub fn run(g: &GlobalOpts, args: BuildArgs) -> Result<ExitCode> {
+    let request = BuildRequest::from_args(args)?;
+    let env = super::context(g, request.registry.clone())?;
+    let recipes = &request.recipes;
     let started = Instant::now();
-    let reports = if recipes.len() == 1 {
-        vec![build_one(&recipes[0], &opts, &ctx, &args, true)]
+    let (reports, single_error) = if recipes.len() == 1 {
+        let (report, error) = build_one(&recipes[0], &request, &env, true);
+        (vec![report], error)
     } else {
-        build_many(&recipes, &opts, &ctx, &args)
+        (build_many(&request, &env), None)
     };
-    if let Some(f) = &args.report {
+    if let Some(f) = &request.report_file {
         let doc = serde_json::json!({"recipes": reports, "duration_seconds": started.elapsed().as_secs_f64()});
         crate::io::atomic::write(f, serde_json::to_string_pretty(&doc)?.as_bytes())?;
     }
     if recipes.len() > 1 {
-        print_table(&reports);
+        print_table(&reports)?;
     }
     crate::progress::say(format!(
         "build finished in {}",
         crate::progress::format_duration(started.elapsed())
     ));
-    let failed: Vec<&RecipeReport> = reports.iter().filter(|r| r.status == "failed").collect();
+    let failed: Vec<&RecipeReport> = reports
+        .iter()
+        .filter(|r| r.status == Status::Failed)
+        .collect();
     match failed.as_slice() {
         [] => Ok(ExitCode::SUCCESS),
         [one] if recipes.len() == 1 => {
-            Err(take_error()
+            Err(single_error
                 .unwrap_or_else(|| anyhow::anyhow!(one.error.clone().unwrap_or_default())))
         }
         many => {
@@ -224,16 +270,8 @@ pub fn run(g: &GlobalOpts, args: BuildArgs) -> Result<ExitCode> {
     }
 }
 
-fn build_many(
-    recipes: &[PathBuf],
-    opts: &BuildOptions,
-    ctx: &Context,
-    args: &BuildArgs,
-) -> Vec<RecipeReport> {
-    let jobs = args
-        .jobs
-        .unwrap_or_else(default_jobs)
-        .clamp(1, recipes.len());
+fn build_many(request: &BuildRequest, env: &BuildEnv) -> Vec<RecipeReport> {
+    let (recipes, jobs) = (&request.recipes, request.jobs);
     crate::progress::say(format!(
         "building {} recipes, {jobs} at a time",
         recipes.len()
@@ -261,13 +299,13 @@ fn build_many(
                 } else if crate::sys::interrupt::interrupted() {
                     skipped(&path, "not started: interrupted")
                 } else {
-                    let report = build_one(&path, opts, ctx, args, false);
-                    if let Some(e) = take_error() {
+                    let (report, error) = build_one(&path, request, env, false);
+                    if let Some(e) = error {
                         super::recipe_error_events(&e);
                     }
                     report
                 };
-                if report.status == "failed" && args.fail_fast {
+                if report.status == Status::Failed && request.fail_fast {
                     stop.store(true, Ordering::SeqCst);
                 }
                 results.lock().expect("results lock")[i] = Some(report);
@@ -291,7 +329,7 @@ fn blank(path: &Path) -> RecipeReport {
     RecipeReport {
         recipe: path.to_path_buf(),
         name: stem(path),
-        status: "skipped",
+        status: Status::Skipped,
         digest: None,
         pinned: None,
         destinations: Vec::new(),
@@ -316,61 +354,52 @@ fn stem(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Builds one recipe (`single`: the only one of the command); never returns an error,
-/// reports it. Among several recipes, a partial one (a shared parent) is skipped.
+/// Builds one recipe (`single`: the only one of the command): its report, and the typed
+/// error of a failed build (a single build returns it: exit code, events; a build of
+/// several reports its recipe errors as events). Among several recipes, a partial one
+/// (a shared parent) is skipped.
 pub fn build_one(
     path: &Path,
-    opts: &BuildOptions,
-    ctx: &Context,
-    args: &BuildArgs,
+    request: &BuildRequest,
+    env: &BuildEnv,
     single: bool,
-) -> RecipeReport {
+) -> (RecipeReport, Option<anyhow::Error>) {
     let started = Instant::now();
     crate::progress::set_recipe(Some(path.display().to_string()));
     let mut report = blank(path);
-    match build_recipe(path, opts, ctx, args, single, &mut report) {
+    let mut error = None;
+    match build_recipe(path, request, env, single, &mut report) {
         Ok(()) => {}
         Err(e) if !single && e.is::<PartialRecipe>() => {
             report.reason = Some("partial recipe: a shared parent that others extend".into());
             crate::progress::say(format!("skipping {}: a partial recipe", path.display()));
         }
         Err(e) => {
-            report.status = "failed";
+            report.status = Status::Failed;
             report.error = Some(super::error_text(&e));
             crate::progress::event("recipe-failed", serde_json::json!({"error": report.error}));
-            // Kept typed for the caller on this thread: a single build returns it (exit
-            // code, events), a build of several reports its recipe errors as events.
-            FIRST_ERROR.with(|f| *f.borrow_mut() = Some(e));
+            error = Some(e);
         }
     }
     report.duration_seconds = started.elapsed().as_secs_f64();
     crate::progress::set_recipe(None);
-    report
-}
-
-thread_local! {
-    static FIRST_ERROR: std::cell::RefCell<Option<anyhow::Error>> = const { std::cell::RefCell::new(None) };
-}
-
-/// The typed error of the last failed build on this thread.
-pub fn take_error() -> Option<anyhow::Error> {
-    FIRST_ERROR.with(|f| f.borrow_mut().take())
+    (report, error)
 }
 
 fn build_recipe(
     path: &Path,
-    opts: &BuildOptions,
-    ctx: &Context,
-    args: &BuildArgs,
+    request: &BuildRequest,
+    env: &BuildEnv,
     single: bool,
     report: &mut RecipeReport,
 ) -> Result<()> {
-    let resolved = pipeline::resolve::resolve(path, opts, ctx)?;
-    let ctx = &ctx.for_recipe(&resolved.loaded.recipe);
+    let opts = &request.opts;
+    let resolved = pipeline::resolve::resolve(path, opts, env)?;
+    let ctx = &env.for_recipe(&resolved.loaded.recipe);
     report.name = resolved.name.clone();
     report.destinations = resolved.dests.iter().map(|d| d.to_string()).collect();
     check_report_opts(
-        &args.output.report,
+        &request.report,
         &report
             .destinations
             .iter()
@@ -380,14 +409,13 @@ fn build_recipe(
     // Secrets first: a missing one fails before anything slow happens.
     let secrets = pipeline::resolve_secrets(&resolved.loaded)?;
     let work = WorkDir::new(ctx)?;
-    pipeline::alias_dirs(ctx, work.path());
     let plan = Plan::new(resolved, opts, ctx, work.path(), Some(&secrets))?;
     report.build_key = Some(plan.build_key.clone());
     let dests = &plan.resolved.dests;
     if opts.disk_only.is_none() && !opts.force {
         let arch = plan.resolved.arch.as_str();
         if pipeline::publish::up_to_date(dests, &plan.build_key, ctx, arch)? {
-            report.status = "up-to-date";
+            report.status = Status::UpToDate;
             crate::progress::event(
                 "up_to_date",
                 serde_json::json!({"build_key": plan.build_key}),
@@ -398,8 +426,8 @@ fn build_recipe(
                 if dests.len() == 1 { "s" } else { "" },
                 &plan.build_key[7..19]
             );
-            if single && !args.output.report.print_vm_manifest {
-                println!("{msg}");
+            if single && !request.report.print_vm_manifest {
+                outln!("{msg}")?;
             } else {
                 crate::progress::say(msg);
             }
@@ -407,13 +435,13 @@ fn build_recipe(
         }
     }
     crate::progress::say(format!("building {}", path.display()));
-    match pipeline::run(&plan, ctx, opts, &secrets)? {
+    match pipeline::run(&plan, ctx, &secrets)? {
         Outcome::Disk(d) => {
-            report.status = "built";
-            println!("{}", d.display());
+            report.status = Status::Built;
+            outln!("{}", d.display())?;
         }
         Outcome::Published(p) => {
-            report.status = "built";
+            report.status = Status::Built;
             report.digest = Some(p.image.manifest.digest().to_string());
             report.pinned = p.pinned.clone();
             report.layer_size = Some(p.image.layer.size);
@@ -423,15 +451,15 @@ fn build_recipe(
                 name: &plan.resolved.name,
                 disk_virtual_size: p.disk_virtual_size,
                 recipe: Some(&plan.resolved.loaded.recipe),
-                pull_method: args.pull_method.map(super::pull_method),
+                pull_method: request.pull_method,
                 firmware: plan.resolved.firmware,
             };
-            let dir = args
+            let dir = request
                 .kubevirt_manifests
                 .as_ref()
                 .map(|d| d.join(dns_name(&plan.resolved.name)));
             if single {
-                print_published(&p, &image, &args.output.report, dir.as_deref())?;
+                print_published(&p, &image, &request.report, dir.as_deref())?;
             } else if let (Some(dir), Some(m)) = (&dir, image.manifests()?) {
                 m.write_dir(dir)?;
             }
@@ -531,7 +559,7 @@ pub fn print_published(
     if report.print_vm_manifest {
         eprintln!("{summary}");
     } else {
-        println!("{summary}");
+        outln!("{summary}")?;
     }
     if let Some(f) = &report.digest_file {
         crate::io::atomic::write(f, format!("{}\n", p.image.manifest.digest()).as_bytes())?;
@@ -550,7 +578,7 @@ pub fn print_published(
             .into_iter()
             .next()
             .context("no VM manifest")?;
-        print!("{yaml}");
+        out!("{yaml}")?;
     }
     if let Some(dir) = manifests_dir {
         match &manifests {
@@ -567,16 +595,19 @@ pub fn print_published(
     Ok(())
 }
 
-fn print_table(reports: &[RecipeReport]) {
-    println!(
+fn print_table(reports: &[RecipeReport]) -> Result<()> {
+    outln!(
         "{:<28} {:<11} {:>9} {:>10}  DIGEST / ERROR / REASON",
-        "RECIPE", "STATUS", "TIME", "LAYER"
-    );
+        "RECIPE",
+        "STATUS",
+        "TIME",
+        "LAYER"
+    )?;
     for r in reports {
-        println!(
+        outln!(
             "{:<28} {:<11} {:>9} {:>10}  {}",
             r.name,
-            r.status,
+            r.status.as_str(),
             crate::progress::format_duration(std::time::Duration::from_secs_f64(
                 r.duration_seconds
             )),
@@ -591,6 +622,7 @@ fn print_table(reports: &[RecipeReport]) {
                     .map(|e| e.lines().next().unwrap_or("").to_string()))
                 .or_else(|| r.reason.clone())
                 .unwrap_or_else(|| "-".into())
-        );
+        )?;
     }
+    Ok(())
 }

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
+use super::out::outln;
 use crate::cli::{CacheCommand, GlobalOpts};
 
 pub fn run(g: &GlobalOpts, cmd: CacheCommand) -> Result<ExitCode> {
@@ -11,20 +12,20 @@ pub fn run(g: &GlobalOpts, cmd: CacheCommand) -> Result<ExitCode> {
     match cmd {
         CacheCommand::List => {
             let entries = cache.list()?;
-            println!("{:<73} {:>10}  {:<20}  ORIGIN", "KEY", "SIZE", "LAST USED");
+            outln!("{:<73} {:>10}  {:<20}  ORIGIN", "KEY", "SIZE", "LAST USED")?;
             for e in &entries {
-                println!(
+                outln!(
                     "{:<73} {:>10}  {:<20}  {}",
                     e.key,
                     crate::progress::human_bytes(e.size),
                     e.last_used,
                     e.origin
-                );
+                )?;
             }
             for t in cache.temp_files()? {
                 let name = t.path.strip_prefix(cache.root()).unwrap_or(&t.path);
                 let modified: chrono::DateTime<chrono::Utc> = t.modified.into();
-                println!(
+                outln!(
                     "{:<73} {:>10}  {:<20}  {}",
                     name.display(),
                     crate::progress::human_bytes(t.size),
@@ -36,14 +37,14 @@ pub fn run(g: &GlobalOpts, cmd: CacheCommand) -> Result<ExitCode> {
                         }
                         None => "temporary: cannot tell whether in use (cache prune removes it after a day)",
                     }
-                );
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
         CacheCommand::Prune { days, all } => {
             let older_than = (!all).then(|| std::time::Duration::from_secs(days * 86_400));
             let report = cache.prune(older_than)?;
-            println!(
+            outln!(
                 "removed {} cached file(s), {} temporary file(s) of killed runs ({} in all), {} kept stage disk(s) and {} partial download(s) from {}",
                 report.blobs,
                 report.temps,
@@ -51,7 +52,7 @@ pub fn run(g: &GlobalOpts, cmd: CacheCommand) -> Result<ExitCode> {
                 report.stages,
                 report.partials,
                 cache.root().display()
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
     }

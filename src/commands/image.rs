@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
 
+use super::out::{out, outln};
 use super::summary::ImageSummary;
 use super::UsageError;
 use crate::cli::{GlobalOpts, IndexArgs, InspectArgs, PackArgs, PushArgs};
@@ -260,7 +261,7 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
         if args.report.print_vm_manifest {
             eprintln!("{}", outcome.pinned);
         } else {
-            println!("{}", outcome.pinned);
+            outln!("{}", outcome.pinned)?;
         }
         if first.is_none() {
             first = Some(outcome.pinned);
@@ -297,7 +298,7 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
                 .into_iter()
                 .next()
                 .context("no VM manifest")?;
-            print!("{yaml}");
+            out!("{yaml}")?;
         }
         if let Some(dir) = &args.kubevirt_manifests {
             m.write_dir(dir)?;
@@ -352,7 +353,7 @@ fn write_local(d: &LocalDest, layout: &Layout, src: &str, tag: Option<&str>) -> 
         LocalDest::DockerArchive(r) => r.to_string(),
         LocalDest::Storage(n) => format!("containers-storage:{n}"),
     };
-    println!("{shown} {id}");
+    outln!("{shown} {id}")?;
     Ok(())
 }
 
@@ -362,10 +363,7 @@ pub fn inspect(g: &GlobalOpts, args: InspectArgs) -> Result<ExitCode> {
     let arch = read::host_arch();
     if args.raw || args.config {
         let bytes = document_bytes(g, &r, &args, arch)?;
-        use std::io::Write as _;
-        let mut out = std::io::stdout().lock();
-        out.write_all(&bytes)?;
-        out.flush()?;
+        super::out::write_bytes(&bytes)?;
         return Ok(ExitCode::SUCCESS);
     }
     let key = args
@@ -421,11 +419,9 @@ pub fn inspect(g: &GlobalOpts, args: InspectArgs) -> Result<ExitCode> {
         }
     };
     match (args.json, args.format.as_deref()) {
-        (true, _) | (false, Some("json")) => {
-            println!("{}", serde_json::to_string_pretty(&summary)?)
-        }
-        (false, Some(template)) => println!("{}", summary.render(template)?),
-        (false, None) => print!("{}", summary.text()),
+        (true, _) | (false, Some("json")) => outln!("{}", serde_json::to_string_pretty(&summary)?)?,
+        (false, Some(template)) => outln!("{}", summary.render(template)?)?,
+        (false, None) => out!("{}", summary.text())?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -585,7 +581,7 @@ pub fn index(_g: &GlobalOpts, args: IndexArgs) -> Result<ExitCode> {
                 }
                 Ok(dest.pinned(&idx.digest))
             })?;
-            println!("{pinned}");
+            outln!("{pinned}")?;
         }
         ImageRef::Layout { ref dir, ref tag } => {
             if args.kubevirt_manifests.is_some() {
@@ -623,7 +619,7 @@ pub fn index(_g: &GlobalOpts, args: IndexArgs) -> Result<ExitCode> {
             layout.write_blob(&idx)?;
             let desc = idx.descriptor(image::MEDIA_INDEX)?;
             layout.set_tag(tag.as_deref().unwrap_or("latest"), &desc, None)?;
-            println!("{}", idx.digest);
+            outln!("{}", idx.digest)?;
         }
         ImageRef::Archive { .. } => bail!("an index can be written to oci:DIR:TAG or docker://…"),
     }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
+use super::out::outln;
 use super::UsageError;
 use crate::base::catalog;
 use crate::cli::{GlobalOpts, InitArgs};
@@ -42,7 +43,7 @@ pub fn run(_g: &GlobalOpts, args: InitArgs) -> Result<ExitCode> {
     let text = starter(&name, &entry.name, &entry.description);
     crate::io::atomic::write(path, text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
-    println!("{}", path.display());
+    outln!("{}", path.display())?;
     crate::progress::say(format!(
         "wrote {}: check it with `diskforge validate {0}`, see the steps with `diskforge plan {0}`",
         path.display()

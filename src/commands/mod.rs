@@ -7,6 +7,7 @@ pub mod build;
 pub mod cache;
 pub mod image;
 pub mod init;
+pub mod out;
 pub mod outdated;
 pub mod plan;
 pub mod promote;
@@ -133,37 +134,7 @@ impl Drop for RedactingWriter {
     }
 }
 
-/// The status a shell reports for a process stopped by SIGPIPE.
-pub const EXIT_CLOSED_STDOUT: u8 = 141;
-
-/// Runs `f`; when stdout is a pipe closed by its reader (`diskforge base list | head`),
-/// stops quietly with status 141 — after unwinding ran every cleanup guard — instead of
-/// a panic message. SIGPIPE stays ignored, so a child process closing its stdin is an
-/// error to handle, never a silent death.
-pub fn stop_quietly_on_closed_stdout(
-    f: impl FnOnce() -> ExitCode + std::panic::UnwindSafe,
-) -> ExitCode {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if !is_closed_stdout(info.payload()) {
-            default(info)
-        }
-    }));
-    match std::panic::catch_unwind(f) {
-        Ok(code) => code,
-        Err(p) if is_closed_stdout(p.as_ref()) => ExitCode::from(EXIT_CLOSED_STDOUT),
-        Err(p) => std::panic::resume_unwind(p),
-    }
-}
-
-fn is_closed_stdout(payload: &(dyn std::any::Any + Send)) -> bool {
-    let msg = payload
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| payload.downcast_ref::<&str>().copied())
-        .unwrap_or_default();
-    msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe")
-}
+pub use out::{ClosedStdout, EXIT_CLOSED_STDOUT};
 
 /// Exit codes documented in `diskforge --help` and docs/cli.md.
 pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
@@ -172,6 +143,9 @@ pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
 
 /// The number behind [`exit_code_for`].
 pub fn exit_code_number(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<ClosedStdout>().is_some() {
+        return EXIT_CLOSED_STDOUT;
+    }
     if let Some(sig) = crate::sys::interrupt::signal() {
         return (128 + sig) as u8;
     }
@@ -252,6 +226,10 @@ pub fn error_text(err: &anyhow::Error) -> String {
 /// Reports a command's error: a `recipe-error` event per located recipe error, an
 /// `error` event, and the `error:` line on stderr. Returns the exit code.
 pub fn report_error(err: &anyhow::Error) -> ExitCode {
+    if err.downcast_ref::<ClosedStdout>().is_some() {
+        // The reader went away: nothing to tell it, and stderr may be gone too.
+        return ExitCode::from(EXIT_CLOSED_STDOUT);
+    }
     recipe_error_events(err);
     let code = exit_code_for(err);
     let text = error_text(err);
@@ -284,12 +262,14 @@ pub fn run(mut cli: Cli) -> Result<ExitCode> {
     let g = &cli.global;
     match cli.command {
         Command::Completions { shell } => {
+            let mut script = Vec::new();
             clap_complete::generate(
                 shell,
                 &mut crate::cli::command(),
                 "diskforge",
-                &mut std::io::stdout(),
+                &mut script,
             );
+            out::write_bytes(&script)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Man { out_dir } => man_pages(out_dir.as_deref()),
@@ -314,7 +294,6 @@ pub fn run(mut cli: Cli) -> Result<ExitCode> {
 /// `diskforge man`: diskforge(1) on stdout, or every page written into `out_dir`, each
 /// whole or not at all.
 fn man_pages(out_dir: Option<&std::path::Path>) -> Result<ExitCode> {
-    use std::io::Write;
     let mut cmd = crate::cli::command().disable_help_subcommand(true);
     cmd.build();
     let render = |c: &clap::Command| -> Result<Vec<u8>> {
@@ -325,10 +304,7 @@ fn man_pages(out_dir: Option<&std::path::Path>) -> Result<ExitCode> {
         Ok(page)
     };
     let Some(dir) = out_dir else {
-        std::io::stdout()
-            .lock()
-            .write_all(&render(&cmd)?)
-            .context("writing the manual page to stdout")?;
+        out::write_bytes(&render(&cmd)?)?;
         return Ok(ExitCode::SUCCESS);
     };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -408,7 +384,7 @@ pub fn push_options(
 }
 
 /// The pipeline context of a command.
-pub fn context(g: &GlobalOpts, registry: RegistryOptions) -> Result<pipeline::Context> {
+pub fn context(g: &GlobalOpts, registry: RegistryOptions) -> Result<pipeline::BuildEnv> {
     let mut ctx = context_without_cache(g, registry)?;
     ctx.cache = crate::cache::Cache::open(g.cache_dir.as_deref())?;
     Ok(ctx)
@@ -419,12 +395,12 @@ pub fn context(g: &GlobalOpts, registry: RegistryOptions) -> Result<pipeline::Co
 pub fn context_without_cache(
     g: &GlobalOpts,
     registry: RegistryOptions,
-) -> Result<pipeline::Context> {
+) -> Result<pipeline::BuildEnv> {
     let root = match &g.cache_dir {
         Some(d) => d.clone(),
         None => crate::cache::Cache::default_root()?,
     };
-    Ok(pipeline::Context {
+    Ok(pipeline::BuildEnv {
         cache: crate::cache::Cache::read_only(root),
         accel: match g.accel {
             crate::cli::Accel::Auto => crate::sys::accel::Accel::Auto,

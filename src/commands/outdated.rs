@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use serde::Serialize;
 
+use super::out::outln;
 use super::{UsageError, EXIT_STALE};
 use crate::cli::{GlobalOpts, OutdatedArgs};
 use crate::pipeline::resolve::PartialRecipe;
@@ -112,20 +113,22 @@ pub fn run(g: &GlobalOpts, args: OutdatedArgs) -> Result<ExitCode> {
         crate::io::atomic::write(f, serde_json::to_string_pretty(&doc)?.as_bytes())?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        outln!("{}", serde_json::to_string_pretty(&doc)?)?;
     } else {
-        println!(
+        outln!(
             "{:<24} {:<8} {:<50} REASONS",
-            "RECIPE", "STATUS", "DESTINATION"
-        );
+            "RECIPE",
+            "STATUS",
+            "DESTINATION"
+        )?;
         for s in &rows {
-            println!(
+            outln!(
                 "{:<24} {:<8} {:<50} {}",
                 s.name,
                 s.status,
                 s.destination.as_deref().unwrap_or("-"),
                 s.reasons.join("; ")
-            );
+            )?;
         }
     }
     Ok(if rows.iter().any(|s| s.status == "stale") {

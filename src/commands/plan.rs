@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
+use super::out::outln;
 use crate::cli::{GlobalOpts, PlanArgs};
 use crate::pipeline::{self, BuildOptions, Plan};
 
@@ -26,14 +27,13 @@ pub fn run(g: &GlobalOpts, a: PlanArgs) -> Result<ExitCode> {
     let resolved = pipeline::resolve::resolve(&a.recipe, &opts, &ctx)?;
     // The plan's work directory is never created: it only names `$WORK`.
     let work = ctx.cache.root().join("work").join("plan");
-    pipeline::alias_dirs(&ctx, &work);
     let plan = Plan::new(resolved, &opts, &ctx, &work, None)?;
     let text = if a.json {
         serde_json::to_string_pretty(&plan.to_json())?
     } else {
         render(&plan)
     };
-    println!("{}", crate::redact::apply(&text, &[]));
+    outln!("{}", crate::redact::apply(&text, &[]))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -50,7 +50,7 @@ fn render(plan: &Plan) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    for (i, step) in plan.steps.iter().enumerate() {
+    for (i, step) in plan.shown().iter().enumerate() {
         s.push_str(&format!(
             "\n{}. {}: {}{}\n   key {}\n",
             i + 1,

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 
+use super::out::outln;
 use super::UsageError;
 use crate::cli::{GlobalOpts, PushArgs};
 use crate::pipeline::promote;
@@ -109,7 +110,7 @@ pub fn run(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
                 p.attachments.join(", ")
             }
         );
-        println!("{}", p.pinned);
+        outln!("{}", p.pinned)?;
     }
     if let Some(f) = &args.report.digest_file {
         crate::io::atomic::write(f, format!("{digest}\n").as_bytes())

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 
+use super::out::{out, outln};
 use crate::cli::{GlobalOpts, RunArgs};
 use crate::recipe::{DiskFormat, Firmware};
 use crate::vm::{self, probe};
@@ -217,11 +218,11 @@ pub fn run(g: &GlobalOpts, args: RunArgs) -> Result<ExitCode> {
     });
     match checked {
         Ok(report) => {
-            print!("{report}");
-            println!(
+            out!("{report}")?;
+            outln!(
                 "check passed in {}",
                 crate::progress::format_duration(started.elapsed())
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

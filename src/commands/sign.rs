@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _, Result};
 
+use super::out::outln;
 use crate::cli::{GlobalOpts, SignArgs};
 use crate::oci::{ImageRef, Layout};
 use crate::pipeline::attest;
@@ -34,7 +35,7 @@ pub fn run(_g: &GlobalOpts, args: SignArgs) -> Result<ExitCode> {
                 attest::to_registry(&client, &r, &subject, &[], Some(&sig)).await?;
                 Ok::<_, anyhow::Error>(r.pinned(&digest))
             })?;
-            println!("{pinned}");
+            outln!("{pinned}")?;
         }
         ImageRef::Layout { dir, tag } => {
             let layout = Layout::open(&dir)?;
@@ -42,7 +43,7 @@ pub fn run(_g: &GlobalOpts, args: SignArgs) -> Result<ExitCode> {
             let name = crate::pipeline::publish::layout_identity(&dir);
             let sig = sign::sign(&key, &name, desc.digest().as_ref())?;
             attest::to_layout(&layout, &desc, &[], Some(&sig))?;
-            println!("{}", desc.digest());
+            outln!("{}", desc.digest())?;
         }
         ImageRef::Archive { .. } => bail!("sign takes a registry image or an OCI layout"),
     }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
+use super::out::{out, outln};
 use crate::base::catalog::CatalogEntry;
 use crate::cli::{GlobalOpts, ValidateArgs};
 use crate::recipe::diag::{self, RecipeError, RecipeErrors, Seg};
@@ -131,7 +132,7 @@ pub fn run(g: &GlobalOpts, args: ValidateArgs) -> Result<ExitCode> {
             crate::pipeline::resolve::check_static(path, &opts, &ctx).map(|_| ())
         };
         match result {
-            Ok(()) => println!("OK    {}", path.display()),
+            Ok(()) => outln!("OK    {}", path.display())?,
             Err(e) => code = super::report_error(&e),
         }
     }
@@ -147,6 +148,6 @@ pub fn schema_json() -> Result<String> {
 }
 
 pub fn schema() -> Result<ExitCode> {
-    print!("{}", schema_json()?);
+    out!("{}", schema_json()?)?;
     Ok(ExitCode::SUCCESS)
 }

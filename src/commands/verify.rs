@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 
+use super::out::outln;
 use crate::cli::{GlobalOpts, VerifyArgs};
 use crate::io::scratch::ScratchDir;
 use crate::oci::read::LayoutImage;
@@ -176,7 +177,7 @@ pub fn run(g: &GlobalOpts, args: VerifyArgs) -> Result<ExitCode> {
         booted: None,
     };
     if !args.json {
-        report.print_checks();
+        report.print_checks()?;
     }
     if !report.satisfied || !args.boot {
         return report.finish(args.json);
@@ -210,11 +211,11 @@ pub fn run(g: &GlobalOpts, args: VerifyArgs) -> Result<ExitCode> {
     })();
     report.booted = Some(booted.is_ok());
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     }
     booted?;
     if !args.json {
-        println!("  ok    boots, and ttyd answers");
+        outln!("  ok    boots, and ttyd answers")?;
     }
     report.finish_quietly(args.json)
 }
@@ -235,20 +236,21 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
-    fn print_checks(&self) {
+    fn print_checks(&self) -> Result<()> {
         for l in &self.passed {
-            println!("  ok    {l}");
+            outln!("  ok    {l}")?;
         }
         for p in &self.failed {
-            println!("  FAIL  {p}");
+            outln!("  FAIL  {p}")?;
         }
+        Ok(())
     }
 
     /// Prints the report (JSON, or the closing line) and turns failures into the
     /// contract violation (exit 4).
     fn finish(self, json: bool) -> Result<ExitCode> {
         if json {
-            println!("{}", serde_json::to_string_pretty(&self)?);
+            outln!("{}", serde_json::to_string_pretty(&self)?)?;
         }
         self.finish_quietly(json)
     }
@@ -262,7 +264,7 @@ impl VerifyReport {
             .into());
         }
         if !json {
-            println!("{}: containerDisk contract satisfied", self.image);
+            outln!("{}: containerDisk contract satisfied", self.image)?;
         }
         Ok(ExitCode::SUCCESS)
     }

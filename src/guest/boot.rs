@@ -134,6 +134,7 @@ pub fn inspect(
         }],
         false,
         accel,
+        &crate::guest::fish::Session::default(),
     )?;
     let facts =
         read(&f, work).with_context(|| format!("reading the boot layout of {}", disk.display()))?;

@@ -18,14 +18,34 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use anyhow::{bail, Context, Result};
 
 use crate::sys::accel::Effective;
-use crate::sys::exec::Cmd;
+use crate::sys::exec::{Cmd, PathNames};
 
-/// Appliance launches in this process (reported after a build).
-static LAUNCHES: AtomicUsize = AtomicUsize::new(0);
+/// What the appliance launches of one build (or one command) share: their count, kept
+/// by [`Fish::launch`] (builds side by side, `build --jobs`, each count their own), and
+/// the directories their command lines show by name.
+#[derive(Debug, Default)]
+pub struct Session {
+    launches: AtomicUsize,
+    names: PathNames,
+}
 
-/// Appliance launches so far in this process.
-pub fn launches() -> usize {
-    LAUNCHES.load(Ordering::SeqCst)
+impl Session {
+    pub fn new(names: PathNames) -> Session {
+        Session {
+            launches: AtomicUsize::new(0),
+            names,
+        }
+    }
+
+    /// The directories command lines show by name.
+    pub fn names(&self) -> &PathNames {
+        &self.names
+    }
+
+    /// Launches so far.
+    pub fn launches(&self) -> usize {
+        self.launches.load(Ordering::SeqCst)
+    }
 }
 
 /// A running guestfish server with its appliance. Dropping it shuts the appliance down.
@@ -70,8 +90,13 @@ impl Fish {
 
     /// Starts guestfish with the drives attached and launches the appliance (libguestfs's
     /// one vCPU: see [`LAUNCH_TIMEOUT`] and ARCHITECTURE.md for why not two).
-    pub fn launch(drives: &[Drive<'_>], network: bool, accel: Effective) -> Result<Fish> {
-        let cmd = accel.libguestfs_env(Fish::launch_cmd(drives, network));
+    pub fn launch(
+        drives: &[Drive<'_>],
+        network: bool,
+        accel: Effective,
+        session: &Session,
+    ) -> Result<Fish> {
+        let cmd = accel.libguestfs_env(Fish::launch_cmd(drives, network).named(&session.names));
         let server_log = tempfile::Builder::new()
             .prefix("diskforge-guestfish-")
             .tempfile()
@@ -108,8 +133,8 @@ impl Fish {
             server_log,
             server_log_read: Cell::new(0),
         };
-        LAUNCHES.fetch_add(1, Ordering::SeqCst);
-        crate::progress::event("appliance", serde_json::json!({"launch": launches()}));
+        let launch = session.launches.fetch_add(1, Ordering::SeqCst) + 1;
+        crate::progress::event("appliance", serde_json::json!({"launch": launch}));
         fish.call_with(&["run"], Some(LAUNCH_TIMEOUT))
             .context("launching the libguestfs appliance")?;
         Ok(fish)

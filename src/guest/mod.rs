@@ -27,8 +27,7 @@ use script::Part;
 pub struct GuestJob<'a> {
     /// The qcow2 overlay to work on (already resized).
     pub disk: &'a Path,
-    /// Grow the root partition and filesystem: `Some(partition override)`.
-    pub grow: Option<Option<&'a str>>,
+    pub grow: Grow<'a>,
     /// Customization parts run in order.
     pub parts: Vec<&'a Part>,
     /// The appliance needs a network (package installs).
@@ -47,6 +46,19 @@ pub struct GuestJob<'a> {
     pub protect_boot: bool,
     /// Relabel for SELinux at the end (the last launch of a build).
     pub relabel: selinux::Relabel,
+    /// The build's launches (counted, and named directories in their command lines).
+    pub session: &'a fish::Session,
+}
+
+/// Whether a launch grows a partition and its filesystem to the end of the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grow<'a> {
+    /// The disk did not get bigger: partitions stay as they are.
+    No,
+    /// The partition holding `/`.
+    Root,
+    /// This partition (`disk.grow.partition`).
+    Partition(&'a str),
 }
 
 /// What the guest stage measured.
@@ -61,7 +73,7 @@ pub struct GuestReport {
 
 /// Runs `job` in one appliance launch.
 pub fn run(job: &GuestJob<'_>) -> Result<GuestReport> {
-    let launches_before = fish::launches();
+    let launches_before = job.session.launches();
     let mut f = Fish::launch(
         &[Drive {
             path: job.disk,
@@ -70,6 +82,7 @@ pub fn run(job: &GuestJob<'_>) -> Result<GuestReport> {
         }],
         job.network,
         job.accel,
+        job.session,
     )?;
     for s in &job.secrets {
         f.add_secret(s);
@@ -86,13 +99,13 @@ pub fn run(job: &GuestJob<'_>) -> Result<GuestReport> {
     mount_all(&f, &mounts, job.protect_boot)?;
     let before = f.filesystem_bytes("/")?;
     let mut after = before;
-    if let Some(partition) = job.grow {
+    if job.grow != Grow::No {
         f.umount_all()?;
         let stage = crate::progress::stage(
             "grow",
             format!("growing {root_block} ({fs_type}) to fill the disk"),
         );
-        grow(&f, &root_block, &fs_type, partition, &mounts)?;
+        grow(&f, &root_block, &fs_type, job.grow, &mounts)?;
         stage.done();
         mount_all(&f, &mounts, job.protect_boot)?;
         after = f.filesystem_bytes("/")?;
@@ -164,7 +177,9 @@ pub fn run(job: &GuestJob<'_>) -> Result<GuestReport> {
     }
     f.umount_all()?;
     f.close()?;
-    let launches = fish::launches() - launches_before;
+    // The build's own counter: other builds of the command (`--jobs`) launch their own
+    // appliances meanwhile.
+    let launches = job.session.launches() - launches_before;
     crate::progress::event("appliance_launches", json!({"count": launches}));
     Ok(GuestReport {
         root_device: root_block,
@@ -488,15 +503,16 @@ fn grow(
     f: &Fish,
     root_block: &str,
     fs_type: &str,
-    partition: Option<&str>,
+    which: Grow<'_>,
     mounts: &[(String, String)],
 ) -> Result<()> {
     use grow::{GrowInput, Op, Table};
     let fs = grow::FsKind::parse(fs_type)?;
     let lvm = f.is_lv(root_block);
-    let part = match partition {
-        Some(p) => p.to_string(),
-        None if lvm => {
+    let part = match which {
+        Grow::No => return Ok(()),
+        Grow::Partition(p) => p.to_string(),
+        Grow::Root if lvm => {
             let pvs = f.physical_volumes()?;
             match pvs.as_slice() {
                 [one] => one.clone(),
@@ -506,7 +522,7 @@ fn grow(
                 ),
             }
         }
-        None => root_block.to_string(),
+        Grow::Root => root_block.to_string(),
     };
     let (disk, partnum) = f.partition_of(&part).with_context(|| {
         format!("{part} is not a partition: nothing to grow (set disk.grow.enabled: false)")

@@ -1,8 +1,9 @@
-//! One pipeline for `plan` and `build`: a build is a list of typed steps (base, overlay,
-//! guest, finalize, pack, publish), each able to describe itself (what `plan` prints:
-//! exact command lines, secrets as `***`, tags expanded), to give its key (a hash of its
-//! inputs chained to the previous step's key) and to run. `plan` describes, `build`
-//! runs; the build key is the last key.
+//! One pipeline for `plan` and `build`: `Plan::new` turns a resolved recipe into typed
+//! steps ([`step`]: base, overlay, appliance launches, stage, finalize, then a disk or
+//! pack, publish and attest), each with its payload decided once and its key (a hash of
+//! its inputs chained to the previous step's key). `plan` prints the payloads (exact
+//! command lines, secrets as `***`, tags expanded); `run` executes them, matching every
+//! step; the build key is the last key.
 //!
 //! With `--incremental`, the disk after growth and package installation is kept in the
 //! cache under its stage key, and a rebuild whose packages did not change starts from
@@ -13,14 +14,18 @@ pub mod promote;
 pub mod publish;
 pub mod resolve;
 pub mod stages;
+pub mod step;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
 
 use crate::base::CachedBase;
 use crate::cache::Cache;
+use crate::guest::fish::Session;
 use crate::guest::fish::{Drive, Fish};
 use crate::guest::script::{self, Customization, Secrets};
 use crate::guest::selinux::Relabel;
@@ -28,13 +33,17 @@ use crate::oci::Compression;
 use crate::recipe::{self, Arch, DiskFormat, LoadedRecipe};
 use crate::registry::RegistryOptions;
 use crate::sys::accel;
-use crate::sys::exec::Cmd;
+use crate::sys::exec::{Cmd, PathNames};
 use crate::sys::qemu_img;
 pub use resolve::{Base, Resolved};
+use step::{
+    Attest, Backing, BaseAction, Deliver, DeliverStep, DiskStep, Finalize, GrowRoot, Growth,
+    GuestSpec, Keyed, Overlay, Pack, Parts, Publish, Shown, Stage, Step,
+};
 
 /// What every build shares: the cache, the accelerator, where work happens, registries.
 #[derive(Debug, Clone)]
-pub struct Context {
+pub struct BuildEnv {
     pub cache: Cache,
     pub accel: accel::Accel,
     pub offline: bool,
@@ -61,7 +70,7 @@ impl std::fmt::Debug for Clients {
     }
 }
 
-impl Context {
+impl BuildEnv {
     /// The client for `registry` (connected on first use).
     pub async fn client(&self, registry: &str) -> Result<std::sync::Arc<crate::registry::Client>> {
         let plain = !self.registry.tls_verify
@@ -88,7 +97,7 @@ impl Context {
 
     /// This context with the registries `r` lists under `output.insecure-registries`
     /// reached over plain HTTP.
-    pub fn for_recipe(&self, r: &recipe::Recipe) -> Context {
+    pub fn for_recipe(&self, r: &recipe::Recipe) -> BuildEnv {
         let mut c = self.clone();
         c.registry
             .insecure_registries
@@ -117,34 +126,21 @@ pub struct BuildOptions {
     pub signer: Option<std::sync::Arc<crate::provenance::PrivateKey>>,
 }
 
-/// One step of a build.
-#[derive(Debug)]
-pub struct Step {
-    pub name: &'static str,
-    pub description: String,
-    /// A hash of the step's inputs chained to the previous step's key.
-    pub key: String,
-    /// The external commands the step runs, in order.
-    pub commands: Vec<Cmd>,
-    /// What the step does inside the appliance (not processes of their own).
-    pub operations: Vec<String>,
-    /// Nothing to do: the result is in the cache.
-    pub cached: bool,
-}
-
-/// A build, described.
+/// A build, described: every step decided, each with its key.
 pub struct Plan {
     pub resolved: Resolved,
-    pub steps: Vec<Step>,
+    pub base: Keyed<BaseAction>,
+    /// From the base to the disk before finalize: overlay, appliance launches, stage.
+    pub disk: Vec<Keyed<DiskStep>>,
+    pub finalize: Keyed<Finalize>,
+    pub deliver: Deliver,
     /// The key of the whole build (stored as a label; "up to date" compares it).
     pub build_key: String,
     pub work: PathBuf,
-    pub incremental: bool,
-    /// The incremental stage disk, when the cache has it.
-    pub stage_hit: Option<PathBuf>,
     pub customization: Customization,
-    /// What the last guest launch does about SELinux labels.
-    pub relabel: Relabel,
+    /// The work and cache directories as `$WORK` and `$CACHE` in command lines, so a plan
+    /// and its build print the same commands wherever their files live.
+    pub names: PathNames,
 }
 
 /// The label holding a build's key.
@@ -231,7 +227,7 @@ impl Plan {
     pub fn new(
         resolved: Resolved,
         opts: &BuildOptions,
-        ctx: &Context,
+        env: &BuildEnv,
         work: &Path,
         secrets: Option<&Secrets>,
     ) -> Result<Plan> {
@@ -264,348 +260,285 @@ impl Plan {
             Base::Image { spec, .. } => spec.format,
             Base::Build { .. } => DiskFormat::Qcow2,
         };
+        let keys = Keys::new(&resolved, identity.as_deref(), base_format, &customization)?;
+        let stage_hit = if opts.incremental && identity.is_some() {
+            stages::lookup(&env.cache, &keys.packages)?
+        } else {
+            None
+        };
         let base_path = resolved
             .base
             .cached()
             .map(|c| c.path.clone())
-            .unwrap_or_else(|| ctx.cache.blob_dir().join(BASE_NOT_YET_CACHED));
-        // Without the base's size (not downloaded yet), a size in the recipe means growth.
-        let grows = r.disk.grow.enabled
-            && match (resolved.base_size, resolved.target_size) {
-                (Some(b), Some(t)) => t > b,
-                _ => r.disk.size.is_some(),
-            };
-
-        let sv = &resolved.loaded.secret_values;
-        let k_base = chain(
-            "",
-            "base",
-            json!({"diskforge": env!("CARGO_PKG_VERSION"), "base": identity.as_deref().unwrap_or(BASE_NOT_YET_CACHED),
-                   "arch": resolved.arch.as_str(), "format": base_format.as_str()}),
-            sv,
-        )?;
-        let k_grow = chain(
-            &k_base,
-            "grow",
-            json!({"disk": serde_json::to_value(&r.disk)?}),
-            sv,
-        )?;
-        let k_packages = chain(
-            &k_grow,
-            "packages",
-            json!({"install": customization.package_names, "remove": r.customize.remove_packages}),
-            sv,
-        )?;
-        let k_guest = chain(
-            &k_packages,
-            "guest",
-            json!({"customize": customize_without_packages(r)?, "ttyd": serde_json::to_value(&r.ttyd)?,
-                   "ttyd-binary": resolved.ttyd.as_ref().map(|t| t.digest().to_string()),
-                   "files": resolved.files, "hygiene": serde_json::to_value(&r.hygiene)?}),
-            sv,
-        )?;
-        let k_final = chain(
-            &k_guest,
-            "finalize",
-            json!({"format": r.output.format.as_str(), "qcow2-compress": r.output.qcow2_compress}),
-            sv,
-        )?;
-        let o = &r.output;
-        let k_image = chain(
-            &k_final,
-            "pack",
-            json!({"compression": resolved.compression.name(), "level": resolved.level,
-                   "disk-name": o.disk_name, "labels": o.labels, "annotations": o.annotations,
-                   "kubevirt": serde_json::to_value(&o.kubevirt)?, "name": resolved.name,
-                   "description": r.description, "version": o.version,
-                   "firmware": resolved.firmware.as_str(),
-                   "entrypoint": crate::oci::image::ENTRYPOINT_PLACEHOLDER}),
-            sv,
-        )?;
-
-        let stage_hit = if opts.incremental && identity.is_some() {
-            stages::lookup(&ctx.cache, &k_packages)?
-        } else {
-            None
+            .unwrap_or_else(|| env.cache.blob_dir().join(BASE_NOT_YET_CACHED));
+        let on_base = |disk: PathBuf, stage: bool| Overlay {
+            backing: Backing::Base {
+                path: base_path.clone(),
+                format: base_format,
+            },
+            disk,
+            size: r.disk.size,
+            base_size: resolved.base_size,
+            stage,
         };
         let overlay = work.join("overlay.qcow2");
         let stage_disk = work.join("stage.qcow2");
-        let target = resolved.target_size;
-        let resize = |disk: &Path| -> Option<Cmd> {
-            match (resolved.base_size, target, r.disk.size) {
-                (Some(b), Some(t), _) if t > b => Some(qemu_img::resize_cmd(disk, t)),
-                // Known once the base is downloaded.
-                (None, _, Some(size)) => Some(qemu_img::resize_placeholder_cmd(
-                    disk,
-                    &format!("<{size} for the downloaded base>"),
-                )),
-                _ => None,
+        let has_packages = !customization.package_names.is_empty();
+        let grow = match &r.disk.grow {
+            g if g.enabled => GrowRoot::IfResized {
+                partition: g.partition.clone(),
+            },
+            _ => GrowRoot::No,
+        };
+        let launch = |disk: &Path, parts: Parts, grow: GrowRoot| {
+            let (network, sparsify, last) = match parts {
+                Parts::Packages => (has_packages, false, false),
+                Parts::Rest => (false, r.hygiene.sparsify, true),
+                Parts::All => (has_packages, r.hygiene.sparsify, true),
+            };
+            GuestSpec {
+                disk: disk.to_path_buf(),
+                parts,
+                grow,
+                network,
+                sparsify,
+                // The last launch relabels everything the build wrote, the kept stage
+                // included, and reads the package database for the SBOM.
+                relabel: if last { relabel } else { Relabel::Skip },
+                packages_to: last.then(|| work.join("packages")),
+                protect_boot: !writes_boot(r, network, sparsify),
+                ttyd_to: if last { ttyd_file.clone() } else { None },
             }
         };
-        let grow_op = || {
-            format!(
-                "grow {} to the end of the disk, then its filesystem",
-                r.disk
-                    .grow
-                    .partition
-                    .clone()
-                    .unwrap_or_else(|| "the partition holding /".into())
-            )
+        let keyed = |key: &str, step: DiskStep| Keyed {
+            key: key.to_string(),
+            step,
         };
-        let mut steps = Vec::new();
-        steps.push(base_step(&resolved, &k_base, work)?);
-
-        let split = opts.incremental;
-        if split {
-            match &stage_hit {
-                Some(stage) => {
-                    // Growth and packages are done: the kept stage disk is their result.
-                    steps.push(Step {
-                        name: "guest-packages",
-                        description: format!(
-                            "grow and install packages: the kept stage disk {}",
-                            short(&k_packages)
-                        ),
-                        key: k_packages.clone(),
-                        commands: Vec::new(),
-                        operations: Vec::new(),
-                        cached: true,
-                    });
-                    steps.push(Step {
-                        name: "overlay",
-                        description: format!(
-                            "overlay on the kept stage disk {}",
-                            short(&k_packages)
-                        ),
-                        key: k_packages.clone(),
-                        commands: vec![qemu_img::create_overlay_cmd(
-                            stage,
-                            DiskFormat::Qcow2,
-                            &overlay,
-                        )],
-                        operations: Vec::new(),
-                        cached: false,
-                    });
-                }
-                None => {
-                    let mut commands = vec![qemu_img::create_overlay_cmd(
-                        &base_path,
-                        base_format,
-                        &stage_disk,
-                    )];
-                    commands.extend(resize(&stage_disk));
-                    steps.push(Step {
-                        name: "overlay",
-                        description: "stage disk on the cached base (never modified), resized"
-                            .into(),
-                        key: k_grow.clone(),
-                        commands,
-                        operations: Vec::new(),
-                        cached: false,
-                    });
-                    let mut ops = Vec::new();
-                    if grows {
-                        ops.push(grow_op());
-                    }
-                    ops.extend(customization.packages.steps.iter().cloned());
-                    steps.push(Step {
-                        name: "guest-packages",
-                        description: "one appliance launch: grow and install packages; the disk is kept for later builds".into(),
-                        key: k_packages.clone(),
-                        commands: vec![Fish::launch_cmd(
-                            &[Drive { path: &stage_disk, format: "qcow2", readonly: false }],
-                            !customization.package_names.is_empty(),
-                        )],
-                        operations: ops,
-                        cached: false,
-                    });
-                    steps.push(Step {
-                        name: "stage",
-                        description: format!("keep the stage disk as {}", short(&k_packages)),
-                        key: k_packages.clone(),
-                        commands: vec![qemu_img::create_overlay_cmd(
-                            &stages::path(&ctx.cache, &k_packages)?,
-                            DiskFormat::Qcow2,
-                            &overlay,
-                        )],
-                        operations: Vec::new(),
-                        cached: false,
-                    });
-                }
-            }
-            steps.push(Step {
-                name: "guest",
-                description: "one appliance launch: users, files, commands, ttyd, hygiene".into(),
-                key: k_guest.clone(),
-                commands: vec![Fish::launch_cmd(
-                    &[Drive {
-                        path: &overlay,
-                        format: "qcow2",
-                        readonly: false,
-                    }],
-                    false,
-                )],
-                operations: customization
-                    .main
-                    .steps
-                    .iter()
-                    .cloned()
-                    .chain(relabel.operation())
-                    .collect(),
-                cached: false,
-            });
-        } else {
-            let mut commands = vec![qemu_img::create_overlay_cmd(
-                &base_path,
-                base_format,
-                &overlay,
-            )];
-            commands.extend(resize(&overlay));
-            steps.push(Step {
-                name: "overlay",
-                description: format!(
-                    "overlay on the cached base (never modified){}",
-                    match target {
-                        Some(t) => format!(", resized to {}", crate::progress::human_bytes(t)),
-                        None => String::new(),
-                    }
+        let disk = match (opts.incremental, &stage_hit) {
+            (false, _) => vec![
+                keyed(
+                    &keys.grow,
+                    DiskStep::Overlay(on_base(overlay.clone(), false)),
                 ),
-                key: k_grow.clone(),
-                commands,
-                operations: Vec::new(),
-                cached: false,
-            });
-            let mut ops = Vec::new();
-            if grows {
-                ops.push(grow_op());
-            }
-            ops.extend(customization.steps());
-            ops.extend(relabel.operation());
-            if r.hygiene.sparsify {
-                ops.push("zero free space".into());
-            }
-            steps.push(Step {
-                name: "guest",
-                description: "one appliance launch: grow, packages, customization, ttyd, hygiene"
-                    .into(),
-                key: k_guest.clone(),
-                commands: vec![Fish::launch_cmd(
-                    &[Drive {
-                        path: &overlay,
-                        format: "qcow2",
-                        readonly: false,
-                    }],
-                    !customization.package_names.is_empty(),
-                )],
-                operations: ops,
-                cached: false,
-            });
-        }
-        let disk = work.join(format!(
-            "disk.{}",
-            if o.format == DiskFormat::Raw {
-                "img"
-            } else {
-                "qcow2"
-            }
-        ));
-        let mut fin = vec![qemu_img::convert_cmd(
-            &overlay,
-            &disk,
-            o.format,
-            o.qcow2_compress,
-        )];
-        if o.format == DiskFormat::Qcow2 {
-            fin.push(qemu_img::check_cmd(&disk));
-        }
-        fin.push(qemu_img::info_cmd(&disk));
-        steps.push(Step {
-            name: "finalize",
-            description: "flatten into a standalone disk and check it".into(),
-            key: k_final.clone(),
-            commands: fin,
-            operations: Vec::new(),
-            cached: false,
-        });
-        match &opts.disk_only {
-            Some(dest) => steps.push(Step {
-                name: "disk",
-                description: format!("write the disk to {}", dest.display()),
-                key: k_final.clone(),
-                commands: Vec::new(),
-                operations: Vec::new(),
-                cached: false,
-            }),
-            None => {
-                steps.push(Step {
-                    name: "pack",
-                    description: format!(
-                        "pack /disk/{} (107:107, 0440) into an OCI layer ({}), config and manifest",
-                        o.disk_name,
-                        resolved.compression.name()
-                    ),
-                    key: k_image.clone(),
-                    commands: Vec::new(),
-                    operations: Vec::new(),
-                    cached: false,
-                });
-                steps.push(Step {
-                    name: "publish",
-                    description: format!(
-                        "write {}",
-                        resolved
-                            .dests
-                            .iter()
-                            .map(|d| d.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                    key: k_image.clone(),
-                    commands: Vec::new(),
-                    operations: Vec::new(),
-                    cached: false,
-                });
-                steps.push(Step {
-                    name: "attest",
-                    description: format!(
-                        "attach an SPDX SBOM of the guest's packages and SLSA provenance{}",
-                        match &opts.signer {
-                            Some(k) => format!(", signed with key {}", k.public().fingerprint()),
-                            None => String::new(),
-                        }
-                    ),
-                    key: k_image.clone(),
-                    commands: Vec::new(),
-                    operations: Vec::new(),
-                    cached: false,
-                });
-            }
-        }
-        let build_key = match identity {
-            Some(_) => k_image,
-            None => {
-                for s in &mut steps {
-                    s.key = KEY_NOT_YET_KNOWN.to_string();
-                }
-                KEY_NOT_YET_KNOWN.to_string()
-            }
+                keyed(
+                    &keys.guest,
+                    DiskStep::Guest(launch(&overlay, Parts::All, grow)),
+                ),
+            ],
+            // Growth and packages are done: the kept stage disk is their result.
+            (true, Some(stage)) => vec![
+                keyed(&keys.packages, DiskStep::KeptPackages),
+                keyed(
+                    &keys.packages,
+                    DiskStep::Overlay(Overlay {
+                        backing: Backing::KeptStage(stage.clone()),
+                        disk: overlay.clone(),
+                        size: None,
+                        base_size: None,
+                        stage: false,
+                    }),
+                ),
+                keyed(
+                    &keys.guest,
+                    DiskStep::Guest(launch(&overlay, Parts::Rest, GrowRoot::No)),
+                ),
+            ],
+            (true, None) => vec![
+                keyed(
+                    &keys.grow,
+                    DiskStep::Overlay(on_base(stage_disk.clone(), true)),
+                ),
+                keyed(
+                    &keys.packages,
+                    DiskStep::Guest(launch(&stage_disk, Parts::Packages, grow)),
+                ),
+                keyed(
+                    &keys.packages,
+                    DiskStep::Stage(Stage {
+                        disk: stage_disk.clone(),
+                        kept: stages::path(&env.cache, &keys.packages)?,
+                        overlay: overlay.clone(),
+                    }),
+                ),
+                keyed(
+                    &keys.guest,
+                    DiskStep::Guest(launch(&overlay, Parts::Rest, GrowRoot::No)),
+                ),
+            ],
         };
-        Ok(Plan {
-            resolved,
-            steps,
-            build_key,
+        let o = &r.output;
+        let finalize = Keyed {
+            key: keys.finalize.clone(),
+            step: Finalize {
+                from: overlay,
+                disk: work.join(format!(
+                    "disk.{}",
+                    if o.format == DiskFormat::Raw {
+                        "img"
+                    } else {
+                        "qcow2"
+                    }
+                )),
+                format: o.format,
+                compress: o.qcow2_compress,
+            },
+        };
+        let image = |step| Keyed {
+            key: keys.image.clone(),
+            step,
+        };
+        let deliver = match &opts.disk_only {
+            Some(dest) => Deliver::Disk(Keyed {
+                key: keys.finalize.clone(),
+                step: dest.clone(),
+            }),
+            None => Deliver::Image {
+                pack: image(Pack {
+                    disk_name: o.disk_name.clone(),
+                    compression: resolved.compression.name(),
+                }),
+                publish: Keyed {
+                    key: keys.image.clone(),
+                    step: Publish {
+                        destinations: resolved.dests.iter().map(|d| d.to_string()).collect(),
+                    },
+                },
+                attest: Keyed {
+                    key: keys.image.clone(),
+                    step: Attest {
+                        signer: opts.signer.clone(),
+                    },
+                },
+            },
+        };
+        let base = Keyed {
+            key: keys.base.clone(),
+            step: base_action(&resolved, work)?,
+        };
+        let mut plan = Plan {
+            base,
+            disk,
+            finalize,
+            deliver,
+            build_key: keys.image.clone(),
             work: work.to_path_buf(),
-            incremental: opts.incremental,
-            stage_hit,
             customization,
-            relabel,
+            names: PathNames::new(&[(work, "$WORK"), (env.cache.root(), "$CACHE")]),
+            resolved,
+        };
+        if identity.is_none() {
+            plan.forget_keys();
+        }
+        Ok(plan)
+    }
+
+    /// Every key becomes [`KEY_NOT_YET_KNOWN`]: they hash a base nothing identifies yet.
+    fn forget_keys(&mut self) {
+        let unknown = || KEY_NOT_YET_KNOWN.to_string();
+        self.build_key = unknown();
+        self.base.key = unknown();
+        for s in &mut self.disk {
+            s.key = unknown();
+        }
+        self.finalize.key = unknown();
+        match &mut self.deliver {
+            Deliver::Disk(d) => d.key = unknown(),
+            Deliver::Image {
+                pack,
+                publish,
+                attest,
+            } => {
+                pack.key = unknown();
+                publish.key = unknown();
+                attest.key = unknown();
+            }
+        }
+    }
+
+    /// The steps in order, with their keys.
+    pub fn steps(&self) -> Vec<(&str, Step<'_>)> {
+        let mut steps = vec![(self.base.key.as_str(), Step::Base(&self.base.step))];
+        steps.extend(
+            self.disk
+                .iter()
+                .map(|s| (s.key.as_str(), Step::Disk(&s.step))),
+        );
+        steps.push((
+            self.finalize.key.as_str(),
+            Step::Finalize(&self.finalize.step),
+        ));
+        match &self.deliver {
+            Deliver::Disk(d) => {
+                steps.push((d.key.as_str(), Step::Deliver(DeliverStep::Disk(&d.step))))
+            }
+            Deliver::Image {
+                pack,
+                publish,
+                attest,
+            } => steps.extend([
+                (
+                    pack.key.as_str(),
+                    Step::Deliver(DeliverStep::Pack(&pack.step)),
+                ),
+                (
+                    publish.key.as_str(),
+                    Step::Deliver(DeliverStep::Publish(&publish.step)),
+                ),
+                (
+                    attest.key.as_str(),
+                    Step::Deliver(DeliverStep::Attest(&attest.step)),
+                ),
+            ]),
+        }
+        steps
+    }
+
+    /// The overlay grows the disk, as far as the plan knows.
+    fn grows(&self) -> bool {
+        self.disk.iter().any(|s| match &s.step {
+            DiskStep::Overlay(o) => o.planned_growth() != Growth::None,
+            _ => false,
         })
+    }
+
+    /// What `plan` shows of each step, derived from the payload `run` executes.
+    pub fn shown(&self) -> Vec<ShownStep> {
+        let grows = self.grows();
+        self.steps()
+            .into_iter()
+            .map(|(key, step)| {
+                let s = Shown {
+                    key,
+                    base_label: &self.resolved.base_label,
+                    customization: &self.customization,
+                    grows,
+                };
+                ShownStep {
+                    name: step.name(),
+                    description: step.description(&s),
+                    key: key.to_string(),
+                    cached: step.cached(),
+                    commands: self.commands_of(step, None).unwrap_or_default(),
+                    operations: step.operations(&s),
+                }
+            })
+            .collect()
+    }
+
+    /// The commands `step` runs on `base` (`None`: the base as the plan knows it), with
+    /// the plan's directory names: what `plan` lists and what `run` executes.
+    pub fn commands_of(&self, step: Step<'_>, base: Option<&CachedBase>) -> Result<Vec<Cmd>> {
+        Ok(step
+            .commands_on(base)?
+            .into_iter()
+            .map(|c| c.named(&self.names))
+            .collect())
     }
 
     /// The plan as JSON (`plan --json`).
     pub fn to_json(&self) -> Value {
         let steps: Vec<Value> = self
-            .steps
+            .shown()
             .iter()
             .map(|s| {
                 json!({"step": s.name, "description": s.description, "key": known(&s.key), "cached": s.cached,
@@ -623,6 +556,92 @@ impl Plan {
     }
 }
 
+/// A step as `plan` prints it.
+#[derive(Debug, Clone)]
+pub struct ShownStep {
+    pub name: &'static str,
+    pub description: String,
+    pub key: String,
+    pub cached: bool,
+    pub commands: Vec<Cmd>,
+    pub operations: Vec<String>,
+}
+
+/// The keys of a build's stages, each chained to the one before.
+struct Keys {
+    base: String,
+    grow: String,
+    packages: String,
+    guest: String,
+    finalize: String,
+    image: String,
+}
+
+impl Keys {
+    fn new(
+        resolved: &Resolved,
+        identity: Option<&str>,
+        base_format: DiskFormat,
+        customization: &Customization,
+    ) -> Result<Keys> {
+        let r = &resolved.loaded.recipe;
+        let sv = &resolved.loaded.secret_values;
+        let base = chain(
+            "",
+            "base",
+            json!({"diskforge": env!("CARGO_PKG_VERSION"), "base": identity.unwrap_or(BASE_NOT_YET_CACHED),
+                   "arch": resolved.arch.as_str(), "format": base_format.as_str()}),
+            sv,
+        )?;
+        let grow = chain(
+            &base,
+            "grow",
+            json!({"disk": serde_json::to_value(&r.disk)?}),
+            sv,
+        )?;
+        let packages = chain(
+            &grow,
+            "packages",
+            json!({"install": customization.package_names, "remove": r.customize.remove_packages}),
+            sv,
+        )?;
+        let guest = chain(
+            &packages,
+            "guest",
+            json!({"customize": customize_without_packages(r)?, "ttyd": serde_json::to_value(&r.ttyd)?,
+                   "ttyd-binary": resolved.ttyd.as_ref().map(|t| t.digest().to_string()),
+                   "files": resolved.files, "hygiene": serde_json::to_value(&r.hygiene)?}),
+            sv,
+        )?;
+        let finalize = chain(
+            &guest,
+            "finalize",
+            json!({"format": r.output.format.as_str(), "qcow2-compress": r.output.qcow2_compress}),
+            sv,
+        )?;
+        let o = &r.output;
+        let image = chain(
+            &finalize,
+            "pack",
+            json!({"compression": resolved.compression.name(), "level": resolved.level,
+                   "disk-name": o.disk_name, "labels": o.labels, "annotations": o.annotations,
+                   "kubevirt": serde_json::to_value(&o.kubevirt)?, "name": resolved.name,
+                   "description": r.description, "version": o.version,
+                   "firmware": resolved.firmware.as_str(),
+                   "entrypoint": crate::oci::image::ENTRYPOINT_PLACEHOLDER}),
+            sv,
+        )?;
+        Ok(Keys {
+            base,
+            grow,
+            packages,
+            guest,
+            finalize,
+            image,
+        })
+    }
+}
+
 /// A key as JSON: `null` when it is not known yet.
 fn known(key: &str) -> Value {
     match key {
@@ -631,21 +650,12 @@ fn known(key: &str) -> Value {
     }
 }
 
-fn short(key: &str) -> &str {
-    let h = key.trim_start_matches("sha256:");
-    &h[..h.len().min(12)]
-}
-
 /// The base step: nothing when the base is cached, else a download or a build.
-fn base_step(resolved: &Resolved, key: &str, work: &Path) -> Result<Step> {
-    let (description, commands, cached) = match (&resolved.base, resolved.base.cached()) {
-        (_, Some(c)) => (
-            format!("base {} (cached, {})", resolved.base_label, c.digest),
-            Vec::new(),
-            true,
-        ),
-        (Base::Image { prepared, spec }, None) => (
-            format!(
+fn base_action(resolved: &Resolved, work: &Path) -> Result<BaseAction> {
+    Ok(match (&resolved.base, resolved.base.cached()) {
+        (_, Some(c)) => BaseAction::Cached(c.clone()),
+        (Base::Image { prepared, spec }, None) => BaseAction::Download {
+            from: format!(
                 "download {}{} and verify it{}",
                 resolved.base_label,
                 match &spec.source {
@@ -671,21 +681,16 @@ fn base_step(resolved: &Resolved, key: &str, work: &Path) -> Result<Step> {
                     (None, _) => " — NOT verified (`checksum: none`; the base's digest is unknown until it is downloaded)".to_string(),
                 }
             ),
-            Vec::new(),
-            false,
-        ),
+        },
         (Base::Build { entry, .. }, None) => {
             let spec = entry
                 .build
                 .as_ref()
                 .context("a build base without build:")?;
             let layout = work.join("base.qcow2");
-            (
-                format!(
-                    "build base {} from distribution packages (cached afterwards)",
-                    entry.name
-                ),
-                vec![
+            BaseAction::Build {
+                name: entry.name.clone(),
+                commands: vec![
                     crate::base::build::mmdebstrap_cmd(spec, &work.join("rootfs.tar")),
                     qemu_img::create_cmd(&layout, spec.size_bytes()?),
                     Fish::launch_cmd(
@@ -697,17 +702,8 @@ fn base_step(resolved: &Resolved, key: &str, work: &Path) -> Result<Step> {
                         false,
                     ),
                 ],
-                false,
-            )
+            }
         }
-    };
-    Ok(Step {
-        name: "base",
-        description,
-        key: key.to_string(),
-        commands,
-        operations: Vec::new(),
-        cached,
     })
 }
 
@@ -718,11 +714,11 @@ pub struct WorkDir {
 }
 
 impl WorkDir {
-    pub fn new(ctx: &Context) -> Result<WorkDir> {
-        let parent = ctx
+    pub fn new(env: &BuildEnv) -> Result<WorkDir> {
+        let parent = env
             .work_root
             .clone()
-            .unwrap_or_else(|| ctx.cache.root().join("work"));
+            .unwrap_or_else(|| env.cache.root().join("work"));
         std::fs::create_dir_all(&parent)
             .with_context(|| format!("creating {}", parent.display()))?;
         let dir = tempfile::Builder::new()
@@ -730,7 +726,7 @@ impl WorkDir {
             .tempdir_in(&parent)
             .with_context(|| format!("creating a work directory in {}", parent.display()))?;
         let path = dir.path().to_path_buf();
-        if ctx.keep_work {
+        if env.keep_work {
             let kept = dir.keep();
             crate::progress::say(format!("keeping the work directory {}", kept.display()));
             return Ok(WorkDir { dir: None, path });
@@ -752,12 +748,6 @@ impl Drop for WorkDir {
             let _ = d.close();
         }
     }
-}
-
-/// Sets the `$WORK` and `$CACHE` names used in displayed command lines.
-pub fn alias_dirs(ctx: &Context, work: &Path) {
-    crate::sys::exec::alias_path(work, "$WORK");
-    crate::sys::exec::alias_path(ctx.cache.root(), "$CACHE");
 }
 
 /// Reports the step a thread runs on its events until dropped.
@@ -782,188 +772,171 @@ pub enum Outcome {
     Disk(PathBuf),
 }
 
-/// Runs a plan (made with the real secrets and work directory).
-pub fn run(plan: &Plan, ctx: &Context, opts: &BuildOptions, secrets: &Secrets) -> Result<Outcome> {
+/// Runs a plan (made with the real secrets and work directory): each step's payload,
+/// in order, each step handing what it made to the next.
+pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
     let r = &plan.resolved;
-    let recipe = &r.loaded.recipe;
-    let work = &plan.work;
-    let eff = accel::resolve(ctx.accel)?;
-    if recipe.customize.selinux_relabel == crate::recipe::SelinuxRelabel::Off {
+    let eff = accel::resolve(env.accel)?;
+    if r.loaded.recipe.customize.selinux_relabel == crate::recipe::SelinuxRelabel::Off {
         tracing::warn!(
             "customize.selinux-relabel is false: on an SELinux guest the files this build \
              writes keep no or wrong labels (password login and ttyd may fail under enforcing)"
         );
     }
-    let mut base: Option<CachedBase> = r.base.cached().cloned();
-    let mut disk: Option<PathBuf> = None;
-    let mut finalized: Option<qemu_img::ImageInfo> = None;
-    let mut published: Option<publish::Published> = None;
     let started = chrono::Utc::now();
-    for step in &plan.steps {
-        let _scope = StepScope::enter(step.name);
-        let stage = crate::progress::stage(step.name, &step.description);
-        match step.name {
-            "base" if step.cached => {}
-            "base" => base = Some(acquire_base(r, ctx, eff, work)?),
-            "overlay" => {
-                let b = base.as_ref().context("no base")?;
-                overlay_step(step, plan, b)?;
+    let session = Session::new(plan.names.clone());
+    let grows = plan.grows();
+    let enter = |key: &str, step: Step<'_>| {
+        let shown = Shown {
+            key,
+            base_label: &r.base_label,
+            customization: &plan.customization,
+            grows,
+        };
+        (
+            StepScope::enter(step.name()),
+            crate::progress::stage(step.name(), step.description(&shown)),
+        )
+    };
+
+    let (_scope, stage) = enter(&plan.base.key, Step::Base(&plan.base.step));
+    let base = match &plan.base.step {
+        BaseAction::Cached(c) => c.clone(),
+        BaseAction::Download { .. } | BaseAction::Build { .. } => {
+            acquire_base(r, env, eff, &plan.work, &session)?
+        }
+    };
+    stage.done();
+
+    // Whether the overlay made the disk bigger than the base (decided by the overlay
+    // step's payload on the base at hand, and nowhere else).
+    let mut resized = false;
+    for s in &plan.disk {
+        let (_scope, stage) = enter(&s.key, Step::Disk(&s.step));
+        match &s.step {
+            DiskStep::Overlay(o) => {
+                for c in plan.commands_of(Step::Disk(&s.step), Some(&base))? {
+                    c.run()?;
+                }
+                resized = o.growth(Some(base.virtual_size))? != Growth::None;
             }
-            "guest-packages" if step.cached => {}
-            "guest-packages" => {
-                let grow = grows(r, base.as_ref().context("no base")?);
-                let disk = work.join("stage.qcow2");
-                let job = guest_job(plan, secrets, eff, &disk, true, grow);
-                crate::guest::run(&job)?;
+            DiskStep::Guest(g) => {
+                if let (Some(t), Some(to)) = (&r.ttyd, &g.ttyd_to) {
+                    publish::fetch_ttyd(t, env, to)?;
+                }
+                crate::guest::run(&guest_job(plan, g, secrets, eff, resized, &session))?;
             }
-            "stage" => {
-                // The plan's overlay command names the kept disk's path in the cache.
-                stages::store(&ctx.cache, &step.key, &work.join("stage.qcow2"))?;
-                for c in &step.commands {
+            DiskStep::KeptPackages => {}
+            DiskStep::Stage(st) => {
+                stages::store(&env.cache, &s.key, &st.disk)?;
+                for c in plan.commands_of(Step::Disk(&s.step), Some(&base))? {
                     c.run()?;
                 }
             }
-            "guest" => {
-                if let Some(t) = &r.ttyd {
-                    publish::fetch_ttyd(t, ctx, &work.join("ttyd"))?;
-                }
-                let grow = !plan.incremental && grows(r, base.as_ref().context("no base")?);
-                let disk = work.join("overlay.qcow2");
-                let job = guest_job(plan, secrets, eff, &disk, false, grow);
-                crate::guest::run(&job)?;
-            }
-            "finalize" => {
-                let mut out = None;
-                for c in &step.commands {
-                    out = Some(c.run()?);
-                }
-                let info: qemu_img::ImageInfo =
-                    serde_json::from_slice(&out.context("no info")?.stdout)
-                        .context("parsing qemu-img info of the finished disk")?;
-                let path = work.join(format!(
-                    "disk.{}",
-                    if recipe.output.format == DiskFormat::Raw {
-                        "img"
-                    } else {
-                        "qcow2"
-                    }
-                ));
-                qemu_img::check_info(&path, &info, recipe.output.format)?;
-                let _ = std::fs::remove_file(work.join("overlay.qcow2"));
-                crate::progress::say(format!(
-                    "disk: {} {}, virtual size {}, {} on disk",
-                    info.format,
-                    path.display(),
-                    crate::progress::human_bytes(info.virtual_size),
-                    crate::progress::human_bytes(
-                        std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
-                    )
-                ));
-                disk = Some(path);
-                finalized = Some(info);
-            }
-            "disk" => {
-                let dest = opts
-                    .disk_only
-                    .as_ref()
-                    .context("no --disk-only destination")?;
-                crate::io::atomic::install(disk.as_ref().context("no disk")?, dest)?;
-                stage.done();
-                return Ok(Outcome::Disk(dest.clone()));
-            }
-            "pack" => {}
-            "publish" => {
-                let b = base.as_ref().context("no base")?;
-                let info = finalized.as_ref().context("no finished disk")?;
-                published = Some(publish::publish(
-                    plan,
-                    ctx,
-                    b,
-                    disk.as_ref().context("no disk")?,
-                    info,
-                )?);
-            }
-            "attest" => {
-                let p = published.as_ref().context("nothing published")?;
-                let b = base.as_ref().context("no base")?;
-                publish::attest(plan, ctx, b, p, opts.signer.as_deref(), started)?;
-            }
-            other => bail!("unknown step {other}"),
         }
         stage.done();
     }
-    match published {
-        Some(p) => Ok(Outcome::Published(Box::new(p))),
-        None => bail!("the plan has no final step"),
+
+    let (_scope, stage) = enter(&plan.finalize.key, Step::Finalize(&plan.finalize.step));
+    let disk = finalize(plan, &plan.finalize.step)?;
+    stage.done();
+
+    match &plan.deliver {
+        Deliver::Disk(d) => {
+            let (_scope, stage) = enter(&d.key, Step::Deliver(DeliverStep::Disk(&d.step)));
+            crate::io::atomic::install(&disk.path, &d.step)?;
+            stage.done();
+            Ok(Outcome::Disk(d.step.clone()))
+        }
+        Deliver::Image {
+            pack,
+            publish,
+            attest,
+        } => {
+            // Packing happens while publishing (the layer streams to a registry).
+            let (_scope, stage) = enter(&pack.key, Step::Deliver(DeliverStep::Pack(&pack.step)));
+            stage.done();
+            let (_scope, stage) = enter(
+                &publish.key,
+                Step::Deliver(DeliverStep::Publish(&publish.step)),
+            );
+            let published = publish::publish(plan, env, &base, &disk.path, &disk.info)?;
+            stage.done();
+            let (_scope, stage) = enter(
+                &attest.key,
+                Step::Deliver(DeliverStep::Attest(&attest.step)),
+            );
+            publish::attest(
+                plan,
+                env,
+                &base,
+                &published,
+                attest.step.signer.as_deref(),
+                started,
+            )?;
+            stage.done();
+            Ok(Outcome::Published(Box::new(published)))
+        }
     }
+}
+
+/// The finished disk and what `qemu-img info` says of it.
+struct FinishedDisk {
+    path: PathBuf,
+    info: qemu_img::ImageInfo,
+}
+
+/// Runs the finalize commands; the last one's output (`qemu-img info`) is checked.
+fn finalize(plan: &Plan, f: &Finalize) -> Result<FinishedDisk> {
+    let mut out = None;
+    for c in plan.commands_of(Step::Finalize(f), None)? {
+        out = Some(c.run()?);
+    }
+    let out = out.context("finalize ran no command")?;
+    let info: qemu_img::ImageInfo = serde_json::from_slice(&out.stdout)
+        .context("parsing qemu-img info of the finished disk")?;
+    qemu_img::check_info(&f.disk, &info, f.format)?;
+    let _ = std::fs::remove_file(&f.from);
+    crate::progress::say(format!(
+        "disk: {} {}, virtual size {}, {} on disk",
+        info.format,
+        f.disk.display(),
+        crate::progress::human_bytes(info.virtual_size),
+        crate::progress::human_bytes(std::fs::metadata(&f.disk).map(|m| m.len()).unwrap_or(0))
+    ));
+    Ok(FinishedDisk {
+        path: f.disk.clone(),
+        info,
+    })
 }
 
 fn acquire_base(
     r: &Resolved,
-    ctx: &Context,
+    env: &BuildEnv,
     eff: accel::Effective,
     work: &Path,
+    session: &Session,
 ) -> Result<CachedBase> {
     match &r.base {
         Base::Image { spec, prepared } => {
             let opts = crate::base::AcquireOptions {
-                offline: ctx.offline,
+                offline: env.offline,
                 ..Default::default()
             };
             crate::base::acquire::block_on(crate::base::acquire::fetch(
-                spec, prepared, &ctx.cache, &opts,
+                spec, prepared, &env.cache, &opts,
             ))
         }
-        Base::Build { entry, .. } => {
-            crate::base::build::build_base(entry, r.arch, &ctx.cache, ctx.offline, eff, work)
-        }
+        Base::Build { entry, .. } => crate::base::build::build_base(
+            entry,
+            r.arch,
+            &env.cache,
+            env.offline,
+            eff,
+            work,
+            session,
+        ),
     }
-}
-
-/// Runs an overlay step's commands, refusing to shrink.
-fn overlay_step(step: &Step, plan: &Plan, base: &CachedBase) -> Result<()> {
-    let r = &plan.resolved;
-    let target = r
-        .loaded
-        .recipe
-        .disk
-        .size
-        .map(|s| s.target(base.virtual_size))
-        .unwrap_or(base.virtual_size);
-    if target < base.virtual_size {
-        bail!(
-            "refusing to shrink the disk: the base is {} ({} bytes) and the recipe asks for {} ({target} bytes)",
-            crate::progress::human_bytes(base.virtual_size),
-            base.virtual_size,
-            crate::progress::human_bytes(target),
-        );
-    }
-    if plan.stage_hit.is_some() {
-        for c in &step.commands {
-            c.run()?;
-        }
-        return Ok(());
-    }
-    // The plan may have been made before the base was fetched: its commands are rebuilt
-    // from the base at hand, in the same order.
-    let overlay = plan.work.join(if plan.incremental {
-        "stage.qcow2"
-    } else {
-        "overlay.qcow2"
-    });
-    qemu_img::create_overlay_cmd(&base.path, base.format, &overlay).run()?;
-    if target > base.virtual_size {
-        qemu_img::resize_cmd(&overlay, target).run()?;
-    }
-    Ok(())
-}
-
-/// Whether the root partition grows: the recipe wants it and the disk got bigger.
-fn grows(r: &Resolved, base: &CachedBase) -> bool {
-    let d = &r.loaded.recipe.disk;
-    d.grow.enabled
-        && d.size
-            .is_some_and(|s| s.target(base.virtual_size) > base.virtual_size)
 }
 
 /// Whether a guest job may write under `/boot`: package installs and removals (kernel
@@ -982,44 +955,38 @@ fn writes_boot(recipe: &crate::recipe::Recipe, network: bool, sparsify: bool) ->
         || c.symlinks.iter().any(|l| under_boot(&l.path.0))
 }
 
+/// The appliance launch `g` describes; `resized`: the overlay made the disk bigger.
 fn guest_job<'a>(
     plan: &'a Plan,
+    g: &'a GuestSpec,
     secrets: &Secrets,
     eff: accel::Effective,
-    disk: &'a Path,
-    packages_only: bool,
-    grow: bool,
+    resized: bool,
+    session: &'a Session,
 ) -> crate::guest::GuestJob<'a> {
-    let recipe = &plan.resolved.loaded.recipe;
     let c = &plan.customization;
-    let (parts, network, sparsify) = if packages_only {
-        (vec![&c.packages], !c.package_names.is_empty(), false)
-    } else if plan.incremental {
-        (vec![&c.main], false, recipe.hygiene.sparsify)
-    } else {
-        (
-            vec![&c.packages, &c.main],
-            !c.package_names.is_empty(),
-            recipe.hygiene.sparsify,
-        )
-    };
     crate::guest::GuestJob {
-        disk,
-        grow: grow.then_some(recipe.disk.grow.partition.as_deref()),
-        parts,
-        network,
-        sparsify,
+        disk: &g.disk,
+        grow: match &g.grow {
+            GrowRoot::IfResized { partition } if resized => match partition {
+                Some(p) => crate::guest::Grow::Partition(p),
+                None => crate::guest::Grow::Root,
+            },
+            _ => crate::guest::Grow::No,
+        },
+        parts: match g.parts {
+            Parts::Packages => vec![&c.packages],
+            Parts::Rest => vec![&c.main],
+            Parts::All => vec![&c.packages, &c.main],
+        },
+        network: g.network,
+        sparsify: g.sparsify,
         secrets: secrets.values(),
         work: &plan.work,
         accel: eff,
-        // The last launch reads the package database for the SBOM.
-        packages_to: (!packages_only).then(|| plan.work.join("packages")),
-        protect_boot: !writes_boot(recipe, network, sparsify),
-        // The last launch relabels everything the build wrote, the kept stage included.
-        relabel: if packages_only {
-            Relabel::Skip
-        } else {
-            plan.relabel
-        },
+        packages_to: g.packages_to.clone(),
+        protect_boot: g.protect_boot,
+        relabel: g.relabel,
+        session,
     }
 }

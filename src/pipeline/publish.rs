@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _, Result};
 use serde_json::json;
 
-use super::{resolve::TtydBinary, Context, Plan, BUILD_KEY_LABEL};
+use super::{resolve::TtydBinary, BuildEnv, Plan, BUILD_KEY_LABEL};
 use crate::base::CachedBase;
 use crate::oci::image::{self, ImageMeta};
 use crate::oci::layer::LayerOptions;
@@ -93,19 +93,19 @@ pub const GUEST_AGENT_LABEL: &str = "io.diskforge.guest-agent";
 /// Packs the finished disk of `plan` and writes every destination.
 pub fn publish(
     plan: &Plan,
-    ctx: &Context,
+    env: &BuildEnv,
     base: &CachedBase,
     disk: &Path,
     info: &crate::sys::qemu_img::ImageInfo,
 ) -> Result<Published> {
     let r = &plan.resolved;
     let o = &r.loaded.recipe.output;
-    let mut env = Vec::new();
+    let mut image_env = Vec::new();
     if let Some(i) = &o.kubevirt.instancetype {
-        env.push(format!("INSTANCETYPE_KUBEVIRT_IO_DEFAULT_INSTANCETYPE={i}"));
+        image_env.push(format!("INSTANCETYPE_KUBEVIRT_IO_DEFAULT_INSTANCETYPE={i}"));
     }
     if let Some(pr) = &o.kubevirt.preference {
-        env.push(format!("INSTANCETYPE_KUBEVIRT_IO_DEFAULT_PREFERENCE={pr}"));
+        image_env.push(format!("INSTANCETYPE_KUBEVIRT_IO_DEFAULT_PREFERENCE={pr}"));
     }
     warn_compression(r.compression);
     let spec = PackSpec {
@@ -116,7 +116,7 @@ pub fn publish(
             created: image::rfc3339(r.epoch),
             created_by: format!("diskforge {} build {}", env!("CARGO_PKG_VERSION"), r.name),
             labels: labels(plan, base),
-            env,
+            env: image_env,
             annotations: o.annotations.clone(),
         },
         layer: LayerOptions {
@@ -127,7 +127,7 @@ pub fn publish(
             feed: None,
         },
     };
-    let mut p = write_image(&spec, &r.dests, ctx, &plan.work, None)?;
+    let mut p = write_image(&spec, &r.dests, env, &plan.work, None)?;
     p.disk_virtual_size = info.virtual_size;
     Ok(p)
 }
@@ -149,7 +149,7 @@ pub fn warn_compression(c: crate::oci::Compression) {
 pub fn write_image(
     spec: &PackSpec,
     dests: &[ImageRef],
-    ctx: &Context,
+    env: &BuildEnv,
     work: &Path,
     packing: Option<crate::progress::Stage>,
 ) -> Result<Published> {
@@ -206,11 +206,11 @@ pub fn write_image(
     // A disk packed before is likely in a registry this cache pushed it to; the push
     // after packing asks first and sends nothing then. Anywhere else it is uploaded
     // while packing.
-    let record = PackRecord::new(spec, &ctx.cache)?;
+    let record = PackRecord::new(spec, &env.cache)?;
     // A layer that might exceed the registry's limit is packed first and checked before
     // any upload; the layer is at most the disk file plus tar and compression overhead.
     let fits = |g: &[RemoteRef]| -> Result<bool> {
-        let limit = registry::limits::layer_limit(&g[0].registry, ctx.registry.max_layer_size);
+        let limit = registry::limits::layer_limit(&g[0].registry, env.registry.max_layer_size);
         let disk = std::fs::metadata(&spec.disk)
             .with_context(|| format!("reading {}", spec.disk.display()))?
             .len();
@@ -220,10 +220,10 @@ pub fn write_image(
     let stream = |g: &[RemoteRef]| -> Result<bool> {
         Ok(fits(g)?
             && (!record.seen()
-                || registry::push::PushRecord::new(&ctx.cache, &g[0].registry)?.is_empty()))
+                || registry::push::PushRecord::new(&env.cache, &g[0].registry)?.is_empty()))
     };
     let (image, streamed) = match groups.first() {
-        Some(g) if stream(g)? => pack_while_uploading(spec, &primary, &primary_tags, ctx, g)?,
+        Some(g) if stream(g)? => pack_while_uploading(spec, &primary, &primary_tags, env, g)?,
         _ => (
             crate::oci::pack::pack_to_layout(spec, &primary, &primary_tags)?,
             None,
@@ -278,8 +278,8 @@ pub fn write_image(
             ),
         );
         let outcome = crate::sys::rt::block_on(async {
-            let client = ctx.client(&group[0].registry).await?;
-            let record = registry::push::PushRecord::new(&ctx.cache, &group[0].registry)?;
+            let client = env.client(&group[0].registry).await?;
+            let record = registry::push::PushRecord::new(&env.cache, &group[0].registry)?;
             let sent: &[String] = match (i, &streamed) {
                 (0, Some(d)) => std::slice::from_ref(d),
                 _ => &[],
@@ -322,7 +322,7 @@ fn pack_while_uploading(
     spec: &PackSpec,
     layout: &Layout,
     tags: &[String],
-    ctx: &Context,
+    env: &BuildEnv,
     group: &[RemoteRef],
 ) -> Result<(PackedImage, Option<String>)> {
     let (feed, follower) = crate::io::growing::channel();
@@ -333,7 +333,7 @@ fn pack_while_uploading(
         // hears of it.
         let packer = s.spawn(move || crate::oci::pack::pack_to_layout(&fed, layout, tags));
         let uploaded = crate::sys::rt::block_on(async {
-            let client = ctx.client(&group[0].registry).await?;
+            let client = env.client(&group[0].registry).await?;
             client.upload_growing(&group[0].repository, follower).await
         });
         let packed = packer
@@ -435,7 +435,7 @@ fn group_by_repository(refs: Vec<RemoteRef>) -> Vec<Vec<RemoteRef>> {
 /// The labels of the image a destination holds, or `None` when it holds none.
 pub fn existing_labels(
     dest: &ImageRef,
-    ctx: &Context,
+    env: &BuildEnv,
     arch: &str,
 ) -> Result<Option<BTreeMap<String, String>>> {
     match dest {
@@ -451,7 +451,7 @@ pub fn existing_labels(
             Ok(Some(image::labels(&img.config)))
         }
         ImageRef::Registry(r) => crate::sys::rt::block_on(async {
-            let client = ctx.client(&r.registry).await?;
+            let client = env.client(&r.registry).await?;
             registry::pull::labels(&client, r, arch).await
         }),
         ImageRef::Archive { .. } => Ok(None),
@@ -459,13 +459,13 @@ pub fn existing_labels(
 }
 
 /// True when every destination already holds an image whose build key is `key`.
-pub fn up_to_date(dests: &[ImageRef], key: &str, ctx: &Context, arch: &str) -> Result<bool> {
+pub fn up_to_date(dests: &[ImageRef], key: &str, env: &BuildEnv, arch: &str) -> Result<bool> {
     if dests.is_empty() {
         return Ok(false);
     }
     for d in dests {
         let labels =
-            existing_labels(d, ctx, arch).with_context(|| format!("reading what {d} holds"))?;
+            existing_labels(d, env, arch).with_context(|| format!("reading what {d} holds"))?;
         if labels.is_none_or(|l| l.get(BUILD_KEY_LABEL).map(String::as_str) != Some(key)) {
             return Ok(false);
         }
@@ -475,7 +475,7 @@ pub fn up_to_date(dests: &[ImageRef], key: &str, ctx: &Context, arch: &str) -> R
 
 /// Puts the ttyd binary into the work directory (fetched through the cache when it is
 /// a download).
-pub fn fetch_ttyd(t: &TtydBinary, ctx: &Context, dest: &Path) -> Result<()> {
+pub fn fetch_ttyd(t: &TtydBinary, env: &BuildEnv, dest: &Path) -> Result<()> {
     let src: PathBuf = match t {
         TtydBinary::File { path, .. } => path.clone(),
         TtydBinary::Url {
@@ -485,10 +485,10 @@ pub fn fetch_ttyd(t: &TtydBinary, ctx: &Context, dest: &Path) -> Result<()> {
         } => {
             let checksum = crate::recipe::Checksum::parse(sha256).map_err(anyhow::Error::msg)?;
             let opts = crate::base::AcquireOptions {
-                offline: ctx.offline,
+                offline: env.offline,
                 ..Default::default()
             };
-            crate::base::fetch_file_blocking(url, &checksum, member.as_deref(), &ctx.cache, &opts)
+            crate::base::fetch_file_blocking(url, &checksum, member.as_deref(), &env.cache, &opts)
                 .with_context(|| format!("fetching ttyd from {url}"))?
         }
     };
@@ -525,7 +525,7 @@ pub fn layout_identity(dir: &Path) -> String {
 /// every destination.
 pub fn attest(
     plan: &Plan,
-    ctx: &Context,
+    env: &BuildEnv,
     base: &CachedBase,
     published: &Published,
     signer: Option<&crate::provenance::PrivateKey>,
@@ -634,7 +634,7 @@ pub fn attest(
     for group in group_by_repository(remotes) {
         let sig = signature(&format!("{}/{}", group[0].registry, group[0].repository))?;
         crate::sys::rt::block_on(async {
-            let client = ctx.client(&group[0].registry).await?;
+            let client = env.client(&group[0].registry).await?;
             attest::to_registry(
                 &client,
                 &group[0],

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::{BuildOptions, Context as Ctx};
+use super::{BuildEnv, BuildOptions};
 use crate::base::acquire::{AcquireOptions, Prepared, ResolvedBase};
 use crate::base::catalog::{self, CatalogEntry};
 use crate::base::CachedBase;
@@ -130,7 +130,7 @@ pub struct Resolved {
 pub struct PartialRecipe(pub PathBuf);
 
 /// Loads and resolves `path`.
-pub fn resolve(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<Resolved> {
+pub fn resolve(path: &Path, opts: &BuildOptions, env: &BuildEnv) -> Result<Resolved> {
     let loaded = recipe::load(
         path,
         &recipe::LoadOptions {
@@ -142,7 +142,8 @@ pub fn resolve(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<Resolved> 
     if loaded.recipe.partial {
         return Err(PartialRecipe(path.to_path_buf()).into());
     }
-    let firmware = check_loaded(&loaded, opts, ctx)?;
+    let entry = catalog_entry(&loaded, opts)?;
+    let firmware = check_loaded(&loaded, entry.as_ref().map(|(e, _)| e), opts, env)?;
     let r = &loaded.recipe;
     let spec = r.base.clone().context("the recipe has no base")?;
     let arch = opts.arch.or(spec.arch).unwrap_or_default();
@@ -151,23 +152,12 @@ pub fn resolve(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<Resolved> 
         label: base_label,
         recorded_size,
         os: base_os,
-    } = resolve_base(&loaded, arch, opts, ctx)?;
+    } = resolve_base(&loaded, entry, arch, env)?;
     let base_size = base.cached().map(|c| c.virtual_size).or(recorded_size);
-    let target_size = base_size.map(|b| r.disk.size.map(|s| s.target(b)).unwrap_or(b));
-    if let (Some(b), Some(t)) = (base_size, target_size) {
-        if t < b {
-            return Err(loaded
-                .error_at(
-                    &[Seg::key("disk"), Seg::key("size")],
-                    format!(
-                        "the disk cannot shrink: the base {base_label} is {} ({b} bytes) and the recipe asks for {} ({t} bytes)",
-                        crate::progress::human_bytes(b),
-                        crate::progress::human_bytes(t)
-                    ),
-                )
-                .into());
-        }
-    }
+    let target_size = base_size
+        .map(|b| target_size(r.disk.size, b))
+        .transpose()
+        .map_err(|e| shrink_error(&loaded, &e))?;
     let ttyd = ttyd_binary(&loaded)?;
     let mut files = Vec::new();
     for f in &r.customize.files {
@@ -195,7 +185,6 @@ pub fn resolve(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<Resolved> 
     let compression = opts.compression.unwrap_or(r.output.compression);
     let level = opts.level.or(r.output.compression_level);
     crate::oci::layer::check_level(compression, level)?;
-    let _ = ctx;
     Ok(Resolved {
         name,
         arch,
@@ -220,7 +209,7 @@ pub fn resolve(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<Resolved> 
 /// What `validate` checks beyond the recipe itself, without network: the catalog entry
 /// exists, and the disk does not shrink below a base size known before any download
 /// (a built base, a size the catalog records, a local file, a cached download).
-pub fn check_static(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<LoadedRecipe> {
+pub fn check_static(path: &Path, opts: &BuildOptions, env: &BuildEnv) -> Result<LoadedRecipe> {
     let loaded = recipe::load(
         path,
         &recipe::LoadOptions {
@@ -229,7 +218,8 @@ pub fn check_static(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<Loade
             references: Some(catalog_references(opts)),
         },
     )?;
-    check_loaded(&loaded, opts, ctx)?;
+    let entry = catalog_entry(&loaded, opts)?;
+    check_loaded(&loaded, entry.as_ref().map(|(e, _)| e), opts, env)?;
     Ok(loaded)
 }
 
@@ -237,25 +227,44 @@ pub fn check_static(path: &Path, opts: &BuildOptions, ctx: &Ctx) -> Result<Loade
 /// and `build` report an unknown catalog entry or a shrinking disk (exit 2, located)
 /// before they fetch a checksum file, and a firmware the base cannot boot with. Returns
 /// the firmware the image boots with.
-fn check_loaded(loaded: &LoadedRecipe, opts: &BuildOptions, ctx: &Ctx) -> Result<Firmware> {
+/// The catalog entry the recipe's base names (looked up once), and where it was found.
+fn catalog_entry(
+    loaded: &LoadedRecipe,
+    opts: &BuildOptions,
+) -> Result<Option<(CatalogEntry, catalog::Origin)>> {
+    let r = &loaded.recipe;
+    let Some(name) = r
+        .base
+        .as_ref()
+        .filter(|_| !r.partial)
+        .and_then(|b| b.catalog.as_ref())
+    else {
+        return Ok(None);
+    };
+    match catalog::find_entry(name, &loaded.dir, opts.catalog.as_deref()) {
+        Ok(found) => Ok(Some(found)),
+        Err(e) => Err(match e.downcast_ref::<catalog::UnknownEntry>() {
+            Some(u) => loaded
+                .error_at(&[Seg::key("base"), Seg::key("catalog")], u.to_string())
+                .into(),
+            None => e,
+        }),
+    }
+}
+
+fn check_loaded(
+    loaded: &LoadedRecipe,
+    entry: Option<&CatalogEntry>,
+    opts: &BuildOptions,
+    env: &BuildEnv,
+) -> Result<Firmware> {
     let r = &loaded.recipe;
     let Some(spec) = r.base.clone().filter(|_| !r.partial) else {
         return Ok(r.boot.firmware.unwrap_or(Firmware::Bios));
     };
     let mut firmware = r.boot.firmware.unwrap_or(Firmware::Bios);
     let arch = opts.arch.or(spec.arch).unwrap_or_default();
-    let size = if let Some(name) = &spec.catalog {
-        let entry = match catalog::find_entry(name, &loaded.dir, opts.catalog.as_deref()) {
-            Ok((e, _)) => e,
-            Err(e) => {
-                return Err(match e.downcast_ref::<catalog::UnknownEntry>() {
-                    Some(u) => loaded
-                        .error_at(&[Seg::key("base"), Seg::key("catalog")], u.to_string())
-                        .into(),
-                    None => e,
-                })
-            }
-        };
+    let size = if let (Some(name), Some(entry)) = (&spec.catalog, entry) {
         if !entry.images.is_empty() && !entry.images.contains_key(&arch) {
             return Err(loaded
                 .error_at(
@@ -282,28 +291,47 @@ fn check_loaded(loaded: &LoadedRecipe, opts: &BuildOptions, ctx: &Ctx) -> Result
             .ok()
             .map(|i| i.virtual_size)
     } else if let Some(url) = &spec.url {
-        ctx.cache
+        env.cache
             .lookup(&crate::cache::RefKey::Url(url.clone()))?
-            .and_then(|hex| crate::sys::qemu_img::info(&ctx.cache.blob_path(&hex)).ok())
+            .and_then(|hex| crate::sys::qemu_img::info(&env.cache.blob_path(&hex)).ok())
             .map(|i| i.virtual_size)
     } else {
         None
     };
-    if let (Some(b), Some(Size::Absolute(t))) = (size, r.disk.size) {
-        if t < b {
-            return Err(loaded
-                .error_at(
-                    &[Seg::key("disk"), Seg::key("size")],
-                    format!(
-                        "the disk cannot shrink: the base is {} ({b} bytes) and the recipe asks for {} ({t} bytes)",
-                        crate::progress::human_bytes(b),
-                        crate::progress::human_bytes(t)
-                    ),
-                )
-                .into());
-        }
+    if let Some(b) = size {
+        target_size(r.disk.size, b).map_err(|e| shrink_error(loaded, &e))?;
     }
     Ok(firmware)
+}
+
+/// A disk asked to be smaller than its base.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the disk cannot shrink: the base is {} ({base} bytes) and the recipe asks for {} ({target} bytes)",
+    crate::progress::human_bytes(*.base),
+    crate::progress::human_bytes(*.target)
+)]
+pub struct Shrink {
+    pub base: u64,
+    pub target: u64,
+}
+
+/// The disk's size on a base of `base` bytes: the recipe's `disk.size`, else the base's.
+/// The one refuse-to-shrink check, whenever the base's size becomes known (from the
+/// catalog or a cached copy at resolve, from the fetched base at build).
+pub fn target_size(size: Option<Size>, base: u64) -> std::result::Result<u64, Shrink> {
+    let target = size.map_or(base, |s| s.target(base));
+    if target < base {
+        return Err(Shrink { base, target });
+    }
+    Ok(target)
+}
+
+/// A shrinking disk, located at `disk.size` of the recipe.
+fn shrink_error(loaded: &LoadedRecipe, e: &Shrink) -> anyhow::Error {
+    loaded
+        .error_at(&[Seg::key("disk"), Seg::key("size")], e.to_string())
+        .into()
 }
 
 /// The catalog entry a recipe names exists (with an image for the architecture built):
@@ -363,9 +391,9 @@ struct FoundBase {
 
 fn resolve_base(
     loaded: &LoadedRecipe,
+    entry: Option<(CatalogEntry, catalog::Origin)>,
     arch: Arch,
-    opts: &BuildOptions,
-    ctx: &Ctx,
+    env: &BuildEnv,
 ) -> Result<FoundBase> {
     let spec = loaded
         .recipe
@@ -373,22 +401,10 @@ fn resolve_base(
         .clone()
         .context("the recipe has no base")?;
     let acquire = AcquireOptions {
-        offline: ctx.offline,
+        offline: env.offline,
         ..Default::default()
     };
-    if let Some(name) = &spec.catalog {
-        let (entry, origin) = match catalog::find_entry(name, &loaded.dir, opts.catalog.as_deref())
-        {
-            Ok(found) => found,
-            Err(e) => {
-                return Err(match e.downcast_ref::<catalog::UnknownEntry>() {
-                    Some(u) => loaded
-                        .error_at(&[Seg::key("base"), Seg::key("catalog")], u.to_string())
-                        .into(),
-                    None => e,
-                })
-            }
-        };
+    if let (Some(name), Some((entry, origin))) = (&spec.catalog, entry) {
         let recorded = match (&entry.build, entry.virtual_size) {
             (Some(b), _) => match b.size {
                 Size::Absolute(n) => Some(n),
@@ -398,7 +414,7 @@ fn resolve_base(
             _ => None,
         };
         if entry.build.is_some() {
-            let (hash, cached) = crate::base::build::cached_build(&entry, arch, &ctx.cache)?;
+            let (hash, cached) = crate::base::build::cached_build(&entry, arch, &env.cache)?;
             return Ok(FoundBase {
                 os: Some(entry.os.clone()),
                 base: Base::Build {
@@ -412,7 +428,7 @@ fn resolve_base(
         }
         let rb = ResolvedBase::from_catalog(&entry, arch, &origin)?;
         let prepared = crate::base::acquire::block_on(crate::base::acquire::prepare(
-            &rb, &ctx.cache, &acquire,
+            &rb, &env.cache, &acquire,
         ))?;
         return Ok(FoundBase {
             base: Base::Image { spec: rb, prepared },
@@ -424,7 +440,7 @@ fn resolve_base(
     let rb = ResolvedBase::from_spec(&spec, &loaded.dir)?;
     let label = spec.url.clone().or(spec.path.clone()).unwrap_or_default();
     let prepared =
-        crate::base::acquire::block_on(crate::base::acquire::prepare(&rb, &ctx.cache, &acquire))?;
+        crate::base::acquire::block_on(crate::base::acquire::prepare(&rb, &env.cache, &acquire))?;
     Ok(FoundBase {
         base: Base::Image { spec: rb, prepared },
         label,
@@ -537,6 +553,34 @@ pub fn expand_tag(template: &str, v: &TagVars<'_>) -> Result<String> {
     let out = expand_template(template, v).with_context(|| format!("tag {template:?}"))?;
     crate::oci::layout::validate_tag(&out)?;
     Ok(out)
+}
+
+/// Checks a `--output` template before any work: whatever a recipe's values expand it
+/// to, it must name a destination.
+pub fn check_destination_template(template: &str) -> Result<()> {
+    let probe = TagVars {
+        name: "x",
+        arch: Arch::Amd64,
+        version: Some("1"),
+        git_sha: Some("0123456789ab"),
+        epoch: 0,
+    };
+    ImageRef::parse(&expand_template(template, &probe)?)?;
+    Ok(())
+}
+
+/// Whether the recipe at `path` names a registry repository (its own destinations are
+/// then `docker://`), read from the recipe alone.
+pub fn names_repository(path: &Path, opts: &BuildOptions) -> Result<bool> {
+    let loaded = recipe::load(
+        path,
+        &recipe::LoadOptions {
+            set: opts.set.clone(),
+            host: opts.host.clone(),
+            references: None,
+        },
+    )?;
+    Ok(loaded.recipe.output.repository.is_some())
 }
 
 /// Where a build writes: `--output` (templates expanded), else `docker://REPOSITORY:TAG`

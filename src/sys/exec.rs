@@ -63,6 +63,8 @@ pub struct Cmd {
     /// Started through `setpriv --pdeathsig KILL`: the kernel kills it when diskforge
     /// dies, however it dies.
     die_with_parent: bool,
+    /// Directories shown by name in [`Cmd::display`].
+    names: PathNames,
 }
 
 /// What a finished command left behind.
@@ -96,7 +98,14 @@ impl Cmd {
             internal: false,
             ok_codes: Vec::new(),
             die_with_parent: false,
+            names: PathNames::default(),
         }
+    }
+
+    /// Shows the directories of `names` by name in [`Cmd::display`].
+    pub fn named(mut self, names: &PathNames) -> Self {
+        self.names = names.clone();
+        self
     }
 
     /// Ties a long-running child (QEMU) to diskforge's life: it is started through
@@ -227,14 +236,14 @@ impl Cmd {
         &self.program
     }
 
-    /// The argv as one shell-quoted line with secrets redacted and the work and cache
-    /// directories written as `$WORK` and `$CACHE` (see [`alias_path`]), for logs,
+    /// The argv as one shell-quoted line with secrets redacted and the directories of
+    /// its [`PathNames`] written by name (`$WORK`, `$CACHE`), for logs,
     /// events and plans.
     pub fn display(&self) -> String {
         let (program, args) = self.argv();
         let mut words = vec![shell_quote(&program.to_string_lossy())];
         words.extend(args.iter().map(|a| shell_quote(&a.to_string_lossy())));
-        redact(&unalias(&words.join(" ")), &self.secrets)
+        redact(&self.names.apply(&words.join(" ")), &self.secrets)
     }
 
     /// Runs to completion; a non-zero exit is an error carrying the stderr tail.
@@ -416,34 +425,37 @@ impl Cmd {
     }
 }
 
-thread_local! {
-    /// Directories shown by name in command lines: (prefix, name), longest first.
-    static ALIASES: std::cell::RefCell<Vec<(String, String)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
+/// Directories shown by name in command lines (`$WORK`, `$CACHE`), so a plan and the
+/// build it describes print the same commands wherever their files live. A value the
+/// plan holds and gives to the commands it makes; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct PathNames(std::sync::Arc<Vec<(String, String)>>);
 
-/// Shows `dir` as `name` (`$WORK`, `$CACHE`) in this thread's command lines, so a plan
-/// and the build it describes print the same commands wherever their files live.
-pub fn alias_path(dir: &Path, name: &str) {
-    let d = dir.to_string_lossy().trim_end_matches('/').to_string();
-    ALIASES.with(|a| {
-        let mut a = a.borrow_mut();
-        a.retain(|(_, n)| n != name);
-        a.push((d, name.to_string()));
-        a.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-    });
-}
+impl PathNames {
+    /// `(directory, name)` pairs.
+    pub fn new(pairs: &[(&Path, &str)]) -> PathNames {
+        let mut v: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(d, n)| {
+                (
+                    d.to_string_lossy().trim_end_matches('/').to_string(),
+                    n.to_string(),
+                )
+            })
+            .filter(|(d, _)| !d.is_empty())
+            .collect();
+        // Longest first: a work directory inside the cache is shown as `$WORK`.
+        v.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        PathNames(std::sync::Arc::new(v))
+    }
 
-fn unalias(line: &str) -> String {
-    ALIASES.with(|a| {
+    fn apply(&self, line: &str) -> String {
         let mut out = line.to_string();
-        for (prefix, name) in a.borrow().iter() {
-            if !prefix.is_empty() {
-                out = out.replace(prefix.as_str(), name);
-            }
+        for (prefix, name) in self.0.iter() {
+            out = out.replace(prefix.as_str(), name);
         }
         out
-    })
+    }
 }
 
 /// Replaces every occurrence of each secret (the given ones and the registered ones)
@@ -556,6 +568,34 @@ mod tests {
         assert_eq!(
             cmd.display(),
             "virt-customize -a 'disk one.qcow2' --password root:password:***"
+        );
+    }
+
+    #[test]
+    fn commands_show_their_named_directories_and_no_others() {
+        let names = PathNames::new(&[
+            (Path::new("/c/work/build-1/"), "$WORK"),
+            (Path::new("/c"), "$CACHE"),
+        ]);
+        let cmd = |n: Option<&PathNames>| {
+            let c = Cmd::new("qemu-img", "converting").args([
+                "convert",
+                "/c/work/build-1/o.qcow2",
+                "/c/blobs/x",
+            ]);
+            match n {
+                Some(n) => c.named(n),
+                None => c,
+            }
+        };
+        assert_eq!(
+            cmd(Some(&names)).display(),
+            "qemu-img convert $WORK/o.qcow2 $CACHE/blobs/x"
+        );
+        // Nothing set on this thread or elsewhere changes another command's line.
+        assert_eq!(
+            cmd(None).display(),
+            "qemu-img convert /c/work/build-1/o.qcow2 /c/blobs/x"
         );
     }
 

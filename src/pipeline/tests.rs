@@ -1,0 +1,306 @@
+//! Plans of small recipes on a real local base (made with `qemu-img`): the steps a plan
+//! holds, and that what `plan --json` lists is what `run` executes for each step.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use super::step::DiskStep;
+use super::*;
+
+const GIB: u64 = 1 << 30;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    env: BuildEnv,
+}
+
+impl Fixture {
+    /// A directory with a 1 GiB qcow2 base and an empty cache.
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let made = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(dir.path().join("base.qcow2"))
+            .arg("1G")
+            .status()
+            .expect("qemu-img");
+        assert!(made.success());
+        let env = BuildEnv {
+            cache: Cache::open(Some(&dir.path().join("cache"))).unwrap(),
+            accel: accel::Accel::Tcg,
+            offline: true,
+            work_root: None,
+            keep_work: false,
+            registry: RegistryOptions::default(),
+            clients: Clients::default(),
+        };
+        Fixture { dir, env }
+    }
+
+    fn work(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    fn plan(&self, recipe: &str, opts: &BuildOptions) -> Plan {
+        let path = self.dir.path().join("r.yaml");
+        std::fs::write(&path, recipe).unwrap();
+        let resolved = resolve::resolve(&path, opts, &self.env).unwrap();
+        Plan::new(resolved, opts, &self.env, &self.work(), None).unwrap()
+    }
+}
+
+fn names(plan: &Plan) -> Vec<&'static str> {
+    plan.steps().iter().map(|(_, s)| s.name()).collect()
+}
+
+/// The base a build of `plan` runs on: the local file, as resolve found it.
+fn base_of(plan: &Plan) -> CachedBase {
+    plan.resolved.base.cached().expect("a local base").clone()
+}
+
+/// Each step's commands as `plan --json` lists them and as `run` executes them on the
+/// fetched base.
+/// (step, command line) pairs.
+type Commands = Vec<(String, String)>;
+
+fn planned_and_executed(plan: &Plan) -> (Commands, Commands) {
+    let json = plan.to_json();
+    let planned = json["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| {
+            let name = s["step"].as_str().unwrap().to_string();
+            s["commands"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |c| (name.clone(), c.as_str().unwrap().to_string()))
+        })
+        .collect();
+    let base = base_of(plan);
+    let executed = plan
+        .steps()
+        .iter()
+        .flat_map(|(_, s)| {
+            plan.commands_of(*s, Some(&base))
+                .unwrap()
+                .into_iter()
+                .map(|c| (s.name().to_string(), c.display()))
+        })
+        .collect();
+    (planned, executed)
+}
+
+fn overlay(plan: &Plan) -> &step::Overlay {
+    plan.disk
+        .iter()
+        .find_map(|s| match &s.step {
+            DiskStep::Overlay(o) => Some(o),
+            _ => None,
+        })
+        .expect("an overlay step")
+}
+
+fn operations(plan: &Plan, name: &str) -> Vec<String> {
+    plan.shown()
+        .into_iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no {name} step"))
+        .operations
+}
+
+#[test]
+fn a_recipe_without_growth_overlays_the_base_as_it_is() {
+    let f = Fixture::new();
+    let plan = f.plan(
+        "name: t\nbase: {path: base.qcow2}\n",
+        &BuildOptions::default(),
+    );
+    assert_eq!(
+        names(&plan),
+        ["base", "overlay", "guest", "finalize", "pack", "publish", "attest"]
+    );
+    assert!(matches!(plan.base.step, BaseAction::Cached(_)));
+    assert_eq!(overlay(&plan).planned_growth(), Growth::None);
+    let json = plan.to_json();
+    let overlay_cmds = json["steps"][1]["commands"].as_array().unwrap();
+    assert_eq!(overlay_cmds.len(), 1, "{json:#}");
+    assert!(overlay_cmds[0].as_str().unwrap().contains(" create "));
+    assert!(!operations(&plan, "guest")
+        .iter()
+        .any(|o| o.starts_with("grow ")));
+    let (planned, executed) = planned_and_executed(&plan);
+    assert_eq!(planned, executed);
+}
+
+#[test]
+fn a_recipe_with_growth_resizes_once_and_grows_in_the_guest() {
+    let f = Fixture::new();
+    let plan = f.plan(
+        "name: t\nbase: {path: base.qcow2}\ndisk: {size: 2G}\n",
+        &BuildOptions::default(),
+    );
+    assert_eq!(overlay(&plan).planned_growth(), Growth::To(2 * GIB));
+    let (planned, executed) = planned_and_executed(&plan);
+    assert_eq!(planned, executed);
+    let overlay_cmds: Vec<&str> = planned
+        .iter()
+        .filter(|(s, _)| s == "overlay")
+        .map(|(_, c)| c.as_str())
+        .collect();
+    assert_eq!(overlay_cmds.len(), 2, "{planned:#?}");
+    assert!(
+        overlay_cmds[1].contains("resize") && overlay_cmds[1].ends_with(&(2 * GIB).to_string())
+    );
+    assert!(operations(&plan, "guest")[0].starts_with("grow the partition holding /"));
+    // The same decision on a base that turns out bigger than the recipe's size.
+    let bigger = CachedBase {
+        virtual_size: 3 * GIB,
+        ..base_of(&plan)
+    };
+    let e = overlay(&plan).commands(Some(&bigger)).unwrap_err();
+    assert!(e.to_string().contains("the disk cannot shrink"), "{e:#}");
+}
+
+#[test]
+fn a_shrinking_disk_is_refused_when_the_plan_is_made() {
+    let f = Fixture::new();
+    let path = f.dir.path().join("r.yaml");
+    std::fs::write(
+        &path,
+        "name: t\nbase: {path: base.qcow2}\ndisk: {size: 512M}\n",
+    )
+    .unwrap();
+    let e = resolve::resolve(&path, &BuildOptions::default(), &f.env).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("disk.size: the disk cannot shrink"),
+        "{e:#}"
+    );
+}
+
+#[test]
+fn disk_only_ends_with_the_disk_and_publishes_nothing() {
+    let f = Fixture::new();
+    let dest = f.dir.path().join("out.qcow2");
+    let plan = f.plan(
+        "name: t\nbase: {path: base.qcow2}\n",
+        &BuildOptions {
+            disk_only: Some(dest.clone()),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        names(&plan),
+        ["base", "overlay", "guest", "finalize", "disk"]
+    );
+    match &plan.deliver {
+        Deliver::Disk(d) => assert_eq!(d.step, dest),
+        Deliver::Image { .. } => panic!("a --disk-only plan publishes"),
+    }
+}
+
+#[test]
+fn incremental_keeps_the_stage_then_starts_from_it() {
+    let f = Fixture::new();
+    let recipe =
+        "name: t\nbase: {path: base.qcow2}\ndisk: {size: 2G}\ncustomize:\n  packages: [curl]\n";
+    let opts = BuildOptions {
+        incremental: true,
+        ..Default::default()
+    };
+    let first = f.plan(recipe, &opts);
+    assert_eq!(
+        names(&first),
+        [
+            "base",
+            "overlay",
+            "guest-packages",
+            "stage",
+            "guest",
+            "finalize",
+            "pack",
+            "publish",
+            "attest"
+        ]
+    );
+    // The packages launch grows and has a network; the last one does neither.
+    let launches: Vec<&step::GuestSpec> = first
+        .disk
+        .iter()
+        .filter_map(|s| match &s.step {
+            DiskStep::Guest(g) => Some(g),
+            _ => None,
+        })
+        .collect();
+    assert!(launches[0].network && !launches[1].network);
+    assert!(operations(&first, "guest-packages")[0].starts_with("grow "));
+    assert!(!operations(&first, "guest")
+        .iter()
+        .any(|o| o.starts_with("grow ")));
+    let (planned, executed) = planned_and_executed(&first);
+    assert_eq!(planned, executed);
+
+    // Keep a stage disk where the first build would have, and plan again.
+    let kept = first
+        .disk
+        .iter()
+        .find_map(|s| match &s.step {
+            DiskStep::Stage(st) => Some(st.kept.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(f.dir.path().join("base.qcow2"))
+        .arg(&kept)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let again = f.plan(recipe, &opts);
+    assert_eq!(
+        names(&again),
+        [
+            "base",
+            "guest-packages",
+            "overlay",
+            "guest",
+            "finalize",
+            "pack",
+            "publish",
+            "attest"
+        ]
+    );
+    let shown = again.shown();
+    assert!(shown[1].cached && shown[1].commands.is_empty());
+    let (planned, executed) = planned_and_executed(&again);
+    assert_eq!(planned, executed);
+    assert!(
+        planned[0].1.contains(&format!(
+            "-b $CACHE/stages/{}",
+            kept.file_name().unwrap().to_string_lossy()
+        )),
+        "the overlay sits on the kept stage: {planned:#?}"
+    );
+    assert_eq!(again.build_key, first.build_key);
+}
+
+#[test]
+fn publishing_steps_follow_the_destinations() {
+    let f = Fixture::new();
+    let plan = f.plan(
+        "name: t\nbase: {path: base.qcow2}\n",
+        &BuildOptions {
+            outputs: vec!["oci:a:1".into(), "oci-archive:b.tar:2".into()],
+            ..Default::default()
+        },
+    );
+    let shown = plan.shown();
+    let publish = shown.iter().find(|s| s.name == "publish").unwrap();
+    assert_eq!(publish.description, "write oci:a:1, oci-archive:b.tar:2");
+    // Every key after the base is chained: pack, publish and attest share the image key.
+    let keys: Vec<&str> = shown.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(keys[4], plan.build_key);
+    assert_eq!(keys[5], keys[4]);
+    assert_ne!(keys[0], keys[1]);
+}
