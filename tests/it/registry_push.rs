@@ -1,7 +1,7 @@
 //! Pushing to a real registry (Debian's docker-registry on loopback): skip and mount,
 //! faults injected by a loopback proxy, basic auth, and reading back with skopeo.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -101,11 +101,7 @@ fn skopeo_digest(reference: &str, creds: Option<&str>) -> String {
     v["Digest"].as_str().unwrap().to_string()
 }
 
-#[test]
 fn push_skips_present_blobs_and_mounts_across_repositories() {
-    if !common::require(TOOLS) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let (l, digest) = layout(t.path(), 6);
     let reg = Registry::start(None);
@@ -231,11 +227,7 @@ fn push_skips_present_blobs_and_mounts_across_repositories() {
     assert_eq!(s["disk"]["virtual_size"], 6 << 20);
 }
 
-#[test]
 fn push_survives_connection_resets_and_503s() {
-    if !common::require(TOOLS) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let (l, digest) = layout(t.path(), 8);
     for (resets, unavailable, repo) in [(1, 0, "reset"), (0, 2, "busy")] {
@@ -289,12 +281,7 @@ fn push_survives_connection_resets_and_503s() {
 ///
 /// Six minutes of waiting on a throttled link and no CPU: `ci/test.sh` runs it beside
 /// the rest of the suite (`cargo test --test registry_push -- --ignored`).
-#[test]
-#[ignore = "six minutes on a throttled link; ci/test.sh runs it beside the other tests"]
 fn a_300_mb_push_at_0_8_mb_per_s_completes_and_a_refused_chunk_resumes() {
-    if !common::require(TOOLS) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let (l, digest) = layout(t.path(), 287); // 300 MB (287 MiB) of incompressible data
     let layer = largest_file(&l.join("blobs/sha256"));
@@ -350,11 +337,7 @@ fn a_300_mb_push_at_0_8_mb_per_s_completes_and_a_refused_chunk_resumes() {
 /// A chunk cut in the middle of its body: the distribution registry cancels such an
 /// upload (its stored size no longer matches the upload state), so the blob starts over
 /// in a new upload, and the push completes with the right digest.
-#[test]
 fn a_chunk_cut_mid_body_is_sent_again_and_the_push_completes() {
-    if !common::require(TOOLS) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let (l, digest) = layout(t.path(), 40);
     let reg = Registry::start(None);
@@ -385,11 +368,7 @@ fn a_chunk_cut_mid_body_is_sent_again_and_the_push_completes() {
 /// The registry timeout bounds inactivity, not a request's duration: one upload
 /// request of an 8 MiB layer at 1 MB/s lasts over 8 s and completes with a 3 s timeout,
 /// without a retry.
-#[test]
 fn a_request_may_outlast_the_timeout_while_bytes_flow() {
-    if !common::require(TOOLS) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let (l, digest) = layout(t.path(), 8);
     let reg = Registry::start(None);
@@ -428,11 +407,7 @@ fn a_request_may_outlast_the_timeout_while_bytes_flow() {
 /// registry then answers `Range: 0-0` for the upload, which it also says when it holds
 /// one byte, so the upload starts over instead of resuming at byte 1 (which lost the
 /// first byte and failed the commit on its digest).
-#[test]
 fn a_refused_first_chunk_starts_the_upload_over() {
-    if !common::require(TOOLS) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let (l, digest) = layout(t.path(), 40);
     let reg = Registry::start(None);
@@ -472,11 +447,7 @@ fn a_refused_first_chunk_starts_the_upload_over() {
 
 /// When one tag of a multi-tag push is refused, the error says exactly which tags point
 /// at the new image and which do not, and the image stays pullable by digest.
-#[test]
 fn a_refused_tag_is_reported_with_where_every_tag_points() {
-    if !common::require(TOOLS) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let (l, digest) = layout(t.path(), 2);
     let reg = Registry::start(None);
@@ -544,11 +515,7 @@ fn a_refused_tag_is_reported_with_where_every_tag_points() {
     );
 }
 
-#[test]
 fn basic_auth_from_creds_and_auth_file_and_wrong_creds_fail_cleanly() {
-    if !common::require(TOOLS) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let (l, digest) = layout(t.path(), 2);
     let password = "S3cret-Pa55word-XYZ";
@@ -650,11 +617,7 @@ fn largest_file(dir: &Path) -> u64 {
     max
 }
 
-#[test]
 fn ctrl_c_during_a_push_leaves_no_tag_and_a_second_push_completes() {
-    if !common::require(&["docker-registry", "skopeo", "qemu-img"]) {
-        return;
-    }
     let reg = common::registry::Registry::start(None);
     let t = tempfile::tempdir().unwrap();
     // A 2 GiB raw disk of zeros packed without compression: a layer large enough to
@@ -742,13 +705,9 @@ fn ctrl_c_during_a_push_leaves_no_tag_and_a_second_push_completes() {
 /// registry before the packed layer is complete (seen from outside: before its blob
 /// appears in the OCI layout written beside), the image is complete (skopeo copies it,
 /// checking every digest), and packing the same disk again uploads nothing.
-#[test]
 fn pack_uploads_the_layer_while_packing_and_the_same_disk_again_uploads_nothing() {
     use std::io::Read as _;
     use std::sync::atomic::Ordering::SeqCst;
-    if !common::require(TOOLS) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = random_qcow2(t.path(), 48);
     let reg = Registry::start(None);
@@ -851,11 +810,7 @@ fn pack_uploads_the_layer_while_packing_and_the_same_disk_again_uploads_nothing(
 
 /// When the upload that runs while packing breaks, the finished layer is uploaded the
 /// ordinary way and the push completes with an intact image.
-#[test]
 fn a_broken_upload_while_packing_falls_back_to_the_finished_layer() {
-    if !common::require(TOOLS) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = random_qcow2(t.path(), 24);
     let reg = Registry::start(None);
@@ -910,11 +865,7 @@ fn copies_back_intact(reference: &str, dir: &Path) {
 
 /// Ctrl-C while the layer is being packed and uploaded at once: exit 130, no fallback
 /// upload, no tag in the registry, and no half-written blob in the layout beside.
-#[test]
 fn ctrl_c_while_uploading_during_packing_leaves_no_tag_and_no_partial_blob() {
-    if !common::require(&["docker-registry", "skopeo", "qemu-img"]) {
-        return;
-    }
     let reg = Registry::start(None);
     let t = tempfile::tempdir().unwrap();
     // 2 GiB of zeros packed without compression: packing and uploading take long enough
@@ -977,11 +928,7 @@ fn ctrl_c_while_uploading_during_packing_leaves_no_tag_and_no_partial_blob() {
 /// An HTTPS registry (verified with --cert-dir) whose uploads go on at a plain-HTTP
 /// address (its `http.host` says so): the upload is refused before anything — the
 /// credential least of all — goes over plain HTTP.
-#[test]
 fn an_https_registry_cannot_move_an_upload_to_plain_http() {
-    if !common::require(&["qemu-img", "docker-registry", "openssl", "htpasswd"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let (l, _) = layout(t.path(), 1);
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -1041,4 +988,20 @@ fn an_https_registry_cannot_move_an_upload_to_plain_http() {
     assert!(common::temp_files(t.path()).is_empty());
     // Nothing was tagged.
     assert_eq!(reg.count(&["PUT", "/manifests/"]), 0, "{}", reg.log_text());
+}
+
+crate::tests! {
+    fn push_skips_present_blobs_and_mounts_across_repositories [TOOLS];
+    fn push_survives_connection_resets_and_503s [TOOLS];
+    fn a_300_mb_push_at_0_8_mb_per_s_completes_and_a_refused_chunk_resumes [TOOLS] ignore "six minutes on a throttled link; ci/test.sh runs it beside the other tests";
+    fn a_chunk_cut_mid_body_is_sent_again_and_the_push_completes [TOOLS];
+    fn a_request_may_outlast_the_timeout_while_bytes_flow [TOOLS];
+    fn a_refused_first_chunk_starts_the_upload_over [TOOLS];
+    fn a_refused_tag_is_reported_with_where_every_tag_points [TOOLS];
+    fn basic_auth_from_creds_and_auth_file_and_wrong_creds_fail_cleanly [TOOLS];
+    fn ctrl_c_during_a_push_leaves_no_tag_and_a_second_push_completes [&["docker-registry", "skopeo", "qemu-img"]];
+    fn pack_uploads_the_layer_while_packing_and_the_same_disk_again_uploads_nothing [TOOLS];
+    fn a_broken_upload_while_packing_falls_back_to_the_finished_layer [TOOLS];
+    fn ctrl_c_while_uploading_during_packing_leaves_no_tag_and_no_partial_blob [&["docker-registry", "skopeo", "qemu-img"]];
+    fn an_https_registry_cannot_move_an_upload_to_plain_http [&["qemu-img", "docker-registry", "openssl", "htpasswd"]];
 }

@@ -16,7 +16,7 @@
 //! - a guest without SELinux gets no relabel step in `plan`, `selinux-relabel: maybe`
 //!   is a located error, and a config naming a policy that is not installed fails the
 //!   build naming the missing file.
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -179,11 +179,7 @@ fn section(text: &str, name: &str) -> String {
     rest[..rest.find("\n==").map(|j| j + 1).unwrap_or(rest.len())].to_string()
 }
 
-#[test]
 fn a_build_on_an_selinux_guest_leaves_every_label_right_and_boots_enforcing() {
-    if !common::require(TOOLS) {
-        return;
-    }
     let t = tempfile::tempdir_in(common::repo_root().join("target")).unwrap();
 
     // Control: without the relabel, the files the build wrote carry wrong labels.
@@ -353,7 +349,6 @@ fn plan_json(recipe: &Path, cache: &Path) -> String {
     ok(&out, &format!("plan of {}", recipe.display()))
 }
 
-#[test]
 fn plan_shows_the_relabel_only_where_a_policy_may_be() {
     let t = tempfile::tempdir().unwrap();
     let cache = t.path().join("cache");
@@ -407,7 +402,6 @@ fn plan_shows_the_relabel_only_where_a_policy_may_be() {
     assert_ne!(key(&plain), key(&required));
 }
 
-#[test]
 fn a_bad_setting_is_a_located_error() {
     let t = tempfile::tempdir().unwrap();
     let bad = t.path().join("bad.yaml");
@@ -463,11 +457,7 @@ fn build_with_selinux_setup(dir: &Path, setup: &[&str]) -> (Option<i32>, String)
     )
 }
 
-#[test]
 fn a_policy_that_is_named_but_missing_or_cannot_be_applied_fails_the_build() {
-    if !common::require(&["qemu-img", "guestfish", "mmdebstrap"]) {
-        return;
-    }
     let t = tempfile::tempdir_in(common::repo_root().join("target")).unwrap();
     // The config names a policy whose files are not there.
     let missing = t.path().join("missing");
@@ -501,4 +491,11 @@ fn a_policy_that_is_named_but_missing_or_cannot_be_applied_fails_the_build() {
         stderr.contains("the guest has no `setfiles` (package policycoreutils)"),
         "{stderr}"
     );
+}
+
+crate::tests! {
+    fn a_build_on_an_selinux_guest_leaves_every_label_right_and_boots_enforcing [TOOLS];
+    fn plan_shows_the_relabel_only_where_a_policy_may_be;
+    fn a_bad_setting_is_a_located_error;
+    fn a_policy_that_is_named_but_missing_or_cannot_be_applied_fails_the_build [&["qemu-img", "guestfish", "mmdebstrap"]];
 }

@@ -3,7 +3,7 @@
 //! `pyspdxtools` (PyPI spdx-tools). Broken variants must be refused, so the validator is
 //! known to look at what matters.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -74,11 +74,7 @@ fn assert_valid(dir: &Path, name: &str, doc: &[u8]) {
     eprintln!("{name}: valid SPDX 2.3");
 }
 
-#[test]
 fn pyspdxtools_accepts_sboms_of_debian_fedora_and_alpine_guests() {
-    if !common::require(&["pyspdxtools"]) {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let debian = Distro::from_os_release(&fixture("os-release-debian12")).unwrap();
     let mut debs = packages::parse_dpkg_status(&fixture("dpkg-status-bookworm-minbase")).unwrap();
@@ -104,11 +100,7 @@ fn pyspdxtools_accepts_sboms_of_debian_fedora_and_alpine_guests() {
     assert_valid(dir.path(), "alpine", &sbom(&alpine, &apks));
 }
 
-#[test]
 fn pyspdxtools_refuses_broken_variants() {
-    if !common::require(&["pyspdxtools"]) {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let fedora = Distro::from_os_release("ID=fedora\nVERSION_ID=40\n").unwrap();
     let rpms = packages::parse_rpm_qa(&fixture("rpm-qa-fedora40.tsv")).unwrap();
@@ -133,4 +125,9 @@ fn pyspdxtools_refuses_broken_variants() {
             text.lines().last().unwrap_or_default()
         );
     }
+}
+
+crate::tests! {
+    fn pyspdxtools_accepts_sboms_of_debian_fedora_and_alpine_guests [&["pyspdxtools"]];
+    fn pyspdxtools_refuses_broken_variants [&["pyspdxtools"]];
 }

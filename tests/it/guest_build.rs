@@ -5,7 +5,7 @@
 //! the middle; the incremental stage cache; shrinking refused. The partition layouts of
 //! real cloud images (LVM, xfs, btrfs, MBR, root not last by number) are the layout
 //! zoo's (tests/layout_zoo.rs).
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -85,11 +85,7 @@ fn qemu_img_info(p: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-#[test]
 fn gpt_ext4_grows_and_gets_every_customization_in_one_launch() {
-    if !common::require(TOOLS) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let base = base_in(t.path());
     let base_sum = sha256(&base);
@@ -217,15 +213,13 @@ output:
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
-    if let Some(python) = common::kubevirt::validator_python() {
-        let v = common::kubevirt::validate(python, &files);
-        assert!(
-            v.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&v.stdout),
-            String::from_utf8_lossy(&v.stderr)
-        );
-    }
+    let v = common::kubevirt::validate(common::kubevirt::validator_python(), &files);
+    assert!(
+        v.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
     let all: String = files
         .iter()
         .map(|f| std::fs::read_to_string(f).unwrap())
@@ -416,11 +410,7 @@ fn all_launches(out: &Output) -> Vec<u64> {
 /// appliance once, and the result has the new file on the grown filesystem. (xfs on
 /// MBR, which this test's layout replaced, grows in tests/layout_zoo.rs: el-like for
 /// xfs, cirros-like for MBR.)
-#[test]
 fn incremental_rebuild_reuses_the_grown_stage() {
-    if !common::require(TOOLS) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let base = base_in(t.path());
     let base_sum = sha256(&base);
@@ -517,11 +507,7 @@ fn incremental_rebuild_reuses_the_grown_stage() {
     assert_eq!(section(&text, "v"), "two");
 }
 
-#[test]
 fn shrinking_is_refused_with_both_sizes() {
-    if !common::require(&["qemu-img"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let base = t.path().join("b.qcow2");
     assert!(Command::new("qemu-img")
@@ -572,11 +558,7 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
     found
 }
 
-#[test]
 fn ctrl_c_during_customization_stops_the_appliance_and_leaves_nothing() {
-    if !common::require(TOOLS) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let base = base_in(t.path());
     let base_sum = sha256(&base);
@@ -639,11 +621,7 @@ fn ctrl_c_during_customization_stops_the_appliance_and_leaves_nothing() {
 /// (the base downloaded into the cache) by a path qemu-img resolves from the overlay's
 /// own directory, so every such path is made absolute once, when the command line is
 /// read. A real build from a downloaded base succeeds.
-#[test]
 fn a_relative_cache_dir_builds() {
-    if !common::require(TOOLS) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let base = common::guest::base_qcow2();
     let server = common::http::TestServer::start();
@@ -719,4 +697,12 @@ fn a_relative_cache_dir_builds() {
         .unwrap_or_default();
     assert!(work_left.is_empty(), "{work_left:?}");
     assert!(common::temp_files(t.path()).is_empty());
+}
+
+crate::tests! {
+    fn gpt_ext4_grows_and_gets_every_customization_in_one_launch [TOOLS, common::kubevirt::validator_need()];
+    fn incremental_rebuild_reuses_the_grown_stage [TOOLS];
+    fn shrinking_is_refused_with_both_sizes [&["qemu-img"]];
+    fn ctrl_c_during_customization_stops_the_appliance_and_leaves_nothing [TOOLS];
+    fn a_relative_cache_dir_builds [TOOLS];
 }

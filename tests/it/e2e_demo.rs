@@ -6,7 +6,7 @@
 //! → the SBOM and provenance from the registry → boot it with `diskforge run` and use
 //! the web terminal in headless Chromium (log in through the page, type a command, read
 //! its output) → an unchanged rebuild does nothing.
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -146,13 +146,9 @@ fn check_demo(cache: &Path, image: &Path) -> Vec<String> {
         .collect()
 }
 
-#[test]
 fn demo_builds_pushes_verifies_boots_and_serves_ttyd() {
-    if !common::require(TOOLS) {
-        return;
-    }
     // Checked before the long build: under CI=true a missing browser fails at once.
-    let browser_python = common::browser::python();
+    let browser_python = common::browser::python_if_installed();
     let root = common::repo_root();
     // The built base is cached across runs under target/.
     let cache = root.join("target/e2e-cache");
@@ -490,4 +486,8 @@ fn demo_builds_pushes_verifies_boots_and_serves_ttyd() {
         s.contains("up to date"),
         "an unchanged rebuild did work: {s}"
     );
+}
+
+crate::tests! {
+    fn demo_builds_pushes_verifies_boots_and_serves_ttyd [TOOLS];
 }

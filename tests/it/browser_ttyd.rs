@@ -5,7 +5,7 @@
 //! whose output it reads back from the terminal. Seconds, not a VM boot: logging in
 //! through the page of a booted image is in tests/e2e_demo.rs.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -43,11 +43,8 @@ fn demo_ttyd(dir: &std::path::Path) -> PathBuf {
     bin
 }
 
-#[test]
 fn ttyd_credential_prompt_is_answered_in_the_browser() {
-    let Some(python) = browser::python() else {
-        return;
-    };
+    let python = browser::python();
     let t = tempfile::tempdir().unwrap();
     let ttyd = demo_ttyd(t.path());
     let port = browser::free_port();
@@ -111,4 +108,8 @@ fn ttyd_credential_prompt_is_answered_in_the_browser() {
     );
     assert_eq!(lines.get(1).map(String::as_str), Some("Linux"), "{stdout}");
     assert!(screenshot.is_file());
+}
+
+crate::tests! {
+    fn ttyd_credential_prompt_is_answered_in_the_browser [browser::needs()];
 }

@@ -3,12 +3,12 @@
 //! each DataImportCron importing its architecture from the index's tag, valid for
 //! CDI's and KubeVirt's published API definitions.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::kubevirt::{validate, validator_python};
+use common::kubevirt::{validate, validator_need, validator_python};
 use common::registry::Registry;
 
 fn qcow2(dir: &Path, name: &str, mib: u64) -> PathBuf {
@@ -42,14 +42,8 @@ fn yaml(path: &Path) -> serde_yaml::Value {
     serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-#[test]
 fn an_index_gets_one_data_import_cron_per_architecture() {
-    if !common::require(&["qemu-img", "docker-registry"]) {
-        return;
-    }
-    let Some(python) = validator_python() else {
-        return;
-    };
+    let python = validator_python();
     let t = tempfile::tempdir().unwrap();
     let w = t.path();
     let reg = Registry::start(None);
@@ -123,4 +117,8 @@ fn an_index_gets_one_data_import_cron_per_architecture() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+crate::tests! {
+    fn an_index_gets_one_data_import_cron_per_architecture [&["qemu-img", "docker-registry"], validator_need()];
 }

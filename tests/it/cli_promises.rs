@@ -3,7 +3,7 @@
 //! events. Fast: small disks made with qemu-img, a loopback registry, and QEMU booting a
 //! blank disk where a boot check has to fail; nothing is built.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -109,11 +109,7 @@ const THREE_TYPE_ERRORS_AT: [&str; 3] = [
 /// serial-console context `run` adds. (A wrong `--login` password is the same error
 /// type from the same check: vm::probe's a_refused_password_is_a_failed_boot_check
 /// drives the login against a fake ttyd.)
-#[test]
 fn a_failed_boot_check_exits_4() {
-    if !common::require(&["qemu-img", "qemu-system-x86_64"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = qcow2(t.path(), "blank.qcow2", "64M");
     let out = df(t.path())
@@ -137,7 +133,6 @@ fn a_failed_boot_check_exits_4() {
 
 /// docs/cli.md's exit-code table lists exactly the codes `diskforge --help` names, and
 /// each code is what diskforge returns in its situation.
-#[test]
 fn exit_code_table_matches_help_and_behaviour() {
     let doc = std::fs::read_to_string(common::repo_root().join("docs/cli.md")).unwrap();
     let section = doc
@@ -194,9 +189,6 @@ fn exit_code_table_matches_help_and_behaviour() {
         .unwrap();
     assert_eq!(closed.status.code(), Some(141), "{}", stderr(&closed));
 
-    if !common::require(&["qemu-img", "qemu-system-x86_64"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     qcow2(d, "base.qcow2", "64M");
@@ -290,11 +282,7 @@ fn exit_code_table_matches_help_and_behaviour() {
 /// With `--print-vm-manifest` stdout is one YAML document and nothing else, for `pack`
 /// and `build` (their shared result printer). `push` is covered by
 /// registry_push.rs (push_skips_present_blobs_and_mounts_across_repositories).
-#[test]
 fn print_vm_manifest_makes_stdout_one_yaml_document() {
-    if !common::require(&["qemu-img", "docker-registry"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = qcow2(t.path(), "lab.qcow2", "64M");
     let reg = Registry::start(None);
@@ -335,11 +323,7 @@ fn print_vm_manifest_makes_stdout_one_yaml_document() {
 
 /// `--digest-file` (and podman's spelling `--digestfile`) writes the manifest digest for
 /// layouts and archives too.
-#[test]
 fn digest_file_holds_the_manifest_digest_for_local_destinations() {
-    if !common::require(&["qemu-img"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = qcow2(t.path(), "lab.qcow2", "64M");
     let layout = t.path().join("layout");
@@ -372,11 +356,7 @@ fn digest_file_holds_the_manifest_digest_for_local_destinations() {
 
 /// Options that cannot work together exit 2 at once: no cache, no work directory, no
 /// output, no digest file.
-#[test]
 fn option_combinations_that_cannot_work_are_refused_before_any_work() {
-    if !common::require(&["qemu-img"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     // A buildable recipe (its base exists): a late check would start building it.
@@ -456,7 +436,6 @@ fn option_combinations_that_cannot_work_are_refused_before_any_work() {
 
 /// `push` takes no compression and no `-o`: its help does not offer them and using
 /// them is a usage error, not a silent gzip push.
-#[test]
 fn push_offers_only_options_it_uses() {
     let help = common::diskforge()
         .args(["push", "--help"])
@@ -486,11 +465,7 @@ fn push_offers_only_options_it_uses() {
 }
 
 /// `pack DISK` without `-o` writes where its help says: oci:out/NAME:latest.
-#[test]
 fn pack_without_output_writes_the_documented_default() {
-    if !common::require(&["qemu-img"]) {
-        return;
-    }
     let help = common::diskforge()
         .args(["pack", "--help"])
         .output()
@@ -525,11 +500,7 @@ fn pack_without_output_writes_the_documented_default() {
 /// A text file is no disk: `pack` refuses it (hostile.rs,
 /// pack_refuses_links_text_files_and_odd_sizes, has links and odd sizes), and `verify`
 /// fails an image that carries one instead of calling the contract satisfied.
-#[test]
 fn pack_refuses_and_verify_fails_a_disk_that_is_a_text_file() {
-    if !common::require(&["qemu-img"]) {
-        return;
-    }
     use common::hostile::{layout_with_layer, tar};
     let t = tempfile::tempdir().unwrap();
     let text_file = t.path().join("notes.img");
@@ -580,11 +551,7 @@ fn pack_refuses_and_verify_fails_a_disk_that_is_a_text_file() {
 /// Warnings and errors written to a pipe or a file are plain text, with and without
 /// NO_COLOR; on a terminal they are coloured unless NO_COLOR is set (the control that
 /// shows the check can see colour at all).
-#[test]
 fn no_colour_codes_outside_a_terminal() {
-    if !common::require(&["qemu-img"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = qcow2(t.path(), "lab.qcow2", "64M");
     let zstd_pack = |c: &mut Command| {
@@ -625,9 +592,6 @@ fn no_colour_codes_outside_a_terminal() {
             );
         }
     }
-    if !common::require(&["script"]) {
-        return;
-    }
     // On a terminal (script(1) gives the command a pty).
     let line = format!(
         "{} pack {} --compression zstd -o oci:{}",
@@ -654,11 +618,7 @@ fn no_colour_codes_outside_a_terminal() {
 }
 
 /// HTTPS to a registry that speaks plain HTTP: the error names the cause and the option.
-#[test]
 fn https_to_a_plain_http_registry_hints_tls_verify_false() {
-    if !common::require(&["docker-registry"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let reg = Registry::start(None);
     let out = df(t.path())
@@ -677,7 +637,6 @@ fn https_to_a_plain_http_registry_hints_tls_verify_false() {
 /// `size: 10`, `mode: 644` and `port: 70000` in one file: all three reported at once, each
 /// at its key's line and column, in the recipe's words — by validate, plan and build
 /// alike. (Each alone, and in a parent file, is in tests/recipes/malformed/.)
-#[test]
 fn type_errors_are_located_in_the_recipes_words_all_at_once() {
     let t = tempfile::tempdir().unwrap();
     let recipe = t.path().join("lab.yaml");
@@ -756,11 +715,7 @@ fn type_errors_are_located_in_the_recipes_words_all_at_once() {
 /// names, in its order: `--creds`/`DISKFORGE_CREDS`, then `--authfile`/
 /// `REGISTRY_AUTH_FILE` alone, then the first auth file with an entry for the registry.
 /// Each file is shown to win over every later one, and to lose to every earlier one.
-#[test]
 fn registry_credentials_are_found_in_the_readme_order() {
-    if !common::require(&["qemu-img", "docker-registry", "htpasswd"]) {
-        return;
-    }
     let readme = std::fs::read_to_string(common::repo_root().join("README.md")).unwrap();
     let section = readme
         .split("## Registry credentials")
@@ -912,11 +867,7 @@ fn registry_credentials_are_found_in_the_readme_order() {
 
 /// `--cert-dir DIR` trusts the CA certificates in DIR, as podman's option does: an HTTPS
 /// registry with a private CA is refused without it and reached with it.
-#[test]
 fn cert_dir_trusts_a_private_registry_ca() {
-    if !common::require(&["qemu-img", "docker-registry", "openssl"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     let (reg, ca) = Registry::start_tls();
@@ -953,11 +904,7 @@ fn cert_dir_trusts_a_private_registry_ca() {
 
 /// Every event carries `"v":1`; recipe errors are events (one per error, located), and
 /// so is the command's failure with its exit code.
-#[test]
 fn json_events_are_versioned_and_include_recipe_errors() {
-    if !common::require(&["qemu-img"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = qcow2(t.path(), "lab.qcow2", "64M");
     let out = df(t.path())
@@ -1065,7 +1012,6 @@ fn json_events_are_versioned_and_include_recipe_errors() {
 
 /// Every event name the code emits is documented in docs/events.md, and the document
 /// lists no event the code does not emit.
-#[test]
 fn events_doc_names_exactly_the_events_the_code_emits() {
     fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
         for e in std::fs::read_dir(dir).unwrap() {
@@ -1168,7 +1114,6 @@ fn help_sections(help: &str) -> BTreeMap<String, Vec<String>> {
 /// Every argument of every subcommand has a description; no `[env: …]` is shown twice;
 /// global options sit under their own heading, registry options under theirs, and
 /// nothing else under either.
-#[test]
 fn help_describes_every_argument_under_the_right_heading() {
     use clap::CommandFactory;
     let root = diskforge::cli::Cli::command();
@@ -1258,4 +1203,23 @@ fn help_describes_every_argument_under_the_right_heading() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+crate::tests! {
+    fn a_failed_boot_check_exits_4 [&["qemu-img", "qemu-system-x86_64"]];
+    fn exit_code_table_matches_help_and_behaviour [&["qemu-img", "qemu-system-x86_64"]];
+    fn print_vm_manifest_makes_stdout_one_yaml_document [&["qemu-img", "docker-registry"]];
+    fn digest_file_holds_the_manifest_digest_for_local_destinations [&["qemu-img"]];
+    fn option_combinations_that_cannot_work_are_refused_before_any_work [&["qemu-img"]];
+    fn push_offers_only_options_it_uses;
+    fn pack_without_output_writes_the_documented_default [&["qemu-img"]];
+    fn pack_refuses_and_verify_fails_a_disk_that_is_a_text_file [&["qemu-img"]];
+    fn no_colour_codes_outside_a_terminal [&["qemu-img"], &["script"]];
+    fn https_to_a_plain_http_registry_hints_tls_verify_false [&["docker-registry"]];
+    fn type_errors_are_located_in_the_recipes_words_all_at_once;
+    fn registry_credentials_are_found_in_the_readme_order [&["qemu-img", "docker-registry", "htpasswd"]];
+    fn cert_dir_trusts_a_private_registry_ca [&["qemu-img", "docker-registry", "openssl"]];
+    fn json_events_are_versioned_and_include_recipe_errors [&["qemu-img"]];
+    fn events_doc_names_exactly_the_events_the_code_emits;
+    fn help_describes_every_argument_under_the_right_heading;
 }

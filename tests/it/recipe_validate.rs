@@ -2,7 +2,7 @@
 //! the key it names in its `# expect:` header; the shipped recipes and catalog validate;
 //! the checked-in JSON Schema matches the types.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
@@ -15,7 +15,6 @@ fn validate(paths: &[&Path]) -> std::process::Output {
         .unwrap()
 }
 
-#[test]
 fn every_malformed_recipe_fails_at_the_expected_place() {
     let dir = common::repo_root().join("tests/recipes/malformed");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
@@ -58,7 +57,6 @@ fn every_malformed_recipe_fails_at_the_expected_place() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-#[test]
 fn shipped_recipes_and_catalog_validate() {
     let root = common::repo_root();
     let mut files = Vec::new();
@@ -86,7 +84,6 @@ fn shipped_recipes_and_catalog_validate() {
     );
 }
 
-#[test]
 fn checked_in_schema_matches_the_types() {
     let out = common::diskforge().arg("schema").output().unwrap();
     assert!(out.status.success());
@@ -102,7 +99,6 @@ fn checked_in_schema_matches_the_types() {
     assert!(v["properties"]["ttyd"].is_object());
 }
 
-#[test]
 fn plan_shows_commands_in_order_and_never_a_secret() {
     let t = tempfile::tempdir().unwrap();
     let secret = "pw-Plan-Secret-9Z";
@@ -142,7 +138,6 @@ fn plan_shows_commands_in_order_and_never_a_secret() {
 /// Secrets that reach a recipe through `${VAR}` (variables named like secrets, or marked
 /// `secret: true`) are masked in `plan`, `--json` plans and errors, while ordinary
 /// variables are shown.
-#[test]
 fn substituted_secrets_never_appear_in_plans_or_errors() {
     let t = tempfile::tempdir().unwrap();
     let (token, key, plain) = (
@@ -243,4 +238,12 @@ fn substituted_secrets_never_appear_in_plans_or_errors() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("customize.files[0].path"), "{err}");
     assert!(!err.contains(token), "secret in an error: {err}");
+}
+
+crate::tests! {
+    fn every_malformed_recipe_fails_at_the_expected_place;
+    fn shipped_recipes_and_catalog_validate;
+    fn checked_in_schema_matches_the_types;
+    fn plan_shows_commands_in_order_and_never_a_secret;
+    fn substituted_secrets_never_appear_in_plans_or_errors;
 }

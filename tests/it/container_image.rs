@@ -6,7 +6,7 @@
 //!
 //! Slow on a first run (mmdebstrap and the image's package install, several minutes);
 //! the base tarball and buildah's layer cache stay under target/tmp between runs.
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -138,11 +138,7 @@ fn context(dir: &Path) -> PathBuf {
     ctx
 }
 
-#[test]
 fn container_image_builds_and_runs_diskforge_and_libguestfs_unprivileged() {
-    if !common::require(&["buildah", "mmdebstrap", "strip", "skopeo"]) {
-        return;
-    }
     let started = std::time::Instant::now();
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("container-image");
     std::fs::create_dir_all(&dir).unwrap();
@@ -240,4 +236,8 @@ fn container_image_builds_and_runs_diskforge_and_libguestfs_unprivileged() {
         b.ok(&["rmi", "--all", "--force"]);
         let _ = std::fs::remove_dir_all(&b.root);
     }
+}
+
+crate::tests! {
+    fn container_image_builds_and_runs_diskforge_and_libguestfs_unprivileged [&["buildah", "mmdebstrap", "strip", "skopeo"]];
 }

@@ -2,7 +2,7 @@
 //! download, resume, retries, checksum files, decompression, cache integrity, offline
 //! mode, concurrency, local bases and the standalone-image check.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -126,25 +126,24 @@ struct Fixture {
     server: TestServer,
 }
 
-fn fixture() -> Option<Fixture> {
-    if !common::require(&["qemu-img", "qemu-io"]) {
-        return None;
-    }
+/// What [`fixture`] needs.
+const FIXTURE: &[&str] = &["qemu-img", "qemu-io"];
+
+fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("work");
     fs::create_dir(&dir).unwrap();
     let cache = Cache::new(tmp.path().join("cache")).unwrap();
-    Some(Fixture {
+    Fixture {
         dir,
         cache,
         server: TestServer::start(),
         _tmp: tmp,
-    })
+    }
 }
 
-#[tokio::test]
 async fn downloads_verifies_caches_and_never_modifies() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
     f.server.serve("img/disk.qcow2", data.clone());
     let spec = url_base(
@@ -187,9 +186,8 @@ async fn downloads_verifies_caches_and_never_modifies() {
     assert_eq!(list[0].size, data.len() as u64);
 }
 
-#[tokio::test]
 async fn resumes_with_range_after_a_cut_connection() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
     assert!(data.len() > 200_000);
     f.server.serve("disk.qcow2", data.clone());
@@ -208,9 +206,8 @@ async fn resumes_with_range_after_a_cut_connection() {
     assert!(reqs[1].if_range.is_some(), "If-Range guards the splice");
 }
 
-#[tokio::test]
 async fn resumes_a_partial_download_left_by_an_earlier_run() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
     let compressed = xz(&data);
     f.server.serve("disk.qcow2.xz", compressed.clone());
@@ -236,9 +233,8 @@ async fn resumes_a_partial_download_left_by_an_earlier_run() {
     assert!(files_under(&f.cache.partial_dir()).is_empty());
 }
 
-#[tokio::test]
 async fn restarts_when_the_server_ignores_ranges() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
     f.server.serve("disk.qcow2", data.clone());
     f.server.no_ranges("disk.qcow2");
@@ -253,9 +249,8 @@ async fn restarts_when_the_server_ignores_ranges() {
     assert_eq!(reqs[1].status, 200, "{reqs:?}");
 }
 
-#[tokio::test]
 async fn retries_503_then_succeeds() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
     f.server.serve("disk.qcow2", data.clone());
     f.server.fail_503("disk.qcow2", 2);
@@ -273,9 +268,8 @@ async fn retries_503_then_succeeds() {
     assert_eq!(statuses, [503, 503, 200]);
 }
 
-#[tokio::test]
 async fn persistent_503_gives_up_naming_url_and_status() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     f.server.serve("disk.qcow2", b"never served".to_vec());
     f.server.fail_503("disk.qcow2", 100);
     let url = f.server.url("disk.qcow2");
@@ -294,9 +288,8 @@ async fn persistent_503_gives_up_naming_url_and_status() {
     assert_eq!(cache_files(&f.cache), Vec::<String>::new());
 }
 
-#[tokio::test]
 async fn not_found_fails_at_once_naming_url_and_status() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     let url = f.server.url("missing.qcow2");
     let spec = url_base(url.clone(), literal(&format!("sha256:{}", "0".repeat(64))));
     let err = acquire(&spec, &f.cache, &fast_opts()).await.unwrap_err();
@@ -309,9 +302,8 @@ async fn not_found_fails_at_once_naming_url_and_status() {
     assert_eq!(cache_files(&f.cache), Vec::<String>::new());
 }
 
-#[tokio::test]
 async fn checksum_mismatch_is_typed_and_leaves_nothing() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
     f.server.serve("disk.qcow2", data.clone());
     let wrong = sha256(b"something else");
@@ -327,9 +319,8 @@ async fn checksum_mismatch_is_typed_and_leaves_nothing() {
     assert_eq!(cache_files(&f.cache), Vec::<String>::new());
 }
 
-#[tokio::test]
 async fn gnu_checksum_file_binary_and_text_mode() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
     let other = make_qcow2(&f.dir, "other.qcow2", "32M");
     f.server.serve("rel/disk-1.qcow2", data.clone());
@@ -357,9 +348,8 @@ async fn gnu_checksum_file_binary_and_text_mode() {
     assert_eq!(got.virtual_size, 32 << 20);
 }
 
-#[tokio::test]
 async fn bsd_checksum_file_with_sha512_and_explicit_name() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
     f.server.serve("download?id=7", data.clone());
     f.server.serve(
@@ -392,9 +382,8 @@ async fn bsd_checksum_file_with_sha512_and_explicit_name() {
     assert_eq!(f.cache.lookup(&key).unwrap(), Some(sha256(&data)));
 }
 
-#[tokio::test]
 async fn literal_sha512_and_its_mismatch() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
     f.server.serve("disk.qcow2", data.clone());
     let spec = url_base(
@@ -418,9 +407,8 @@ async fn literal_sha512_and_its_mismatch() {
 /// A reference that names another intact blob (a misdirected `refs/` file) is not
 /// trusted: the blob's record does not list that name, so the base is fetched again and
 /// the build gets the image its checksum names, not the other one.
-#[tokio::test]
 async fn a_reference_naming_another_intact_blob_is_not_trusted() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     let a = make_qcow2(&f.dir, "a.qcow2", "8M");
     let b = make_qcow2(&f.dir, "b.qcow2", "16M");
     f.server.serve("a.qcow2", a.clone());
@@ -494,12 +482,8 @@ fn compress_with(data: &[u8], argv: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
-#[tokio::test]
 async fn decompresses_xz_gz_zst_while_streaming() {
-    let Some(f) = fixture() else { return };
-    if !common::require(&["xz", "gzip", "zstd"]) {
-        return;
-    }
+    let f = fixture();
     let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
     let mut sums = String::new();
     for (ext, argv) in [
@@ -533,9 +517,8 @@ async fn decompresses_xz_gz_zst_while_streaming() {
     }
 }
 
-#[tokio::test]
 async fn corrupt_cache_entry_is_discarded_and_fetched_again() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
     f.server.serve("disk.qcow2", data.clone());
     let spec = url_base(
@@ -559,9 +542,8 @@ async fn corrupt_cache_entry_is_discarded_and_fetched_again() {
     );
 }
 
-#[tokio::test]
 async fn offline_uses_the_cache_only() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
     f.server.serve("disk.qcow2", data.clone());
     f.server.serve(
@@ -599,9 +581,8 @@ async fn offline_uses_the_cache_only() {
     );
 }
 
-#[test]
 fn two_concurrent_acquisitions_download_once() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
     f.server.serve("disk.qcow2", data.clone());
     // A slow response keeps the first download in flight while the second arrives.
@@ -628,9 +609,8 @@ fn two_concurrent_acquisitions_download_once() {
     assert_eq!(f.server.count("disk.qcow2"), 1);
 }
 
-#[tokio::test]
 async fn local_path_base_is_used_in_place() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     let data = make_qcow2(&f.dir, "local.qcow2", "16M");
     let spec = ResolvedBase::from_spec(
         &BaseSpec {
@@ -650,9 +630,8 @@ async fn local_path_base_is_used_in_place() {
     assert!(cache_files(&f.cache).is_empty());
 }
 
-#[tokio::test]
 async fn qcow2_with_a_backing_file_is_refused() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     make_qcow2(&f.dir, "base.qcow2", "16M");
     run(Command::new("qemu-img")
         .args([
@@ -689,9 +668,8 @@ async fn qcow2_with_a_backing_file_is_refused() {
     assert!(format!("{err:#}").contains("backing file"), "{err:#}");
 }
 
-#[tokio::test]
 async fn declared_format_must_match() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
     f.server.serve("disk.img", data.clone());
     let mut spec = url_base(
@@ -703,9 +681,8 @@ async fn declared_format_must_match() {
     assert!(format!("{err:#}").contains("declares raw"), "{err:#}");
 }
 
-#[tokio::test]
 async fn remote_base_needs_a_checksum_unless_none() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     let spec = BaseSpec {
         url: Some(f.server.url("disk.qcow2")),
         ..BaseSpec::default()
@@ -728,9 +705,8 @@ async fn remote_base_needs_a_checksum_unless_none() {
     assert_eq!(f.server.count("disk.qcow2"), 1);
 }
 
-#[tokio::test]
 async fn fetch_file_extracts_members_of_zip_and_tar_gz() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     let binary: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
     let wheel = {
         use std::io::Write;
@@ -800,9 +776,8 @@ async fn fetch_file_extracts_members_of_zip_and_tar_gz() {
     assert_eq!(fs::read(got).unwrap(), wheel);
 }
 
-#[test]
 fn cache_list_and_prune_commands() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
     f.server.serve("disk.qcow2", data.clone());
     let spec = url_base(
@@ -851,4 +826,29 @@ fn cache_list_and_prune_commands() {
     assert!(prune(&["--all"]).contains("removed 1 cached file"));
     assert!(f.cache.list().unwrap().is_empty());
     assert!(files_under(&f.cache.root().join("refs")).is_empty());
+}
+
+crate::tests! {
+    async fn downloads_verifies_caches_and_never_modifies [FIXTURE];
+    async fn resumes_with_range_after_a_cut_connection [FIXTURE];
+    async fn resumes_a_partial_download_left_by_an_earlier_run [FIXTURE];
+    async fn restarts_when_the_server_ignores_ranges [FIXTURE];
+    async fn retries_503_then_succeeds [FIXTURE];
+    async fn persistent_503_gives_up_naming_url_and_status [FIXTURE];
+    async fn not_found_fails_at_once_naming_url_and_status [FIXTURE];
+    async fn checksum_mismatch_is_typed_and_leaves_nothing [FIXTURE];
+    async fn gnu_checksum_file_binary_and_text_mode [FIXTURE];
+    async fn bsd_checksum_file_with_sha512_and_explicit_name [FIXTURE];
+    async fn literal_sha512_and_its_mismatch [FIXTURE];
+    async fn a_reference_naming_another_intact_blob_is_not_trusted [FIXTURE];
+    async fn decompresses_xz_gz_zst_while_streaming [FIXTURE, &["xz", "gzip", "zstd"]];
+    async fn corrupt_cache_entry_is_discarded_and_fetched_again [FIXTURE];
+    async fn offline_uses_the_cache_only [FIXTURE];
+    fn two_concurrent_acquisitions_download_once [FIXTURE];
+    async fn local_path_base_is_used_in_place [FIXTURE];
+    async fn qcow2_with_a_backing_file_is_refused [FIXTURE];
+    async fn declared_format_must_match [FIXTURE];
+    async fn remote_base_needs_a_checksum_unless_none [FIXTURE];
+    async fn fetch_file_extracts_members_of_zip_and_tar_gz [FIXTURE];
+    fn cache_list_and_prune_commands [FIXTURE];
 }

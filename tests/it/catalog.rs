@@ -3,7 +3,7 @@
 //! entry is refused before any work with a suggestion, and the whole catalog is built
 //! into the binary.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -55,11 +55,7 @@ fn gpg_fingerprints(file: &Path) -> BTreeSet<String> {
     fprs
 }
 
-#[test]
 fn every_signed_entry_pins_the_distributions_own_key() {
-    if !common::require(&["gpg"]) {
-        return;
-    }
     let root = common::repo_root().join("base-images");
     let mut checked = BTreeSet::new();
     for entry in std::fs::read_dir(&root).unwrap() {
@@ -132,7 +128,6 @@ fn every_signed_entry_pins_the_distributions_own_key() {
     }
 }
 
-#[test]
 fn a_misspelt_catalog_entry_is_refused_before_any_work() {
     let t = tempfile::tempdir().unwrap();
     let r = t.path().join("lab.yaml");
@@ -167,7 +162,6 @@ fn a_misspelt_catalog_entry_is_refused_before_any_work() {
 /// `validate`, `plan` and `build` at the recipe's `disk.size` (exit 2), before any
 /// download: the catalog's URLs are unreachable here, so a network attempt would fail
 /// with exit 1 and another message.
-#[test]
 fn a_shrinking_disk_is_refused_before_any_download() {
     let t = tempfile::tempdir().unwrap();
     let r = t.path().join("lab.yaml");
@@ -196,7 +190,6 @@ fn a_shrinking_disk_is_refused_before_any_download() {
 /// A catalog entry with a signature URL and no key is refused by `validate` (exit 2, at
 /// the key); a catalog directory given with `--catalog` wins over the built-in entry of
 /// the same name.
-#[test]
 fn catalog_files_are_checked_and_a_given_catalog_wins() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("my-catalog");
@@ -270,7 +263,6 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-#[test]
 fn the_whole_catalog_is_known_outside_the_repository() {
     let t = tempfile::tempdir().unwrap();
     let out = common::diskforge()
@@ -336,7 +328,6 @@ fn the_whole_catalog_is_known_outside_the_repository() {
 
 /// `diskforge base list | head -1`: a reader that stops early ends diskforge quietly
 /// with the status of a closed pipe, not a panic message.
-#[test]
 fn a_closed_stdout_stops_quietly() {
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
@@ -352,4 +343,13 @@ fn a_closed_stdout_stops_quietly() {
     assert_eq!(out.status.code(), Some(141), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert!(err.trim().is_empty(), "{err}");
+}
+
+crate::tests! {
+    fn every_signed_entry_pins_the_distributions_own_key [&["gpg"]];
+    fn a_misspelt_catalog_entry_is_refused_before_any_work;
+    fn a_shrinking_disk_is_refused_before_any_download;
+    fn catalog_files_are_checked_and_a_given_catalog_wins;
+    fn the_whole_catalog_is_known_outside_the_repository;
+    fn a_closed_stdout_stops_quietly;
 }

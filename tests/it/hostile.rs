@@ -2,7 +2,7 @@
 //! attack that worked once, and must now fail cleanly, within bounded time and memory,
 //! without touching anything outside diskforge's own scratch space.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::Path;
@@ -28,11 +28,7 @@ fn qcow2(dir: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap()
 }
 
-#[test]
 fn layer_entries_cannot_write_outside_the_scratch_dir() {
-    if !common::require(&["qemu-img"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = qcow2(t.path());
     let victim = std::env::temp_dir().join(format!("diskforge-escape-{}", std::process::id()));
@@ -85,11 +81,7 @@ fn layer_entries_cannot_write_outside_the_scratch_dir() {
 
 /// Absolute entries and links in a layer: `verify` and `run` name them, write nothing
 /// through them, and `verify` exits 4.
-#[test]
 fn absolute_entries_and_links_in_a_layer_are_refused() {
-    if !common::require(&["qemu-img"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = qcow2(t.path());
     let victim = std::env::temp_dir().join(format!("diskforge-abs-{}", std::process::id()));
@@ -170,11 +162,7 @@ fn absolute_entries_and_links_in_a_layer_are_refused() {
     }
 }
 
-#[test]
 fn disks_that_reach_host_files_are_refused_everywhere() {
-    if !common::require(&["qemu-img"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let backed = t.path().join("backed.qcow2");
     assert!(Command::new("qemu-img")
@@ -261,11 +249,7 @@ fn disks_that_reach_host_files_are_refused_everywhere() {
     }
 }
 
-#[test]
 fn pack_refuses_links_text_files_and_odd_sizes() {
-    if !common::require(&["qemu-img"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let link = t.path().join("link.img");
     std::os::unix::fs::symlink("/etc/shadow", &link).unwrap();
@@ -294,11 +278,7 @@ fn pack_refuses_links_text_files_and_odd_sizes() {
     );
 }
 
-#[test]
 fn layout_blobs_must_match_their_descriptors() {
-    if !common::require(&["qemu-img"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = qcow2(t.path());
     let layer = tar(&[
@@ -399,11 +379,7 @@ fn zeros(c: &mut std::net::TcpStream, n: u64) {
     }
 }
 
-#[test]
 fn hostile_registries_cost_bounded_memory_and_time() {
-    if !common::require(&["/usr/bin/time"]) {
-        return;
-    }
     // 1. A 3 GiB manifest.
     let huge_manifest = FakeServer::start(|r, c| {
         if r.path == "/v2/" {
@@ -493,7 +469,6 @@ fn hostile_registries_cost_bounded_memory_and_time() {
     }
 }
 
-#[test]
 fn retry_after_is_honoured_with_a_cap() {
     let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let s2 = served.clone();
@@ -566,7 +541,6 @@ fn hostile_terminal(claim: u64, send: usize) -> FakeServer {
 /// A frame claiming 2^62 bytes, and a whole 2 MiB one: the probe refuses both before
 /// reading them, at its own 1 MiB limit (the WebSocket library's default, 16 MiB, would
 /// take the second).
-#[test]
 fn a_hostile_terminal_cannot_make_the_probe_allocate() {
     for (claim, send) in [(1u64 << 62, 4096), (2 << 20, 2 << 20)] {
         let server = hostile_terminal(claim, send);
@@ -583,7 +557,6 @@ fn a_hostile_terminal_cannot_make_the_probe_allocate() {
     }
 }
 
-#[test]
 fn a_huge_ttyd_page_is_refused() {
     let server = FakeServer::start(|_, c| {
         head(c, "200 OK", &[("Content-Length", (2u64 << 30).to_string())]);
@@ -629,11 +602,7 @@ fn push_with(dir: &Path, layout: &Path, dest: &str, extra: &[&str]) -> std::proc
     out
 }
 
-#[test]
 fn credentials_never_follow_an_upload_location_to_another_host() {
-    if !common::require(&["qemu-img", "/usr/bin/time"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let layout = small_layout(t.path());
     let password = "Upl0ad-Pa55word-QZX";
@@ -723,11 +692,7 @@ fn credentials_never_follow_an_upload_location_to_another_host() {
     assert!(common::temp_files(t.path()).is_empty());
 }
 
-#[test]
 fn a_bearer_token_echoed_by_a_registry_is_masked_everywhere() {
-    if !common::require(&["/usr/bin/time"]) {
-        return;
-    }
     let token = "tok-7f3a9c1e5b2d8f4a6c0e";
     let issued: Seen = Default::default();
     let i2 = issued.clone();
@@ -801,11 +766,7 @@ fn a_bearer_token_echoed_by_a_registry_is_masked_everywhere() {
     assert!(common::temp_files(t.path()).is_empty());
 }
 
-#[test]
 fn a_recipe_name_or_a_reference_cannot_steer_where_images_go() {
-    if !common::require(&["qemu-img", "/usr/bin/time"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let cwd = t.path().join("a/b");
     std::fs::create_dir_all(&cwd).unwrap();
@@ -892,11 +853,7 @@ fn a_recipe_name_or_a_reference_cannot_steer_where_images_go() {
     assert!(common::temp_files(t.path()).is_empty());
 }
 
-#[test]
 fn an_ambiguous_checksum_file_is_refused_before_any_download() {
-    if !common::require(&["/usr/bin/time"]) {
-        return;
-    }
     let server = common::http::TestServer::start();
     let (good, bad) = ("a".repeat(64), "b".repeat(64));
     server.serve(
@@ -941,4 +898,20 @@ fn an_ambiguous_checksum_file_is_refused_before_any_download() {
                 .next()
                 .is_none()
     );
+}
+
+crate::tests! {
+    fn layer_entries_cannot_write_outside_the_scratch_dir [&["qemu-img"]];
+    fn absolute_entries_and_links_in_a_layer_are_refused [&["qemu-img"]];
+    fn disks_that_reach_host_files_are_refused_everywhere [&["qemu-img"]];
+    fn pack_refuses_links_text_files_and_odd_sizes [&["qemu-img"]];
+    fn layout_blobs_must_match_their_descriptors [&["qemu-img"]];
+    fn hostile_registries_cost_bounded_memory_and_time [&["/usr/bin/time"]];
+    fn retry_after_is_honoured_with_a_cap;
+    fn a_hostile_terminal_cannot_make_the_probe_allocate;
+    fn a_huge_ttyd_page_is_refused;
+    fn credentials_never_follow_an_upload_location_to_another_host [&["qemu-img", "/usr/bin/time"]];
+    fn a_bearer_token_echoed_by_a_registry_is_masked_everywhere [&["/usr/bin/time"]];
+    fn a_recipe_name_or_a_reference_cannot_steer_where_images_go [&["qemu-img", "/usr/bin/time"]];
+    fn an_ambiguous_checksum_file_is_refused_before_any_download [&["/usr/bin/time"]];
 }

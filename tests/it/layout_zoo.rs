@@ -12,7 +12,7 @@
 //! Each test prints a timing row (fixture build, grow stage, whole build, boot check)
 //! and appends it to target/test-artifacts/layout-zoo.md.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -142,9 +142,6 @@ fn diskforge() -> Command {
 }
 
 fn zoo_layout(spec: &Spec) {
-    if !common::require(TOOLS) {
-        return;
-    }
     let mut timings = Timings {
         layout: spec.name,
         fixture: None,
@@ -482,7 +479,6 @@ fn inspected_guest(disk: &Path) -> Seen {
     }
 }
 
-#[test]
 fn ubuntu_like_root_p1_last_after_p14_p15_p16() {
     zoo_layout(&Spec {
         name: "ubuntu-like",
@@ -494,7 +490,6 @@ fn ubuntu_like_root_p1_last_after_p14_p15_p16() {
     });
 }
 
-#[test]
 fn debian_genericcloud_like_root_p1_last_after_p14_p15() {
     zoo_layout(&Spec {
         name: "debian-genericcloud-like",
@@ -506,7 +501,6 @@ fn debian_genericcloud_like_root_p1_last_after_p14_p15() {
     });
 }
 
-#[test]
 fn fedora_like_btrfs_subvolumes() {
     zoo_layout(&Spec {
         name: "fedora-like",
@@ -518,7 +512,6 @@ fn fedora_like_btrfs_subvolumes() {
     });
 }
 
-#[test]
 fn el_like_xfs_boot_and_root() {
     zoo_layout(&Spec {
         name: "el-like",
@@ -530,7 +523,6 @@ fn el_like_xfs_boot_and_root() {
     });
 }
 
-#[test]
 fn lvm_like_root_logical_volume() {
     zoo_layout(&Spec {
         name: "lvm-like",
@@ -542,7 +534,6 @@ fn lvm_like_root_logical_volume() {
     });
 }
 
-#[test]
 fn cirros_like_mbr_ext3() {
     zoo_layout(&Spec {
         name: "cirros-like",
@@ -552,4 +543,13 @@ fn cirros_like_mbr_ext3() {
         package: true,
         boot: true,
     });
+}
+
+crate::tests! {
+    fn ubuntu_like_root_p1_last_after_p14_p15_p16 [TOOLS];
+    fn debian_genericcloud_like_root_p1_last_after_p14_p15 [TOOLS];
+    fn fedora_like_btrfs_subvolumes [TOOLS];
+    fn el_like_xfs_boot_and_root [TOOLS];
+    fn lvm_like_root_logical_volume [TOOLS];
+    fn cirros_like_mbr_ext3 [TOOLS];
 }

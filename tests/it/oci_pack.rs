@@ -1,7 +1,7 @@
 //! `diskforge pack` into OCI layouts and archives, checked with tools diskforge did not
 //! write: skopeo, umoci and GNU tar.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -73,11 +73,7 @@ fn manifest(layout: &Path, digest: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
 }
 
-#[test]
 fn packed_layout_meets_the_containerdisk_contract() {
-    if !common::require(&["qemu-img", "skopeo", "umoci", "tar"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = random_qcow2(t.path(), 24);
     let layout = t.path().join("layout");
@@ -197,11 +193,7 @@ fn packed_layout_meets_the_containerdisk_contract() {
     assert_eq!(s["disk"]["virtual_size"], 24 << 20);
 }
 
-#[test]
 fn same_input_gives_identical_digests_for_every_compression() {
-    if !common::require(&["qemu-img"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = random_qcow2(t.path(), 12);
     // The second run sees one CPU (pack uses as many threads as it may run on): the
@@ -271,11 +263,7 @@ fn same_input_gives_identical_digests_for_every_compression() {
 /// The gzip layer is several gzip members (compressed in parallel): gzip, Python's gzip
 /// module and umoci (Go) must each read all of it, back to the tar of the config's
 /// diff_id and the disk.
-#[test]
 fn other_tools_decompress_the_gzip_layer_to_the_diff_id() {
-    if !common::require(&["qemu-img", "gzip", "python3", "umoci"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     // Several 1 MiB gzip members.
     let disk = random_qcow2(t.path(), 8);
@@ -337,11 +325,7 @@ fn other_tools_decompress_the_gzip_layer_to_the_diff_id() {
 /// Packing streams: peak memory does not grow with the disk. A 64 MiB and a 4 GiB disk
 /// (sparse, so the test needs no disk space) are packed with the default gzip; the
 /// second may take a few MiB more, never 100 MiB.
-#[test]
 fn packing_memory_stays_flat_in_the_disk_size() {
-    if !common::require(&["qemu-img"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let mut rss = Vec::new();
     for (name, size) in [("small", 64u64 << 20), ("big", 4u64 << 30)] {
@@ -374,11 +358,7 @@ fn packing_memory_stays_flat_in_the_disk_size() {
     );
 }
 
-#[test]
 fn disks_over_8_gib_get_a_valid_tar_header() {
-    if !common::require(&["qemu-img", "tar", "zstd"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let raw = t.path().join("big.raw");
     let size: u64 = 9 << 30;
@@ -421,11 +401,7 @@ fn disks_over_8_gib_get_a_valid_tar_header() {
     assert!(!listing.contains('S'), "sparse entry in {listing}");
 }
 
-#[test]
 fn refused_inputs_leave_the_layout_untouched() {
-    if !common::require(&["qemu-img"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = random_qcow2(t.path(), 2);
     let layout = t.path().join("l");
@@ -489,11 +465,7 @@ fn refused_inputs_leave_the_layout_untouched() {
     );
 }
 
-#[test]
 fn ctrl_c_while_packing_leaves_the_layout_as_it_was() {
-    if !common::require(&["qemu-img", "skopeo", "umoci"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let small_dir = t.path().join("small");
     std::fs::create_dir(&small_dir).unwrap();
@@ -547,11 +519,7 @@ fn ctrl_c_while_packing_leaves_the_layout_as_it_was() {
         .arg(format!("oci:{}:old", layout.display())));
 }
 
-#[test]
 fn index_combines_per_architecture_images() {
-    if !common::require(&["qemu-img", "skopeo"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = random_qcow2(t.path(), 1);
     let layout = t.path().join("multi");
@@ -604,7 +572,6 @@ fn index_combines_per_architecture_images() {
     assert!(inspect.contains("\"Architecture\": \"arm64\""), "{inspect}");
 }
 
-#[test]
 fn a_missing_tool_exits_3_and_names_it() {
     let t = tempfile::tempdir().unwrap();
     let disk = t.path().join("d.qcow2");
@@ -625,11 +592,7 @@ fn a_missing_tool_exits_3_and_names_it() {
 /// The zstd layer is two frames (a stored first frame for CDI's importer, then libzstd's):
 /// the zstd tool and umoci (Go, klauspost's decoder, as in containerd and CDI) must read
 /// both, back to the tar of the config's diff_id and the disk.
-#[test]
 fn other_tools_decompress_the_zstd_layer_to_the_diff_id() {
-    if !common::require(&["qemu-img", "zstd", "skopeo", "umoci"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = random_qcow2(t.path(), 4);
     let layout = t.path().join("layout");
@@ -717,4 +680,17 @@ fn other_tools_decompress_the_zstd_layer_to_the_diff_id() {
         std::fs::read(&disk).unwrap(),
         "umoci unpacked another disk"
     );
+}
+
+crate::tests! {
+    fn packed_layout_meets_the_containerdisk_contract [&["qemu-img", "skopeo", "umoci", "tar"]];
+    fn same_input_gives_identical_digests_for_every_compression [&["qemu-img"]];
+    fn other_tools_decompress_the_gzip_layer_to_the_diff_id [&["qemu-img", "gzip", "python3", "umoci"]];
+    fn packing_memory_stays_flat_in_the_disk_size [&["qemu-img"]];
+    fn disks_over_8_gib_get_a_valid_tar_header [&["qemu-img", "tar", "zstd"]];
+    fn refused_inputs_leave_the_layout_untouched [&["qemu-img"]];
+    fn ctrl_c_while_packing_leaves_the_layout_as_it_was [&["qemu-img", "skopeo", "umoci"]];
+    fn index_combines_per_architecture_images [&["qemu-img", "skopeo"]];
+    fn a_missing_tool_exits_3_and_names_it;
+    fn other_tools_decompress_the_zstd_layer_to_the_diff_id [&["qemu-img", "zstd", "skopeo", "umoci"]];
 }

@@ -4,7 +4,7 @@
 //! every blob is there, attachments come along only when asked, a source that is not
 //! the expected digest writes nothing, and a blob is never held in memory on the way.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -193,11 +193,7 @@ fn referrers_tag(digest: &str) -> String {
     digest.replacen(':', "-", 1)
 }
 
-#[test]
 fn promotion_between_registries_keeps_the_digest_and_copies_attachments_only_when_asked() {
-    if !common::require(TOOLS) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let w = t.path();
     let (staging, prod) = (Registry::start(None), Registry::start(None));
@@ -331,11 +327,7 @@ fn promotion_between_registries_keeps_the_digest_and_copies_attachments_only_whe
     assert_eq!(s["attached"]["sbom_packages"], 1, "{s}");
 }
 
-#[test]
 fn a_source_that_is_not_the_expected_digest_writes_nothing() {
-    if !common::require(TOOLS) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let w = t.path();
     let (staging, prod) = (Registry::start(None), Registry::start(None));
@@ -386,11 +378,7 @@ fn a_source_that_is_not_the_expected_digest_writes_nothing() {
     assert_eq!(digest_of(&raw(&dest).unwrap()), first);
 }
 
-#[test]
 fn promotion_within_a_registry_mounts_blobs_and_creds_never_cross_registries() {
-    if !common::require(TOOLS) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let w = t.path();
     let reg = Registry::start(None);
@@ -430,11 +418,7 @@ fn promotion_within_a_registry_mounts_blobs_and_creds_never_cross_registries() {
     assert_eq!(other.count(&["/v2/"]), 0);
 }
 
-#[test]
 fn a_large_layer_crosses_registries_without_being_held_in_memory() {
-    if !common::require(&["qemu-img", "docker-registry", "skopeo", "/usr/bin/time"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let w = t.path();
     let (staging, prod) = (Registry::start(None), Registry::start(None));
@@ -473,11 +457,7 @@ fn auth_file(path: &Path, entries: &[(&str, &str, &str)]) {
     std::fs::write(path, serde_json::json!({ "auths": auths }).to_string()).unwrap();
 }
 
-#[test]
 fn each_registry_of_a_promotion_gets_only_its_own_credential() {
-    if !common::require(&["qemu-img", "docker-registry", "skopeo", "htpasswd"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let w = t.path();
     let staging = Registry::start(Some(("stager", "staging-secret")));
@@ -538,4 +518,12 @@ fn each_registry_of_a_promotion_gets_only_its_own_credential() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(digest_of(&out.stdout), digest);
+}
+
+crate::tests! {
+    fn promotion_between_registries_keeps_the_digest_and_copies_attachments_only_when_asked [TOOLS];
+    fn a_source_that_is_not_the_expected_digest_writes_nothing [TOOLS];
+    fn promotion_within_a_registry_mounts_blobs_and_creds_never_cross_registries [TOOLS];
+    fn a_large_layer_crosses_registries_without_being_held_in_memory [&["qemu-img", "docker-registry", "skopeo", "/usr/bin/time"]];
+    fn each_registry_of_a_promotion_gets_only_its_own_credential [&["qemu-img", "docker-registry", "skopeo", "htpasswd"]];
 }

@@ -2,7 +2,7 @@
 //! verification by diskforge with sqv (detached) and gpgv (cleartext-signed), tampering
 //! rejected before the image is trusted.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -132,20 +132,20 @@ fn make_qcow2(dir: &Path, name: &str, size: &str) -> Vec<u8> {
     fs::read(path).unwrap()
 }
 
-fn fixture() -> Option<Fixture> {
-    if !common::require(&["qemu-img", "gpg", "gpgv", "sqv", "gpgconf"]) {
-        return None;
-    }
+/// What [`fixture`] needs.
+const FIXTURE: &[&str] = &["qemu-img", "gpg", "gpgv", "sqv", "gpgconf"];
+
+fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let image = make_qcow2(tmp.path(), "good.qcow2", "16M");
     let evil = make_qcow2(tmp.path(), "evil.qcow2", "32M");
-    Some(Fixture {
+    Fixture {
         server: TestServer::start(),
         gpg: Gpg::new(),
         image,
         evil,
         tmp,
-    })
+    }
 }
 
 impl Fixture {
@@ -206,9 +206,8 @@ fn blobs(cache: &Cache) -> usize {
     fs::read_dir(cache.blob_dir()).unwrap().count()
 }
 
-#[tokio::test]
 async fn clearsigned_checksum_file_is_verified_and_tampering_rejected() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     f.server.serve("disk.qcow2", f.image.clone());
     let signed = f.gpg.clearsign(GOOD, &f.sums(&f.image));
     f.server.serve("SHA256SUMS.asc", signed.clone());
@@ -293,9 +292,8 @@ async fn clearsigned_checksum_file_is_verified_and_tampering_rejected() {
     );
 }
 
-#[tokio::test]
 async fn detached_signature_is_verified_with_sqv_and_tampering_rejected() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     f.server.serve("disk.qcow2", f.image.clone());
     let sums = f.sums(&f.image);
     f.server.serve("SHA256SUMS", sums.clone().into_bytes());
@@ -331,9 +329,8 @@ async fn detached_signature_is_verified_with_sqv_and_tampering_rejected() {
     assert_eq!(blobs(&cache), 0);
 }
 
-#[tokio::test]
 async fn clearsigned_file_without_a_key_is_read_after_stripping_the_armor() {
-    let Some(f) = fixture() else { return };
+    let f = fixture();
     f.server.serve("disk.qcow2", f.image.clone());
     f.server
         .serve("SHA256SUMS.asc", f.gpg.clearsign(GOOD, &f.sums(&f.image)));
@@ -354,4 +351,10 @@ async fn clearsigned_file_without_a_key_is_read_after_stripping_the_armor() {
     };
     let got = acquire(&spec, &f.cache("e1"), &opts()).await.unwrap();
     assert_eq!(got.digest, format!("sha256:{}", sha256(&f.image)));
+}
+
+crate::tests! {
+    async fn clearsigned_checksum_file_is_verified_and_tampering_rejected [FIXTURE];
+    async fn detached_signature_is_verified_with_sqv_and_tampering_rejected [FIXTURE];
+    async fn clearsigned_file_without_a_key_is_read_after_stripping_the_armor [FIXTURE];
 }

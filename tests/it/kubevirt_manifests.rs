@@ -1,7 +1,7 @@
 //! The KubeVirt and CDI objects diskforge generates are valid for the projects' own
 //! published API definitions (tests/kubevirt/: strict, unknown fields are errors).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +12,7 @@ use diskforge::kubevirt::{
 const DIGEST: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 const GIB: u64 = 1 << 30;
 
-use common::kubevirt::{validate, validator_python};
+use common::kubevirt::{validate, validator_need, validator_python};
 
 fn base() -> ManifestInput {
     ManifestInput::new(
@@ -97,7 +97,6 @@ fn variants() -> Vec<(&'static str, ManifestInput)> {
 }
 
 /// cloud-init user-data reaches both VMs through the Secret, never inline.
-#[test]
 fn user_data_comes_from_a_secret() {
     let m = Manifests::generate(&ManifestInput {
         user_data_secret: Some("demo-userdata".into()),
@@ -137,7 +136,6 @@ fn user_data_comes_from_a_secret() {
 /// The firmware reaches both VMs (the containerDisk one and the persistent one) as
 /// KubeVirt reads it: `secureBoot` always written (KubeVirt defaults it to true), SMM
 /// with Secure Boot only, nothing for BIOS.
-#[test]
 fn the_firmware_is_written_as_kubevirt_reads_it() {
     let domains = |input: &ManifestInput| -> Vec<serde_yaml::Value> {
         Manifests::generate(input)
@@ -191,11 +189,8 @@ fn write_variant(dir: &Path, name: &str, input: &ManifestInput) -> (Vec<PathBuf>
     (files, 2 * docs)
 }
 
-#[test]
 fn every_variant_is_valid_for_kubevirt_and_cdi() {
-    let Some(python) = validator_python() else {
-        return;
-    };
+    let python = validator_python();
     let dir = tempfile::tempdir().unwrap();
     for (name, input) in variants() {
         let (files, docs) = write_variant(dir.path(), name, &input);
@@ -215,11 +210,8 @@ fn every_variant_is_valid_for_kubevirt_and_cdi() {
 }
 
 /// The validator is live: the same generated files with one field misspelled fail.
-#[test]
 fn the_validator_rejects_a_misspelled_field() {
-    let Some(python) = validator_python() else {
-        return;
-    };
+    let python = validator_python();
     let dir = tempfile::tempdir().unwrap();
     let (files, _) = write_variant(dir.path(), "plain", &base());
     let typos = [
@@ -255,4 +247,11 @@ fn the_validator_rejects_a_misspelled_field() {
             "{file}: the error does not name {wrong}: {stdout}"
         );
     }
+}
+
+crate::tests! {
+    fn user_data_comes_from_a_secret;
+    fn the_firmware_is_written_as_kubevirt_reads_it;
+    fn every_variant_is_valid_for_kubevirt_and_cdi [validator_need()];
+    fn the_validator_rejects_a_misspelled_field [validator_need()];
 }

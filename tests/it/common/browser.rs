@@ -11,13 +11,43 @@ use std::time::{Duration, Instant};
 
 use wait_timeout::ChildExt;
 
-/// A python3 that can drive Chromium (Selenium, chromium, chromedriver installed by
-/// ci/setup-system.sh). None after a loud message outside CI; a failure under CI=true.
-pub fn python() -> Option<&'static str> {
-    if !super::require(&["chromium", "chromedriver", "python3"]) {
-        return None;
+/// What driving Chromium needs (Selenium, chromium, chromedriver installed by
+/// ci/setup-system.sh).
+pub fn needs() -> Vec<crate::harness::Need> {
+    use crate::harness::Need;
+    vec![
+        Need::tool("chromium"),
+        Need::tool("chromedriver"),
+        super::python_need(&["selenium"]),
+    ]
+}
+
+/// The python3 that drives Chromium (see [`needs`]).
+pub fn python() -> &'static str {
+    super::python(&["selenium"])
+}
+
+/// The browser's python3 when everything [`needs`] lists is installed; None (with a
+/// note) outside CI when something is missing, a failure under CI=true.
+pub fn python_if_installed() -> Option<&'static str> {
+    let missing: Vec<String> = needs()
+        .iter()
+        .filter(|n| !n.is_present())
+        .map(|n| n.describe())
+        .collect();
+    if missing.is_empty() {
+        return Some(python());
     }
-    super::python_with(&["selenium"])
+    assert!(
+        !super::in_ci(),
+        "missing under CI=true: {}",
+        missing.join(", ")
+    );
+    eprintln!(
+        "no browser, checking without it: missing {}",
+        missing.join(", ")
+    );
+    None
 }
 
 /// Where screenshots go: target/test-artifacts/.

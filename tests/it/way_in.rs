@@ -3,7 +3,7 @@
 //! `--base`) and nothing more reachable through symbolic links. Fast: small disks made
 //! with qemu-img; nothing is built.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -83,11 +83,7 @@ fn assert_refused_at(out: &Output, place: &str, hint: &str) {
     assert!(all.contains(hint), "want the hint {hint:?}: {all}");
 }
 
-#[test]
 fn a_base_outside_the_recipe_needs_the_command_lines_permission() {
-    if !common::require(&["qemu-img"]) {
-        return;
-    }
     let s = site();
     let base = s.images.join("ubuntu.qcow2");
     let recipe = write(
@@ -154,11 +150,7 @@ fn a_base_outside_the_recipe_needs_the_command_lines_permission() {
     );
 }
 
-#[test]
 fn symbolic_links_cannot_lead_out_of_the_allowed_directories() {
-    if !common::require(&["qemu-img"]) {
-        return;
-    }
     let s = site();
     let images = s.images.to_str().unwrap();
     // A link in the allowed directory to a file outside it.
@@ -201,7 +193,6 @@ fn symbolic_links_cannot_lead_out_of_the_allowed_directories() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
-#[test]
 fn copied_files_stay_confined_unless_allowed_the_same_way() {
     let s = site();
     let recipe_dir_base = s.recipes.join("b.qcow2");
@@ -249,11 +240,7 @@ fn copied_files_stay_confined_unless_allowed_the_same_way() {
     );
 }
 
-#[test]
 fn build_base_names_a_file_anywhere_and_replaces_the_recipes_base() {
-    if !common::require(&["qemu-img"]) {
-        return;
-    }
     let s = site();
     let base = s.images.join("ubuntu.qcow2");
     // A recipe whose base is a catalog entry that would have to be downloaded.
@@ -303,7 +290,6 @@ fn unresolvable(t: &Path, checksum: &str) -> PathBuf {
     )
 }
 
-#[test]
 fn plan_fails_at_once_when_a_host_name_does_not_resolve() {
     let t = tempfile::tempdir().unwrap();
     let recipe = unresolvable(
@@ -324,7 +310,6 @@ fn plan_fails_at_once_when_a_host_name_does_not_resolve() {
     assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
 }
 
-#[test]
 fn plan_works_offline_and_marks_what_it_cannot_know() {
     let t = tempfile::tempdir().unwrap();
     // A catalog entry with a checksum file, nothing cached, --offline.
@@ -385,7 +370,6 @@ fn plan_works_offline_and_marks_what_it_cannot_know() {
     assert!(all.contains("is not read with --offline"), "{all}");
 }
 
-#[test]
 fn plan_shows_users_sudo_groups_and_whether_ttyd_has_a_credential() {
     let t = tempfile::tempdir().unwrap();
     let secret = "ttyd-Cred-Secret-5521";
@@ -441,11 +425,7 @@ fn stored_repositories(reg: &common::registry::Registry) -> Vec<String> {
     out
 }
 
-#[test]
 fn a_layer_over_the_limit_is_refused_before_any_upload() {
-    if !common::require(&["qemu-img", "docker-registry"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = qcow2(t.path(), "lab.qcow2", "64M");
     let reg = common::registry::Registry::start(None);
@@ -544,7 +524,6 @@ fn a_layer_over_the_limit_is_refused_before_any_upload() {
     );
 }
 
-#[test]
 fn every_error_of_a_recipe_comes_in_one_pass_sorted_by_position() {
     let t = tempfile::tempdir().unwrap();
     let recipe = write(
@@ -590,7 +569,6 @@ fn every_error_of_a_recipe_comes_in_one_pass_sorted_by_position() {
     }
 }
 
-#[test]
 fn a_duplicate_key_is_reported_at_its_second_occurrence() {
     let t = tempfile::tempdir().unwrap();
     let recipe = write(
@@ -622,11 +600,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
     diskforge::io::hash::sha256_hex(bytes)
 }
 
-#[test]
 fn inspect_and_verify_answer_scripts_in_one_typed_shape() {
-    if !common::require(&["qemu-img", "docker-registry"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = qcow2(t.path(), "lab.qcow2", "64M");
     let layout = t.path().join("layout");
@@ -760,11 +734,7 @@ fn inspect_and_verify_answer_scripts_in_one_typed_shape() {
     );
 }
 
-#[test]
 fn inspect_of_an_index_lists_every_platform() {
-    if !common::require(&["qemu-img"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = qcow2(t.path(), "lab.qcow2", "64M");
     let layout = t.path().join("multi");
@@ -831,7 +801,6 @@ fn inspect_of_an_index_lists_every_platform() {
     assert!(v.get("platforms").is_none(), "{v}");
 }
 
-#[test]
 fn init_writes_a_starter_recipe_that_validates_and_plans() {
     let t = tempfile::tempdir().unwrap();
     for base in ["debian-12", "ubuntu-24.04", "fedora-43"] {
@@ -880,11 +849,7 @@ fn init_writes_a_starter_recipe_that_validates_and_plans() {
     assert!(!t.path().join("new.yaml").exists());
 }
 
-#[test]
 fn pack_reports_packing_done_before_the_push() {
-    if !common::require(&["qemu-img", "docker-registry"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = qcow2(t.path(), "lab.qcow2", "64M");
     let reg = common::registry::Registry::start(None);
@@ -904,7 +869,6 @@ fn pack_reports_packing_done_before_the_push() {
     assert!(pack_done < push_start && push_start < push_done, "{err}");
 }
 
-#[test]
 fn pack_help_does_not_speak_of_a_recipe() {
     let out = common::diskforge()
         .args(["pack", "--help"])
@@ -916,11 +880,7 @@ fn pack_help_does_not_speak_of_a_recipe() {
     assert!(!help.to_lowercase().contains("recipe"), "{help}");
 }
 
-#[test]
 fn a_bare_tls_verify_means_true() {
-    if !common::require(&["qemu-img", "docker-registry"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = qcow2(t.path(), "lab.qcow2", "64M");
     let reg = common::registry::Registry::start(None);
@@ -944,11 +904,7 @@ fn a_bare_tls_verify_means_true() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
-#[test]
 fn registry_errors_tell_missing_from_wrong_credentials_and_vv_traces_http() {
-    if !common::require(&["qemu-img", "docker-registry", "htpasswd"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = qcow2(t.path(), "lab.qcow2", "64M");
     let password = "Trace-Pa55word-71";
@@ -1003,11 +959,7 @@ fn registry_errors_tell_missing_from_wrong_credentials_and_vv_traces_http() {
     assert!(!all.to_lowercase().contains("authorization:"), "{all}");
 }
 
-#[test]
 fn push_reads_the_oci_archive_pack_writes_and_keeps_its_digest() {
-    if !common::require(&["qemu-img", "docker-registry"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = qcow2(t.path(), "lab.qcow2", "64M");
     let archive = format!("oci-archive:{}:1", t.path().join("lab.tar").display());
@@ -1047,7 +999,6 @@ fn push_reads_the_oci_archive_pack_writes_and_keeps_its_digest() {
     assert_eq!(format!("sha256:{}", sha256_hex(&out.stdout)), digest);
 }
 
-#[test]
 fn completions_cover_the_new_ways_in() {
     for shell in ["bash", "zsh", "fish"] {
         let out = common::diskforge()
@@ -1060,4 +1011,26 @@ fn completions_cover_the_new_ways_in() {
             assert!(script.contains(word), "{shell}: no {word}");
         }
     }
+}
+
+crate::tests! {
+    fn a_base_outside_the_recipe_needs_the_command_lines_permission [&["qemu-img"]];
+    fn symbolic_links_cannot_lead_out_of_the_allowed_directories [&["qemu-img"]];
+    fn copied_files_stay_confined_unless_allowed_the_same_way;
+    fn build_base_names_a_file_anywhere_and_replaces_the_recipes_base [&["qemu-img"]];
+    fn plan_fails_at_once_when_a_host_name_does_not_resolve;
+    fn plan_works_offline_and_marks_what_it_cannot_know;
+    fn plan_shows_users_sudo_groups_and_whether_ttyd_has_a_credential;
+    fn a_layer_over_the_limit_is_refused_before_any_upload [&["qemu-img", "docker-registry"]];
+    fn every_error_of_a_recipe_comes_in_one_pass_sorted_by_position;
+    fn a_duplicate_key_is_reported_at_its_second_occurrence;
+    fn inspect_and_verify_answer_scripts_in_one_typed_shape [&["qemu-img", "docker-registry"]];
+    fn inspect_of_an_index_lists_every_platform [&["qemu-img"]];
+    fn init_writes_a_starter_recipe_that_validates_and_plans;
+    fn pack_reports_packing_done_before_the_push [&["qemu-img", "docker-registry"]];
+    fn pack_help_does_not_speak_of_a_recipe;
+    fn a_bare_tls_verify_means_true [&["qemu-img", "docker-registry"]];
+    fn registry_errors_tell_missing_from_wrong_credentials_and_vv_traces_http [&["qemu-img", "docker-registry", "htpasswd"]];
+    fn push_reads_the_oci_archive_pack_writes_and_keeps_its_digest [&["qemu-img", "docker-registry"]];
+    fn completions_cover_the_new_ways_in;
 }

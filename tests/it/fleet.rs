@@ -15,7 +15,7 @@
 //! Two appliance launches in all (the up-to-date image's first build and the new one),
 //! plus one the first time a checkout makes the base image.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -169,11 +169,7 @@ fn reasons(row: &Value) -> Vec<String> {
         .collect()
 }
 
-#[test]
 fn three_recipes_in_two_jobs_then_the_gate() {
-    if !common::require(TOOLS) {
-        return;
-    }
     let base = std::fs::read(common::guest::base_qcow2()).unwrap();
     let t = tempfile::tempdir().unwrap();
     let server = TestServer::start();
@@ -361,11 +357,7 @@ fn three_recipes_in_two_jobs_then_the_gate() {
     );
 }
 
-#[test]
 fn fail_fast_starts_nothing_after_a_failure() {
-    if !common::require(&["qemu-img"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let server = TestServer::start();
     // Checksum files that name images the server does not have: each build fails when
@@ -441,4 +433,9 @@ fn fail_fast_starts_nothing_after_a_failure() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("{name}"));
+}
+
+crate::tests! {
+    fn three_recipes_in_two_jobs_then_the_gate [TOOLS];
+    fn fail_fast_starts_nothing_after_a_failure [&["qemu-img"]];
 }

@@ -10,8 +10,9 @@
 //! `run --check --user-data`: Secure Boot enabled in the guest, cloud-init ran the
 //! user-data from the NoCloud seed, the agent reports Debian 12. The same disk with an
 //! unsigned loader on the ESP is refused by the firmware.
-mod common;
+use crate::common;
 
+use crate::harness::{Need, SYSTEM_SETUP};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -76,22 +77,11 @@ runcmd:
   - echo user-data-applied > /var/tmp/cloud-init-marker
 ";
 
-/// OVMF's Secure Boot images (Debian package `ovmf`): required like a tool.
-fn ovmf_installed() -> bool {
-    let missing: Vec<&str> = OVMF
-        .iter()
-        .copied()
-        .filter(|p| !Path::new(p).is_file())
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        !common::in_ci(),
-        "OVMF missing under CI=true: {missing:?} (run ci/setup-system.sh)"
-    );
-    eprintln!("\n*** SKIPPING: OVMF not installed: {missing:?} (run ci/setup-system.sh) ***\n");
-    false
+/// OVMF's Secure Boot images (Debian package `ovmf`): needed like a tool.
+fn ovmf() -> Need {
+    Need::check(format!("OVMF {}", OVMF.join(" ")), SYSTEM_SETUP, || {
+        OVMF.iter().all(|p| Path::new(p).is_file())
+    })
 }
 
 /// The disk file of the layout's image `tag` (its one layer unpacked with tar).
@@ -133,11 +123,7 @@ fn serial_log(stderr: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-#[test]
 fn secure_boot_boots_the_signed_chain_and_refuses_an_unsigned_loader() {
-    if !common::require(TOOLS) || !ovmf_installed() {
-        return;
-    }
     let root = common::repo_root();
     // The built base is cached across runs under target/ (one UEFI base for every test).
     let cache = root.join("target/uefi-cache");
@@ -269,4 +255,8 @@ fn secure_boot_boots_the_signed_chain_and_refuses_an_unsigned_loader() {
         "the firmware did not refuse the unsigned loader:\n{log_text}\n{stderr}"
     );
     assert!(!log_text.contains("Linux version"), "{log_text}");
+}
+
+crate::tests! {
+    fn secure_boot_boots_the_signed_chain_and_refuses_an_unsigned_loader [TOOLS, ovmf()];
 }

@@ -3,7 +3,7 @@
 //! behind. Each test is an attack or an accident that worked once, and must now fail
 //! cleanly, within bounded time and memory, leaving nothing behind.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -43,11 +43,7 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
 /// device or a link to a file outside the layout: `verify` and `inspect` refuse it by
 /// name within seconds, instead of blocking in `open` forever, and leave nothing in
 /// their scratch directory.
-#[test]
 fn blobs_that_are_not_regular_files_are_refused_at_once() {
-    if !common::require(&["qemu-img", "mkfifo", "/usr/bin/time"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk_path = t.path().join("small.qcow2");
     qemu_img_create(&disk_path, "8M", &[]);
@@ -200,11 +196,7 @@ fn encrypted_qcow2(path: &Path) {
 /// layout), `verify` of an image holding one fails the contract (exit 4) instead of
 /// saying "contract satisfied", `run` refuses them before starting QEMU, and `build`
 /// refuses them as a local base. KubeVirt cannot boot either.
-#[test]
 fn corrupt_and_encrypted_disks_are_refused() {
-    if !common::require(&["qemu-img", "qemu-io", "/usr/bin/time"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     // Neutral names: the messages name the files, and must say why by themselves.
     let corrupt = t.path().join("a.qcow2");
@@ -369,11 +361,7 @@ fn run_check(disk: &Path, scratch: &Path, timeout: u64) -> Command {
 /// `run --check` reacts at once: SIGTERM while the probe waits for ttyd ends it within
 /// 3 s with status 143, `--timeout 5` ends it in well under the probe's old 20 s
 /// request timeout, and in both cases no QEMU and no overlay is left.
-#[test]
 fn run_check_stops_promptly_and_takes_qemu_with_it() {
-    if !common::require(&["qemu-img", "qemu-system-x86_64", "setpriv"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = t.path().join("empty.qcow2");
     qemu_img_create(&disk, "64M", &[]);
@@ -426,11 +414,7 @@ fn run_check_stops_promptly_and_takes_qemu_with_it() {
 /// once), QEMU dies with it instead of running on with its forwarded ports, and the
 /// next command that takes the scratch directory removes what the dead run left there
 /// (the VM's overlay).
-#[test]
 fn qemu_does_not_outlive_a_killed_run() {
-    if !common::require(&["qemu-img", "qemu-system-x86_64", "setpriv"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let disk = t.path().join("empty.qcow2");
     qemu_img_create(&disk, "64M", &[]);
@@ -631,11 +615,7 @@ fn watched(
 /// as a raw disk, it stops at the limit `DISKFORGE_MAX_DISK_SIZE` sets; a raw disk of
 /// zeros under the limit is accepted and written as holes. Never more than a few MiB
 /// land in the scratch directory, and nothing stays there.
-#[test]
 fn expanding_layers_are_capped_and_written_sparse() {
-    if !common::require(&["qemu-img", "/usr/bin/time"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let small = t.path().join("small.qcow2");
     qemu_img_create(&small, "64M", &[]);
@@ -714,11 +694,7 @@ fn temps_in(dir: &Path) -> Vec<PathBuf> {
 /// A base download killed with SIGKILL leaves its temporary blob in the cache:
 /// `cache list` shows it, `cache prune --all` removes it, while a temporary file whose
 /// download still runs (its writer holds a lock on it) is listed as in use and kept.
-#[test]
 fn temporary_files_of_killed_downloads_are_listed_and_pruned() {
-    if !common::require(&["qemu-img"]) {
-        return;
-    }
     use std::io::Write;
     let t = tempfile::tempdir().unwrap();
     let disk = t.path().join("base.qcow2");
@@ -807,11 +783,7 @@ fn temporary_files_of_killed_downloads_are_listed_and_pruned() {
 /// `pack` into a layout directory that did not exist, interrupted while it writes the
 /// layer: the directory it created is removed (no empty layout with `"manifests": []`
 /// stays behind); into a layout that existed, the layout is left as it was.
-#[test]
 fn an_interrupted_pack_removes_the_layout_it_created() {
-    if !common::require(&["qemu-img"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     // Random data, so packing takes long enough to be interrupted in the middle.
     let disk = t.path().join("random.img");
@@ -881,11 +853,7 @@ impl Drop for Unmount {
 
 /// A pack into a new layout on a filesystem that fills up: exit 1 naming the cause, and
 /// the layout directory it created is gone (no empty `"manifests": []` layout left).
-#[test]
 fn a_pack_that_runs_out_of_space_removes_the_layout_it_created() {
-    if !common::require(&["qemu-img", "mount", "umount"]) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let full = t.path().join("full");
     std::fs::create_dir(&full).unwrap();
@@ -942,7 +910,6 @@ fn a_pack_that_runs_out_of_space_removes_the_layout_it_created() {
 
 /// 160 KB of nested flow sequences: refused quickly (exit 2) with the position where
 /// the nesting went too deep, before the YAML parser sees it (which took 34 s).
-#[test]
 fn deeply_nested_flow_collections_are_refused_quickly() {
     let t = tempfile::tempdir().unwrap();
     for (name, open, close) in [("seq", "[", "]"), ("map", "{a: ", "}")] {
@@ -969,4 +936,16 @@ fn deeply_nested_flow_collections_are_refused_quickly() {
         );
         assert!(rss_kib < 100 << 10, "{name}: peak RSS {rss_kib} KiB");
     }
+}
+
+crate::tests! {
+    fn blobs_that_are_not_regular_files_are_refused_at_once [&["qemu-img", "mkfifo", "/usr/bin/time"]];
+    fn corrupt_and_encrypted_disks_are_refused [&["qemu-img", "qemu-io", "/usr/bin/time"]];
+    fn run_check_stops_promptly_and_takes_qemu_with_it [&["qemu-img", "qemu-system-x86_64", "setpriv"]];
+    fn qemu_does_not_outlive_a_killed_run [&["qemu-img", "qemu-system-x86_64", "setpriv"]];
+    fn expanding_layers_are_capped_and_written_sparse [&["qemu-img", "/usr/bin/time"]];
+    fn temporary_files_of_killed_downloads_are_listed_and_pruned [&["qemu-img"]];
+    fn an_interrupted_pack_removes_the_layout_it_created [&["qemu-img"]];
+    fn a_pack_that_runs_out_of_space_removes_the_layout_it_created [&["qemu-img", "mount", "umount"]];
+    fn deeply_nested_flow_collections_are_refused_quickly;
 }

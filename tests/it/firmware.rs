@@ -1,7 +1,7 @@
 //! `run --firmware`: a disk without what UEFI needs is refused before QEMU starts, naming
 //! what is missing (read from the disk in one read-only appliance launch); an unknown
 //! firmware is a usage error. The Secure Boot boots themselves are tests/e2e_uefi.rs's.
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Output;
@@ -18,7 +18,6 @@ fn run(disk: &Path, firmware: &str) -> Output {
         .unwrap()
 }
 
-#[test]
 fn an_unknown_firmware_is_a_usage_error() {
     let t = tempfile::tempdir().unwrap();
     let out = run(&t.path().join("nothing.qcow2"), "efi");
@@ -30,11 +29,7 @@ fn an_unknown_firmware_is_a_usage_error() {
     );
 }
 
-#[test]
 fn disks_without_what_uefi_needs_are_refused_before_qemu_starts() {
-    if !common::require(TOOLS) {
-        return;
-    }
     let t = tempfile::tempdir().unwrap();
     let mbr = t.path().join("mbr.img");
     let empty_esp = t.path().join("esp.img");
@@ -66,4 +61,9 @@ fn disks_without_what_uefi_needs_are_refused_before_qemu_starts() {
         // Refused before QEMU: `run` prints where SSH answers only once the VM runs.
         assert!(!err.contains("ssh:"), "QEMU was started: {err}");
     }
+}
+
+crate::tests! {
+    fn an_unknown_firmware_is_a_usage_error;
+    fn disks_without_what_uefi_needs_are_refused_before_qemu_starts [TOOLS];
 }

@@ -13,7 +13,7 @@
 //! from sigstore-rs (the sigstore project's cosign verification, ci/cosign-verify), and
 //! openssl checks the signature bytes of every attachment.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -147,8 +147,8 @@ fn skopeo_verify(work: &Path, policy: &Path, regd: &Path, repo: &str, tag: &str)
 }
 
 /// The independent cosign verifier (sigstore-rs, built by ci/setup-verifiers.sh from
-/// ci/cosign-verify); a missing one fails under CI and skips loudly otherwise.
-fn cosign_verifier() -> Option<PathBuf> {
+/// ci/cosign-verify).
+fn cosign_verifier() -> PathBuf {
     let dir = match std::env::var("DISKFORGE_VERIFIERS_DIR") {
         Ok(d) => PathBuf::from(d),
         Err(_) => std::env::var("XDG_CACHE_HOME")
@@ -156,8 +156,13 @@ fn cosign_verifier() -> Option<PathBuf> {
             .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache"))
             .join("diskforge/verifiers"),
     };
-    common::installed_tool(
-        dir.join("bin/cosign-verify"),
+    dir.join("bin/cosign-verify")
+}
+
+/// The need for [`cosign_verifier`].
+fn cosign_verifier_need() -> crate::harness::Need {
+    common::installed_need(
+        cosign_verifier,
         "cosign-verify (sigstore-rs)",
         "ci/setup-verifiers.sh",
     )
@@ -421,29 +426,27 @@ fn check_case(w: &Path, repo: &str, keys: &Keys, verifier: &(PathBuf, PathBuf), 
 
     // sigstore-rs, the sigstore project's own implementation of `cosign verify --key`:
     // exit 0 only when a signature by this key covers this image's digest.
-    if let Some(cv) = cosign_verifier() {
-        let out = Command::new(cv)
-            .arg(format!("{repo}:{}", c.tag))
-            .arg(&keys.public)
-            .arg("--http")
-            .output()
-            .unwrap();
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(if c.accepted { 0 } else { 1 }),
-            "sigstore-rs on {}: {said}",
-            c.tag
-        );
-        if c.accepted {
-            assert!(said.contains(&c.digest), "{said}");
-        }
-        eprintln!("{}: sigstore-rs {}", c.tag, said.trim());
+    let out = Command::new(cosign_verifier())
+        .arg(format!("{repo}:{}", c.tag))
+        .arg(&keys.public)
+        .arg("--http")
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(if c.accepted { 0 } else { 1 }),
+        "sigstore-rs on {}: {said}",
+        c.tag
+    );
+    if c.accepted {
+        assert!(said.contains(&c.digest), "{said}");
     }
+    eprintln!("{}: sigstore-rs {}", c.tag, said.trim());
 
     let out = skopeo_verify(w, &verifier.0, &verifier.1, repo, c.tag);
     let said =
@@ -475,11 +478,7 @@ fn check_case(w: &Path, repo: &str, keys: &Keys, verifier: &(PathBuf, PathBuf), 
     true
 }
 
-#[test]
 fn sigstore_rs_skopeo_and_diskforge_agree_on_cosign_signatures() {
-    if !common::require(TOOLS) {
-        return;
-    }
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let reg = Registry::start(None);
@@ -508,11 +507,7 @@ fn sigstore_rs_skopeo_and_diskforge_agree_on_cosign_signatures() {
 
 /// The encrypted cosign-format key loads with its password from a file or from the
 /// environment, gives openssl's key back, and signs in well under the 2 s budget.
-#[test]
 fn encrypted_key_from_password_file_or_environment() {
-    if !common::require(&["openssl"]) {
-        return;
-    }
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let keys = openssl_keys(w);
@@ -572,30 +567,11 @@ der = nacl.secret.SecretBox(key).decrypt(base64.b64decode(body["ciphertext"]),
 sys.stdout.buffer.write(der)
 "#;
 
-/// True when `python3` can import PyNaCl; outside CI a missing module skips loudly.
-fn have_pynacl() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import nacl.secret"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok && common::in_ci() {
-        panic!("python3 cannot import nacl under CI=true (run ci/setup-system.sh)");
-    }
-    if !ok {
-        eprintln!("\n*** SKIPPING: python3 has no PyNaCl (run ci/setup-system.sh) ***\n");
-    }
-    ok
-}
-
-#[test]
 fn encrypted_key_decrypts_with_libsodium_and_python_scrypt() {
-    if !common::require(&["openssl", "python3"]) || !have_pynacl() {
-        return;
-    }
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let keys = openssl_keys(w);
-    let der = run(Command::new("python3")
+    let der = run(Command::new(common::python(&["nacl.secret"]))
         .arg("-c")
         .arg(PYTHON_DECRYPT)
         .arg(&keys.encrypted)
@@ -611,7 +587,7 @@ fn encrypted_key_decrypts_with_libsodium_and_python_scrypt() {
         std::fs::read_to_string(&keys.public).unwrap(),
         "the decrypted key is openssl's signing key"
     );
-    let wrong = Command::new("python3")
+    let wrong = Command::new(common::python(&["nacl.secret"]))
         .arg("-c")
         .arg(PYTHON_DECRYPT)
         .arg(&keys.encrypted)
@@ -623,13 +599,9 @@ fn encrypted_key_decrypts_with_libsodium_and_python_scrypt() {
 
 /// The SLSA provenance envelope verifies with openssl over the DSSE pre-authentication
 /// encoding, computed here from the specification.
-#[test]
 fn provenance_envelope_verifies_with_openssl() {
     use base64::Engine as _;
     use diskforge::provenance::slsa::{self, BuildRecord, Dependency};
-    if !common::require(&["openssl"]) {
-        return;
-    }
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let keys = openssl_keys(w);
@@ -695,15 +667,11 @@ fn provenance_envelope_verifies_with_openssl() {
 /// The SBOM and the signed provenance of an image, attached as `.sbom` and `.att` the
 /// way cosign stores them, survive the trip through a real registry: the envelope still
 /// verifies and names the image, the SBOM comes back byte for byte.
-#[test]
 fn sbom_and_provenance_attachments_round_trip_through_the_registry() {
     use diskforge::provenance::attach::{self, Kind};
     use diskforge::provenance::packages::{parse_dpkg_status, Distro};
     use diskforge::provenance::slsa::{self, BuildRecord, Dependency};
     use diskforge::provenance::{dsse, spdx};
-    if !common::require(TOOLS) {
-        return;
-    }
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let reg = Registry::start(None);
@@ -805,15 +773,11 @@ fn sbom_and_provenance_attachments_round_trip_through_the_registry() {
 /// What a build attaches in a registry (SBOM and provenance as referrers, a cosign
 /// signature) is read back by `verify --key` and `inspect --key` from that registry:
 /// the referrers are manifests, fetched from the manifests endpoint.
-#[test]
 fn attached_documents_are_read_back_from_the_registry_by_verify_and_inspect() {
     use diskforge::pipeline::attest;
     use diskforge::provenance::packages::{parse_dpkg_status, Distro};
     use diskforge::provenance::{slsa, spdx};
     use diskforge::registry::{Client, RegistryOptions, RemoteRef};
-    if !common::require(TOOLS) {
-        return;
-    }
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let reg = Registry::start(None);
@@ -906,4 +870,13 @@ fn attached_documents_are_read_back_from_the_registry_by_verify_and_inspect() {
     assert_eq!(a["sbom_packages"], packages.len(), "{a}");
     let materials = a["materials"].to_string();
     assert!(materials.contains("files/motd"), "{materials}");
+}
+
+crate::tests! {
+    fn sigstore_rs_skopeo_and_diskforge_agree_on_cosign_signatures [TOOLS, cosign_verifier_need()];
+    fn encrypted_key_from_password_file_or_environment [&["openssl"]];
+    fn encrypted_key_decrypts_with_libsodium_and_python_scrypt [&["openssl"], common::python_need(&["nacl.secret"])];
+    fn provenance_envelope_verifies_with_openssl [&["openssl"]];
+    fn sbom_and_provenance_attachments_round_trip_through_the_registry [TOOLS];
+    fn attached_documents_are_read_back_from_the_registry_by_verify_and_inspect [TOOLS];
 }
