@@ -3,7 +3,7 @@
 //! credential, and tests/browser/ttyd_login.py opens it in headless Chromium, checks
 //! that the page asks for the credential (401, Basic), answers it, and types a command
 //! whose output it reads back from the terminal. Seconds, not a VM boot: logging in
-//! through the page of a booted image is in tests/e2e_demo.rs.
+//! through the page of a booted image is in tests/it/e2e_demo.rs.
 
 use crate::common;
 

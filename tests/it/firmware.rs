@@ -1,6 +1,6 @@
 //! `run --firmware`: a disk without what UEFI needs is refused before QEMU starts, naming
 //! what is missing (read from the disk in one read-only appliance launch); an unknown
-//! firmware is a usage error. The Secure Boot boots themselves are tests/e2e_uefi.rs's.
+//! firmware is a usage error. The Secure Boot boots themselves are tests/it/e2e_uefi.rs's.
 use crate::common;
 
 use std::path::Path;

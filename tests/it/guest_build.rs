@@ -1,10 +1,10 @@
 //! `diskforge build` on a Debian userland on a GPT disk with the ext4 root last (the
-//! shared test base, also served to tests/fleet.rs): every customization present and
+//! shared test base, also served to tests/it/fleet.rs): every customization present and
 //! read back, secrets only where the recipe put them on the published disk, ttyd
 //! enabled, hygiene applied, exactly one appliance launch, the base untouched; Ctrl-C in
 //! the middle; the incremental stage cache; shrinking refused. The partition layouts of
 //! real cloud images (LVM, xfs, btrfs, MBR, root not last by number) are the layout
-//! zoo's (tests/layout_zoo.rs).
+//! zoo's (tests/it/layout_zoo.rs).
 use crate::common;
 
 use std::path::Path;
@@ -408,7 +408,7 @@ fn all_launches(out: &Output) -> Vec<u64> {
 /// `--incremental` keeps the grown disk as a stage; a change after the packages (a
 /// file) reuses it: `plan` marks growth and packages cached, the rebuild launches the
 /// appliance once, and the result has the new file on the grown filesystem. (xfs on
-/// MBR, which this test's layout replaced, grows in tests/layout_zoo.rs: el-like for
+/// MBR, which this test's layout replaced, grows in tests/it/layout_zoo.rs: el-like for
 /// xfs, cirros-like for MBR.)
 fn incremental_rebuild_reuses_the_grown_stage() {
     let t = tempfile::tempdir().unwrap();
