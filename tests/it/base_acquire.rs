@@ -3,6 +3,7 @@
 //! mode, concurrency, local bases and the standalone-image check.
 
 use crate::common;
+use common::Succeeds;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -28,24 +29,11 @@ fn sha512(data: &[u8]) -> String {
     hex::encode(sha2::Sha512::digest(data))
 }
 
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("running a test tool");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A small qcow2 made by qemu-img, with some data written so its content is not trivial.
 fn make_qcow2(dir: &Path, name: &str, size: &str) -> Vec<u8> {
-    let path = dir.join(name);
-    run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&path)
-        .arg(size));
+    let path = common::disk::qcow2(dir, name, size);
     // Some non-zero clusters make the file bigger than the cut points below.
-    run(Command::new("qemu-io")
+    Command::new("qemu-io")
         .args([
             "-f",
             "qcow2",
@@ -54,7 +42,8 @@ fn make_qcow2(dir: &Path, name: &str, size: &str) -> Vec<u8> {
             "-c",
             "write -P 0x33 1M 64k",
         ])
-        .arg(&path));
+        .arg(&path)
+        .succeeds();
     fs::read(&path).unwrap()
 }
 
@@ -161,13 +150,15 @@ async fn downloads_verifies_caches_and_never_modifies() {
 
     // Use it the way the disk stages do: as the backing file of a written overlay.
     let overlay = f.dir.join("overlay.qcow2");
-    run(Command::new("qemu-img")
+    Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
         .arg(&got.path)
-        .arg(&overlay));
-    run(Command::new("qemu-io")
+        .arg(&overlay)
+        .succeeds();
+    Command::new("qemu-io")
         .args(["-f", "qcow2", "-c", "write -P 0x77 0 1M"])
-        .arg(&overlay));
+        .arg(&overlay)
+        .succeeds();
 
     // Second use: served from the cache, the file untouched.
     let again = acquire(&spec, &f.cache, &fast_opts()).await.unwrap();
@@ -633,7 +624,7 @@ async fn local_path_base_is_used_in_place() {
 async fn qcow2_with_a_backing_file_is_refused() {
     let f = fixture();
     make_qcow2(&f.dir, "base.qcow2", "16M");
-    run(Command::new("qemu-img")
+    Command::new("qemu-img")
         .args([
             "create",
             "-q",
@@ -645,7 +636,8 @@ async fn qcow2_with_a_backing_file_is_refused() {
             "base.qcow2",
         ])
         .arg(f.dir.join("overlay.qcow2"))
-        .current_dir(&f.dir));
+        .current_dir(&f.dir)
+        .succeeds();
     let overlay = fs::read(f.dir.join("overlay.qcow2")).unwrap();
     f.server.serve("overlay.qcow2", overlay.clone());
     let spec = url_base(

@@ -121,15 +121,7 @@ struct Fixture {
 }
 
 fn make_qcow2(dir: &Path, name: &str, size: &str) -> Vec<u8> {
-    let path = dir.join(name);
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&path)
-        .arg(size)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    fs::read(path).unwrap()
+    fs::read(common::disk::qcow2(dir, name, size)).unwrap()
 }
 
 /// What [`fixture`] needs.

@@ -4,6 +4,7 @@
 //! into the binary.
 
 use crate::common;
+use common::Succeeds;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -298,18 +299,12 @@ fn the_whole_catalog_is_known_outside_the_repository() {
         "name: u\nbase: {catalog: ubuntu-24.04}\ndisk: {size: 8G}\n",
     )
     .unwrap();
-    let out = common::diskforge()
+    common::diskforge()
         .current_dir(t.path())
         .env_remove("DISKFORGE_CATALOG")
         .arg("validate")
         .arg(&r)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .succeeds();
     for name in ["ubuntu-22.04", "ubuntu-24.04"] {
         let entry: String = text
             .lines()

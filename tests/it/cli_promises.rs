@@ -4,6 +4,7 @@
 //! blank disk where a boot check has to fail; nothing is built.
 
 use crate::common;
+use common::disk::qcow2;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -35,19 +36,6 @@ fn stderr(out: &Output) -> String {
 
 fn text(out: &Output) -> String {
     format!("{}{}", stdout(out), stderr(out))
-}
-
-/// An empty qcow2 disk of `size` made by qemu-img.
-fn qcow2(dir: &Path, name: &str, size: &str) -> PathBuf {
-    let p = dir.join(name);
-    assert!(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&p)
-        .arg(size)
-        .status()
-        .unwrap()
-        .success());
-    p
 }
 
 /// The manifest digest a layout's index.json gives `tag`.

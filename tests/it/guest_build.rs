@@ -6,6 +6,7 @@
 //! real cloud images (LVM, xfs, btrfs, MBR, root not last by number) are the layout
 //! zoo's (tests/it/layout_zoo.rs).
 use crate::common;
+use common::Succeeds;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -160,13 +161,7 @@ output:
         .env("DISKFORGE_TEST_ROOT_PW", SECRETS[1].0)
         .env("SITE_TOKEN", SECRETS[2].0)
         .env("DISKFORGE_TEST_TTYD_PW", SECRETS[3].0)
-        .output()
-        .unwrap();
-    assert!(
-        plan.status.success(),
-        "{}",
-        String::from_utf8_lossy(&plan.stderr)
-    );
+        .succeeds();
     for (secret, _) in SECRETS {
         for (what, bytes) in [
             (
@@ -432,13 +427,7 @@ fn incremental_rebuild_reuses_the_grown_stage() {
             .arg(&recipe)
             .arg("--disk-only")
             .arg(out_disk)
-            .output()
-            .unwrap();
-        assert!(
-            plan.status.success(),
-            "{}",
-            String::from_utf8_lossy(&plan.stderr)
-        );
+            .succeeds();
         let mut c = common::diskforge();
         common::guestfs_env(&mut c);
         let out = c

@@ -17,15 +17,7 @@ use common::text;
 
 /// A small real qcow2 disk's bytes.
 fn qcow2(dir: &Path) -> Vec<u8> {
-    let p = dir.join("small.qcow2");
-    assert!(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&p)
-        .arg("8M")
-        .status()
-        .unwrap()
-        .success());
-    std::fs::read(p).unwrap()
+    std::fs::read(common::disk::qcow2(dir, "small.qcow2", "8M")).unwrap()
 }
 
 fn layer_entries_cannot_write_outside_the_scratch_dir() {

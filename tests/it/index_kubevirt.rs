@@ -6,21 +6,13 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::kubevirt::{validate, validator_need, validator_python};
 use common::registry::Registry;
 
 fn qcow2(dir: &Path, name: &str, mib: u64) -> PathBuf {
-    let q = dir.join(format!("{name}.qcow2"));
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&q)
-        .arg(format!("{mib}M"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    q
+    common::disk::qcow2(dir, &format!("{name}.qcow2"), &format!("{mib}M"))
 }
 
 fn diskforge(work: &Path, args: &[&str]) -> Output {

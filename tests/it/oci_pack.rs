@@ -2,6 +2,7 @@
 //! write: skopeo, umoci and GNU tar.
 
 use crate::common;
+use common::Succeeds;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,29 +19,9 @@ fn sh(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A qcow2 holding `mib` MiB of random data (so compression has real work to do).
+/// A qcow2 holding `mib` MiB of random data, half of it compressible.
 fn random_qcow2(dir: &Path, mib: usize) -> PathBuf {
-    let raw = dir.join("random.raw");
-    let mut data = vec![0u8; mib << 20];
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for chunk in data.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    // Half of it compressible, like a real filesystem.
-    for b in data[(mib << 19)..].iter_mut() {
-        *b &= 0x0f;
-    }
-    std::fs::write(&raw, &data).unwrap();
-    let q = dir.join("disk.qcow2");
-    sh(Command::new("qemu-img")
-        .args(["convert", "-q", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&q));
-    std::fs::remove_file(raw).unwrap();
-    q
+    common::disk::half_compressible_qcow2(dir, "disk", mib, 0x9E37_79B9_7F4A_7C15)
 }
 
 fn pack(disk: &Path, extra: &[&str]) -> std::process::Output {
@@ -181,13 +162,7 @@ fn packed_layout_meets_the_containerdisk_contract() {
     let out = common::diskforge()
         .args(["inspect", "--json"])
         .arg(format!("oci:{}:v1", layout.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .succeeds();
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["disk"]["format"], "qcow2");
     assert_eq!(s["disk"]["virtual_size"], 24 << 20);
@@ -539,20 +514,14 @@ fn index_combines_per_architecture_images() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let out = common::diskforge()
+    common::diskforge()
         .args([
             "index",
             &format!("oci:{}:multi", layout.display()),
             "amd64",
             "arm64",
         ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .succeeds();
     let raw = sh(Command::new("skopeo")
         .args(["inspect", "--raw"])
         .arg(format!("oci:{}:multi", layout.display())));

@@ -5,6 +5,7 @@
 //! the expected digest writes nothing, and a blob is never held in memory on the way.
 
 use crate::common;
+use common::Succeeds;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -19,27 +20,7 @@ const TOOLS: &[&str] = &["qemu-img", "docker-registry", "skopeo"];
 
 /// A qcow2 holding `mib` MiB of pseudo-random (incompressible) data, seeded by `seed`.
 fn random_qcow2(dir: &Path, name: &str, mib: usize, seed: u64) -> PathBuf {
-    let raw = dir.join(format!("{name}.raw"));
-    let mut f = std::fs::File::create(&raw).unwrap();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed;
-    let mut buf = vec![0u8; 1 << 20];
-    for _ in 0..mib {
-        for c in buf.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            c.copy_from_slice(&x.to_le_bytes());
-        }
-        std::io::Write::write_all(&mut f, &buf).unwrap();
-    }
-    drop(f);
-    let q = dir.join(format!("{name}.qcow2"));
-    run(Command::new("qemu-img")
-        .args(["convert", "-q", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&q));
-    std::fs::remove_file(&raw).unwrap();
-    q
+    common::disk::random_qcow2(dir, name, mib, 0x9e37_79b9_7f4a_7c15 ^ seed)
 }
 
 fn run(c: &mut Command) -> Output {
@@ -510,13 +491,7 @@ fn each_registry_of_a_promotion_gets_only_its_own_credential() {
             "publisher:prod-secret",
         ])
         .arg(&dest)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .succeeds();
     assert_eq!(digest_of(&out.stdout), digest);
 }
 

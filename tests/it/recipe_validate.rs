@@ -3,6 +3,7 @@
 //! the checked-in JSON Schema matches the types.
 
 use crate::common;
+use common::Succeeds;
 
 use std::path::Path;
 
@@ -189,13 +190,7 @@ fn substituted_secrets_never_appear_in_plans_or_errors() {
             .env("API_TOKEN", token)
             .env("SITE_KEY", key)
             .env("SITE_NAME", plain)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .succeeds();
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let keys = |p: &serde_json::Value| -> Vec<String> {

@@ -2,6 +2,7 @@
 //! faults injected by a loopback proxy, basic auth, and reading back with skopeo.
 
 use crate::common;
+use common::Succeeds;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -12,30 +13,7 @@ const TOOLS: &[&str] = &["qemu-img", "docker-registry", "skopeo", "htpasswd"];
 
 /// A qcow2 of `mib` MiB of pseudo-random (incompressible) data.
 fn random_qcow2(dir: &Path, mib: usize) -> PathBuf {
-    let raw = dir.join("d.raw");
-    let mut f = std::fs::File::create(&raw).unwrap();
-    let mut x: u64 = 0x1234_5678_9abc_def1 ^ mib as u64;
-    let mut buf = vec![0u8; 1 << 20];
-    for _ in 0..mib {
-        for c in buf.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            c.copy_from_slice(&x.to_le_bytes());
-        }
-        std::io::Write::write_all(&mut f, &buf).unwrap();
-    }
-    drop(f);
-    let q = dir.join("d.qcow2");
-    assert!(Command::new("qemu-img")
-        .args(["convert", "-q", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&q)
-        .status()
-        .unwrap()
-        .success());
-    std::fs::remove_file(&raw).unwrap();
-    q
+    common::disk::random_qcow2(dir, "d", mib, 0x1234_5678_9abc_def1 ^ mib as u64)
 }
 
 /// A packed layout with a few MiB of random data; returns (layout dir, manifest digest).
@@ -47,13 +25,7 @@ fn layout(dir: &Path, mib: usize) -> (PathBuf, String) {
         .arg(&q)
         .args(["--compression", "none", "--output"])
         .arg(format!("oci:{}:v1", l.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .succeeds();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let digest = stdout.split_whitespace().nth(1).unwrap().to_string();
     (l, digest)
@@ -215,13 +187,7 @@ fn push_skips_present_blobs_and_mounts_across_repositories() {
             "--tls-verify=false",
             &format!("docker://{pinned}"),
         ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .succeeds();
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["disk"]["format"], "qcow2");
     assert_eq!(s["disk"]["virtual_size"], 6 << 20);
@@ -628,18 +594,12 @@ fn ctrl_c_during_a_push_leaves_no_tag_and_a_second_push_completes() {
         .set_len(2 << 30)
         .unwrap();
     let l = t.path().join("layout");
-    let out = common::diskforge()
+    common::diskforge()
         .arg("pack")
         .arg(&disk)
         .args(["--compression", "none", "--output"])
         .arg(format!("oci:{}:v1", l.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .succeeds();
     let dest = format!("docker://{}/lab/cut:1", reg.addr);
     let child = common::diskforge()
         .args(["--json-events", "push"])

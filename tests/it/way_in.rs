@@ -4,6 +4,7 @@
 //! with qemu-img; nothing is built.
 
 use crate::common;
+use common::disk::qcow2;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -20,19 +21,6 @@ fn df(t: &Path) -> Command {
 }
 
 use common::text;
-
-/// An empty qcow2 disk of `size` made by qemu-img.
-fn qcow2(dir: &Path, name: &str, size: &str) -> PathBuf {
-    let p = dir.join(name);
-    assert!(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&p)
-        .arg(size)
-        .status()
-        .unwrap()
-        .success());
-    p
-}
 
 fn write(p: &Path, s: &str) -> PathBuf {
     std::fs::write(p, s).unwrap();

@@ -39,6 +39,28 @@ pub fn python(modules: &[&str]) -> &'static str {
     })
 }
 
+/// Running a command that must succeed.
+pub trait Succeeds {
+    /// Runs the command to completion and returns its output; panics, naming the
+    /// command, its exit status, stdout and stderr, when it cannot start or fails.
+    fn succeeds(&mut self) -> std::process::Output;
+}
+
+impl Succeeds for Command {
+    fn succeeds(&mut self) -> std::process::Output {
+        let out = self
+            .output()
+            .unwrap_or_else(|e| panic!("running {self:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "{self:?} failed ({}): {}",
+            out.status,
+            text(&out)
+        );
+        out
+    }
+}
+
 /// The `diskforge` binary built for this test run.
 pub fn diskforge() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_diskforge"));
@@ -260,6 +282,7 @@ pub fn installed_need(path: fn() -> PathBuf, what: &str, setup: &'static str) ->
 }
 
 pub mod browser;
+pub mod disk;
 pub mod events;
 pub mod guest;
 pub mod hostile;
