@@ -3,7 +3,7 @@
 //! mode, concurrency, local bases and the standalone-image check.
 
 use crate::common;
-use common::Succeeds;
+use common::Run;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -4,7 +4,7 @@
 //! into the binary.
 
 use crate::common;
-use common::Succeeds;
+use common::Run;
 
 use std::collections::BTreeSet;
 use std::path::Path;

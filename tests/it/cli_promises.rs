@@ -5,6 +5,7 @@
 
 use crate::common;
 use common::disk::qcow2;
+use common::Run;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -36,21 +37,6 @@ fn stderr(out: &Output) -> String {
 
 fn text(out: &Output) -> String {
     format!("{}{}", stdout(out), stderr(out))
-}
-
-/// The manifest digest a layout's index.json gives `tag`.
-fn tagged_digest(layout: &Path, tag: &str) -> String {
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    v["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap_or_else(|| panic!("tag {tag} not in {v}"))["digest"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 /// The JSON events among stderr's lines (those starting with `{`).
@@ -104,9 +90,7 @@ fn a_failed_boot_check_exits_4() {
         .args(["run", "--check", "--timeout", "5", "--accel", "tcg"])
         .args(["--login", "lab:not-the-password"])
         .arg(&disk)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+        .exits(4);
     assert!(stderr(&out).contains("boot check failed"), "{}", text(&out));
     assert!(
         stderr(&out).contains("serial console (last 40 lines)"),
@@ -332,7 +316,7 @@ fn digest_file_holds_the_manifest_digest_for_local_destinations() {
             .unwrap();
         assert!(out.status.success(), "{flag}: {}", text(&out));
     }
-    let want = tagged_digest(&layout, "v1");
+    let want = common::tagged_digest(&layout, "v1");
     for file in ["a", "b"] {
         assert_eq!(
             std::fs::read_to_string(t.path().join(file)).unwrap(),
@@ -477,7 +461,7 @@ fn pack_without_output_writes_the_documented_default() {
         "{}",
         text(&out)
     );
-    let digest = tagged_digest(&t.path().join("out/lab"), "latest");
+    let digest = common::tagged_digest(&t.path().join("out/lab"), "latest");
     assert!(
         stdout(&out).contains(&format!("image {digest}")),
         "{}",
@@ -498,9 +482,7 @@ fn pack_refuses_and_verify_fails_a_disk_that_is_a_text_file() {
         .arg(&text_file)
         .arg("-o")
         .arg(format!("oci:{}", t.path().join("packed").display()))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        .exits(1);
     assert!(
         stderr(&out).contains("raw image of 6 bytes: too small to be a VM disk"),
         "{}",
@@ -523,9 +505,7 @@ fn pack_refuses_and_verify_fails_a_disk_that_is_a_text_file() {
     let out = df(t.path())
         .arg("verify")
         .arg(format!("oci:{}:t", layout.display()))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+        .exits(4);
     assert!(
         !stdout(&out).contains("contract satisfied"),
         "{}",
@@ -611,9 +591,7 @@ fn https_to_a_plain_http_registry_hints_tls_verify_false() {
     let reg = Registry::start(None);
     let out = df(t.path())
         .args(["inspect", &format!("docker://{}/lab/x:1", reg.addr)])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        .exits(1);
     let err = stderr(&out);
     assert!(
         err.contains(&format!("{} answered in plain HTTP, not HTTPS", reg.addr)),

@@ -16,6 +16,7 @@
 //! plus one the first time a checkout makes the base image.
 
 use crate::common;
+use common::Run;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -429,9 +430,7 @@ fn fail_fast_starts_nothing_after_a_failure() {
         .args(&recipes)
         .arg("--output")
         .arg(format!("oci:{}:1", t.path().join("out").display()))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        .exits(2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("{name}"));
 }
 

@@ -6,7 +6,7 @@
 //! real cloud images (LVM, xfs, btrfs, MBR, root not last by number) are the layout
 //! zoo's (tests/it/layout_zoo.rs).
 use crate::common;
-use common::Succeeds;
+use common::Run;
 
 use std::path::Path;
 use std::process::{Command, Output};

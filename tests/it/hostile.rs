@@ -3,6 +3,7 @@
 //! without touching anything outside diskforge's own scratch space.
 
 use crate::common;
+use common::Run;
 
 use std::io::Write;
 use std::path::Path;
@@ -63,12 +64,9 @@ fn layer_entries_cannot_write_outside_the_scratch_dir() {
         );
     }
     // verify names it a contract violation (exit 4).
-    let out = df()
-        .arg("verify")
+    df().arg("verify")
         .arg(format!("oci:{}:t", t.path().join("dotdot").display()))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+        .exits(4);
 }
 
 /// Absolute entries and links in a layer: `verify` and `run` name them, write nothing

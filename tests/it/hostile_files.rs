@@ -4,6 +4,7 @@
 //! cleanly, within bounded time and memory, leaving nothing behind.
 
 use crate::common;
+use common::Run;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -887,9 +888,7 @@ fn a_pack_that_runs_out_of_space_removes_the_layout_it_created() {
         .arg(&disk)
         .arg("-o")
         .arg(format!("oci:{}:t", layout.display()))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        .exits(1);
     assert!(
         text(&out).contains("No space left on device"),
         "the error does not say why: {}",

@@ -2,7 +2,7 @@
 //! write: skopeo, umoci and GNU tar.
 
 use crate::common;
-use common::Succeeds;
+use common::Run;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,20 +31,6 @@ fn pack(disk: &Path, extra: &[&str]) -> std::process::Output {
         .args(extra)
         .env("SOURCE_DATE_EPOCH", "1700000000");
     c.output().unwrap()
-}
-
-fn index_digest(layout: &Path, tag: &str) -> String {
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    v["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap_or_else(|| panic!("tag {tag} not in {v}"))["digest"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 fn manifest(layout: &Path, digest: &str) -> serde_json::Value {
@@ -94,8 +80,8 @@ fn packed_layout_meets_the_containerdisk_contract() {
         .arg(format!("oci:{}:v1", layout.display()))
         .arg(format!("oci:{}:v1", copy.display())));
     assert_eq!(
-        index_digest(&copy, "v1"),
-        index_digest(&layout, "v1"),
+        common::tagged_digest(&copy, "v1"),
+        common::tagged_digest(&layout, "v1"),
         "skopeo copy changed the manifest"
     );
 
@@ -106,7 +92,7 @@ fn packed_layout_meets_the_containerdisk_contract() {
     assert!(stat.contains("diskforge"), "history missing: {stat}");
 
     // The layer, as a runtime extracts it.
-    let m = manifest(&layout, &index_digest(&layout, "v1"));
+    let m = manifest(&layout, &common::tagged_digest(&layout, "v1"));
     let layers = m["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 1);
     assert_eq!(
@@ -201,7 +187,7 @@ fn same_input_gives_identical_digests_for_every_compression() {
                 "{}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            let d = index_digest(&layout, "x");
+            let d = common::tagged_digest(&layout, "x");
             let m = manifest(&layout, &d);
             digests.push((
                 d,
@@ -230,8 +216,8 @@ fn same_input_gives_identical_digests_for_every_compression() {
         .unwrap();
     assert!(out.status.success());
     assert_ne!(
-        index_digest(&layout, "x"),
-        index_digest(&t.path().join("none-0"), "x")
+        common::tagged_digest(&layout, "x"),
+        common::tagged_digest(&t.path().join("none-0"), "x")
     );
 }
 
@@ -252,7 +238,7 @@ fn other_tools_decompress_the_gzip_layer_to_the_diff_id() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let m = manifest(&layout, &index_digest(&layout, "v1"));
+    let m = manifest(&layout, &common::tagged_digest(&layout, "v1"));
     let cfg = manifest(&layout, m["config"]["digest"].as_str().unwrap());
     let diff_id = cfg["rootfs"]["diff_ids"][0].as_str().unwrap().to_string();
     let blob = layout.join("blobs/sha256").join(
@@ -357,7 +343,7 @@ fn disks_over_8_gib_get_a_valid_tar_header() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let d = index_digest(&layout, "latest");
+    let d = common::tagged_digest(&layout, "latest");
     let m = manifest(&layout, &d);
     let blob = layout.join("blobs/sha256").join(
         m["layers"][0]["digest"]
@@ -579,7 +565,7 @@ fn other_tools_decompress_the_zstd_layer_to_the_diff_id() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let m = manifest(&layout, &index_digest(&layout, "v1"));
+    let m = manifest(&layout, &common::tagged_digest(&layout, "v1"));
     assert!(m["layers"][0]["mediaType"]
         .as_str()
         .unwrap()
@@ -618,7 +604,7 @@ fn other_tools_decompress_the_zstd_layer_to_the_diff_id() {
         .args(["copy", "--quiet", "--dest-compress-format", "gzip"])
         .arg(format!("oci:{}:v1", layout.display()))
         .arg(format!("oci:{}:v1", regz.display())));
-    let m2 = manifest(&regz, &index_digest(&regz, "v1"));
+    let m2 = manifest(&regz, &common::tagged_digest(&regz, "v1"));
     assert!(m2["layers"][0]["mediaType"]
         .as_str()
         .unwrap()

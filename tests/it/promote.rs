@@ -5,7 +5,7 @@
 //! the expected digest writes nothing, and a blob is never held in memory on the way.
 
 use crate::common;
-use common::Succeeds;
+use common::Run;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -21,17 +21,6 @@ const TOOLS: &[&str] = &["qemu-img", "docker-registry", "skopeo"];
 /// A qcow2 holding `mib` MiB of pseudo-random (incompressible) data, seeded by `seed`.
 fn random_qcow2(dir: &Path, name: &str, mib: usize, seed: u64) -> PathBuf {
     common::disk::random_qcow2(dir, name, mib, 0x9e37_79b9_7f4a_7c15 ^ seed)
-}
-
-fn run(c: &mut Command) -> Output {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{c:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn diskforge(work: &Path, args: &[&str]) -> Output {
@@ -229,7 +218,7 @@ fn promotion_between_registries_keeps_the_digest_and_copies_attachments_only_whe
     assert!(raw(&format!("docker://{plain}:{}", referrers_tag(&amd64))).is_none());
     // Every blob of both architectures is there: skopeo copies all of it, by digest.
     let copy = w.join("copy");
-    run(Command::new("skopeo")
+    Command::new("skopeo")
         .args([
             "copy",
             "--quiet",
@@ -238,7 +227,8 @@ fn promotion_between_registries_keeps_the_digest_and_copies_attachments_only_whe
             "--src-tls-verify=false",
         ])
         .arg(format!("docker://{plain}@{index}"))
-        .arg(format!("oci:{}:x", copy.display())));
+        .arg(format!("oci:{}:x", copy.display()))
+        .succeeds();
     let idx: serde_json::Value =
         serde_json::from_slice(&std::fs::read(copy.join("index.json")).unwrap()).unwrap();
     assert_eq!(idx["manifests"][0]["digest"], index.as_str());

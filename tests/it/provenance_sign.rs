@@ -14,6 +14,7 @@
 //! openssl checks the signature bytes of every attachment.
 
 use crate::common;
+use common::Run;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,20 +34,10 @@ const TOOLS: &[&str] = &["qemu-img", "docker-registry", "skopeo", "openssl"];
 /// What Debian's skopeo says instead of verifying a sigstore signature.
 const DEBIAN_DISABLED: &str = "Debian-local change: sigstore disabled";
 
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("starting a command");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// Packs `disk` and pushes it as `repo:tag`; a label makes each tag a distinct image.
 /// Returns the manifest digest.
 fn push_image(disk: &Path, repo: &str, tag: &str) -> String {
-    let out = run(common::diskforge()
+    let out = common::diskforge()
         .arg("pack")
         .arg(disk)
         .args(["--compression", "none", "--label"])
@@ -54,7 +45,8 @@ fn push_image(disk: &Path, repo: &str, tag: &str) -> String {
         .arg("--output")
         .arg(format!("docker://{repo}:{tag}"))
         .arg("--tls-verify=false")
-        .env("XDG_CACHE_HOME", disk.parent().unwrap().join("xdg")));
+        .env("XDG_CACHE_HOME", disk.parent().unwrap().join("xdg"))
+        .succeeds();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let digest = stdout.split_whitespace().nth(1).unwrap().to_string();
     assert!(digest.starts_with("sha256:"), "{stdout}");
@@ -112,7 +104,7 @@ fn push_attachment(work: &Path, repo: &str, a: &Attachment) {
     let desc = a.manifest.descriptor(MEDIA_MANIFEST).unwrap();
     layout.set_tag(&a.tag, &desc, None).unwrap();
     let (policy, regd) = permissive_config(work);
-    run(Command::new("skopeo")
+    Command::new("skopeo")
         .arg("--policy")
         .arg(&policy)
         .arg("--registries.d")
@@ -124,7 +116,8 @@ fn push_attachment(work: &Path, repo: &str, a: &Attachment) {
             "--dest-tls-verify=false",
         ])
         .arg(format!("oci:{}:{}", dir.display(), a.tag))
-        .arg(format!("docker://{repo}:{}", a.tag)));
+        .arg(format!("docker://{repo}:{}", a.tag))
+        .succeeds();
 }
 
 /// What skopeo says when copying `repo:tag` under the verifying policy.
@@ -267,7 +260,7 @@ fn openssl_keys(dir: &Path) -> Keys {
         other_sec1: dir.join("other.pem"),
         encrypted: dir.join("signer.cosign.key"),
     };
-    run(Command::new("openssl")
+    Command::new("openssl")
         .args([
             "genpkey",
             "-algorithm",
@@ -276,13 +269,15 @@ fn openssl_keys(dir: &Path) -> Keys {
             "ec_paramgen_curve:P-256",
             "-out",
         ])
-        .arg(&k.pkcs8));
-    run(Command::new("openssl")
+        .arg(&k.pkcs8)
+        .succeeds();
+    Command::new("openssl")
         .args(["pkey", "-pubout", "-in"])
         .arg(&k.pkcs8)
         .arg("-out")
-        .arg(&k.public));
-    run(Command::new("openssl")
+        .arg(&k.public)
+        .succeeds();
+    Command::new("openssl")
         .args([
             "ecparam",
             "-name",
@@ -291,7 +286,8 @@ fn openssl_keys(dir: &Path) -> Keys {
             "-noout",
             "-out",
         ])
-        .arg(&k.other_sec1));
+        .arg(&k.other_sec1)
+        .succeeds();
     let key = PrivateKey::load(&k.pkcs8, None, dir).unwrap();
     let pem = key
         .to_cosign_pem(&SecretValue::new("lab password".into()))
@@ -484,10 +480,11 @@ fn sigstore_rs_skopeo_and_diskforge_agree_on_cosign_signatures() {
     let reg = Registry::start(None);
     let repo = format!("{}/lab/x", reg.addr);
     let disk = w.join("d.qcow2");
-    run(Command::new("qemu-img")
+    Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
         .arg(&disk)
-        .arg("16M"));
+        .arg("16M")
+        .succeeds();
     let keys = openssl_keys(w);
     let cases = prepare_cases(w, &repo, &disk, &keys);
     let verifier = verifier_config(w, &repo, &keys.public);
@@ -546,7 +543,7 @@ fn encrypted_key_from_password_file_or_environment() {
 }
 
 fn skopeo_version() -> String {
-    let out = run(Command::new("skopeo").arg("--version"));
+    let out = Command::new("skopeo").arg("--version").succeeds();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -571,17 +568,19 @@ fn encrypted_key_decrypts_with_libsodium_and_python_scrypt() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let keys = openssl_keys(w);
-    let der = run(Command::new(common::python(&["nacl.secret"]))
+    let der = Command::new(common::python(&["nacl.secret"]))
         .arg("-c")
         .arg(PYTHON_DECRYPT)
         .arg(&keys.encrypted)
-        .env("KEY_PASSWORD", "lab password"))
-    .stdout;
+        .env("KEY_PASSWORD", "lab password")
+        .succeeds()
+        .stdout;
     std::fs::write(w.join("decrypted.der"), der).unwrap();
-    let public = run(Command::new("openssl")
+    let public = Command::new("openssl")
         .args(["pkey", "-inform", "DER", "-pubout", "-in"])
-        .arg(w.join("decrypted.der")))
-    .stdout;
+        .arg(w.join("decrypted.der"))
+        .succeeds()
+        .stdout;
     assert_eq!(
         String::from_utf8(public).unwrap(),
         std::fs::read_to_string(&keys.public).unwrap(),
@@ -644,12 +643,13 @@ fn provenance_envelope_verifies_with_openssl() {
         .decode(v["signatures"][0]["sig"].as_str().unwrap())
         .unwrap();
     std::fs::write(w.join("pae.sig"), sig).unwrap();
-    let out = run(Command::new("openssl")
+    let out = Command::new("openssl")
         .args(["dgst", "-sha256", "-verify"])
         .arg(&keys.public)
         .arg("-signature")
         .arg(w.join("pae.sig"))
-        .arg(w.join("pae")));
+        .arg(w.join("pae"))
+        .succeeds();
     assert!(String::from_utf8_lossy(&out.stdout).contains("Verified OK"));
     // The same bytes without the encoding must not verify: the signature covers the PAE.
     std::fs::write(w.join("payload"), &payload).unwrap();
@@ -677,10 +677,11 @@ fn sbom_and_provenance_attachments_round_trip_through_the_registry() {
     let reg = Registry::start(None);
     let repo = format!("{}/lab/x", reg.addr);
     let disk = w.join("d.qcow2");
-    run(Command::new("qemu-img")
+    Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
         .arg(&disk)
-        .arg("16M"));
+        .arg("16M")
+        .succeeds();
     let keys = openssl_keys(w);
     let signer = PrivateKey::load(&keys.pkcs8, None, w).unwrap();
     let digest = push_image(&disk, &repo, "1");
@@ -783,10 +784,11 @@ fn attached_documents_are_read_back_from_the_registry_by_verify_and_inspect() {
     let reg = Registry::start(None);
     let repo = format!("{}/lab/attached", reg.addr);
     let disk = w.join("d.qcow2");
-    run(Command::new("qemu-img")
+    Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
         .arg(&disk)
-        .arg("16M"));
+        .arg("16M")
+        .succeeds();
     let keys = openssl_keys(w);
     let signer = PrivateKey::load(&keys.pkcs8, None, w).unwrap();
     let digest = push_image(&disk, &repo, "1");
@@ -851,18 +853,20 @@ fn attached_documents_are_read_back_from_the_registry_by_verify_and_inspect() {
     });
 
     let pinned = format!("docker://{repo}@{digest}");
-    let out = run(common::diskforge()
+    let out = common::diskforge()
         .args(["verify", "--tls-verify=false", "--key"])
         .arg(&keys.public)
         .arg(&pinned)
-        .env("XDG_CACHE_HOME", w.join("xdg")));
+        .env("XDG_CACHE_HOME", w.join("xdg"))
+        .succeeds();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("1 valid signature"), "{said}");
-    let out = run(common::diskforge()
+    let out = common::diskforge()
         .args(["inspect", "--json", "--tls-verify=false", "--key"])
         .arg(&keys.public)
         .arg(&pinned)
-        .env("XDG_CACHE_HOME", w.join("xdg")));
+        .env("XDG_CACHE_HOME", w.join("xdg"))
+        .succeeds();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let a = &v["attached"];
     assert_eq!(a["valid_signatures"], 1, "{a}");

@@ -3,7 +3,7 @@
 //! the checked-in JSON Schema matches the types.
 
 use crate::common;
-use common::Succeeds;
+use common::Run;
 
 use std::path::Path;
 

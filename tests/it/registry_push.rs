@@ -2,7 +2,7 @@
 //! faults injected by a loopback proxy, basic auth, and reading back with skopeo.
 
 use crate::common;
-use common::Succeeds;
+use common::Run;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -5,6 +5,7 @@
 
 use crate::common;
 use common::disk::qcow2;
+use common::Run;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -259,9 +260,7 @@ fn build_base_names_a_file_anywhere_and_replaces_the_recipes_base() {
     let out = df(s.t.path())
         .args(["build", "--base", "/nonexistent/base.qcow2"])
         .arg(&recipe)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        .exits(2);
     assert!(
         text(&out).contains("--base /nonexistent/base.qcow2"),
         "{}",
@@ -488,20 +487,16 @@ fn a_layer_over_the_limit_is_refused_before_any_upload() {
         .arg(format!("docker://{}/lab/other:1", reg.addr))
         .args(["--tls-verify=false", "--max-layer-size"])
         .arg(format!("{}", size - 1))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        .exits(1);
     assert!(text(&out).contains("not pushed"), "{}", text(&out));
     assert_eq!(stored_repositories(&reg), vec!["lab/big".to_string()]);
     // A size that is not one is wrong usage.
-    let out = df(t.path())
+    df(t.path())
         .arg("push")
         .arg(format!("{}:1", layout.display()))
         .arg(&dest)
         .args(["--max-layer-size", "+1G"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        .exits(2);
 
     // The config names the placeholder entrypoint kubevirt/containerdisks uses.
     let config = blob(manifest["config"]["digest"].as_str().unwrap());
@@ -711,9 +706,7 @@ fn inspect_and_verify_answer_scripts_in_one_typed_shape() {
     let out = df(t.path())
         .args(["verify", "--json", "--size", "1G"])
         .arg(&image)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+        .exits(4);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["satisfied"], false, "{v}");
     assert!(
@@ -826,9 +819,7 @@ fn init_writes_a_starter_recipe_that_validates_and_plans() {
     let out = df(t.path())
         .args(["init", "--base", "ubunt-24.04"])
         .arg(t.path().join("new.yaml"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        .exits(2);
     assert!(
         text(&out).contains("did you mean `ubuntu-24.04`?"),
         "{}",
@@ -879,9 +870,7 @@ fn a_bare_tls_verify_means_true() {
         .args(["pack", "--tls-verify"])
         .arg(&disk)
         .args(["-o", &image])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        .exits(1);
     assert!(text(&out).contains("--tls-verify=false"), "{}", text(&out));
     let out = df(t.path())
         .args(["pack", "--tls-verify=false"])

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::Succeeds;
+use super::Run;
 
 /// An empty qcow2 of `size` (qemu-img's notation: `16M`, `2G`) at `dir/name`.
 pub fn qcow2(dir: &Path, name: &str, size: &str) -> PathBuf {

@@ -39,26 +39,64 @@ pub fn python(modules: &[&str]) -> &'static str {
     })
 }
 
-/// Running a command that must succeed.
-pub trait Succeeds {
+/// Running a command whose outcome the test knows.
+pub trait Run {
     /// Runs the command to completion and returns its output; panics, naming the
     /// command, its exit status, stdout and stderr, when it cannot start or fails.
     fn succeeds(&mut self) -> std::process::Output;
+    /// Runs the command to completion and returns its output; panics, naming the
+    /// command, its exit status, stdout and stderr, unless it exits with `code`.
+    fn exits(&mut self, code: i32) -> std::process::Output;
 }
 
-impl Succeeds for Command {
+impl Run for Command {
     fn succeeds(&mut self) -> std::process::Output {
+        self.exits_as(|s| s.success())
+    }
+
+    fn exits(&mut self, code: i32) -> std::process::Output {
+        self.exits_as(|s| s.code() == Some(code))
+    }
+}
+
+trait ExitsAs {
+    fn exits_as(
+        &mut self,
+        expected: impl Fn(&std::process::ExitStatus) -> bool,
+    ) -> std::process::Output;
+}
+
+impl ExitsAs for Command {
+    fn exits_as(
+        &mut self,
+        expected: impl Fn(&std::process::ExitStatus) -> bool,
+    ) -> std::process::Output {
         let out = self
             .output()
             .unwrap_or_else(|e| panic!("running {self:?}: {e}"));
         assert!(
-            out.status.success(),
-            "{self:?} failed ({}): {}",
+            expected(&out.status),
+            "{self:?} exited {}: {}",
             out.status,
             text(&out)
         );
         out
     }
+}
+
+/// The manifest digest a layout's index.json gives `tag`.
+pub fn tagged_digest(layout: &std::path::Path, tag: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    v["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("tag {tag} not in {v}"))["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// The `diskforge` binary built for this test run.
