@@ -150,11 +150,7 @@ async fn downloads_verifies_caches_and_never_modifies() {
 
     // Use it the way the disk stages do: as the backing file of a written overlay.
     let overlay = f.dir.join("overlay.qcow2");
-    Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(&got.path)
-        .arg(&overlay)
-        .succeeds();
+    common::disk::overlay(&overlay, &got.path, "qcow2", None);
     Command::new("qemu-io")
         .args(["-f", "qcow2", "-c", "write -P 0x77 0 1M"])
         .arg(&overlay)
@@ -624,20 +620,12 @@ async fn local_path_base_is_used_in_place() {
 async fn qcow2_with_a_backing_file_is_refused() {
     let f = fixture();
     make_qcow2(&f.dir, "base.qcow2", "16M");
-    Command::new("qemu-img")
-        .args([
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            "-b",
-            "base.qcow2",
-        ])
-        .arg(f.dir.join("overlay.qcow2"))
-        .current_dir(&f.dir)
-        .succeeds();
+    common::disk::overlay(
+        &f.dir.join("overlay.qcow2"),
+        Path::new("base.qcow2"),
+        "qcow2",
+        None,
+    );
     let overlay = fs::read(f.dir.join("overlay.qcow2")).unwrap();
     f.server.serve("overlay.qcow2", overlay.clone());
     let spec = url_base(

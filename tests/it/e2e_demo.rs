@@ -250,18 +250,7 @@ fn demo_builds_pushes_verifies_boots_and_serves_ttyd() {
 
     // 2. Pull by digest, as a node would, with a tool diskforge did not write.
     let pulled = t.path().join("pulled");
-    let st = Command::new("skopeo")
-        .args([
-            "copy",
-            "--quiet",
-            "--preserve-digests",
-            "--src-tls-verify=false",
-        ])
-        .arg(format!("docker://{pinned}"))
-        .arg(format!("oci:{}:demo", pulled.display()))
-        .status()
-        .unwrap();
-    assert!(st.success(), "skopeo copy by digest failed");
+    common::registry::skopeo_pull(&pinned, &pulled, "demo");
 
     // 3. Unpack the layer with numeric ownership and check the containerDisk contract.
     let m = index_manifest(&pulled);

@@ -155,22 +155,7 @@ fn absolute_entries_and_links_in_a_layer_are_refused() {
 fn disks_that_reach_host_files_are_refused_everywhere() {
     let t = tempfile::tempdir().unwrap();
     let backed = t.path().join("backed.qcow2");
-    assert!(Command::new("qemu-img")
-        .args([
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "raw",
-            "-b",
-            "/etc/shadow"
-        ])
-        .arg(&backed)
-        .arg("8M")
-        .status()
-        .unwrap()
-        .success());
+    common::disk::overlay(&backed, Path::new("/etc/shadow"), "raw", Some("8M"));
     let datafile = t.path().join("datafile.qcow2");
     assert!(Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-o"])
@@ -220,15 +205,7 @@ fn disks_that_reach_host_files_are_refused_everywhere() {
         );
         // verify refuses it inside an image (a layout built by hand)
         let layout = t.path().join(format!("img-{}", why.replace(' ', "-")));
-        let bytes = std::fs::read(disk).unwrap();
-        layout_with_layer(
-            &layout,
-            &tar(&[
-                ("disk/", b'5', b"", 107, 0o555),
-                ("disk/disk.qcow2", b'0', &bytes, 107, 0o440),
-            ]),
-            None,
-        );
+        common::hostile::disk_image(&layout, disk);
         let out = df()
             .arg("verify")
             .arg(format!("oci:{}:t", layout.display()))

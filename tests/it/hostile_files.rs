@@ -236,15 +236,7 @@ fn corrupt_and_encrypted_disks_are_refused() {
 
         // An image holding the disk, built by hand.
         let layout = t.path().join(format!("img-{label}"));
-        let bytes = std::fs::read(disk).unwrap();
-        layout_with_layer(
-            &layout,
-            &tar(&[
-                ("disk/", b'5', b"", 107, 0o555),
-                ("disk/disk.qcow2", b'0', &bytes, 107, 0o440),
-            ]),
-            None,
-        );
+        common::hostile::disk_image(&layout, disk);
         let scratch = t.path().join(format!("scratch-{label}"));
         std::fs::create_dir(&scratch).unwrap();
         let started = Instant::now();
@@ -541,31 +533,14 @@ fn zero_bomb_layout(dir: &Path, head: &[u8], claimed: u64, gzip: bool) {
     let (layer_hex, layer_size) = (hex::encode(w.sha.clone().finalize()), w.n);
     drop(w);
     std::fs::rename(&tmp, blobs.join(&layer_hex)).unwrap();
-    let put = |data: &[u8]| -> String {
-        let h = sha_hex(data);
-        std::fs::write(blobs.join(&h), data).unwrap();
-        format!("sha256:{h}")
-    };
     // The diff_id would take hashing the whole expanded stream: a made-up one will do,
     // nothing reads that far.
-    let config = serde_json::to_vec(&serde_json::json!({"architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", "0".repeat(64))]}}))
-    .unwrap();
-    let config_digest = put(&config);
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-        "layers": [{"mediaType": if gzip { "application/vnd.oci.image.layer.v1.tar+gzip" } else { "application/vnd.oci.image.layer.v1.tar+zstd" },
-                    "digest": format!("sha256:{layer_hex}"), "size": layer_size}],
-    }))
-    .unwrap();
-    let manifest_digest = put(&manifest);
-    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest,
-        "size": manifest.len(), "annotations": {"org.opencontainers.image.ref.name": "t"},
-        "platform": {"os": "linux", "architecture": "amd64"}}]});
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    common::hostile::finish_layout(
+        dir,
+        &format!("sha256:{}", "0".repeat(64)),
+        serde_json::json!({"mediaType": if gzip { "application/vnd.oci.image.layer.v1.tar+gzip" } else { "application/vnd.oci.image.layer.v1.tar+zstd" },
+            "digest": format!("sha256:{layer_hex}"), "size": layer_size}),
+    );
 }
 
 /// Bytes allocated on disk under `dir` (what holes do not cost).

@@ -379,10 +379,7 @@ fn refused_inputs_leave_the_layout_untouched() {
 
     // An overlay with a backing file is not a containerDisk.
     let overlay = t.path().join("overlay.qcow2");
-    sh(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(&disk)
-        .arg(&overlay));
+    common::disk::overlay(&overlay, &disk, "qcow2", None);
     let out = pack(
         &overlay,
         &["--output", &format!("oci:{}:b", layout.display())],

@@ -163,18 +163,7 @@ fn push_skips_present_blobs_and_mounts_across_repositories() {
 
     // Pulled back by digest into an OCI layout, the image is the same.
     let copy = t.path().join("copy");
-    let st = Command::new("skopeo")
-        .args([
-            "copy",
-            "--quiet",
-            "--preserve-digests",
-            "--src-tls-verify=false",
-        ])
-        .arg(format!("docker://{pinned}"))
-        .arg(format!("oci:{}:x", copy.display()))
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::registry::skopeo_pull(&pinned, &copy, "x");
     let idx: serde_json::Value =
         serde_json::from_slice(&std::fs::read(copy.join("index.json")).unwrap()).unwrap();
     assert_eq!(idx["manifests"][0]["digest"], digest.as_str());

@@ -18,6 +18,22 @@ pub fn qcow2(dir: &Path, name: &str, size: &str) -> PathBuf {
     path
 }
 
+/// A qcow2 overlay at `path` on `backing` (of `backing_format`), with `size` when given
+/// (qemu-img takes the backing file's otherwise). `backing` is written into the overlay
+/// as given: a relative one is resolved from the overlay's directory.
+pub fn overlay(path: &Path, backing: &Path, backing_format: &str, size: Option<&str>) -> PathBuf {
+    let mut c = Command::new("qemu-img");
+    c.args(["create", "-q", "-f", "qcow2", "-F", backing_format, "-b"])
+        .arg(backing)
+        .arg(path)
+        .args(size);
+    if let Some(dir) = path.parent().filter(|_| backing.is_relative()) {
+        c.current_dir(dir);
+    }
+    c.succeeds();
+    path.to_path_buf()
+}
+
 /// A qcow2 `dir/<name>.qcow2` holding `mib` MiB of xorshift output started from `seed`
 /// (incompressible).
 pub fn random_qcow2(dir: &Path, name: &str, mib: usize, seed: u64) -> PathBuf {

@@ -78,15 +78,30 @@ pub fn layout_with_layer(dir: &Path, layer: &[u8], declared_size: Option<u64>) {
         d
     };
     let layer_digest = put(layer);
+    let layer = serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar",
+        "digest": layer_digest, "size": declared_size.unwrap_or(layer.len() as u64)});
+    finish_layout(dir, &layer_digest, layer);
+}
+
+/// Writes the config (with `diff_id`), the manifest of one layer (`layer`, its
+/// descriptor; the blob is already in place) and the index tagging it `t` into the OCI
+/// layout at `dir`.
+pub fn finish_layout(dir: &Path, diff_id: &str, layer: serde_json::Value) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |data: &[u8]| -> String {
+        let d = sha(data);
+        std::fs::write(blobs.join(d.trim_start_matches("sha256:")), data).unwrap();
+        d
+    };
     let config = serde_json::json!({"architecture": "amd64", "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [layer_digest]}});
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]}});
     let config = serde_json::to_vec(&config).unwrap();
     let config_digest = put(&config);
     let manifest = serde_json::json!({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest,
-                    "size": declared_size.unwrap_or(layer.len() as u64)}],
+        "layers": [layer],
     });
     let manifest = serde_json::to_vec(&manifest).unwrap();
     let manifest_digest = put(&manifest);
@@ -96,6 +111,20 @@ pub fn layout_with_layer(dir: &Path, layer: &[u8], declared_size: Option<u64>) {
         "platform": {"os": "linux", "architecture": "amd64"}}]});
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+/// An OCI layout at `layout` (tag `t`) whose one uncompressed layer holds `disk` as a
+/// containerDisk holds it: `disk/disk.qcow2` owned by 107, mode 0440.
+pub fn disk_image(layout: &Path, disk: &Path) {
+    let bytes = std::fs::read(disk).unwrap();
+    layout_with_layer(
+        layout,
+        &tar(&[
+            ("disk/", b'5', b"", 107, 0o555),
+            ("disk/disk.qcow2", b'0', &bytes, 107, 0o440),
+        ]),
+        None,
+    );
 }
 
 /// A request as the fake server saw it.

@@ -483,3 +483,19 @@ fn serve(
     }
     Ok(())
 }
+
+/// Copies the image `docker://<reference>` from a plain-HTTP registry into the OCI
+/// layout `into` as `tag`, keeping its digests: a pull by a tool diskforge did not write.
+pub fn skopeo_pull(reference: &str, into: &std::path::Path, tag: &str) {
+    use super::Run;
+    std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+        ])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("oci:{}:{tag}", into.display()))
+        .succeeds();
+}
