@@ -3,6 +3,7 @@
 //! rejected before the image is trusted.
 
 use crate::common;
+use common::Run;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -54,13 +55,7 @@ impl Gpg {
                 "",
             ])
             .args(args)
-            .output()
-            .expect("running gpg");
-        assert!(
-            out.status.success(),
-            "gpg {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .succeeds();
         out.stdout
     }
 

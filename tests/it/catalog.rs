@@ -30,14 +30,7 @@ fn gpg_fingerprints(file: &Path) -> BTreeSet<String> {
         .arg(home.path())
         .args(["--batch", "--with-colons", "--show-keys"])
         .arg(file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "gpg --show-keys {}: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .succeeds();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let mut fprs = BTreeSet::new();
     let mut after_pub = false;

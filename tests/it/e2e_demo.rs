@@ -7,6 +7,7 @@
 //! the web terminal in headless Chromium (log in through the page, type a command, read
 //! its output) → an unchanged rebuild does nothing.
 use crate::common;
+use common::Run;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -162,27 +163,23 @@ fn demo_builds_pushes_verifies_boots_and_serves_ttyd() {
     let pubkey = t.path().join("key.pub");
     let other_pub = t.path().join("other.pub");
     for (k, p) in [(&key, &pubkey), (&t.path().join("other.pem"), &other_pub)] {
-        assert!(Command::new("openssl")
+        Command::new("openssl")
             .args([
                 "genpkey",
                 "-algorithm",
                 "EC",
                 "-pkeyopt",
                 "ec_paramgen_curve:P-256",
-                "-out"
+                "-out",
             ])
             .arg(k)
-            .status()
-            .unwrap()
-            .success());
-        assert!(Command::new("openssl")
+            .succeeds();
+        Command::new("openssl")
             .args(["pkey", "-pubout", "-in"])
             .arg(k)
             .arg("-out")
             .arg(p)
-            .status()
-            .unwrap()
-            .success());
+            .succeeds();
     }
 
     // 1. Build and publish to the registry and a local layout in one go. The build runs
@@ -279,14 +276,12 @@ fn demo_builds_pushes_verifies_boots_and_serves_ttyd() {
     );
     let x = t.path().join("unpacked");
     std::fs::create_dir(&x).unwrap();
-    assert!(Command::new("tar")
+    Command::new("tar")
         .args(["--numeric-owner", "-xzf"])
         .arg(&blob)
         .arg("-C")
         .arg(&x)
-        .status()
-        .unwrap()
-        .success());
+        .succeeds();
     let info: serde_json::Value = serde_json::from_slice(
         &Command::new("qemu-img")
             .args(["info", "--output=json"])
@@ -302,13 +297,11 @@ fn demo_builds_pushes_verifies_boots_and_serves_ttyd() {
     // The lab user's password is nowhere on the published disk, not even in free
     // blocks: only its hash went in.
     let raw = t.path().join("disk.raw");
-    assert!(Command::new("qemu-img")
+    Command::new("qemu-img")
         .args(["convert", "-O", "raw"])
         .arg(x.join("disk/disk.qcow2"))
         .arg(&raw)
-        .status()
-        .unwrap()
-        .success());
+        .succeeds();
     assert_eq!(
         common::occurrences(&raw, PASSWORD.as_bytes()),
         0,
@@ -387,17 +380,10 @@ fn demo_builds_pushes_verifies_boots_and_serves_ttyd() {
     );
     // The SBOM written beside the layout validates with SPDX's own tool.
     let sbom_file = t.path().join("build1.spdx.json");
-    let st = Command::new("pyspdxtools")
+    Command::new("pyspdxtools")
         .arg("-i")
         .arg(&sbom_file)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "pyspdxtools: {}{}",
-        String::from_utf8_lossy(&st.stdout),
-        String::from_utf8_lossy(&st.stderr)
-    );
+        .succeeds();
     let sbom: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&sbom_file).unwrap()).unwrap();
     let sbom_version = |name: &str| -> String {

@@ -11,6 +11,7 @@
 //! user-data from the NoCloud seed, the agent reports Debian 12. The same disk with an
 //! unsigned loader on the ESP is refused by the firmware.
 use crate::common;
+use common::Run;
 
 use crate::harness::{Need, SYSTEM_SETUP};
 use std::path::{Path, PathBuf};
@@ -104,14 +105,12 @@ fn disk_of(layout: &Path, tag: &str, into: &Path) -> PathBuf {
         serde_json::from_slice(&std::fs::read(blob(image["digest"].as_str().unwrap())).unwrap())
             .unwrap();
     std::fs::create_dir_all(into).unwrap();
-    assert!(Command::new("tar")
+    Command::new("tar")
         .arg("-xf")
         .arg(blob(m["layers"][0]["digest"].as_str().unwrap()))
         .arg("-C")
         .arg(into)
-        .status()
-        .unwrap()
-        .success());
+        .succeeds();
     into.join("disk/disk.qcow2")
 }
 

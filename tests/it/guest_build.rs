@@ -255,23 +255,19 @@ output:
     );
     let x = t.path().join("x");
     std::fs::create_dir(&x).unwrap();
-    assert!(Command::new("tar")
+    Command::new("tar")
         .args(["--numeric-owner", "-xf"])
         .arg(&layer)
         .arg("-C")
         .arg(&x)
-        .status()
-        .unwrap()
-        .success());
+        .succeeds();
     std::fs::rename(x.join("disk/disk.qcow2"), &out_disk).unwrap();
     let raw = t.path().join("out.raw");
-    assert!(Command::new("qemu-img")
+    Command::new("qemu-img")
         .args(["convert", "-O", "raw"])
         .arg(&out_disk)
         .arg(&raw)
-        .status()
-        .unwrap()
-        .success());
+        .succeeds();
     for (secret, allowed) in SECRETS {
         assert_eq!(
             common::occurrences(&raw, secret.as_bytes()),
@@ -289,12 +285,10 @@ output:
     assert_eq!(info["format"], "qcow2");
     assert_eq!(info["virtual-size"], 2u64 << 30);
     assert!(info.get("backing-filename").is_none(), "{info}");
-    assert!(Command::new("qemu-img")
+    Command::new("qemu-img")
         .arg("check")
         .arg(&out_disk)
-        .status()
-        .unwrap()
-        .success());
+        .succeeds();
 
     let text = fish(
         &["--ro", "-a", out_disk.to_str().unwrap(), "-i"],
@@ -499,13 +493,11 @@ fn incremental_rebuild_reuses_the_grown_stage() {
 fn shrinking_is_refused_with_both_sizes() {
     let t = tempfile::tempdir().unwrap();
     let base = t.path().join("b.qcow2");
-    assert!(Command::new("qemu-img")
+    Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
         .arg(&base)
         .arg("2G")
-        .status()
-        .unwrap()
-        .success());
+        .succeeds();
     let recipe = t.path().join("r.yaml");
     std::fs::write(&recipe, "base: {path: b.qcow2}\ndisk: {size: 1G}\n").unwrap();
     let out = build(&recipe, &t.path().join("o.qcow2"), &t.path().join("cache"));

@@ -157,7 +157,7 @@ fn disks_that_reach_host_files_are_refused_everywhere() {
     let backed = t.path().join("backed.qcow2");
     common::disk::overlay(&backed, Path::new("/etc/shadow"), "raw", Some("8M"));
     let datafile = t.path().join("datafile.qcow2");
-    assert!(Command::new("qemu-img")
+    Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-o"])
         .arg(format!(
             "data_file={},data_file_raw=on",
@@ -165,9 +165,7 @@ fn disks_that_reach_host_files_are_refused_everywhere() {
         ))
         .arg(&datafile)
         .arg("8M")
-        .status()
-        .unwrap()
-        .success());
+        .succeeds();
     let vmdk = t.path().join("desc.vmdk");
     std::fs::write(
         &vmdk,

@@ -139,11 +139,7 @@ fn blobs_that_are_not_regular_files_are_refused_at_once() {
         .to_string();
     let config = layout.join("blobs/sha256").join(&config_hex);
     std::fs::remove_file(&config).unwrap();
-    assert!(Command::new("mkfifo")
-        .arg(&config)
-        .status()
-        .unwrap()
-        .success());
+    Command::new("mkfifo").arg(&config).succeeds();
     for cmd in ["verify", "inspect"] {
         let started = Instant::now();
         let (out, _) = with_peak_rss(
@@ -422,12 +418,10 @@ fn qemu_does_not_outlive_a_killed_run() {
         );
         std::thread::sleep(Duration::from_secs(1));
         for s in signals {
-            assert!(Command::new("kill")
+            Command::new("kill")
                 .arg(format!("-{s}"))
                 .arg(child.id().to_string())
-                .status()
-                .unwrap()
-                .success());
+                .succeeds();
             std::thread::sleep(Duration::from_millis(50));
         }
         let status = child.wait().unwrap();

@@ -4,6 +4,7 @@
 //! CDI's and KubeVirt's published API definitions.
 
 use crate::common;
+use common::Run;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -20,13 +21,7 @@ fn diskforge(work: &Path, args: &[&str]) -> Output {
         .args(args)
         .arg("--tls-verify=false")
         .env("XDG_CACHE_HOME", work.join("xdg"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .succeeds();
     out
 }
 

@@ -13,6 +13,7 @@
 //! and appends it to target/test-artifacts/layout-zoo.md.
 
 use crate::common;
+use common::Run;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -436,17 +437,10 @@ fn check_table(spec: &Spec, before: &Table, after: &Table, after_raw: &Path) {
             "the root partition does not end at the end of the disk"
         );
     }
-    let v = Command::new("sfdisk")
+    Command::new("sfdisk")
         .arg("--verify")
         .arg(after_raw)
-        .output()
-        .unwrap();
-    assert!(
-        v.status.success(),
-        "sfdisk --verify: {}{}",
-        String::from_utf8_lossy(&v.stdout),
-        String::from_utf8_lossy(&v.stderr)
-    );
+        .succeeds();
 }
 
 /// Reads the disk back through libguestfs inspection (one read-only launch), which

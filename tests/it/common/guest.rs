@@ -1,6 +1,7 @@
 //! Guest test fixtures: a real Debian userland (mmdebstrap minbase, built once and kept
 //! under target/), small partitioned disks made with guestfish, and read-back scripts.
 
+use super::Run;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -47,7 +48,7 @@ pub fn rootfs_tarball() -> PathBuf {
     // mmdebstrap picks the output format from the extension: keep `.tar` last.
     let tmp = dir.join("bookworm-minbase.partial.tar");
     let _ = std::fs::remove_file(&tmp);
-    let out = Command::new("mmdebstrap")
+    Command::new("mmdebstrap")
         .args([
             "--variant=minbase",
             "--quiet",
@@ -56,13 +57,7 @@ pub fn rootfs_tarball() -> PathBuf {
         .arg("bookworm")
         .arg(&tmp)
         .arg(&mirror)
-        .output()
-        .expect("starting mmdebstrap");
-    assert!(
-        out.status.success(),
-        "mmdebstrap failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .succeeds();
     std::fs::rename(&tmp, &tar).unwrap();
     tar
 }
@@ -130,17 +125,11 @@ pub fn base_qcow2() -> PathBuf {
     let work = tempfile::tempdir_in(&dir).unwrap();
     let raw = make_disk(work.path(), Layout::GptExt4, 700);
     let tmp = dir.join("base-gpt-ext4.partial.qcow2");
-    let out = Command::new("qemu-img")
+    Command::new("qemu-img")
         .args(["convert", "-q", "-O", "qcow2"])
         .arg(&raw)
         .arg(&tmp)
-        .output()
-        .expect("starting qemu-img");
-    assert!(
-        out.status.success(),
-        "qemu-img convert failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .succeeds();
     std::fs::rename(&tmp, &image).unwrap();
     image
 }

@@ -2,6 +2,7 @@
 //! registry) on a free loopback port, optionally with htpasswd basic auth or HTTPS. Its access
 //! log is kept so tests can see which requests reached it. Killed on drop.
 
+use super::Run;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -51,16 +52,7 @@ impl Registry {
         let certs = tempfile::tempdir().unwrap();
         let d = certs.path();
         let openssl = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(d)
-                .output()
-                .expect("openssl");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            Command::new("openssl").args(args).current_dir(d).succeeds();
         };
         openssl(&[
             "req",
@@ -487,7 +479,6 @@ fn serve(
 /// Copies the image `docker://<reference>` from a plain-HTTP registry into the OCI
 /// layout `into` as `tag`, keeping its digests: a pull by a tool diskforge did not write.
 pub fn skopeo_pull(reference: &str, into: &std::path::Path, tag: &str) {
-    use super::Run;
     std::process::Command::new("skopeo")
         .args([
             "copy",

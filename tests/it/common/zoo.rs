@@ -4,6 +4,7 @@
 //! scripts. Readers for a disk's partition table (`sfdisk --json` on a raw copy) and for
 //! the bytes of each partition.
 
+use super::Run;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -84,19 +85,10 @@ pub fn fixture(name: &str) -> Fixture {
     let started = Instant::now();
     let mut cmd = Command::new("bash");
     super::guestfs_env(&mut cmd);
-    let out = cmd
-        .arg(scripts_dir().join(format!("{name}.sh")))
+    cmd.arg(scripts_dir().join(format!("{name}.sh")))
         .arg(&partial)
         .arg(zoo.join("work"))
-        .output()
-        .expect("starting bash");
-    assert!(
-        out.status.success(),
-        "building the {name} fixture failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .succeeds();
     let took = started.elapsed();
     std::fs::write(&seconds, format!("{:.1}\n", took.as_secs_f64())).unwrap();
     std::fs::rename(&partial, &disk).unwrap();
@@ -218,17 +210,7 @@ struct SfdiskJson {
 
 /// The partition table of a raw disk.
 pub fn table(raw: &Path) -> Table {
-    let out = Command::new("sfdisk")
-        .arg("--json")
-        .arg(raw)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sfdisk --json {}: {}",
-        raw.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("sfdisk").arg("--json").arg(raw).succeeds();
     let t: SfdiskJson = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(t.partitiontable.sectorsize, 512);
     t.partitiontable
