@@ -316,9 +316,7 @@ fn three_recipes_in_two_jobs_then_the_gate() {
     let out = diskforge(&gate_cache)
         .arg("outdated")
         .arg(dir.join("fresh.yaml"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(5));
+        .exits(5);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("recipe changed"),
         "{}",

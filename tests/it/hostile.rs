@@ -207,9 +207,7 @@ fn disks_that_reach_host_files_are_refused_everywhere() {
         let out = df()
             .arg("verify")
             .arg(format!("oci:{}:t", layout.display()))
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(4), "verify: {}", text(&out));
+            .exits(4);
         assert!(text(&out).contains(why), "{}", text(&out));
     }
 }
