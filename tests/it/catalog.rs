@@ -317,16 +317,7 @@ fn the_whole_catalog_is_known_outside_the_repository() {
 /// `diskforge base list | head -1`: a reader that stops early ends diskforge quietly
 /// with the status of a closed pipe, not a panic message.
 fn a_closed_stdout_stops_quietly() {
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let out = common::diskforge()
-        .args(["base", "list"])
-        .stdout(writer)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-        .wait_with_output()
-        .unwrap();
+    let out = common::with_closed_stdout(common::diskforge().args(["base", "list"]));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(141), "{err}");
     assert!(!err.contains("panicked"), "{err}");

@@ -149,16 +149,7 @@ fn exit_code_table_matches_help_and_behaviour() {
     let readme = std::fs::read_to_string(common::repo_root().join("README.md")).unwrap();
     assert!(readme.contains("docs/cli.md"), "README links the table");
     // 141: stdout is a pipe whose reader is gone (catalog.rs has `base list | head`).
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let closed = common::diskforge()
-        .arg("schema")
-        .stdout(writer)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-        .wait_with_output()
-        .unwrap();
+    let closed = common::with_closed_stdout(common::diskforge().arg("schema"));
     assert_eq!(closed.status.code(), Some(141), "{}", stderr(&closed));
 
     let t = tempfile::tempdir().unwrap();

@@ -43,11 +43,8 @@ fn ok(out: &Output, what: &str) -> String {
 }
 
 fn diskforge(cache: &Path) -> Command {
-    let mut c = common::diskforge();
-    common::guestfs_env(&mut c);
-    c.arg("--cache-dir")
-        .arg(cache)
-        .env("DISKFORGE_LAB_PASSWORD", PASSWORD)
+    let mut c = common::diskforge_cached(cache);
+    c.env("DISKFORGE_LAB_PASSWORD", PASSWORD)
         .env("SOURCE_DATE_EPOCH", "1767225600");
     c
 }
@@ -163,23 +160,7 @@ fn demo_builds_pushes_verifies_boots_and_serves_ttyd() {
     let pubkey = t.path().join("key.pub");
     let other_pub = t.path().join("other.pub");
     for (k, p) in [(&key, &pubkey), (&t.path().join("other.pem"), &other_pub)] {
-        Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-            ])
-            .arg(k)
-            .succeeds();
-        Command::new("openssl")
-            .args(["pkey", "-pubout", "-in"])
-            .arg(k)
-            .arg("-out")
-            .arg(p)
-            .succeeds();
+        common::openssl_p256_key(k, p);
     }
 
     // 1. Build and publish to the registry and a local layout in one go. The build runs

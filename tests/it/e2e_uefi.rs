@@ -53,10 +53,8 @@ fn ok(out: &Output, what: &str) -> String {
 }
 
 fn diskforge(cache: &Path) -> Command {
-    let mut c = common::diskforge();
-    common::guestfs_env(&mut c);
-    c.args(["--accel", "tcg", "--cache-dir"])
-        .arg(cache)
+    let mut c = common::diskforge_cached(cache);
+    c.args(["--accel", "tcg"])
         .env("DISKFORGE_LAB_PASSWORD", PASSWORD)
         .env("DISKFORGE_CLOUDY_PASSWORD", CLOUDY_PASSWORD);
     c

@@ -260,23 +260,7 @@ fn openssl_keys(dir: &Path) -> Keys {
         other_sec1: dir.join("other.pem"),
         encrypted: dir.join("signer.cosign.key"),
     };
-    Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-        ])
-        .arg(&k.pkcs8)
-        .succeeds();
-    Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&k.pkcs8)
-        .arg("-out")
-        .arg(&k.public)
-        .succeeds();
+    common::openssl_p256_key(&k.pkcs8, &k.public);
     Command::new("openssl")
         .args([
             "ecparam",

@@ -27,11 +27,8 @@ const TTYD_PASSWORD: &str = "Sel-ttyd-Cred-0917";
 const FILE_CONTEXTS: &str = "/etc/selinux/default/contexts/files/file_contexts";
 
 fn diskforge(cache: &Path) -> Command {
-    let mut c = common::diskforge();
-    common::guestfs_env(&mut c);
-    c.arg("--cache-dir")
-        .arg(cache)
-        .env("SEL_LAB_PASSWORD", PASSWORD)
+    let mut c = common::diskforge_cached(cache);
+    c.env("SEL_LAB_PASSWORD", PASSWORD)
         .env("SEL_TTYD_PASSWORD", TTYD_PASSWORD)
         .env("SOURCE_DATE_EPOCH", "1767225600");
     c

@@ -129,6 +129,49 @@ pub fn lock_in(dir: &std::path::Path, name: &str) -> std::fs::File {
     lock
 }
 
+/// [`diskforge_tcg`] with its cache in `cache` (kept across runs under target/ by the
+/// tests that build guests).
+pub fn diskforge_cached(cache: &std::path::Path) -> Command {
+    let mut c = diskforge_tcg();
+    c.arg("--cache-dir").arg(cache);
+    c
+}
+
+/// Runs `cmd` with a stdout whose reader is already gone (`cmd | head -0`) and
+/// returns its output (stderr captured).
+pub fn with_closed_stdout(cmd: &mut Command) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    cmd.stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .unwrap()
+}
+
+/// A P-256 signing key (PKCS#8 PEM, as `openssl genpkey` writes it) at `key` and its
+/// public key at `public`.
+pub fn openssl_p256_key(key: &std::path::Path, public: &std::path::Path) {
+    Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
+        .arg(key)
+        .succeeds();
+    Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(key)
+        .arg("-out")
+        .arg(public)
+        .succeeds();
+}
+
 /// [`diskforge`] with libguestfs set up for machines without a working KVM.
 pub fn diskforge_tcg() -> Command {
     let mut c = diskforge();
