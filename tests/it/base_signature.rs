@@ -68,28 +68,22 @@ impl Gpg {
     }
 
     fn clearsign(&self, uid: &str, text: &str) -> Vec<u8> {
-        let input = self.home.path().join("in.txt");
-        fs::write(&input, text).unwrap();
-        let output = self.home.path().join("out.asc");
-        self.run(&[
-            "--local-user",
-            uid,
-            "--clearsign",
-            "--output",
-            output.to_str().unwrap(),
-            input.to_str().unwrap(),
-        ]);
-        fs::read(output).unwrap()
+        self.sign(uid, "--clearsign", text, "out.asc")
     }
 
     fn detach_sign(&self, uid: &str, text: &str) -> Vec<u8> {
+        self.sign(uid, "--detach-sign", text, "out.sig")
+    }
+
+    /// `text` signed by `uid` the way `how` says, read back from the output file `name`.
+    fn sign(&self, uid: &str, how: &str, text: &str, name: &str) -> Vec<u8> {
         let input = self.home.path().join("in.txt");
         fs::write(&input, text).unwrap();
-        let output = self.home.path().join("out.sig");
+        let output = self.home.path().join(name);
         self.run(&[
             "--local-user",
             uid,
-            "--detach-sign",
+            how,
             "--output",
             output.to_str().unwrap(),
             input.to_str().unwrap(),

@@ -122,6 +122,19 @@ fn every_signed_entry_pins_the_distributions_own_key() {
     }
 }
 
+/// `diskforge --cache-dir <cache> <cmd> <recipe>` run in `dir`, refused as a usage
+/// error (exit 2); its stderr.
+fn refused(dir: &Path, cache: &Path, cmd: &str, recipe: &Path) -> String {
+    let out = common::diskforge()
+        .current_dir(dir)
+        .arg("--cache-dir")
+        .arg(cache)
+        .arg(cmd)
+        .arg(recipe)
+        .exits(2);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn a_misspelt_catalog_entry_is_refused_before_any_work() {
     let t = tempfile::tempdir().unwrap();
     let r = t.path().join("lab.yaml");
@@ -131,16 +144,7 @@ fn a_misspelt_catalog_entry_is_refused_before_any_work() {
         if cmd == "plan" {
             assert!(!cache.exists(), "validate created the cache");
         }
-        let out = common::diskforge()
-            .current_dir(t.path())
-            .args(["--cache-dir"])
-            .arg(&cache)
-            .arg(cmd)
-            .arg(&r)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+        let err = refused(t.path(), &cache, cmd, &r);
         assert!(err.contains("lab.yaml:3:3: base.catalog"), "{cmd}: {err}");
         assert!(err.contains("did you mean `debian-12`"), "{cmd}: {err}");
     }
@@ -165,16 +169,7 @@ fn a_shrinking_disk_is_refused_before_any_download() {
     )
     .unwrap();
     for cmd in ["validate", "plan", "build"] {
-        let out = common::diskforge()
-            .current_dir(t.path())
-            .arg("--cache-dir")
-            .arg(t.path().join("cache"))
-            .arg(cmd)
-            .arg(&r)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+        let err = refused(t.path(), &t.path().join("cache"), cmd, &r);
         assert!(err.contains("lab.yaml:5:3: disk.size"), "{cmd}: {err}");
         assert!(err.contains("the disk cannot shrink"), "{cmd}: {err}");
         assert!(err.contains("3.5 GiB"), "{cmd}: {err}");

@@ -116,13 +116,7 @@ fn plan_shows_commands_in_order_and_never_a_secret() {
         if json {
             c.arg("--json");
         }
-        let out = c.output().unwrap();
-        let all = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "{all}");
+        let all = common::text(&c.succeeds());
         assert!(!all.contains(secret), "secret in plan output: {all}");
         let a = all.find("qemu-img create").expect("overlay step");
         let b = all.find("qemu-img resize").expect("resize step");
@@ -163,13 +157,7 @@ fn substituted_secrets_never_appear_in_plans_or_errors() {
         if json {
             c.arg("--json");
         }
-        let out = c.output().unwrap();
-        let all = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "{all}");
+        let all = common::text(&c.succeeds());
         assert!(!all.contains(token), "substituted token in plan: {all}");
         // Shortened step titles are cut after masking: no piece of a secret is left.
         assert!(!all.contains(&token[..4]), "part of a token in plan: {all}");
