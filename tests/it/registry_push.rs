@@ -57,6 +57,22 @@ fn events(out: &Output, action: &str) -> usize {
         .count()
 }
 
+/// A registry behind a proxy that injects `faults`.
+fn faulty_registry(faults: Faults) -> (Registry, FaultProxy) {
+    let reg = Registry::start(None);
+    let proxy = FaultProxy::start_with(&reg.addr, faults);
+    (reg, proxy)
+}
+
+/// Asserts that the registry serves `reference` (`lab/x:1`) as `digest`, read by skopeo.
+fn assert_served(reg: &Registry, reference: &str, digest: &str) {
+    assert_eq!(
+        skopeo_digest(&format!("docker://{}/{reference}", reg.addr), None),
+        digest,
+        "{reference}"
+    );
+}
+
 fn skopeo_digest(reference: &str, creds: Option<&str>) -> String {
     let mut c = Command::new("skopeo");
     c.args(["inspect", "--tls-verify=false"]);
@@ -137,10 +153,7 @@ fn push_skips_present_blobs_and_mounts_across_repositories() {
         uploads_before, uploads_after,
         "the registry saw blob uploads on the second push"
     );
-    assert_eq!(
-        skopeo_digest(&format!("docker://{}/lab/a:2", reg.addr), None),
-        digest
-    );
+    assert_served(&reg, "lab/a:2", &digest);
 
     // Another repository of the same registry: blobs are mounted, not uploaded.
     let out = push(&l, &[format!("docker://{}/lab/b:1", reg.addr)], &[], &[]);
@@ -156,10 +169,7 @@ fn push_skips_present_blobs_and_mounts_across_repositories() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(events(&out, "uploaded"), 0);
-    assert_eq!(
-        skopeo_digest(&format!("docker://{}/lab/b:1", reg.addr), None),
-        digest
-    );
+    assert_served(&reg, "lab/b:1", &digest);
 
     // Pulled back by digest into an OCI layout, the image is the same.
     let copy = t.path().join("copy");
@@ -209,10 +219,7 @@ fn push_survives_connection_resets_and_503s() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("\"retry\""), "{repo}: no retry event in {err}");
         // Verified through the registry directly, not through the proxy.
-        assert_eq!(
-            skopeo_digest(&format!("docker://{}/lab/{repo}:1", reg.addr), None),
-            digest
-        );
+        assert_served(&reg, &format!("lab/{repo}:1"), &digest);
         let copy = t.path().join(format!("copy-{repo}"));
         let st = Command::new("skopeo")
             .args([
@@ -241,18 +248,14 @@ fn a_300_mb_push_at_0_8_mb_per_s_completes_and_a_refused_chunk_resumes() {
     let (l, digest) = layout(t.path(), 287); // 300 MB (287 MiB) of incompressible data
     let layer = largest_file(&l.join("blobs/sha256"));
     assert!(layer >= 300_000_000, "layer is {layer} bytes");
-    let reg = Registry::start(None);
-    let proxy = FaultProxy::start_with(
-        &reg.addr,
-        Faults {
-            // Upload requests in order: the config, then the layer's 16 MiB chunks;
-            // the layer's fourth chunk is refused once.
-            skip: 4,
-            unavailable: 1,
-            throttle: Some(800_000),
-            ..Faults::default()
-        },
-    );
+    let (reg, proxy) = faulty_registry(Faults {
+        // Upload requests in order: the config, then the layer's 16 MiB chunks;
+        // the layer's fourth chunk is refused once.
+        skip: 4,
+        unavailable: 1,
+        throttle: Some(800_000),
+        ..Faults::default()
+    });
     let dest = format!("docker://{}/lab/slow:1", proxy.addr);
     let started = std::time::Instant::now();
     let out = push(&l, std::slice::from_ref(&dest), &[], &[]);
@@ -282,10 +285,7 @@ fn a_300_mb_push_at_0_8_mb_per_s_completes_and_a_refused_chunk_resumes() {
         "{sent} bytes reached the registry for a {layer}-byte layer: the upload restarted"
     );
     assert!(reg.count(&["PATCH", "/lab/slow/blobs/uploads/"]) >= 18);
-    assert_eq!(
-        skopeo_digest(&format!("docker://{}/lab/slow:1", reg.addr), None),
-        digest
-    );
+    assert_served(&reg, "lab/slow:1", &digest);
     eprintln!("300 MB push at 0.8 MB/s with one refused chunk: {took:?}, {sent} body bytes");
 }
 
@@ -295,16 +295,12 @@ fn a_300_mb_push_at_0_8_mb_per_s_completes_and_a_refused_chunk_resumes() {
 fn a_chunk_cut_mid_body_is_sent_again_and_the_push_completes() {
     let t = tempfile::tempdir().unwrap();
     let (l, digest) = layout(t.path(), 40);
-    let reg = Registry::start(None);
-    let proxy = FaultProxy::start_with(
-        &reg.addr,
-        Faults {
-            skip: 2, // the layer's second chunk
-            resets: 1,
-            reset_after: Some(6 << 20),
-            ..Faults::default()
-        },
-    );
+    let (reg, proxy) = faulty_registry(Faults {
+        skip: 2, // the layer's second chunk
+        resets: 1,
+        reset_after: Some(6 << 20),
+        ..Faults::default()
+    });
     let dest = format!("docker://{}/lab/cut:1", proxy.addr);
     let out = push(&l, std::slice::from_ref(&dest), &[], &[]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -314,10 +310,7 @@ fn a_chunk_cut_mid_body_is_sent_again_and_the_push_completes() {
         1
     );
     assert!(err.contains("\"event\":\"retry\""), "{err}");
-    assert_eq!(
-        skopeo_digest(&format!("docker://{}/lab/cut:1", reg.addr), None),
-        digest
-    );
+    assert_served(&reg, "lab/cut:1", &digest);
 }
 
 /// The registry timeout bounds inactivity, not a request's duration: one upload
@@ -326,14 +319,10 @@ fn a_chunk_cut_mid_body_is_sent_again_and_the_push_completes() {
 fn a_request_may_outlast_the_timeout_while_bytes_flow() {
     let t = tempfile::tempdir().unwrap();
     let (l, digest) = layout(t.path(), 8);
-    let reg = Registry::start(None);
-    let proxy = FaultProxy::start_with(
-        &reg.addr,
-        Faults {
-            throttle: Some(1_000_000),
-            ..Faults::default()
-        },
-    );
+    let (reg, proxy) = faulty_registry(Faults {
+        throttle: Some(1_000_000),
+        ..Faults::default()
+    });
     let dest = format!("docker://{}/lab/steady:1", proxy.addr);
     let started = std::time::Instant::now();
     let out = push(
@@ -352,10 +341,7 @@ fn a_request_may_outlast_the_timeout_while_bytes_flow() {
         0,
         "the layer was not sent in one request"
     );
-    assert_eq!(
-        skopeo_digest(&format!("docker://{}/lab/steady:1", reg.addr), None),
-        digest
-    );
+    assert_served(&reg, "lab/steady:1", &digest);
 }
 
 /// The layer's first chunk refused by a gateway before it reaches the registry: the
@@ -365,15 +351,11 @@ fn a_request_may_outlast_the_timeout_while_bytes_flow() {
 fn a_refused_first_chunk_starts_the_upload_over() {
     let t = tempfile::tempdir().unwrap();
     let (l, digest) = layout(t.path(), 40);
-    let reg = Registry::start(None);
-    let proxy = FaultProxy::start_with(
-        &reg.addr,
-        Faults {
-            skip: 1, // the config passes; the layer's first chunk is refused
-            unavailable: 1,
-            ..Faults::default()
-        },
-    );
+    let (reg, proxy) = faulty_registry(Faults {
+        skip: 1, // the config passes; the layer's first chunk is refused
+        unavailable: 1,
+        ..Faults::default()
+    });
     let dest = format!("docker://{}/lab/first:1", proxy.addr);
     let out = push(&l, std::slice::from_ref(&dest), &[], &[]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -394,10 +376,7 @@ fn a_refused_first_chunk_starts_the_upload_over() {
         retries[0]["resume_at"].is_null(),
         "resumed instead of starting over: {err}"
     );
-    assert_eq!(
-        skopeo_digest(&format!("docker://{}/lab/first:1", reg.addr), None),
-        digest
-    );
+    assert_served(&reg, "lab/first:1", &digest);
 }
 
 /// When one tag of a multi-tag push is refused, the error says exactly which tags point
@@ -450,24 +429,15 @@ fn a_refused_tag_is_reported_with_where_every_tag_points() {
         "{err}"
     );
     // What the report says is what the registry holds.
-    assert_eq!(
-        skopeo_digest(&format!("docker://{}/lab/multi:a", reg.addr), None),
-        digest
-    );
-    assert_eq!(
-        skopeo_digest(&format!("docker://{}/lab/multi:c", reg.addr), None),
-        older_digest
-    );
+    assert_served(&reg, "lab/multi:a", &digest);
+    assert_served(&reg, "lab/multi:c", &older_digest);
     let st = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
         .arg(format!("docker://{}/lab/multi:b", reg.addr))
         .output()
         .unwrap();
     assert!(!st.status.success(), "tag b exists");
-    assert_eq!(
-        skopeo_digest(&format!("docker://{}/lab/multi@{digest}", reg.addr), None),
-        digest
-    );
+    assert_served(&reg, &format!("lab/multi@{digest}"), &digest);
 }
 
 fn basic_auth_from_creds_and_auth_file_and_wrong_creds_fail_cleanly() {
@@ -762,16 +732,12 @@ fn pack_uploads_the_layer_while_packing_and_the_same_disk_again_uploads_nothing(
 fn a_broken_upload_while_packing_falls_back_to_the_finished_layer() {
     let t = tempfile::tempdir().unwrap();
     let disk = random_qcow2(t.path(), 24);
-    let reg = Registry::start(None);
-    let proxy = FaultProxy::start_with(
-        &reg.addr,
-        Faults {
-            // The first blob upload request is the layer's, sent while packing.
-            resets: 1,
-            reset_after: Some(2 << 20),
-            ..Faults::default()
-        },
-    );
+    let (reg, proxy) = faulty_registry(Faults {
+        // The first blob upload request is the layer's, sent while packing.
+        resets: 1,
+        reset_after: Some(2 << 20),
+        ..Faults::default()
+    });
     let out = common::diskforge()
         .arg("pack")
         .arg(&disk)
