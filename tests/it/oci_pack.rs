@@ -24,13 +24,22 @@ fn random_qcow2(dir: &Path, mib: usize) -> PathBuf {
     common::disk::half_compressible_qcow2(dir, "disk", mib, 0x9E37_79B9_7F4A_7C15)
 }
 
-fn pack(disk: &Path, extra: &[&str]) -> std::process::Output {
+fn pack_command(disk: &Path, extra: &[&str]) -> Command {
     let mut c = common::diskforge();
     c.arg("pack")
         .arg(disk)
         .args(extra)
         .env("SOURCE_DATE_EPOCH", "1700000000");
-    c.output().unwrap()
+    c
+}
+
+fn pack(disk: &Path, extra: &[&str]) -> std::process::Output {
+    pack_command(disk, extra).output().unwrap()
+}
+
+/// [`pack`] that must succeed.
+fn packed(disk: &Path, extra: &[&str]) -> std::process::Output {
+    pack_command(disk, extra).succeeds()
 }
 
 fn manifest(layout: &Path, digest: &str) -> serde_json::Value {
@@ -45,7 +54,7 @@ fn packed_layout_meets_the_containerdisk_contract() {
     let disk = random_qcow2(t.path(), 24);
     let layout = t.path().join("layout");
     let archive = t.path().join("image.tar");
-    let out = pack(
+    packed(
         &disk,
         &[
             "--output",
@@ -55,11 +64,6 @@ fn packed_layout_meets_the_containerdisk_contract() {
             "--label",
             "org.opencontainers.image.title=test disk",
         ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
 
     // skopeo reads the layout and the archive, and copies the image.
@@ -229,14 +233,9 @@ fn other_tools_decompress_the_gzip_layer_to_the_diff_id() {
     // Several 1 MiB gzip members.
     let disk = random_qcow2(t.path(), 8);
     let layout = t.path().join("layout");
-    let out = pack(
+    packed(
         &disk,
         &["--output", &format!("oci:{}:v1", layout.display())],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let m = manifest(&layout, &common::tagged_digest(&layout, "v1"));
     let cfg = manifest(&layout, m["config"]["digest"].as_str().unwrap());
@@ -327,7 +326,7 @@ fn disks_over_8_gib_get_a_valid_tar_header() {
     f.set_len(size).unwrap();
     drop(f);
     let layout = t.path().join("big");
-    let out = pack(
+    packed(
         &raw,
         &[
             "--compression",
@@ -337,11 +336,6 @@ fn disks_over_8_gib_get_a_valid_tar_header() {
             "--output",
             &format!("oci:{}", layout.display()),
         ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let d = common::tagged_digest(&layout, "latest");
     let m = manifest(&layout, &d);
@@ -482,7 +476,7 @@ fn index_combines_per_architecture_images() {
     let disk = random_qcow2(t.path(), 1);
     let layout = t.path().join("multi");
     for arch in ["amd64", "arm64"] {
-        let out = pack(
+        packed(
             &disk,
             &[
                 "--arch",
@@ -490,11 +484,6 @@ fn index_combines_per_architecture_images() {
                 "--output",
                 &format!("oci:{}:{arch}", layout.display()),
             ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
         );
     }
     common::diskforge()
@@ -548,7 +537,7 @@ fn other_tools_decompress_the_zstd_layer_to_the_diff_id() {
     let t = tempfile::tempdir().unwrap();
     let disk = random_qcow2(t.path(), 4);
     let layout = t.path().join("layout");
-    let out = pack(
+    packed(
         &disk,
         &[
             "--compression",
@@ -556,11 +545,6 @@ fn other_tools_decompress_the_zstd_layer_to_the_diff_id() {
             "--output",
             &format!("oci:{}:v1", layout.display()),
         ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let m = manifest(&layout, &common::tagged_digest(&layout, "v1"));
     assert!(m["layers"][0]["mediaType"]
