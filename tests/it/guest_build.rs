@@ -492,12 +492,7 @@ fn incremental_rebuild_reuses_the_grown_stage() {
 
 fn shrinking_is_refused_with_both_sizes() {
     let t = tempfile::tempdir().unwrap();
-    let base = t.path().join("b.qcow2");
-    Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&base)
-        .arg("2G")
-        .succeeds();
+    common::disk::qcow2(t.path(), "b.qcow2", "2G");
     let recipe = t.path().join("r.yaml");
     std::fs::write(&recipe, "base: {path: b.qcow2}\ndisk: {size: 1G}\n").unwrap();
     let out = build(&recipe, &t.path().join("o.qcow2"), &t.path().join("cache"));

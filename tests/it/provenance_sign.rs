@@ -463,12 +463,7 @@ fn sigstore_rs_skopeo_and_diskforge_agree_on_cosign_signatures() {
     let w = work.path();
     let reg = Registry::start(None);
     let repo = format!("{}/lab/x", reg.addr);
-    let disk = w.join("d.qcow2");
-    Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&disk)
-        .arg("16M")
-        .succeeds();
+    let disk = common::disk::qcow2(w, "d.qcow2", "16M");
     let keys = openssl_keys(w);
     let cases = prepare_cases(w, &repo, &disk, &keys);
     let verifier = verifier_config(w, &repo, &keys.public);
@@ -660,12 +655,7 @@ fn sbom_and_provenance_attachments_round_trip_through_the_registry() {
     let w = work.path();
     let reg = Registry::start(None);
     let repo = format!("{}/lab/x", reg.addr);
-    let disk = w.join("d.qcow2");
-    Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&disk)
-        .arg("16M")
-        .succeeds();
+    let disk = common::disk::qcow2(w, "d.qcow2", "16M");
     let keys = openssl_keys(w);
     let signer = PrivateKey::load(&keys.pkcs8, None, w).unwrap();
     let digest = push_image(&disk, &repo, "1");
@@ -767,12 +757,7 @@ fn attached_documents_are_read_back_from_the_registry_by_verify_and_inspect() {
     let w = work.path();
     let reg = Registry::start(None);
     let repo = format!("{}/lab/attached", reg.addr);
-    let disk = w.join("d.qcow2");
-    Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&disk)
-        .arg("16M")
-        .succeeds();
+    let disk = common::disk::qcow2(w, "d.qcow2", "16M");
     let keys = openssl_keys(w);
     let signer = PrivateKey::load(&keys.pkcs8, None, w).unwrap();
     let digest = push_image(&disk, &repo, "1");
