@@ -131,14 +131,22 @@ fn fixture() -> Fixture {
     }
 }
 
+impl Fixture {
+    /// A 16 MiB qcow2 served at `at`, and a base that names it with its sha256.
+    fn served_disk(&self, at: &str) -> (Vec<u8>, ResolvedBase) {
+        let data = make_qcow2(&self.dir, "disk.qcow2", "16M");
+        self.server.serve(at, data.clone());
+        let spec = url_base(
+            self.server.url(at),
+            literal(&format!("sha256:{}", sha256(&data))),
+        );
+        (data, spec)
+    }
+}
+
 async fn downloads_verifies_caches_and_never_modifies() {
     let f = fixture();
-    let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
-    f.server.serve("img/disk.qcow2", data.clone());
-    let spec = url_base(
-        f.server.url("img/disk.qcow2"),
-        literal(&format!("sha256:{}", sha256(&data))),
-    );
+    let (data, spec) = f.served_disk("img/disk.qcow2");
     let got = acquire(&spec, &f.cache, &fast_opts()).await.unwrap();
     assert_eq!(got.digest, format!("sha256:{}", sha256(&data)));
     assert_eq!(got.virtual_size, 16 << 20);
@@ -506,12 +514,7 @@ async fn decompresses_xz_gz_zst_while_streaming() {
 
 async fn corrupt_cache_entry_is_discarded_and_fetched_again() {
     let f = fixture();
-    let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
-    f.server.serve("disk.qcow2", data.clone());
-    let spec = url_base(
-        f.server.url("disk.qcow2"),
-        literal(&format!("sha256:{}", sha256(&data))),
-    );
+    let (data, spec) = f.served_disk("disk.qcow2");
     let got = acquire(&spec, &f.cache, &fast_opts()).await.unwrap();
     // Bit rot (or a careless hand) changes a byte of the cached file.
     fs::set_permissions(&got.path, fs::Permissions::from_mode(0o644)).unwrap();
@@ -650,12 +653,7 @@ async fn qcow2_with_a_backing_file_is_refused() {
 
 async fn declared_format_must_match() {
     let f = fixture();
-    let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
-    f.server.serve("disk.img", data.clone());
-    let mut spec = url_base(
-        f.server.url("disk.img"),
-        literal(&format!("sha256:{}", sha256(&data))),
-    );
+    let (_, mut spec) = f.served_disk("disk.img");
     spec.format = DiskFormat::Raw;
     let err = acquire(&spec, &f.cache, &fast_opts()).await.unwrap_err();
     assert!(format!("{err:#}").contains("declares raw"), "{err:#}");
@@ -758,12 +756,7 @@ async fn fetch_file_extracts_members_of_zip_and_tar_gz() {
 
 fn cache_list_and_prune_commands() {
     let f = fixture();
-    let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
-    f.server.serve("disk.qcow2", data.clone());
-    let spec = url_base(
-        f.server.url("disk.qcow2"),
-        literal(&format!("sha256:{}", sha256(&data))),
-    );
+    let (data, spec) = f.served_disk("disk.qcow2");
     acquire_blocking(&spec, &f.cache, &fast_opts()).unwrap();
     let out = common::diskforge()
         .arg("--cache-dir")
