@@ -115,6 +115,24 @@ pub fn text(out: &std::process::Output) -> String {
     )
 }
 
+/// The stdout of a finished command that must have succeeded without any of `secrets`
+/// in its output; `what` names it in the failure.
+pub fn ok_without(out: &std::process::Output, what: &str, secrets: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for secret in secrets {
+        assert!(
+            !stderr.contains(secret) && !String::from_utf8_lossy(&out.stdout).contains(secret),
+            "{what}: a secret leaked"
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Takes the exclusive lock `dir/name` (created when missing) and holds it until the
 /// returned file is dropped: fixtures built once per checkout are built by one test.
 pub fn lock_in(dir: &std::path::Path, name: &str) -> std::fs::File {
