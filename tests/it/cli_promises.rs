@@ -218,10 +218,7 @@ fn exit_code_table_matches_help_and_behaviour() {
             .arg(&work)
             .args(["run", "--check", "--timeout", "600", "--accel", "tcg"])
             .arg(&blank)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+            .spawned();
         let w = work.clone();
         let out = common::interrupt_when(
             child,

@@ -711,10 +711,7 @@ fn temporary_files_of_killed_downloads_are_listed_and_pruned() {
         .arg(t.path().join("work"))
         .args(["--accel", "tcg", "build", "r.yaml", "-o"])
         .arg(format!("oci:{}:t", t.path().join("out").display()))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawned();
     assert!(
         eventually(Duration::from_secs(60), || !temps_in(&blobs).is_empty()),
         "the download never started"
@@ -783,10 +780,7 @@ fn an_interrupted_pack_removes_the_layout_it_created() {
             .arg(&disk)
             .arg("-o")
             .arg(format!("oci:{}:t", layout.display()))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+            .spawned();
         let blobs = layout.join("blobs/sha256");
         let out = common::interrupt_when(
             child,

@@ -436,10 +436,7 @@ fn ctrl_c_while_packing_leaves_the_layout_as_it_was() {
         .arg("pack")
         .arg(&big)
         .args(["--output", &format!("oci:{}:new", layout.display())])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawned();
     let blobs = layout.join("blobs/sha256");
     // Interrupt while the layer is being written (its temporary file exists).
     let out = common::interrupt_when(

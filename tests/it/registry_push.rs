@@ -566,10 +566,7 @@ fn ctrl_c_during_a_push_leaves_no_tag_and_a_second_push_completes() {
         .arg(&dest)
         .arg("--tls-verify=false")
         .env("XDG_CACHE_HOME", t.path().join("xdg"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawned();
     // Interrupt once the registry holds part of the layer upload.
     let storage = reg.dir.path().join("data");
     let out = common::interrupt_when(
@@ -794,10 +791,7 @@ fn ctrl_c_while_uploading_during_packing_leaves_no_tag_and_no_partial_blob() {
         .arg("--output")
         .arg(&dest)
         .env("XDG_CACHE_HOME", t.path().join("xdg"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawned();
     // Interrupt once the registry holds part of the layer, which the packer is still
     // writing (its blob has no name in the layout yet).
     let storage = reg.dir.path().join("data");

@@ -47,6 +47,9 @@ pub trait Run {
     /// Runs the command to completion and returns its output; panics, naming the
     /// command, its exit status, stdout and stderr, unless it exits with `code`.
     fn exits(&mut self, code: i32) -> std::process::Output;
+    /// Starts the command with stdout and stderr captured, for a test that signals or
+    /// watches it before collecting its output.
+    fn spawned(&mut self) -> std::process::Child;
 }
 
 impl Run for Command {
@@ -56,6 +59,13 @@ impl Run for Command {
 
     fn exits(&mut self, code: i32) -> std::process::Output {
         self.exits_as(|s| s.code() == Some(code))
+    }
+
+    fn spawned(&mut self) -> std::process::Child {
+        self.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {self:?}: {e}"))
     }
 }
 
