@@ -28,6 +28,7 @@ for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "it":
         print(m["executable"])')
+[ -x "$it" ] || { echo "no integration test binary (tests/it) was built" >&2; exit 1; }
 
 # Beside the main run go what keeps one core busy for minutes while the other idles: the
 # end-to-end demo, the UEFI Secure Boot boot, the container image and the SELinux guest
