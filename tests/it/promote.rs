@@ -218,17 +218,14 @@ fn promotion_between_registries_keeps_the_digest_and_copies_attachments_only_whe
     assert!(raw(&format!("docker://{plain}:{}", referrers_tag(&amd64))).is_none());
     // Every blob of both architectures is there: skopeo copies all of it, by digest.
     let copy = w.join("copy");
-    Command::new("skopeo")
-        .args([
-            "copy",
-            "--quiet",
-            "--all",
-            "--preserve-digests",
-            "--src-tls-verify=false",
-        ])
-        .arg(format!("docker://{plain}@{index}"))
-        .arg(format!("oci:{}:x", copy.display()))
-        .succeeds();
+    common::registry::skopeo_copy(
+        Command::new("skopeo"),
+        &["--all"],
+        &format!("{plain}@{index}"),
+        &copy,
+        "x",
+    )
+    .succeeds();
     let idx: serde_json::Value =
         serde_json::from_slice(&std::fs::read(copy.join("index.json")).unwrap()).unwrap();
     assert_eq!(idx["manifests"][0]["digest"], index.as_str());

@@ -169,19 +169,13 @@ type Payloads = BTreeMap<String, Vec<u8>>;
 fn fetch_attachment(work: &Path, repo: &str, tag: &str) -> Option<(Vec<u8>, Payloads)> {
     let dir = work.join(format!("fetched-{}", &tag[7..19]));
     let (policy, regd) = permissive_config(work);
-    let out = Command::new("skopeo")
+    let mut skopeo = Command::new("skopeo");
+    skopeo
         .arg("--policy")
         .arg(&policy)
         .arg("--registries.d")
-        .arg(&regd)
-        .args([
-            "copy",
-            "--quiet",
-            "--preserve-digests",
-            "--src-tls-verify=false",
-        ])
-        .arg(format!("docker://{repo}:{tag}"))
-        .arg(format!("oci:{}:{tag}", dir.display()))
+        .arg(&regd);
+    let out = common::registry::skopeo_copy(skopeo, &[], &format!("{repo}:{tag}"), &dir, tag)
         .output()
         .unwrap();
     if !out.status.success() {

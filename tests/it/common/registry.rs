@@ -479,14 +479,35 @@ fn serve(
 /// Copies the image `docker://<reference>` from a plain-HTTP registry into the OCI
 /// layout `into` as `tag`, keeping its digests: a pull by a tool diskforge did not write.
 pub fn skopeo_pull(reference: &str, into: &std::path::Path, tag: &str) {
-    std::process::Command::new("skopeo")
+    skopeo_copy(
+        std::process::Command::new("skopeo"),
+        &[],
+        reference,
+        into,
+        tag,
+    )
+    .succeeds();
+}
+
+/// `skopeo` (with the global options already on it) copying `docker://<reference>` from
+/// a plain-HTTP registry into the OCI layout `into` as `tag`, digests kept, `extra`
+/// options added: the command, to run as the test needs.
+pub fn skopeo_copy(
+    mut skopeo: std::process::Command,
+    extra: &[&str],
+    reference: &str,
+    into: &std::path::Path,
+    tag: &str,
+) -> std::process::Command {
+    skopeo
         .args([
             "copy",
             "--quiet",
             "--preserve-digests",
             "--src-tls-verify=false",
         ])
+        .args(extra)
         .arg(format!("docker://{reference}"))
-        .arg(format!("oci:{}:{tag}", into.display()))
-        .succeeds();
+        .arg(format!("oci:{}:{tag}", into.display()));
+    skopeo
 }
