@@ -16,10 +16,8 @@ use std::time::Duration;
 use common::browser::{self, BackgroundRun};
 use common::registry::Registry;
 
+/// Beside [`common::GUEST_TOOLS`].
 const TOOLS: &[&str] = &[
-    "qemu-img",
-    "guestfish",
-    "mmdebstrap",
     "qemu-system-x86_64",
     "docker-registry",
     "skopeo",
@@ -433,5 +431,5 @@ fn demo_builds_pushes_verifies_boots_and_serves_ttyd() {
 }
 
 crate::tests! {
-    fn demo_builds_pushes_verifies_boots_and_serves_ttyd [TOOLS];
+    fn demo_builds_pushes_verifies_boots_and_serves_ttyd [common::GUEST_TOOLS, TOOLS];
 }

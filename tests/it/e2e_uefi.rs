@@ -20,14 +20,8 @@ use std::time::{Duration, Instant};
 
 use common::browser::BackgroundRun;
 
-const TOOLS: &[&str] = &[
-    "qemu-img",
-    "guestfish",
-    "mmdebstrap",
-    "qemu-system-x86_64",
-    "skopeo",
-    "tar",
-];
+/// Beside [`common::GUEST_TOOLS`].
+const TOOLS: &[&str] = &["qemu-system-x86_64", "skopeo", "tar"];
 const PASSWORD: &str = "Uefi-Lab-Pass-3318";
 /// The password the user-data gives its user, from the environment.
 const CLOUDY_PASSWORD: &str = "Cloudy-Seed-Pass-5521";
@@ -243,5 +237,5 @@ fn secure_boot_boots_the_signed_chain_and_refuses_an_unsigned_loader() {
 }
 
 crate::tests! {
-    fn secure_boot_boots_the_signed_chain_and_refuses_an_unsigned_loader [TOOLS, ovmf()];
+    fn secure_boot_boots_the_signed_chain_and_refuses_an_unsigned_loader [common::GUEST_TOOLS, TOOLS, ovmf()];
 }

@@ -25,13 +25,8 @@ use common::http::TestServer;
 use common::registry::Registry;
 use serde_json::Value;
 
-const TOOLS: &[&str] = &[
-    "qemu-img",
-    "guestfish",
-    "mmdebstrap",
-    "docker-registry",
-    "skopeo",
-];
+/// Beside [`common::GUEST_TOOLS`].
+const TOOLS: &[&str] = &["docker-registry", "skopeo"];
 const BASE: &str = "images/base.qcow2";
 const SUMS: &str = "images/SHA256SUMS";
 
@@ -433,6 +428,6 @@ fn fail_fast_starts_nothing_after_a_failure() {
 }
 
 crate::tests! {
-    fn three_recipes_in_two_jobs_then_the_gate [TOOLS];
+    fn three_recipes_in_two_jobs_then_the_gate [common::GUEST_TOOLS, TOOLS];
     fn fail_fast_starts_nothing_after_a_failure [&["qemu-img"]];
 }

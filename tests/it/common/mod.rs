@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 pub use crate::harness::in_ci;
+
+/// What building a Debian guest takes (a test's needs list it beside its own).
+pub const GUEST_TOOLS: &[&str] = &["qemu-img", "guestfish", "mmdebstrap"];
 use crate::harness::{Need, SYSTEM_SETUP};
 
 /// A python3 that can import every one of `modules`: the one on PATH, or Debian's when
