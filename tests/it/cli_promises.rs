@@ -14,14 +14,10 @@ use std::time::{Duration, Instant};
 
 use common::registry::Registry;
 
-/// diskforge with its cache and work directories inside `t` (so a test sees whether
-/// anything was created there).
+/// [`common::diskforge_in`] `t`, without colour or credentials from the environment.
 fn df(t: &Path) -> Command {
-    let mut c = common::diskforge();
-    c.env("DISKFORGE_CACHE_DIR", t.join("cache"))
-        .env("DISKFORGE_WORK_DIR", t.join("work"))
-        .env("SOURCE_DATE_EPOCH", "1767225600")
-        .env_remove("NO_COLOR")
+    let mut c = common::diskforge_in(t);
+    c.env_remove("NO_COLOR")
         .env_remove("DISKFORGE_CREDS")
         .env_remove("REGISTRY_AUTH_FILE");
     c

@@ -10,13 +10,11 @@ use common::Run;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// diskforge with its cache and work directories inside `t`.
+/// [`common::diskforge_in`] `t`, without allowed paths or a catalog from the
+/// environment.
 fn df(t: &Path) -> Command {
-    let mut c = common::diskforge();
-    c.env("DISKFORGE_CACHE_DIR", t.join("cache"))
-        .env("DISKFORGE_WORK_DIR", t.join("work"))
-        .env("SOURCE_DATE_EPOCH", "1767225600")
-        .env_remove("DISKFORGE_ALLOW_PATH")
+    let mut c = common::diskforge_in(t);
+    c.env_remove("DISKFORGE_ALLOW_PATH")
         .env_remove("DISKFORGE_CATALOG");
     c
 }

@@ -160,6 +160,16 @@ pub fn lock_in(dir: &std::path::Path, name: &str) -> std::fs::File {
     lock
 }
 
+/// [`diskforge`] with its cache and work directories inside `dir` (so a test sees
+/// whether anything was created there) and a fixed SOURCE_DATE_EPOCH.
+pub fn diskforge_in(dir: &std::path::Path) -> Command {
+    let mut c = diskforge();
+    c.env("DISKFORGE_CACHE_DIR", dir.join("cache"))
+        .env("DISKFORGE_WORK_DIR", dir.join("work"))
+        .env("SOURCE_DATE_EPOCH", "1767225600");
+    c
+}
+
 /// [`diskforge_tcg`] with its cache in `cache` (kept across runs under target/ by the
 /// tests that build guests).
 pub fn diskforge_cached(cache: &std::path::Path) -> Command {
