@@ -6,6 +6,7 @@
 //! real cloud images (LVM, xfs, btrfs, MBR, root not last by number) are the layout
 //! zoo's (tests/it/layout_zoo.rs).
 use crate::common;
+use common::guest::section;
 use common::Run;
 
 use std::path::Path;
@@ -62,19 +63,6 @@ fn found_by(out: &Output) -> Option<String> {
             .then(|| v["found_by"].as_str().map(str::to_string))
             .flatten()
     })
-}
-
-fn section<'a>(text: &'a str, name: &str) -> &'a str {
-    let start = text
-        .find(&format!("=={name}\n"))
-        .unwrap_or_else(|| panic!("no section {name} in {text}"))
-        + name.len()
-        + 3;
-    let rest = &text[start..];
-    if rest.starts_with("==") {
-        return "";
-    }
-    rest[..rest.find("\n==").unwrap_or(rest.len())].trim_end_matches('\n')
 }
 
 fn qemu_img_info(p: &Path) -> serde_json::Value {

@@ -450,17 +450,7 @@ fn inspected_guest(disk: &Path) -> Seen {
         &["--ro", "-a", disk.to_str().unwrap(), "-i"],
         "echo ==statvfs\nstatvfs /\necho ==motd\ncat /etc/motd\necho ==passwd\ncat /etc/passwd\necho ==shadow\ncat /etc/shadow\necho ==dpkg\ncat /var/lib/dpkg/status\necho ==end\n",
     );
-    let section = |name: &str| {
-        let start = text
-            .find(&format!("=={name}\n"))
-            .unwrap_or_else(|| panic!("no section {name} in the read-back"))
-            + name.len()
-            + 3;
-        let rest = &text[start..];
-        rest[..rest.find("\n==").unwrap_or(rest.len())]
-            .trim_end_matches('\n')
-            .to_string()
-    };
+    let section = |name: &str| common::guest::section(&text, name).to_string();
     let sv = common::guest::record(&section("statvfs"));
     Seen {
         fs_bytes: sv["blocks"] * sv["frsize"],

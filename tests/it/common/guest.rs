@@ -144,3 +144,18 @@ pub fn base_in(dir: &Path) -> PathBuf {
     }
     link
 }
+
+/// The lines between `==name` and the next `==` marker of a guestfish script's output
+/// (the script echoes a marker before each read-back); empty for an empty section.
+pub fn section<'a>(text: &'a str, name: &str) -> &'a str {
+    let start = text
+        .find(&format!("=={name}\n"))
+        .unwrap_or_else(|| panic!("no section {name} in {text}"))
+        + name.len()
+        + 3;
+    let rest = &text[start..];
+    if rest.starts_with("==") {
+        return "";
+    }
+    rest[..rest.find("\n==").unwrap_or(rest.len())].trim_end_matches('\n')
+}
