@@ -156,14 +156,12 @@ fn exit_code_table_matches_help_and_behaviour() {
     let bad = d.join("bad.yaml");
     std::fs::write(&bad, THREE_TYPE_ERRORS).unwrap();
     let layout = d.join("l");
-    let packed = df(d)
+    df(d)
         .arg("pack")
         .arg(d.join("base.qcow2"))
         .arg("-o")
         .arg(format!("oci:{}:v1", layout.display()))
-        .output()
-        .unwrap();
-    assert!(packed.status.success(), "{}", text(&packed));
+        .succeeds();
     let code = |c: &mut Command| c.output().unwrap().status.code();
 
     assert_eq!(code(df(d).arg("validate").arg(&recipe)), Some(0));
@@ -250,9 +248,7 @@ fn print_vm_manifest_makes_stdout_one_yaml_document() {
         .arg(format!("docker://{}/lab/vm:1", reg.addr))
         .args(["--tls-verify=false", "--print-vm-manifest", "--digestfile"])
         .arg(&digest_file)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     let yaml = stdout(&out);
     let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&yaml)
         .map(|d| serde::Deserialize::deserialize(d).unwrap_or_else(|e| panic!("{e}: {yaml}")))
@@ -435,9 +431,7 @@ fn pack_without_output_writes_the_documented_default() {
     let out = df(t.path())
         .current_dir(t.path())
         .args(["pack", "lab.qcow2"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     assert!(
         stdout(&out).contains("oci:out/lab:latest"),
         "{}",
@@ -701,14 +695,12 @@ fn registry_credentials_are_found_in_the_readme_order() {
     let reg = Registry::start(Some(("ci", password)));
     let image = format!("docker://{}/lab/auth:1", reg.addr);
     let disk = qcow2(d, "lab.qcow2", "64M");
-    let out = df(d)
+    df(d)
         .arg("pack")
         .arg(&disk)
         .args(["-o", &image, "--tls-verify=false", "--creds"])
         .arg(format!("ci:{password}"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
 
     let (home, runtime, config, docker) = (
         d.join("home"),
@@ -840,9 +832,7 @@ fn cert_dir_trusts_a_private_registry_ca() {
     let out = df(d)
         .args(["inspect", &image, "--json", "--cert-dir"])
         .arg(&certs)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     serde_json::from_slice::<serde_json::Value>(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)));
 }
@@ -860,9 +850,7 @@ fn json_events_are_versioned_and_include_recipe_errors() {
         .arg(&disk)
         .arg("-o")
         .arg(format!("oci:{}", t.path().join("l").display()))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     // A successful pack writes only events to stderr.
     assert!(
         stderr(&out).lines().all(|l| l.starts_with('{')),
@@ -884,9 +872,7 @@ fn json_events_are_versioned_and_include_recipe_errors() {
         .arg(&disk)
         .arg("-o")
         .arg(format!("oci:{}", t.path().join("z").display()))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     assert!(
         stderr(&out).lines().all(|l| l.starts_with('{')),
         "{}",

@@ -37,17 +37,6 @@ fn diskforge(cache: &Path) -> Command {
     c
 }
 
-fn index_manifest(layout: &Path) -> serde_json::Value {
-    let idx: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let d = idx["manifests"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:")
-        .to_string();
-    serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(d)).unwrap()).unwrap()
-}
-
 /// What the test reads in the booted image, as the lab user, one fact a line: a marker,
 /// the user, the root filesystem's size, tmux and htop as dpkg has them, the
 /// machine-id (regenerated at first boot), the kernel release.
@@ -219,7 +208,7 @@ fn demo_builds_pushes_verifies_boots_and_serves_ttyd() {
     common::registry::skopeo_pull(&pinned, &pulled, "demo");
 
     // 3. Unpack the layer with numeric ownership and check the containerDisk contract.
-    let m = index_manifest(&pulled);
+    let m = common::first_manifest(&pulled);
     let layers = m["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 1);
     let blob = pulled.join("blobs/sha256").join(
@@ -407,7 +396,7 @@ fn demo_builds_pushes_verifies_boots_and_serves_ttyd() {
     );
 
     // 6. The artifact was not modified by booting it (run uses an overlay).
-    assert_eq!(index_manifest(&pulled), m);
+    assert_eq!(common::first_manifest(&pulled), m);
 
     // 7. A scheduled rebuild with nothing changed does nothing: the registry and the
     //    layout already hold an image with this build key.

@@ -221,20 +221,7 @@ output:
     }
     // The published disk, free blocks included (converted to raw).
     let out_disk = t.path().join("out.qcow2");
-    let m: serde_json::Value = {
-        let idx: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-        let d = idx["manifests"][0]["digest"].as_str().unwrap();
-        serde_json::from_slice(
-            &std::fs::read(
-                layout
-                    .join("blobs/sha256")
-                    .join(d.trim_start_matches("sha256:")),
-            )
-            .unwrap(),
-        )
-        .unwrap()
-    };
+    let m = common::first_manifest(&layout);
     let layer = layout.join("blobs/sha256").join(
         m["layers"][0]["digest"]
             .as_str()

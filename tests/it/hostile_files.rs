@@ -23,14 +23,12 @@ fn sha_hex(data: &[u8]) -> String {
 
 /// Creates a real qcow2 of `size` at `path` with `qemu-img create` and extra `args`.
 fn qemu_img_create(path: &Path, size: &str, args: &[&str]) {
-    let out = Command::new("qemu-img")
+    Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
         .args(args)
         .arg(path)
         .arg(size)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
 }
 
 /// The entries of `dir` (empty when it does not exist).
@@ -121,17 +119,7 @@ fn blobs_that_are_not_regular_files_are_refused_at_once() {
     // The config blob as a FIFO: refused the same way before anything reads it.
     let layout = t.path().join("config-fifo");
     layout_with_layer(&layout, &layer, None);
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let manifest_hex = index["manifests"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:")
-        .to_string();
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(layout.join("blobs/sha256").join(&manifest_hex)).unwrap(),
-    )
-    .unwrap();
+    let manifest = common::first_manifest(&layout);
     let config_hex = manifest["config"]["digest"]
         .as_str()
         .unwrap()
@@ -160,12 +148,10 @@ fn blobs_that_are_not_regular_files_are_refused_at_once() {
 /// `qemu-img check` finds clusters past the end of the file.
 fn truncated_qcow2(path: &Path) {
     qemu_img_create(path, "64M", &[]);
-    let out = Command::new("qemu-io")
+    Command::new("qemu-io")
         .args(["-f", "qcow2", "-c", "write -P 0xab 0 40M"])
         .arg(path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     let len = std::fs::metadata(path).unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)
@@ -754,23 +740,18 @@ fn an_interrupted_pack_removes_the_layout_it_created() {
     let t = tempfile::tempdir().unwrap();
     // Random data, so packing takes long enough to be interrupted in the middle.
     let disk = t.path().join("random.img");
-    let out = Command::new("sh")
+    Command::new("sh")
         .arg("-c")
         .arg(format!("head -c 512M /dev/urandom > {}", disk.display()))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     let small = t.path().join("small.qcow2");
     qemu_img_create(&small, "8M", &[]);
     let existing = t.path().join("existing");
-    let out = df()
-        .arg("pack")
+    df().arg("pack")
         .arg(&small)
         .arg("-o")
         .arg(format!("oci:{}:old", existing.display()))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     let index_before = std::fs::read(existing.join("index.json")).unwrap();
 
     let fresh = t.path().join("new/nested/layout");
@@ -838,12 +819,10 @@ fn a_pack_that_runs_out_of_space_removes_the_layout_it_created() {
     let _unmount = Unmount(full.clone());
     // Random data does not compress: the layer cannot fit in 4 MiB.
     let disk = t.path().join("random.img");
-    let out = Command::new("sh")
+    Command::new("sh")
         .arg("-c")
         .arg(format!("head -c 32M /dev/urandom > {}", disk.display()))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     let layout = full.join("new/layout");
     let started = std::time::Instant::now();
     let out = df()

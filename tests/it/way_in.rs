@@ -85,16 +85,14 @@ fn a_base_outside_the_recipe_needs_the_command_lines_permission() {
     let images = s.images.to_str().unwrap();
     let out = validate(&s, &recipe, &["--allow-path", images]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = df(s.t.path())
+    df(s.t.path())
         .arg("validate")
         .arg(&recipe)
         .env(
             "DISKFORGE_ALLOW_PATH",
             format!("{}:{images}", s.recipes.display()),
         )
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     // Another allowed directory does not open this one.
     let out = validate(&s, &recipe, &["--allow-path", s.private.to_str().unwrap()]);
     assert_refused_at(&out, "lab.yaml:3:3: base.path: ", "--allow-path DIR");
@@ -102,9 +100,7 @@ fn a_base_outside_the_recipe_needs_the_command_lines_permission() {
     let out = df(s.t.path())
         .args(["plan", "--json", "--allow-path", images])
         .arg(&recipe)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     assert!(
         text(&out).contains(&*base.to_string_lossy()),
         "{}",
@@ -127,9 +123,7 @@ fn a_base_outside_the_recipe_needs_the_command_lines_permission() {
     let out = df(s.t.path())
         .args(["plan", "--allow-path", images])
         .arg(&url)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     assert!(
         text(&out).contains(&*base.to_string_lossy()),
         "{}",
@@ -239,9 +233,7 @@ fn build_base_names_a_file_anywhere_and_replaces_the_recipes_base() {
         .args(["--offline", "plan", "--json", "--base"])
         .arg(&base)
         .arg(&recipe)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let all = plan.to_string();
     assert!(all.contains(&*base.to_string_lossy()), "{all}");
@@ -444,25 +436,14 @@ fn a_layer_over_the_limit_is_refused_before_any_upload() {
 
     // Under the limit but near it: pushed, with a warning and the remedies.
     let layout = t.path().join("layout");
-    let out = df(t.path())
+    df(t.path())
         .arg("pack")
         .arg(&disk)
         .arg("-o")
         .arg(format!("oci:{}:1", layout.display()))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let manifest_digest = index["manifests"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let blob = |d: &str| -> serde_json::Value {
-        let hex = d.strip_prefix("sha256:").unwrap();
-        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap())
-            .unwrap()
-    };
+        .succeeds();
+    let manifest_digest = common::first_manifest_digest(&layout);
+    let blob = |d: &str| common::json_blob(&layout, d);
     let manifest = blob(&manifest_digest);
     let size = manifest["layers"][0]["size"].as_u64().unwrap();
     let out = df(t.path())
@@ -586,19 +567,12 @@ fn inspect_and_verify_answer_scripts_in_one_typed_shape() {
     let disk = qcow2(t.path(), "lab.qcow2", "64M");
     let layout = t.path().join("layout");
     let image = format!("oci:{}:1", layout.display());
-    let out = df(t.path())
+    df(t.path())
         .arg("pack")
         .arg(&disk)
         .args(["-o", &image])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let digest = index["manifests"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .succeeds();
+    let digest = common::first_manifest_digest(&layout);
     let inspect = |extra: &[&str], image: &str| -> Output {
         df(t.path())
             .arg("inspect")
@@ -665,14 +639,12 @@ fn inspect_and_verify_answer_scripts_in_one_typed_shape() {
     // The same from a registry.
     let reg = common::registry::Registry::start(None);
     let remote = format!("docker://{}/lab/inspect:1", reg.addr);
-    let out = df(t.path())
+    df(t.path())
         .arg("push")
         .arg(format!("{}:1", layout.display()))
         .arg(&remote)
         .arg("--tls-verify=false")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     let raw = inspect(&["--raw", "--tls-verify=false"], &remote);
     assert!(raw.status.success(), "{}", text(&raw));
     assert_eq!(format!("sha256:{}", sha256_hex(&raw.stdout)), digest);
@@ -693,9 +665,7 @@ fn inspect_and_verify_answer_scripts_in_one_typed_shape() {
     let out = df(t.path())
         .args(["verify", "--json"])
         .arg(&image)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["satisfied"], true, "{v}");
     assert_eq!(v["digest"], digest.as_str());
@@ -719,14 +689,12 @@ fn inspect_of_an_index_lists_every_platform() {
     let layout = t.path().join("multi");
     let mut digests = Vec::new();
     for arch in ["amd64", "arm64"] {
-        let out = df(t.path())
+        df(t.path())
             .arg("pack")
             .arg(&disk)
             .args(["--arch", arch, "-o"])
             .arg(format!("oci:{}:{arch}", layout.display()))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", text(&out));
+            .succeeds();
         let d = df(t.path())
             .args(["inspect", "--format", "{{.Digest}}"])
             .arg(format!("oci:{}:{arch}", layout.display()))
@@ -734,20 +702,16 @@ fn inspect_of_an_index_lists_every_platform() {
             .unwrap();
         digests.push(String::from_utf8_lossy(&d.stdout).trim().to_string());
     }
-    let out = df(t.path())
+    df(t.path())
         .arg("index")
         .arg(format!("oci:{}:multi", layout.display()))
         .args(["amd64", "arm64"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     let multi = format!("oci:{}:multi", layout.display());
     let out = df(t.path())
         .args(["inspect", "--json"])
         .arg(&multi)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let platforms: Vec<(String, String)> = v["platforms"]
         .as_array()
@@ -784,12 +748,10 @@ fn init_writes_a_starter_recipe_that_validates_and_plans() {
     let t = tempfile::tempdir().unwrap();
     for base in ["debian-12", "ubuntu-24.04", "fedora-43"] {
         let recipe = t.path().join(format!("{base}-lab.yaml"));
-        let out = df(t.path())
+        df(t.path())
             .args(["init", "--base", base])
             .arg(&recipe)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", text(&out));
+            .succeeds();
         let written = std::fs::read_to_string(&recipe).unwrap();
         assert!(written.contains(&format!("catalog: {base}")), "{written}");
         assert!(
@@ -870,13 +832,11 @@ fn a_bare_tls_verify_means_true() {
         .args(["-o", &image])
         .exits(1);
     assert!(text(&out).contains("--tls-verify=false"), "{}", text(&out));
-    let out = df(t.path())
+    df(t.path())
         .args(["pack", "--tls-verify=false"])
         .arg(&disk)
         .args(["-o", &image])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
 }
 
 fn registry_errors_tell_missing_from_wrong_credentials_and_vv_traces_http() {
@@ -938,18 +898,14 @@ fn push_reads_the_oci_archive_pack_writes_and_keeps_its_digest() {
     let t = tempfile::tempdir().unwrap();
     let disk = qcow2(t.path(), "lab.qcow2", "64M");
     let archive = format!("oci-archive:{}:1", t.path().join("lab.tar").display());
-    let out = df(t.path())
+    df(t.path())
         .arg("pack")
         .arg(&disk)
         .args(["-o", &archive])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     let out = df(t.path())
         .args(["inspect", "--format", "{{.Digest}}", &archive])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     let digest = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(digest.starts_with("sha256:"), "{digest}");
     let reg = common::registry::Registry::start(None);
@@ -957,9 +913,7 @@ fn push_reads_the_oci_archive_pack_writes_and_keeps_its_digest() {
         .args(["push", &archive])
         .arg(format!("docker://{}/lab/archive:1", reg.addr))
         .arg("--tls-verify=false")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("{}/lab/archive@{digest}", reg.addr)
@@ -968,9 +922,7 @@ fn push_reads_the_oci_archive_pack_writes_and_keeps_its_digest() {
     let out = df(t.path())
         .args(["inspect", "--raw", "--tls-verify=false"])
         .arg(format!("docker://{}/lab/archive:1", reg.addr))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     assert_eq!(format!("sha256:{}", sha256_hex(&out.stdout)), digest);
 }
 

@@ -97,6 +97,27 @@ impl ExitsAs for Command {
     }
 }
 
+/// The digest of the first manifest a layout's index.json lists.
+pub fn first_manifest_digest(layout: &std::path::Path) -> String {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no manifest in {index}"))
+        .to_string()
+}
+
+/// The layout's JSON blob `digest` (a manifest, a config).
+pub fn json_blob(layout: &std::path::Path, digest: &str) -> serde_json::Value {
+    let hex = digest.trim_start_matches("sha256:");
+    serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+}
+
+/// The manifest a layout's index.json lists first.
+pub fn first_manifest(layout: &std::path::Path) -> serde_json::Value {
+    json_blob(layout, &first_manifest_digest(layout))
+}
+
 /// The manifest digest a layout's index.json gives `tag`.
 pub fn tagged_digest(layout: &std::path::Path, tag: &str) -> String {
     let v: serde_json::Value =
