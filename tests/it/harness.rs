@@ -171,7 +171,13 @@ macro_rules! tests {
 
 /// Turns the registered tests into trials and runs those the arguments select.
 pub fn run(tests: Vec<Test>) -> ! {
-    let args = Arguments::from_args();
+    let mut args = Arguments::from_args();
+    // As libtest does: RUST_TEST_THREADS when --test-threads is not given.
+    if args.test_threads.is_none() {
+        args.test_threads = std::env::var("RUST_TEST_THREADS")
+            .ok()
+            .and_then(|n| n.parse().ok());
+    }
     let ci = in_ci();
     let mut present: HashMap<String, bool> = HashMap::new();
     let mut ignored_for: std::collections::BTreeMap<String, usize> = Default::default();
