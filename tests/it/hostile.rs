@@ -17,6 +17,16 @@ use common::diskforge_tcg as df;
 use common::text;
 
 /// A small real qcow2 disk's bytes.
+/// `diskforge <args> oci:<layout>:t` with `scratch` as its work directory.
+fn on_image(scratch: &Path, args: &[&str], layout: &Path) -> std::process::Output {
+    df().arg("--work-dir")
+        .arg(scratch)
+        .args(args)
+        .arg(format!("oci:{}:t", layout.display()))
+        .output()
+        .unwrap()
+}
+
 fn qcow2(dir: &Path) -> Vec<u8> {
     std::fs::read(common::disk::qcow2(dir, "small.qcow2", "8M")).unwrap()
 }
@@ -38,13 +48,7 @@ fn layer_entries_cannot_write_outside_the_scratch_dir() {
         let scratch = t.path().join(format!("scratch-{name}"));
         std::fs::create_dir(&scratch).unwrap();
         for args in [vec!["verify"], vec!["run", "--check", "--timeout", "5"]] {
-            let out = df()
-                .arg("--work-dir")
-                .arg(&scratch)
-                .args(&args)
-                .arg(format!("oci:{}:t", layout.display()))
-                .output()
-                .unwrap();
+            let out = on_image(&scratch, &args, &layout);
             let msg = text(&out);
             assert!(!out.status.success(), "{args:?} accepted {path}: {msg}");
             assert!(
@@ -125,13 +129,7 @@ fn absolute_entries_and_links_in_a_layer_are_refused() {
         let scratch = t.path().join(format!("scratch-{name}"));
         std::fs::create_dir(&scratch).unwrap();
         for args in [vec!["verify"], vec!["run", "--check", "--timeout", "5"]] {
-            let out = df()
-                .arg("--work-dir")
-                .arg(&scratch)
-                .args(&args)
-                .arg(format!("oci:{}:t", layout.display()))
-                .output()
-                .unwrap();
+            let out = on_image(&scratch, &args, &layout);
             let msg = text(&out);
             assert!(
                 !out.status.success(),
