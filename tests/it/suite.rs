@@ -88,8 +88,44 @@ fn a_slow_test_runs_only_when_asked() {
     );
 }
 
+/// Every `.rs` file under `dir`.
+fn sources(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(sources(&p));
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// This binary has no libtest: a `#[test]` function in it (one merged from a branch
+/// that still had tests/X.rs) would be compiled out and never run. Tests are registered
+/// with `crate::tests!` instead.
+fn no_test_is_left_to_the_compiler() {
+    let dir = crate::common::repo_root().join("tests/it");
+    let mut left = Vec::new();
+    for file in sources(&dir) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let l = line.trim();
+            if l == "#[test]" || l.starts_with("#[tokio::test") {
+                left.push(format!("{}:{}", file.display(), n + 1));
+            }
+        }
+    }
+    assert!(
+        left.is_empty(),
+        "register these with crate::tests! instead: {left:?}"
+    );
+}
+
 crate::tests! {
     fn a_missing_tool_ignores_the_test_and_ci_fails_it;
     fn a_test_that_needs_nothing_is_never_ignored;
     fn a_slow_test_runs_only_when_asked;
+    fn no_test_is_left_to_the_compiler;
 }
