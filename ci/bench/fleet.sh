@@ -6,7 +6,7 @@
 #
 # Usage: ci/bench/fleet.sh BASE.qcow2 [JOBS]
 #   BASE.qcow2  a customizable base, e.g. target/test-rootfs/base-gpt-ext4.qcow2 (made
-#               by `cargo test --test fleet`)
+#               by `cargo test --test it -- fleet::`)
 #   JOBS        --jobs of the fleet build (default 2)
 # Needs: docker-registry, python3, libguestfs; $DISKFORGE (default target/release/diskforge).
 set -euo pipefail

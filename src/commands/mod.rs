@@ -263,12 +263,7 @@ pub fn run(mut cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Completions { shell } => {
             let mut script = Vec::new();
-            clap_complete::generate(
-                shell,
-                &mut crate::cli::command(),
-                "diskforge",
-                &mut script,
-            );
+            clap_complete::generate(shell, &mut crate::cli::command(), "diskforge", &mut script);
             out::write_bytes(&script)?;
             Ok(ExitCode::SUCCESS)
         }

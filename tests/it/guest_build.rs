@@ -1,0 +1,659 @@
+//! `diskforge build` on a Debian userland on a GPT disk with the ext4 root last (the
+//! shared test base, also served to tests/it/fleet.rs): every customization present and
+//! read back, secrets only where the recipe put them on the published disk, ttyd
+//! enabled, hygiene applied, exactly one appliance launch, the base untouched; Ctrl-C in
+//! the middle; the incremental stage cache; shrinking refused. The partition layouts of
+//! real cloud images (LVM, xfs, btrfs, MBR, root not last by number) are the layout
+//! zoo's (tests/it/layout_zoo.rs).
+use crate::common;
+use common::guest::section;
+use common::Run;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::guest::{base_in, fish, sha256};
+
+const TOOLS: &[&str] = &["qemu-img", "guestfish", "mmdebstrap"];
+
+fn build(recipe: &Path, out: &Path, cache: &Path) -> Output {
+    let mut c = common::diskforge();
+    common::guestfs_env(&mut c);
+    let output = c
+        .args(["--json-events", "-v", "--accel", "tcg", "--cache-dir"])
+        .arg(cache)
+        .arg("build")
+        .arg(recipe)
+        .arg("--disk-only")
+        .arg(out)
+        .env("DISKFORGE_TEST_PW", "pw-Planted-Secret-77")
+        .env("DISKFORGE_TEST_ROOT_PW", "pw-Root-Secret-91")
+        .env("DISKFORGE_TEST_TTYD_PW", "pw-Ttyd-Secret-53")
+        .output()
+        .unwrap();
+    common::events::check(&output.stderr);
+    output
+}
+
+/// The secrets the first test plants: (value, how often the published disk may hold
+/// it). Passwords are hashed on the host and the secret variable only reaches the
+/// guest through the staged script: never on the disk. The ttyd credential is written
+/// once, where the recipe asks for it (its EnvironmentFile).
+const SECRETS: &[(&str, usize)] = &[
+    ("pw-Planted-Secret-77", 0),
+    ("pw-Root-Secret-91", 0),
+    ("tok-Variable-Secret-29", 0),
+    ("pw-Ttyd-Secret-53", 1),
+];
+
+fn launches(out: &Output) -> Option<u64> {
+    String::from_utf8_lossy(&out.stderr).lines().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        (v["event"] == "appliance_launches")
+            .then(|| v["count"].as_u64())
+            .flatten()
+    })
+}
+
+/// How the build found the guest's root (`fstab` or `inspection`).
+fn found_by(out: &Output) -> Option<String> {
+    String::from_utf8_lossy(&out.stderr).lines().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        (v["event"] == "filesystem")
+            .then(|| v["found_by"].as_str().map(str::to_string))
+            .flatten()
+    })
+}
+
+fn qemu_img_info(p: &Path) -> serde_json::Value {
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(p)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn gpt_ext4_grows_and_gets_every_customization_in_one_launch() {
+    let t = tempfile::tempdir().unwrap();
+    let base = base_in(t.path());
+    let base_sum = sha256(&base);
+    std::fs::write(t.path().join("banner.txt"), "copied from the recipe dir\n").unwrap();
+    std::fs::copy("/usr/bin/true", t.path().join("ttyd-bin")).unwrap();
+    let recipe = t.path().join("r.yaml");
+    std::fs::write(
+        &recipe,
+        r#"
+name: guest-test
+env: [SITE_TOKEN]
+base: {path: base.qcow2}
+disk: {size: 2G}
+customize:
+  groups: [{name: labgroup, gid: 2345}]
+  users:
+    - {name: lab, uid: 1500, groups: [labgroup], password: {env: DISKFORGE_TEST_PW}, ssh-authorized-keys: ["ssh-ed25519 AAAATESTKEY lab@test"], sudo: true}
+  directories: [{path: /srv/lab, owner: lab, group: labgroup, mode: "0750"}]
+  files:
+    - {path: /etc/motd, content: "hello from diskforge\n", mode: "0644"}
+    - {path: /opt/banner.txt, source: banner.txt, owner: lab, mode: "0600"}
+    # What a build machine leaves behind and hygiene removes.
+    - {path: /var/lib/systemd/random-seed, content: "seed of the build\n", mode: "0600"}
+    - {path: /var/lib/urandom/random-seed, content: "seed of the build\n", mode: "0600"}
+    - {path: /etc/lvm/devices/system.devices, content: "IDTYPE=sys_wwid IDNAME=build-disk\n"}
+  symlinks: [{path: /usr/local/bin/hello, target: /bin/echo}]
+  commands: ["echo first > /var/tmp/order", "echo second >> /var/tmp/order", "echo ${SITE_TOKEN} | sha256sum > /var/tmp/token.sha256"]
+  enable-units: [ssh.service]
+  hostname: guest-test
+  timezone: Europe/Berlin
+  firstboot-commands: ["touch /var/tmp/firstboot-ran"]
+  root-password: {env: DISKFORGE_TEST_ROOT_PW}
+ttyd:
+  enabled: true
+  source: {path: ttyd-bin}
+  port: 8081
+  credential: {user: admin, password: {env: DISKFORGE_TEST_TTYD_PW}}
+output:
+  kubevirt: {instancetype: u1.small, preference: debian}
+"#,
+    )
+    .unwrap();
+    // Built and published the way users publish: to a registry and a layout, the layer
+    // uncompressed so that the scans below read the disk's bytes in every blob.
+    let reg = common::registry::Registry::start(None);
+    let layout = t.path().join("published");
+    let mut c = common::diskforge();
+    common::guestfs_env(&mut c);
+    let out = c
+        .args(["--json-events", "-v", "--accel", "tcg", "--cache-dir"])
+        .arg(t.path().join("cache"))
+        .arg("build")
+        .arg(&recipe)
+        .args(["--compression", "none", "--tls-verify=false", "--output"])
+        .arg(format!("docker://{}/lab/secrets:1", reg.addr))
+        .arg("--output")
+        .arg(format!("oci:{}:1", layout.display()))
+        .arg("--kubevirt-manifests")
+        .arg(t.path().join("k8s"))
+        .env("DISKFORGE_TEST_PW", SECRETS[0].0)
+        .env("DISKFORGE_TEST_ROOT_PW", SECRETS[1].0)
+        .env("SITE_TOKEN", SECRETS[2].0)
+        .env("DISKFORGE_TEST_TTYD_PW", SECRETS[3].0)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let plan = common::diskforge()
+        .args(["-v", "plan", "--json"])
+        .arg(&recipe)
+        .env("DISKFORGE_TEST_PW", SECRETS[0].0)
+        .env("DISKFORGE_TEST_ROOT_PW", SECRETS[1].0)
+        .env("SITE_TOKEN", SECRETS[2].0)
+        .env("DISKFORGE_TEST_TTYD_PW", SECRETS[3].0)
+        .succeeds();
+    for (secret, _) in SECRETS {
+        for (what, bytes) in [
+            (
+                "build output, events and debug log",
+                [&out.stdout[..], &out.stderr[..]].concat(),
+            ),
+            ("plan", [&plan.stdout[..], &plan.stderr[..]].concat()),
+        ] {
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(secret),
+                "{secret} leaked into the {what}"
+            );
+        }
+    }
+    // Everything published — the layer, config (labels, history), manifest, SBOM and
+    // provenance, in the layout, beside it and in the registry's storage — holds each
+    // secret only as often as the disk may.
+    for (secret, allowed) in SECRETS {
+        for tree in [t.path(), reg.dir.path()] {
+            assert_eq!(
+                common::occurrences_in_tree(tree, secret.as_bytes()),
+                *allowed,
+                "{secret} under {}",
+                tree.display()
+            );
+        }
+    }
+    // The cluster side, from the recipe and the pushed image: valid for KubeVirt's and
+    // CDI's API definitions, the VM pinned by digest with the recipe's instancetype and
+    // preference, a Service for ttyd's port, CDI importing at least the disk's size.
+    let pinned = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|w| w.contains("/lab/secrets@sha256:"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no pinned reference on stdout: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+        .to_string();
+    let k8s = t.path().join("k8s/guest-test");
+    let mut files: Vec<_> = std::fs::read_dir(&k8s)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let v = common::kubevirt::validate(common::kubevirt::validator_python(), &files);
+    assert!(
+        v.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+    let all: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    for want in [
+        format!("image: {pinned}"),
+        "kind: VirtualMachineClusterInstancetype".into(),
+        "name: u1.small".into(),
+        "name: debian".into(),
+        "kind: Service".into(),
+        "targetPort: 8081".into(),
+        "kind: DataImportCron".into(),
+        "storage: 3Gi".into(),
+    ] {
+        assert!(all.contains(&want), "{want} not in the manifests:\n{all}");
+    }
+    // The published disk, free blocks included (converted to raw).
+    let out_disk = t.path().join("out.qcow2");
+    let m = common::first_manifest(&layout);
+    let layer = layout.join("blobs/sha256").join(
+        m["layers"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    );
+    let x = t.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    Command::new("tar")
+        .args(["--numeric-owner", "-xf"])
+        .arg(&layer)
+        .arg("-C")
+        .arg(&x)
+        .succeeds();
+    std::fs::rename(x.join("disk/disk.qcow2"), &out_disk).unwrap();
+    let raw = t.path().join("out.raw");
+    Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&out_disk)
+        .arg(&raw)
+        .succeeds();
+    for (secret, allowed) in SECRETS {
+        assert_eq!(
+            common::occurrences(&raw, secret.as_bytes()),
+            *allowed,
+            "{secret} on the published disk"
+        );
+    }
+    std::fs::remove_file(&raw).unwrap();
+    assert_eq!(launches(&out), Some(1), "appliance launches: {stderr}");
+    // fstab names the root /dev/sda2: found without libguestfs inspection.
+    assert_eq!(found_by(&out).as_deref(), Some("fstab"), "{stderr}");
+    assert_eq!(sha256(&base), base_sum, "the base image was modified");
+
+    let info = qemu_img_info(&out_disk);
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(info["virtual-size"], 2u64 << 30);
+    assert!(info.get("backing-filename").is_none(), "{info}");
+    Command::new("qemu-img")
+        .arg("check")
+        .arg(&out_disk)
+        .succeeds();
+
+    let text = fish(
+        &["--ro", "-a", out_disk.to_str().unwrap(), "-i"],
+        "echo ==statvfs\nstatvfs /\necho ==motd\ncat /etc/motd\necho ==banner\nstat /opt/banner.txt\necho ==passwd\ncat /etc/passwd\necho ==group\ncat /etc/group\necho ==shadow\ncat /etc/shadow\necho ==keys\ncat /home/lab/.ssh/authorized_keys\necho ==sudo\ncat /etc/sudoers.d/lab\necho ==srv\nstat /srv/lab\necho ==link\nreadlink /usr/local/bin/hello\necho ==order\ncat /var/tmp/order\necho ==token\ncat /var/tmp/token.sha256\necho ==wants\nls /etc/systemd/system/multi-user.target.wants\necho ==unit\ncat /etc/systemd/system/diskforge-ttyd.service\necho ==ttydenv\nstat /etc/diskforge/ttyd.env\necho ==ttydenvtext\ncat /etc/diskforge/ttyd.env\necho ==ttydbin\nstat /usr/local/bin/ttyd\necho ==hostname\ncat /etc/hostname\necho ==tz\nreadlink /etc/localtime\necho ==mid\nfilesize /etc/machine-id\necho ==sshkeys\nglob-expand /etc/ssh/ssh_host_*\necho ==stage\nis-dir /var/tmp/diskforge-stage\necho ==seeds\nexists /var/lib/systemd/random-seed\nexists /var/lib/urandom/random-seed\nexists /etc/lvm/devices/system.devices\nis-dir /etc/lvm/devices\necho ==end\n",
+    );
+    let sv = common::guest::record(section(&text, "statvfs"));
+    let size = sv["blocks"] * sv["bsize"];
+    assert!(
+        size > (1800u64 << 20),
+        "root filesystem did not grow: {size} bytes"
+    );
+    assert_eq!(section(&text, "motd"), "hello from diskforge");
+    assert!(
+        section(&text, "banner").contains("mode: 33152"),
+        "0600 file: {}",
+        section(&text, "banner")
+    ); // 0o100600
+    assert!(section(&text, "banner").contains("uid: 1500"));
+    assert!(section(&text, "passwd").contains("lab:x:1500:"));
+    assert!(section(&text, "group").contains("labgroup:x:2345:lab"));
+    let shadow = section(&text, "shadow");
+    assert!(
+        shadow.lines().any(|l| l.starts_with("lab:$")),
+        "no password hash for lab"
+    );
+    assert!(!shadow.contains("pw-Planted-Secret-77"));
+    assert_eq!(section(&text, "keys"), "ssh-ed25519 AAAATESTKEY lab@test");
+    assert!(section(&text, "sudo").contains("lab ALL=(ALL) NOPASSWD:ALL"));
+    assert!(
+        section(&text, "srv").contains("mode: 16872"),
+        "{}",
+        section(&text, "srv")
+    ); // 0o40750
+    assert_eq!(section(&text, "link"), "/bin/echo");
+    assert_eq!(section(&text, "order"), "first\nsecond");
+    // The command saw the secret variable's value (only its hash is kept).
+    use sha2::Digest as _;
+    assert_eq!(
+        section(&text, "token"),
+        format!(
+            "{}  -",
+            hex::encode(sha2::Sha256::digest(format!("{}\n", SECRETS[2].0)))
+        )
+    );
+    let wants = section(&text, "wants");
+    for unit in [
+        "diskforge-ttyd.service",
+        "ssh.service",
+        "diskforge-firstboot.service",
+    ] {
+        assert!(wants.contains(unit), "{unit} not enabled: {wants}");
+    }
+    let unit = section(&text, "unit");
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/ttyd -p 8081 -W -c ${TTYD_CREDENTIAL} login"),
+        "{unit}"
+    );
+    assert!(
+        unit.contains("Restart=always") && unit.contains("After=network-online.target"),
+        "{unit}"
+    );
+    assert!(!unit.contains("pw-Planted-Secret-77"));
+    assert!(
+        section(&text, "ttydenv").contains("mode: 33152"),
+        "credential file not 0600"
+    );
+    assert_eq!(
+        section(&text, "ttydenvtext"),
+        "TTYD_CREDENTIAL=\"admin:pw-Ttyd-Secret-53\""
+    );
+    assert!(
+        shadow.lines().any(|l| l.starts_with("root:$6$")),
+        "no root hash"
+    );
+    assert!(
+        section(&text, "ttydbin").contains("mode: 33261"),
+        "ttyd not 0755"
+    ); // 0o100755
+    assert_eq!(section(&text, "hostname"), "guest-test");
+    assert!(section(&text, "tz").ends_with("Europe/Berlin"));
+    assert_eq!(section(&text, "mid"), "0", "machine-id not empty");
+    assert_eq!(section(&text, "sshkeys").trim(), "", "ssh host keys left");
+    assert_eq!(
+        section(&text, "stage"),
+        "false",
+        "staging directory left behind"
+    );
+    // The random seeds and LVM's devices file are gone; their directories stay.
+    assert_eq!(
+        section(&text, "seeds"),
+        "false\nfalse\nfalse\ntrue",
+        "random seeds or LVM devices file left"
+    );
+}
+
+/// Every `appliance_launches` count a build reported, in order.
+fn all_launches(out: &Output) -> Vec<u64> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "appliance_launches")
+        .filter_map(|v| v["count"].as_u64())
+        .collect()
+}
+
+/// `--incremental` keeps the grown disk as a stage; a change after the packages (a
+/// file) reuses it: `plan` marks growth and packages cached, the rebuild launches the
+/// appliance once, and the result has the new file on the grown filesystem. (xfs on
+/// MBR, which this test's layout replaced, grows in tests/it/layout_zoo.rs: el-like for
+/// xfs, cirros-like for MBR.)
+fn incremental_rebuild_reuses_the_grown_stage() {
+    let t = tempfile::tempdir().unwrap();
+    let base = base_in(t.path());
+    let base_sum = sha256(&base);
+    let cache = t.path().join("cache");
+    let recipe = t.path().join("r.yaml");
+    let write_recipe = |v: &str| {
+        std::fs::write(
+            &recipe,
+            format!("base: {{path: base.qcow2}}\ndisk: {{size: +1G}}\ncustomize: {{files: [{{path: /etc/v, content: {v}}}]}}\n"),
+        )
+        .unwrap()
+    };
+    // Each build runs exactly the commands its plan lists, on the miss and on the hit.
+    let incremental = |out_disk: &Path| {
+        let plan = common::diskforge()
+            .args(["--accel", "tcg", "--cache-dir"])
+            .arg(&cache)
+            .args(["plan", "--json", "--incremental"])
+            .arg(&recipe)
+            .arg("--disk-only")
+            .arg(out_disk)
+            .succeeds();
+        let mut c = common::diskforge();
+        common::guestfs_env(&mut c);
+        let out = c
+            .args(["--json-events", "--accel", "tcg", "--cache-dir"])
+            .arg(&cache)
+            .arg("build")
+            .arg(&recipe)
+            .arg("--incremental")
+            .arg("--disk-only")
+            .arg(out_disk)
+            .output()
+            .unwrap();
+        let planned = common::planned_commands(&plan.stdout);
+        assert!(!planned.is_empty());
+        common::assert_ran_the_plan(&common::executed_commands(&out.stderr), &planned);
+        out
+    };
+
+    write_recipe("one");
+    let out = incremental(&t.path().join("one.qcow2"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(all_launches(&out), [1, 1], "grow + packages, then the rest");
+
+    write_recipe("two");
+    let plan = common::diskforge()
+        .arg("--cache-dir")
+        .arg(&cache)
+        .arg("plan")
+        .arg(&recipe)
+        .arg("--incremental")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        plan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    let marked: Vec<&str> = text.lines().filter(|l| l.contains("[cached]")).collect();
+    assert!(
+        marked.iter().any(|l| l.contains("guest-packages")),
+        "growth and packages not marked cached:\n{text}"
+    );
+    let out_disk = t.path().join("two.qcow2");
+    let out = incremental(&out_disk);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(all_launches(&out), [1], "the stage was not reused");
+    assert_eq!(sha256(&base), base_sum, "the base was modified");
+    let text = fish(
+        &["--ro", "-a", out_disk.to_str().unwrap(), "-i"],
+        "echo ==statvfs\nstatvfs /\necho ==v\ncat /etc/v\necho ==end\n",
+    );
+    let sv = common::guest::record(section(&text, "statvfs"));
+    assert!(
+        sv["blocks"] * sv["bsize"] > (1500u64 << 20),
+        "the reused stage is not grown: {text}"
+    );
+    assert_eq!(section(&text, "v"), "two");
+}
+
+fn shrinking_is_refused_with_both_sizes() {
+    let t = tempfile::tempdir().unwrap();
+    common::disk::qcow2(t.path(), "b.qcow2", "2G");
+    let recipe = t.path().join("r.yaml");
+    std::fs::write(&recipe, "base: {path: b.qcow2}\ndisk: {size: 1G}\n").unwrap();
+    let out = build(&recipe, &t.path().join("o.qcow2"), &t.path().join("cache"));
+    // Found before anything runs: an invalid recipe, located at disk.size.
+    assert_eq!(out.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("r.yaml:2:")
+            && e.contains("disk.size: the disk cannot shrink")
+            && e.contains("2.0 GiB")
+            && e.contains("1.0 GiB"),
+        "{e}"
+    );
+    let v = common::diskforge()
+        .arg("validate")
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    assert_eq!(
+        v.status.code(),
+        Some(2),
+        "validate finds it too: {}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    assert!(!t.path().join("o.qcow2").exists());
+}
+
+/// Processes whose command line mentions `needle` (a test's temporary directory).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(needle) {
+                found.push(format!("{}: {text}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+fn ctrl_c_during_customization_stops_the_appliance_and_leaves_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let base = base_in(t.path());
+    let base_sum = sha256(&base);
+    let recipe = t.path().join("r.yaml");
+    std::fs::write(
+        &recipe,
+        "base: {path: base.qcow2}\ndisk: {size: +1G}\ncustomize: {commands: [\"sleep 600\"]}\n",
+    )
+    .unwrap();
+    let cache = t.path().join("cache");
+    let out_dir = t.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let events = t.path().join("events.jsonl");
+    let mut c = common::diskforge();
+    common::guestfs_env(&mut c);
+    let child = c
+        .args(["--json-events", "--accel", "tcg", "--cache-dir"])
+        .arg(&cache)
+        .arg("build")
+        .arg(&recipe)
+        .arg("--disk-only")
+        .arg(out_dir.join("out.qcow2"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&events).unwrap())
+        .spawn()
+        .unwrap();
+    // Interrupt while the guest runs the recipe's command inside the appliance.
+    let out = common::interrupt_when(
+        child,
+        "INT",
+        || {
+            std::fs::read_to_string(&events)
+                .map(|s| s.contains(r#""stage":"customize""#))
+                .unwrap_or(false)
+        },
+        std::time::Duration::from_secs(300),
+        std::time::Duration::from_secs(40),
+    );
+    let stderr = std::fs::read_to_string(&events).unwrap();
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted by SIGINT"), "{stderr}");
+
+    let left = processes_mentioning(&t.path().to_string_lossy());
+    assert!(left.is_empty(), "still running: {left:#?}");
+    let work: Vec<_> = std::fs::read_dir(cache.join("work"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(work.is_empty(), "work directory left: {work:?}");
+    let outputs: Vec<_> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(outputs.is_empty(), "output left: {outputs:?}");
+    assert_eq!(common::temp_files(&cache), Vec::<std::path::PathBuf>::new());
+    assert_eq!(sha256(&base), base_sum, "the base changed");
+}
+
+/// `--cache-dir c`, relative to where diskforge runs: the overlay names its backing file
+/// (the base downloaded into the cache) by a path qemu-img resolves from the overlay's
+/// own directory, so every such path is made absolute once, when the command line is
+/// read. A real build from a downloaded base succeeds.
+fn a_relative_cache_dir_builds() {
+    let t = tempfile::tempdir().unwrap();
+    let base = common::guest::base_qcow2();
+    let server = common::http::TestServer::start();
+    server.serve("base.qcow2", std::fs::read(&base).unwrap());
+    std::fs::write(
+        t.path().join("r.yaml"),
+        format!(
+            "base: {{url: \"{}\", checksum: \"sha256:{}\"}}\n",
+            server.url("base.qcow2"),
+            sha256(&base)
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut c = common::diskforge();
+    common::guestfs_env(&mut c);
+    let out = c
+        .current_dir(t.path())
+        .args(["--json-events", "--accel", "tcg", "--cache-dir", "c"])
+        .args(["build", "r.yaml", "--disk-only", "out.qcow2"])
+        .env("DISKFORGE_WORK_DIR", "w")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    common::events::check(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(took < std::time::Duration::from_secs(900), "took {took:?}");
+    // The disk is standalone, and the base went into the relative cache.
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json", "-U"])
+        .arg(t.path().join("out.qcow2"))
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert!(info.get("backing-filename").is_none(), "{info}");
+    let blobs: Vec<_> = std::fs::read_dir(t.path().join("c/blobs/sha256"))
+        .unwrap()
+        .collect();
+    assert_eq!(
+        blobs.len(),
+        1,
+        "the base is cached under the relative cache dir"
+    );
+    // DISKFORGE_CACHE_DIR=c finds the same cache, and the plan names it as $CACHE.
+    let plan = common::diskforge()
+        .current_dir(t.path())
+        .env("DISKFORGE_CACHE_DIR", "c")
+        .args([
+            "--accel",
+            "tcg",
+            "plan",
+            "r.yaml",
+            "--disk-only",
+            "out2.qcow2",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert_eq!(plan.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("qemu-img create -q -f qcow2 -F qcow2 -b $CACHE/blobs/sha256/"),
+        "{text}"
+    );
+    // The work directory was cleaned up and nothing half-written is left.
+    let work_left: Vec<_> = std::fs::read_dir(t.path().join("w"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(work_left.is_empty(), "{work_left:?}");
+    assert!(common::temp_files(t.path()).is_empty());
+}
+
+crate::tests! {
+    fn gpt_ext4_grows_and_gets_every_customization_in_one_launch [TOOLS, common::kubevirt::validator_need()];
+    fn incremental_rebuild_reuses_the_grown_stage [TOOLS];
+    fn shrinking_is_refused_with_both_sizes [&["qemu-img"]];
+    fn ctrl_c_during_customization_stops_the_appliance_and_leaves_nothing [TOOLS];
+    fn a_relative_cache_dir_builds [TOOLS];
+}
