@@ -334,6 +334,11 @@ pub struct RegistryArgs {
     /// progress) before the request is retried.
     #[arg(long, value_name = "SECONDS", default_value = "60")]
     pub registry_timeout: u64,
+    /// Read registries.conf from FILE [default: $CONTAINERS_REGISTRIES_CONF, else
+    /// ~/.config/containers/registries.conf, else /etc/containers/registries.conf]:
+    /// `insecure = true` and `blocked = true` apply, as in podman and skopeo.
+    #[arg(long, value_name = "FILE")]
+    pub registries_conf: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

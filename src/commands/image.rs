@@ -371,7 +371,7 @@ pub fn inspect(g: &GlobalOpts, args: InspectArgs) -> Result<ExitCode> {
         .as_deref()
         .map(crate::provenance::PublicKey::load)
         .transpose()?;
-    let opts = super::registry_options(&args.registry, &[]);
+    let opts = super::registry_options(&args.registry, &[])?;
     let summary = match &r {
         ImageRef::Registry(rr) => {
             use crate::pipeline::attest::{read_attached, RegistrySource};
@@ -434,7 +434,7 @@ fn document_bytes(g: &GlobalOpts, r: &ImageRef, args: &InspectArgs, arch: &str) 
     }
     match r {
         ImageRef::Registry(rr) => {
-            let opts = super::registry_options(&args.registry, &[]);
+            let opts = super::registry_options(&args.registry, &[])?;
             crate::sys::rt::block_on(async {
                 let client = registry::Client::connect(&rr.registry, &opts).await?;
                 let img = registry::pull::resolve(&client, rr, arch)
@@ -458,7 +458,7 @@ fn document_bytes(g: &GlobalOpts, r: &ImageRef, args: &InspectArgs, arch: &str) 
 fn top_document(g: &GlobalOpts, r: &ImageRef, args: &InspectArgs) -> Result<Vec<u8>> {
     match r {
         ImageRef::Registry(rr) => {
-            let opts = super::registry_options(&args.registry, &[]);
+            let opts = super::registry_options(&args.registry, &[])?;
             crate::sys::rt::block_on(async {
                 let client = registry::Client::connect(&rr.registry, &opts).await?;
                 let (bytes, _, _) = client
@@ -515,7 +515,7 @@ fn platform_entry(
 pub fn index(_g: &GlobalOpts, args: IndexArgs) -> Result<ExitCode> {
     match super::image_ref(&args.destination)? {
         ImageRef::Registry(dest) => {
-            let opts = super::registry_options(&args.registry, &[]);
+            let opts = super::registry_options(&args.registry, &[])?;
             let pinned = crate::sys::rt::block_on(async {
                 let client = registry::Client::connect(&dest.registry, &opts).await?;
                 let mut entries = Vec::new();

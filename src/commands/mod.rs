@@ -337,11 +337,22 @@ fn absolute_dirs(g: &mut GlobalOpts) -> Result<()> {
     Ok(())
 }
 
-/// Registry options from the command line (plus registries a recipe marks insecure).
-pub fn registry_options(a: &RegistryArgs, insecure: &[String]) -> RegistryOptions {
-    RegistryOptions {
+/// Registry options from the command line and registries.conf (plus registries a recipe
+/// marks insecure). A registries.conf that cannot be read is wrong usage.
+pub fn registry_options(a: &RegistryArgs, insecure: &[String]) -> Result<RegistryOptions> {
+    let conf = crate::registry::conf::load(a.registries_conf.as_deref())
+        .map_err(|e| UsageError(format!("{e:#}")))?;
+    if let Some(path) = &conf.path {
+        for what in &conf.ignored {
+            tracing::warn!("{}: {what}", path.display());
+        }
+    }
+    let mut insecure = insecure.to_vec();
+    insecure.extend(conf.insecure);
+    Ok(RegistryOptions {
         tls_verify: a.tls_verify,
-        insecure_registries: insecure.to_vec(),
+        insecure_registries: insecure,
+        blocked_registries: conf.blocked,
         creds: a.creds.clone().map(|c| {
             crate::redact::register(&c);
             if let Some((_, p)) = c.split_once(':') {
@@ -353,7 +364,7 @@ pub fn registry_options(a: &RegistryArgs, insecure: &[String]) -> RegistryOption
         cert_dir: a.cert_dir.clone(),
         timeout: Duration::from_secs(a.registry_timeout.max(1)),
         max_layer_size: None,
-    }
+    })
 }
 
 /// Registry options of a command that pushes layers: `--max-layer-size` as well.
@@ -361,7 +372,7 @@ pub fn push_options(
     a: &RegistryArgs,
     limit: &crate::cli::LayerLimitOpts,
 ) -> Result<RegistryOptions> {
-    let mut o = registry_options(a, &[]);
+    let mut o = registry_options(a, &[])?;
     o.max_layer_size = match &limit.max_layer_size {
         None => None,
         Some(s) => match crate::recipe::Size::parse(s) {

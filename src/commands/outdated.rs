@@ -45,7 +45,7 @@ pub fn run(g: &GlobalOpts, args: OutdatedArgs) -> Result<ExitCode> {
             .into());
         }
     }
-    let ctx = super::context(g, super::registry_options(&args.registry, &[]))?;
+    let ctx = super::context(g, super::registry_options(&args.registry, &[])?)?;
     let mut rows = Vec::new();
     for path in &args.recipes {
         let resolved = match pipeline::resolve::resolve(path, &opts, &ctx) {

@@ -47,7 +47,7 @@ pub fn run(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
             None => groups.push(vec![r]),
         }
     }
-    let opts = super::registry_options(&args.registry, &[]);
+    let opts = super::registry_options(&args.registry, &[])?;
     if opts.creds.is_some() && groups.iter().any(|g| g[0].registry != src.registry) {
         // --creds names no registry: sent to both, the source's credential would reach
         // the destination registry or the other way round.

@@ -113,7 +113,7 @@ fn pair(s: &str, what: &str) -> Result<(String, String)> {
 }
 
 pub fn run(g: &GlobalOpts, args: RunArgs) -> Result<ExitCode> {
-    let registry = super::registry_options(&args.registry, &[]);
+    let registry = super::registry_options(&args.registry, &[])?;
     let login = args
         .login
         .as_deref()

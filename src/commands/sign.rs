@@ -17,7 +17,7 @@ pub fn run(_g: &GlobalOpts, args: SignArgs) -> Result<ExitCode> {
     let key = super::build::load_key(&args.key, &args.key_password)?;
     match super::image_ref(&args.image)? {
         ImageRef::Registry(r) => {
-            let opts = super::registry_options(&args.registry, &[]);
+            let opts = super::registry_options(&args.registry, &[])?;
             let pinned = crate::sys::rt::block_on(async {
                 let client = registry::Client::connect(&r.registry, &opts).await?;
                 let (bytes, digest, media) = client

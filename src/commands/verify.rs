@@ -64,7 +64,7 @@ pub fn run(g: &GlobalOpts, args: VerifyArgs) -> Result<ExitCode> {
         .map(super::parse_firmware)
         .transpose()?;
     let scratch = super::scratch_root(g)?;
-    let registry = super::registry_options(&args.registry, &[]);
+    let registry = super::registry_options(&args.registry, &[])?;
     let r = super::image_ref(&args.image)?;
     let (img, _holder) = open_any(&r, &scratch, &registry)?;
     let temp = ScratchDir::new_in(&scratch, "verify")?;

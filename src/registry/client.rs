@@ -238,6 +238,9 @@ impl Client {
     /// Connects to `registry` (`host[:port]`): finds out whether it speaks HTTPS or, when
     /// allowed, plain HTTP, and loads the credentials for it.
     pub async fn connect(registry: &str, opts: &RegistryOptions) -> Result<Client> {
+        if opts.blocked_registries.iter().any(|r| r == registry) {
+            anyhow::bail!("{registry} is blocked (blocked = true in registries.conf): diskforge does not contact it");
+        }
         let insecure = !opts.tls_verify || opts.insecure_registries.iter().any(|r| r == registry);
         let plaintext = Plaintext {
             anywhere: !opts.tls_verify,

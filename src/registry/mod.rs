@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod conf;
 pub mod copy;
 mod download;
 pub mod limits;
@@ -25,6 +26,8 @@ pub struct RegistryOptions {
     pub tls_verify: bool,
     /// Registries (`host[:port]`) that may be reached over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// Registries (`host[:port]`) never contacted (`blocked = true` in registries.conf).
+    pub blocked_registries: Vec<String>,
     /// `USER:PASSWORD` from `--creds` / `DISKFORGE_CREDS`; auth files otherwise.
     pub creds: Option<crate::recipe::SecretValue>,
     /// `--authfile`: the only auth file read when given.
@@ -43,6 +46,7 @@ impl Default for RegistryOptions {
         RegistryOptions {
             tls_verify: true,
             insecure_registries: Vec::new(),
+            blocked_registries: Vec::new(),
             creds: None,
             authfile: None,
             cert_dir: None,
