@@ -1106,6 +1106,7 @@ fn help_describes_every_argument_under_the_right_heading() {
         "authfile",
         "cert-dir",
         "registry-timeout",
+        "registries-conf",
     ]
     .into();
 

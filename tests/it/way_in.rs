@@ -839,6 +839,79 @@ fn a_bare_tls_verify_means_true() {
         .succeeds();
 }
 
+/// registries.conf, as podman and skopeo read it: `insecure = true` lets a plain-HTTP
+/// registry be used without `--tls-verify=false` (from `--registries-conf` or
+/// `CONTAINERS_REGISTRIES_CONF`), `blocked = true` keeps diskforge from contacting a
+/// registry at all, what diskforge does not apply (a location rewrite) is named in a
+/// warning, and a broken file is wrong usage naming its line.
+fn registries_conf_marks_registries_insecure_or_blocked() {
+    let t = tempfile::tempdir().unwrap();
+    let disk = qcow2(t.path(), "lab.qcow2", "64M");
+    let reg = common::registry::Registry::start(None);
+    let conf = |name: &str, text: String| -> PathBuf {
+        let p = t.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let empty = conf("empty.conf", "# nothing here\n".into());
+    let insecure = conf(
+        "insecure.conf",
+        format!(
+            "unqualified-search-registries = [\"docker.io\"]\n\n[[registry]]\nlocation = \"{}\"\ninsecure = true\n\n[[registry]]\nprefix = \"quay.io/team\"\nlocation = \"mirror.internal/team\"\n",
+            reg.addr
+        ),
+    );
+    let pack = |dest: &str| {
+        let mut c = df(t.path());
+        c.arg("pack")
+            .arg(&disk)
+            .args(["-o", &format!("docker://{}/lab/{dest}:1", reg.addr)])
+            .env("CONTAINERS_REGISTRIES_CONF", &empty);
+        c
+    };
+    // Without the file's word the plain-HTTP registry is refused with the usual hint.
+    let out = pack("plain").exits(1);
+    assert!(text(&out).contains("--tls-verify=false"), "{}", text(&out));
+    let out = pack("flag")
+        .arg("--registries-conf")
+        .arg(&insecure)
+        .succeeds();
+    assert!(
+        text(&out).contains("insecure.conf: quay.io/team: the rewrite to location mirror.internal/team is not applied"),
+        "{}",
+        text(&out)
+    );
+    pack("env")
+        .env("CONTAINERS_REGISTRIES_CONF", &insecure)
+        .succeeds();
+    // Blocked: refused before any request reaches the registry.
+    let blocked = conf(
+        "blocked.conf",
+        format!(
+            "[[registry]]\nlocation = \"{}\"\ninsecure = true\nblocked = true\n",
+            reg.addr
+        ),
+    );
+    let out = pack("blocked")
+        .arg("--registries-conf")
+        .arg(&blocked)
+        .exits(1);
+    assert!(text(&out).contains("is blocked"), "{}", text(&out));
+    assert_eq!(reg.count(&["/v2/lab/blocked"]), 0, "{}", reg.log_text());
+    // A broken file: wrong usage, with the file and the line.
+    let broken = conf("broken.conf", "[[registry]]\nlocation = 5000\n".into());
+    let out = pack("broken")
+        .arg("--registries-conf")
+        .arg(&broken)
+        .exits(2);
+    assert!(
+        text(&out).contains("broken.conf is not a valid registries.conf")
+            && text(&out).contains("line 2"),
+        "{}",
+        text(&out)
+    );
+}
+
 fn registry_errors_tell_missing_from_wrong_credentials_and_vv_traces_http() {
     let t = tempfile::tempdir().unwrap();
     let disk = qcow2(t.path(), "lab.qcow2", "64M");
@@ -1246,4 +1319,5 @@ crate::tests! {
     fn completions_cover_the_new_ways_in;
     fn push_writes_docker_archives_and_containers_storage_that_skopeo_reads_back [&["qemu-img", "skopeo", "podman"]];
     fn pack_records_a_firmware_the_disk_can_boot_with [&["qemu-img", "guestfish", "docker-registry"]];
+    fn registries_conf_marks_registries_insecure_or_blocked [&["qemu-img", "docker-registry"]];
 }
