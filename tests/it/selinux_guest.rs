@@ -249,9 +249,20 @@ fn a_build_on_an_selinux_guest_leaves_every_label_right_and_boots_enforcing() {
                    echo auditd=$(systemctl is-active auditd); \
                    sudo -n grep 'avc: *denied' /var/log/audit/audit.log | sed 's/^/audit-avc: /'; \
                    sudo -n dmesg | grep 'avc: *denied' | sed 's/^/kernel-avc: /'; echo avc-end";
+    // The guest has no cloud-init (Debian's minimal base installs it only when asked): a
+    // NoCloud seed handed to it, as KubeVirt hands user-data to every VM, is reported as
+    // not checked, and the boot check still passes.
+    let user_data = disk.with_file_name("user-data.yaml");
+    std::fs::write(
+        &user_data,
+        "#cloud-config\nruncmd:\n  - [touch, /var/tmp/never]\n",
+    )
+    .unwrap();
     let out = diskforge(&cache())
         .args(["run", "--check", "--timeout", "900", "--memory", "1024"])
         .arg(&disk)
+        .arg("--user-data")
+        .arg(&user_data)
         .args(["--ttyd-auth", &format!("lab:{TTYD_PASSWORD}")])
         .args(["--login", &format!("lab:{PASSWORD}")])
         .args(["--command", command])
@@ -268,6 +279,10 @@ fn a_build_on_an_selinux_guest_leaves_every_label_right_and_boots_enforcing() {
             .to_string()
     };
     assert_eq!(value("mode"), "Enforcing", "{report}");
+    assert!(
+        report.contains("cloud-init: not checked: nothing on the serial console mentions cloud-init (the guest seems to have none); the seed was attached"),
+        "{report}"
+    );
     assert!(
         value("ctx").starts_with("unconfined_u:unconfined_r:unconfined_t:"),
         "the user's shell is not in the policy's user domain:\n{report}"
