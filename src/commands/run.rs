@@ -20,6 +20,8 @@ pub struct BootDisk {
     pub labelled_firmware: Option<Firmware>,
     /// The image's label says it has the QEMU guest agent.
     pub labelled_guest_agent: bool,
+    /// The guest port of the web desktop, from the image's label.
+    pub labelled_desktop_port: Option<u16>,
     _temp: Option<crate::io::scratch::ScratchDir>,
 }
 
@@ -49,6 +51,7 @@ pub fn boot_disk(
             format: format_of(&info),
             labelled_firmware: None,
             labelled_guest_agent: false,
+            labelled_desktop_port: None,
             _temp: None,
         });
     }
@@ -63,6 +66,10 @@ pub fn boot_disk(
     let labelled_guest_agent = crate::oci::image::labels(&img.config)
         .get(crate::pipeline::publish::GUEST_AGENT_LABEL)
         .is_some_and(|v| v == "true");
+    let labelled_desktop_port = crate::oci::image::labels(&img.config)
+        .get(crate::pipeline::publish::DESKTOP_PORT_LABEL)
+        .and_then(|v| v.parse::<u16>().ok())
+        .filter(|p| *p != 0);
     drop(holder);
     let path = scan
         .extracted
@@ -73,6 +80,7 @@ pub fn boot_disk(
         format: format_of(&info),
         labelled_firmware,
         labelled_guest_agent,
+        labelled_desktop_port,
         _temp: Some(temp),
     })
 }
@@ -136,6 +144,10 @@ pub fn run(g: &GlobalOpts, args: RunArgs) -> Result<ExitCode> {
         .transpose()?;
     let disk = boot_disk(&args.image, g, &registry)?;
     let firmware = wanted.or(disk.labelled_firmware).unwrap_or(Firmware::Bios);
+    let desktop_port = args
+        .desktop_port
+        .or(disk.labelled_desktop_port)
+        .unwrap_or(0);
     let accel = crate::sys::accel::resolve(super::context(g, registry)?.accel)?;
     let scratch = super::scratch_root(g)?;
     check_boot_layout(&disk, firmware, accel, &scratch)?;
@@ -147,6 +159,7 @@ pub fn run(g: &GlobalOpts, args: RunArgs) -> Result<ExitCode> {
             memory_mib: args.memory,
             cpus: args.cpus,
             guest_ttyd_port: args.ttyd_port,
+            guest_desktop_port: desktop_port,
             console: args.console && !args.check,
             accel,
             firmware,
@@ -159,6 +172,12 @@ pub fn run(g: &GlobalOpts, args: RunArgs) -> Result<ExitCode> {
         eprintln!(
             "ttyd:  http://127.0.0.1:{}/  (open it in a browser)",
             machine.ttyd_port
+        );
+    }
+    if machine.desktop_port != 0 {
+        eprintln!(
+            "desktop: {}  (noVNC; it asks for the desktop's VNC password)",
+            vm::desktop::url(machine.desktop_port)
         );
     }
     eprintln!("ssh:   ssh -p {} USER@127.0.0.1", machine.ssh_port);
@@ -194,6 +213,14 @@ pub fn run(g: &GlobalOpts, args: RunArgs) -> Result<ExitCode> {
     };
     let agent = args.guest_agent || disk.labelled_guest_agent;
     let checked = probe::check(&mut machine, &opts).and_then(|report| {
+        let report = if machine.desktop_port != 0 {
+            format!(
+                "{report}{}",
+                vm::desktop::check(&mut machine, opts.deadline)?
+            )
+        } else {
+            report
+        };
         let report = if user_data.is_some() {
             format!(
                 "{report}{}\n",

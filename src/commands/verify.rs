@@ -192,6 +192,7 @@ pub fn run(g: &GlobalOpts, args: VerifyArgs) -> Result<ExitCode> {
                 memory_mib: 1024,
                 cpus: 2,
                 guest_ttyd_port: 7681,
+                guest_desktop_port: 0,
                 console: false,
                 accel,
                 firmware: firmware
