@@ -1,6 +1,6 @@
 //! `diskforge run`: boot an image, layout or disk locally on a throwaway overlay, print
-//! where ttyd and SSH answer; `--check` proves it boots and serves ttyd (exit 4 when
-//! it does not).
+//! where ttyd, the web desktop and SSH answer; `--check` proves it boots and serves
+//! ttyd, and the desktop when the image has one (exit 4 when it does not).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
