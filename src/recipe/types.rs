@@ -766,7 +766,7 @@ pub struct Desktop {
     /// Screen size, WIDTHxHEIGHT (default 1280x800).
     #[serde(default = "default_desktop_geometry")]
     pub geometry: String,
-    /// What runs on the screen (default `minimal`: openbox and an xterm).
+    /// What runs on the screen (default `minimal`: twm and an xterm).
     #[serde(default)]
     pub session: DesktopSession,
     /// The VNC password noVNC asks for (6 to 8 characters: VNC authentication uses
@@ -813,7 +813,8 @@ impl Default for DesktopSession {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum NamedSession {
-    /// openbox with an xterm: a handful of packages, quick to install under emulation.
+    /// twm with an xterm: the smallest window manager Debian has (openbox pulls in
+    /// imlib2 and with it ghostscript and image codecs, ~100 MiB more).
     Minimal,
     /// Xfce (xfce4 and xfce4-terminal): a full desktop, many more packages.
     Xfce,
@@ -833,7 +834,7 @@ impl DesktopSession {
     /// The packages the session needs.
     pub fn packages(&self) -> Vec<String> {
         let v: &[&str] = match self {
-            DesktopSession::Named(NamedSession::Minimal) => &["openbox", "xterm"],
+            DesktopSession::Named(NamedSession::Minimal) => &["twm", "xterm"],
             DesktopSession::Named(NamedSession::Xfce) => &["xfce4", "xfce4-terminal", "dbus-x11"],
             DesktopSession::Custom(c) => return c.packages.clone(),
         };
@@ -843,11 +844,12 @@ impl DesktopSession {
     /// The command that runs it.
     pub fn command(&self) -> Vec<String> {
         let v: &[&str] = match self {
-            // The xterm is what keeps the session alive; openbox goes with it.
+            // The xterm is what keeps the session alive; twm goes with it. A given
+            // position spares twm's interactive placement.
             DesktopSession::Named(NamedSession::Minimal) => &[
                 "sh",
                 "-c",
-                "openbox & o=$!; xterm -fa Monospace -fs 11 -geometry 100x30+40+40; kill $o",
+                "twm & w=$!; xterm -fa Monospace -fs 11 -geometry 100x30+40+40; kill $w",
             ],
             DesktopSession::Named(NamedSession::Xfce) => &["startxfce4"],
             DesktopSession::Custom(c) => return c.command.clone(),

@@ -12,7 +12,13 @@ use crate::recipe::Desktop;
 use crate::sys::exec::shell_quote as q;
 
 /// The distribution packages the desktop needs besides its session's (Debian names).
-pub const PACKAGES: &[&str] = &["tigervnc-standalone-server", "novnc", "websockify"];
+/// `tigervnc-tools` has `vncpasswd`, which the server package does not pull in.
+pub const PACKAGES: &[&str] = &[
+    "tigervnc-standalone-server",
+    "tigervnc-tools",
+    "novnc",
+    "websockify",
+];
 /// The unit that runs the VNC server and the session.
 pub const VNC_UNIT: &str = "diskforge-desktop-vnc.service";
 /// The unit that runs websockify with noVNC's page.

@@ -562,9 +562,10 @@ mod tests {
             vec![
                 "tmux",
                 "tigervnc-standalone-server",
+                "tigervnc-tools",
                 "novnc",
                 "websockify",
-                "openbox",
+                "twm",
                 "xterm"
             ]
         );
@@ -606,7 +607,7 @@ mod tests {
                     .contains("-PasswordFile /etc/diskforge/desktop.vncpasswd -geometry 1024x768"),
             "{start}"
         );
-        assert!(start.contains("'openbox & o=$!;"), "{start}");
+        assert!(start.contains("'twm & w=$!;"), "{start}");
         let web = file(desktop::WEB_UNIT);
         assert!(
             web.contains(
