@@ -31,7 +31,7 @@ for l in sys.stdin:
 bin_of() { awk -v n="$1" '$1 == n {print $2}' <<<"$binaries"; }
 
 # Beside the main run go what keeps one core busy for minutes while the other idles: the
-# end-to-end demo, the UEFI Secure Boot boot, the container image and the SELinux guest
+# end-to-end demo, the UEFI Secure Boot boot, the container image, the SELinux guest and the web desktop
 # (one appliance or VM at a time, package downloads), one after the other; and the
 # throttled 300 MB push, which waits on the network (it is #[ignore]d in a plain
 # `cargo test`).
@@ -39,7 +39,7 @@ beside_log=$(mktemp)
 (
     set +e
     rc=0
-    for t in e2e_demo e2e_uefi container_image selinux_guest; do
+    for t in e2e_demo e2e_uefi container_image selinux_guest desktop; do
         echo "==> beside the main run: tests/$t.rs"
         "$(bin_of "$t")" || rc=1
     done
@@ -52,13 +52,13 @@ slow_pid=$!
 main_targets=()
 for f in tests/*.rs; do
     t=$(basename "$f" .rs)
-    case "$t" in e2e_demo | e2e_uefi | container_image | selinux_guest) ;; *) main_targets+=(--test "$t") ;; esac
+    case "$t" in e2e_demo | e2e_uefi | container_image | selinux_guest | desktop) ;; *) main_targets+=(--test "$t") ;; esac
 done
 status=0
 cargo test --locked --lib --bins "${main_targets[@]}" --no-fail-fast || status=$?
 failed=()
-wait "$beside_pid" || failed+=("tests/e2e_demo.rs, tests/e2e_uefi.rs, tests/container_image.rs or tests/selinux_guest.rs")
-echo "==> beside it: tests/e2e_demo.rs, tests/e2e_uefi.rs, tests/container_image.rs, tests/selinux_guest.rs"
+wait "$beside_pid" || failed+=("tests/e2e_demo.rs, tests/e2e_uefi.rs, tests/container_image.rs, tests/selinux_guest.rs or tests/desktop.rs")
+echo "==> beside it: tests/e2e_demo.rs, tests/e2e_uefi.rs, tests/container_image.rs, tests/selinux_guest.rs, tests/desktop.rs"
 cat "$beside_log"
 wait "$slow_pid" || failed+=("tests/registry_push.rs --ignored")
 echo "==> beside it: tests/registry_push.rs --ignored"
