@@ -186,7 +186,12 @@ fn desktop_builds_boots_and_shows_a_window_in_the_browser_only_with_its_password
         "{facts}"
     );
     assert_ne!(field("uid"), "0", "{facts}");
-    let lab_uid = facts.lines().last().unwrap().trim().to_string();
+    let lab_uid = facts
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap()
+        .trim()
+        .to_string();
     assert_eq!(field("uid"), lab_uid, "{facts}");
     assert!(facts.lines().any(|l| l.trim() == "8"), "{facts}");
 

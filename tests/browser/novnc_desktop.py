@@ -12,7 +12,8 @@ the command line; never printed). Then:
   its pixels are compared against a blank canvas of the same size (one colour), and at
   least 1% of them must differ, in more than two colours (a window, not an empty
   root window). Saves a screenshot of the page.
-- with --expect-refused, waits until noVNC reports that authentication failed, and
+- with --expect-refused, waits until noVNC reports that authentication failed
+  ("Authentication failed" or the server's "Authentication failure"), and
   fails if it ever shows the desktop (connected state or a non-blank canvas).
 
 Prints what it saw as `key: value` lines. Exit 0 when the expectation held, 1
@@ -147,7 +148,7 @@ def main():
                 stats = driver.execute_script(CANVAS_STATS)
                 if shows_a_window(stats):
                     raise Failed(f"the desktop's canvas shows content: {stats}")
-                return "authentication failed" in s["status"].lower() and s
+                return "authentication fail" in s["status"].lower() and s
             s = wait(deadline, "noVNC to report that authentication failed", refused)
             # It stays refused: no late connection.
             time.sleep(3)
