@@ -236,11 +236,18 @@ fn desktop_builds_boots_and_shows_a_window_in_the_browser_only_with_its_password
     let boot_time = boot_started.elapsed();
 
     // 7. A wrong password never shows the desktop.
+    let refused = browser::artifacts().join("novnc-refused.png");
     let wrong = novnc(
         python,
         &url,
         "Wrong-99",
-        &["--expect-refused", "--timeout", "120"],
+        &[
+            "--expect-refused",
+            "--screenshot",
+            refused.to_str().unwrap(),
+            "--timeout",
+            "120",
+        ],
     );
     let text = common::text(&wrong);
     assert!(wrong.status.success(), "wrong password:\n{text}");
