@@ -31,21 +31,30 @@ for l in sys.stdin:
 [ -x "$it" ] || { echo "no integration test binary (tests/it) was built" >&2; exit 1; }
 
 # Beside the main run go what keeps one core busy for minutes while the other idles: the
-# end-to-end demo, the UEFI Secure Boot boot, the container image and the SELinux guest
-# (one appliance or VM at a time, package downloads), one after the other; and the
-# throttled 300 MB push, which waits on the network (ignored unless asked).
-beside=(e2e_demo e2e_uefi container_image selinux_guest)
-beside_log=$(mktemp)
-(
-    set +e
-    rc=0
-    for m in "${beside[@]}"; do
-        echo "==> beside the main run: tests/it/$m.rs"
-        "$it" "$m::" || rc=1
-    done
-    exit "$rc"
-) >"$beside_log" 2>&1 &
-beside_pid=$!
+# end-to-end demo, the UEFI Secure Boot boot, the container image, the SELinux guest and
+# the web desktop (one appliance or VM at a time, package downloads), in two chains of
+# modules run one after the other; and the throttled 300 MB push, which waits on the
+# network (ignored unless asked).
+chains=("e2e_demo container_image selinux_guest" "e2e_uefi desktop")
+beside=()
+beside_logs=()
+beside_pids=()
+for chain in "${chains[@]}"; do
+    log=$(mktemp)
+    (
+        set +e
+        rc=0
+        for m in $chain; do
+            echo "==> beside the main run: tests/it/$m.rs"
+            "$it" "$m::" || rc=1
+        done
+        exit "$rc"
+    ) >"$log" 2>&1 &
+    beside_pids+=($!)
+    beside_logs+=("$log")
+    # shellcheck disable=SC2206 # the chain is a list of module names
+    beside+=($chain)
+done
 slow_log=$(mktemp)
 "$it" registry_push:: --ignored --test-threads 1 >"$slow_log" 2>&1 &
 slow_pid=$!
@@ -54,13 +63,16 @@ for m in "${beside[@]}"; do skips+=(--skip "$m::"); done
 status=0
 cargo test --locked --lib --bins --test it --no-fail-fast -- "${skips[@]}" || status=$?
 failed=()
-wait "$beside_pid" || failed+=("tests/it/{e2e_demo,e2e_uefi,container_image,selinux_guest}.rs")
-echo "==> beside it: tests/it/{e2e_demo,e2e_uefi,container_image,selinux_guest}.rs"
-cat "$beside_log"
+for i in "${!chains[@]}"; do
+    wait "${beside_pids[$i]}" || failed+=("${chains[$i]}")
+    echo "==> beside it: ${chains[$i]}"
+    cat "${beside_logs[$i]}"
+    rm -f "${beside_logs[$i]}"
+done
 wait "$slow_pid" || failed+=("registry_push:: --ignored")
 echo "==> beside it: registry_push:: --ignored"
 cat "$slow_log"
-rm -f "$beside_log" "$slow_log"
+rm -f "$slow_log"
 if [ "${#failed[@]}" -ne 0 ]; then
     echo "==> failed beside the main run: ${failed[*]}" >&2
     status=1

@@ -726,6 +726,10 @@ pub struct RunArgs {
     /// serial console instead (a base without ttyd).
     #[arg(long, default_value = "7681")]
     pub ttyd_port: u16,
+    /// Guest port of the web desktop (noVNC) to forward, print and, with `--check`,
+    /// wait for [default: the image's `io.diskforge.desktop.port` label]; 0: none.
+    #[arg(long, value_name = "PORT")]
+    pub desktop_port: Option<u16>,
     /// ttyd's own credential (its `-c USER:PASSWORD`), when the image sets one.
     #[arg(
         long,

@@ -512,6 +512,7 @@ impl ClusterImage<'_> {
                 .as_deref()
                 .map(crate::kubevirt::TypeRef::cluster);
             input.ttyd_port = r.ttyd.enabled.then_some(r.ttyd.port);
+            input.desktop_port = r.desktop.enabled.then_some(r.desktop.port);
             input.user_data_secret = k.cloud_init.as_ref().map(|c| c.user_data_secret.clone());
         }
         input.boot = match self.firmware {

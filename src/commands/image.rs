@@ -112,7 +112,7 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
     if let Some(f) = firmware {
         // Refused before anything is written, as `run --firmware` refuses to boot it.
         let accel = crate::sys::accel::resolve(ctx.accel)?;
-        super::run::check_boot_layout(&args.disk, super::run::format_of(&info), f, accel, &work)?;
+        super::disk::check_boot_layout(&args.disk, super::disk::format_of(&info), f, accel, &work)?;
     }
     let stage = crate::progress::stage(
         "pack",

@@ -5,6 +5,7 @@
 pub mod base;
 pub mod build;
 pub mod cache;
+pub mod disk;
 pub mod image;
 pub mod init;
 pub mod out;

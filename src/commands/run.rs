@@ -1,6 +1,6 @@
 //! `diskforge run`: boot an image, layout or disk locally on a throwaway overlay, print
-//! where ttyd and SSH answer; `--check` proves it boots and serves ttyd (exit 4 when
-//! it does not).
+//! where ttyd, the web desktop and SSH answer; `--check` proves it boots and serves
+//! ttyd, and the desktop when the image has one (exit 4 when it does not).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,16 +21,9 @@ pub struct BootDisk {
     pub labelled_firmware: Option<Firmware>,
     /// The image's label says it has the QEMU guest agent.
     pub labelled_guest_agent: bool,
+    /// The guest port of the web desktop, from the image's label.
+    pub labelled_desktop_port: Option<u16>,
     _temp: Option<crate::io::scratch::ScratchDir>,
-}
-
-/// The format qemu-img found, as a recipe names it.
-pub(super) fn format_of(info: &crate::sys::qemu_img::ImageInfo) -> DiskFormat {
-    if info.format == "qcow2" {
-        DiskFormat::Qcow2
-    } else {
-        DiskFormat::Raw
-    }
 }
 
 /// Resolves an image reference or a disk file to a checked disk; images are unpacked
@@ -48,9 +41,10 @@ pub fn boot_disk(
         let info = crate::sys::qemu_img::inspect_untrusted(&path)?;
         return Ok(BootDisk {
             path,
-            format: format_of(&info),
+            format: super::disk::format_of(&info),
             labelled_firmware: None,
             labelled_guest_agent: false,
+            labelled_desktop_port: None,
             _temp: None,
         });
     }
@@ -65,6 +59,10 @@ pub fn boot_disk(
     let labelled_guest_agent = crate::oci::image::labels(&img.config)
         .get(crate::pipeline::publish::GUEST_AGENT_LABEL)
         .is_some_and(|v| v == "true");
+    let labelled_desktop_port = crate::oci::image::labels(&img.config)
+        .get(crate::pipeline::publish::DESKTOP_PORT_LABEL)
+        .and_then(|v| v.parse::<u16>().ok())
+        .filter(|p| *p != 0);
     drop(holder);
     let path = scan
         .extracted
@@ -72,38 +70,12 @@ pub fn boot_disk(
     let info = crate::sys::qemu_img::inspect_untrusted(&path)?;
     Ok(BootDisk {
         path,
-        format: format_of(&info),
+        format: super::disk::format_of(&info),
         labelled_firmware,
         labelled_guest_agent,
+        labelled_desktop_port,
         _temp: Some(temp),
     })
-}
-
-/// Refuses (exit 4) a disk that lacks what `firmware` needs to boot, before QEMU
-/// starts: UEFI needs an EFI system partition with a loader, Secure Boot a shim.
-pub(super) fn check_boot_layout(
-    disk: &std::path::Path,
-    format: DiskFormat,
-    firmware: Firmware,
-    accel: crate::sys::accel::Effective,
-    scratch: &std::path::Path,
-) -> Result<()> {
-    if !firmware.is_uefi() {
-        return Ok(());
-    }
-    let work = crate::io::scratch::ScratchDir::new_in(scratch, "boot")?;
-    let facts = crate::guest::boot::inspect(disk, format, accel, work.path())?;
-    let missing = facts.missing(firmware);
-    if missing.is_empty() {
-        return Ok(());
-    }
-    Err(probe::BootCheckFailed(format!(
-        "{} cannot boot with {firmware}: {} (found: {})",
-        disk.display(),
-        missing.join("; "),
-        facts.summary()
-    ))
-    .into())
 }
 
 fn pair(s: &str, what: &str) -> Result<(String, String)> {
@@ -139,9 +111,13 @@ pub fn run(g: &GlobalOpts, args: RunArgs) -> Result<ExitCode> {
         .transpose()?;
     let disk = boot_disk(&args.image, g, &registry)?;
     let firmware = wanted.or(disk.labelled_firmware).unwrap_or(Firmware::Bios);
+    let desktop_port = args
+        .desktop_port
+        .or(disk.labelled_desktop_port)
+        .unwrap_or(0);
     let accel = crate::sys::accel::resolve(super::context(g, registry)?.accel)?;
     let scratch = super::scratch_root(g)?;
-    check_boot_layout(&disk.path, disk.format, firmware, accel, &scratch)?;
+    super::disk::check_boot_layout(&disk.path, disk.format, firmware, accel, &scratch)?;
     eprintln!("firmware: {firmware}");
     let mut machine = vm::start(
         &disk.path,
@@ -150,6 +126,7 @@ pub fn run(g: &GlobalOpts, args: RunArgs) -> Result<ExitCode> {
             memory_mib: args.memory,
             cpus: args.cpus,
             guest_ttyd_port: args.ttyd_port,
+            guest_desktop_port: desktop_port,
             console: args.console && !args.check,
             accel,
             firmware,
@@ -162,6 +139,12 @@ pub fn run(g: &GlobalOpts, args: RunArgs) -> Result<ExitCode> {
         eprintln!(
             "ttyd:  http://127.0.0.1:{}/  (open it in a browser)",
             machine.ttyd_port
+        );
+    }
+    if machine.desktop_port != 0 {
+        eprintln!(
+            "desktop: {}  (noVNC; it asks for the desktop's VNC password)",
+            vm::desktop::url(machine.desktop_port)
         );
     }
     eprintln!("ssh:   ssh -p {} USER@127.0.0.1", machine.ssh_port);
@@ -197,6 +180,14 @@ pub fn run(g: &GlobalOpts, args: RunArgs) -> Result<ExitCode> {
     };
     let agent = args.guest_agent || disk.labelled_guest_agent;
     let checked = probe::check(&mut machine, &opts).and_then(|report| {
+        let report = if machine.desktop_port != 0 {
+            format!(
+                "{report}{}",
+                vm::desktop::check(&mut machine, opts.deadline)?
+            )
+        } else {
+            report
+        };
         let report = if user_data.is_some() {
             format!(
                 "{report}{}\n",

@@ -140,7 +140,7 @@ pub fn run(g: &GlobalOpts, args: VerifyArgs) -> Result<ExitCode> {
     if let (Some(f), Some((path, info))) = (firmware, &boot) {
         let accel = crate::sys::accel::resolve(super::context(g, registry.clone())?.accel)?;
         let facts =
-            crate::guest::boot::inspect(path, super::run::format_of(info), accel, temp.path())?;
+            crate::guest::boot::inspect(path, super::disk::format_of(info), accel, temp.path())?;
         let missing = facts.missing(f);
         if missing.is_empty() {
             ok.push(format!("boots with {f}: {}", facts.summary()));
@@ -185,7 +185,7 @@ pub fn run(g: &GlobalOpts, args: VerifyArgs) -> Result<ExitCode> {
     let booted = (|| -> Result<()> {
         let (path, info) = boot.context("no disk to boot")?;
         let accel = crate::sys::accel::resolve(super::context(g, registry)?.accel)?;
-        let format = super::run::format_of(&info);
+        let format = super::disk::format_of(&info);
         let mut vm = crate::vm::start(
             &path,
             format,
@@ -193,6 +193,7 @@ pub fn run(g: &GlobalOpts, args: VerifyArgs) -> Result<ExitCode> {
                 memory_mib: 1024,
                 cpus: 2,
                 guest_ttyd_port: 7681,
+                guest_desktop_port: 0,
                 console: false,
                 accel,
                 firmware: firmware

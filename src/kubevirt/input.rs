@@ -12,6 +12,8 @@ pub const DEFAULT_MEMORY: &str = "2Gi";
 
 /// The ttyd Service is named NAME + this.
 pub const SERVICE_SUFFIX: &str = "-ttyd";
+/// The web desktop's (noVNC) Service is named NAME + this.
+pub const DESKTOP_SERVICE_SUFFIX: &str = "-desktop";
 /// The VM that boots from the DataSource is named NAME + this.
 pub const PERSISTENT_SUFFIX: &str = "-persistent";
 /// Names are DNS-1035 labels (at most 63 characters) with room for the longest suffix.
@@ -49,6 +51,8 @@ pub struct ManifestInput {
     pub memory: String,
     /// The port ttyd listens on in the guest; `Some` adds a Service for it.
     pub ttyd_port: Option<u16>,
+    /// The port noVNC (the web desktop) listens on in the guest; `Some` adds a Service.
+    pub desktop_port: Option<u16>,
     pub service_type: ServiceType,
     /// When CDI polls the tag for a new digest (standard five-field cron).
     pub schedule: String,
@@ -135,6 +139,7 @@ impl ManifestInput {
             preference: None,
             memory: DEFAULT_MEMORY.to_string(),
             ttyd_port: None,
+            desktop_port: None,
             service_type: ServiceType::default(),
             schedule: DEFAULT_SCHEDULE.to_string(),
             storage_class: None,
@@ -162,6 +167,14 @@ impl ManifestInput {
             check_label_value("instancetype or preference", &r.name)?;
         }
         ensure!(self.ttyd_port != Some(0), "ttyd port 0 cannot be exposed");
+        ensure!(
+            self.desktop_port != Some(0),
+            "desktop port 0 cannot be exposed"
+        );
+        ensure!(
+            self.desktop_port.is_none() || self.desktop_port != self.ttyd_port,
+            "the desktop and ttyd cannot share a port"
+        );
         check_schedule(&self.schedule)?;
         if let Some(secret) = &self.user_data_secret {
             check_dns_label("user-data Secret", secret, 253)?;

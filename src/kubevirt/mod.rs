@@ -5,6 +5,7 @@
 //!
 //! - a `VirtualMachine` booting the containerDisk pinned by digest (`vm.yaml`),
 //! - a `Service` for ttyd when the image runs it, like `virtctl expose` (`service.yaml`),
+//!   and one for its web desktop (noVNC) when it has one (`service-desktop.yaml`),
 //! - a CDI `DataImportCron` that polls the tag and imports each new digest
 //!   (`dataimportcron.yaml`), and the `DataSource` it keeps current (`datasource.yaml`),
 //! - a halted `VirtualMachine` with a persistent disk cloned from that DataSource
@@ -25,7 +26,7 @@ use serde::Serialize;
 
 pub use input::{
     pinned_image, storage_request, tracked_url, BootFirmware, ManifestInput, Scope, TypeRef,
-    DEFAULT_MEMORY, DEFAULT_SCHEDULE, PERSISTENT_SUFFIX, SERVICE_SUFFIX,
+    DEFAULT_MEMORY, DEFAULT_SCHEDULE, DESKTOP_SERVICE_SUFFIX, PERSISTENT_SUFFIX, SERVICE_SUFFIX,
 };
 pub use objects::{expose, DATA_IMPORT_CRON_LABEL, VM_LABEL};
 pub use types::{PullMethod, ServiceType};
@@ -33,9 +34,10 @@ pub use types::{PullMethod, ServiceType};
 use types::{DataImportCron, DataSource, Service, VirtualMachine};
 
 /// Every file name [`Manifests::write_dir`] may write, in the order it writes them.
-pub const FILE_NAMES: [&str; 5] = [
+pub const FILE_NAMES: [&str; 6] = [
     "vm.yaml",
     "service.yaml",
+    "service-desktop.yaml",
     "dataimportcron.yaml",
     "datasource.yaml",
     "vm-persistent.yaml",
@@ -47,6 +49,8 @@ pub struct Manifests {
     pub vm: VirtualMachine,
     /// Present when the image runs ttyd.
     pub service: Option<Service>,
+    /// Present when the image has a web desktop (`NAME-desktop`, port `desktop`).
+    pub desktop_service: Option<Service>,
     pub data_import_cron: DataImportCron,
     pub data_source: DataSource,
     pub persistent_vm: VirtualMachine,
@@ -61,8 +65,13 @@ impl Manifests {
             let name = format!("{}{SERVICE_SUFFIX}", input.name);
             expose(&vm, &name, "ttyd", port, input.service_type)
         });
+        let desktop_service = input.desktop_port.map(|port| {
+            let name = format!("{}{DESKTOP_SERVICE_SUFFIX}", input.name);
+            expose(&vm, &name, "desktop", port, input.service_type)
+        });
         Ok(Manifests {
             service,
+            desktop_service,
             data_import_cron: objects::data_import_cron(input)?,
             data_source: objects::data_source(input),
             persistent_vm: objects::persistent_virtual_machine(input),
@@ -75,6 +84,9 @@ impl Manifests {
         let mut docs = vec![("vm.yaml", to_yaml(&self.vm)?)];
         if let Some(service) = &self.service {
             docs.push(("service.yaml", to_yaml(service)?));
+        }
+        if let Some(service) = &self.desktop_service {
+            docs.push(("service-desktop.yaml", to_yaml(service)?));
         }
         docs.push(("dataimportcron.yaml", to_yaml(&self.data_import_cron)?));
         docs.push(("datasource.yaml", to_yaml(&self.data_source)?));

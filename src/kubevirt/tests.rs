@@ -353,6 +353,47 @@ fn write_dir_writes_one_file_per_object_and_drops_a_stale_service() {
 }
 
 #[test]
+fn the_desktop_gets_its_own_service_beside_ttyds_and_a_stale_one_goes() {
+    let both = ManifestInput {
+        desktop_port: Some(6080),
+        ..with_ttyd()
+    };
+    let m = Manifests::generate(&both).unwrap();
+    let d = m.desktop_service.as_ref().unwrap();
+    assert_eq!(d.metadata.name, "demo-desktop");
+    assert_eq!(field(d, "spec.ports.0.name"), "desktop");
+    assert_eq!(field(d, "spec.ports.0.port"), 6080);
+    assert_eq!(field(d, "spec.ports.0.targetPort"), 6080);
+    assert_eq!(&d.spec.selector, &m.vm.spec.template.metadata.labels);
+    assert_eq!(m.service.as_ref().unwrap().metadata.name, "demo-ttyd");
+    // A Service port name is an IANA service name: at most 15 characters, lower
+    // case letters, digits and '-', at least one letter.
+    let name = field(d, "spec.ports.0.name");
+    let name = name.as_str().unwrap();
+    assert!(
+        name.len() <= 15
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    );
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(m.write_dir(dir.path()).unwrap().len(), 6);
+    Manifests::generate(&with_ttyd())
+        .unwrap()
+        .write_dir(dir.path())
+        .unwrap();
+    assert!(!dir.path().join("service-desktop.yaml").exists());
+    assert!(dir.path().join("service.yaml").exists());
+    for bad in [Some(0), Some(7681)] {
+        let i = ManifestInput {
+            desktop_port: bad,
+            ..with_ttyd()
+        };
+        assert!(Manifests::generate(&i).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
 fn an_invalid_input_generates_nothing() {
     let bad = ManifestInput {
         digest: "sha256:nothex".into(),

@@ -191,6 +191,7 @@ fn placeholder_secrets(r: &recipe::Recipe) -> Secrets {
         ttyd: r.ttyd.credential.as_ref().map(|c| {
             crate::recipe::SecretValue::new(format!("{}:{}", c.user, crate::redact::REDACTED))
         }),
+        desktop: r.desktop.credential.as_ref().map(|_| p()),
     }
 }
 
@@ -216,6 +217,14 @@ pub fn resolve_secrets(loaded: &LoadedRecipe) -> Result<Secrets> {
             let joined = format!("{}:{}", c.user, v.expose());
             crate::redact::register(&joined);
             s.ttyd = Some(recipe::SecretValue::new(joined));
+        }
+    }
+    if r.desktop.enabled {
+        if let Some(c) = &r.desktop.credential {
+            let v = recipe::secret::resolve(c, &loaded.dir)
+                .context("resolving the desktop credential")?;
+            recipe::validate::check_vnc_password(v.expose()).map_err(anyhow::Error::msg)?;
+            s.desktop = Some(v);
         }
     }
     Ok(s)
@@ -609,6 +618,7 @@ impl Keys {
             &packages,
             "guest",
             json!({"customize": customize_without_packages(r)?, "ttyd": serde_json::to_value(&r.ttyd)?,
+                   "desktop": serde_json::to_value(&r.desktop)?,
                    "ttyd-binary": resolved.ttyd.as_ref().map(|t| t.digest().to_string()),
                    "files": resolved.files, "hygiene": serde_json::to_value(&r.hygiene)?}),
             sv,

@@ -75,6 +75,9 @@ pub fn labels(plan: &Plan, base: &CachedBase) -> BTreeMap<String, String> {
     if recipe.customize.guest_agent {
         l.insert(GUEST_AGENT_LABEL.into(), "true".into());
     }
+    if recipe.desktop.enabled {
+        l.insert(DESKTOP_PORT_LABEL.into(), recipe.desktop.port.to_string());
+    }
     l.insert(BUILD_KEY_LABEL.into(), plan.build_key.clone());
     for (k, v) in &o.labels {
         l.insert(k.clone(), v.clone());
@@ -89,6 +92,10 @@ pub const FIRMWARE_LABEL: &str = "io.diskforge.firmware";
 /// The config label (`true`) of an image with the QEMU guest agent installed
 /// (`customize.guest-agent`): `run --check` then requires the agent to answer.
 pub const GUEST_AGENT_LABEL: &str = "io.diskforge.guest-agent";
+
+/// The config label with the guest port of the web desktop (`desktop.port`, noVNC),
+/// present when the image has one: `run` forwards it and `--check` waits for it.
+pub const DESKTOP_PORT_LABEL: &str = "io.diskforge.desktop.port";
 
 /// Packs the finished disk of `plan` and writes every destination.
 pub fn publish(

@@ -352,8 +352,8 @@ impl Step<'_> {
             },
             Step::Disk(DiskStep::Guest(g)) => match g.parts {
                 Parts::Packages => "one appliance launch: grow and install packages; the disk is kept for later builds".into(),
-                Parts::Rest => "one appliance launch: users, files, commands, ttyd, hygiene".into(),
-                Parts::All => "one appliance launch: grow, packages, customization, ttyd, hygiene".into(),
+                Parts::Rest => "one appliance launch: users, files, commands, ttyd, desktop, hygiene".into(),
+                Parts::All => "one appliance launch: grow, packages, customization, ttyd, desktop, hygiene".into(),
             },
             Step::Disk(DiskStep::KeptPackages) => format!(
                 "grow and install packages: the kept stage disk {}",

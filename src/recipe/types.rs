@@ -50,6 +50,8 @@ pub struct Recipe {
     #[serde(default)]
     pub ttyd: Ttyd,
     #[serde(default)]
+    pub desktop: Desktop,
+    #[serde(default)]
     pub hygiene: Hygiene,
     #[serde(default)]
     pub boot: Boot,
@@ -70,6 +72,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "disk",
     "customize",
     "ttyd",
+    "desktop",
     "hygiene",
     "boot",
     "output",
@@ -743,6 +746,116 @@ fn default_ttyd_command() -> Vec<String> {
 }
 fn default_ttyd_user() -> String {
     "root".to_string()
+}
+
+/// A graphical desktop in the browser: a VNC server (bound to the guest's localhost
+/// only) running a session as `user`, and websockify serving noVNC's page and proxying
+/// its WebSocket to the VNC server. All from the distribution's packages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Desktop {
+    /// Install the desktop and start it on boot (default: false).
+    #[serde(default)]
+    pub enabled: bool,
+    /// TCP port of noVNC's page and WebSocket (default 6080).
+    #[serde(default = "default_desktop_port")]
+    pub port: u16,
+    /// The user the session runs as: a recipe user or one the base already has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Screen size, WIDTHxHEIGHT (default 1280x800).
+    #[serde(default = "default_desktop_geometry")]
+    pub geometry: String,
+    /// What runs on the screen (default `minimal`: twm and an xterm).
+    #[serde(default)]
+    pub session: DesktopSession,
+    /// The VNC password noVNC asks for (6 to 8 characters: VNC authentication uses
+    /// the first 8). Required when the desktop is enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<Secret>,
+}
+
+impl Default for Desktop {
+    fn default() -> Self {
+        Desktop {
+            enabled: false,
+            port: default_desktop_port(),
+            user: None,
+            geometry: default_desktop_geometry(),
+            session: DesktopSession::default(),
+            credential: None,
+        }
+    }
+}
+
+fn default_desktop_port() -> u16 {
+    6080
+}
+fn default_desktop_geometry() -> String {
+    "1280x800".to_string()
+}
+
+/// The session on the desktop: a named package set, or packages and a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum DesktopSession {
+    Named(NamedSession),
+    Custom(CustomSession),
+}
+
+impl Default for DesktopSession {
+    fn default() -> Self {
+        DesktopSession::Named(NamedSession::Minimal)
+    }
+}
+
+/// The sessions diskforge knows by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum NamedSession {
+    /// twm with an xterm: the smallest window manager Debian has (openbox pulls in
+    /// imlib2 and with it ghostscript and image codecs, ~100 MiB more).
+    Minimal,
+    /// Xfce (xfce4 and xfce4-terminal): a full desktop, many more packages.
+    Xfce,
+}
+
+/// A session of one's own: the packages it needs and the command that runs it (it
+/// gets `DISPLAY`; when it exits, it is started again).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CustomSession {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<String>,
+    pub command: Vec<String>,
+}
+
+impl DesktopSession {
+    /// The packages the session needs.
+    pub fn packages(&self) -> Vec<String> {
+        let v: &[&str] = match self {
+            DesktopSession::Named(NamedSession::Minimal) => &["twm", "xterm"],
+            DesktopSession::Named(NamedSession::Xfce) => &["xfce4", "xfce4-terminal", "dbus-x11"],
+            DesktopSession::Custom(c) => return c.packages.clone(),
+        };
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The command that runs it.
+    pub fn command(&self) -> Vec<String> {
+        let v: &[&str] = match self {
+            // The xterm is what keeps the session alive; twm goes with it. A given
+            // position spares twm's interactive placement.
+            DesktopSession::Named(NamedSession::Minimal) => &[
+                "sh",
+                "-c",
+                "twm & w=$!; xterm -fa Monospace -fs 11 -geometry 100x30+40+40; kill $w",
+            ],
+            DesktopSession::Named(NamedSession::Xfce) => &["startxfce4"],
+            DesktopSession::Custom(c) => return c.command.clone(),
+        };
+        v.iter().map(|s| s.to_string()).collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

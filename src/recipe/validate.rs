@@ -94,6 +94,7 @@ pub fn check(r: &Recipe, issues: &mut Issues) {
         }
     }
     check_ttyd(r, issues);
+    check_desktop(r, issues);
 }
 
 /// An image name: what the default destination `oci:out/NAME` and the `{name}` tag
@@ -232,6 +233,93 @@ fn check_ttyd(r: &Recipe, issues: &mut Issues) {
     }
 }
 
+fn check_desktop(r: &Recipe, issues: &mut Issues) {
+    let d = &r.desktop;
+    if !d.enabled {
+        return;
+    }
+    if d.port == 0 {
+        issues.push((
+            k(&["desktop", "port"]),
+            "desktop.port must be 1-65535".into(),
+        ));
+    } else if r.ttyd.enabled && r.ttyd.port == d.port {
+        issues.push((
+            k(&["desktop", "port"]),
+            format!("desktop.port {} is ttyd's port too", d.port),
+        ));
+    } else if d.port == DESKTOP_VNC_PORT {
+        issues.push((
+            k(&["desktop", "port"]),
+            format!("desktop.port {DESKTOP_VNC_PORT} is the VNC server's own port in the guest"),
+        ));
+    }
+    match &d.user {
+        None => issues.push((
+            k(&["desktop"]),
+            "desktop.user is required: the session runs as that user (a recipe user or one the base has)".into(),
+        )),
+        Some(u) if u == "root" => issues.push((
+            k(&["desktop", "user"]),
+            "the desktop session must not run as root: name an ordinary user".into(),
+        )),
+        Some(_) => {}
+    }
+    if parse_geometry(&d.geometry).is_none() {
+        issues.push((
+            k(&["desktop", "geometry"]),
+            format!(
+                "{:?} is not WIDTHxHEIGHT (e.g. 1280x800, each 64-8192)",
+                d.geometry
+            ),
+        ));
+    }
+    if d.credential.is_none() {
+        issues.push((
+            k(&["desktop"]),
+            "desktop.credential is required: the VNC password noVNC asks for ({env: NAME} or {file: PATH})".into(),
+        ));
+    }
+    if let super::DesktopSession::Custom(c) = &d.session {
+        if c.command.is_empty() {
+            issues.push((
+                k(&["desktop", "session", "command"]),
+                "desktop.session.command must name a program".into(),
+            ));
+        }
+    }
+}
+
+/// The VNC server's port in the guest (display :1), on the guest's localhost only.
+pub const DESKTOP_VNC_PORT: u16 = 5901;
+
+/// `WIDTHxHEIGHT`, each 64-8192.
+pub fn parse_geometry(g: &str) -> Option<(u32, u32)> {
+    let (w, h) = g.split_once('x')?;
+    let n = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u32>().ok())
+            .flatten()
+            .filter(|v| (64..=8192).contains(v))
+    };
+    Some((n(w)?, n(h)?))
+}
+
+/// A VNC password as VNC authentication uses it: 6 to 8 characters (the protocol takes
+/// the first 8 bytes only, so a longer one would be silently cut), printable ASCII.
+pub fn check_vnc_password(p: &str) -> Result<(), String> {
+    if !(6..=8).contains(&p.len()) {
+        return Err(format!(
+            "the desktop credential must be 6 to 8 characters long (VNC authentication uses 8 at most), not {}",
+            p.len()
+        ));
+    }
+    if !p.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the desktop credential must be printable ASCII without spaces".into());
+    }
+    Ok(())
+}
+
 fn check_output(r: &Recipe, issues: &mut Issues) {
     if let Some(n) = &r.name {
         if !valid_image_name(n) {
@@ -346,6 +434,9 @@ pub fn check_files(r: &Recipe, dir: &Path, host: &HostAccess, issues: &mut Issue
     }
     if let Some(c) = &r.ttyd.credential {
         secret(k(&["ttyd", "credential", "password"]), &c.password);
+    }
+    if let Some(c) = &r.desktop.credential {
+        secret(k(&["desktop", "credential"]), c);
     }
 }
 
@@ -535,6 +626,27 @@ mod tests {
             "lab/x?y",
         ] {
             assert!(!valid_repository(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn geometries_and_vnc_passwords() {
+        assert_eq!(parse_geometry("1280x800"), Some((1280, 800)));
+        for bad in [
+            "1280*800",
+            "x800",
+            "1280x",
+            "32x32",
+            "99999x10",
+            "+1280x800",
+            "1280x800x24",
+        ] {
+            assert_eq!(parse_geometry(bad), None, "{bad}");
+        }
+        assert!(check_vnc_password("abc123").is_ok());
+        assert!(check_vnc_password("Dk7-vnc9").is_ok());
+        for bad in ["abc12", "123456789", "with space", "tab\there"] {
+            assert!(check_vnc_password(bad).is_err(), "{bad}");
         }
     }
 }

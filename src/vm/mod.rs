@@ -3,6 +3,7 @@
 //! guest serves. The guest is not trusted: see [`probe`].
 
 pub mod agent;
+pub mod desktop;
 pub mod firmware;
 pub mod probe;
 pub mod seed;
@@ -27,6 +28,8 @@ pub struct VmOptions {
     pub cpus: u32,
     /// The guest's ttyd port (0: none).
     pub guest_ttyd_port: u16,
+    /// The guest's noVNC port (0: none).
+    pub guest_desktop_port: u16,
     /// Serial console on this terminal instead of a log file.
     pub console: bool,
     pub accel: crate::sys::accel::Effective,
@@ -43,6 +46,8 @@ pub struct Vm {
     child: Child,
     pub serial_log: PathBuf,
     pub ttyd_port: u16,
+    /// The host port forwarded to the guest's noVNC port (0: not forwarded).
+    pub desktop_port: u16,
     pub ssh_port: u16,
     /// QEMU's end of the guest agent channel ([`agent::CHANNEL`]), a Unix socket.
     pub agent_socket: PathBuf,
@@ -130,6 +135,16 @@ pub fn start(disk: &Path, format: DiskFormat, o: &VmOptions, work: &Path) -> Res
             o.guest_ttyd_port
         ));
     }
+    let desktop_port = if o.guest_desktop_port != 0 {
+        let p = free_port()?;
+        nic.push_str(&format!(
+            ",hostfwd=tcp:127.0.0.1:{p}-:{}",
+            o.guest_desktop_port
+        ));
+        p
+    } else {
+        0
+    };
     let mut cmd = Cmd::new("qemu-system-x86_64", "booting the VM")
         .die_with_parent()
         .args(o.accel.qemu_args())
@@ -187,6 +202,7 @@ pub fn start(disk: &Path, format: DiskFormat, o: &VmOptions, work: &Path) -> Res
         child,
         serial_log,
         ttyd_port,
+        desktop_port,
         ssh_port,
         agent_socket,
         _vars: vars,

@@ -13,6 +13,7 @@ mod catalog;
 mod ci_examples;
 mod cli_promises;
 mod container_image;
+mod desktop;
 mod e2e_demo;
 mod e2e_uefi;
 mod firmware;
@@ -42,6 +43,7 @@ fn main() {
         ci_examples::tests(),
         cli_promises::tests(),
         container_image::tests(),
+        desktop::tests(),
         e2e_demo::tests(),
         e2e_uefi::tests(),
         firmware::tests(),

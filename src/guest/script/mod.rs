@@ -14,6 +14,7 @@
 //! its free blocks. Every argument is shell-quoted whole ([`crate::sys::exec::shell_quote`]);
 //! nothing is ever dropped from a word to make it fit.
 
+mod desktop;
 mod hygiene;
 mod ttyd;
 mod users;
@@ -55,6 +56,8 @@ pub struct Secrets {
     pub root: Option<SecretValue>,
     /// `user:password` for ttyd's basic auth.
     pub ttyd: Option<SecretValue>,
+    /// The desktop's VNC password.
+    pub desktop: Option<SecretValue>,
 }
 
 impl Secrets {
@@ -72,6 +75,7 @@ impl Secrets {
                 v.push(p.to_string());
             }
         }
+        v.extend(self.desktop.iter().map(|s| s.expose().to_string()));
         v
     }
 }
@@ -202,6 +206,13 @@ pub fn generate(
             package_names.push(p.clone());
         }
     }
+    if recipe.desktop.enabled {
+        for p in desktop::packages(&recipe.desktop) {
+            if !package_names.contains(&p) {
+                package_names.push(p);
+            }
+        }
+    }
     let mut pk = Part::new();
     if !package_names.is_empty() {
         pk.step(&format!("install packages: {}", package_names.join(" ")));
@@ -268,6 +279,9 @@ pub fn generate(
     }
     if t.enabled {
         ttyd::install(&mut g, t, secrets, ttyd_binary)?;
+    }
+    if recipe.desktop.enabled {
+        desktop::install(&mut g, &recipe.desktop, secrets)?;
     }
     hygiene::apply(&mut g, &recipe.hygiene);
     g.line("\necho '==> customization finished'");
@@ -463,6 +477,7 @@ mod tests {
             users: vec![("lab".into(), SecretValue::new("pw-Secret-1".into()))],
             root: Some(SecretValue::new("pw-Secret-3".into())),
             ttyd: Some(SecretValue::new("u:pw-Secret-2".into())),
+            desktop: None,
         };
         let c = generate(&r, &s, Path::new("."), None).unwrap();
         let text = all_text(&c);
@@ -530,5 +545,102 @@ mod tests {
         let start = file("ttyd-start.sh");
         assert!(start.contains(r#"'echo it'\''s $HOME'"#), "{start}");
         assert!(c.package_names.is_empty());
+    }
+
+    #[test]
+    fn desktop_installs_its_packages_and_writes_the_password_only_through_vncpasswd() {
+        let r = recipe(
+            "customize:\n  packages: [tmux]\n  users: [{name: lab}]\ndesktop: {enabled: true, user: lab, port: 6090, geometry: 1024x768, credential: {env: V}}\n",
+        );
+        let s = Secrets {
+            desktop: Some(SecretValue::new("vnc-Pw-9".into())),
+            ..Secrets::default()
+        };
+        let c = generate(&r, &s, Path::new("."), None).unwrap();
+        assert_eq!(
+            c.package_names,
+            vec![
+                "tmux",
+                "tigervnc-standalone-server",
+                "tigervnc-tools",
+                "novnc",
+                "websockify",
+                "twm",
+                "xterm"
+            ]
+        );
+        // Staged once, for vncpasswd -f to read from the tmpfs; nowhere else.
+        let text = all_text(&c);
+        assert_eq!(text.matches("vnc-Pw-9").count(), 1, "{text}");
+        let secret = c
+            .main
+            .files
+            .iter()
+            .find(|f| f.name == "secrets/desktop.pass")
+            .unwrap();
+        assert_eq!(secret.mode, 0o600);
+        let m = &c.main.script;
+        assert!(
+            m.contains(
+                "\"$vp\" -f < \"$S\"/secrets/desktop.pass > /etc/diskforge/desktop.vncpasswd.tmp"
+            ),
+            "{m}"
+        );
+        assert!(
+            m.contains("chown lab: /etc/diskforge/desktop.vncpasswd.tmp && chmod 0600"),
+            "{m}"
+        );
+        assert!(m.contains("id -u lab"), "{m}");
+        let file = |name: &str| {
+            let f = c.main.files.iter().find(|f| f.name == name).unwrap();
+            let StageData::Bytes(b) = &f.data else {
+                panic!()
+            };
+            String::from_utf8_lossy(b).into_owned()
+        };
+        let vnc = file(desktop::VNC_UNIT);
+        assert!(vnc.contains("User=lab"), "{vnc}");
+        let start = file("desktop-start.sh");
+        assert!(
+            start.contains("-localhost -rfbport 5901 -SecurityTypes VncAuth")
+                && start
+                    .contains("-PasswordFile /etc/diskforge/desktop.vncpasswd -geometry 1024x768"),
+            "{start}"
+        );
+        assert!(start.contains("'twm & w=$!;"), "{start}");
+        let web = file(desktop::WEB_UNIT);
+        assert!(
+            web.contains(
+                "ExecStart=/usr/bin/websockify --web /usr/share/novnc 6090 127.0.0.1:5901"
+            ),
+            "{web}"
+        );
+        assert!(
+            m.find(&format!(
+                "systemctl enable {} {}",
+                desktop::VNC_UNIT,
+                desktop::WEB_UNIT
+            ))
+            .unwrap()
+                < m.find(": > /etc/machine-id").unwrap()
+        );
+        // The shell script the session runs under is valid POSIX shell.
+        let out = std::process::Command::new("sh")
+            .args(["-n", "-c", &start])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn a_disabled_desktop_adds_nothing() {
+        let r = recipe("desktop: {user: lab, credential: {env: V}}\n");
+        let c = generate(&r, &Secrets::default(), Path::new("."), None).unwrap();
+        assert!(c.package_names.is_empty());
+        assert!(!all_text(&c).contains("vnc"), "{}", all_text(&c));
     }
 }

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""Use a noVNC web desktop the way its users do: in a real (headless) Chromium.
+
+usage: novnc_desktop.py URL [--screenshot FILE.png] [--expect-refused] [--timeout SECONDS]
+                        [--window-size WIDTHxHEIGHT] [--chromium PATH] [--chromedriver PATH]
+
+Opens noVNC's page (URL, e.g. http://127.0.0.1:PORT/vnc.html), connects, waits for
+noVNC's password dialog and answers it with NOVNC_PASSWORD from the environment (never
+the command line; never printed). Then:
+
+- by default, waits until noVNC is connected and the desktop's canvas shows something:
+  its pixels are compared against a blank canvas of the same size (one colour), and at
+  least 1% of them must differ, in more than two colours (a window, not an empty
+  root window). Saves a screenshot of the page.
+- with --expect-refused, waits until noVNC reports that authentication failed
+  ("Authentication failed" or the server's "Authentication failure"), and
+  fails if it ever shows the desktop (connected state or a non-blank canvas).
+
+Prints what it saw as `key: value` lines. Exit 0 when the expectation held, 1
+otherwise (with a screenshot named *-failure.png beside --screenshot).
+"""
+import argparse
+import os
+import shutil
+import sys
+import time
+
+from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+# The desktop canvas's size and how its pixels spread: the share of the most common
+# colour and the number of distinct colours (sampled on a grid: every 4th pixel).
+CANVAS_STATS = """
+const c = document.querySelector('#noVNC_container canvas') || document.querySelector('canvas');
+if (!c || !c.width || !c.height) return {width: 0, height: 0, dominant: 1, colours: 0};
+let d;
+try { d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; }
+catch (e) { return {width: c.width, height: c.height, dominant: 1, colours: 0, error: String(e)}; }
+const counts = new Map();
+let n = 0;
+for (let y = 0; y < c.height; y += 4) {
+  for (let x = 0; x < c.width; x += 4) {
+    const i = (y * c.width + x) * 4;
+    const k = (d[i] << 16) | (d[i + 1] << 8) | d[i + 2];
+    counts.set(k, (counts.get(k) || 0) + 1);
+    n++;
+  }
+}
+let top = 0;
+for (const v of counts.values()) if (v > top) top = v;
+return {width: c.width, height: c.height, dominant: n ? top / n : 1, colours: counts.size};
+"""
+
+STATE = """
+const cl = document.documentElement.classList;
+const s = document.getElementById('noVNC_status');
+return {
+  connected: cl.contains('noVNC_connected'),
+  status: s ? s.textContent : '',
+  asking: !!document.querySelector('.noVNC_open #noVNC_password_input, #noVNC_credentials_dlg.noVNC_open'),
+};
+"""
+
+
+class Failed(Exception):
+    pass
+
+
+def start_browser(args):
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = args.chromium
+    for a in (
+        "--headless=new",
+        "--no-sandbox",  # CI containers run as root
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--hide-scrollbars",
+    ):
+        opts.add_argument(a)
+    driver = webdriver.Chrome(service=Service(args.chromedriver), options=opts)
+    width, height = (int(v) for v in args.window_size.split("x"))
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+    )
+    return driver
+
+
+def wait(deadline, what, ready, every=0.5):
+    while True:
+        v = ready()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise Failed(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
+def shows_a_window(stats):
+    return stats["width"] > 0 and stats["dominant"] < 0.99 and stats["colours"] > 2
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("url")
+    ap.add_argument("--screenshot", default="novnc-desktop.png")
+    ap.add_argument("--expect-refused", action="store_true")
+    ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--window-size", default="1280x800", metavar="WIDTHxHEIGHT")
+    ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    ap.add_argument(
+        "--chromedriver", default=shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    )
+    args = ap.parse_args()
+    password = os.environ.get("NOVNC_PASSWORD", "")
+    if not password:
+        ap.error("NOVNC_PASSWORD must be set in the environment")
+
+    deadline = time.monotonic() + args.timeout
+    driver = start_browser(args)
+    ok = False
+    try:
+        sep = "&" if "?" in args.url else "?"
+        # autoconnect: noVNC connects at once and asks for the password; resize=scale
+        # fits the remote screen into the window for the screenshot.
+        driver.get(f"{args.url}{sep}autoconnect=true&resize=scale&reconnect=false")
+        state = lambda: driver.execute_script(STATE)
+        field = wait(
+            deadline,
+            "noVNC's password dialog",
+            lambda: next(
+                (e for e in driver.find_elements(By.ID, "noVNC_password_input") if e.is_displayed()),
+                None,
+            ),
+        )
+        if state()["connected"]:
+            raise Failed("noVNC showed the desktop before a password was given")
+        print("password dialog: shown")
+        field.send_keys(password)
+        driver.find_element(By.ID, "noVNC_credentials_button").click()
+        if args.expect_refused:
+            def refused():
+                s = state()
+                if s["connected"]:
+                    raise Failed("noVNC connected with the wrong password")
+                stats = driver.execute_script(CANVAS_STATS)
+                if shows_a_window(stats):
+                    raise Failed(f"the desktop's canvas shows content: {stats}")
+                return "authentication fail" in s["status"].lower() and s
+            s = wait(deadline, "noVNC to report that authentication failed", refused)
+            # It stays refused: no late connection.
+            time.sleep(3)
+            if state()["connected"]:
+                raise Failed("noVNC connected with the wrong password")
+            print(f"status: {s['status'].strip()}")
+            print("desktop: not shown")
+        else:
+            s = wait(
+                deadline,
+                "noVNC to connect",
+                lambda: (state()["connected"] or "failed" in state()["status"].lower()) and state(),
+            )
+            if not s["connected"]:
+                raise Failed(f"noVNC did not connect: {s['status'].strip()}")
+            print("connected: yes")
+            stats = wait(
+                deadline,
+                "a window on the desktop's canvas",
+                lambda: (lambda st: shows_a_window(st) and st)(driver.execute_script(CANVAS_STATS)),
+                every=1.0,
+            )
+            # Let the rest of the session draw before the picture is taken.
+            time.sleep(2)
+            stats = driver.execute_script(CANVAS_STATS)
+            print(f"canvas: {stats['width']}x{stats['height']}")
+            print(f"canvas dominant colour share: {stats['dominant']:.3f}")
+            print(f"canvas colours: {stats['colours']}")
+            driver.save_screenshot(args.screenshot)
+            print(f"screenshot: {args.screenshot}")
+        ok = True
+    except (Failed, WebDriverException) as e:
+        print(f"FAILED: {str(e).replace(password, '***')}", file=sys.stderr)
+        try:
+            print(f"state: {driver.execute_script(STATE)}", file=sys.stderr)
+            driver.save_screenshot(args.screenshot.replace(".png", "-failure.png"))
+        except WebDriverException:
+            pass
+    finally:
+        driver.quit()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
