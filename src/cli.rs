@@ -416,7 +416,9 @@ pub struct BuildArgs {
     pub sign_key: Option<PathBuf>,
     #[command(flatten)]
     pub key_password: KeyPassword,
-    /// Destination: `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]` or `docker://HOST/REPO:TAG`
+    /// Destination: `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`, `docker://HOST/REPO:TAG`,
+    /// `docker-archive:FILE[:NAME[:TAG]]` (for docker/podman load) or
+    /// `containers-storage:NAME[:TAG]` (podman's and CRI-O's store, through skopeo)
     /// (repeatable) [default: the recipe's repository and tags, else oci:out/NAME:TAG].
     #[arg(
         long = "output",
@@ -583,7 +585,9 @@ pub struct PackArgs {
     /// manifest boots BIOS].
     #[arg(long, value_name = "FIRMWARE")]
     pub firmware: Option<String>,
-    /// Destination: `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]` or `docker://HOST/REPO:TAG`
+    /// Destination: `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`, `docker://HOST/REPO:TAG`,
+    /// `docker-archive:FILE[:NAME[:TAG]]` (for docker/podman load) or
+    /// `containers-storage:NAME[:TAG]` (podman's and CRI-O's store, through skopeo)
     /// (repeatable) [default: oci:out/NAME:latest, NAME from the disk's file name].
     #[arg(
         long = "output",

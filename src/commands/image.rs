@@ -176,28 +176,19 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
     let mut refs = Vec::new();
     let mut local = Vec::new();
     for d in &args.destinations {
-        if let Some(rest) = d.strip_prefix("docker-archive:") {
-            let r = crate::oci::docker_archive::DockerArchiveRef::parse(rest)
-                .map_err(|e| UsageError(format!("{e:#}")))?;
-            local.push(LocalDest::DockerArchive(r));
-        } else if let Some(name) = d.strip_prefix("containers-storage:") {
-            if name.parse::<oci_client::Reference>().is_err() || name.contains('@') {
+        match super::image_ref(d)? {
+            ImageRef::Registry(r) => refs.push(r),
+            l @ (ImageRef::DockerArchive(_) | ImageRef::Storage { .. }) => local.push(l),
+            _ => {
                 return Err(UsageError(format!(
-                    "{d}: expected containers-storage:NAME[:TAG], e.g. containers-storage:localhost/lab/demo:1"
+                    "{d}: push writes to docker://HOST/REPO:TAG, docker-archive:FILE[:NAME[:TAG]] or containers-storage:NAME[:TAG]"
                 ))
-                .into());
+                .into())
             }
-            local.push(LocalDest::Storage(name.to_string()));
-        } else if d.starts_with("docker://") {
-            refs.push(super::remote_ref(d)?);
-        } else {
-            return Err(UsageError(format!(
-                "{d}: push writes to docker://HOST/REPO:TAG, docker-archive:FILE[:NAME[:TAG]] or containers-storage:NAME[:TAG]"
-            ))
-            .into());
         }
     }
-    if local.iter().any(|d| matches!(d, LocalDest::Storage(_))) && !crate::sys::exec::have("skopeo")
+    if local.iter().any(|d| matches!(d, ImageRef::Storage { .. }))
+        && !crate::sys::exec::have("skopeo")
     {
         // Found before anything is written.
         return Err(crate::sys::exec::MissingTool {
@@ -227,7 +218,7 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
     };
     let desc = layout.resolve(tag.as_deref())?;
     for d in &local {
-        write_local(d, &layout, &src, tag.as_deref())?;
+        write_local(d, &layout, tag.as_deref())?;
     }
     if refs.is_empty() {
         if let Some(f) = &args.report.digest_file {
@@ -307,53 +298,21 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A destination on this machine rather than in a registry.
-enum LocalDest {
-    DockerArchive(crate::oci::docker_archive::DockerArchiveRef),
-    /// `containers-storage:NAME[:TAG]`.
-    Storage(String),
-}
-
-/// Writes the image `tag` of `layout` (given on the command line as `src`) to `d`, and
+/// Writes the image `tag` of `layout` to `d`, and
 /// prints the destination with the image ID (the config's digest) that `docker images` /
 /// `podman images` show.
-fn write_local(d: &LocalDest, layout: &Layout, src: &str, tag: Option<&str>) -> Result<()> {
+fn write_local(d: &ImageRef, layout: &Layout, tag: Option<&str>) -> Result<()> {
     let img = LayoutImage::open(layout.clone(), tag, read::host_arch())?;
     let id = img.manifest.config().digest().to_string();
+    let stage = crate::progress::stage("write", format!("write {d}"));
     match d {
-        LocalDest::DockerArchive(r) => {
-            let stage = crate::progress::stage("docker-archive", format!("write {r}"));
-            crate::oci::docker_archive::write(&img, r)?;
-            stage.done();
-        }
-        LocalDest::Storage(name) => {
-            // skopeo reads the layout itself; an oci-archive source is named as such.
-            let from = if src.starts_with("oci-archive:") {
-                src.to_string()
-            } else {
-                match tag {
-                    Some(t) => format!("oci:{}:{t}", layout.root().display()),
-                    None => format!("oci:{}", layout.root().display()),
-                }
-            };
-            crate::sys::exec::Cmd::new(
-                "skopeo",
-                format!("copy the image into containers-storage:{name}"),
-            )
-            .args([
-                "copy",
-                "--quiet",
-                &from,
-                &format!("containers-storage:{name}"),
-            ])
-            .run()?;
-        }
+        ImageRef::DockerArchive(r) => crate::oci::docker_archive::write(&img, r)?,
+        // An oci-archive source was unpacked into `layout` already.
+        ImageRef::Storage { name } => crate::oci::storage::write(layout.root(), tag, name)?,
+        _ => bail!("{d} is not a local destination"),
     }
-    let shown = match d {
-        LocalDest::DockerArchive(r) => r.to_string(),
-        LocalDest::Storage(n) => format!("containers-storage:{n}"),
-    };
-    outln!("{shown} {id}")?;
+    stage.done();
+    outln!("{d} {id}")?;
     Ok(())
 }
 
@@ -410,6 +369,7 @@ pub fn inspect(g: &GlobalOpts, args: InspectArgs) -> Result<ExitCode> {
                 attached,
             );
             let tag = match &r {
+                ImageRef::DockerArchive(_) | ImageRef::Storage { .. } => None,
                 ImageRef::Layout { tag, .. } | ImageRef::Archive { tag, .. } => tag.as_deref(),
                 ImageRef::Registry(_) => None,
             };
@@ -457,6 +417,10 @@ fn document_bytes(g: &GlobalOpts, r: &ImageRef, args: &InspectArgs, arch: &str) 
 /// The manifest or index the reference names, as stored.
 fn top_document(g: &GlobalOpts, r: &ImageRef, args: &InspectArgs) -> Result<Vec<u8>> {
     match r {
+        ImageRef::DockerArchive(_) | ImageRef::Storage { .. } => bail!(
+            "{}: diskforge writes this kind of destination but does not read it",
+            r
+        ),
         ImageRef::Registry(rr) => {
             let opts = super::registry_options(&args.registry, &[])?;
             crate::sys::rt::block_on(async {
@@ -484,6 +448,10 @@ pub fn open_local(
 ) -> Result<(LayoutImage, Option<crate::io::scratch::ScratchDir>)> {
     let arch = read::host_arch();
     match r {
+        ImageRef::DockerArchive(_) | ImageRef::Storage { .. } => bail!(
+            "{}: diskforge writes this kind of destination but does not read it",
+            r
+        ),
         ImageRef::Layout { dir, tag } => Ok((
             LayoutImage::open(Layout::open(dir)?, tag.as_deref(), arch)?,
             None,
@@ -514,6 +482,9 @@ fn platform_entry(
 /// `diskforge index DEST IMAGE...`: a multi-architecture index.
 pub fn index(_g: &GlobalOpts, args: IndexArgs) -> Result<ExitCode> {
     match super::image_ref(&args.destination)? {
+        d @ (ImageRef::DockerArchive(_) | ImageRef::Storage { .. }) => {
+            bail!("{d}: an index can be written to oci:DIR:TAG or docker://…")
+        }
         ImageRef::Registry(dest) => {
             let opts = super::registry_options(&args.registry, &[])?;
             let pinned = crate::sys::rt::block_on(async {
@@ -661,6 +632,10 @@ pub fn attached(
 ) -> Result<crate::pipeline::attest::Attached> {
     use crate::pipeline::attest::{read_attached, LayoutSource, RegistrySource};
     match r {
+        ImageRef::DockerArchive(_) | ImageRef::Storage { .. } => bail!(
+            "{}: diskforge writes this kind of destination but does not read it",
+            r
+        ),
         ImageRef::Registry(rr) => {
             let client =
                 crate::sys::rt::block_on(registry::Client::connect(&rr.registry, registry))?;

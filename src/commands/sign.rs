@@ -16,6 +16,9 @@ use crate::registry;
 pub fn run(_g: &GlobalOpts, args: SignArgs) -> Result<ExitCode> {
     let key = super::build::load_key(&args.key, &args.key_password)?;
     match super::image_ref(&args.image)? {
+        d @ (ImageRef::DockerArchive(_) | ImageRef::Storage { .. }) => {
+            bail!("{d}: sign takes a registry image or an OCI layout")
+        }
         ImageRef::Registry(r) => {
             let opts = super::registry_options(&args.registry, &[])?;
             let pinned = crate::sys::rt::block_on(async {

@@ -1,5 +1,6 @@
 //! Image references on the command line: `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`,
-//! `docker://HOST/REPO[:TAG|@DIGEST]`.
+//! `docker://HOST/REPO[:TAG|@DIGEST]`, and the destinations only written to:
+//! `docker-archive:FILE[:NAME[:TAG]]` and `containers-storage:NAME[:TAG]`.
 
 use std::path::PathBuf;
 
@@ -16,6 +17,10 @@ pub enum ImageRef {
     Archive { file: PathBuf, tag: Option<String> },
     /// A registry reference, parsed and validated when the `ImageRef` was made.
     Registry(RemoteRef),
+    /// What `docker load` / `podman load` read (written only).
+    DockerArchive(super::docker_archive::DockerArchiveRef),
+    /// An image in the local podman / CRI-O store, `NAME[:TAG]` (written only).
+    Storage { name: String },
 }
 
 impl ImageRef {
@@ -32,6 +37,19 @@ impl ImageRef {
                 ),
             };
         }
+        if let Some(rest) = s.strip_prefix("docker-archive:") {
+            return Ok(ImageRef::DockerArchive(
+                super::docker_archive::DockerArchiveRef::parse(rest)?,
+            ));
+        }
+        if let Some(name) = s.strip_prefix("containers-storage:") {
+            if name.contains('@') || name.parse::<oci_client::Reference>().is_err() {
+                bail!("{s:?}: expected containers-storage:NAME[:TAG], e.g. containers-storage:localhost/lab/demo:1");
+            }
+            return Ok(ImageRef::Storage {
+                name: name.to_string(),
+            });
+        }
         if let Some(rest) = s.strip_prefix("oci-archive:") {
             let (file, tag) = split_tag(rest, s)?;
             return Ok(ImageRef::Archive { file, tag });
@@ -40,7 +58,7 @@ impl ImageRef {
             let (dir, tag) = split_tag(rest, s)?;
             return Ok(ImageRef::Layout { dir, tag });
         }
-        bail!("{s:?}: expected oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker://HOST/REPO:TAG")
+        bail!("{s:?}: expected oci:DIR[:TAG], oci-archive:FILE[:TAG], docker://HOST/REPO:TAG, docker-archive:FILE[:NAME[:TAG]] or containers-storage:NAME[:TAG]")
     }
 
     /// The tag, `latest` when none was given.
@@ -50,7 +68,23 @@ impl ImageRef {
                 tag.clone().unwrap_or_else(|| "latest".into())
             }
             ImageRef::Registry(r) => r.tag_or_latest().to_string(),
+            ImageRef::DockerArchive(r) => r
+                .name
+                .as_deref()
+                .and_then(|n| n.rsplit_once(':'))
+                .map(|(_, t)| t.to_string())
+                .unwrap_or_else(|| "latest".into()),
+            ImageRef::Storage { name } => match name.rsplit_once(':') {
+                Some((_, t)) if !t.contains('/') => t.to_string(),
+                _ => "latest".into(),
+            },
         }
+    }
+
+    /// Whether this names a place images are only written to (`docker-archive:`,
+    /// `containers-storage:`), never read from by diskforge.
+    pub fn is_write_only(&self) -> bool {
+        matches!(self, ImageRef::DockerArchive(_) | ImageRef::Storage { .. })
     }
 }
 
@@ -70,6 +104,8 @@ impl std::fmt::Display for ImageRef {
                 tag.as_deref().unwrap_or("latest")
             ),
             ImageRef::Registry(r) => write!(f, "docker://{r}"),
+            ImageRef::DockerArchive(r) => write!(f, "{r}"),
+            ImageRef::Storage { name } => write!(f, "containers-storage:{name}"),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod layout;
 pub mod pack;
 pub mod read;
 pub mod reference;
+pub mod storage;
 
 pub use dest::ImageRef;
 pub use layer::Compression;

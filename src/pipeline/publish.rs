@@ -269,6 +269,23 @@ pub fn write_image(
                 )?;
                 written.push(format!("oci-archive:{}:{tag}", file.display()));
             }
+            ImageRef::DockerArchive(r) => {
+                let img = crate::oci::read::LayoutImage::open(
+                    primary.clone(),
+                    primary_tags.first().map(String::as_str),
+                    &arch,
+                )?;
+                crate::oci::docker_archive::write(&img, r)?;
+                written.push(r.to_string());
+            }
+            ImageRef::Storage { name } => {
+                crate::oci::storage::write(
+                    primary.root(),
+                    primary_tags.first().map(String::as_str),
+                    name,
+                )?;
+                written.push(format!("containers-storage:{name}"));
+            }
             ImageRef::Registry(_) => {}
         }
     }
@@ -446,6 +463,8 @@ pub fn existing_labels(
     arch: &str,
 ) -> Result<Option<BTreeMap<String, String>>> {
     match dest {
+        // Never read back: the image is written again.
+        ImageRef::DockerArchive(_) | ImageRef::Storage { .. } => Ok(None),
         ImageRef::Layout { dir, tag } => {
             let Ok(layout) = Layout::open(dir) else {
                 return Ok(None);

@@ -1161,6 +1161,72 @@ fn push_writes_docker_archives_and_containers_storage_that_skopeo_reads_back() {
         format!("localhost/lab/demo:v1 sha256:{id_hex}")
     );
 
+    // `pack` (and `build`) write both kinds directly: the same image ID as the layout
+    // written beside them, loaded by podman under the names given.
+    let beside = t.path().join("beside");
+    let out = df(t.path())
+        .env("CONTAINERS_STORAGE_CONF", &conf)
+        .arg("pack")
+        .arg(&disk)
+        .args(["--compression", "zstd", "-o"])
+        .arg(format!("oci:{}:2", beside.display()))
+        .arg("-o")
+        .arg(format!(
+            "docker-archive:{}:lab/packed:2",
+            t.path().join("packed.tar").display()
+        ))
+        .args(["-o", "containers-storage:localhost/lab/packed:2"])
+        .succeeds();
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        listed.contains("docker-archive:")
+            && listed.contains("containers-storage:localhost/lab/packed:2"),
+        "{listed}"
+    );
+    let packed_config = df(t.path())
+        .args(["inspect", "--config"])
+        .arg(format!("oci:{}:2", beside.display()))
+        .succeeds()
+        .stdout;
+    let packed_id = sha256_hex(&packed_config);
+    let in_store = podman(&[
+        "images",
+        "--no-trunc",
+        "--format",
+        "{{.Repository}}:{{.Tag}} {{.ID}}",
+    ]);
+    assert!(
+        in_store
+            .lines()
+            .any(|l| l == format!("localhost/lab/packed:2 sha256:{packed_id}")),
+        "{in_store}"
+    );
+    podman(&["rmi", "localhost/lab/packed:2"]);
+    let loaded = podman(&[
+        "load",
+        "-q",
+        "-i",
+        &t.path().join("packed.tar").display().to_string(),
+    ]);
+    assert!(loaded.contains("lab/packed:2"), "{loaded}");
+    let in_store = podman(&[
+        "images",
+        "--no-trunc",
+        "--format",
+        "{{.Repository}}:{{.Tag}} {{.ID}}",
+    ]);
+    assert!(
+        in_store
+            .lines()
+            .any(|l| l == format!("localhost/lab/packed:2 sha256:{packed_id}")),
+        "{in_store}"
+    );
+    // Neither is read back: inspecting one is refused, not misread.
+    let out = df(t.path())
+        .args(["inspect", "containers-storage:localhost/lab/packed:2"])
+        .exits(1);
+    assert!(text(&out).contains("does not read it"), "{}", text(&out));
+
     // Wrong names are wrong usage, found before anything is written.
     for bad in [
         format!(
