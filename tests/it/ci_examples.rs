@@ -142,19 +142,12 @@ fn gitlab_pipeline_passes_the_gitlab_ci_schema() {
     assert!(text(&out).contains("validation done"), "{}", text(&out));
 }
 
-/// One job as gitlab-ci-local lists it: name, stage, when, the names of the jobs it needs.
-type ListedJob = (String, String, String, Vec<String>);
-
-/// The jobs of a GitLab pipeline file as gitlab-ci-local expands them (matrix jobs
-/// included), in its order.
-fn gitlab_ci_local_jobs(file: &Path) -> Vec<ListedJob> {
-    let gcl = linter("gitlab-ci-local");
-    // gitlab-ci-local reads the pipeline of a git checkout.
-    let project = tempfile::tempdir().unwrap();
-    std::fs::copy(file, project.path().join(".gitlab-ci.yml")).unwrap();
+/// Makes `dir` a git checkout with everything in it committed (gitlab-ci-local reads the
+/// pipeline of a checkout).
+fn git_commit_all(dir: &Path) {
     for args in [
         &["init", "-q"][..],
-        &["add", ".gitlab-ci.yml"],
+        &["add", "."],
         &[
             "-c",
             "user.name=ci",
@@ -165,9 +158,22 @@ fn gitlab_ci_local_jobs(file: &Path) -> Vec<ListedJob> {
             "x",
         ],
     ] {
-        let out = run(Command::new("git").args(args).current_dir(project.path()));
+        let out = run(Command::new("git").args(args).current_dir(dir));
         assert!(out.status.success(), "git {args:?}: {}", text(&out));
     }
+}
+
+/// One job as gitlab-ci-local lists it: name, stage, when, the names of the jobs it needs.
+type ListedJob = (String, String, String, Vec<String>);
+
+/// The jobs of a GitLab pipeline file as gitlab-ci-local expands them (matrix jobs
+/// included), in its order.
+fn gitlab_ci_local_jobs(file: &Path) -> Vec<ListedJob> {
+    let gcl = linter("gitlab-ci-local");
+    // gitlab-ci-local reads the pipeline of a git checkout.
+    let project = tempfile::tempdir().unwrap();
+    std::fs::copy(file, project.path().join(".gitlab-ci.yml")).unwrap();
+    git_commit_all(project.path());
     let out = run(Command::new(gcl)
         .arg("--list-json")
         .current_dir(project.path()));
@@ -571,22 +577,7 @@ fn gitlab_pipeline_runs_end_to_end_and_its_second_run_builds_nothing() {
             .arg("64M"));
         assert!(out.status.success(), "{}", text(&out));
     }
-    for args in [
-        &["init", "-q"][..],
-        &["add", "."],
-        &[
-            "-c",
-            "user.name=ci",
-            "-c",
-            "user.email=ci@example.com",
-            "commit",
-            "-qm",
-            "recipes",
-        ],
-    ] {
-        let out = run(Command::new("git").args(args).current_dir(&project));
-        assert!(out.status.success(), "git {args:?}: {}", text(&out));
-    }
+    git_commit_all(&project);
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_diskforge")).parent().unwrap();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
     let pipeline = || {

@@ -1138,32 +1138,32 @@ fn push_writes_docker_archives_and_containers_storage_that_skopeo_reads_back() {
         assert!(out.status.success(), "podman {args:?}: {}", text(&out));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    let id_hex = config_digest.strip_prefix("sha256:").unwrap();
-    assert_eq!(
+    let stored = || {
         podman(&[
             "images",
             "--no-trunc",
             "--format",
-            "{{.Repository}}:{{.Tag}} {{.ID}}"
-        ]),
-        format!("localhost/lab/demo:v1 sha256:{id_hex}")
-    );
-    podman(&["rmi", "localhost/lab/demo:v1"]);
-    let loaded = podman(&["load", "-q", "-i", &archive.display().to_string()]);
-    assert!(loaded.contains("lab/demo:v1"), "{loaded}");
-    assert_eq!(
-        podman(&[
-            "images",
-            "--no-trunc",
-            "--format",
-            "{{.Repository}}:{{.Tag}} {{.ID}}"
-        ]),
-        format!("localhost/lab/demo:v1 sha256:{id_hex}")
-    );
+            "{{.Repository}}:{{.Tag}} {{.ID}}",
+        ])
+    };
+    // Removed from the store, then loaded back from `archive`: the same name and ID.
+    let reload = |archive: &Path, name: &str, id: &str| {
+        podman(&["rmi", name]);
+        let loaded = podman(&["load", "-q", "-i", &archive.display().to_string()]);
+        assert!(loaded.contains(name), "{loaded}");
+        let images = stored();
+        assert!(
+            images.lines().any(|l| l == format!("{name} {id}")),
+            "{images}"
+        );
+    };
+    assert_eq!(stored(), format!("localhost/lab/demo:v1 {config_digest}"));
+    reload(&archive, "localhost/lab/demo:v1", &config_digest);
 
     // `pack` (and `build`) write both kinds directly: the same image ID as the layout
     // written beside them, loaded by podman under the names given.
     let beside = t.path().join("beside");
+    let packed = t.path().join("packed.tar");
     let out = df(t.path())
         .env("CONTAINERS_STORAGE_CONF", &conf)
         .arg("pack")
@@ -1171,10 +1171,7 @@ fn push_writes_docker_archives_and_containers_storage_that_skopeo_reads_back() {
         .args(["--compression", "zstd", "-o"])
         .arg(format!("oci:{}:2", beside.display()))
         .arg("-o")
-        .arg(format!(
-            "docker-archive:{}:lab/packed:2",
-            t.path().join("packed.tar").display()
-        ))
+        .arg(format!("docker-archive:{}:lab/packed:2", packed.display()))
         .args(["-o", "containers-storage:localhost/lab/packed:2"])
         .succeeds();
     let listed = String::from_utf8_lossy(&out.stdout).to_string();
@@ -1188,39 +1185,15 @@ fn push_writes_docker_archives_and_containers_storage_that_skopeo_reads_back() {
         .arg(format!("oci:{}:2", beside.display()))
         .succeeds()
         .stdout;
-    let packed_id = sha256_hex(&packed_config);
-    let in_store = podman(&[
-        "images",
-        "--no-trunc",
-        "--format",
-        "{{.Repository}}:{{.Tag}} {{.ID}}",
-    ]);
+    let packed_id = format!("sha256:{}", sha256_hex(&packed_config));
+    let images = stored();
     assert!(
-        in_store
+        images
             .lines()
-            .any(|l| l == format!("localhost/lab/packed:2 sha256:{packed_id}")),
-        "{in_store}"
+            .any(|l| l == format!("localhost/lab/packed:2 {packed_id}")),
+        "{images}"
     );
-    podman(&["rmi", "localhost/lab/packed:2"]);
-    let loaded = podman(&[
-        "load",
-        "-q",
-        "-i",
-        &t.path().join("packed.tar").display().to_string(),
-    ]);
-    assert!(loaded.contains("lab/packed:2"), "{loaded}");
-    let in_store = podman(&[
-        "images",
-        "--no-trunc",
-        "--format",
-        "{{.Repository}}:{{.Tag}} {{.ID}}",
-    ]);
-    assert!(
-        in_store
-            .lines()
-            .any(|l| l == format!("localhost/lab/packed:2 sha256:{packed_id}")),
-        "{in_store}"
-    );
+    reload(&packed, "localhost/lab/packed:2", &packed_id);
     // Neither is read back: inspecting one is refused, not misread.
     let out = df(t.path())
         .args(["inspect", "containers-storage:localhost/lab/packed:2"])
