@@ -515,7 +515,7 @@ pub struct OutputOpts {
 pub struct CompressionOpts {
     /// Layer compression [default: the recipe's `output.compression`, else gzip].
     #[arg(long, value_enum)]
-    pub compression: Option<CompressionArg>,
+    pub compression: Option<crate::oci::Compression>,
     /// Compression level (gzip 1-9, zstd 1-19) [default: the recipe's, else gzip 4,
     /// zstd 2].
     #[arg(long, value_name = "N")]
@@ -528,7 +528,7 @@ pub struct CompressionOpts {
 pub struct PackCompressionOpts {
     /// Layer compression [default: gzip].
     #[arg(long, value_enum)]
-    pub compression: Option<CompressionArg>,
+    pub compression: Option<crate::oci::Compression>,
     /// Compression level (gzip 1-9, zstd 1-19) [default: gzip 4, zstd 2].
     #[arg(long, value_name = "N")]
     pub compression_level: Option<u32>,
@@ -557,11 +557,17 @@ pub enum PullMethodArg {
     Node,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CompressionArg {
-    Gzip,
-    Zstd,
-    None,
+/// `--compression` takes the layer compression's own names (`Compression::name`), the
+/// same words the recipe's `output.compression` uses.
+impl ValueEnum for crate::oci::Compression {
+    fn value_variants<'a>() -> &'a [Self] {
+        use crate::oci::Compression;
+        &[Compression::Gzip, Compression::Zstd, Compression::None]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
+    }
 }
 
 #[derive(Debug, Args)]

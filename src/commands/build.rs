@@ -81,7 +81,7 @@ pub fn options(a: &BuildArgs) -> Result<BuildOptions> {
         host: super::host_access(&a.inputs)?,
         catalog: a.inputs.catalog.clone(),
         outputs: a.destinations.clone(),
-        compression: a.output.layer.compression.map(super::compression),
+        compression: a.output.layer.compression,
         level: a.output.layer.compression_level,
         arch: a.inputs.arch.map(super::arch),
         incremental: a.incremental,

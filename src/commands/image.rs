@@ -52,11 +52,7 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
         .map(|s| super::image_ref(s))
         .collect::<Result<Vec<_>>>()?;
     let info = crate::sys::qemu_img::inspect_untrusted(&args.disk)?;
-    let compression = args
-        .layer
-        .compression
-        .map(super::compression)
-        .unwrap_or_default();
+    let compression = args.layer.compression.unwrap_or_default();
     crate::oci::layer::check_level(compression, args.layer.compression_level)
         .map_err(|e| UsageError(format!("{e:#}")))?;
     crate::pipeline::publish::warn_compression(compression);

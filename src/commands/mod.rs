@@ -472,14 +472,6 @@ pub fn arch(a: crate::cli::ArchArg) -> crate::recipe::Arch {
     }
 }
 
-pub fn compression(c: crate::cli::CompressionArg) -> crate::oci::Compression {
-    match c {
-        crate::cli::CompressionArg::Gzip => crate::oci::Compression::Gzip,
-        crate::cli::CompressionArg::Zstd => crate::oci::Compression::Zstd,
-        crate::cli::CompressionArg::None => crate::oci::Compression::None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::exit_code_for;

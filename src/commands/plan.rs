@@ -18,7 +18,7 @@ pub fn run(g: &GlobalOpts, a: PlanArgs) -> Result<ExitCode> {
         outputs: a.output.clone(),
         arch: a.inputs.arch.map(super::arch),
         incremental: a.incremental,
-        compression: a.layer.compression.map(super::compression),
+        compression: a.layer.compression,
         level: a.layer.compression_level,
         disk_only: a.disk_only.clone(),
         ..Default::default()

@@ -30,11 +30,20 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// The name the recipe, the command line, `plan` and the build key use: the same
+    /// words as the reading side's [`crate::io::decompress::Compression`].
     pub fn name(self) -> &'static str {
-        match self {
-            Compression::Gzip => "gzip",
-            Compression::Zstd => "zstd",
-            Compression::None => "uncompressed",
+        crate::io::decompress::Compression::from(self).name()
+    }
+}
+
+/// Every compression diskforge writes is one it reads.
+impl From<Compression> for crate::io::decompress::Compression {
+    fn from(c: Compression) -> Self {
+        match c {
+            Compression::Gzip => crate::io::decompress::Compression::Gzip,
+            Compression::Zstd => crate::io::decompress::Compression::Zstd,
+            Compression::None => crate::io::decompress::Compression::None,
         }
     }
 }
@@ -429,6 +438,17 @@ impl<R: Read> Read for SizeGuard<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_compression_has_one_name_in_the_recipe_plan_and_reader() {
+        for c in [Compression::Gzip, Compression::Zstd, Compression::None] {
+            let in_recipe = serde_json::to_value(c).unwrap();
+            assert_eq!(in_recipe, serde_json::json!(c.name()));
+            let read_as = crate::io::decompress::Compression::from(c);
+            assert_eq!(read_as.name(), c.name());
+        }
+        assert_eq!(Compression::None.name(), "none");
+    }
 
     #[test]
     fn disk_names_are_single_components() {
