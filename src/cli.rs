@@ -336,7 +336,8 @@ pub struct RegistryArgs {
     pub registry_timeout: u64,
     /// Read registries.conf from FILE [default: $CONTAINERS_REGISTRIES_CONF, else
     /// ~/.config/containers/registries.conf, else /etc/containers/registries.conf]:
-    /// `insecure = true` and `blocked = true` apply, as in podman and skopeo.
+    /// prefixes, location rewrites, mirrors for reads, `insecure` and `blocked`, as in
+    /// podman and skopeo.
     #[arg(long, value_name = "FILE")]
     pub registries_conf: Option<PathBuf>,
 }

@@ -225,6 +225,8 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
     let ctx = super::context(g, super::push_options(&args.registry, &args.limit)?)?;
     let mut groups: Vec<Vec<RemoteRef>> = Vec::new();
     for r in refs {
+        // Written where registries.conf's location for it says.
+        let r = ctx.registry.conf.push_target(&r)?.image;
         match groups
             .iter_mut()
             .find(|g| g[0].registry == r.registry && g[0].repository == r.repository)
@@ -330,11 +332,12 @@ pub fn inspect(g: &GlobalOpts, args: InspectArgs) -> Result<ExitCode> {
     let summary = match &r {
         ImageRef::Registry(rr) => {
             use crate::pipeline::attest::{read_attached, RegistrySource};
-            let client = crate::sys::rt::block_on(registry::Client::connect(&rr.registry, &opts))?;
-            let s = crate::sys::rt::block_on(registry::pull::summary(&client, rr, arch))?;
+            let from = crate::sys::rt::block_on(registry::source::for_pull(rr, &opts))?;
+            let s =
+                crate::sys::rt::block_on(registry::pull::summary(&from.client, &from.image, arch))?;
             let src = RegistrySource {
-                client: &client,
-                repo: &rr.repository,
+                client: &from.client,
+                repo: &from.image.repository,
             };
             let identity = format!("{}/{}", rr.registry, rr.repository);
             let attached = read_attached(&src, &identity, &s.manifest_digest, key.as_ref())?;
@@ -346,7 +349,13 @@ pub fn inspect(g: &GlobalOpts, args: InspectArgs) -> Result<ExitCode> {
                 s.disk.as_ref().map(|(p, h)| (p.as_str(), h)),
                 attached,
             );
-            summary.platforms = super::summary::platforms(&top_document(g, &r, &args)?)?;
+            // From the source that served the rest.
+            let (top, _, _) = crate::sys::rt::block_on(
+                from.client
+                    .manifest(&from.image.repository, from.image.reference()),
+            )?
+            .with_context(|| format!("{rr} does not exist"))?;
+            summary.platforms = super::summary::platforms(&top)?;
             summary
         }
         _ => {
@@ -392,13 +401,13 @@ fn document_bytes(g: &GlobalOpts, r: &ImageRef, args: &InspectArgs, arch: &str) 
         ImageRef::Registry(rr) => {
             let opts = super::registry_options(&args.registry, &[])?;
             crate::sys::rt::block_on(async {
-                let client = registry::Client::connect(&rr.registry, &opts).await?;
-                let img = registry::pull::resolve(&client, rr, arch)
+                let from = registry::source::for_pull(rr, &opts).await?;
+                let img = registry::pull::resolve(&from.client, &from.image, arch)
                     .await?
                     .with_context(|| format!("{rr} does not exist"))?;
                 let c = img.manifest.config();
-                client
-                    .small_blob(&rr.repository, c.digest().as_ref(), c.size())
+                from.client
+                    .small_blob(&from.image.repository, c.digest().as_ref(), c.size())
                     .await
             })
         }
@@ -420,9 +429,10 @@ fn top_document(g: &GlobalOpts, r: &ImageRef, args: &InspectArgs) -> Result<Vec<
         ImageRef::Registry(rr) => {
             let opts = super::registry_options(&args.registry, &[])?;
             crate::sys::rt::block_on(async {
-                let client = registry::Client::connect(&rr.registry, &opts).await?;
-                let (bytes, _, _) = client
-                    .manifest(&rr.repository, rr.reference())
+                let from = registry::source::for_pull(rr, &opts).await?;
+                let (bytes, _, _) = from
+                    .client
+                    .manifest(&from.image.repository, from.image.reference())
                     .await?
                     .with_context(|| format!("{rr} does not exist"))?;
                 Ok(bytes)
@@ -484,7 +494,9 @@ pub fn index(_g: &GlobalOpts, args: IndexArgs) -> Result<ExitCode> {
         ImageRef::Registry(dest) => {
             let opts = super::registry_options(&args.registry, &[])?;
             let pinned = crate::sys::rt::block_on(async {
-                let client = registry::Client::connect(&dest.registry, &opts).await?;
+                // The index and its images live in one repository: where it is written.
+                let to = registry::source::for_push(&dest, &opts).await?;
+                let (client, repo) = (&to.client, &to.image.repository);
                 let mut entries = Vec::new();
                 for i in &args.images {
                     let r = super::remote_ref(i)?;
@@ -496,18 +508,14 @@ pub fn index(_g: &GlobalOpts, args: IndexArgs) -> Result<ExitCode> {
                         );
                     }
                     let (bytes, _, media) = client
-                        .manifest(&r.repository, r.reference())
+                        .manifest(repo, r.reference())
                         .await?
                         .with_context(|| format!("{i} does not exist"))?;
                     let image::Document::Manifest(m) = image::parse_document(&bytes)? else {
                         bail!("{i} is an index already: give per-architecture images");
                     };
                     let cfg_bytes = client
-                        .small_blob(
-                            &r.repository,
-                            m.config().digest().as_ref(),
-                            m.config().size(),
-                        )
+                        .small_blob(repo, m.config().digest().as_ref(), m.config().size())
                         .await?;
                     let cfg = image::parse_config(&cfg_bytes)?;
                     let media = if media.is_empty() {
@@ -527,7 +535,7 @@ pub fn index(_g: &GlobalOpts, args: IndexArgs) -> Result<ExitCode> {
                 let idx = image::index(entries)?;
                 let tag = dest.tag.clone().unwrap_or_else(|| "latest".into());
                 client
-                    .put_manifest(&dest.repository, &tag, &idx.bytes, image::MEDIA_INDEX)
+                    .put_manifest(repo, &tag, &idx.bytes, image::MEDIA_INDEX)
                     .await?;
                 if let Some(dir) = &args.kubevirt_manifests {
                     let pull = args.pull_method.map(super::pull_method);
@@ -535,9 +543,9 @@ pub fn index(_g: &GlobalOpts, args: IndexArgs) -> Result<ExitCode> {
                         let r = RemoteRef {
                             digest: Some(digest.clone()),
                             tag: None,
-                            ..dest.clone()
+                            ..to.image.clone()
                         };
-                        let s = registry::pull::summary(&client, &r, arch).await?;
+                        let s = registry::pull::summary(client, &r, arch).await?;
                         let size = s
                             .disk
                             .map(|(_, h)| h.virtual_size)
@@ -633,11 +641,10 @@ pub fn attached(
             r
         ),
         ImageRef::Registry(rr) => {
-            let client =
-                crate::sys::rt::block_on(registry::Client::connect(&rr.registry, registry))?;
+            let from = crate::sys::rt::block_on(registry::source::for_pull(rr, registry))?;
             let src = RegistrySource {
-                client: &client,
-                repo: &rr.repository,
+                client: &from.client,
+                repo: &from.image.repository,
             };
             read_attached(
                 &src,

@@ -349,11 +349,12 @@ pub fn registry_options(a: &RegistryArgs, insecure: &[String]) -> Result<Registr
         }
     }
     let mut insecure = insecure.to_vec();
-    insecure.extend(conf.insecure);
+    insecure.extend(conf.insecure.iter().cloned());
     Ok(RegistryOptions {
         tls_verify: a.tls_verify,
         insecure_registries: insecure,
-        blocked_registries: conf.blocked,
+        blocked_registries: conf.blocked.clone(),
+        conf,
         creds: a.creds.clone().map(|c| {
             crate::redact::register(&c);
             if let Some((_, p)) = c.split_once(':') {

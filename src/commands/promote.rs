@@ -61,23 +61,34 @@ pub fn run(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
     let ctx = super::context_without_cache(g, opts)?;
     let expect = args.expect_digest.as_deref();
     let (digest, results) = crate::sys::rt::block_on(async {
-        let src_client = registry::Client::connect(&src.registry, &ctx.registry).await?;
-        let image = promote::resolve_source(&src_client, &src, expect).await?;
+        // Read from a mirror when registries.conf has one that holds it, written to
+        // each destination's location.
+        let from = registry::source::for_pull(&src, &ctx.registry).await?;
+        let src_client = &from.client;
+        let image = promote::resolve_source(src_client, &from.image, expect).await?;
         eprintln!("promoting {}", src.pinned(&image.digest));
         let mut results = Vec::new();
         for group in &groups {
-            let dst_client = if group[0].registry == src.registry {
+            let targets = group
+                .iter()
+                .map(|d| Ok(ctx.registry.conf.push_target(d)?.image))
+                .collect::<Result<Vec<_>>>()?;
+            let dst_client = if targets[0].registry == from.image.registry {
                 None
             } else {
-                Some(registry::Client::connect(&group[0].registry, &ctx.registry).await?)
+                Some(
+                    registry::source::for_push(&group[0], &ctx.registry)
+                        .await?
+                        .client,
+                )
             };
-            let dst = dst_client.as_ref().unwrap_or(&src_client);
+            let dst = dst_client.as_ref().unwrap_or(src_client);
             let done = promote::promote(
-                &src_client,
-                &src.repository,
+                src_client,
+                &from.image.repository,
                 &image,
                 dst,
-                group,
+                &targets,
                 args.with_attachments,
             )
             .await

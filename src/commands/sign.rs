@@ -22,9 +22,11 @@ pub fn run(_g: &GlobalOpts, args: SignArgs) -> Result<ExitCode> {
         ImageRef::Registry(r) => {
             let opts = super::registry_options(&args.registry, &[])?;
             let pinned = crate::sys::rt::block_on(async {
-                let client = registry::Client::connect(&r.registry, &opts).await?;
+                // Signed where the signature is written: the registry's location.
+                let to = registry::source::for_push(&r, &opts).await?;
+                let client = &to.client;
                 let (bytes, digest, media) = client
-                    .manifest(&r.repository, r.reference())
+                    .manifest(&to.image.repository, to.image.reference())
                     .await?
                     .with_context(|| format!("{r} does not exist"))?;
                 let repository = format!("{}/{}", r.registry, r.repository);
@@ -35,7 +37,7 @@ pub fn run(_g: &GlobalOpts, args: SignArgs) -> Result<ExitCode> {
                     media
                 };
                 let subject = crate::oci::image::Blob::raw(bytes).descriptor(&media)?;
-                attest::to_registry(&client, &r, &subject, &[], Some(&sig)).await?;
+                attest::to_registry(client, &to.image, &subject, &[], Some(&sig)).await?;
                 Ok::<_, anyhow::Error>(r.pinned(&digest))
             })?;
             outln!("{pinned}")?;

@@ -36,8 +36,8 @@ pub fn open_any(
             let layout = Layout::create(t.path())?;
             let arch = crate::oci::read::host_arch();
             crate::sys::rt::block_on(async {
-                let client = registry::Client::connect(&rr.registry, registry).await?;
-                registry::pull::pull_image(&client, rr, arch, &layout, "pulled").await
+                let src = registry::source::for_pull(rr, registry).await?;
+                registry::pull::pull_image(&src.client, &src.image, arch, &layout, "pulled").await
             })?;
             Ok((LayoutImage::open(layout, Some("pulled"), arch)?, Some(t)))
         }

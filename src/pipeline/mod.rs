@@ -78,7 +78,8 @@ impl BuildEnv {
                 .registry
                 .insecure_registries
                 .iter()
-                .any(|r| r == registry);
+                .any(|r| r == registry)
+            || self.registry.conf.insecure_host(registry);
         let key = (registry.to_string(), plain);
         if let Some(c) = self.clients.0.lock().expect("clients lock").get(&key) {
             return Ok(c.clone());

@@ -206,7 +206,8 @@ pub fn write_image(
     let mut remotes: Vec<RemoteRef> = Vec::new();
     for d in dests {
         if let ImageRef::Registry(r) = d {
-            remotes.push(r.clone());
+            // Written where registries.conf's location for it says.
+            remotes.push(env.registry.conf.push_target(r)?.image);
         }
     }
     let groups = group_by_repository(remotes);
@@ -477,8 +478,8 @@ pub fn existing_labels(
             Ok(Some(image::labels(&img.config)))
         }
         ImageRef::Registry(r) => crate::sys::rt::block_on(async {
-            let client = env.client(&r.registry).await?;
-            registry::pull::labels(&client, r, arch).await
+            let from = registry::source::for_pull(r, &env.registry).await?;
+            registry::pull::labels(&from.client, &from.image, arch).await
         }),
         ImageRef::Archive { .. } => Ok(None),
     }
@@ -659,11 +660,12 @@ pub fn attest(
     }
     for group in group_by_repository(remotes) {
         let sig = signature(&format!("{}/{}", group[0].registry, group[0].repository))?;
+        let target = env.registry.conf.push_target(&group[0])?.image;
         crate::sys::rt::block_on(async {
-            let client = env.client(&group[0].registry).await?;
+            let client = env.client(&target.registry).await?;
             attest::to_registry(
                 &client,
-                &group[0],
+                &target,
                 &published.image.manifest,
                 &artifacts,
                 sig.as_ref(),

@@ -241,10 +241,16 @@ impl Client {
         if opts.blocked_registries.iter().any(|r| r == registry) {
             anyhow::bail!("{registry} is blocked (blocked = true in registries.conf): diskforge does not contact it");
         }
-        let insecure = !opts.tls_verify || opts.insecure_registries.iter().any(|r| r == registry);
+        let listed = opts.insecure_registries.iter().any(|r| r == registry)
+            || opts.conf.insecure_host(registry);
+        let insecure = !opts.tls_verify || listed;
+        let mut hosts = opts.insecure_registries.clone();
+        if listed {
+            hosts.push(registry.to_string());
+        }
         let plaintext = Plaintext {
             anywhere: !opts.tls_verify,
-            hosts: opts.insecure_registries.clone(),
+            hosts,
         };
         let mut builder = crate::io::tls::client_builder()
             .user_agent(concat!("diskforge/", env!("CARGO_PKG_VERSION")))

@@ -10,6 +10,7 @@ pub mod limits;
 pub mod pull;
 pub mod push;
 pub mod request;
+pub mod source;
 mod token;
 mod upload;
 
@@ -28,6 +29,8 @@ pub struct RegistryOptions {
     pub insecure_registries: Vec<String>,
     /// Registries (`host[:port]`) never contacted (`blocked = true` in registries.conf).
     pub blocked_registries: Vec<String>,
+    /// registries.conf's prefixes, locations and mirrors (see [`source`]).
+    pub conf: conf::RegistriesConf,
     /// `USER:PASSWORD` from `--creds` / `DISKFORGE_CREDS`; auth files otherwise.
     pub creds: Option<crate::recipe::SecretValue>,
     /// `--authfile`: the only auth file read when given.
@@ -47,6 +50,7 @@ impl Default for RegistryOptions {
             tls_verify: true,
             insecure_registries: Vec::new(),
             blocked_registries: Vec::new(),
+            conf: conf::RegistriesConf::default(),
             creds: None,
             authfile: None,
             cert_dir: None,

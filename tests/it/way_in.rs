@@ -842,7 +842,7 @@ fn a_bare_tls_verify_means_true() {
 /// registries.conf, as podman and skopeo read it: `insecure = true` lets a plain-HTTP
 /// registry be used without `--tls-verify=false` (from `--registries-conf` or
 /// `CONTAINERS_REGISTRIES_CONF`), `blocked = true` keeps diskforge from contacting a
-/// registry at all, what diskforge does not apply (a location rewrite) is named in a
+/// registry at all, what diskforge does not apply (short names) is named in a
 /// warning, and a broken file is wrong usage naming its line.
 fn registries_conf_marks_registries_insecure_or_blocked() {
     let t = tempfile::tempdir().unwrap();
@@ -877,7 +877,9 @@ fn registries_conf_marks_registries_insecure_or_blocked() {
         .arg(&insecure)
         .succeeds();
     assert!(
-        text(&out).contains("insecure.conf: quay.io/team: the rewrite to location mirror.internal/team is not applied"),
+        text(&out).contains(
+            "insecure.conf: short names (unqualified-search-registries, aliases) are not resolved"
+        ),
         "{}",
         text(&out)
     );
@@ -909,6 +911,277 @@ fn registries_conf_marks_registries_insecure_or_blocked() {
             && text(&out).contains("line 2"),
         "{}",
         text(&out)
+    );
+}
+
+/// A port on loopback where nothing listens.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// registries.conf's location rewrites and mirrors, with real registries on loopback:
+/// a push and an inspect of `lab.example.invalid/team/x:1` reach the location; reads
+/// go to a mirror that has the image while the location is down, fall through a mirror
+/// that lacks it, skip a `mirror-by-digest-only` mirror for a tag and use it for a
+/// digest; when every source fails the error names each with its reason.
+fn registries_conf_rewrites_locations_and_pulls_from_mirrors() {
+    let t = tempfile::tempdir().unwrap();
+    let disk = qcow2(t.path(), "lab.qcow2", "64M");
+    let other = qcow2(t.path(), "other.qcow2", "96M");
+    let primary = common::registry::Registry::start(None);
+    let mirror = common::registry::Registry::start(None);
+    let down = format!("127.0.0.1:{}", closed_port());
+    let conf = |name: &str, text: String| -> PathBuf {
+        let p = t.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let run = |conf: &Path, args: &[&str]| -> Output {
+        df(t.path())
+            .args(args)
+            .arg("--registries-conf")
+            .arg(conf)
+            .output()
+            .unwrap()
+    };
+    let digest_of = |conf: &Path, image: &str| -> String {
+        let out = run(conf, &["inspect", "--format", "{{.Digest}}", image]);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let name = "docker://lab.example.invalid/team/x:1";
+
+    // The rewrite: the push and the inspect reach the loopback registry.
+    let rewrite = conf(
+        "rewrite.conf",
+        format!(
+            "[[registry]]\nprefix = \"lab.example.invalid/team\"\nlocation = \"{}/team\"\ninsecure = true\n",
+            primary.addr
+        ),
+    );
+    let out = run(&rewrite, &["pack", disk.to_str().unwrap(), "-o", name]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        primary.count(&["PUT /v2/team/x/manifests/1"]),
+        1,
+        "{}",
+        primary.log_text()
+    );
+    let d1 = digest_of(&rewrite, name);
+    assert!(d1.starts_with("sha256:"), "{d1}");
+    // What the push printed names the location it wrote.
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{}/team/x@{d1}", primary.addr)),
+        "{}",
+        text(&out)
+    );
+
+    // The location down, a mirror holding the image: inspect and verify's pull are
+    // served by the mirror (here the registry that holds it), and say so.
+    let via_mirror = conf(
+        "mirror.conf",
+        format!(
+            "[[registry]]\nprefix = \"lab.example.invalid/team\"\nlocation = \"{down}/team\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{}/team\"\ninsecure = true\n",
+            primary.addr
+        ),
+    );
+    let out = run(&via_mirror, &["inspect", "--format", "{{.Digest}}", name]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), d1);
+    assert!(
+        text(&out).contains(&format!("pulling from mirror {}/team/x:1", primary.addr)),
+        "{}",
+        text(&out)
+    );
+    let out = run(&via_mirror, &["verify", name]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(&via_mirror, &["--json-events", "inspect", name]);
+    assert!(out.status.success(), "{}", text(&out));
+    common::events::check(&out.stderr);
+    let event: serde_json::Value = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["event"] == "pull_source")
+        .unwrap_or_else(|| panic!("no pull_source event: {}", text(&out)));
+    assert_eq!(event["mirror"], true, "{event}");
+    assert_eq!(
+        event["source"],
+        format!("{}/team/x:1", primary.addr).as_str(),
+        "{event}"
+    );
+    // A promotion's source is read the same way.
+    let promoted = format!("docker://{}/promoted/x:1", mirror.addr);
+    let out = run(
+        &via_mirror,
+        &["push", "--tls-verify=false", name, &promoted],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(
+        &via_mirror,
+        &[
+            "inspect",
+            "--tls-verify=false",
+            "--format",
+            "{{.Digest}}",
+            &promoted,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), d1);
+    // A push never goes to a mirror: the location is down, so it fails.
+    let out = run(&via_mirror, &["pack", disk.to_str().unwrap(), "-o", name]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains(&down), "{}", text(&out));
+
+    // A mirror without the image: the location serves it.
+    let empty_mirror = conf(
+        "empty-mirror.conf",
+        format!(
+            "[[registry]]\nprefix = \"lab.example.invalid/team\"\nlocation = \"{}/team\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{}/empty\"\ninsecure = true\n",
+            primary.addr, mirror.addr
+        ),
+    );
+    assert_eq!(digest_of(&empty_mirror, name), d1);
+    assert_eq!(
+        mirror.count(&["\"GET /v2/empty/x/manifests/1 HTTP/1.1\" 404"]),
+        1,
+        "{}",
+        mirror.log_text()
+    );
+
+    // Every source failing: each is named with its reason.
+    let nowhere = conf(
+        "nowhere.conf",
+        format!(
+            "[[registry]]\nprefix = \"lab.example.invalid/team\"\nlocation = \"{down}/team\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{}/empty\"\ninsecure = true\n",
+            mirror.addr
+        ),
+    );
+    let out = run(&nowhere, &["inspect", name]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = text(&out);
+    assert!(
+        all.contains(&format!(
+            "mirror {}/empty/x:1: manifest unknown",
+            mirror.addr
+        )) && all.contains(&format!("location {down}/team/x:1:"))
+            && all.contains("nothing listens"),
+        "{all}"
+    );
+
+    // The mirror holds another image under the same tag.
+    df(t.path())
+        .args(["pack", "--tls-verify=false"])
+        .arg(&other)
+        .args(["-o", &format!("docker://{}/team/x:1", mirror.addr)])
+        .succeeds();
+    let both = |digest_only: bool| {
+        conf(
+            "both.conf",
+            format!(
+                "[[registry]]\nprefix = \"lab.example.invalid/team\"\nlocation = \"{}/team\"\ninsecure = true\nmirror-by-digest-only = {digest_only}\n[[registry.mirror]]\nlocation = \"{}/team\"\ninsecure = true\n",
+                primary.addr, mirror.addr
+            ),
+        )
+    };
+    // Mirrors for every reference: the tag is read from the mirror.
+    let d2 = digest_of(&both(false), name);
+    assert_ne!(d2, d1);
+    // mirror-by-digest-only: the tag skips the mirror (no request reaches it)…
+    let asked = mirror.count(&["/v2/team/x/manifests/1"]);
+    assert_eq!(digest_of(&both(true), name), d1);
+    assert_eq!(
+        mirror.count(&["/v2/team/x/manifests/1"]),
+        asked,
+        "{}",
+        mirror.log_text()
+    );
+    // …and a digest the location does not have is served by the mirror.
+    let pinned = format!("docker://lab.example.invalid/team/x@{d2}");
+    assert_eq!(digest_of(&both(true), &pinned), d2);
+    let out = run(&rewrite, &["inspect", &pinned]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+}
+
+/// Credentials go only to the host they belong to: with an auth file (or `--creds`)
+/// for the location only, the request to a mirror that wants credentials carries none
+/// (its log shows no authentication attempt), its 401 passes it over, and the location
+/// serves the image with its own credentials.
+fn registries_conf_mirrors_never_get_the_locations_credentials() {
+    let t = tempfile::tempdir().unwrap();
+    let disk = qcow2(t.path(), "lab.qcow2", "64M");
+    let password = "Mirror-Pa55word-19";
+    let primary = common::registry::Registry::start(Some(("ci", password)));
+    // The same user name with another password: a credential sent here would show up
+    // as a failed login for `ci`.
+    let mirror = common::registry::Registry::start(Some(("ci", "Other-Pa55word-23")));
+    let image = format!("docker://{}/team/x:1", primary.addr);
+    df(t.path())
+        .args(["pack", "--tls-verify=false", "--creds"])
+        .arg(format!("ci:{password}"))
+        .arg(&disk)
+        .args(["-o", &image])
+        .succeeds();
+    let conf = t.path().join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nlocation = \"{p}/team\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{m}/team\"\ninsecure = true\n",
+            p = primary.addr,
+            m = mirror.addr
+        ),
+    )
+    .unwrap();
+    let auth = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("ci:{password}"),
+    );
+    let authfile = t.path().join("auth.json");
+    std::fs::write(
+        &authfile,
+        format!(
+            "{{\"auths\":{{\"{}\":{{\"auth\":\"{auth}\"}}}}}}",
+            primary.addr
+        ),
+    )
+    .unwrap();
+    let inspect = |extra: &[&str]| -> Output {
+        df(t.path())
+            .args(["inspect", &image, "--registries-conf"])
+            .arg(&conf)
+            .args(extra)
+            .env("HOME", t.path())
+            .env("XDG_RUNTIME_DIR", t.path().join("run"))
+            .env("XDG_CONFIG_HOME", t.path().join("config"))
+            .env_remove("DISKFORGE_CREDS")
+            .env_remove("DOCKER_CONFIG")
+            .env_remove("REGISTRY_AUTH_FILE")
+            .output()
+            .unwrap()
+    };
+    let creds = format!("ci:{password}");
+    for extra in [
+        &["--authfile", authfile.to_str().unwrap()][..],
+        &["--creds", &creds][..],
+    ] {
+        let out = inspect(extra);
+        common::ok_without(&out, "inspect through a mirror", &[password]);
+        let all = text(&out);
+        assert!(
+            all.contains(&format!("mirror {}/team/x:1", mirror.addr))
+                && all.contains("authentication required"),
+            "{all}"
+        );
+    }
+    let log = mirror.log_text();
+    assert!(mirror.count(&["/v2/team/x/manifests/1"]) >= 2, "{log}");
+    assert!(
+        !log.contains("\"ci\"") && !log.contains("authentication failure"),
+        "the mirror saw a credential: {log}"
     );
 }
 
@@ -1359,4 +1632,6 @@ crate::tests! {
     fn push_writes_docker_archives_and_containers_storage_that_skopeo_reads_back [&["qemu-img", "skopeo", "podman"]];
     fn pack_records_a_firmware_the_disk_can_boot_with [&["qemu-img", "guestfish", "docker-registry"]];
     fn registries_conf_marks_registries_insecure_or_blocked [&["qemu-img", "docker-registry"]];
+    fn registries_conf_rewrites_locations_and_pulls_from_mirrors [&["qemu-img", "docker-registry"]];
+    fn registries_conf_mirrors_never_get_the_locations_credentials [&["qemu-img", "docker-registry", "htpasswd"]];
 }
