@@ -164,7 +164,7 @@ pub fn parse(text: &str) -> Result<RegistriesConf> {
     let mut conf = RegistriesConf::default();
     if !raw.unqualified_search_registries.is_empty() || !raw.aliases.is_empty() {
         conf.ignored.push(
-            "short names (unqualified-search-registries, aliases) are not resolved: give references as HOST/REPO"
+            "short names (unqualified-search-registries, aliases) are not resolved: a reference without a registry host is a Docker Hub name, as in Docker"
                 .into(),
         );
     }
