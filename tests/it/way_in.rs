@@ -1110,7 +1110,8 @@ fn registries_conf_rewrites_locations_and_pulls_from_mirrors() {
 /// Credentials go only to the host they belong to: with an auth file (or `--creds`)
 /// for the location only, the request to a mirror that wants credentials carries none
 /// (its log shows no authentication attempt), its 401 passes it over, and the location
-/// serves the image with its own credentials.
+/// serves the image with its own credentials; a rewritten name is read with the
+/// credential of the host it is rewritten to.
 fn registries_conf_mirrors_never_get_the_locations_credentials() {
     let t = tempfile::tempdir().unwrap();
     let disk = qcow2(t.path(), "lab.qcow2", "64M");
@@ -1130,7 +1131,7 @@ fn registries_conf_mirrors_never_get_the_locations_credentials() {
     std::fs::write(
         &conf,
         format!(
-            "[[registry]]\nlocation = \"{p}/team\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{m}/team\"\ninsecure = true\n",
+            "[[registry]]\nlocation = \"{p}/team\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{m}/team\"\ninsecure = true\n\n[[registry]]\nprefix = \"lab.example.invalid/sec\"\nlocation = \"{p}/team\"\ninsecure = true\n",
             p = primary.addr,
             m = mirror.addr
         ),
@@ -1149,9 +1150,9 @@ fn registries_conf_mirrors_never_get_the_locations_credentials() {
         ),
     )
     .unwrap();
-    let inspect = |extra: &[&str]| -> Output {
+    let inspect = |image: &str, extra: &[&str]| -> Output {
         df(t.path())
-            .args(["inspect", &image, "--registries-conf"])
+            .args(["inspect", image, "--registries-conf"])
             .arg(&conf)
             .args(extra)
             .env("HOME", t.path())
@@ -1168,7 +1169,7 @@ fn registries_conf_mirrors_never_get_the_locations_credentials() {
         &["--authfile", authfile.to_str().unwrap()][..],
         &["--creds", &creds][..],
     ] {
-        let out = inspect(extra);
+        let out = inspect(&image, extra);
         common::ok_without(&out, "inspect through a mirror", &[password]);
         let all = text(&out);
         assert!(
@@ -1177,6 +1178,13 @@ fn registries_conf_mirrors_never_get_the_locations_credentials() {
             "{all}"
         );
     }
+    // A rewritten name: the credential looked up is the location's, which the auth
+    // file has, not the name's, which it does not.
+    let out = inspect(
+        "docker://lab.example.invalid/sec/x:1",
+        &["--authfile", authfile.to_str().unwrap()],
+    );
+    common::ok_without(&out, "inspect of a rewritten name", &[password]);
     let log = mirror.log_text();
     assert!(mirror.count(&["/v2/team/x/manifests/1"]) >= 2, "{log}");
     assert!(
