@@ -6,8 +6,9 @@
 //! A reference (`host[:port]/path[:tag][@digest]`) belongs to the `[[registry]]` whose
 //! `prefix` (default: its `location`) is its longest match on a path-component boundary;
 //! a prefix `*.example.com` matches the sub-domains of `example.com` only. That entry's
-//! `location` replaces the prefix for every request (pushes too: podman and skopeo
-//! rewrite pulls only); `blocked = true` refuses the reference; `insecure = true` lets
+//! `location` replaces the prefix for every read; writes go to the name as given, as in
+//! podman and skopeo ("redirection and mirrors are processed only when reading
+//! images"); `blocked = true` refuses the reference; `insecure = true` lets
 //! its location be reached over plain HTTP or unverified TLS. Pulls try the entry's
 //! `[[registry.mirror]]`s in order before the location, as [`RegistriesConf::pull_sources`]
 //! lists them (`mirror-by-digest-only`, `pull-from-mirror`, a mirror's own `insecure`).
@@ -315,18 +316,15 @@ impl RegistriesConf {
             .is_some_and(|(reg, _)| reg.insecure)
     }
 
-    /// Where `r` is written (and read when it has no mirror): its registry's location.
+    /// Where `r` is written: the name as given, never rewritten and never a mirror
+    /// ("redirection and mirrors are processed only when reading images", as
+    /// containers-registries.conf(5) says), with the entry's `insecure`; a blocked
+    /// registry is refused.
     pub fn push_target(&self, r: &RemoteRef) -> Result<Source> {
-        let Some((reg, name, end)) = self.matching(r)? else {
-            return Ok(Source {
-                image: r.clone(),
-                insecure: false,
-                mirror: false,
-            });
-        };
+        let insecure = self.matching(r)?.is_some_and(|(reg, _, _)| reg.insecure);
         Ok(Source {
-            image: Self::rewrite(r, &name, end, &reg.location)?,
-            insecure: reg.insecure,
+            image: r.clone(),
+            insecure,
             mirror: false,
         })
     }
@@ -335,7 +333,11 @@ impl RegistriesConf {
     /// reference (by digest or by tag), then the registry's location. Never empty.
     pub fn pull_sources(&self, r: &RemoteRef) -> Result<Vec<Source>> {
         let Some((reg, name, end)) = self.matching(r)? else {
-            return Ok(vec![self.push_target(r)?]);
+            return Ok(vec![Source {
+                image: r.clone(),
+                insecure: false,
+                mirror: false,
+            }]);
         };
         let digested = r.digest.is_some();
         let mut sources = Vec::new();
@@ -455,7 +457,11 @@ location = "fallback.example"
 "#,
         )
         .unwrap();
-        let to = |s: &str| conf.push_target(&r(s)).unwrap().image.to_string();
+        // The location is the last source a read tries.
+        let to = |s: &str| {
+            let sources = conf.pull_sources(&r(s)).unwrap();
+            sources.last().unwrap().image.to_string()
+        };
         assert_eq!(
             to("docker://lab.example.invalid/team/x:1"),
             "127.0.0.1:5000/team/x:1"
@@ -485,8 +491,18 @@ location = "fallback.example"
         )
         .unwrap();
         assert_eq!(
-            hub.push_target(&r("alpine:3")).unwrap().image.to_string(),
+            hub.pull_sources(&r("alpine:3")).unwrap()[0]
+                .image
+                .to_string(),
             "hub.internal/lib/alpine:3"
+        );
+        // A write goes to the name as given, as podman and skopeo write.
+        assert_eq!(
+            conf.push_target(&r("lab.example.invalid/team/x:1"))
+                .unwrap()
+                .image
+                .to_string(),
+            "lab.example.invalid/team/x:1"
         );
     }
 

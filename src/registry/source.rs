@@ -1,5 +1,5 @@
 //! Which host a registry image is read from or written to, as registries.conf says
-//! ([`conf`](super::conf)): a write goes to the registry's location; a read tries the
+//! ([`conf`](super::conf)): a write goes to the name as given; a read tries the
 //! mirrors in order, then the location. Every command that reads a `docker://` image
 //! starts here, so the candidates are walked in this one place: the first that has the
 //! manifest serves the whole read (its blobs, attachments and config), the way
@@ -37,12 +37,10 @@ async fn connect(source: &Source, primary: &str, opts: &RegistryOptions) -> Resu
     Client::connect(host, &o).await
 }
 
-/// Where `r` is written: its registry's location (never a mirror).
+/// Where `r` is written: the name as given (never rewritten, never a mirror), with its
+/// registries.conf entry's `insecure`; a blocked registry is refused.
 pub async fn for_push(r: &RemoteRef, opts: &RegistryOptions) -> Result<Reached> {
     let s = opts.conf.push_target(r)?;
-    if s.image.registry != r.registry || s.image.repository != r.repository {
-        tracing::debug!("{r}: written to {} (registries.conf)", s.image);
-    }
     Ok(Reached {
         client: connect(&s, &s.image.registry, opts).await?,
         image: s.image,

@@ -924,8 +924,8 @@ fn closed_port() -> u16 {
 }
 
 /// registries.conf's location rewrites and mirrors, with real registries on loopback:
-/// a push and an inspect of `lab.example.invalid/team/x:1` reach the location; reads
-/// go to a mirror that has the image while the location is down, fall through a mirror
+/// an inspect of `lab.example.invalid/team/x:1` reaches the location while a push of it
+/// is not rewritten; reads go to a mirror that has the image while the location is down, fall through a mirror
 /// that lacks it, skip a `mirror-by-digest-only` mirror for a tag and use it for a
 /// digest; when every source fails the error names each with its reason.
 fn registries_conf_rewrites_locations_and_pulls_from_mirrors() {
@@ -955,7 +955,9 @@ fn registries_conf_rewrites_locations_and_pulls_from_mirrors() {
     };
     let name = "docker://lab.example.invalid/team/x:1";
 
-    // The rewrite: the push and the inspect reach the loopback registry.
+    // The rewrite: a read of the name reaches the location. A write goes to the name as
+    // given, as podman and skopeo write ("redirection and mirrors are processed only
+    // when reading images"), so the image is pushed to the location by its own name.
     let rewrite = conf(
         "rewrite.conf",
         format!(
@@ -963,22 +965,33 @@ fn registries_conf_rewrites_locations_and_pulls_from_mirrors() {
             primary.addr
         ),
     );
-    let out = run(&rewrite, &["pack", disk.to_str().unwrap(), "-o", name]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(
-        primary.count(&["PUT /v2/team/x/manifests/1"]),
-        1,
-        "{}",
-        primary.log_text()
+    let located = format!("docker://{}/team/x:1", primary.addr);
+    let out = run(
+        &rewrite,
+        &[
+            "pack",
+            "--tls-verify=false",
+            disk.to_str().unwrap(),
+            "-o",
+            &located,
+        ],
     );
+    assert!(out.status.success(), "{}", text(&out));
+    let put = "PUT /v2/team/x/manifests/1";
+    assert_eq!(primary.count(&[put]), 1, "{}", primary.log_text());
     let d1 = digest_of(&rewrite, name);
     assert!(d1.starts_with("sha256:"), "{d1}");
-    // What the push printed names the location it wrote.
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&format!("{}/team/x@{d1}", primary.addr)),
         "{}",
         text(&out)
     );
+    // A write of the name is not rewritten: it goes to lab.example.invalid, which does
+    // not resolve, and the location receives nothing.
+    let out = run(&rewrite, &["pack", other.to_str().unwrap(), "-o", name]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("lab.example.invalid"), "{}", text(&out));
+    assert_eq!(primary.count(&[put]), 1, "{}", primary.log_text());
 
     // The location down, a mirror holding the image: inspect and verify's pull are
     // served by the mirror (here the registry that holds it), and say so.
@@ -1032,10 +1045,12 @@ fn registries_conf_rewrites_locations_and_pulls_from_mirrors() {
     );
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), d1);
-    // A push never goes to a mirror: the location is down, so it fails.
+    // A push never goes to a mirror (nor to the location): it goes to the name, which
+    // does not resolve, and the registry behind the mirror receives no manifest.
     let out = run(&via_mirror, &["pack", disk.to_str().unwrap(), "-o", name]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains(&down), "{}", text(&out));
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("lab.example.invalid"), "{}", text(&out));
+    assert_eq!(primary.count(&[put]), 1, "{}", primary.log_text());
 
     // A mirror without the image: the location serves it.
     let empty_mirror = conf(
