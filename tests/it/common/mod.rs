@@ -167,6 +167,18 @@ pub fn ok_without(out: &std::process::Output, what: &str, secrets: &[&str]) -> S
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Writes `yaml` to `file` and runs `diskforge validate FILE` with `env` set, which
+/// must refuse it (exit 2); gives its stderr.
+pub fn refused_by_validate(file: &std::path::Path, yaml: &str, env: &[(&str, &str)]) -> String {
+    std::fs::write(file, yaml).unwrap();
+    let out = diskforge()
+        .arg("validate")
+        .arg(file)
+        .envs(env.iter().copied())
+        .exits(2);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Takes the exclusive lock `dir/name` (created when missing) and holds it until the
 /// returned file is dropped: fixtures built once per checkout are built by one test.
 pub fn lock_in(dir: &std::path::Path, name: &str) -> std::fs::File {
