@@ -241,7 +241,7 @@ fn disks_that_reach_host_files_are_refused_everywhere() {
             .arg("verify")
             .arg(format!("oci:{}:t", layout.display()))
             .exits(4);
-        assert!(text(&out).contains(why), "{}", text(&out));
+        common::assert_says(&out, why);
     }
 }
 
@@ -260,7 +260,7 @@ fn pack_refuses_links_text_files_and_odd_sizes() {
     ] {
         let out = pack_into_o(t.path(), p);
         assert!(!out.status.success(), "{} was packed", p.display());
-        assert!(text(&out).contains(why), "{}", text(&out));
+        common::assert_says(&out, why);
     }
     assert!(
         !t.path().join("o").exists(),
@@ -775,7 +775,7 @@ fn a_recipe_name_or_a_reference_cannot_steer_where_images_go() {
         Duration::from_secs(120),
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("set `name:`"), "{}", text(&out));
+    common::assert_says(&out, "set `name:`");
     let disk = t.path().join("small.qcow2");
     let disk = disk.to_str().unwrap();
     let layout_tag = format!("{}:t", layout.display());

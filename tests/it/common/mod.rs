@@ -149,6 +149,14 @@ pub fn text(out: &std::process::Output) -> String {
     )
 }
 
+/// Asserts that the stdout or stderr of a finished command contains `needle`; the
+/// failure shows both.
+#[track_caller]
+pub fn assert_says(out: &std::process::Output, needle: &str) {
+    let all = text(out);
+    assert!(all.contains(needle), "{all}");
+}
+
 /// The stdout of a finished command that must have succeeded without any of `secrets`
 /// in its output; `what` names it in the failure.
 pub fn ok_without(out: &std::process::Output, what: &str, secrets: &[&str]) -> String {
