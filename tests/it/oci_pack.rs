@@ -190,11 +190,7 @@ fn packed_layout_meets_the_containerdisk_contract() {
     );
 
     // inspect reads the disk header from the layer.
-    let out = common::diskforge()
-        .args(["inspect", "--json"])
-        .arg(format!("oci:{}:v1", layout.display()))
-        .succeeds();
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = common::inspect_json(&[&format!("oci:{}:v1", layout.display())]);
     assert_eq!(s["disk"]["format"], "qcow2");
     assert_eq!(s["disk"]["virtual_size"], 24 << 20);
 }

@@ -66,10 +66,7 @@ fn succeeded(out: &Output) -> String {
 }
 
 fn events(out: &Output, action: &str) -> usize {
-    String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .filter(|l| l.contains("\"blob\"") && l.contains(&format!("\"action\":\"{action}\"")))
-        .count()
+    common::events::blob_actions(&out.stderr, action)
 }
 
 /// A registry behind a proxy that injects `faults`.
@@ -165,13 +162,7 @@ fn push_skips_present_blobs_and_mounts_across_repositories() {
     // Another repository of the same registry: blobs are mounted, not uploaded.
     let out = push(&l, &[format!("docker://{}/lab/b:1", reg.addr)], &[], &[]);
     succeeded(&out);
-    assert_eq!(
-        events(&out, "mounted"),
-        2,
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(events(&out, "uploaded"), 0);
+    common::events::assert_mounted_not_uploaded(&out.stderr, 2);
     assert_served(&reg, "lab/b:1", &digest);
 
     // Pulled back by digest into an OCI layout, the image is the same.
@@ -182,15 +173,7 @@ fn push_skips_present_blobs_and_mounts_across_repositories() {
     assert_eq!(idx["manifests"][0]["digest"], digest.as_str());
 
     // diskforge's own pull and remote inspect.
-    let out = common::diskforge()
-        .args([
-            "inspect",
-            "--json",
-            "--tls-verify=false",
-            &format!("docker://{pinned}"),
-        ])
-        .succeeds();
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = common::inspect_json(&["--tls-verify=false", &format!("docker://{pinned}")]);
     assert_eq!(s["disk"]["format"], "qcow2");
     assert_eq!(s["disk"]["virtual_size"], 6 << 20);
 }
@@ -275,12 +258,7 @@ fn a_300_mb_push_at_0_8_mb_per_s_completes_and_a_refused_chunk_resumes() {
             .load(std::sync::atomic::Ordering::SeqCst),
         1
     );
-    let resumed: Vec<u64> = err
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["event"] == "retry")
-        .filter_map(|e| e["resume_at"].as_u64())
-        .collect();
+    let resumed = common::events::numbers(&err, "retry", "resume_at");
     assert_eq!(resumed, vec![3 * (16 << 20)], "{err}");
     let sent = proxy.body_bytes.load(std::sync::atomic::Ordering::SeqCst) as u64;
     assert!(
@@ -680,11 +658,8 @@ fn pack_uploads_the_layer_while_packing_and_the_same_disk_again_uploads_nothing(
         .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .unwrap_or_else(|| panic!("no upload while packing: {err}"));
     assert_eq!(streamed["bytes"].as_u64(), Some(layer_size), "{err}");
-    let blob_events = |err: &str, action: &str| {
-        err.lines()
-            .filter(|l| l.contains("\"blob\"") && l.contains(&format!("\"action\":\"{action}\"")))
-            .count()
-    };
+    let blob_events =
+        |err: &str, action: &str| common::events::blob_actions(err.as_bytes(), action);
     assert_eq!(blob_events(&err, "uploaded"), 2, "{err}");
     copies_back_intact(
         &format!("{}/lab/stream:1", reg.addr),

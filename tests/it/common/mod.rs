@@ -149,6 +149,16 @@ pub fn text(out: &std::process::Output) -> String {
     )
 }
 
+/// What `diskforge inspect --json ARGS` prints (the image reference among `args`),
+/// which must succeed.
+pub fn inspect_json(args: &[&str]) -> serde_json::Value {
+    let out = diskforge()
+        .args(["inspect", "--json"])
+        .args(args)
+        .succeeds();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Asserts that the stdout or stderr of a finished command contains `needle`; the
 /// failure shows both.
 #[track_caller]
