@@ -42,23 +42,16 @@ fn packed(disk: &Path, extra: &[&str]) -> std::process::Output {
     pack_command(disk, extra).succeeds()
 }
 
-fn manifest(layout: &Path, digest: &str) -> serde_json::Value {
-    let p = layout
-        .join("blobs/sha256")
-        .join(digest.trim_start_matches("sha256:"));
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-}
-
 /// Packs `disk` with `extra` options into `layout` as tag v1; gives the manifest.
 fn packed_v1(disk: &Path, layout: &Path, extra: &[&str]) -> serde_json::Value {
     let output = format!("oci:{}:v1", layout.display());
     packed(disk, &[extra, &["--output", &output]].concat());
-    manifest(layout, &common::tagged_digest(layout, "v1"))
+    common::json_blob(layout, &common::tagged_digest(layout, "v1"))
 }
 
 /// The diff_id of the first layer, from the config of manifest `m`.
 fn diff_id(layout: &Path, m: &serde_json::Value) -> String {
-    let cfg = manifest(layout, m["config"]["digest"].as_str().unwrap());
+    let cfg = common::json_blob(layout, m["config"]["digest"].as_str().unwrap());
     cfg["rootfs"]["diff_ids"][0].as_str().unwrap().to_string()
 }
 
@@ -142,7 +135,7 @@ fn packed_layout_meets_the_containerdisk_contract() {
     assert!(stat.contains("diskforge"), "history missing: {stat}");
 
     // The layer, as a runtime extracts it.
-    let m = manifest(&layout, &common::tagged_digest(&layout, "v1"));
+    let m = common::json_blob(&layout, &common::tagged_digest(&layout, "v1"));
     let layers = m["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 1);
     assert_eq!(
@@ -177,7 +170,7 @@ fn packed_layout_meets_the_containerdisk_contract() {
         std::fs::read(&disk).unwrap()
     );
     // The config's diff_id is the sha256 of the uncompressed tar.
-    let cfg = manifest(&layout, m["config"]["digest"].as_str().unwrap());
+    let cfg = common::json_blob(&layout, m["config"]["digest"].as_str().unwrap());
     let tar_bytes = {
         let mut d = flate2::read::MultiGzDecoder::new(std::fs::File::open(&blob).unwrap());
         let mut v = Vec::new();
@@ -229,7 +222,7 @@ fn same_input_gives_identical_digests_for_every_compression() {
                 String::from_utf8_lossy(&out.stderr)
             );
             let d = common::tagged_digest(&layout, "x");
-            let m = manifest(&layout, &d);
+            let m = common::json_blob(&layout, &d);
             digests.push((
                 d,
                 m["layers"][0]["digest"].clone(),
@@ -351,7 +344,7 @@ fn disks_over_8_gib_get_a_valid_tar_header() {
         ],
     );
     let d = common::tagged_digest(&layout, "latest");
-    let m = manifest(&layout, &d);
+    let m = common::json_blob(&layout, &d);
     let blob = layer_blob(&layout, &m);
     let listing = sh(Command::new("sh").arg("-c").arg(format!(
         "zstd -dc '{}' | tar --numeric-owner -tvf -",
@@ -566,7 +559,7 @@ fn other_tools_decompress_the_zstd_layer_to_the_diff_id() {
         .args(["copy", "--quiet", "--dest-compress-format", "gzip"])
         .arg(format!("oci:{}:v1", layout.display()))
         .arg(format!("oci:{}:v1", regz.display())));
-    let m2 = manifest(&regz, &common::tagged_digest(&regz, "v1"));
+    let m2 = common::json_blob(&regz, &common::tagged_digest(&regz, "v1"));
     assert!(m2["layers"][0]["mediaType"]
         .as_str()
         .unwrap()
