@@ -428,17 +428,8 @@ pub struct BuildArgs {
         help_heading = "Output options"
     )]
     pub destinations: Vec<String>,
-    /// Write KubeVirt and CDI manifests for each pushed image into DIR/NAME/.
-    #[arg(long, value_name = "DIR", help_heading = "Output options")]
-    pub kubevirt_manifests: Option<PathBuf>,
-    /// How CDI's DataImportCron pulls the image (`node`: the node's container runtime).
-    #[arg(
-        long,
-        value_enum,
-        requires = "kubevirt_manifests",
-        help_heading = "Output options"
-    )]
-    pub pull_method: Option<PullMethodArg>,
+    #[command(flatten)]
+    pub kubevirt: KubevirtOpts,
     #[command(flatten)]
     pub output: OutputOpts,
     #[command(flatten)]
@@ -510,7 +501,7 @@ pub struct OutputOpts {
     pub report: ReportOpts,
 }
 
-/// How the layer is compressed (build, plan, pack).
+/// How the layer is compressed (build, plan).
 #[derive(Debug, Args, Clone, Default)]
 #[command(next_help_heading = "Output options")]
 pub struct CompressionOpts {
@@ -523,7 +514,8 @@ pub struct CompressionOpts {
     pub compression_level: Option<u32>,
 }
 
-/// How `pack` compresses the layer (no recipe is involved).
+/// How `pack` compresses the layer: the same options as [`CompressionOpts`], whose
+/// defaults `pack --help` states without a recipe (there is none).
 #[derive(Debug, Args, Clone, Default)]
 #[command(next_help_heading = "Output options")]
 pub struct PackCompressionOpts {
@@ -533,6 +525,21 @@ pub struct PackCompressionOpts {
     /// Compression level (gzip 1-9, zstd 1-19) [default: gzip 4, zstd 2].
     #[arg(long, value_name = "N")]
     pub compression_level: Option<u32>,
+}
+
+/// KubeVirt and CDI manifests for the written image (build, pack, push, index).
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Output options")]
+pub struct KubevirtOpts {
+    /// Write KubeVirt and CDI manifests for the image into DIR (build: DIR/NAME/ for each
+    /// image; index: DIR/ARCH/ for each architecture, a DataImportCron importing it from
+    /// the tag). A cluster pulls from a registry: the image must go to a docker://
+    /// destination (push: from a layout source).
+    #[arg(long, value_name = "DIR")]
+    pub kubevirt_manifests: Option<PathBuf>,
+    /// How CDI's DataImportCron pulls the image (`node`: the node's container runtime).
+    #[arg(long, value_enum, requires = "kubevirt_manifests")]
+    pub pull_method: Option<PullMethodArg>,
 }
 
 /// Where the result is reported besides stdout.
@@ -605,18 +612,8 @@ pub struct PackArgs {
     pub destinations: Vec<String>,
     #[command(flatten)]
     pub layer: PackCompressionOpts,
-    /// Write KubeVirt and CDI manifests for the packed image into DIR (needs a docker://
-    /// destination: a cluster pulls from a registry).
-    #[arg(long, value_name = "DIR", help_heading = "Output options")]
-    pub kubevirt_manifests: Option<PathBuf>,
-    /// How CDI's DataImportCron pulls the image (`node`: the node's container runtime).
-    #[arg(
-        long,
-        value_enum,
-        requires = "kubevirt_manifests",
-        help_heading = "Output options"
-    )]
-    pub pull_method: Option<PullMethodArg>,
+    #[command(flatten)]
+    pub kubevirt: KubevirtOpts,
     #[command(flatten)]
     pub report: ReportOpts,
     #[command(flatten)]
@@ -638,17 +635,8 @@ pub struct PushArgs {
     /// (through skopeo).
     #[arg(required = true, value_name = "DEST")]
     pub destinations: Vec<String>,
-    /// Write KubeVirt and CDI manifests for the pushed image into DIR.
-    #[arg(long, value_name = "DIR", help_heading = "Output options")]
-    pub kubevirt_manifests: Option<PathBuf>,
-    /// How CDI's DataImportCron pulls the image (`node`: the node's container runtime).
-    #[arg(
-        long,
-        value_enum,
-        requires = "kubevirt_manifests",
-        help_heading = "Output options"
-    )]
-    pub pull_method: Option<PullMethodArg>,
+    #[command(flatten)]
+    pub kubevirt: KubevirtOpts,
     /// Promotion: copy the cosign signature (`sha256-<hex>.sig`) and the referrers (SBOM,
     /// provenance) of the image and of each platform manifest too.
     #[arg(long, help_heading = "Promotion options")]
@@ -697,18 +685,8 @@ pub struct IndexArgs {
     /// Per-architecture images (same registry and repository, or the same layout).
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<String>,
-    /// Write KubeVirt and CDI manifests into DIR/ARCH/ for each architecture of a
-    /// registry index: a DataImportCron importing that architecture from the tag.
-    #[arg(long, value_name = "DIR", help_heading = "Output options")]
-    pub kubevirt_manifests: Option<PathBuf>,
-    /// How CDI's DataImportCron pulls the image (`node`: the node's container runtime).
-    #[arg(
-        long,
-        value_enum,
-        requires = "kubevirt_manifests",
-        help_heading = "Output options"
-    )]
-    pub pull_method: Option<PullMethodArg>,
+    #[command(flatten)]
+    pub kubevirt: KubevirtOpts,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }

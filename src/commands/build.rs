@@ -219,8 +219,8 @@ impl BuildRequest {
             report: args.output.report,
             report_file: args.report,
             fail_fast: args.fail_fast,
-            pull_method: args.pull_method.map(super::pull_method),
-            kubevirt_manifests: args.kubevirt_manifests,
+            pull_method: args.kubevirt.pull_method.map(super::pull_method),
+            kubevirt_manifests: args.kubevirt.kubevirt_manifests,
         })
     }
 }

@@ -41,7 +41,9 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
         args.destinations.clone()
     };
     super::build::check_report_opts(&args.report, &outputs)?;
-    if args.kubevirt_manifests.is_some() && !outputs.iter().any(|d| d.starts_with("docker://")) {
+    if args.kubevirt.kubevirt_manifests.is_some()
+        && !outputs.iter().any(|d| d.starts_with("docker://"))
+    {
         return Err(UsageError(
             "--kubevirt-manifests needs a docker:// destination: a cluster pulls the image from a registry".into(),
         )
@@ -141,14 +143,14 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
         name: &name,
         disk_virtual_size: info.virtual_size,
         recipe: None,
-        pull_method: args.pull_method.map(super::pull_method),
+        pull_method: args.kubevirt.pull_method.map(super::pull_method),
         firmware: firmware.unwrap_or(crate::recipe::Firmware::Bios),
     };
     super::build::print_published(
         &published,
         &image,
         &args.report,
-        args.kubevirt_manifests.as_deref(),
+        args.kubevirt.kubevirt_manifests.as_deref(),
     )?;
     Ok(ExitCode::SUCCESS)
 }
@@ -261,7 +263,7 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
     if let Some(f) = &args.report.digest_file {
         crate::io::atomic::write(f, format!("{}\n", desc.digest()).as_bytes())?;
     }
-    if args.report.print_vm_manifest || args.kubevirt_manifests.is_some() {
+    if args.report.print_vm_manifest || args.kubevirt.kubevirt_manifests.is_some() {
         let img = LayoutImage::open(layout.clone(), tag.as_deref(), read::host_arch())?;
         let size = read::scan_layers(&img, None, super::expand_limit()?)?
             .disk
@@ -277,7 +279,7 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
             name: &name,
             disk_virtual_size: size,
             recipe: None,
-            pull_method: args.pull_method.map(super::pull_method),
+            pull_method: args.kubevirt.pull_method.map(super::pull_method),
             firmware: labelled_firmware(&img.config).unwrap_or(crate::recipe::Firmware::Bios),
         };
         let m = cluster.manifests()?.context("nothing was pushed")?;
@@ -289,7 +291,7 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
                 .context("no VM manifest")?;
             out!("{yaml}")?;
         }
-        if let Some(dir) = &args.kubevirt_manifests {
+        if let Some(dir) = &args.kubevirt.kubevirt_manifests {
             m.write_dir(dir)?;
         }
     }
@@ -537,8 +539,8 @@ pub fn index(_g: &GlobalOpts, args: IndexArgs) -> Result<ExitCode> {
                 client
                     .put_manifest(repo, &tag, &idx.bytes, image::MEDIA_INDEX)
                     .await?;
-                if let Some(dir) = &args.kubevirt_manifests {
-                    let pull = args.pull_method.map(super::pull_method);
+                if let Some(dir) = &args.kubevirt.kubevirt_manifests {
+                    let pull = args.kubevirt.pull_method.map(super::pull_method);
                     for (arch, digest) in &platforms {
                         let r = RemoteRef {
                             digest: Some(digest.clone()),
@@ -559,7 +561,7 @@ pub fn index(_g: &GlobalOpts, args: IndexArgs) -> Result<ExitCode> {
             outln!("{pinned}")?;
         }
         ImageRef::Layout { ref dir, ref tag } => {
-            if args.kubevirt_manifests.is_some() {
+            if args.kubevirt.kubevirt_manifests.is_some() {
                 return Err(UsageError(
                     "--kubevirt-manifests needs an index in a registry (docker://…)".into(),
                 )

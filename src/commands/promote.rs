@@ -14,7 +14,7 @@ use crate::registry::{self, RemoteRef};
 /// Promotes `args.layout` (a `docker://` reference) to `args.destinations`.
 pub fn run(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
     let src = super::remote_ref(&args.layout)?;
-    if args.kubevirt_manifests.is_some() || args.report.print_vm_manifest {
+    if args.kubevirt.kubevirt_manifests.is_some() || args.report.print_vm_manifest {
         return Err(UsageError(
             "--kubevirt-manifests and --print-vm-manifest need a layout source; \
              write them from the staging push"

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE,
+};
 use reqwest::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -75,6 +77,20 @@ impl<'p> Request<'p> {
     pub fn headers(mut self, h: HeaderMap) -> Self {
         self.headers.extend(h);
         self
+    }
+
+    /// `Content-Type: application/octet-stream`: a blob's bytes.
+    pub fn octet_stream(self) -> Self {
+        self.header(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        )
+    }
+
+    /// `Content-Length: len`, for a body whose length reqwest cannot know (a file range,
+    /// a stream) or an empty one that a registry wants declared.
+    pub fn content_length(self, len: u64) -> Self {
+        self.header(CONTENT_LENGTH, HeaderValue::from(len))
     }
 
     pub fn bytes(mut self, b: impl Into<bytes::Bytes>) -> Self {
@@ -411,6 +427,21 @@ impl Client {
             None => String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
         };
         self.redact(text.trim())
+    }
+
+    /// [`Client::send`], then the [`HttpError`] naming the request for an answer whose
+    /// status `wanted` refuses (most callers want any 2xx: [`StatusCode::is_success`]).
+    pub(super) async fn send_expecting(
+        &self,
+        req: Request<'_>,
+        wanted: impl Fn(&StatusCode) -> bool,
+    ) -> Result<reqwest::Response> {
+        let (method, url) = (req.method.clone(), req.url.clone());
+        let resp = self.send(req).await?;
+        if !wanted(&resp.status()) {
+            return Err(self.fail(method.as_str(), &url, resp).await);
+        }
+        Ok(resp)
     }
 
     /// The [`HttpError`] for an answer the caller cannot use.

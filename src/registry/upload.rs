@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
-use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RANGE};
+use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE, LOCATION, RANGE};
 use reqwest::{Method, StatusCode};
 
 use super::client::{short, AuthError, Client, HttpError, PlaintextRefused, Scope};
@@ -27,18 +27,10 @@ impl Client {
         media_type: &str,
     ) -> Result<String> {
         let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
-        let mut h = HeaderMap::new();
-        h.insert(CONTENT_TYPE, HeaderValue::from_str(media_type)?);
-        let resp = self
-            .send(
-                Request::new(Method::PUT, &url, Scope::push(repo))
-                    .headers(h)
-                    .bytes(bytes.to_vec()),
-            )
-            .await?;
-        if !resp.status().is_success() {
-            return Err(self.fail("PUT", &url, resp).await);
-        }
+        let put = Request::new(Method::PUT, &url, Scope::push(repo))
+            .header(CONTENT_TYPE, HeaderValue::from_str(media_type)?)
+            .bytes(bytes.to_vec());
+        self.send_expecting(put, StatusCode::is_success).await?;
         Ok(crate::io::hash::sha256_digest(bytes))
     }
 
@@ -60,21 +52,10 @@ impl Client {
         }
         let location = self.start_upload(repo).await?;
         let url = with_digest(&location, digest);
-        let mut h = HeaderMap::new();
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        let resp = self
-            .send(
-                Request::new(Method::PUT, &url, Scope::push(repo))
-                    .headers(h)
-                    .bytes(data.to_vec()),
-            )
-            .await?;
-        if !resp.status().is_success() {
-            return Err(self.fail("PUT", &url, resp).await);
-        }
+        let put = Request::new(Method::PUT, &url, Scope::push(repo))
+            .octet_stream()
+            .bytes(data.to_vec());
+        self.send_expecting(put, StatusCode::is_success).await?;
         Ok(())
     }
 
@@ -232,29 +213,21 @@ impl Client {
     ) -> Result<()> {
         let get = src.url(&format!("/v2/{src_repo}/blobs/{digest}"));
         let resp = src
-            .send(Request::new(Method::GET, &get, Scope::pull(src_repo)))
+            .send_expecting(
+                Request::new(Method::GET, &get, Scope::pull(src_repo)),
+                StatusCode::is_success,
+            )
             .await?;
-        if !resp.status().is_success() {
-            return Err(src.fail("GET", &get, resp).await);
-        }
         let body = checked_stream(Box::pin(resp.bytes_stream()), digest.to_string(), size);
         let location = self.start_upload(repo).await?;
         let url = with_digest(&location, digest);
-        let mut h = HeaderMap::new();
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        h.insert(CONTENT_LENGTH, HeaderValue::from(size));
         let what = format!("blob {} from {}", short(digest), src.registry);
         let put = Request::new(Method::PUT, &url, Scope::push(repo))
-            .headers(h)
+            .octet_stream()
+            .content_length(size)
             .stream(body, &what)
             .progress(progress);
-        let resp = self.send(put).await?;
-        if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
-            return Err(self.fail("PUT", &url, resp).await);
-        }
+        self.send_expecting(put, StatusCode::is_success).await?;
         Ok(())
     }
 
@@ -272,21 +245,12 @@ impl Client {
         let location = self.start_upload(repo).await?;
         let mut progress = crate::progress::silent_bytes("uploading while packing");
         let result = async {
-            let mut h = HeaderMap::new();
-            h.insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
             let body = crate::io::growing::follow(feed.clone());
             let patch = Request::new(Method::PATCH, &location, Scope::push(repo))
-                .headers(h)
+                .octet_stream()
                 .stream(body, "the layer being packed")
                 .progress(&mut progress);
-            let resp = self.send(patch).await?;
-            let status = resp.status();
-            if status != StatusCode::ACCEPTED && !status.is_success() {
-                return Err(self.fail("PATCH", &location, resp).await);
-            }
+            let resp = self.send_expecting(patch, StatusCode::is_success).await?;
             let next = self.next_location(&resp, &location);
             // The body ended, so the writer reported the blob complete.
             let (digest, size) = feed
@@ -312,18 +276,12 @@ impl Client {
 
     async fn start_upload(&self, repo: &str) -> Result<String> {
         let url = self.url(&format!("/v2/{repo}/blobs/uploads/"));
-        let mut h = HeaderMap::new();
-        h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let post = Request::new(Method::POST, &url, Scope::push(repo))
+            .content_length(0)
+            .bytes(Vec::new());
         let resp = self
-            .send(
-                Request::new(Method::POST, &url, Scope::push(repo))
-                    .headers(h)
-                    .bytes(Vec::new()),
-            )
+            .send_expecting(post, |s| *s == StatusCode::ACCEPTED)
             .await?;
-        if resp.status() != StatusCode::ACCEPTED {
-            return Err(self.fail("POST", &url, resp).await);
-        }
         let loc = resp
             .headers()
             .get(LOCATION)
@@ -345,18 +303,10 @@ impl Client {
     /// Commits a chunked upload.
     async fn finish_upload(&self, repo: &str, location: &str, digest: &str) -> Result<()> {
         let url = with_digest(location, digest);
-        let mut h = HeaderMap::new();
-        h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
-        let resp = self
-            .send(
-                Request::new(Method::PUT, &url, Scope::push(repo))
-                    .headers(h)
-                    .bytes(Vec::new()),
-            )
-            .await?;
-        if !resp.status().is_success() {
-            return Err(self.fail("PUT", &url, resp).await);
-        }
+        let put = Request::new(Method::PUT, &url, Scope::push(repo))
+            .content_length(0)
+            .bytes(Vec::new());
+        self.send_expecting(put, StatusCode::is_success).await?;
         Ok(())
     }
 
@@ -393,19 +343,15 @@ impl Client {
     ) -> Result<Sent> {
         while *offset < size {
             let len = CHUNK.min(size - *offset);
-            let mut h = HeaderMap::new();
-            h.insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            h.insert(CONTENT_LENGTH, HeaderValue::from(len));
-            h.insert(
-                "content-range",
-                HeaderValue::from_str(&format!("{}-{}", *offset, *offset + len - 1))?,
-            );
+            let range = format!("{}-{}", *offset, *offset + len - 1);
             // Sent once: after a failure `upload` asks the registry where to resume.
             let patch = Request::new(Method::PATCH, location.as_str(), Scope::push(repo))
-                .headers(h)
+                .octet_stream()
+                .content_length(len)
+                .header(
+                    HeaderName::from_static("content-range"),
+                    HeaderValue::from_str(&range)?,
+                )
                 .file(path, *offset, len)
                 .once()
                 .progress(progress);
@@ -434,22 +380,14 @@ impl Client {
         progress: &mut crate::progress::Bytes,
     ) -> Result<Sent> {
         let url = with_digest(location, digest);
-        let mut h = HeaderMap::new();
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        h.insert(CONTENT_LENGTH, HeaderValue::from(size));
         progress.set_position(0);
         let put = Request::new(Method::PUT, &url, Scope::push(repo))
-            .headers(h)
+            .octet_stream()
+            .content_length(size)
             .file(path, 0, size)
             .once()
             .progress(progress);
-        let resp = self.send(put).await?;
-        if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
-            return Err(self.fail("PUT", &url, resp).await);
-        }
+        self.send_expecting(put, StatusCode::is_success).await?;
         Ok(Sent::Done)
     }
 }

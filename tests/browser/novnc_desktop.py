@@ -21,14 +21,13 @@ otherwise (with a screenshot named *-failure.png beside --screenshot).
 """
 import argparse
 import os
-import shutil
 import sys
 import time
 
-from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+
+from chromium import Failed, add_browser_args, start_browser
 
 # The desktop canvas's size and how its pixels spread: the share of the most common
 # colour and the number of distinct colours (sampled on a grid: every 4th pixel).
@@ -64,30 +63,6 @@ return {
 """
 
 
-class Failed(Exception):
-    pass
-
-
-def start_browser(args):
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = args.chromium
-    for a in (
-        "--headless=new",
-        "--no-sandbox",  # CI containers run as root
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--hide-scrollbars",
-    ):
-        opts.add_argument(a)
-    driver = webdriver.Chrome(service=Service(args.chromedriver), options=opts)
-    width, height = (int(v) for v in args.window_size.split("x"))
-    driver.execute_cdp_cmd(
-        "Emulation.setDeviceMetricsOverride",
-        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
-    )
-    return driver
-
-
 def wait(deadline, what, ready, every=0.5):
     while True:
         v = ready()
@@ -108,11 +83,7 @@ def main():
     ap.add_argument("--screenshot", default="novnc-desktop.png")
     ap.add_argument("--expect-refused", action="store_true")
     ap.add_argument("--timeout", type=float, default=300)
-    ap.add_argument("--window-size", default="1280x800", metavar="WIDTHxHEIGHT")
-    ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
-    ap.add_argument(
-        "--chromedriver", default=shutil.which("chromedriver") or "/usr/bin/chromedriver"
-    )
+    add_browser_args(ap, window_size="1280x800")
     args = ap.parse_args()
     password = os.environ.get("NOVNC_PASSWORD", "")
     if not password:

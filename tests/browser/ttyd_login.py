@@ -22,19 +22,18 @@ everything was seen, 1 otherwise (with the terminal's text and a screenshot name
 import argparse
 import os
 import re
-import shutil
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
-from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+
+from chromium import Failed, add_browser_args, start_browser
 
 # The terminal's text, whichever way this ttyd build exposes it: the xterm.js buffer
 # (ttyd 1.6+ sets window.term), else the DOM renderer's rows, else the accessibility
@@ -59,10 +58,6 @@ return document.body ? document.body.innerText : "";
 """
 
 PROMPT = re.compile(r"[$#]\s*$")
-
-
-class Failed(Exception):
-    pass
 
 
 class Page:
@@ -119,27 +114,6 @@ def check_challenge(url):
     raise Failed("the page opened without credentials, but --basic-auth was given")
 
 
-def start_browser(args):
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = args.chromium
-    for a in (
-        "--headless=new",
-        "--no-sandbox",  # CI containers run as root
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--hide-scrollbars",
-    ):
-        opts.add_argument(a)
-    driver = webdriver.Chrome(service=Service(args.chromedriver), options=opts)
-    # The page's size exactly (a window's size includes the browser's own frame).
-    width, height = (int(v) for v in args.window_size.split("x"))
-    driver.execute_cdp_cmd(
-        "Emulation.setDeviceMetricsOverride",
-        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
-    )
-    return driver
-
-
 def log_in(page, user, password):
     page.wait(
         "the login prompt",
@@ -189,11 +163,7 @@ def main():
     ap.add_argument("--expect", action="append", default=[], metavar="REGEX")
     ap.add_argument("--screenshot", default="ttyd-terminal.png")
     ap.add_argument("--timeout", type=float, default=300)
-    ap.add_argument("--window-size", default="1000x560", metavar="WIDTHxHEIGHT")
-    ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
-    ap.add_argument(
-        "--chromedriver", default=shutil.which("chromedriver") or "/usr/bin/chromedriver"
-    )
+    add_browser_args(ap, window_size="1000x560")
     args = ap.parse_args()
     login_password = os.environ.get("TTYD_LOGIN_PASSWORD", "")
     basic_password = os.environ.get("TTYD_BASIC_PASSWORD", "")

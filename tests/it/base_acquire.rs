@@ -71,6 +71,22 @@ fn literal(s: &str) -> ChecksumSpec {
     ChecksumSpec::Literal(Checksum::parse(s).unwrap())
 }
 
+/// The base `name` served by the fixture's server, checked by the literal sha256 of
+/// `data`.
+fn sha256_base(f: &Fixture, name: &str, data: &[u8]) -> ResolvedBase {
+    url_base(
+        f.server.url(name),
+        literal(&format!("sha256:{}", sha256(data))),
+    )
+}
+
+/// The HTTP status of a download error, which must be an [`HttpStatusError`].
+fn http_status(err: &anyhow::Error) -> u16 {
+    err.downcast_ref::<HttpStatusError>()
+        .unwrap_or_else(|| panic!("not an HTTP status error: {err:#}"))
+        .status
+}
+
 fn checksum_file(url: String) -> ChecksumSpec {
     ChecksumSpec::File(ChecksumFile {
         url,
@@ -132,14 +148,18 @@ fn fixture() -> Fixture {
 }
 
 impl Fixture {
+    /// A qcow2 `name` of `size` (made in the work dir) served at `at`; gives its bytes.
+    fn serve_qcow2(&self, at: &str, name: &str, size: &str) -> Vec<u8> {
+        let data = make_qcow2(&self.dir, name, size);
+        self.server.serve(at, data.clone());
+        data
+    }
+
     /// A 16 MiB qcow2 served at `at`, and a base that names it with its sha256.
     fn served_disk(&self, at: &str) -> (Vec<u8>, ResolvedBase) {
         let data = make_qcow2(&self.dir, "disk.qcow2", "16M");
         self.server.serve(at, data.clone());
-        let spec = url_base(
-            self.server.url(at),
-            literal(&format!("sha256:{}", sha256(&data))),
-        );
+        let spec = sha256_base(self, at, &data);
         (data, spec)
     }
 }
@@ -187,10 +207,7 @@ async fn resumes_with_range_after_a_cut_connection() {
     assert!(data.len() > 200_000);
     f.server.serve("disk.qcow2", data.clone());
     f.server.cut_after_once("disk.qcow2", 150_000);
-    let spec = url_base(
-        f.server.url("disk.qcow2"),
-        literal(&format!("sha256:{}", sha256(&data))),
-    );
+    let spec = sha256_base(&f, "disk.qcow2", &data);
     let got = acquire(&spec, &f.cache, &fast_opts()).await.unwrap();
     assert_eq!(got.digest, format!("sha256:{}", sha256(&data)));
     let reqs = f.server.requests("disk.qcow2");
@@ -208,10 +225,7 @@ async fn resumes_a_partial_download_left_by_an_earlier_run() {
     f.server.serve("disk.qcow2.xz", compressed.clone());
     let cut = compressed.len() / 2;
     f.server.cut_after_once("disk.qcow2.xz", cut);
-    let spec = url_base(
-        f.server.url("disk.qcow2.xz"),
-        literal(&format!("sha256:{}", sha256(&compressed))),
-    );
+    let spec = sha256_base(&f, "disk.qcow2.xz", &compressed);
     // A run that gives up after the first failure leaves its partial file behind.
     let mut give_up = fast_opts();
     give_up.retry.max_attempts = 1;
@@ -230,14 +244,9 @@ async fn resumes_a_partial_download_left_by_an_earlier_run() {
 
 async fn restarts_when_the_server_ignores_ranges() {
     let f = fixture();
-    let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
-    f.server.serve("disk.qcow2", data.clone());
+    let (data, spec) = f.served_disk("disk.qcow2");
     f.server.no_ranges("disk.qcow2");
     f.server.cut_after_once("disk.qcow2", 100_000);
-    let spec = url_base(
-        f.server.url("disk.qcow2"),
-        literal(&format!("sha256:{}", sha256(&data))),
-    );
     let got = acquire(&spec, &f.cache, &fast_opts()).await.unwrap();
     assert_eq!(got.digest, format!("sha256:{}", sha256(&data)));
     let reqs = f.server.requests("disk.qcow2");
@@ -246,13 +255,8 @@ async fn restarts_when_the_server_ignores_ranges() {
 
 async fn retries_503_then_succeeds() {
     let f = fixture();
-    let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
-    f.server.serve("disk.qcow2", data.clone());
+    let (_, spec) = f.served_disk("disk.qcow2");
     f.server.fail_503("disk.qcow2", 2);
-    let spec = url_base(
-        f.server.url("disk.qcow2"),
-        literal(&format!("sha256:{}", sha256(&data))),
-    );
     acquire(&spec, &f.cache, &fast_opts()).await.unwrap();
     let statuses: Vec<u16> = f
         .server
@@ -270,10 +274,7 @@ async fn persistent_503_gives_up_naming_url_and_status() {
     let url = f.server.url("disk.qcow2");
     let spec = url_base(url.clone(), literal(&format!("sha256:{}", "0".repeat(64))));
     let err = acquire(&spec, &f.cache, &fast_opts()).await.unwrap_err();
-    let status = err
-        .downcast_ref::<HttpStatusError>()
-        .unwrap_or_else(|| panic!("not an HTTP status error: {err:#}"));
-    assert_eq!(status.status, 503);
+    assert_eq!(http_status(&err), 503);
     let msg = format!("{err:#}");
     assert!(
         msg.contains(&url) && msg.contains("4 failed attempts"),
@@ -288,10 +289,7 @@ async fn not_found_fails_at_once_naming_url_and_status() {
     let url = f.server.url("missing.qcow2");
     let spec = url_base(url.clone(), literal(&format!("sha256:{}", "0".repeat(64))));
     let err = acquire(&spec, &f.cache, &fast_opts()).await.unwrap_err();
-    let status = err
-        .downcast_ref::<HttpStatusError>()
-        .unwrap_or_else(|| panic!("not an HTTP status error: {err:#}"));
-    assert_eq!(status.status, 404);
+    assert_eq!(http_status(&err), 404);
     assert!(format!("{err:#}").contains(&url), "{err:#}");
     assert_eq!(f.server.count("missing.qcow2"), 1, "404 is not retried");
     assert_eq!(cache_files(&f.cache), Vec::<String>::new());
@@ -299,8 +297,7 @@ async fn not_found_fails_at_once_naming_url_and_status() {
 
 async fn checksum_mismatch_is_typed_and_leaves_nothing() {
     let f = fixture();
-    let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
-    f.server.serve("disk.qcow2", data.clone());
+    let data = f.serve_qcow2("disk.qcow2", "disk.qcow2", "16M");
     let wrong = sha256(b"something else");
     let url = f.server.url("disk.qcow2");
     let spec = url_base(url.clone(), literal(&format!("sha256:{wrong}")));
@@ -316,10 +313,8 @@ async fn checksum_mismatch_is_typed_and_leaves_nothing() {
 
 async fn gnu_checksum_file_binary_and_text_mode() {
     let f = fixture();
-    let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
-    let other = make_qcow2(&f.dir, "other.qcow2", "32M");
-    f.server.serve("rel/disk-1.qcow2", data.clone());
-    f.server.serve("rel/other.qcow2", other.clone());
+    let data = f.serve_qcow2("rel/disk-1.qcow2", "disk.qcow2", "16M");
+    let other = f.serve_qcow2("rel/other.qcow2", "other.qcow2", "32M");
     f.server.serve(
         "rel/SHA256SUMS",
         format!(
@@ -345,8 +340,7 @@ async fn gnu_checksum_file_binary_and_text_mode() {
 
 async fn bsd_checksum_file_with_sha512_and_explicit_name() {
     let f = fixture();
-    let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
-    f.server.serve("download?id=7", data.clone());
+    let data = f.serve_qcow2("download?id=7", "disk.qcow2", "16M");
     f.server.serve(
         "CHECKSUM",
         format!(
@@ -379,8 +373,7 @@ async fn bsd_checksum_file_with_sha512_and_explicit_name() {
 
 async fn literal_sha512_and_its_mismatch() {
     let f = fixture();
-    let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
-    f.server.serve("disk.qcow2", data.clone());
+    let data = f.serve_qcow2("disk.qcow2", "disk.qcow2", "16M");
     let spec = url_base(
         f.server.url("disk.qcow2"),
         literal(&format!("sha512:{}", sha512(&data))),
@@ -404,10 +397,8 @@ async fn literal_sha512_and_its_mismatch() {
 /// the build gets the image its checksum names, not the other one.
 async fn a_reference_naming_another_intact_blob_is_not_trusted() {
     let f = fixture();
-    let a = make_qcow2(&f.dir, "a.qcow2", "8M");
-    let b = make_qcow2(&f.dir, "b.qcow2", "16M");
-    f.server.serve("a.qcow2", a.clone());
-    f.server.serve("b.qcow2", b.clone());
+    let a = f.serve_qcow2("a.qcow2", "a.qcow2", "8M");
+    let b = f.serve_qcow2("b.qcow2", "b.qcow2", "16M");
     let spec = |name: &str, data: &[u8]| {
         url_base(
             f.server.url(name),
@@ -534,8 +525,7 @@ async fn corrupt_cache_entry_is_discarded_and_fetched_again() {
 
 async fn offline_uses_the_cache_only() {
     let f = fixture();
-    let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
-    f.server.serve("disk.qcow2", data.clone());
+    let data = f.serve_qcow2("disk.qcow2", "disk.qcow2", "16M");
     f.server.serve(
         "SHA256SUMS",
         format!("{}  disk.qcow2\n", sha256(&data)).into_bytes(),
@@ -573,14 +563,9 @@ async fn offline_uses_the_cache_only() {
 
 fn two_concurrent_acquisitions_download_once() {
     let f = fixture();
-    let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
-    f.server.serve("disk.qcow2", data.clone());
+    let (_, spec) = f.served_disk("disk.qcow2");
     // A slow response keeps the first download in flight while the second arrives.
     f.server.delay("disk.qcow2", Duration::from_millis(700));
-    let spec = url_base(
-        f.server.url("disk.qcow2"),
-        literal(&format!("sha256:{}", sha256(&data))),
-    );
     let results: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..2)
             .map(|_| {
@@ -631,10 +616,7 @@ async fn qcow2_with_a_backing_file_is_refused() {
     );
     let overlay = fs::read(f.dir.join("overlay.qcow2")).unwrap();
     f.server.serve("overlay.qcow2", overlay.clone());
-    let spec = url_base(
-        f.server.url("overlay.qcow2"),
-        literal(&format!("sha256:{}", sha256(&overlay))),
-    );
+    let spec = sha256_base(&f, "overlay.qcow2", &overlay);
     let err = acquire(&spec, &f.cache, &fast_opts()).await.unwrap_err();
     assert!(format!("{err:#}").contains("backing file"), "{err:#}");
     assert!(
@@ -668,8 +650,7 @@ async fn remote_base_needs_a_checksum_unless_none() {
     let err = ResolvedBase::from_spec(&spec, &f.dir).unwrap_err();
     assert!(format!("{err:#}").contains("checksum: none"), "{err:#}");
 
-    let data = make_qcow2(&f.dir, "disk.qcow2", "16M");
-    f.server.serve("disk.qcow2", data.clone());
+    let data = f.serve_qcow2("disk.qcow2", "disk.qcow2", "16M");
     let spec = BaseSpec {
         url: Some(f.server.url("disk.qcow2")),
         checksum: Some(literal("none")),

@@ -187,6 +187,13 @@ fn blobs(cache: &Cache) -> usize {
     fs::read_dir(cache.blob_dir()).unwrap().count()
 }
 
+/// Acquiring `spec` into `cache` fails on the signature ("NOT valid") and caches nothing.
+async fn refused_as_not_valid(spec: &ResolvedBase, cache: &Cache) {
+    let err = acquire(spec, cache, &opts()).await.unwrap_err();
+    assert!(format!("{err:#}").contains("NOT valid"), "{err:#}");
+    assert_eq!(blobs(cache), 0);
+}
+
 async fn clearsigned_checksum_file_is_verified_and_tampering_rejected() {
     let f = fixture();
     f.server.serve("disk.qcow2", f.image.clone());
@@ -246,16 +253,11 @@ async fn clearsigned_checksum_file_is_verified_and_tampering_rejected() {
         "other/SHA256SUMS.asc",
         f.gpg.clearsign(OTHER, &f.sums(&f.image)),
     );
-    let cache = f.cache("c4");
-    let err = acquire(
+    refused_as_not_valid(
         &f.spec("other/SHA256SUMS.asc", key_path.clone(), None),
-        &cache,
-        &opts(),
+        &f.cache("c4"),
     )
-    .await
-    .unwrap_err();
-    assert!(format!("{err:#}").contains("NOT valid"), "{err:#}");
-    assert_eq!(blobs(&cache), 0);
+    .await;
 
     // A signing key but neither a clearsigned file nor a signature URL.
     f.server
@@ -298,16 +300,11 @@ async fn detached_signature_is_verified_with_sqv_and_tampering_rejected() {
         sums.replace(&sha256(&f.image), &sha256(&f.evil))
             .into_bytes(),
     );
-    let cache = f.cache("d2");
-    let err = acquire(
+    refused_as_not_valid(
         &f.spec("SHA256SUMS", key, Some("SHA256SUMS.sig")),
-        &cache,
-        &opts(),
+        &f.cache("d2"),
     )
-    .await
-    .unwrap_err();
-    assert!(format!("{err:#}").contains("NOT valid"), "{err:#}");
-    assert_eq!(blobs(&cache), 0);
+    .await;
 }
 
 async fn clearsigned_file_without_a_key_is_read_after_stripping_the_armor() {

@@ -184,18 +184,11 @@ fn catalog_files_are_checked_and_a_given_catalog_wins() {
     let dir = t.path().join("my-catalog");
     std::fs::create_dir(&dir).unwrap();
     let entry = dir.join("ubuntu-24.04.yaml");
-    std::fs::write(
+    let err = common::refused_by_validate(
         &entry,
         "name: ubuntu-24.04\ndescription: a mirror\nos: ubuntu\nrelease: \"24.04\"\nformat: qcow2\nimages:\n  amd64:\n    url: http://mirror.example/ubuntu.img\n    checksum:\n      url: http://mirror.example/SHA256SUMS\n      signature-url: http://mirror.example/SHA256SUMS.gpg\n",
-    )
-    .unwrap();
-    let out = common::diskforge()
-        .arg("validate")
-        .arg(&entry)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+        &[],
+    );
     assert!(
         err.contains("ubuntu-24.04.yaml:11:7: images.amd64.checksum.signature-url"),
         "{err}"
@@ -258,14 +251,8 @@ fn the_whole_catalog_is_known_outside_the_repository() {
         .current_dir(t.path())
         .env_remove("DISKFORGE_CATALOG")
         .args(["base", "list"])
-        .output()
-        .unwrap();
+        .succeeds();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let files: Vec<String> = std::fs::read_dir(common::repo_root().join("base-images"))
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -100,11 +100,7 @@ fn actionlint_rejects_a_job_that_needs_a_missing_job() {
     let (_tmp, copy) = broken_copy(GITHUB, "", "needs: outdated\n", "needs: gate\n");
     let out = actionlint(&copy);
     assert!(!out.status.success());
-    assert!(
-        text(&out).contains(r#"needs job "gate" which does not exist"#),
-        "{}",
-        text(&out)
-    );
+    common::assert_says(&out, r#"needs job "gate" which does not exist"#);
 }
 
 fn github_workflow_passes_action_validator() {
@@ -118,7 +114,7 @@ fn action_validator_rejects_a_misspelled_key() {
     let (_tmp, copy) = broken_copy(GITHUB, "", "timeout-minutes: 30", "timeout-minute: 30");
     let out = run(Command::new(bin).arg(&copy));
     assert!(!out.status.success());
-    assert!(text(&out).contains("'timeout-minute'"), "{}", text(&out));
+    common::assert_says(&out, "'timeout-minute'");
 }
 
 /// check-jsonschema against one of its vendored schemas (no network).
@@ -139,7 +135,7 @@ fn gitlab_pipeline_passes_the_gitlab_ci_schema() {
     let file = common::repo_root().join(GITLAB);
     let out = check_jsonschema("vendor.gitlab-ci", &file);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("validation done"), "{}", text(&out));
+    common::assert_says(&out, "validation done");
 }
 
 /// Makes `dir` a git checkout with everything in it committed (gitlab-ci-local reads the
@@ -259,7 +255,7 @@ fn gitlab_schema_rejects_an_unknown_when() {
     );
     let out = check_jsonschema("vendor.gitlab-ci", &copy);
     assert!(!out.status.success());
-    assert!(text(&out).contains("'nightly'"), "{}", text(&out));
+    common::assert_says(&out, "'nightly'");
 }
 
 /// tekton-lint's findings (JSON) over every YAML file of `dir`.
@@ -458,7 +454,7 @@ fn shellcheck_rejects_an_unquoted_variable() {
     let (_, shell, script) = embedded_scripts().into_iter().next().unwrap();
     let out = shellcheck(shell, &format!("{script}\nrm -rf $RUNNER_TEMP/x\n"));
     assert!(!out.status.success());
-    assert!(text(&out).contains("SC2086"), "{}", text(&out));
+    common::assert_says(&out, "SC2086");
 }
 
 /// The GitHub build job's summary step, run by bash on sample reports: it must turn the

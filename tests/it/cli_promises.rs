@@ -1212,9 +1212,7 @@ fn options_are_taken_where_they_are_offered() {
     let out = common::diskforge()
         .args(["validate", "--accel", "tcg"])
         .arg(&recipe)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        .exits(2);
     assert!(
         stderr(&out).contains("unexpected argument '--accel'"),
         "{}",
@@ -1232,9 +1230,7 @@ fn options_are_taken_where_they_are_offered() {
         .arg(&recipe)
         .args(["--offline", "--cache-dir"])
         .arg(&after)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     assert!(after.is_dir(), "{}", text(&out));
     assert!(!before.exists(), "{}", text(&out));
 }
@@ -1248,12 +1244,10 @@ fn man_pages_render_for_every_subcommand() {
     let main_page = t.path().join("stdout.1");
     std::fs::write(&main_page, &out.stdout).unwrap();
     let dir = t.path().join("man1");
-    let out = common::diskforge()
+    common::diskforge()
         .args(["man", "--out-dir"])
         .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     assert_eq!(
         std::fs::read(dir.join("diskforge.1")).unwrap(),
         std::fs::read(&main_page).unwrap(),
@@ -1337,9 +1331,7 @@ fn lines_of_parallel_builds_name_their_recipe() {
         .arg("--cache-dir")
         .arg(t.path().join("cache"))
         .args(["-o", "oci:out-{name}"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        .exits(1);
     let err = stderr(&out);
     for n in ["alpha", "beta"] {
         assert!(

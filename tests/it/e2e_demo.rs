@@ -131,6 +131,10 @@ fn demo_builds_pushes_verifies_boots_and_serves_ttyd() {
     let reg = Registry::start(None);
     let dest = format!("docker://{}/lab/demo:1", reg.addr);
     let layout1 = t.path().join("build1");
+    // The demo recipe and where every build of it goes.
+    let recipe = root.join("recipes/demo.yaml");
+    let layout1_ref = format!("oci:{}:1", layout1.display());
+    let outputs = ["--output", dest.as_str(), "--output", layout1_ref.as_str()];
     let digest_file = t.path().join("digest");
     // A signing key (PKCS#8 PEM, as `openssl genpkey` writes it), and another one.
     let key = t.path().join("key.pem");
@@ -145,27 +149,17 @@ fn demo_builds_pushes_verifies_boots_and_serves_ttyd() {
     //    from Debian packages too).
     let out = diskforge(&cache)
         .args(["plan", "--json"])
-        .arg(root.join("recipes/demo.yaml"))
-        .args([
-            "--output",
-            &dest,
-            "--output",
-            &format!("oci:{}:1", layout1.display()),
-        ])
+        .arg(&recipe)
+        .args(outputs)
         .output()
         .unwrap();
     let planned = common::planned_commands(ok(&out, "diskforge plan").as_bytes());
     assert!(!planned.is_empty());
     let out = diskforge(&cache)
         .args(["--json-events", "build"])
-        .arg(root.join("recipes/demo.yaml"))
-        .args([
-            "--output",
-            &dest,
-            "--output",
-            &format!("oci:{}:1", layout1.display()),
-            "--tls-verify=false",
-        ])
+        .arg(&recipe)
+        .args(outputs)
+        .arg("--tls-verify=false")
         .arg("--digest-file")
         .arg(&digest_file)
         .arg("--sign-key")
@@ -402,14 +396,9 @@ fn demo_builds_pushes_verifies_boots_and_serves_ttyd() {
     //    layout already hold an image with this build key.
     let out = diskforge(&cache)
         .args(["build"])
-        .arg(root.join("recipes/demo.yaml"))
-        .args([
-            "--output",
-            &dest,
-            "--output",
-            &format!("oci:{}:1", layout1.display()),
-            "--tls-verify=false",
-        ])
+        .arg(&recipe)
+        .args(outputs)
+        .arg("--tls-verify=false")
         .output()
         .unwrap();
     let s = ok(&out, "unchanged rebuild");

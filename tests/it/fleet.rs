@@ -77,14 +77,14 @@ fn skopeo_digest(reference: &str) -> Option<String> {
     Some(v["Digest"].as_str().unwrap().to_string())
 }
 
-/// The report's entry for `name`.
-fn entry<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["recipes"]
+/// The entry for recipe `name` in a `build --report` or an `outdated --json` document.
+fn entry<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    doc["recipes"]
         .as_array()
         .unwrap()
         .iter()
         .find(|r| r["name"] == name)
-        .unwrap_or_else(|| panic!("no {name} in the report {report:#}"))
+        .unwrap_or_else(|| panic!("no {name} in {doc:#}"))
 }
 
 /// Writes the shared parent and three recipes that extend it: `broken` (asks for a disk
@@ -145,15 +145,6 @@ fn outdated(cache: &Path, recipes: &[PathBuf]) -> (i32, Value, Output) {
     let doc = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("outdated printed no JSON ({e}): {}", text(&out)));
     (out.status.code().unwrap_or(-1), doc, out)
-}
-
-fn row<'a>(doc: &'a Value, name: &str) -> &'a Value {
-    doc["recipes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == name)
-        .unwrap_or_else(|| panic!("no {name} in {doc:#}"))
 }
 
 fn reasons(row: &Value) -> Vec<String> {
@@ -287,9 +278,9 @@ fn three_recipes_in_two_jobs_then_the_gate() {
     let (code, doc, out) = outdated(&gate_cache, &recipes);
     assert_eq!(code, 0, "everything current: {}", text(&out));
     for name in ["current", "fresh"] {
-        assert_eq!(row(&doc, name)["status"], "current", "{doc:#}");
+        assert_eq!(entry(&doc, name)["status"], "current", "{doc:#}");
     }
-    assert_eq!(row(&doc, "common")["status"], "skipped", "{doc:#}");
+    assert_eq!(entry(&doc, "common")["status"], "skipped", "{doc:#}");
     assert_eq!(
         gets(&server, SUMS),
         sums_gets + 2,
@@ -304,7 +295,7 @@ fn three_recipes_in_two_jobs_then_the_gate() {
     .unwrap();
     let (code, doc, out) = outdated(&gate_cache, &recipe_paths(&dir, &["fresh"]));
     assert_eq!(code, 5, "{}", text(&out));
-    let fresh_row = row(&doc, "fresh");
+    let fresh_row = entry(&doc, "fresh");
     assert_eq!(fresh_row["status"], "stale");
     assert_eq!(reasons(fresh_row), ["recipe changed"], "{doc:#}");
     // The table spells it out too.
@@ -321,7 +312,7 @@ fn three_recipes_in_two_jobs_then_the_gate() {
     // The image is missing.
     let (code, doc, out) = outdated(&gate_cache, &recipe_paths(&dir, &["broken"]));
     assert_eq!(code, 5, "{}", text(&out));
-    assert_eq!(reasons(row(&doc, "broken")), ["image missing"], "{doc:#}");
+    assert_eq!(reasons(entry(&doc, "broken")), ["image missing"], "{doc:#}");
 
     // Upstream published another base: only its checksum file is read to see it.
     server.serve(
@@ -331,7 +322,7 @@ fn three_recipes_in_two_jobs_then_the_gate() {
     let (code, doc, out) = outdated(&gate_cache, &recipe_paths(&dir, &["current"]));
     assert_eq!(code, 5, "{}", text(&out));
     assert_eq!(
-        reasons(row(&doc, "current")),
+        reasons(entry(&doc, "current")),
         ["base changed upstream"],
         "{doc:#}"
     );

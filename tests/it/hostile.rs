@@ -6,7 +6,7 @@ use crate::common;
 use common::Run;
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,49 @@ fn on_image(scratch: &Path, args: &[&str], layout: &Path) -> std::process::Outpu
         .unwrap()
 }
 
+/// The commands that read a disk out of an image, each given the image last.
+const READERS: [&[&str]; 2] = [&["verify"], &["run", "--check", "--timeout", "5"]];
+
+/// An empty work directory `dir/scratch-NAME`.
+fn scratch_dir(dir: &Path, name: &str) -> PathBuf {
+    let scratch = dir.join(format!("scratch-{name}"));
+    std::fs::create_dir(&scratch).unwrap();
+    scratch
+}
+
+/// `diskforge verify oci:<layout>:t`.
+fn verify(layout: &Path) -> std::process::Output {
+    df().arg("verify")
+        .arg(format!("oci:{}:t", layout.display()))
+        .output()
+        .unwrap()
+}
+
+/// `diskforge pack DISK -o oci:<dir>/o`.
+fn pack_into_o(dir: &Path, disk: &Path) -> std::process::Output {
+    df().arg("pack")
+        .arg(disk)
+        .arg("-o")
+        .arg(format!("oci:{}", dir.join("o").display()))
+        .output()
+        .unwrap()
+}
+
+/// Response headers of an OCI image manifest of `len` bytes.
+fn manifest_head(c: &mut std::net::TcpStream, len: String) {
+    head(
+        c,
+        "200 OK",
+        &[
+            (
+                "Content-Type",
+                "application/vnd.oci.image.manifest.v1+json".into(),
+            ),
+            ("Content-Length", len),
+        ],
+    );
+}
+
 fn qcow2(dir: &Path) -> Vec<u8> {
     std::fs::read(common::disk::qcow2(dir, "small.qcow2", "8M")).unwrap()
 }
@@ -45,10 +88,9 @@ fn layer_entries_cannot_write_outside_the_scratch_dir() {
             (path, b'0', &disk, 107, 0o440),
         ]);
         layout_with_layer(&layout, &layer, None);
-        let scratch = t.path().join(format!("scratch-{name}"));
-        std::fs::create_dir(&scratch).unwrap();
-        for args in [vec!["verify"], vec!["run", "--check", "--timeout", "5"]] {
-            let out = on_image(&scratch, &args, &layout);
+        let scratch = scratch_dir(t.path(), name);
+        for args in READERS {
+            let out = on_image(&scratch, args, &layout);
             let msg = text(&out);
             assert!(!out.status.success(), "{args:?} accepted {path}: {msg}");
             assert!(
@@ -126,10 +168,9 @@ fn absolute_entries_and_links_in_a_layer_are_refused() {
     for (name, layer, why) in cases {
         let layout = t.path().join(name);
         layout_with_layer(&layout, &layer, None);
-        let scratch = t.path().join(format!("scratch-{name}"));
-        std::fs::create_dir(&scratch).unwrap();
-        for args in [vec!["verify"], vec!["run", "--check", "--timeout", "5"]] {
-            let out = on_image(&scratch, &args, &layout);
+        let scratch = scratch_dir(t.path(), name);
+        for args in READERS {
+            let out = on_image(&scratch, args, &layout);
             let msg = text(&out);
             assert!(
                 !out.status.success(),
@@ -176,13 +217,7 @@ fn disks_that_reach_host_files_are_refused_everywhere() {
         (&vmdk, "vmdk"),
     ] {
         // pack refuses it
-        let out = df()
-            .arg("pack")
-            .arg(disk)
-            .arg("-o")
-            .arg(format!("oci:{}", t.path().join("o").display()))
-            .output()
-            .unwrap();
+        let out = pack_into_o(t.path(), disk);
         assert!(
             !out.status.success() && text(&out).contains(why),
             "pack: {}",
@@ -206,7 +241,7 @@ fn disks_that_reach_host_files_are_refused_everywhere() {
             .arg("verify")
             .arg(format!("oci:{}:t", layout.display()))
             .exits(4);
-        assert!(text(&out).contains(why), "{}", text(&out));
+        common::assert_says(&out, why);
     }
 }
 
@@ -223,15 +258,9 @@ fn pack_refuses_links_text_files_and_odd_sizes() {
         (&txt, "too small"),
         (&odd, "512-byte sectors"),
     ] {
-        let out = df()
-            .arg("pack")
-            .arg(p)
-            .arg("-o")
-            .arg(format!("oci:{}", t.path().join("o").display()))
-            .output()
-            .unwrap();
+        let out = pack_into_o(t.path(), p);
         assert!(!out.status.success(), "{} was packed", p.display());
-        assert!(text(&out).contains(why), "{}", text(&out));
+        common::assert_says(&out, why);
     }
     assert!(
         !t.path().join("o").exists(),
@@ -249,11 +278,7 @@ fn layout_blobs_must_match_their_descriptors() {
     // The layer blob says 10 GB for a few hundred KB.
     let big = t.path().join("big");
     layout_with_layer(&big, &layer, Some(10_000_000_000));
-    let out = df()
-        .arg("verify")
-        .arg(format!("oci:{}:t", big.display()))
-        .output()
-        .unwrap();
+    let out = verify(&big);
     assert!(
         !out.status.success() && text(&out).contains("descriptor says 10000000000"),
         "{}",
@@ -271,11 +296,7 @@ fn layout_blobs_must_match_their_descriptors() {
     let n = bytes.len();
     bytes[n - 2000] ^= 0xff;
     std::fs::write(&blob, bytes).unwrap();
-    let out = df()
-        .arg("verify")
-        .arg(format!("oci:{}:t", tampered.display()))
-        .output()
-        .unwrap();
+    let out = verify(&tampered);
     assert!(
         !out.status.success() && text(&out).contains("does not match its digest"),
         "{}",
@@ -293,17 +314,7 @@ fn fake_registry(
         if r.path == "/v2/" {
             head(c, "200 OK", &[("Content-Length", "0".into())]);
         } else if r.path.contains("/manifests/") {
-            head(
-                c,
-                "200 OK",
-                &[
-                    (
-                        "Content-Type",
-                        "application/vnd.oci.image.manifest.v1+json".into(),
-                    ),
-                    ("Content-Length", manifest.len().to_string()),
-                ],
-            );
+            manifest_head(c, manifest.len().to_string());
             let _ = c.write_all(manifest);
         } else if let Some(d) = r.path.split("/blobs/").nth(1) {
             blob(d, c);
@@ -391,17 +402,7 @@ fn hostile_registries_cost_bounded_memory_and_time() {
             head(c, "200 OK", &[("Content-Length", "0".into())]);
             return;
         }
-        head(
-            c,
-            "200 OK",
-            &[
-                (
-                    "Content-Type",
-                    "application/vnd.oci.image.manifest.v1+json".into(),
-                ),
-                ("Content-Length", "1000000".into()),
-            ],
-        );
+        manifest_head(c, "1000000".into());
         for _ in 0..500 {
             if c.write_all(b" ").is_err() {
                 return;
@@ -774,7 +775,7 @@ fn a_recipe_name_or_a_reference_cannot_steer_where_images_go() {
         Duration::from_secs(120),
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("set `name:`"), "{}", text(&out));
+    common::assert_says(&out, "set `name:`");
     let disk = t.path().join("small.qcow2");
     let disk = disk.to_str().unwrap();
     let layout_tag = format!("{}:t", layout.display());

@@ -374,7 +374,7 @@ fn run_check_stops_promptly_and_takes_qemu_with_it() {
     let (out, rss_kib) = with_peak_rss(&mut run_check(&disk, &scratch, 5), Duration::from_secs(60));
     let took = started.elapsed();
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    assert!(text(&out).contains("timed out"), "{}", text(&out));
+    common::assert_says(&out, "timed out");
     assert!(took < Duration::from_secs(12), "--timeout 5 took {took:?}");
     assert!(rss_kib < 200 << 10, "peak RSS {rss_kib} KiB");
     assert!(qemu_pids(&scratch).is_empty(), "QEMU left running");

@@ -42,11 +42,50 @@ fn packed(disk: &Path, extra: &[&str]) -> std::process::Output {
     pack_command(disk, extra).succeeds()
 }
 
-fn manifest(layout: &Path, digest: &str) -> serde_json::Value {
-    let p = layout
-        .join("blobs/sha256")
-        .join(digest.trim_start_matches("sha256:"));
-    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+/// Packs `disk` with `extra` options into `layout` as tag v1; gives the manifest.
+fn packed_v1(disk: &Path, layout: &Path, extra: &[&str]) -> serde_json::Value {
+    let output = format!("oci:{}:v1", layout.display());
+    packed(disk, &[extra, &["--output", &output]].concat());
+    common::json_blob(layout, &common::tagged_digest(layout, "v1"))
+}
+
+/// The diff_id of the first layer, from the config of manifest `m`.
+fn diff_id(layout: &Path, m: &serde_json::Value) -> String {
+    let cfg = common::json_blob(layout, m["config"]["digest"].as_str().unwrap());
+    cfg["rootfs"]["diff_ids"][0].as_str().unwrap().to_string()
+}
+
+/// The first layer's blob of manifest `m` in `layout`.
+fn layer_blob(layout: &Path, m: &serde_json::Value) -> PathBuf {
+    layout.join("blobs/sha256").join(
+        m["layers"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    )
+}
+
+/// `sha256:<hex>` of what `decompress` (a shell command reading "$1") writes for `blob`.
+fn decompressed_digest(decompress: &str, blob: &Path) -> String {
+    let out = sh(Command::new("sh")
+        .arg("-c")
+        .arg(format!("{decompress} \"$1\" | sha256sum"))
+        .arg("sh")
+        .arg(blob));
+    format!("sha256:{}", out.split_whitespace().next().unwrap())
+}
+
+/// umoci unpacks `image` (`DIR:TAG`) into `bundle`, and the disk it finds is `disk`.
+fn assert_umoci_unpacks_the_disk(image: &str, bundle: &Path, disk: &Path) {
+    sh(Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(image)
+        .arg(bundle));
+    assert_eq!(
+        std::fs::read(bundle.join("rootfs/disk/disk.qcow2")).unwrap(),
+        std::fs::read(disk).unwrap(),
+        "umoci unpacked another disk"
+    );
 }
 
 fn packed_layout_meets_the_containerdisk_contract() {
@@ -96,19 +135,14 @@ fn packed_layout_meets_the_containerdisk_contract() {
     assert!(stat.contains("diskforge"), "history missing: {stat}");
 
     // The layer, as a runtime extracts it.
-    let m = manifest(&layout, &common::tagged_digest(&layout, "v1"));
+    let m = common::json_blob(&layout, &common::tagged_digest(&layout, "v1"));
     let layers = m["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 1);
     assert_eq!(
         layers[0]["mediaType"],
         "application/vnd.oci.image.layer.v1.tar+gzip"
     );
-    let blob = layout.join("blobs/sha256").join(
-        layers[0]["digest"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("sha256:"),
-    );
+    let blob = layer_blob(&layout, &m);
     let listing = sh(Command::new("tar")
         .args(["--numeric-owner", "-tvzf"])
         .arg(&blob));
@@ -136,7 +170,7 @@ fn packed_layout_meets_the_containerdisk_contract() {
         std::fs::read(&disk).unwrap()
     );
     // The config's diff_id is the sha256 of the uncompressed tar.
-    let cfg = manifest(&layout, m["config"]["digest"].as_str().unwrap());
+    let cfg = common::json_blob(&layout, m["config"]["digest"].as_str().unwrap());
     let tar_bytes = {
         let mut d = flate2::read::MultiGzDecoder::new(std::fs::File::open(&blob).unwrap());
         let mut v = Vec::new();
@@ -149,11 +183,7 @@ fn packed_layout_meets_the_containerdisk_contract() {
     );
 
     // inspect reads the disk header from the layer.
-    let out = common::diskforge()
-        .args(["inspect", "--json"])
-        .arg(format!("oci:{}:v1", layout.display()))
-        .succeeds();
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = common::inspect_json(&[&format!("oci:{}:v1", layout.display())]);
     assert_eq!(s["disk"]["format"], "qcow2");
     assert_eq!(s["disk"]["virtual_size"], 24 << 20);
 }
@@ -192,7 +222,7 @@ fn same_input_gives_identical_digests_for_every_compression() {
                 String::from_utf8_lossy(&out.stderr)
             );
             let d = common::tagged_digest(&layout, "x");
-            let m = manifest(&layout, &d);
+            let m = common::json_blob(&layout, &d);
             digests.push((
                 d,
                 m["layers"][0]["digest"].clone(),
@@ -233,31 +263,12 @@ fn other_tools_decompress_the_gzip_layer_to_the_diff_id() {
     // Several 1 MiB gzip members.
     let disk = random_qcow2(t.path(), 8);
     let layout = t.path().join("layout");
-    packed(
-        &disk,
-        &["--output", &format!("oci:{}:v1", layout.display())],
-    );
-    let m = manifest(&layout, &common::tagged_digest(&layout, "v1"));
-    let cfg = manifest(&layout, m["config"]["digest"].as_str().unwrap());
-    let diff_id = cfg["rootfs"]["diff_ids"][0].as_str().unwrap().to_string();
-    let blob = layout.join("blobs/sha256").join(
-        m["layers"][0]["digest"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("sha256:"),
-    );
+    let m = packed_v1(&disk, &layout, &[]);
+    let diff_id = diff_id(&layout, &m);
+    let blob = layer_blob(&layout, &m);
 
     sh(Command::new("gzip").arg("-t").arg(&blob));
-    let zcat = sh(Command::new("sh")
-        .arg("-c")
-        .arg("gzip -dc \"$1\" | sha256sum")
-        .arg("sh")
-        .arg(&blob));
-    assert_eq!(
-        format!("sha256:{}", zcat.split_whitespace().next().unwrap()),
-        diff_id,
-        "gzip -dc"
-    );
+    assert_eq!(decompressed_digest("gzip -dc", &blob), diff_id, "gzip -dc");
     let py = sh(Command::new("python3")
         .arg("-c")
         .arg(
@@ -270,15 +281,10 @@ fn other_tools_decompress_the_gzip_layer_to_the_diff_id() {
         .arg(&blob));
     assert_eq!(py.trim(), diff_id, "python3 gzip");
 
-    let bundle = t.path().join("bundle");
-    sh(Command::new("umoci")
-        .args(["unpack", "--rootless", "--image"])
-        .arg(format!("{}:v1", layout.display()))
-        .arg(&bundle));
-    assert_eq!(
-        std::fs::read(bundle.join("rootfs/disk/disk.qcow2")).unwrap(),
-        std::fs::read(&disk).unwrap(),
-        "umoci unpacked another disk"
+    assert_umoci_unpacks_the_disk(
+        &format!("{}:v1", layout.display()),
+        &t.path().join("bundle"),
+        &disk,
     );
 }
 
@@ -338,13 +344,8 @@ fn disks_over_8_gib_get_a_valid_tar_header() {
         ],
     );
     let d = common::tagged_digest(&layout, "latest");
-    let m = manifest(&layout, &d);
-    let blob = layout.join("blobs/sha256").join(
-        m["layers"][0]["digest"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("sha256:"),
-    );
+    let m = common::json_blob(&layout, &d);
+    let blob = layer_blob(&layout, &m);
     let listing = sh(Command::new("sh").arg("-c").arg(format!(
         "zstd -dc '{}' | tar --numeric-owner -tvf -",
         blob.display()
@@ -534,28 +535,13 @@ fn other_tools_decompress_the_zstd_layer_to_the_diff_id() {
     let t = tempfile::tempdir().unwrap();
     let disk = random_qcow2(t.path(), 4);
     let layout = t.path().join("layout");
-    packed(
-        &disk,
-        &[
-            "--compression",
-            "zstd",
-            "--output",
-            &format!("oci:{}:v1", layout.display()),
-        ],
-    );
-    let m = manifest(&layout, &common::tagged_digest(&layout, "v1"));
+    let m = packed_v1(&disk, &layout, &["--compression", "zstd"]);
     assert!(m["layers"][0]["mediaType"]
         .as_str()
         .unwrap()
         .ends_with("+zstd"));
-    let cfg = manifest(&layout, m["config"]["digest"].as_str().unwrap());
-    let diff_id = cfg["rootfs"]["diff_ids"][0].as_str().unwrap().to_string();
-    let blob = layout.join("blobs/sha256").join(
-        m["layers"][0]["digest"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("sha256:"),
-    );
+    let diff_id = diff_id(&layout, &m);
+    let blob = layer_blob(&layout, &m);
     let head = std::fs::read(&blob).unwrap();
     assert_eq!(
         &head[..5],
@@ -564,16 +550,7 @@ fn other_tools_decompress_the_zstd_layer_to_the_diff_id() {
     );
 
     sh(Command::new("zstd").arg("-tq").arg(&blob));
-    let unz = sh(Command::new("sh")
-        .arg("-c")
-        .arg("zstd -dcq \"$1\" | sha256sum")
-        .arg("sh")
-        .arg(&blob));
-    assert_eq!(
-        format!("sha256:{}", unz.split_whitespace().next().unwrap()),
-        diff_id,
-        "zstd -dc"
-    );
+    assert_eq!(decompressed_digest("zstd -dcq", &blob), diff_id, "zstd -dc");
     // containers/image (skopeo) decodes the layer with klauspost's zstd, as containerd
     // and CDI do, and writes it again as gzip; umoci (no zstd in Debian's build) then
     // unpacks that copy.
@@ -582,36 +559,21 @@ fn other_tools_decompress_the_zstd_layer_to_the_diff_id() {
         .args(["copy", "--quiet", "--dest-compress-format", "gzip"])
         .arg(format!("oci:{}:v1", layout.display()))
         .arg(format!("oci:{}:v1", regz.display())));
-    let m2 = manifest(&regz, &common::tagged_digest(&regz, "v1"));
+    let m2 = common::json_blob(&regz, &common::tagged_digest(&regz, "v1"));
     assert!(m2["layers"][0]["mediaType"]
         .as_str()
         .unwrap()
         .ends_with("+gzip"));
-    let regz_blob = regz.join("blobs/sha256").join(
-        m2["layers"][0]["digest"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("sha256:"),
-    );
-    let rezipped = sh(Command::new("sh")
-        .arg("-c")
-        .arg("gzip -dc \"$1\" | sha256sum")
-        .arg("sh")
-        .arg(&regz_blob));
+    let regz_blob = layer_blob(&regz, &m2);
     assert_eq!(
-        format!("sha256:{}", rezipped.split_whitespace().next().unwrap()),
+        decompressed_digest("gzip -dc", &regz_blob),
         diff_id,
         "the tar skopeo decoded"
     );
-    let bundle = t.path().join("bundle");
-    sh(Command::new("umoci")
-        .args(["unpack", "--rootless", "--image"])
-        .arg(format!("{}:v1", regz.display()))
-        .arg(&bundle));
-    assert_eq!(
-        std::fs::read(bundle.join("rootfs/disk/disk.qcow2")).unwrap(),
-        std::fs::read(&disk).unwrap(),
-        "umoci unpacked another disk"
+    assert_umoci_unpacks_the_disk(
+        &format!("{}:v1", regz.display()),
+        &t.path().join("bundle"),
+        &disk,
     );
 }
 

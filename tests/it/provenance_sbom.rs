@@ -61,11 +61,7 @@ fn validate(dir: &Path, name: &str, doc: &[u8]) -> Output {
 
 fn assert_valid(dir: &Path, name: &str, doc: &[u8]) {
     let out = validate(dir, name, doc);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::text(&out);
     assert!(
         out.status.success(),
         "{name}: pyspdxtools refused it:\n{text}"

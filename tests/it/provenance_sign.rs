@@ -223,12 +223,7 @@ fn openssl_verifies(
         let (payload, sig) = (work.join("payload"), work.join("payload.sig"));
         std::fs::write(&payload, &blobs[l["digest"].as_str().unwrap()]).unwrap();
         std::fs::write(&sig, der).unwrap();
-        let r = Command::new("openssl")
-            .args(["dgst", "-sha256", "-verify"])
-            .arg(pubkey)
-            .arg("-signature")
-            .arg(&sig)
-            .arg(&payload)
+        let r = openssl_dgst_verify(pubkey, &sig, &payload)
             .output()
             .unwrap();
         let said = String::from_utf8_lossy(&r.stdout).to_string();
@@ -236,6 +231,55 @@ fn openssl_verifies(
         out.push(r.status.success());
     }
     out
+}
+
+/// A registry on loopback, the repository `HOST/lab/NAME` in it, and a 16 MiB disk in
+/// `dir` to push there.
+fn registry_and_disk(dir: &Path, name: &str) -> (Registry, String, PathBuf) {
+    let reg = Registry::start(None);
+    let repo = format!("{}/lab/{name}", reg.addr);
+    let disk = common::disk::qcow2(dir, "d.qcow2", "16M");
+    (reg, repo, disk)
+}
+
+/// An image pushed as `HOST/lab/NAME:1` to a registry on loopback (kept running while
+/// the first value lives): the repository, the manifest digest, and the keys made in
+/// `dir` with the signing key loaded.
+fn pushed_image(dir: &Path, name: &str) -> (Registry, String, String, Keys, PrivateKey) {
+    let (reg, repo, disk) = registry_and_disk(dir, name);
+    let keys = openssl_keys(dir);
+    let signer = PrivateKey::load(&keys.pkcs8, None, dir).unwrap();
+    let digest = push_image(&disk, &repo, "1");
+    (reg, repo, digest, keys, signer)
+}
+
+/// A provenance dependency `name` whose digest is the hex digit `c` 64 times.
+fn fake_dependency(name: &str, c: char) -> diskforge::provenance::slsa::Dependency {
+    diskforge::provenance::slsa::Dependency {
+        name: name.into(),
+        digest: format!("sha256:{}", c.to_string().repeat(64)),
+    }
+}
+
+/// The packages of the captured dpkg status of a Debian 12 minbase tree.
+fn minbase_packages() -> Vec<diskforge::provenance::packages::Package> {
+    let status = std::fs::read_to_string(
+        common::repo_root().join("tests/fixtures/dpkg-status-bookworm-minbase"),
+    )
+    .unwrap();
+    diskforge::provenance::packages::parse_dpkg_status(&status).unwrap()
+}
+
+/// `openssl dgst -sha256 -verify` of `signature` over `data` with the public key
+/// `public`, run to completion.
+fn openssl_dgst_verify(public: &Path, signature: &Path, data: &Path) -> Command {
+    let mut c = Command::new("openssl");
+    c.args(["dgst", "-sha256", "-verify"])
+        .arg(public)
+        .arg("-signature")
+        .arg(signature)
+        .arg(data);
+    c
 }
 
 /// Keys from openssl: a PKCS#8 signing key, its SPKI public key, a SEC1 key of someone
@@ -320,11 +364,7 @@ fn prepare_cases(w: &Path, repo: &str, disk: &Path, keys: &Keys) -> Vec<Case> {
         .env("DISKFORGE_KEY_PASSWORD", "lab password")
         .output()
         .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = common::text(&out);
     assert!(out.status.success(), "diskforge sign: {said}");
     assert!(
         !said.contains("lab password") && !said.contains("PRIVATE KEY"),
@@ -406,11 +446,7 @@ fn check_case(w: &Path, repo: &str, keys: &Keys, verifier: &(PathBuf, PathBuf), 
         .arg("--http")
         .output()
         .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = common::text(&out);
     assert_eq!(
         out.status.code(),
         Some(if c.accepted { 0 } else { 1 }),
@@ -455,9 +491,7 @@ fn check_case(w: &Path, repo: &str, keys: &Keys, verifier: &(PathBuf, PathBuf), 
 fn sigstore_rs_skopeo_and_diskforge_agree_on_cosign_signatures() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let reg = Registry::start(None);
-    let repo = format!("{}/lab/x", reg.addr);
-    let disk = common::disk::qcow2(w, "d.qcow2", "16M");
+    let (_reg, repo, disk) = registry_and_disk(w, "x");
     let keys = openssl_keys(w);
     let cases = prepare_cases(w, &repo, &disk, &keys);
     let verifier = verifier_config(w, &repo, &keys.public);
@@ -537,15 +571,21 @@ der = nacl.secret.SecretBox(key).decrypt(base64.b64decode(body["ciphertext"]),
 sys.stdout.buffer.write(der)
 "#;
 
+/// [`PYTHON_DECRYPT`] of the cosign-format key `encrypted` with `password`.
+fn python_decrypt(encrypted: &Path, password: &str) -> Command {
+    let mut c = Command::new(common::python(&["nacl.secret"]));
+    c.arg("-c")
+        .arg(PYTHON_DECRYPT)
+        .arg(encrypted)
+        .env("KEY_PASSWORD", password);
+    c
+}
+
 fn encrypted_key_decrypts_with_libsodium_and_python_scrypt() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let keys = openssl_keys(w);
-    let der = Command::new(common::python(&["nacl.secret"]))
-        .arg("-c")
-        .arg(PYTHON_DECRYPT)
-        .arg(&keys.encrypted)
-        .env("KEY_PASSWORD", "lab password")
+    let der = python_decrypt(&keys.encrypted, "lab password")
         .succeeds()
         .stdout;
     std::fs::write(w.join("decrypted.der"), der).unwrap();
@@ -559,11 +599,7 @@ fn encrypted_key_decrypts_with_libsodium_and_python_scrypt() {
         std::fs::read_to_string(&keys.public).unwrap(),
         "the decrypted key is openssl's signing key"
     );
-    let wrong = Command::new(common::python(&["nacl.secret"]))
-        .arg("-c")
-        .arg(PYTHON_DECRYPT)
-        .arg(&keys.encrypted)
-        .env("KEY_PASSWORD", "not the password")
+    let wrong = python_decrypt(&keys.encrypted, "not the password")
         .output()
         .unwrap();
     assert!(!wrong.status.success(), "a wrong password must not decrypt");
@@ -573,15 +609,12 @@ fn encrypted_key_decrypts_with_libsodium_and_python_scrypt() {
 /// encoding, computed here from the specification.
 fn provenance_envelope_verifies_with_openssl() {
     use base64::Engine as _;
-    use diskforge::provenance::slsa::{self, BuildRecord, Dependency};
+    use diskforge::provenance::slsa::{self, BuildRecord};
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let keys = openssl_keys(w);
     let signer = PrivateKey::load(&keys.pkcs8, None, w).unwrap();
-    let dep = |name: &str, c: char| Dependency {
-        name: name.into(),
-        digest: format!("sha256:{}", c.to_string().repeat(64)),
-    };
+    let dep = fake_dependency;
     let (recipe, base) = (
         dep("recipes/demo.yaml", 'b'),
         dep("https://example.org/base.qcow2", 'c'),
@@ -616,22 +649,11 @@ fn provenance_envelope_verifies_with_openssl() {
         .decode(v["signatures"][0]["sig"].as_str().unwrap())
         .unwrap();
     std::fs::write(w.join("pae.sig"), sig).unwrap();
-    let out = Command::new("openssl")
-        .args(["dgst", "-sha256", "-verify"])
-        .arg(&keys.public)
-        .arg("-signature")
-        .arg(w.join("pae.sig"))
-        .arg(w.join("pae"))
-        .succeeds();
+    let out = openssl_dgst_verify(&keys.public, &w.join("pae.sig"), &w.join("pae")).succeeds();
     assert!(String::from_utf8_lossy(&out.stdout).contains("Verified OK"));
     // The same bytes without the encoding must not verify: the signature covers the PAE.
     std::fs::write(w.join("payload"), &payload).unwrap();
-    let bare = Command::new("openssl")
-        .args(["dgst", "-sha256", "-verify"])
-        .arg(&keys.public)
-        .arg("-signature")
-        .arg(w.join("pae.sig"))
-        .arg(w.join("payload"))
+    let bare = openssl_dgst_verify(&keys.public, &w.join("pae.sig"), &w.join("payload"))
         .output()
         .unwrap();
     assert!(!bare.status.success());
@@ -642,25 +664,15 @@ fn provenance_envelope_verifies_with_openssl() {
 /// verifies and names the image, the SBOM comes back byte for byte.
 fn sbom_and_provenance_attachments_round_trip_through_the_registry() {
     use diskforge::provenance::attach::{self, Kind};
-    use diskforge::provenance::packages::{parse_dpkg_status, Distro};
+    use diskforge::provenance::packages::Distro;
     use diskforge::provenance::slsa::{self, BuildRecord, Dependency};
     use diskforge::provenance::{dsse, spdx};
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let reg = Registry::start(None);
-    let repo = format!("{}/lab/x", reg.addr);
-    let disk = common::disk::qcow2(w, "d.qcow2", "16M");
-    let keys = openssl_keys(w);
-    let signer = PrivateKey::load(&keys.pkcs8, None, w).unwrap();
-    let digest = push_image(&disk, &repo, "1");
+    let (_reg, repo, digest, keys, signer) = pushed_image(w, "x");
 
-    let fixtures = common::repo_root().join("tests/fixtures");
-    let status = std::fs::read_to_string(fixtures.join("dpkg-status-bookworm-minbase")).unwrap();
-    let packages = parse_dpkg_status(&status).unwrap();
-    let dep = |name: &str, c: char| Dependency {
-        name: name.into(),
-        digest: format!("sha256:{}", c.to_string().repeat(64)),
-    };
+    let packages = minbase_packages();
+    let dep = fake_dependency;
     let (recipe, base) = (
         dep("recipes/demo.yaml", 'b'),
         dep("https://example.org/base.qcow2", 'c'),
@@ -744,22 +756,13 @@ fn sbom_and_provenance_attachments_round_trip_through_the_registry() {
 /// the referrers are manifests, fetched from the manifests endpoint.
 fn attached_documents_are_read_back_from_the_registry_by_verify_and_inspect() {
     use diskforge::pipeline::attest;
-    use diskforge::provenance::packages::{parse_dpkg_status, Distro};
-    use diskforge::provenance::{slsa, spdx};
+    use diskforge::provenance::packages::Distro;
+    use diskforge::provenance::spdx;
     use diskforge::registry::{Client, RegistryOptions, RemoteRef};
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let reg = Registry::start(None);
-    let repo = format!("{}/lab/attached", reg.addr);
-    let disk = common::disk::qcow2(w, "d.qcow2", "16M");
-    let keys = openssl_keys(w);
-    let signer = PrivateKey::load(&keys.pkcs8, None, w).unwrap();
-    let digest = push_image(&disk, &repo, "1");
-    let status = std::fs::read_to_string(
-        common::repo_root().join("tests/fixtures/dpkg-status-bookworm-minbase"),
-    )
-    .unwrap();
-    let packages = parse_dpkg_status(&status).unwrap();
+    let (_reg, repo, digest, keys, signer) = pushed_image(w, "attached");
+    let packages = minbase_packages();
     let artifact = |name: &str, c: char| spdx::Artifact {
         name: name.into(),
         version: None,
@@ -773,10 +776,7 @@ fn attached_documents_are_read_back_from_the_registry_by_verify_and_inspect() {
             base: artifact("https://example.org/base.qcow2", 'c'),
             recipe: artifact("recipes/demo.yaml", 'b'),
             extends: Vec::new(),
-            files: vec![slsa::Dependency {
-                name: "files/motd".into(),
-                digest: format!("sha256:{}", "d".repeat(64)),
-            }],
+            files: vec![fake_dependency("files/motd", 'd')],
             distro: Distro::from_os_release("ID=debian\nVERSION_ID=12\n").unwrap(),
             packages: packages.clone(),
             created: "2024-01-02T03:04:05Z".into(),

@@ -50,11 +50,23 @@ fn push(layout: &Path, dests: &[String], env: &[(&str, &str)], extra: &[&str]) -
     out
 }
 
+/// [`push`] of `layout` to `dest` alone, which must succeed; gives its stderr.
+fn pushed(layout: &Path, dest: &str) -> String {
+    let out = push(layout, &[dest.to_string()], &[], &[]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    err
+}
+
+/// stdout then stderr of a command that must have succeeded.
+fn succeeded(out: &Output) -> String {
+    let all = common::text(out);
+    assert!(out.status.success(), "{all}");
+    all
+}
+
 fn events(out: &Output, action: &str) -> usize {
-    String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .filter(|l| l.contains("\"blob\"") && l.contains(&format!("\"action\":\"{action}\"")))
-        .count()
+    common::events::blob_actions(&out.stderr, action)
 }
 
 /// A registry behind a proxy that injects `faults`.
@@ -106,11 +118,7 @@ fn push_skips_present_blobs_and_mounts_across_repositories() {
             "--print-vm-manifest",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     assert_eq!(events(&out, "uploaded"), 2);
     let pinned = format!("{}/lab/a@{digest}", reg.addr);
     // With --print-vm-manifest stdout is the manifest and nothing else: it parses as
@@ -140,11 +148,7 @@ fn push_skips_present_blobs_and_mounts_across_repositories() {
         &[],
         &[],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     assert_eq!(events(&out, "uploaded"), 0);
     assert_eq!(events(&out, "skipped"), 2);
     let uploads_after =
@@ -157,18 +161,8 @@ fn push_skips_present_blobs_and_mounts_across_repositories() {
 
     // Another repository of the same registry: blobs are mounted, not uploaded.
     let out = push(&l, &[format!("docker://{}/lab/b:1", reg.addr)], &[], &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        events(&out, "mounted"),
-        2,
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(events(&out, "uploaded"), 0);
+    succeeded(&out);
+    common::events::assert_mounted_not_uploaded(&out.stderr, 2);
     assert_served(&reg, "lab/b:1", &digest);
 
     // Pulled back by digest into an OCI layout, the image is the same.
@@ -179,15 +173,7 @@ fn push_skips_present_blobs_and_mounts_across_repositories() {
     assert_eq!(idx["manifests"][0]["digest"], digest.as_str());
 
     // diskforge's own pull and remote inspect.
-    let out = common::diskforge()
-        .args([
-            "inspect",
-            "--json",
-            "--tls-verify=false",
-            &format!("docker://{pinned}"),
-        ])
-        .succeeds();
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = common::inspect_json(&["--tls-verify=false", &format!("docker://{pinned}")]);
     assert_eq!(s["disk"]["format"], "qcow2");
     assert_eq!(s["disk"]["virtual_size"], 6 << 20);
 }
@@ -272,12 +258,7 @@ fn a_300_mb_push_at_0_8_mb_per_s_completes_and_a_refused_chunk_resumes() {
             .load(std::sync::atomic::Ordering::SeqCst),
         1
     );
-    let resumed: Vec<u64> = err
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["event"] == "retry")
-        .filter_map(|e| e["resume_at"].as_u64())
-        .collect();
+    let resumed = common::events::numbers(&err, "retry", "resume_at");
     assert_eq!(resumed, vec![3 * (16 << 20)], "{err}");
     let sent = proxy.body_bytes.load(std::sync::atomic::Ordering::SeqCst) as u64;
     assert!(
@@ -302,9 +283,7 @@ fn a_chunk_cut_mid_body_is_sent_again_and_the_push_completes() {
         ..Faults::default()
     });
     let dest = format!("docker://{}/lab/cut:1", proxy.addr);
-    let out = push(&l, std::slice::from_ref(&dest), &[], &[]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let err = pushed(&l, &dest);
     assert_eq!(
         proxy.resets_done.load(std::sync::atomic::Ordering::SeqCst),
         1
@@ -357,9 +336,7 @@ fn a_refused_first_chunk_starts_the_upload_over() {
         ..Faults::default()
     });
     let dest = format!("docker://{}/lab/first:1", proxy.addr);
-    let out = push(&l, std::slice::from_ref(&dest), &[], &[]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let err = pushed(&l, &dest);
     assert_eq!(
         proxy
             .unavailable_done
@@ -395,11 +372,7 @@ fn a_refused_tag_is_reported_with_where_every_tag_points() {
         &[],
         &[],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     let proxy = FaultProxy::start_with(
         &reg.addr,
         Faults {
@@ -460,11 +433,7 @@ fn basic_auth_from_creds_and_auth_file_and_wrong_creds_fail_cleanly() {
         &[],
     );
     assert!(!out.status.success());
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let all = common::text(&out);
     assert!(all.contains("authentication failed"), "{all}");
     assert!(!all.contains(wrong), "the password leaked: {all}");
 
@@ -475,16 +444,7 @@ fn basic_auth_from_creds_and_auth_file_and_wrong_creds_fail_cleanly() {
         &[],
         &["--creds", &format!("ci:{password}")],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let all = succeeded(&out);
     assert!(!all.contains(password));
     assert_eq!(
         skopeo_digest(&dest, Some(&format!("ci:{password}"))),
@@ -513,17 +473,15 @@ fn basic_auth_from_creds_and_auth_file_and_wrong_creds_fail_cleanly() {
         &[("DOCKER_CONFIG", cfg.to_str().unwrap())],
         &[],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let all = succeeded(&out);
     assert!(!all.contains(password) && !all.contains(&token));
+}
+
+/// `dir/big.raw`: a sparse raw disk of `size` bytes of zeros.
+fn sparse_zeros(dir: &Path, size: u64) -> PathBuf {
+    let disk = dir.join("big.raw");
+    std::fs::File::create(&disk).unwrap().set_len(size).unwrap();
+    disk
 }
 
 /// Size of the largest file under `dir`.
@@ -542,16 +500,38 @@ fn largest_file(dir: &Path) -> u64 {
     max
 }
 
+/// Interrupts `child` (a push or pack to `reg`) with SIGINT once the registry holds more
+/// than 64 MiB of a layer upload; it must exit 130 saying so. Gives its stderr.
+fn interrupted_mid_upload(child: std::process::Child, reg: &Registry) -> String {
+    let storage = reg.dir.path().join("data");
+    let out = common::interrupt_when(
+        child,
+        "INT",
+        || largest_file(&storage) > 64 << 20,
+        std::time::Duration::from_secs(120),
+        std::time::Duration::from_secs(20),
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted by SIGINT"), "{err}");
+    err
+}
+
+/// `dest` has no tag in the registry (`why` says what should have prevented it).
+fn assert_no_tag(dest: &str, why: &str) {
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", dest])
+        .output()
+        .unwrap();
+    assert!(!inspect.status.success(), "{why}");
+}
+
 fn ctrl_c_during_a_push_leaves_no_tag_and_a_second_push_completes() {
     let reg = common::registry::Registry::start(None);
     let t = tempfile::tempdir().unwrap();
     // A 2 GiB raw disk of zeros packed without compression: a layer large enough to
     // interrupt in the middle of its upload, cheap to make.
-    let disk = t.path().join("big.raw");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(2 << 30)
-        .unwrap();
+    let disk = sparse_zeros(t.path(), 2 << 30);
     let l = t.path().join("layout");
     common::diskforge()
         .arg("pack")
@@ -568,30 +548,13 @@ fn ctrl_c_during_a_push_leaves_no_tag_and_a_second_push_completes() {
         .env("XDG_CACHE_HOME", t.path().join("xdg"))
         .spawned();
     // Interrupt once the registry holds part of the layer upload.
-    let storage = reg.dir.path().join("data");
-    let out = common::interrupt_when(
-        child,
-        "INT",
-        || largest_file(&storage) > 64 << 20,
-        std::time::Duration::from_secs(120),
-        std::time::Duration::from_secs(20),
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
-    assert!(err.contains("interrupted by SIGINT"), "{err}");
+    let err = interrupted_mid_upload(child, &reg);
     assert!(
         !err.contains("retrying"),
         "an interruption is not a retry: {err}"
     );
     // Manifest last: the tag does not exist.
-    let inspect = Command::new("skopeo")
-        .args(["inspect", "--tls-verify=false", &dest])
-        .output()
-        .unwrap();
-    assert!(
-        !inspect.status.success(),
-        "the tag exists after an interrupted push"
-    );
+    assert_no_tag(&dest, "the tag exists after an interrupted push");
 
     // The whole 2 GiB layer goes up again, in a new upload, from the file: memory stays
     // far below the layer's size.
@@ -602,11 +565,7 @@ fn ctrl_c_during_a_push_leaves_no_tag_and_a_second_push_completes() {
         .arg("--tls-verify=false")
         .env("XDG_CACHE_HOME", t.path().join("xdg"));
     let (out, kib) = common::hostile::with_peak_rss(&mut c, std::time::Duration::from_secs(600));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     assert!(kib < 100 << 10, "pushing a 2 GiB layer took {kib} KiB");
     eprintln!("pushing 2 GiB: peak RSS {} MiB", kib >> 10);
     let manifest_digest = std::fs::read_to_string(l.join("index.json")).unwrap();
@@ -699,11 +658,8 @@ fn pack_uploads_the_layer_while_packing_and_the_same_disk_again_uploads_nothing(
         .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .unwrap_or_else(|| panic!("no upload while packing: {err}"));
     assert_eq!(streamed["bytes"].as_u64(), Some(layer_size), "{err}");
-    let blob_events = |err: &str, action: &str| {
-        err.lines()
-            .filter(|l| l.contains("\"blob\"") && l.contains(&format!("\"action\":\"{action}\"")))
-            .count()
-    };
+    let blob_events =
+        |err: &str, action: &str| common::events::blob_actions(err.as_bytes(), action);
     assert_eq!(blob_events(&err, "uploaded"), 2, "{err}");
     copies_back_intact(
         &format!("{}/lab/stream:1", reg.addr),
@@ -776,11 +732,7 @@ fn ctrl_c_while_uploading_during_packing_leaves_no_tag_and_no_partial_blob() {
     let t = tempfile::tempdir().unwrap();
     // 2 GiB of zeros packed without compression: packing and uploading take long enough
     // to interrupt in the middle, and the disk is cheap to make.
-    let disk = t.path().join("big.raw");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(2 << 30)
-        .unwrap();
+    let disk = sparse_zeros(t.path(), 2 << 30);
     let layout = t.path().join("layout");
     let dest = format!("docker://{}/lab/cut-while-packing:1", reg.addr);
     let child = common::diskforge()
@@ -794,18 +746,8 @@ fn ctrl_c_while_uploading_during_packing_leaves_no_tag_and_no_partial_blob() {
         .spawned();
     // Interrupt once the registry holds part of the layer, which the packer is still
     // writing (its blob has no name in the layout yet).
-    let storage = reg.dir.path().join("data");
     let blobs = layout.join("blobs/sha256");
-    let out = common::interrupt_when(
-        child,
-        "INT",
-        || largest_file(&storage) > 64 << 20,
-        std::time::Duration::from_secs(120),
-        std::time::Duration::from_secs(20),
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
-    assert!(err.contains("interrupted by SIGINT"), "{err}");
+    let err = interrupted_mid_upload(child, &reg);
     assert!(
         !err.contains("uploading it now") && !err.contains("retrying"),
         "an interruption is neither a fallback nor a retry: {err}"
@@ -814,11 +756,7 @@ fn ctrl_c_while_uploading_during_packing_leaves_no_tag_and_no_partial_blob() {
         !err.contains("\"event\":\"packed\""),
         "packing finished before the interruption; the test proves nothing: {err}"
     );
-    let inspect = Command::new("skopeo")
-        .args(["inspect", "--tls-verify=false", &dest])
-        .output()
-        .unwrap();
-    assert!(!inspect.status.success(), "the tag exists after Ctrl-C");
+    assert_no_tag(&dest, "the tag exists after Ctrl-C");
     let leftovers: Vec<_> = std::fs::read_dir(&blobs)
         .into_iter()
         .flatten()
@@ -867,11 +805,7 @@ fn an_https_registry_cannot_move_an_upload_to_plain_http() {
         .unwrap();
     let took = started.elapsed();
     common::events::check(&out.stderr);
-    let msg = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let msg = common::text(&out);
     assert_eq!(out.status.code(), Some(1), "{msg}");
     assert!(took < std::time::Duration::from_secs(60), "took {took:?}");
     // The registry did hand out the plain-HTTP location.

@@ -407,19 +407,11 @@ fn plan_shows_the_relabel_only_where_a_policy_may_be() {
 
 fn a_bad_setting_is_a_located_error() {
     let t = tempfile::tempdir().unwrap();
-    let bad = t.path().join("bad.yaml");
-    std::fs::write(
-        &bad,
+    let stderr = common::refused_by_validate(
+        &t.path().join("bad.yaml"),
         "version: 1\nbase: {catalog: fedora-43}\ncustomize:\n  hostname: lab\n  selinux-relabel: maybe\n",
-    )
-    .unwrap();
-    let out = common::diskforge()
-        .arg("validate")
-        .arg(&bad)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+        &[],
+    );
     assert!(
         stderr.contains("bad.yaml:5:3: customize.selinux-relabel"),
         "not located at the key: {stderr}"

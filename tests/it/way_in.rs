@@ -80,7 +80,7 @@ fn a_base_outside_the_recipe_needs_the_command_lines_permission() {
     // Refused, located, and the error says how to allow it.
     let out = validate(&s, &recipe, &[]);
     assert_refused_at(&out, "lab.yaml:3:3: base.path: ", "--allow-path DIR");
-    assert!(text(&out).contains("--base PATH"), "{}", text(&out));
+    common::assert_says(&out, "--base PATH");
     // Allowed on the command line, or through the environment (colon-separated).
     let images = s.images.to_str().unwrap();
     let out = validate(&s, &recipe, &["--allow-path", images]);
@@ -101,11 +101,7 @@ fn a_base_outside_the_recipe_needs_the_command_lines_permission() {
         .args(["plan", "--json", "--allow-path", images])
         .arg(&recipe)
         .succeeds();
-    assert!(
-        text(&out).contains(&*base.to_string_lossy()),
-        "{}",
-        text(&out)
-    );
+    common::assert_says(&out, &base.to_string_lossy());
     // A directory that does not exist is wrong usage.
     let out = validate(&s, &recipe, &["--allow-path", "/nonexistent/images"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -124,11 +120,7 @@ fn a_base_outside_the_recipe_needs_the_command_lines_permission() {
         .args(["plan", "--allow-path", images])
         .arg(&url)
         .succeeds();
-    assert!(
-        text(&out).contains(&*base.to_string_lossy()),
-        "{}",
-        text(&out)
-    );
+    common::assert_says(&out, &base.to_string_lossy());
 }
 
 fn symbolic_links_cannot_lead_out_of_the_allowed_directories() {
@@ -251,11 +243,7 @@ fn build_base_names_a_file_anywhere_and_replaces_the_recipes_base() {
         .args(["build", "--base", "/nonexistent/base.qcow2"])
         .arg(&recipe)
         .exits(2);
-    assert!(
-        text(&out).contains("--base /nonexistent/base.qcow2"),
-        "{}",
-        text(&out)
-    );
+    common::assert_says(&out, "--base /nonexistent/base.qcow2");
     assert!(!s.t.path().join("work").exists());
 }
 
@@ -381,7 +369,7 @@ fn plan_shows_users_sudo_groups_and_whether_ttyd_has_a_credential() {
     );
     let out = df(t.path()).arg("plan").arg(&open).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("no HTTP credential"), "{}", text(&out));
+    common::assert_says(&out, "no HTTP credential");
 }
 
 /// The repositories a loopback registry holds, read from its storage directory.
@@ -467,7 +455,7 @@ fn a_layer_over_the_limit_is_refused_before_any_upload() {
         .args(["--tls-verify=false", "--max-layer-size"])
         .arg(format!("{}", size - 1))
         .exits(1);
-    assert!(text(&out).contains("not pushed"), "{}", text(&out));
+    common::assert_says(&out, "not pushed");
     assert_eq!(stored_repositories(&reg), vec!["lab/big".to_string()]);
     // A size that is not one is wrong usage.
     df(t.path())
@@ -597,11 +585,7 @@ fn inspect_and_verify_answer_scripts_in_one_typed_shape() {
     // A misspelt field is wrong usage, with the field it meant; never a silent "-".
     let out = inspect(&["--format", "{{.Digset}}"], &image);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        text(&out).contains("did you mean `{{.Digest}}`"),
-        "{}",
-        text(&out)
-    );
+    common::assert_says(&out, "did you mean `{{.Digest}}`");
     assert!(out.stdout.is_empty());
     // --format json is --json: the documented fields.
     let a: serde_json::Value =
@@ -780,11 +764,7 @@ fn init_writes_a_starter_recipe_that_validates_and_plans() {
         .args(["init", "--base", "ubunt-24.04"])
         .arg(t.path().join("new.yaml"))
         .exits(2);
-    assert!(
-        text(&out).contains("did you mean `ubuntu-24.04`?"),
-        "{}",
-        text(&out)
-    );
+    common::assert_says(&out, "did you mean `ubuntu-24.04`?");
     assert!(!t.path().join("new.yaml").exists());
 }
 
@@ -831,7 +811,7 @@ fn a_bare_tls_verify_means_true() {
         .arg(&disk)
         .args(["-o", &image])
         .exits(1);
-    assert!(text(&out).contains("--tls-verify=false"), "{}", text(&out));
+    common::assert_says(&out, "--tls-verify=false");
     df(t.path())
         .args(["pack", "--tls-verify=false"])
         .arg(&disk)
@@ -871,17 +851,14 @@ fn registries_conf_marks_registries_insecure_or_blocked() {
     };
     // Without the file's word the plain-HTTP registry is refused with the usual hint.
     let out = pack("plain").exits(1);
-    assert!(text(&out).contains("--tls-verify=false"), "{}", text(&out));
+    common::assert_says(&out, "--tls-verify=false");
     let out = pack("flag")
         .arg("--registries-conf")
         .arg(&insecure)
         .succeeds();
-    assert!(
-        text(&out).contains(
-            "insecure.conf: short names (unqualified-search-registries, aliases) are not resolved"
-        ),
-        "{}",
-        text(&out)
+    common::assert_says(
+        &out,
+        "insecure.conf: short names (unqualified-search-registries, aliases) are not resolved",
     );
     pack("env")
         .env("CONTAINERS_REGISTRIES_CONF", &insecure)
@@ -898,7 +875,7 @@ fn registries_conf_marks_registries_insecure_or_blocked() {
         .arg("--registries-conf")
         .arg(&blocked)
         .exits(1);
-    assert!(text(&out).contains("is blocked"), "{}", text(&out));
+    common::assert_says(&out, "is blocked");
     assert_eq!(reg.count(&["/v2/lab/blocked"]), 0, "{}", reg.log_text());
     // A broken file: wrong usage, with the file and the line.
     let broken = conf("broken.conf", "[[registry]]\nlocation = 5000\n".into());
@@ -1233,11 +1210,7 @@ fn registry_errors_tell_missing_from_wrong_credentials_and_vv_traces_http() {
     };
     let out = pack(None, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("no credentials for it were found"),
-        "{}",
-        text(&out)
-    );
+    common::assert_says(&out, "no credentials for it were found");
     let out = pack(Some("ci:Wrong-Pa55-0"), &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
@@ -1343,13 +1316,11 @@ fn push_writes_docker_archives_and_containers_storage_that_skopeo_reads_back() {
     let disk = qcow2(t.path(), "lab.qcow2", "64M");
     let layout = t.path().join("lay");
     let src = format!("oci:{}:v1", layout.display());
-    let out = df(t.path())
+    df(t.path())
         .arg("pack")
         .arg(&disk)
         .args(["--compression", "zstd", "-o", &src])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     let manifest_digest = String::from_utf8_lossy(
         &df(t.path())
             .args(["inspect", "--format", "{{.Digest}}", &src])
@@ -1382,9 +1353,7 @@ fn push_writes_docker_archives_and_containers_storage_that_skopeo_reads_back() {
             &dest_archive,
             "containers-storage:localhost/lab/demo:v1",
         ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         format!("{dest_archive} {config_digest}\ncontainers-storage:localhost/lab/demo:v1 {config_digest}\n")
@@ -1494,7 +1463,7 @@ fn push_writes_docker_archives_and_containers_storage_that_skopeo_reads_back() {
     let out = df(t.path())
         .args(["inspect", "containers-storage:localhost/lab/packed:2"])
         .exits(1);
-    assert!(text(&out).contains("does not read it"), "{}", text(&out));
+    common::assert_says(&out, "does not read it");
 
     // Wrong names are wrong usage, found before anything is written.
     for bad in [
@@ -1511,15 +1480,13 @@ fn push_writes_docker_archives_and_containers_storage_that_skopeo_reads_back() {
     }
     assert!(!t.path().join("bad.tar").exists());
     // A failed write leaves no file: a source tag that does not exist.
-    let out = df(t.path())
+    df(t.path())
         .args(["push", &format!("oci:{}:nope", layout.display())])
         .arg(format!(
             "docker-archive:{}",
             t.path().join("late.tar").display()
         ))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        .exits(1);
     let left: Vec<_> = std::fs::read_dir(t.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -1569,14 +1536,8 @@ fn pack_records_a_firmware_the_disk_can_boot_with() {
         .arg(&blank)
         .args(["--firmware", "uefi", "--accel", "tcg", "-o"])
         .arg(format!("oci:{}", refused.display()))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    assert!(
-        text(&out).contains("cannot boot with uefi: no EFI system partition"),
-        "{}",
-        text(&out)
-    );
+        .exits(4);
+    common::assert_says(&out, "cannot boot with uefi: no EFI system partition");
     assert!(
         !refused.exists(),
         "a refused pack wrote {}",
@@ -1599,9 +1560,7 @@ fn pack_records_a_firmware_the_disk_can_boot_with() {
         .arg("-o")
         .arg(format!("docker://{}/lab/uefi:1", reg.addr))
         .arg("--tls-verify=false")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        .succeeds();
     let vm: serde_json::Value = serde_yaml::from_slice(&out.stdout).unwrap();
     let domain = &vm["spec"]["template"]["spec"]["domain"];
     assert_eq!(
@@ -1625,10 +1584,8 @@ fn pack_records_a_firmware_the_disk_can_boot_with() {
         .arg(&esp)
         .args(["--firmware", "uefi-secure-boot", "--accel", "tcg", "-o"])
         .arg(format!("oci:{}", refused.display()))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    assert!(text(&out).contains("no shim"), "{}", text(&out));
+        .exits(4);
+    common::assert_says(&out, "no shim");
     assert!(!refused.exists());
 }
 

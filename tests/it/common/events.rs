@@ -120,3 +120,34 @@ pub fn check(stderr: &[u8]) -> usize {
     }
     checked
 }
+
+/// How many `blob` events of `stderr` have `"action":"ACTION"` (`uploaded`, `mounted`,
+/// `skipped`).
+pub fn blob_actions(stderr: &[u8], action: &str) -> usize {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter(|l| l.contains("\"blob\"") && l.contains(&format!("\"action\":\"{action}\"")))
+        .count()
+}
+
+/// The blobs of a push to another repository of the same registry were all mounted
+/// (`mounted` of them), none uploaded.
+pub fn assert_mounted_not_uploaded(stderr: &[u8], mounted: usize) {
+    assert_eq!(
+        blob_actions(stderr, "mounted"),
+        mounted,
+        "{}",
+        String::from_utf8_lossy(stderr)
+    );
+    assert_eq!(blob_actions(stderr, "uploaded"), 0);
+}
+
+/// The numeric `field` of every `event` event of `stderr`, in order.
+pub fn numbers(stderr: &str, event: &str, field: &str) -> Vec<u64> {
+    stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == event)
+        .filter_map(|v| v[field].as_u64())
+        .collect()
+}

@@ -149,6 +149,24 @@ pub fn text(out: &std::process::Output) -> String {
     )
 }
 
+/// What `diskforge inspect --json ARGS` prints (the image reference among `args`),
+/// which must succeed.
+pub fn inspect_json(args: &[&str]) -> serde_json::Value {
+    let out = diskforge()
+        .args(["inspect", "--json"])
+        .args(args)
+        .succeeds();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Asserts that the stdout or stderr of a finished command contains `needle`; the
+/// failure shows both.
+#[track_caller]
+pub fn assert_says(out: &std::process::Output, needle: &str) {
+    let all = text(out);
+    assert!(all.contains(needle), "{all}");
+}
+
 /// The stdout of a finished command that must have succeeded without any of `secrets`
 /// in its output; `what` names it in the failure.
 pub fn ok_without(out: &std::process::Output, what: &str, secrets: &[&str]) -> String {
@@ -165,6 +183,18 @@ pub fn ok_without(out: &std::process::Output, what: &str, secrets: &[&str]) -> S
         );
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writes `yaml` to `file` and runs `diskforge validate FILE` with `env` set, which
+/// must refuse it (exit 2); gives its stderr.
+pub fn refused_by_validate(file: &std::path::Path, yaml: &str, env: &[(&str, &str)]) -> String {
+    std::fs::write(file, yaml).unwrap();
+    let out = diskforge()
+        .arg("validate")
+        .arg(file)
+        .envs(env.iter().copied())
+        .exits(2);
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Takes the exclusive lock `dir/name` (created when missing) and holds it until the
