@@ -6,7 +6,14 @@ set -eu
 S=@STAGE@
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-step() { echo "==> $*"; }
+# Timing marks: `diskforge-stage SECONDS NAME` (the guest kernel's uptime) starts a stage
+# that lasts until the next mark; diskforge turns them into `guest-stage` events and
+# `-v` lines.
+mark() {
+  _df_up=-; if [ -r /proc/uptime ]; then read -r _df_up _ < /proc/uptime || _df_up=-; fi
+  echo "diskforge-stage $_df_up $*"
+}
+step() { echo "==> $*"; mark "$*"; }
 have() { command -v "$1" >/dev/null 2>&1; }
 pkgmgr() {
   if have apt-get; then echo apt
@@ -18,7 +25,13 @@ pkgmgr() {
 }
 install_packages() {
   case "$(pkgmgr)" in
-    apt) apt-get update -q && apt-get install -y -q --no-install-recommends "$@" ;;
+    apt)
+      mark "packages: apt-get update"
+      apt-get update -q || return
+      mark "packages: apt-get install (resolve, download)"
+      apt-get install -y -q --no-install-recommends \
+        -o 'DPkg::Pre-Invoke::=read -r up _ < /proc/uptime; echo "diskforge-stage $up packages: dpkg (unpack, configure, triggers)"' \
+        "$@" ;;
     dnf) dnf install -y -q "$@" ;;
     yum) yum install -y -q "$@" ;;
     zypper) zypper --non-interactive install --no-recommends "$@" ;;
