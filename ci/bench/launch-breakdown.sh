@@ -3,7 +3,8 @@
 # debug logging and JSON events, then sums the time of every external command by
 # what it does — the appliance's start, inspection and mounts, growth, customization,
 # unmount and shutdown, and the host-side qemu-img and packing — and prints a Markdown
-# table beside the build's own stage timings.
+# table beside the build's own stage timings, then the guest script's stages (its
+# `guest-stage` events: each recipe step, apt-get update, download, dpkg).
 #
 # Usage: [CACHE_DIR=DIR] ci/bench/launch-breakdown.sh [RECIPE]
 # Needs: a release build (cargo build --release), qemu-img and libguestfs; the recipe's
@@ -44,6 +45,7 @@ groups = [
 rest = "other commands"
 totals, counts, unknown, each = {}, {}, {}, {}
 stages = []
+guest = {}
 line_re = re.compile(r"^\s*DEBUG (.*) finished status=.* elapsed_ms=(\d+)$")
 for raw in open(log, encoding="utf-8", errors="replace"):
     raw = raw.rstrip("\n")
@@ -54,6 +56,9 @@ for raw in open(log, encoding="utf-8", errors="replace"):
             continue
         if e.get("event") == "stage-done":
             stages.append((e.get("stage"), e.get("seconds", 0.0)))
+        if e.get("event") == "guest-stage":
+            name = e.get("stage", "")
+            guest[name] = guest.get(name, 0.0) + e.get("seconds", 0.0)
         continue
     m = line_re.search(raw)
     if not m:
@@ -81,4 +86,12 @@ if unknown:
     print("\nother commands: " + ", ".join(f"{k} {v / 1000:.1f}s" for k, v in sorted(unknown.items(), key=lambda kv: -kv[1])[:8]))
 print("\nslowest commands: " + ", ".join(f"{k} {v / 1000:.1f}s" for k, v in sorted(each.items(), key=lambda kv: -kv[1])[:8]))
 print("\nstages as the build reports them: " + ", ".join(f"{n} {s:.1f}s" for n, s in stages))
+if guest:
+    # The guest script's own marks (guest-stage events): where the customization goes.
+    total = sum(guest.values())
+    print("\n| inside the guest | seconds | share of the customization |")
+    print("| --- | ---: | ---: |")
+    for name, s in guest.items():
+        print(f"| {name} | {s:.1f} | {100 * s / total if total else 0:.0f}% |")
+    print(f"| **all marked stages** | **{total:.1f}** | |")
 PY

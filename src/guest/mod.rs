@@ -242,11 +242,13 @@ fn run_part(f: &Fish, job: &GuestJob<'_>, part: &Part, index: usize) -> Result<(
         &resolv_file.to_string_lossy(),
         &format!("{}/resolv.conf.appliance", script::STAGE),
     ])?;
+    // The last mark ends the script's last stage.
     let status = f.call(&[
         "sh",
         &format!(
-            "/bin/sh {s}/customize.sh > {s}/log 2>&1; echo $?",
-            s = script::STAGE
+            "/bin/sh {s}/customize.sh > {s}/log 2>&1; rc=$?; read -r up _ < /proc/uptime || up=-; echo \"{m} $up end\" >> {s}/log; echo $rc",
+            s = script::STAGE,
+            m = STAGE_MARK,
         ),
     ])?;
     let log = f
@@ -255,6 +257,13 @@ fn run_part(f: &Fish, job: &GuestJob<'_>, part: &Part, index: usize) -> Result<(
     let log = crate::sys::exec::redact(&log, &job.secrets);
     for line in log.lines() {
         tracing::debug!(target: "diskforge::guest", "{line}");
+    }
+    for (name, seconds) in stage_times(&log) {
+        tracing::debug!(target: "diskforge::guest", "took {seconds:.1} s: {name}");
+        crate::progress::event(
+            "guest-stage",
+            json!({"part": index, "stage": name, "seconds": seconds}),
+        );
     }
     // The next part stages its own files.
     f.call(&["sh", &format!("rm -rf {}/*", script::STAGE)])?;
@@ -284,6 +293,26 @@ fn run_part(f: &Fish, job: &GuestJob<'_>, part: &Part, index: usize) -> Result<(
         bail!("guest customization failed at step \"{last_step}\" (exit {code}); guest output:\n{tail}{net}");
     }
     Ok(())
+}
+
+/// How the guest script marks the start of a stage (`prelude.sh`'s `mark`).
+const STAGE_MARK: &str = "diskforge-stage";
+
+/// The stages the guest script marked, in order, with how long each lasted (from its
+/// mark to the next one, by the guest's uptime). Marks without a time are skipped.
+fn stage_times(log: &str) -> Vec<(String, f64)> {
+    let marks: Vec<(f64, &str)> = log
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(STAGE_MARK)?.strip_prefix(' ')?;
+            let (t, name) = rest.split_once(' ')?;
+            Some((t.parse::<f64>().ok()?, name.trim()))
+        })
+        .collect();
+    marks
+        .windows(2)
+        .map(|w| (w[0].1.to_string(), (w[1].0 - w[0].0).max(0.0)))
+        .collect()
 }
 
 /// Copies what the SBOM is made of out of the guest into `dir`: `os-release`, and the
@@ -594,4 +623,33 @@ fn grow(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_times_run_from_one_mark_to_the_next() {
+        let log = "diskforge-stage 10.00 install packages: tmux\n\
+                   ==> noise\n\
+                   diskforge-stage 12.50 packages: apt-get update\n\
+                   Get:1 http://deb.debian.org bookworm InRelease\n\
+                   diskforge-stage - a mark without a time\n\
+                   diskforge-stage 30.25 hygiene: logs\n\
+                   diskforge-stage 31.00 end\n";
+        let t = stage_times(log);
+        let names: Vec<&str> = t.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "install packages: tmux",
+                "packages: apt-get update",
+                "hygiene: logs"
+            ]
+        );
+        assert!((t[0].1 - 2.5).abs() < 1e-9 && (t[1].1 - 17.75).abs() < 1e-9);
+        assert!((t[2].1 - 0.75).abs() < 1e-9);
+        assert!(stage_times("no marks at all\n").is_empty());
+    }
 }

@@ -3,7 +3,9 @@
 //!
 //! `/dev/kvm` existing is not enough: on some nested hosts QEMU fails at vCPU setup
 //! ("failed to set MSR"), so `auto` starts a tiny VM with `-accel kvm` and keeps KVM only
-//! if that VM is still running a moment later. The answer is computed once per process.
+//! if that VM is still running a moment later. The answer is computed once per process,
+//! and a definite one (KVM works, or a kernel fails under it) is remembered until the
+//! host reboots or its kernel, QEMU or `/dev/kvm` change ([`probe_kvm_remembered`]).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -68,11 +70,11 @@ pub fn resolve(requested: Accel) -> Result<Effective> {
     }
     let chosen = match requested {
         Accel::Tcg => Effective::Tcg,
-        Accel::Kvm => match probe_kvm() {
+        Accel::Kvm => match probe_kvm_remembered() {
             Ok(()) => Effective::Kvm,
             Err(e) => bail!("--accel kvm was requested but KVM does not work here: {e:#}"),
         },
-        Accel::Auto => match probe_kvm() {
+        Accel::Auto => match probe_kvm_remembered() {
             Ok(()) => Effective::Kvm,
             Err(e) => {
                 tracing::warn!(
@@ -93,6 +95,106 @@ pub fn resolve(requested: Accel) -> Result<Effective> {
 fn first_line(s: &str) -> &str {
     s.lines().find(|l| !l.trim().is_empty()).unwrap_or(s)
 }
+
+/// [`probe_kvm`], remembered for the rest of the host's boot: the probe boots a kernel,
+/// which takes seconds that every build paid again, and its answer stays
+/// the same while the boot, the kernel it boots, QEMU and `/dev/kvm` do. Only definite
+/// answers are kept (KVM works; a kernel fails under it), never a timeout or an
+/// interruption. Kept in `$XDG_RUNTIME_DIR` or `/run/diskforge` (both cleared at boot).
+pub fn probe_kvm_remembered() -> Result<()> {
+    let (Some(key), Some(file)) = (probe_key(), memo_file()) else {
+        return probe_kvm();
+    };
+    if let Some(answer) = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|text| memo_answer(&text, &key))
+    {
+        tracing::debug!("KVM probe answer remembered in {}", file.display());
+        return answer.map_err(|why| anyhow::anyhow!("{why} (probed earlier since boot)"));
+    }
+    let result = probe_kvm();
+    let answer = match &result {
+        Ok(()) => Some("ok".to_string()),
+        Err(e) if format!("{e:#}").starts_with(KERNEL_FAILS) => Some(format!("fail {e:#}")),
+        Err(_) => None,
+    };
+    if let Some(answer) = answer {
+        let tmp = file.with_extension(format!("{}.tmp", std::process::id()));
+        let one_line = answer.lines().next().unwrap_or_default().to_string();
+        let written = std::fs::write(&tmp, format!("{key}\n{one_line}\n"))
+            .and_then(|_| std::fs::rename(&tmp, &file));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::debug!("cannot remember the KVM probe in {}: {e}", file.display());
+        }
+    }
+    result
+}
+
+/// The answer a memo holds for `key`: `None` when it is for something else.
+fn memo_answer(text: &str, key: &str) -> Option<std::result::Result<(), String>> {
+    let mut lines = text.lines();
+    if lines.next()? != key {
+        return None;
+    }
+    match lines.next()? {
+        "ok" => Some(Ok(())),
+        l => l.strip_prefix("fail ").map(|why| Err(why.to_string())),
+    }
+}
+
+/// What the probe's answer depends on: this boot, `/dev/kvm`, the kernel it boots and
+/// the QEMU it runs. `None` when one of them cannot be read (nothing is remembered).
+fn probe_key() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let stamp = |p: &std::path::Path| -> Option<String> {
+        let m = std::fs::metadata(p).ok()?;
+        Some(format!(
+            "{}:{}:{}:{}:{}",
+            p.display(),
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.ctime()
+        ))
+    };
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let qemu = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("qemu-system-x86_64"))
+            .find(|p| p.is_file())
+    })?;
+    let kvm = std::fs::metadata("/dev/kvm").ok()?;
+    let kernel = host_kernel().map_or(Some("firmware".to_string()), |k| stamp(&k))?;
+    Some(format!(
+        "kvm-probe 1 boot={} kvm={}:{} kernel={kernel} qemu={}",
+        boot.trim(),
+        kvm.rdev(),
+        kvm.ctime(),
+        stamp(&qemu)?
+    ))
+}
+
+/// Where the answer is kept: a directory cleared at boot, private to the user.
+fn memo_file() -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => std::path::PathBuf::from(d),
+        _ => {
+            let d = std::path::PathBuf::from("/run/diskforge");
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&d)
+                .ok()?;
+            d
+        }
+    };
+    dir.is_dir().then(|| dir.join("diskforge-kvm-probe"))
+}
+
+/// How [`probe_kernel`]'s definite failure starts.
+const KERNEL_FAILS: &str = "a guest kernel fails under KVM";
 
 /// Checks that `/dev/kvm` can be opened and that QEMU can run a guest with it.
 pub fn probe_kvm() -> Result<()> {
@@ -194,7 +296,7 @@ fn probe_kernel(kernel: &std::path::Path) -> Result<()> {
     let said = String::from_utf8_lossy(&stderr);
     let said = said.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
     match verdict {
-        Err("KVM internal error") => bail!("a guest kernel fails under KVM: {said}"),
+        Err("KVM internal error") => bail!("{KERNEL_FAILS}: {said}"),
         Err(_) => bail!(
             "a guest kernel did not get to its first messages under KVM within {}s",
             KERNEL_PROBE_LIMIT.as_secs()
@@ -220,4 +322,31 @@ fn probe_firmware() -> Result<()> {
         ])
         .args(["-serial", "null", "-monitor", "none"])
         .stays_up(Duration::from_secs(3))
+}
+
+#[cfg(test)]
+mod memo_tests {
+    use super::*;
+
+    #[test]
+    fn a_remembered_answer_counts_only_for_its_own_key() {
+        let key = "kvm-probe 1 boot=b kvm=1:2 kernel=k qemu=q";
+        assert_eq!(memo_answer(&format!("{key}\nok\n"), key), Some(Ok(())));
+        assert_eq!(
+            memo_answer(
+                &format!("{key}\nfail {KERNEL_FAILS}: KVM internal error\n"),
+                key
+            ),
+            Some(Err(format!("{KERNEL_FAILS}: KVM internal error")))
+        );
+        // Another boot, kernel or QEMU: probe again.
+        assert_eq!(
+            memo_answer(&format!("{key}\nok\n"), "kvm-probe 1 boot=c"),
+            None
+        );
+        // Anything else is no answer.
+        assert_eq!(memo_answer(&format!("{key}\n"), key), None);
+        assert_eq!(memo_answer(&format!("{key}\nmaybe\n"), key), None);
+        assert_eq!(memo_answer("", key), None);
+    }
 }

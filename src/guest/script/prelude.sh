@@ -6,7 +6,14 @@ set -eu
 S=@STAGE@
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-step() { echo "==> $*"; }
+# Timing marks: `diskforge-stage SECONDS NAME` (the guest kernel's uptime) starts a stage
+# that lasts until the next mark; diskforge turns them into `guest-stage` events and
+# `-v` lines.
+mark() {
+  _df_up=-; if [ -r /proc/uptime ]; then read -r _df_up _ < /proc/uptime || _df_up=-; fi
+  echo "diskforge-stage $_df_up $*"
+}
+step() { echo "==> $*"; mark "$*"; }
 have() { command -v "$1" >/dev/null 2>&1; }
 pkgmgr() {
   if have apt-get; then echo apt
@@ -18,7 +25,15 @@ pkgmgr() {
 }
 install_packages() {
   case "$(pkgmgr)" in
-    apt) apt-get update -q && apt-get install -y -q --no-install-recommends "$@" ;;
+    apt)
+      # No Translation-* lists: they hold package descriptions only, never what is
+      # installed, and are a third of what the update downloads and parses.
+      mark "packages: apt-get update"
+      apt-get update -q -o Acquire::Languages=none || return
+      mark "packages: apt-get install (resolve, download)"
+      apt-get install -y -q --no-install-recommends $APT_BUILD_OPTS \
+        -o 'DPkg::Pre-Invoke::=read -r up _ < /proc/uptime; echo "diskforge-stage $up packages: dpkg (unpack, configure, triggers)"' \
+        "$@" ;;
     dnf) dnf install -y -q "$@" ;;
     yum) yum install -y -q "$@" ;;
     zypper) zypper --non-interactive install --no-recommends "$@" ;;
@@ -28,7 +43,7 @@ install_packages() {
 }
 remove_packages() {
   case "$(pkgmgr)" in
-    apt) apt-get remove -y -q --purge "$@" ;;
+    apt) apt-get remove -y -q --purge $APT_BUILD_OPTS "$@" ;;
     dnf) dnf remove -y -q "$@" ;;
     yum) yum remove -y -q "$@" ;;
     zypper) zypper --non-interactive remove "$@" ;;
@@ -45,6 +60,18 @@ with_appliance_dns() {
   rm -f /etc/resolv.conf
   if [ -e "$S/resolv.conf.guest" ] || [ -L "$S/resolv.conf.guest" ]; then mv "$S/resolv.conf.guest" /etc/resolv.conf; fi
   return $rc
+}
+# While packages are installed or removed: dpkg does not fsync each file (the appliance
+# syncs and unmounts the disk at the end; the option is on the command line, so nothing
+# of it stays in the guest), and man-db's trigger does not rebuild its index (its flag
+# file is set aside and put back: the VM's man-db.timer updates the index; `man PAGE`
+# needs none).
+APT_BUILD_OPTS='-o DPkg::Options::=--force-unsafe-io'
+man_db_index_off() {
+  if [ -e /var/lib/man-db/auto-update ]; then mv /var/lib/man-db/auto-update "$S/man-db-auto-update"; fi
+}
+man_db_index_back() {
+  if [ -e "$S/man-db-auto-update" ]; then mv "$S/man-db-auto-update" /var/lib/man-db/auto-update; fi
 }
 enable_unit() {
   if have systemctl; then systemctl enable "$1"
