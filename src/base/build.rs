@@ -13,13 +13,17 @@
 //!   root last; one `grub.cfg` on the root serves both, booting `/vmlinuz` so a kernel
 //!   update in the guest keeps it bootable.
 //!
-//! Both get systemd-networkd DHCP on every ethernet interface.
+//! With `init: systemd` (the default) both get systemd-networkd DHCP on every ethernet
+//! interface. With `init: openrc` the base has no systemd at all: sysvinit as PID 1 and
+//! OpenRC starting the services, ifupdown with dhclient for DHCP on `eth0` (the kernel
+//! gets `net.ifnames=0`, so the first interface has that name on every machine type),
+//! and a getty on the serial console.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::base::catalog::{BaseLayout, BuildSpec, CatalogEntry};
+use crate::base::catalog::{BaseInit, BaseLayout, BuildSpec, CatalogEntry};
 use crate::base::CachedBase;
 use crate::cache::{Cache, RefKey};
 use crate::guest::fish::{Drive, Fish};
@@ -126,6 +130,9 @@ pub fn build_base(
         .build
         .as_ref()
         .with_context(|| format!("catalog entry {} has no build section", entry.name))?;
+    if let Some(p) = spec.problem() {
+        bail!("catalog entry {}: {p}", entry.name);
+    }
     if spec.tool != "mmdebstrap" {
         bail!(
             "catalog entry {}: unknown build tool {:?} (only mmdebstrap exists)",
@@ -185,10 +192,13 @@ pub fn build_base(
 
 /// The mmdebstrap command for a build spec.
 pub fn mmdebstrap_cmd(spec: &BuildSpec, out: &Path) -> Cmd {
-    let mut pkgs: Vec<String> = vec![
-        spec.kernel.clone(),
-        "systemd-sysv".into(),
-        "systemd-resolved".into(),
+    let mut pkgs: Vec<String> = vec![spec.kernel.clone()];
+    match spec.init {
+        BaseInit::Systemd => pkgs.extend(["systemd-sysv", "systemd-resolved"].map(String::from)),
+        BaseInit::Openrc => pkgs
+            .extend(["sysvinit-core", "openrc", "ifupdown", "isc-dhcp-client"].map(String::from)),
+    }
+    pkgs.extend([
         "udev".into(),
         "dbus".into(),
         "iproute2".into(),
@@ -197,7 +207,7 @@ pub fn mmdebstrap_cmd(spec: &BuildSpec, out: &Path) -> Cmd {
         "login".into(),
         "passwd".into(),
         "apt".into(),
-    ];
+    ]);
     if spec.cloud_init {
         pkgs.push("cloud-init".into());
     }
@@ -283,6 +293,7 @@ fn build_into(
     let network = "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n";
     let net_file = work.join("80-dhcp.network");
     std::fs::write(&net_file, network).context("writing the network config")?;
+    let cmdline = kernel_cmdline(&uuid, spec.init);
 
     let f = Fish::launch(
         &[Drive {
@@ -295,21 +306,26 @@ fn build_into(
         session,
     )?;
     match spec.layout {
-        BaseLayout::Mbr => lay_out_mbr(&f, &tarball, &uuid, &mbr)?,
-        BaseLayout::Gpt => lay_out_gpt(&f, &tarball, &uuid, hash, size)?,
+        BaseLayout::Mbr => lay_out_mbr(&f, &tarball, &uuid, &cmdline, &mbr)?,
+        BaseLayout::Gpt => lay_out_gpt(&f, &tarball, &uuid, &cmdline, hash, size)?,
     }
-    f.call(&["mkdir-p", "/etc/systemd/network"])?;
-    f.call(&[
-        "upload",
-        &net_file.to_string_lossy(),
-        "/etc/systemd/network/80-dhcp.network",
-    ])?;
     f.call(&["write", "/etc/hostname", &format!("{}\n", entry.name)])?;
     f.call(&["write", "/etc/machine-id", ""])?;
-    f.call(&[
-        "sh",
-        "systemctl enable systemd-networkd.service systemd-resolved.service",
-    ])?;
+    match spec.init {
+        BaseInit::Systemd => {
+            f.call(&["mkdir-p", "/etc/systemd/network"])?;
+            f.call(&[
+                "upload",
+                &net_file.to_string_lossy(),
+                "/etc/systemd/network/80-dhcp.network",
+            ])?;
+            f.call(&[
+                "sh",
+                "systemctl enable systemd-networkd.service systemd-resolved.service",
+            ])?;
+        }
+        BaseInit::Openrc => set_up_openrc(&f)?,
+    }
     f.call(&["sh", "apt-get clean; rm -rf /var/lib/apt/lists/*"])?;
     f.call(&["umount-all"])?;
     f.close()?;
@@ -317,8 +333,40 @@ fn build_into(
     Ok(disk)
 }
 
+/// The kernel command line of a built base: the root by UUID, the serial console, and
+/// with OpenRC the classic interface names ifupdown's `eth0` stanza relies on.
+fn kernel_cmdline(uuid: &str, init: BaseInit) -> String {
+    let mut c = format!("root=UUID={uuid} ro console=tty0 console=ttyS0,115200n8");
+    if init == BaseInit::Openrc {
+        c.push_str(" net.ifnames=0");
+    }
+    c
+}
+
+/// What an OpenRC base needs besides its packages: loopback and DHCP on `eth0` through ifupdown
+/// (its `networking` service is in OpenRC's sysinit runlevel), a getty on the serial
+/// console, and every service its packages enabled in OpenRC's runlevels.
+fn set_up_openrc(f: &Fish) -> Result<()> {
+    f.call(&[
+        "write",
+        "/etc/network/interfaces.d/diskforge",
+        "auto lo\niface lo inet loopback\n\nauto eth0\nallow-hotplug eth0\niface eth0 inet dhcp\n",
+    ])?;
+    f.call(&[
+        "sh",
+        "grep -q '^T0:' /etc/inittab || echo 'T0:2345:respawn:/sbin/getty -L 115200 ttyS0 vt100' >> /etc/inittab",
+    ])
+    .context("adding a getty on the serial console to /etc/inittab")?;
+    f.call(&[
+        "sh",
+        "PATH=/usr/sbin:/usr/bin:/sbin:/bin; [ ! -e /usr/bin/systemctl ] && [ \"$(readlink -f /sbin/init)\" = /usr/sbin/init ] && [ -x /sbin/openrc ] && [ -e /etc/runlevels/sysinit/networking ] || { echo 'the OpenRC base has systemd, no sysvinit init or no networking service' >&2; exit 1; }",
+    ])
+    .context("checking that the base boots with sysvinit and OpenRC, without systemd")?;
+    Ok(())
+}
+
 /// MBR, one bootable ext4 partition, extlinux with syslinux's MBR code: BIOS only.
-fn lay_out_mbr(f: &Fish, tarball: &Path, uuid: &str, mbr: &Path) -> Result<()> {
+fn lay_out_mbr(f: &Fish, tarball: &Path, uuid: &str, cmdline: &str, mbr: &Path) -> Result<()> {
     f.call(&["part-init", "/dev/sda", "mbr"])?;
     f.call(&["part-add", "/dev/sda", "p", "2048", "-1"])?;
     f.call(&["part-set-bootable", "/dev/sda", "1", "true"])?;
@@ -343,7 +391,7 @@ fn lay_out_mbr(f: &Fish, tarball: &Path, uuid: &str, mbr: &Path) -> Result<()> {
         "write",
         "/boot/extlinux/extlinux.conf",
         &format!(
-            "DEFAULT debian\nPROMPT 0\nTIMEOUT 1\n\nLABEL debian\n  KERNEL {kernel}\n  INITRD {initrd}\n  APPEND root=UUID={uuid} ro console=tty0 console=ttyS0,115200n8\n"
+            "DEFAULT debian\nPROMPT 0\nTIMEOUT 1\n\nLABEL debian\n  KERNEL {kernel}\n  INITRD {initrd}\n  APPEND {cmdline}\n"
         ),
     ])?;
     f.call(&["extlinux", "/boot/extlinux"])?;
@@ -384,7 +432,14 @@ fn kernel_paths(f: &Fish) -> Result<(String, String)> {
 /// GPT like Debian's cloud images: 1 BIOS boot (3 MiB), 2 EFI system (124 MiB, vfat),
 /// 3 the ext4 root to the end. GRUB for BIOS in the BIOS boot partition; Debian's
 /// signed shim and GRUB on the ESP's removable path.
-fn lay_out_gpt(f: &Fish, tarball: &Path, uuid: &str, hash: &str, size: u64) -> Result<()> {
+fn lay_out_gpt(
+    f: &Fish,
+    tarball: &Path,
+    uuid: &str,
+    cmdline: &str,
+    hash: &str,
+    size: u64,
+) -> Result<()> {
     let last = size / 512 - 34;
     f.call(&["part-init", "/dev/sda", "gpt"])?;
     f.call(&["part-add", "/dev/sda", "p", "2048", "8191"])?;
@@ -426,7 +481,7 @@ fn lay_out_gpt(f: &Fish, tarball: &Path, uuid: &str, hash: &str, size: u64) -> R
         "write",
         "/boot/grub/grub.cfg",
         &format!(
-            "set timeout=1\ninsmod part_gpt\ninsmod ext2\nsearch --no-floppy --fs-uuid --set=root {uuid}\nmenuentry 'Debian GNU/Linux' {{\n  linux {kernel} root=UUID={uuid} ro console=tty0 console=ttyS0,115200n8\n  initrd {initrd}\n}}\n"
+            "set timeout=1\ninsmod part_gpt\ninsmod ext2\nsearch --no-floppy --fs-uuid --set=root {uuid}\nmenuentry 'Debian GNU/Linux' {{\n  linux {kernel} {cmdline}\n  initrd {initrd}\n}}\n"
         ),
     ])?;
     // The signed GRUB reads grub.cfg from its prefix (EFI/debian) or from where it was
@@ -482,6 +537,29 @@ fn lay_out_gpt(f: &Fish, tarball: &Path, uuid: &str, hash: &str, size: u64) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_openrc_base_gets_sysvinit_openrc_and_ifupdown_instead_of_systemd() {
+        let spec = |init: &str| {
+            let text = format!("tool: mmdebstrap\nsuite: bookworm\nkernel: linux-image-cloud-amd64\nsize: 2G\ninit: {init}\n");
+            serde_yaml::from_str::<BuildSpec>(&text).unwrap()
+        };
+        let argv = |s: &BuildSpec| mmdebstrap_cmd(s, Path::new("out.tar")).display();
+        let openrc = argv(&spec("openrc"));
+        assert!(
+            openrc.contains("sysvinit-core,openrc,ifupdown,isc-dhcp-client"),
+            "{openrc}"
+        );
+        assert!(!openrc.contains("systemd"), "{openrc}");
+        let systemd = argv(&spec("systemd"));
+        assert!(
+            systemd.contains("systemd-sysv,systemd-resolved"),
+            "{systemd}"
+        );
+        assert!(!systemd.contains("openrc"), "{systemd}");
+        assert!(kernel_cmdline("u", BaseInit::Openrc).ends_with(" net.ifnames=0"));
+        assert!(!kernel_cmdline("u", BaseInit::Systemd).contains("ifnames"));
+    }
 
     #[test]
     fn uuid_is_derived_from_the_definition() {

@@ -123,6 +123,35 @@ pub struct BuildSpec {
     /// How the disk is laid out and booted.
     #[serde(default, skip_serializing_if = "BaseLayout::is_mbr")]
     pub layout: BaseLayout,
+    /// The init system the base boots with [default: systemd].
+    #[serde(default, skip_serializing_if = "BaseInit::is_systemd")]
+    pub init: BaseInit,
+}
+
+/// The init system of a built base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum BaseInit {
+    /// systemd as PID 1 (`systemd-sysv`), systemd-networkd DHCP, systemd-resolved.
+    #[default]
+    Systemd,
+    /// sysvinit as PID 1 with OpenRC starting the services (`sysvinit-core`, `openrc`),
+    /// ifupdown with dhclient for DHCP on `eth0` (`net.ifnames=0`), a getty on the
+    /// serial console; no systemd package at all.
+    Openrc,
+}
+
+impl BaseInit {
+    fn is_systemd(&self) -> bool {
+        *self == BaseInit::Systemd
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BaseInit::Systemd => "systemd",
+            BaseInit::Openrc => "openrc",
+        }
+    }
 }
 
 /// The disk layout of a built base.
@@ -268,6 +297,28 @@ pub fn search_dirs(
 }
 
 impl BuildSpec {
+    /// A build definition that cannot work: cloud-init with OpenRC (Debian's cloud-init
+    /// starts from systemd units only), or a package that brings another init back.
+    pub fn problem(&self) -> Option<String> {
+        if self.init == BaseInit::Openrc {
+            if self.cloud_init {
+                return Some(
+                    "build.cloud-init: Debian's cloud-init starts from systemd units only; it cannot be combined with build.init: openrc".into(),
+                );
+            }
+            if let Some(p) = self
+                .packages
+                .iter()
+                .find(|p| matches!(p.as_str(), "systemd" | "systemd-sysv" | "systemd-resolved"))
+            {
+                return Some(format!(
+                    "build.packages: {p} cannot be installed on a base with build.init: openrc (no systemd there)"
+                ));
+            }
+        }
+        None
+    }
+
     /// The disk size of the built image in bytes.
     pub fn size_bytes(&self) -> anyhow::Result<u64> {
         match self.size {
@@ -289,6 +340,9 @@ pub fn parse_entry(text: &str, origin: &str) -> anyhow::Result<CatalogEntry> {
     let entry: CatalogEntry =
         serde_yaml::from_str(text).with_context(|| format!("parsing catalog entry {origin}"))?;
     if let Some(p) = entry.firmware.problem() {
+        anyhow::bail!("catalog entry {origin}: {p}");
+    }
+    if let Some(p) = entry.build.as_ref().and_then(BuildSpec::problem) {
         anyhow::bail!("catalog entry {origin}: {p}");
     }
     Ok(entry)
@@ -344,6 +398,31 @@ pub fn find_entry(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_openrc_build_refuses_what_needs_systemd() {
+        let entry = |build: &str| {
+            parse_entry(
+                &format!("name: x\ndescription: x\nos: debian\nrelease: \"12\"\nbuild:\n  tool: mmdebstrap\n  suite: bookworm\n  kernel: linux-image-cloud-amd64\n  size: 2G\n{build}"),
+                "x.yaml",
+            )
+        };
+        let e = entry("  init: openrc\n").unwrap();
+        assert_eq!(e.build.unwrap().init, BaseInit::Openrc);
+        // The default is systemd, and it is not written out: existing definitions keep
+        // their hash (and their cached builds).
+        let e = entry("").unwrap();
+        assert_eq!(e.build.as_ref().unwrap().init, BaseInit::Systemd);
+        assert!(!serde_json::to_string(&e.build)
+            .unwrap()
+            .contains("\"init\""));
+        let err = entry("  init: openrc\n  cloud-init: true\n").unwrap_err();
+        assert!(format!("{err:#}").contains("cloud-init"), "{err:#}");
+        let err = entry("  init: openrc\n  packages: [systemd-sysv]\n").unwrap_err();
+        assert!(format!("{err:#}").contains("systemd-sysv"), "{err:#}");
+        let err = entry("  init: runit\n").unwrap_err();
+        assert!(format!("{err:#}").contains("init"), "{err:#}");
+    }
 
     #[test]
     fn every_catalog_file_and_key_is_built_in() {
