@@ -2,6 +2,13 @@
 # Starts the VNC server, on the guest's localhost only, and runs the desktop session
 # on it, again whenever the session ends (diskforge).
 set -u
+# The session user's home and names, whichever init started this (OpenRC's
+# supervise-daemon does not set them as systemd's User= does).
+HOME=$(getent passwd "$(id -u)" | cut -d: -f6)
+USER=$(id -un)
+LOGNAME=$USER
+export HOME USER LOGNAME
+cd "$HOME" 2>/dev/null || cd /
 D=:1
 # A lock left by a server that did not stop cleanly would keep this one from starting.
 if [ -e /tmp/.X1-lock ] && ! kill -0 "$(tr -dc 0-9 < /tmp/.X1-lock)" 2>/dev/null; then

@@ -1,6 +1,7 @@
-//! The web desktop, started on boot (systemd): Xtigervnc on the guest's localhost only,
-//! running the session as the recipe's user, and websockify serving noVNC's page and
-//! proxying its WebSocket to it — all from the distribution's packages. The VNC
+//! The web desktop, started on boot (systemd units, or OpenRC services on guests whose
+//! init is not systemd): Xtigervnc on the guest's localhost only, running the session as
+//! the recipe's user, and websockify serving noVNC's page and proxying its WebSocket to
+//! it — all from the distribution's packages. The VNC
 //! password enters the guest only on the staging tmpfs and is written once, obfuscated
 //! by `vncpasswd -f`, to the one file the server reads (0600, the session user's).
 
@@ -23,6 +24,9 @@ pub const PACKAGES: &[&str] = &[
 pub const VNC_UNIT: &str = "diskforge-desktop-vnc.service";
 /// The unit that runs websockify with noVNC's page.
 pub const WEB_UNIT: &str = "diskforge-desktop-web.service";
+/// The OpenRC services, under /etc/init.d, on guests without systemd.
+pub const VNC_SERVICE: &str = "diskforge-desktop-vnc";
+pub const WEB_SERVICE: &str = "diskforge-desktop-web";
 /// The VNC password file, in `vncpasswd -f` form.
 pub const PASSWD: &str = "/etc/diskforge/desktop.vncpasswd";
 const START: &str = "/usr/local/lib/diskforge/desktop-start.sh";
@@ -54,7 +58,7 @@ pub fn install(g: &mut Part, d: &Desktop, secrets: &Secrets) -> Result<()> {
             "desktop.user {user} does not exist in the guest: add it under customize.users"
         ))
     ));
-    g.line("have systemctl || { echo 'the desktop is started by systemd units: this guest has no systemd' >&2; exit 1; }");
+    g.line("case \"$(guest_init)\" in systemd|openrc) ;; *) echo 'the desktop is started by systemd units or OpenRC services: this guest has neither' >&2; exit 1 ;; esac");
     g.line("for b in Xtigervnc websockify; do have \"$b\" || { echo \"$b is not installed: the desktop packages are missing\" >&2; exit 1; }; done");
     g.line("[ -f /usr/share/novnc/vnc.html ] || { echo 'noVNC is not installed at /usr/share/novnc' >&2; exit 1; }");
 
@@ -91,10 +95,33 @@ pub fn install(g: &mut Part, d: &Desktop, secrets: &Secrets) -> Result<()> {
         .replace("@PORT@", &d.port.to_string())
         .replace("@VNC_PORT@", &DESKTOP_VNC_PORT.to_string());
     let w = g.stage(WEB_UNIT.into(), StageData::Bytes(web.into_bytes()), 0o644);
+    let vnc_rc = include_str!("diskforge-desktop-vnc.openrc").replace("@USER@", user);
+    let vo = g.stage(
+        format!("{VNC_SERVICE}.openrc"),
+        StageData::Bytes(vnc_rc.into_bytes()),
+        0o755,
+    );
+    let web_rc = include_str!("diskforge-desktop-web.openrc")
+        .replace("@PORT@", &d.port.to_string())
+        .replace("@VNC_PORT@", &DESKTOP_VNC_PORT.to_string());
+    let wo = g.stage(
+        format!("{WEB_SERVICE}.openrc"),
+        StageData::Bytes(web_rc.into_bytes()),
+        0o755,
+    );
     g.line(format!("install -D -m 0755 {s} {START}"));
+    g.line("if [ \"$(guest_init)\" = systemd ]; then");
     g.line(format!(
-        "install -m 0644 {v} /etc/systemd/system/{VNC_UNIT}; install -m 0644 {w} /etc/systemd/system/{WEB_UNIT}"
+        "  install -m 0644 {v} /etc/systemd/system/{VNC_UNIT}; install -m 0644 {w} /etc/systemd/system/{WEB_UNIT}"
     ));
-    g.line(format!("systemctl enable {VNC_UNIT} {WEB_UNIT}"));
+    g.line(format!("  systemctl enable {VNC_UNIT} {WEB_UNIT}"));
+    g.line("else");
+    g.line(format!(
+        "  install -m 0755 {vo} /etc/init.d/{VNC_SERVICE}; install -m 0755 {wo} /etc/init.d/{WEB_SERVICE}"
+    ));
+    g.line(format!(
+        "  rc-update add {VNC_SERVICE} default; rc-update add {WEB_SERVICE} default"
+    ));
+    g.line("fi");
     Ok(())
 }

@@ -674,6 +674,26 @@ mod tests {
             ),
             "{web}"
         );
+        // Guests whose init is not systemd get OpenRC services doing the same.
+        let vnc_rc = file(&format!("{}.openrc", desktop::VNC_SERVICE));
+        assert!(
+            vnc_rc.starts_with("#!/sbin/openrc-run\n")
+                && vnc_rc.contains("command=/usr/local/lib/diskforge/desktop-start.sh\n")
+                && vnc_rc.contains("command_user=\"lab\"\n")
+                && vnc_rc.contains("supervisor=supervise-daemon\n"),
+            "{vnc_rc}"
+        );
+        let web_rc = file(&format!("{}.openrc", desktop::WEB_SERVICE));
+        assert!(
+            web_rc.contains("command=/usr/bin/websockify\n")
+                && web_rc.contains("command_args=\"--web /usr/share/novnc 6090 127.0.0.1:5901\"\n")
+                && web_rc.contains("command_user=\"nobody:nogroup\"\n"),
+            "{web_rc}"
+        );
+        assert!(
+            m.contains("rc-update add diskforge-desktop-vnc default; rc-update add diskforge-desktop-web default"),
+            "{m}"
+        );
         assert!(
             m.find(&format!(
                 "systemctl enable {} {}",

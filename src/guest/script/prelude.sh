@@ -73,6 +73,17 @@ man_db_index_off() {
 man_db_index_back() {
   if [ -e "$S/man-db-auto-update" ]; then mv "$S/man-db-auto-update" /var/lib/man-db/auto-update; fi
 }
+# The init the guest boots with: systemd when /sbin/init is systemd (or, with no
+# /sbin/init, when systemctl exists), openrc when OpenRC is there, else none. A
+# systemctl alone does not make systemd the init (Debian installs it beside sysvinit).
+guest_init() {
+  case "$(readlink -f /sbin/init 2>/dev/null)" in
+    */systemd) echo systemd; return ;;
+  esac
+  if [ ! -e /sbin/init ] && have systemctl; then echo systemd
+  elif have openrc-run || have openrc; then echo openrc
+  else echo none; fi
+}
 enable_unit() {
   if have systemctl; then systemctl enable "$1"
   else echo "cannot enable $1: the guest has no systemd" >&2; return 1; fi

@@ -119,7 +119,7 @@ pub fn install(g: &mut Part, t: &Ttyd, secrets: &Secrets, binary: Option<&Path>)
         q(&exe),
         q(&format!("ttyd is not installed at {exe}"))
     ));
-    g.line("if have systemctl; then");
+    g.line("if [ \"$(guest_init)\" = systemd ]; then");
     g.line(format!(
         "  install -m 0644 {u} /etc/systemd/system/{UNIT}; systemctl enable {UNIT}"
     ));
@@ -129,7 +129,7 @@ pub fn install(g: &mut Part, t: &Ttyd, secrets: &Secrets, binary: Option<&Path>)
         // The start script runs as the ttyd user and reads the credential itself.
         g.line(format!("  chown {} {ENV_FILE}", q(&t.user)));
     }
-    g.line("  if have rc-update; then");
+    g.line("  if [ \"$(guest_init)\" = openrc ]; then");
     g.line(format!(
         "    install -m 0755 {o} /etc/init.d/diskforge-ttyd; rc-update add diskforge-ttyd default"
     ));
