@@ -851,7 +851,10 @@ impl DesktopSession {
                 "-c",
                 "twm & w=$!; xterm -fa Monospace -fs 11 -geometry 100x30+40+40; kill $w",
             ],
-            DesktopSession::Named(NamedSession::Xfce) => &["startxfce4"],
+            // The panel's default layout at once, not its first-start question.
+            DesktopSession::Named(NamedSession::Xfce) => {
+                &["env", "XFCE_PANEL_MIGRATE_DEFAULT=1", "startxfce4"]
+            }
             DesktopSession::Custom(c) => return c.command.clone(),
         };
         v.iter().map(|s| s.to_string()).collect()

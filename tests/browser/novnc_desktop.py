@@ -2,7 +2,9 @@
 """Use a noVNC web desktop the way its users do: in a real (headless) Chromium.
 
 usage: novnc_desktop.py URL [--screenshot FILE.png] [--expect-refused] [--timeout SECONDS]
-                        [--window-size WIDTHxHEIGHT] [--chromium PATH] [--chromedriver PATH]
+                        [--min-colours N] [--expect-top-panel]
+                        [--window-size WIDTHxHEIGHT] [--chromium PATH]
+                        [--chromedriver PATH]
 
 Opens noVNC's page (URL, e.g. http://127.0.0.1:PORT/vnc.html), connects, waits for
 noVNC's password dialog and answers it with NOVNC_PASSWORD from the environment (never
@@ -11,7 +13,11 @@ the command line; never printed). Then:
 - by default, waits until noVNC is connected and the desktop's canvas shows something:
   its pixels are compared against a blank canvas of the same size (one colour), and at
   least 1% of them must differ, in more than two colours (a window, not an empty
-  root window). Saves a screenshot of the page.
+  root window). With --min-colours N, waits until the canvas shows at least N distinct
+  colours (a full desktop's panels and icons, not an xterm on a plain root window). With --expect-top-panel, waits until a panel shows along the top edge: one
+  colour covers most of the top 16 rows and it is not the screen's most common colour
+  (twm and an xterm on a plain root window leave the top edge the root's colour).
+  Saves a screenshot of the page.
 - with --expect-refused, waits until noVNC reports that authentication failed
   ("Authentication failed" or the server's "Authentication failure"), and
   fails if it ever shows the desktop (connected state or a non-blank canvas).
@@ -47,9 +53,24 @@ for (let y = 0; y < c.height; y += 4) {
     n++;
   }
 }
-let top = 0;
-for (const v of counts.values()) if (v > top) top = v;
-return {width: c.width, height: c.height, dominant: n ? top / n : 1, colours: counts.size};
+let top = 0, topKey = -1;
+for (const [k, v] of counts) if (v > top) { top = v; topKey = k; }
+// The strip along the top edge (16 rows: where a desktop's panel sits): its most
+// common colour and that colour's share of the strip.
+const strip = new Map();
+let m = 0;
+for (let y = 0; y < Math.min(16, c.height); y++) {
+  for (let x = 0; x < c.width; x += 4) {
+    const i = (y * c.width + x) * 4;
+    const k = (d[i] << 16) | (d[i + 1] << 8) | d[i + 2];
+    strip.set(k, (strip.get(k) || 0) + 1);
+    m++;
+  }
+}
+let stripTop = 0, stripKey = -1;
+for (const [k, v] of strip) if (v > stripTop) { stripTop = v; stripKey = k; }
+return {width: c.width, height: c.height, dominant: n ? top / n : 1, colours: counts.size,
+        dominant_rgb: topKey, strip_rgb: stripKey, strip_share: m ? stripTop / m : 0};
 """
 
 STATE = """
@@ -77,12 +98,25 @@ def shows_a_window(stats):
     return stats["width"] > 0 and stats["dominant"] < 0.99 and stats["colours"] > 2
 
 
+def has_top_panel(stats):
+    """A panel along the top edge: one colour covers most of the top strip, and it is
+    not the colour that covers most of the screen (a plain root window, or a window
+    reaching the edge on one, has the screen's colour there)."""
+    return stats.get("strip_share", 0) >= 0.5 and stats.get("strip_rgb") != stats.get("dominant_rgb")
+
+
+def rgb(key):
+    return f"#{key:06x}" if key is not None and key >= 0 else "none"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("url")
     ap.add_argument("--screenshot", default="novnc-desktop.png")
     ap.add_argument("--expect-refused", action="store_true")
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--min-colours", type=int, default=0, metavar="N")
+    ap.add_argument("--expect-top-panel", action="store_true")
     add_browser_args(ap, window_size="1280x800")
     args = ap.parse_args()
     password = os.environ.get("NOVNC_PASSWORD", "")
@@ -142,9 +176,28 @@ def main():
                 lambda: (lambda st: shows_a_window(st) and st)(driver.execute_script(CANVAS_STATS)),
                 every=1.0,
             )
+            if args.min_colours:
+                wait(
+                    deadline,
+                    f"at least {args.min_colours} colours on the desktop's canvas",
+                    lambda: driver.execute_script(CANVAS_STATS)["colours"] >= args.min_colours,
+                    every=1.0,
+                )
+            if args.expect_top_panel:
+                wait(
+                    deadline,
+                    "a panel along the top of the desktop's canvas",
+                    lambda: has_top_panel(driver.execute_script(CANVAS_STATS)),
+                    every=1.0,
+                )
             # Let the rest of the session draw before the picture is taken.
             time.sleep(2)
             stats = driver.execute_script(CANVAS_STATS)
+            print(f"canvas dominant colour: {rgb(stats['dominant_rgb'])}")
+            print(
+                f"canvas top strip: {rgb(stats['strip_rgb'])} on {stats['strip_share']:.3f} of it"
+                f" (a panel: {'yes' if has_top_panel(stats) else 'no'})"
+            )
             print(f"canvas: {stats['width']}x{stats['height']}")
             print(f"canvas dominant colour share: {stats['dominant']:.3f}")
             print(f"canvas colours: {stats['colours']}")
@@ -155,6 +208,7 @@ def main():
         print(f"FAILED: {str(e).replace(password, '***')}", file=sys.stderr)
         try:
             print(f"state: {driver.execute_script(STATE)}", file=sys.stderr)
+            print(f"canvas: {driver.execute_script(CANVAS_STATS)}", file=sys.stderr)
             driver.save_screenshot(args.screenshot.replace(".png", "-failure.png"))
         except WebDriverException:
             pass

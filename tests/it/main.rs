@@ -25,6 +25,7 @@ mod index_kubevirt;
 mod kubevirt_manifests;
 mod layout_zoo;
 mod oci_pack;
+mod openrc_guest;
 mod promote;
 mod provenance_sbom;
 mod provenance_sign;
@@ -55,6 +56,7 @@ fn main() {
         kubevirt_manifests::tests(),
         layout_zoo::tests(),
         oci_pack::tests(),
+        openrc_guest::tests(),
         promote::tests(),
         provenance_sbom::tests(),
         provenance_sign::tests(),
