@@ -69,8 +69,18 @@ for (let y = 0; y < Math.min(16, c.height); y++) {
 }
 let stripTop = 0, stripKey = -1;
 for (const [k, v] of strip) if (v > stripTop) { stripTop = v; stripKey = k; }
+// How much of the screen below the strip (from row 32) has the strip's colour.
+let below = 0, rest = 0;
+for (let y = 32; y < c.height; y += 4) {
+  for (let x = 0; x < c.width; x += 4) {
+    const i = (y * c.width + x) * 4;
+    if (((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]) === stripKey) below++;
+    rest++;
+  }
+}
 return {width: c.width, height: c.height, dominant: n ? top / n : 1, colours: counts.size,
-        dominant_rgb: topKey, strip_rgb: stripKey, strip_share: m ? stripTop / m : 0};
+        dominant_rgb: topKey, strip_rgb: stripKey, strip_share: m ? stripTop / m : 0,
+        strip_below: rest ? below / rest : 1};
 """
 
 STATE = """
@@ -99,10 +109,10 @@ def shows_a_window(stats):
 
 
 def has_top_panel(stats):
-    """A panel along the top edge: one colour covers most of the top strip, and it is
-    not the colour that covers most of the screen (a plain root window, or a window
-    reaching the edge on one, has the screen's colour there)."""
-    return stats.get("strip_share", 0) >= 0.5 and stats.get("strip_rgb") != stats.get("dominant_rgb")
+    """A panel along the top edge: one colour covers most of the top strip, and little
+    of the screen below it has that colour (a plain root window, or a window reaching
+    the edge on one, has the same colour there as below)."""
+    return stats.get("strip_share", 0) >= 0.5 and stats.get("strip_below", 1) < 0.1
 
 
 def rgb(key):
@@ -195,7 +205,8 @@ def main():
             stats = driver.execute_script(CANVAS_STATS)
             print(f"canvas dominant colour: {rgb(stats['dominant_rgb'])}")
             print(
-                f"canvas top strip: {rgb(stats['strip_rgb'])} on {stats['strip_share']:.3f} of it"
+                f"canvas top strip: {rgb(stats['strip_rgb'])} on {stats['strip_share']:.3f} of it,"
+                f" {stats['strip_below']:.3f} of the screen below"
                 f" (a panel: {'yes' if has_top_panel(stats) else 'no'})"
             )
             print(f"canvas: {stats['width']}x{stats['height']}")

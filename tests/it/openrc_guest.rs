@@ -14,9 +14,10 @@
 //!   started by OpenRC (`rc-service … status`), the VNC server running as the user,
 //!   websockify as `nobody`, and Xfce's panel, window manager and desktop running;
 //! - booted again, headless Chromium with a wrong password never sees the desktop;
-//!   with the right one it sees Xfce: a panel along the top edge in a colour that is
-//!   not the screen's (the minimal session leaves the top edge the root window's
-//!   colour) and far more colours than twm and an xterm draw (the panels, the icons),
+//!   with the right one it sees Xfce: a panel along the top edge in a colour little
+//!   of the screen below has (the minimal session leaves the top edge the root
+//!   window's colour) and far more colours than twm and an xterm draw (the panels, the
+//!   icons),
 //!   captured in target/test-artifacts/novnc-xfce.png.
 use crate::common;
 
@@ -317,7 +318,7 @@ fn ttyd_and_the_xfce_desktop_run_under_openrc_and_xfce_shows_in_the_browser() {
         .parse()
         .unwrap();
     assert!(colours >= XFCE_MIN_COLOURS, "{text}");
-    // Xfce's panel along the top, in its own colour: not the minimal session's look.
+    // Xfce's panel along the top, in a colour of its own: not the minimal session's look.
     assert!(text.contains("(a panel: yes)"), "{text}");
     assert!(screenshot.is_file());
     let (code, stderr) = vm.stop();
