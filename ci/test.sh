@@ -31,11 +31,12 @@ for l in sys.stdin:
 [ -x "$it" ] || { echo "no integration test binary (tests/it) was built" >&2; exit 1; }
 
 # Beside the main run go what keeps one core busy for minutes while the other idles: the
-# end-to-end demo, the UEFI Secure Boot boot, the container image, the SELinux guest and
-# the web desktop (one appliance or VM at a time, package downloads), in two chains of
-# modules run one after the other; and the throttled 300 MB push, which waits on the
-# network (ignored unless asked).
-chains=("e2e_demo container_image selinux_guest" "e2e_uefi desktop")
+# end-to-end demo, the UEFI Secure Boot boot, the container image, the SELinux guest,
+# the web desktop and the OpenRC guest (one appliance or VM at a time, package
+# downloads), in three chains of modules run one after the other (the OpenRC guest alone:
+# appended to either other chain it would make that chain the longest part of the run);
+# and the throttled 300 MB push, which waits on the network (ignored unless asked).
+chains=("e2e_demo container_image selinux_guest" "e2e_uefi desktop" "openrc_guest")
 beside=()
 beside_logs=()
 beside_pids=()
