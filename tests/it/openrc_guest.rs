@@ -10,8 +10,9 @@
 //!   systemd unit of diskforge's;
 //! - `diskforge run --check` boots it: ttyd answers and the user logs in through it,
 //!   the desktop's page, WebSocket upgrade and password-asking VNC server answer; the
-//!   command run in the guest shows sysvinit as PID 1, no systemd, the three services
-//!   started by OpenRC (`rc-service … status`), the VNC server running as the user,
+//!   command run in the guest shows sysvinit as PID 1, no systemd, diskforge's services
+//!   (ttyd, the desktop's two, the SSH host keys) and sshd started by OpenRC
+//!   (`rc-service … status`), the VNC server running as the user,
 //!   websockify as `nobody`, and Xfce's panel, window manager and desktop running;
 //! - booted again, headless Chromium with a wrong password never sees the desktop;
 //!   with the right one it sees Xfce: a panel along the top edge in a colour little
@@ -190,12 +191,13 @@ fn ttyd_and_the_xfce_desktop_run_under_openrc_and_xfce_shows_in_the_browser() {
     //    systemd units of diskforge's, and no systemd at all.
     let facts = common::guest::fish(
         &["--ro", "-i", "-a", disk.to_str().unwrap()],
-        "sh \"for s in diskforge-ttyd diskforge-desktop-vnc diskforge-desktop-web; do [ -x /etc/init.d/$s ] && [ -L /etc/runlevels/default/$s ] && echo rc-default=$s; done; ls /etc/systemd/system | grep diskforge | sed 's/^/systemd-unit=/'; [ -e /usr/bin/systemctl ] && echo systemctl=present; readlink -f /sbin/init | sed 's/^/init=/'; true\"\n",
+        "sh \"for s in diskforge-ttyd diskforge-desktop-vnc diskforge-desktop-web diskforge-ssh-hostkeys; do [ -x /etc/init.d/$s ] && [ -L /etc/runlevels/default/$s ] && echo rc-default=$s; done; ls /etc/systemd/system | grep diskforge | sed 's/^/systemd-unit=/'; [ -e /usr/bin/systemctl ] && echo systemctl=present; readlink -f /sbin/init | sed 's/^/init=/'; true\"\n",
     );
     for s in [
         "diskforge-ttyd",
         "diskforge-desktop-vnc",
         "diskforge-desktop-web",
+        "diskforge-ssh-hostkeys",
     ] {
         assert!(
             facts.lines().any(|l| l.trim() == format!("rc-default={s}")),
@@ -209,8 +211,9 @@ fn ttyd_and_the_xfce_desktop_run_under_openrc_and_xfce_shows_in_the_browser() {
     // 3. Boot it: ttyd and the desktop answer, and the guest shows who started them.
     let command = "echo pid1=$(cat /proc/1/comm); \
         echo systemd-run=$(test -d /run/systemd/system && echo yes || echo no); \
-        for s in diskforge-ttyd diskforge-desktop-vnc diskforge-desktop-web; do \
+        for s in diskforge-ttyd diskforge-desktop-vnc diskforge-desktop-web diskforge-ssh-hostkeys ssh; do \
           echo \"$s=$(sudo -n rc-service $s status 2>&1 | tr -d '*' | tr -s ' ' | sed 's/^ //')\"; done; \
+        echo ssh-rc=$(sudo -n rc-status default | awk '$1 == \"ssh\" {print $3}'); \
         echo vnc-user=$(ps -o user= -C Xtigervnc | sort -u | tr '\\n' ' '); \
         echo web-user=$(ps -o user=,args= -C websockify,python3 | awk '/websockify/ {print $1}' | sort -u | tr '\\n' ' '); \
         echo supervisor=$(ps -o args= -C supervise-daemon | grep -c diskforge-desktop); \
@@ -237,13 +240,18 @@ fn ttyd_and_the_xfce_desktop_run_under_openrc_and_xfce_shows_in_the_browser() {
     assert!(report.contains("checks-end"), "{report}");
     assert_eq!(value(&report, "pid1"), "init", "{report}");
     assert_eq!(value(&report, "systemd-run"), "no", "{report}");
+    // The SSH host keys the build removed are made again before sshd starts.
     for s in [
         "diskforge-ttyd",
         "diskforge-desktop-vnc",
         "diskforge-desktop-web",
+        "diskforge-ssh-hostkeys",
     ] {
         assert_eq!(value(&report, s), "status: started", "{report}");
     }
+    // Debian's own sshd script (an LSB script OpenRC runs) answers `status` itself.
+    assert_eq!(value(&report, "ssh"), "sshd is running.", "{report}");
+    assert_eq!(value(&report, "ssh-rc"), "started", "{report}");
     assert_eq!(value(&report, "vnc-user"), "lab", "{report}");
     assert_eq!(value(&report, "web-user"), "nobody", "{report}");
     assert_eq!(value(&report, "supervisor"), "2", "{report}");

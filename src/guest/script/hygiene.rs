@@ -17,15 +17,23 @@ pub fn apply(g: &mut Part, h: &Hygiene) {
     if h.ssh_host_keys {
         g.step("hygiene: SSH host keys");
         g.line("rm -f /etc/ssh/ssh_host_*");
-        // Without cloud-init nothing would recreate them on Debian: a oneshot unit does.
+        // Without cloud-init nothing would recreate them on Debian: a oneshot unit does
+        // (an OpenRC service before sshd on guests whose init is OpenRC).
         let u = g.stage(
             "diskforge-ssh-hostkeys.service".into(),
             StageData::Bytes(include_str!("diskforge-ssh-hostkeys.service").into()),
             0o644,
         );
+        let o = g.stage(
+            "diskforge-ssh-hostkeys.openrc".into(),
+            StageData::Bytes(include_str!("diskforge-ssh-hostkeys.openrc").into()),
+            0o755,
+        );
+        g.line("if [ -d /etc/ssh ] && have ssh-keygen; then");
         g.line(format!(
-            "if [ -d /etc/ssh ] && have ssh-keygen && have systemctl; then install -m 0644 {u} /etc/systemd/system/diskforge-ssh-hostkeys.service; systemctl enable diskforge-ssh-hostkeys.service; fi"
+            "  case \"$(guest_init)\" in systemd) install -m 0644 {u} /etc/systemd/system/diskforge-ssh-hostkeys.service; systemctl enable diskforge-ssh-hostkeys.service ;; openrc) install -m 0755 {o} /etc/init.d/diskforge-ssh-hostkeys; rc-update add diskforge-ssh-hostkeys default ;; esac"
         ));
+        g.line("fi");
     }
     if h.logs {
         g.step("hygiene: logs");

@@ -716,6 +716,34 @@ mod tests {
     }
 
     #[test]
+    fn removed_ssh_host_keys_come_back_under_systemd_or_openrc() {
+        let r = recipe("customize:\n  users: [{name: lab}]\n");
+        let c = generate(&r, &Secrets::default(), Path::new("."), None).unwrap();
+        let m = &c.main.script;
+        assert!(m.contains("rm -f /etc/ssh/ssh_host_*"), "{m}");
+        assert!(
+            m.contains("systemd) install -m 0644 \"$S\"/diskforge-ssh-hostkeys.service /etc/systemd/system/diskforge-ssh-hostkeys.service; systemctl enable diskforge-ssh-hostkeys.service ;;"),
+            "{m}"
+        );
+        assert!(
+            m.contains("openrc) install -m 0755 \"$S\"/diskforge-ssh-hostkeys.openrc /etc/init.d/diskforge-ssh-hostkeys; rc-update add diskforge-ssh-hostkeys default ;;"),
+            "{m}"
+        );
+        let f = c
+            .main
+            .files
+            .iter()
+            .find(|f| f.name == "diskforge-ssh-hostkeys.openrc")
+            .unwrap();
+        let StageData::Bytes(b) = &f.data else {
+            panic!()
+        };
+        let service = String::from_utf8_lossy(b);
+        assert!(service.contains("before ssh sshd"), "{service}");
+        assert!(service.contains("/usr/bin/ssh-keygen -A"), "{service}");
+    }
+
+    #[test]
     fn a_disabled_desktop_adds_nothing() {
         let r = recipe("desktop: {user: lab, credential: {env: V}}\n");
         let c = generate(&r, &Secrets::default(), Path::new("."), None).unwrap();
