@@ -52,43 +52,6 @@ fn json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
-/// The desktop URL `run` prints ("desktop: http://127.0.0.1:PORT/vnc.html …").
-fn desktop_url(vm: &mut BackgroundRun, within: Duration) -> (String, u16) {
-    let start = Instant::now();
-    loop {
-        let text = vm.stderr();
-        let url = text
-            .lines()
-            .find_map(|l| l.strip_prefix("desktop:"))
-            .and_then(|l| l.split_whitespace().next());
-        if let Some(url) = url {
-            let port = url
-                .trim_start_matches("http://127.0.0.1:")
-                .split('/')
-                .next()
-                .and_then(|p| p.parse().ok())
-                .unwrap_or_else(|| panic!("no port in {url}"));
-            return (url.to_string(), port);
-        }
-        assert!(vm.running(), "diskforge run exited:\n{text}");
-        assert!(
-            start.elapsed() < within,
-            "diskforge run printed no desktop URL:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn novnc(python: &str, url: &str, password: &str, args: &[&str]) -> Output {
-    Command::new(python)
-        .arg(common::repo_root().join("tests/browser/novnc_desktop.py"))
-        .arg(url)
-        .args(args)
-        .env("NOVNC_PASSWORD", password)
-        .output()
-        .expect("running tests/browser/novnc_desktop.py")
-}
-
 fn desktop_builds_boots_and_shows_a_window_in_the_browser_only_with_its_password() {
     let python = browser::python();
     let started = Instant::now();
@@ -211,7 +174,7 @@ fn desktop_builds_boots_and_shows_a_window_in_the_browser_only_with_its_password
     let mut run = diskforge(&cache);
     run.args(["run", "--memory", "1024"]).arg(&image);
     let mut vm = BackgroundRun::start(run);
-    let (url, port) = desktop_url(&mut vm, Duration::from_secs(300));
+    let (url, port) = vm.desktop_url(Duration::from_secs(300));
     assert!(url.ends_with("/vnc.html"), "{url}");
     let log = vm.stderr_reader();
     let report = {
@@ -231,7 +194,7 @@ fn desktop_builds_boots_and_shows_a_window_in_the_browser_only_with_its_password
 
     // 7. A wrong password never shows the desktop.
     let refused = browser::artifacts().join("novnc-refused.png");
-    let wrong = novnc(
+    let wrong = browser::novnc(
         python,
         &url,
         "Wrong-99",
@@ -251,7 +214,7 @@ fn desktop_builds_boots_and_shows_a_window_in_the_browser_only_with_its_password
     // 8. The right one shows a window.
     let screenshot = browser::artifacts().join("novnc-desktop.png");
     let _ = std::fs::remove_file(&screenshot);
-    let right = novnc(
+    let right = browser::novnc(
         python,
         &url,
         PASSWORD,

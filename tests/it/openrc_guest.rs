@@ -121,37 +121,6 @@ fn value(report: &str, key: &str) -> String {
         .to_string()
 }
 
-/// The desktop URL `run` prints ("desktop: http://127.0.0.1:PORT/vnc.html …").
-fn desktop_url(vm: &mut BackgroundRun, within: Duration) -> String {
-    let start = Instant::now();
-    loop {
-        let text = vm.stderr();
-        if let Some(url) = text
-            .lines()
-            .find_map(|l| l.strip_prefix("desktop:"))
-            .and_then(|l| l.split_whitespace().next())
-        {
-            return url.to_string();
-        }
-        assert!(vm.running(), "diskforge run exited:\n{text}");
-        assert!(
-            start.elapsed() < within,
-            "diskforge run printed no desktop URL:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn novnc(python: &str, url: &str, password: &str, args: &[&str]) -> Output {
-    Command::new(python)
-        .arg(common::repo_root().join("tests/browser/novnc_desktop.py"))
-        .arg(url)
-        .args(args)
-        .env("NOVNC_PASSWORD", password)
-        .output()
-        .expect("running tests/browser/novnc_desktop.py")
-}
-
 fn ttyd_and_the_xfce_desktop_run_under_openrc_and_xfce_shows_in_the_browser() {
     let python = browser::python();
     let started = Instant::now();
@@ -265,7 +234,7 @@ fn ttyd_and_the_xfce_desktop_run_under_openrc_and_xfce_shows_in_the_browser() {
     run.args(["run", "--memory", "2048", "--desktop-port", "6080"])
         .arg(&disk);
     let mut vm = BackgroundRun::start(run);
-    let url = desktop_url(&mut vm, Duration::from_secs(300));
+    let (url, _) = vm.desktop_url(Duration::from_secs(300));
     let log = vm.stderr_reader();
     {
         let port: u16 = url
@@ -282,7 +251,7 @@ fn ttyd_and_the_xfce_desktop_run_under_openrc_and_xfce_shows_in_the_browser() {
         )
         .unwrap_or_else(|e| panic!("{e:#}"));
     }
-    let wrong = novnc(
+    let wrong = browser::novnc(
         python,
         &url,
         "Wrong-77",
@@ -303,7 +272,7 @@ fn ttyd_and_the_xfce_desktop_run_under_openrc_and_xfce_shows_in_the_browser() {
 
     let screenshot = browser::artifacts().join("novnc-xfce.png");
     let _ = std::fs::remove_file(&screenshot);
-    let right = novnc(
+    let right = browser::novnc(
         python,
         &url,
         VNC_PASSWORD,

@@ -51,6 +51,18 @@ pub fn python_if_installed() -> Option<&'static str> {
 }
 
 /// Where screenshots go: target/test-artifacts/.
+/// tests/browser/novnc_desktop.py against noVNC's page at `url`, with `password` as the
+/// VNC password it types.
+pub fn novnc(python: &str, url: &str, password: &str, args: &[&str]) -> Output {
+    Command::new(python)
+        .arg(crate::common::repo_root().join("tests/browser/novnc_desktop.py"))
+        .arg(url)
+        .args(args)
+        .env("NOVNC_PASSWORD", password)
+        .output()
+        .expect("running tests/browser/novnc_desktop.py")
+}
+
 pub fn artifacts() -> PathBuf {
     let dir = super::repo_root().join("target/test-artifacts");
     std::fs::create_dir_all(&dir).unwrap();
@@ -188,6 +200,34 @@ impl BackgroundRun {
             assert!(
                 start.elapsed() < within,
                 "diskforge run printed no ttyd URL:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The desktop URL `run` prints ("desktop: http://127.0.0.1:PORT/vnc.html …") and its
+    /// port, waiting for it.
+    pub fn desktop_url(&mut self, within: Duration) -> (String, u16) {
+        let start = Instant::now();
+        loop {
+            let text = self.stderr();
+            let url = text
+                .lines()
+                .find_map(|l| l.strip_prefix("desktop:"))
+                .and_then(|l| l.split_whitespace().next());
+            if let Some(url) = url {
+                let port = url
+                    .trim_start_matches("http://127.0.0.1:")
+                    .split('/')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or_else(|| panic!("no port in {url}"));
+                return (url.to_string(), port);
+            }
+            assert!(self.running(), "diskforge run exited:\n{text}");
+            assert!(
+                start.elapsed() < within,
+                "diskforge run printed no desktop URL:\n{text}"
             );
             std::thread::sleep(Duration::from_millis(200));
         }
