@@ -574,13 +574,13 @@ mod tests {
     #[test]
     fn commands_show_their_named_directories_and_no_others() {
         let names = PathNames::new(&[
-            (Path::new("cache/work/build-1/"), "$WORK"),
+            (Path::new("cache/builds/build-1/"), "$WORK"),
             (Path::new("cache"), "$CACHE"),
         ]);
         let cmd = |n: Option<&PathNames>| {
             let c = Cmd::new("qemu-img", "converting").args([
                 "convert",
-                "cache/work/build-1/o.qcow2",
+                "cache/builds/build-1/o.qcow2",
                 "cache/blobs/x",
             ]);
             match n {
@@ -595,7 +595,7 @@ mod tests {
         // Nothing set on this thread or elsewhere changes another command's line.
         assert_eq!(
             cmd(None).display(),
-            "qemu-img convert cache/work/build-1/o.qcow2 cache/blobs/x"
+            "qemu-img convert cache/builds/build-1/o.qcow2 cache/blobs/x"
         );
     }
 
