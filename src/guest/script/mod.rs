@@ -310,18 +310,21 @@ pub const PACKAGE_SPEEDUPS: &str = "package manager (apt): lists without transla
 /// repositories of every distribution in the catalog.
 pub const GUEST_AGENT_PACKAGE: &str = "qemu-guest-agent";
 
-/// Starts the guest agent at boot. Debian's and Fedora's units are static and started
-/// by udev when the `org.qemu.guest_agent.0` port appears (nothing to enable); others
-/// are enabled; OpenRC gets the service in its default runlevel.
+/// Starts the guest agent at boot, by the guest's init (`guest_init`, the one decision
+/// every service of diskforge's follows). Debian's and Fedora's units are static and
+/// started by udev when the `org.qemu.guest_agent.0` port appears (nothing to enable);
+/// others are enabled; OpenRC gets the service in its default runlevel.
 fn guest_agent(g: &mut Part) {
     g.step("enable the QEMU guest agent");
-    g.line("if have systemctl; then");
-    g.line("  state=$(systemctl is-enabled qemu-guest-agent.service 2>/dev/null || true)");
-    g.line("  case \"$state\" in static|enabled|indirect|alias) ;; *) systemctl enable qemu-guest-agent.service ;; esac");
-    g.line("elif have rc-update; then rc-update add qemu-guest-agent default");
+    g.line("case \"$(guest_init)\" in");
+    g.line("  systemd)");
+    g.line("    state=$(systemctl is-enabled qemu-guest-agent.service 2>/dev/null || true)");
+    g.line("    case \"$state\" in static|enabled|indirect|alias) ;; *) systemctl enable qemu-guest-agent.service ;; esac ;;");
+    g.line("  openrc) rc-update add qemu-guest-agent default ;;");
     g.line(
-        "else echo 'no systemd or OpenRC: cannot start qemu-guest-agent at boot' >&2; exit 1; fi",
+        "  *) echo 'no systemd or OpenRC: cannot start qemu-guest-agent at boot' >&2; exit 1 ;;",
     );
+    g.line("esac");
 }
 
 fn files(g: &mut Part, c: &Customize, recipe_dir: &Path) -> Result<()> {
@@ -389,7 +392,7 @@ fn firstboot(g: &mut Part, c: &Customize) {
         StageData::Bytes(include_str!("diskforge-firstboot.service").into()),
         0o644,
     );
-    g.line("if have systemctl; then");
+    g.line("if [ \"$(guest_init)\" = systemd ]; then");
     g.line(format!("  install -m 0644 {u} /etc/systemd/system/diskforge-firstboot.service; systemctl enable diskforge-firstboot.service"));
     g.line("else");
     g.line(format!(
@@ -517,6 +520,17 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("rc-update add qemu-guest-agent default"), "{s}");
+        // One init decision for every service of diskforge's, in valid shell.
+        assert!(s.contains("case \"$(guest_init)\" in"), "{s}");
+        let out = std::process::Command::new("sh")
+            .args(["-n", "-c", s])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let off = generate(
             &recipe("customize:\n  packages: [tmux]\n"),
             &Secrets::default(),
