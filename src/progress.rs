@@ -153,6 +153,11 @@ pub fn set_step(step: Option<String>) -> Option<String> {
     CONTEXT.with(|c| std::mem::replace(&mut c.borrow_mut().1, step))
 }
 
+/// The recipe and step this thread works on, to carry over to a thread it starts.
+pub fn context() -> (Option<String>, Option<String>) {
+    CONTEXT.with(|c| c.borrow().clone())
+}
+
 /// Whether JSON events are on.
 pub fn json_events() -> bool {
     mode().json

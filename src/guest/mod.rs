@@ -7,6 +7,7 @@
 //! made in Rust from what the appliance reports; the guest-side work is a generated
 //! script run with the guest's own tools (see [`script`]).
 
+pub mod apt;
 pub mod boot;
 pub mod fish;
 pub mod fstab;
@@ -48,6 +49,9 @@ pub struct GuestJob<'a> {
     pub relabel: selinux::Relabel,
     /// The build's launches (counted, and named directories in their command lines).
     pub session: &'a fish::Session,
+    /// The apt packages the first part installs: fetched on the host while the
+    /// appliance grows the disk (see [`apt`]).
+    pub prefetch: Option<apt::Prefetch>,
 }
 
 /// Whether a launch grows a partition and its filesystem to the end of the disk.
@@ -98,6 +102,12 @@ pub fn run(job: &GuestJob<'_>) -> Result<GuestReport> {
 
     mount_all(&f, &mounts, job.protect_boot)?;
     let before = f.filesystem_bytes("/")?;
+    let prefetch = job.prefetch.as_ref().and_then(|p| {
+        apt::start(&f, job.work, p, job.session.names())
+            .map_err(|e| not_prefetched(&format!("{e:#}"), &job.secrets))
+            .ok()
+            .flatten()
+    });
     let mut after = before;
     if job.grow != Grow::No {
         f.umount_all()?;
@@ -136,6 +146,27 @@ pub fn run(job: &GuestJob<'_>) -> Result<GuestReport> {
         .collect();
     if !parts.is_empty() || job.packages_to.is_some() {
         let staging = Staging::mount(&f)?;
+        if let Some(pending) = prefetch {
+            match pending.wait() {
+                Ok(fetched) => match apt::install(&f, &fetched, script::STAGE) {
+                    Ok(()) => {
+                        crate::progress::say(format!(
+                            "fetched {} package lists and {} packages ({}) on the host in {:.1} s",
+                            fetched.lists(),
+                            fetched.debs(),
+                            crate::progress::human_bytes(fetched.bytes()),
+                            fetched.seconds
+                        ));
+                        crate::progress::event(
+                            "apt-prefetch",
+                            json!({"fetched": true, "lists": fetched.lists(), "packages": fetched.debs(), "bytes": fetched.bytes(), "seconds": fetched.seconds}),
+                        );
+                    }
+                    Err(e) => not_prefetched(&format!("{e:#}"), &job.secrets),
+                },
+                Err(e) => not_prefetched(&format!("{e:#}"), &job.secrets),
+            }
+        }
         if !parts.is_empty() {
             let steps: usize = parts.iter().map(|p| p.steps.len()).sum();
             let stage = crate::progress::stage(
@@ -188,6 +219,14 @@ pub fn run(job: &GuestJob<'_>) -> Result<GuestReport> {
         fs_size_after: after,
         launches,
     })
+}
+
+/// The host-side fetch did not happen: the guest updates its lists itself, as it would
+/// without it.
+fn not_prefetched(why: &str, secrets: &[String]) {
+    let why = crate::sys::exec::redact(why, secrets);
+    tracing::info!("the guest fetches its own package lists: the host could not ({why})");
+    crate::progress::event("apt-prefetch", json!({"fetched": false, "reason": why}));
 }
 
 /// The staging directory, a tmpfs over [`script::STAGE`] for the launch: what is staged

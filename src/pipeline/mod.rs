@@ -999,5 +999,14 @@ fn guest_job<'a>(
         protect_boot: g.protect_boot,
         relabel: g.relabel,
         session,
+        prefetch: match g.parts {
+            Parts::Packages | Parts::All if !c.package_names.is_empty() => {
+                Some(crate::guest::apt::Prefetch {
+                    packages: c.package_names.clone(),
+                    arch: plan.resolved.arch.as_str(),
+                })
+            }
+            _ => None,
+        },
     }
 }

@@ -180,6 +180,30 @@ fn demo_builds_pushes_verifies_boots_and_serves_ttyd() {
         [1],
         "appliance launches of the guest stage: {stderr}"
     );
+    // The package lists and packages came from the host, read with the guest's own
+    // sources and keys, and the guest skipped its own `apt-get update`.
+    let prefetch: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "apt-prefetch")
+        .collect();
+    assert!(
+        prefetch.len() == 1
+            && prefetch[0]["fetched"] == true
+            && prefetch[0]["packages"].as_u64().unwrap_or(0) >= 2,
+        "host-side package fetch: {prefetch:#?}"
+    );
+    let stages: Vec<String> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "guest-stage")
+        .filter_map(|v| v["stage"].as_str().map(String::from))
+        .collect();
+    assert!(
+        stages.iter().any(|s| s == "packages: lists and packages fetched on the host")
+            && !stages.iter().any(|s| s == "packages: apt-get update"),
+        "guest stages: {stages:#?}"
+    );
     // A Debian guest without an SELinux policy is not touched: no relabel, not even a
     // look at /etc/selinux.
     let selinux: Vec<&str> = stderr

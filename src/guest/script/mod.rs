@@ -304,7 +304,7 @@ pub fn generate(
 
 /// What the package step does differently from a plain `apt-get install` to be quick,
 /// as `plan` shows it (none of it changes which packages or files are installed).
-pub const PACKAGE_SPEEDUPS: &str = "package manager (apt): lists without translations, dpkg without fsync, man-db's index left to the VM's man-db.timer";
+pub const PACKAGE_SPEEDUPS: &str = "package manager (apt): lists and packages fetched on the host with the guest's own sources and keys (by the guest when the host cannot), lists without translations, dpkg without fsync, man-db's index left to the VM's man-db.timer";
 
 /// The QEMU guest agent's package: the same name in the apt, dnf, yum, zypper and apk
 /// repositories of every distribution in the catalog.
@@ -483,6 +483,14 @@ mod tests {
         assert!(!pk.contains("dpkg.cfg.d"), "{pk}");
         assert!(pk.contains("apt-get update -q -o Acquire::Languages=none"));
         assert_eq!(pk.matches("apt-get update -q").count(), 1, "{pk}");
+        // The update is skipped only on the marker the host-side fetch leaves.
+        assert!(
+            pk.contains(&format!(
+                "if [ -e \"$S/{}\" ]; then",
+                crate::guest::apt::MARKER
+            )),
+            "{pk}"
+        );
         // Nothing of it without packages.
         let none = generate(
             &recipe("customize:\n  users: [{name: lab}]\n"),

@@ -28,8 +28,14 @@ install_packages() {
     apt)
       # No Translation-* lists: they hold package descriptions only, never what is
       # installed, and are a third of what the update downloads and parses.
-      mark "packages: apt-get update"
-      apt-get update -q -o Acquire::Languages=none || return
+      # The host fetched the lists and packages with this guest's own sources and keys
+      # (see diskforge's guest::apt) and left a marker; otherwise the guest does.
+      if [ -e "$S/apt-prefetched" ]; then
+        mark "packages: lists and packages fetched on the host"
+      else
+        mark "packages: apt-get update"
+        apt-get update -q -o Acquire::Languages=none || return
+      fi
       mark "packages: apt-get install (resolve, download)"
       apt-get install -y -q --no-install-recommends $APT_BUILD_OPTS \
         -o 'DPkg::Pre-Invoke::=read -r up _ < /proc/uptime; echo "diskforge-stage $up packages: dpkg (unpack, configure, triggers)"' \
