@@ -32,11 +32,25 @@ pub struct Prefetch {
     pub packages: Vec<String>,
     /// The guest's dpkg architecture (`amd64`, `arm64`).
     pub arch: &'static str,
+    /// Something after the install may read the guest's lists (a recipe command, or no
+    /// hygiene removing them): they go into the guest's lists directory too.
+    pub keep_lists: bool,
 }
 
 /// The marker the guest script looks for: lists and packages are in place, skip
 /// `apt-get update`.
 pub const MARKER: &str = "apt-prefetched";
+
+/// Where, in the staging directory, the lists the install reads are put: the
+/// repositories' release files and, of their package indexes, the entries of exactly
+/// the packages the host's apt chose to download. apt in the guest then parses a few
+/// kilobytes instead of every package of the distribution (50 MB for Debian, 6 s under
+/// emulation) and resolves to the same packages: nothing it did not choose is gone.
+/// Should it still miss one, the script updates the full lists and installs again.
+pub const TRIMMED_LISTS: &str = "apt-lists";
+
+/// `DISKFORGE_HOST_APT=0` leaves the fetch to the guest.
+pub const OFF_VAR: &str = "DISKFORGE_HOST_APT";
 
 /// How long the host may take for the lists and packages before the guest does it
 /// itself.
@@ -52,6 +66,9 @@ pub struct Pending {
 pub struct Fetched {
     root: PathBuf,
     lists: Vec<PathBuf>,
+    /// The release files and the package indexes cut down to the chosen packages.
+    trimmed: Vec<PathBuf>,
+    keep_lists: bool,
     debs: Vec<PathBuf>,
     /// Where the guest's apt keeps them.
     guest_lists: String,
@@ -60,17 +77,21 @@ pub struct Fetched {
 }
 
 impl Fetched {
+    /// Index files the install reads (the trimmed ones).
     pub fn lists(&self) -> usize {
-        self.lists.len()
+        self.trimmed.len()
     }
 
     pub fn debs(&self) -> usize {
         self.debs.len()
     }
 
+    /// What goes into the guest.
     pub fn bytes(&self) -> u64 {
-        self.lists
+        let full: &[PathBuf] = if self.keep_lists { &self.lists } else { &[] };
+        self.trimmed
             .iter()
+            .chain(full)
             .chain(&self.debs)
             .filter_map(|p| p.metadata().ok())
             .map(|m| m.len())
@@ -81,6 +102,9 @@ impl Fetched {
 /// Reads the guest's apt (its root mounted at `/`) into `work` and starts the host-side
 /// fetch. `Ok(None)`: not an apt guest, or no `apt-get` on the host.
 pub fn start(f: &Fish, work: &Path, p: &Prefetch, names: &PathNames) -> Result<Option<Pending>> {
+    if std::env::var_os(OFF_VAR).is_some_and(|v| v == "0") {
+        bail!("{OFF_VAR}=0");
+    }
     if !crate::sys::exec::have("apt-get") || !crate::sys::exec::have("apt-config") {
         return Ok(None);
     }
@@ -120,6 +144,7 @@ pub fn start(f: &Fish, work: &Path, p: &Prefetch, names: &PathNames) -> Result<O
     bring_keyrings(f, &root)?;
     write_config(&root, &arches)?;
     let packages = p.packages.clone();
+    let keep_lists = p.keep_lists;
     let names = names.clone();
     let (recipe, step) = crate::progress::context();
     let handle = std::thread::Builder::new()
@@ -127,7 +152,7 @@ pub fn start(f: &Fish, work: &Path, p: &Prefetch, names: &PathNames) -> Result<O
         .spawn(move || {
             crate::progress::set_recipe(recipe);
             crate::progress::set_step(step);
-            fetch(root, &packages, &names)
+            fetch(root, &packages, keep_lists, &names)
         })
         .context("starting the host-side package fetch")?;
     Ok(Some(Pending { handle }))
@@ -146,11 +171,14 @@ impl Pending {
 /// Puts the lists and packages where the guest's apt keeps them and leaves the marker in
 /// the staging directory `stage`.
 pub fn install(f: &Fish, fetched: &Fetched, stage: &str) -> Result<()> {
+    let trimmed_dir = format!("{stage}/{TRIMMED_LISTS}");
+    f.call(&["mkdir-p", &format!("{trimmed_dir}/partial")])?;
     for (files, dir, what) in [
+        (&fetched.trimmed, &trimmed_dir, "trimmed-lists"),
         (&fetched.lists, &fetched.guest_lists, "lists"),
         (&fetched.debs, &fetched.guest_archives, "packages"),
     ] {
-        if files.is_empty() {
+        if files.is_empty() || (what == "lists" && !fetched.keep_lists) {
             continue;
         }
         let tarball = fetched.root.join(format!("{what}.tar"));
@@ -429,7 +457,12 @@ fn apt(root: &Path, program: &str, description: &str, names: &PathNames) -> Cmd 
         .timeout(HOST_FETCH_TIMEOUT)
 }
 
-fn fetch(root: PathBuf, packages: &[String], names: &PathNames) -> Result<Fetched> {
+fn fetch(
+    root: PathBuf,
+    packages: &[String],
+    keep_lists: bool,
+    names: &PathNames,
+) -> Result<Fetched> {
     let started = Instant::now();
     apt(
         &root,
@@ -502,7 +535,10 @@ fn fetch(root: PathBuf, packages: &[String], names: &PathNames) -> Result<Fetche
         bail!("apt-get update on the host fetched no lists");
     }
     let debs = files(&archives_dir, &|n| n.ends_with(".deb"))?;
+    let trimmed = trim_lists(&root.join("trimmed"), &lists, &debs)?;
     Ok(Fetched {
+        trimmed,
+        keep_lists,
         guest_lists: in_guest(&lists_dir)?,
         guest_archives: in_guest(&archives_dir)?,
         root,
@@ -510,6 +546,104 @@ fn fetch(root: PathBuf, packages: &[String], names: &PathNames) -> Result<Fetche
         debs,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Writes into `dir` the release files of `lists` and their package indexes cut down
+/// to the entries of `debs` (named `PACKAGE_VERSION_ARCH.deb`, `:` and `_` quoted as
+/// apt quotes them). Other indexes (translations, contents, sources) are left out: an
+/// install reads none of them.
+fn trim_lists(dir: &Path, lists: &[PathBuf], debs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let wanted: std::collections::BTreeSet<(String, String, String)> = debs
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str().map(deb_identity))
+        .flatten()
+        .collect();
+    let mut out = Vec::new();
+    for p in lists {
+        let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let to = dir.join(name);
+        if name.ends_with("_InRelease")
+            || name.ends_with("_Release")
+            || name.ends_with("_Release.gpg")
+        {
+            std::fs::copy(p, &to).with_context(|| format!("copying {}", p.display()))?;
+        } else if name.ends_with("_Packages") {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            std::fs::write(&to, keep_entries(&text, &wanted))
+                .with_context(|| format!("writing {}", to.display()))?;
+        } else if name.contains("_Packages.") {
+            // A compressed index (the guest's apt keeps them so): whole, as the guest's
+            // own update would leave it.
+            std::fs::copy(p, &to).with_context(|| format!("copying {}", p.display()))?;
+        } else {
+            continue;
+        }
+        out.push(to);
+    }
+    Ok(out)
+}
+
+/// `(package, version, architecture)` of an archive file name apt gave a `.deb`.
+fn deb_identity(file: &str) -> Option<(String, String, String)> {
+    let stem = file.strip_suffix(".deb")?;
+    let mut parts = stem.split('_');
+    let (p, v, a) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((unquote(p), unquote(v), unquote(a)))
+}
+
+/// apt's `%xx` quoting undone.
+fn unquote(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The paragraphs of a package index whose package, version and architecture are in
+/// `wanted`, in their order, each followed by a blank line.
+fn keep_entries(
+    text: &str,
+    wanted: &std::collections::BTreeSet<(String, String, String)>,
+) -> String {
+    let mut out = String::new();
+    for para in text.split("\n\n") {
+        let field = |name: &str| {
+            para.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(|v| v.trim().to_string())
+        };
+        let (Some(p), Some(v), Some(a)) =
+            (field("Package"), field("Version"), field("Architecture"))
+        else {
+            continue;
+        };
+        if wanted.contains(&(p, v, a)) {
+            out.push_str(para.trim_matches('\n'));
+            out.push_str("\n\n");
+        }
+    }
+    out
 }
 
 /// A tarball of `files` by their names, owned by root, mode 0644.
@@ -589,6 +723,34 @@ mod tests {
         );
         let plain = "deb http://deb.debian.org/debian bookworm main\n";
         assert_eq!(rewrite_keyring_paths(plain, root), plain);
+    }
+
+    #[test]
+    fn package_indexes_keep_exactly_the_downloaded_entries() {
+        let debs: Vec<PathBuf> = [
+            "tmux_3.3a-3_amd64.deb",
+            "libfoo_1%3a2.0-1_all.deb",
+            "not-a-deb.txt",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        let wanted: std::collections::BTreeSet<_> = debs
+            .iter()
+            .filter_map(|p| deb_identity(p.to_str().unwrap()))
+            .collect();
+        assert!(wanted.contains(&("libfoo".into(), "1:2.0-1".into(), "all".into())));
+        assert_eq!(wanted.len(), 2);
+        let index = "Package: htop\nVersion: 3.2.2-2\nArchitecture: amd64\n\n\
+                     Package: tmux\nVersion: 3.3a-3\nArchitecture: amd64\nDepends: libc6\n\n\
+                     Package: tmux\nVersion: 3.3a-3\nArchitecture: arm64\n\n\
+                     Package: libfoo\nVersion: 1:2.0-1\nArchitecture: all\nDescription: x\n more\n\n\
+                     Package: libfoo\nVersion: 1:2.0-2\nArchitecture: all\n";
+        assert_eq!(
+            keep_entries(index, &wanted),
+            "Package: tmux\nVersion: 3.3a-3\nArchitecture: amd64\nDepends: libc6\n\n\
+             Package: libfoo\nVersion: 1:2.0-1\nArchitecture: all\nDescription: x\n more\n\n"
+        );
     }
 
     #[test]

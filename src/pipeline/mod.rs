@@ -1004,6 +1004,12 @@ fn guest_job<'a>(
                 Some(crate::guest::apt::Prefetch {
                     packages: c.package_names.clone(),
                     arch: plan.resolved.arch.as_str(),
+                    // Lists a later step may read: a kept stage's (a rebuild's recipe
+                    // commands may differ), or when commands follow or nothing removes them.
+                    keep_lists: g.parts == Parts::Packages || {
+                        let r = &plan.resolved.loaded.recipe;
+                        !r.hygiene.package_cache || !r.customize.commands.is_empty()
+                    },
                 })
             }
             _ => None,

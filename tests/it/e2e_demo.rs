@@ -200,7 +200,9 @@ fn demo_builds_pushes_verifies_boots_and_serves_ttyd() {
         .filter_map(|v| v["stage"].as_str().map(String::from))
         .collect();
     assert!(
-        stages.iter().any(|s| s == "packages: lists and packages fetched on the host")
+        stages
+            .iter()
+            .any(|s| s == "packages: lists and packages fetched on the host")
             && !stages.iter().any(|s| s == "packages: apt-get update"),
         "guest stages: {stages:#?}"
     );

@@ -43,8 +43,11 @@ struct Spec {
     label: &'static str,
     /// The root filesystem as `stat -f -c %T /` names it in the booted guest.
     fs_magic: &'static str,
-    /// Install a package (reaches the Debian mirror from the appliance).
+    /// Install a package (reaches the Debian mirror).
     package: bool,
+    /// The package lists and the package are fetched on the host (else with
+    /// `DISKFORGE_HOST_APT=0`, by the guest through the appliance's network).
+    host_apt: bool,
     /// Boot the result and log in over ttyd.
     boot: bool,
 }
@@ -207,7 +210,11 @@ fn build(spec: &Spec, dir: &Path, timings: &mut Timings) -> PathBuf {
     std::fs::write(&recipe_path, recipe(spec)).unwrap();
     let out_disk = dir.join("out.qcow2");
     let started = Instant::now();
-    let out = diskforge()
+    let mut cmd = diskforge();
+    if !spec.host_apt {
+        cmd.env("DISKFORGE_HOST_APT", "0");
+    }
+    let out = cmd
         .arg("--json-events")
         .arg("build")
         .arg(&recipe_path)
@@ -231,6 +238,35 @@ fn build(spec: &Spec, dir: &Path, timings: &mut Timings) -> PathBuf {
         .filter_map(|e| e["count"].as_u64())
         .collect();
     assert_eq!(launches, [1], "appliance launches: {stderr}");
+    // Who fetched the package: the host (the guest skipped `apt-get update`), or, with
+    // the host's fetch turned off, the guest itself.
+    let prefetch: Vec<(bool, bool)> = ev
+        .iter()
+        .filter(|e| e["event"] == "apt-prefetch")
+        .map(|e| {
+            (
+                e["fetched"] == true,
+                e["packages"].as_u64().unwrap_or(0) >= 1,
+            )
+        })
+        .collect();
+    let guest_updated = ev
+        .iter()
+        .any(|e| e["event"] == "guest-stage" && e["stage"] == "packages: apt-get update");
+    match (spec.package, spec.host_apt) {
+        (false, _) => assert!(
+            prefetch.is_empty(),
+            "apt-prefetch without packages: {prefetch:?}"
+        ),
+        (true, true) => assert!(
+            prefetch == [(true, true)] && !guest_updated,
+            "the host did not fetch the package: {stderr}"
+        ),
+        (true, false) => assert!(
+            prefetch == [(false, false)] && guest_updated,
+            "the guest did not fetch the package itself: {stderr}"
+        ),
+    }
     assert!(
         timings.grow.is_some(),
         "no grow stage in the events: {stderr}"
@@ -470,6 +506,7 @@ fn ubuntu_like_root_p1_last_after_p14_p15_p16() {
         label: "gpt",
         fs_magic: "ext2/ext3",
         package: true,
+        host_apt: true,
         boot: true,
     });
 }
@@ -481,6 +518,7 @@ fn debian_genericcloud_like_root_p1_last_after_p14_p15() {
         label: "gpt",
         fs_magic: "ext2/ext3",
         package: true,
+        host_apt: true,
         boot: true,
     });
 }
@@ -492,6 +530,7 @@ fn fedora_like_btrfs_subvolumes() {
         label: "gpt",
         fs_magic: "btrfs",
         package: false,
+        host_apt: false,
         boot: true,
     });
 }
@@ -503,6 +542,7 @@ fn el_like_xfs_boot_and_root() {
         label: "gpt",
         fs_magic: "xfs",
         package: false,
+        host_apt: false,
         boot: true,
     });
 }
@@ -514,6 +554,7 @@ fn lvm_like_root_logical_volume() {
         label: "gpt",
         fs_magic: "xfs",
         package: false,
+        host_apt: false,
         boot: true,
     });
 }
@@ -525,6 +566,7 @@ fn cirros_like_mbr_ext3() {
         label: "dos",
         fs_magic: "ext2/ext3",
         package: true,
+        host_apt: false,
         boot: true,
     });
 }

@@ -30,22 +30,31 @@ install_packages() {
       # installed, and are a third of what the update downloads and parses.
       # The host fetched the lists and packages with this guest's own sources and keys
       # (see diskforge's guest::apt) and left a marker; otherwise the guest does.
+      # It also left the lists the install needs, cut down to the packages it chose, in
+      # $S/apt-lists: apt parses those instead of the whole distribution. Should they
+      # not do, the full lists are fetched and the install runs again.
       if [ -e "$S/apt-prefetched" ]; then
         mark "packages: lists and packages fetched on the host"
-      else
-        mark "packages: apt-get update"
-        apt-get update -q -o Acquire::Languages=none || return
+        mark "packages: apt-get install (resolve)"
+        apt_install -o "Dir::State::lists=$S/apt-lists/" -o Dir::Cache::pkgcache= \
+          -o Dir::Cache::srcpkgcache= "$@" && return
+        echo "the lists fetched on the host did not do: updating them in the guest" >&2
       fi
+      mark "packages: apt-get update"
+      apt-get update -q -o Acquire::Languages=none || return
       mark "packages: apt-get install (resolve, download)"
-      apt-get install -y -q --no-install-recommends $APT_BUILD_OPTS \
-        -o 'DPkg::Pre-Invoke::=read -r up _ < /proc/uptime; echo "diskforge-stage $up packages: dpkg (unpack, configure, triggers)"' \
-        "$@" ;;
+      apt_install "$@" ;;
     dnf) dnf install -y -q "$@" ;;
     yum) yum install -y -q "$@" ;;
     zypper) zypper --non-interactive install --no-recommends "$@" ;;
     apk) apk add --no-cache "$@" ;;
     *) echo "no supported package manager (apt, dnf, yum, zypper, apk) in the guest" >&2; return 1 ;;
   esac
+}
+apt_install() {
+  apt-get install -y -q --no-install-recommends $APT_BUILD_OPTS \
+    -o 'DPkg::Pre-Invoke::=read -r up _ < /proc/uptime; echo "diskforge-stage $up packages: dpkg (unpack, configure, triggers)"' \
+    "$@"
 }
 remove_packages() {
   case "$(pkgmgr)" in
