@@ -417,8 +417,7 @@ async fn fetch_into_cache(
             .with_context(|| format!("checking the base image downloaded from {url}"))?;
     }
     let source = expected.map(|d| d.to_string());
-    cache.commit(done.temp, &done.hex, url, source)?;
-    cache.set_ref(key, &done.hex)?;
+    cache.commit(done.temp, &done.hex, url, source, &[key])?;
     Ok(done.hex)
 }
 
@@ -540,9 +539,7 @@ pub async fn fetch_file(
         .with_context(|| format!("extracting {member} from {url}"))?;
     let temp = out.into_inner();
     let hex = tap.digest().0.trim_start_matches("sha256:").to_string();
-    let path = cache.commit(temp, &hex, &format!("{url}!{member}"), None)?;
-    cache.set_ref(&member_key, &hex)?;
-    Ok(path)
+    cache.commit(temp, &hex, &format!("{url}!{member}"), None, &[&member_key])
 }
 
 /// Copies one member of a zip (`.whl`) or tar (optionally gzip) archive into `out`.
