@@ -835,7 +835,7 @@ pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
                 if let (Some(t), Some(to)) = (&r.ttyd, &g.ttyd_to) {
                     publish::fetch_ttyd(t, env, to)?;
                 }
-                crate::guest::run(&guest_job(plan, g, secrets, eff, resized, &session))?;
+                crate::guest::run(&guest_job(plan, g, secrets, resized, &session), eff)?;
             }
             DiskStep::KeptPackages => {}
             DiskStep::Stage(st) => {
@@ -971,7 +971,6 @@ fn guest_job<'a>(
     plan: &'a Plan,
     g: &'a GuestSpec,
     secrets: &Secrets,
-    eff: accel::Effective,
     resized: bool,
     session: &'a Session,
 ) -> crate::guest::GuestJob<'a> {
@@ -994,7 +993,6 @@ fn guest_job<'a>(
         sparsify: g.sparsify,
         secrets: secrets.values(),
         work: &plan.work,
-        accel: eff,
         packages_to: g.packages_to.clone(),
         protect_boot: g.protect_boot,
         relabel: g.relabel,
