@@ -839,7 +839,7 @@ pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
             }
             DiskStep::KeptPackages => {}
             DiskStep::Stage(st) => {
-                stages::store(&env.cache, &s.key, &st.disk)?;
+                stages::store(&st.disk, &st.kept, &s.key)?;
                 for c in plan.commands_of(Step::Disk(&s.step), Some(&base))? {
                     c.run()?;
                 }
