@@ -414,7 +414,7 @@ fn build_recipe(
     let dests = &plan.resolved.dests;
     if opts.disk_only.is_none() && !opts.force {
         let arch = plan.resolved.arch.as_str();
-        if pipeline::publish::up_to_date(dests, &plan.build_key, ctx, arch)? {
+        if pipeline::publish::up_to_date(dests, &plan.build_key, &ctx.registry, arch)? {
             report.status = Status::UpToDate;
             crate::progress::event(
                 "up_to_date",

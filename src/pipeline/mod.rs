@@ -35,6 +35,7 @@ use crate::registry::RegistryOptions;
 use crate::sys::accel;
 use crate::sys::exec::{Cmd, PathNames};
 use crate::sys::qemu_img;
+use resolve::TtydBinary;
 pub use resolve::{Base, Resolved};
 use step::{
     Attest, Backing, BaseAction, Deliver, DeliverStep, DiskStep, Finalize, GrowRoot, Growth,
@@ -52,48 +53,17 @@ pub struct BuildEnv {
     pub keep_work: bool,
     pub registry: RegistryOptions,
     /// Registry clients made so far, shared by every clone of this context.
-    pub clients: Clients,
-}
-
-/// One registry client per registry (and way of reaching it) for a whole command: a
-/// build's up-to-date check, push and attestations share its connections and token.
-#[derive(Clone, Default)]
-pub struct Clients(std::sync::Arc<std::sync::Mutex<ClientMap>>);
-
-/// Clients by (registry, reached over plain HTTP).
-type ClientMap = std::collections::HashMap<(String, bool), std::sync::Arc<crate::registry::Client>>;
-
-impl std::fmt::Debug for Clients {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.0.lock().map(|m| m.len()).unwrap_or(0);
-        write!(f, "Clients({n})")
-    }
+    pub clients: crate::registry::Clients,
 }
 
 impl BuildEnv {
-    /// The client for `registry` (connected on first use).
-    pub async fn client(&self, registry: &str) -> Result<std::sync::Arc<crate::registry::Client>> {
-        let plain = !self.registry.tls_verify
-            || self
-                .registry
-                .insecure_registries
-                .iter()
-                .any(|r| r == registry)
-            || self.registry.conf.insecure_host(registry);
-        let key = (registry.to_string(), plain);
-        if let Some(c) = self.clients.0.lock().expect("clients lock").get(&key) {
-            return Ok(c.clone());
+    /// What publishing an image uses of this context.
+    pub fn registries(&self) -> publish::Registries<'_> {
+        publish::Registries {
+            cache: &self.cache,
+            options: &self.registry,
+            clients: &self.clients,
         }
-        let client =
-            std::sync::Arc::new(crate::registry::Client::connect(registry, &self.registry).await?);
-        Ok(self
-            .clients
-            .0
-            .lock()
-            .expect("clients lock")
-            .entry(key)
-            .or_insert(client)
-            .clone())
     }
 
     /// This context with the registries `r` lists under `output.insecure-registries`
@@ -833,7 +803,7 @@ pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
             }
             DiskStep::Guest(g) => {
                 if let (Some(t), Some(to)) = (&r.ttyd, &g.ttyd_to) {
-                    publish::fetch_ttyd(t, env, to)?;
+                    fetch_ttyd(t, &env.cache, env.offline, to)?;
                 }
                 crate::guest::run(&guest_job(plan, g, secrets, resized, &session), eff)?;
             }
@@ -871,7 +841,8 @@ pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
                 &publish.key,
                 Step::Deliver(DeliverStep::Publish(&publish.step)),
             );
-            let published = publish::publish(plan, env, &base, &disk.path, &disk.info)?;
+            let published =
+                publish::publish(plan, env.registries(), &base, &disk.path, &disk.info)?;
             stage.done();
             let (_scope, stage) = enter(
                 &attest.key,
@@ -879,7 +850,7 @@ pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
             );
             publish::attest(
                 plan,
-                env,
+                env.registries(),
                 &base,
                 &published,
                 attest.step.signer.as_deref(),
@@ -948,6 +919,30 @@ fn acquire_base(
             session,
         ),
     }
+}
+
+/// Puts the ttyd binary into the work directory (fetched through the cache when it is
+/// a download).
+fn fetch_ttyd(t: &TtydBinary, cache: &Cache, offline: bool, dest: &Path) -> Result<()> {
+    let src: PathBuf = match t {
+        TtydBinary::File { path, .. } => path.clone(),
+        TtydBinary::Url {
+            url,
+            sha256,
+            member,
+        } => {
+            let checksum = crate::recipe::Checksum::parse(sha256).map_err(anyhow::Error::msg)?;
+            let opts = crate::base::AcquireOptions {
+                offline,
+                ..Default::default()
+            };
+            crate::base::fetch_file_blocking(url, &checksum, member.as_deref(), cache, &opts)
+                .with_context(|| format!("fetching ttyd from {url}"))?
+        }
+    };
+    std::fs::copy(&src, dest)
+        .with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
+    Ok(())
 }
 
 /// Whether a guest job may write under `/boot`: package installs and removals (kernel
