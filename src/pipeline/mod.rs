@@ -107,6 +107,8 @@ pub struct Plan {
     pub deliver: Deliver,
     /// The key of the whole build (stored as a label; "up to date" compares it).
     pub build_key: String,
+    /// `--force`: build an image even when every destination holds one of this key.
+    pub force: bool,
     pub work: PathBuf,
     pub customization: Customization,
     /// The work and cache directories as `$WORK` and `$CACHE` in command lines, so a plan
@@ -401,6 +403,7 @@ impl Plan {
             finalize,
             deliver,
             build_key: keys.image.clone(),
+            force: opts.force,
             work: work.to_path_buf(),
             customization,
             names: PathNames::new(&[(work, "$WORK"), (env.cache.root(), "$CACHE")]),
@@ -751,12 +754,23 @@ impl Drop for StepScope {
 pub enum Outcome {
     Published(Box<publish::Published>),
     Disk(PathBuf),
+    /// Every destination already holds an image of this build key: nothing was done.
+    UpToDate,
 }
 
 /// Runs a plan (made with the real secrets and work directory): each step's payload,
-/// in order, each step handing what it made to the next.
+/// in order, each step handing what it made to the next, and each given only the part
+/// of `env` it uses. First, unless the plan says `force`, an image build whose
+/// destinations all hold an image of its build key ends: [`Outcome::UpToDate`].
 pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
     let r = &plan.resolved;
+    let env = &env.for_recipe(&r.loaded.recipe);
+    if let (Deliver::Image { .. }, false) = (&plan.deliver, plan.force) {
+        if publish::up_to_date(&r.dests, &plan.build_key, &env.registry, r.arch.as_str())? {
+            return Ok(Outcome::UpToDate);
+        }
+    }
+    crate::progress::say(format!("building {}", r.loaded.path.display()));
     let eff = accel::resolve(env.accel)?;
     if r.loaded.recipe.customize.selinux_relabel == crate::recipe::SelinuxRelabel::Off {
         tracing::warn!(
