@@ -149,11 +149,30 @@ impl ResolvedBase {
 
 /// Runs an async acquisition from synchronous code, on the process's runtime; fails
 /// when called from inside it, where the async function must be awaited instead.
-pub fn block_on<F: std::future::Future<Output = Result<T>>, T>(future: F) -> Result<T> {
+fn block_on<F: std::future::Future<Output = Result<T>>, T>(future: F) -> Result<T> {
     if tokio::runtime::Handle::try_current().is_ok() {
         bail!("block_on called inside an async runtime: await the async function instead");
     }
     crate::sys::rt::block_on(future)
+}
+
+/// [`prepare`] for synchronous callers.
+pub fn prepare_blocking(
+    spec: &ResolvedBase,
+    cache: &Cache,
+    opts: &AcquireOptions,
+) -> Result<Prepared> {
+    block_on(prepare(spec, cache, opts))
+}
+
+/// [`fetch`] for synchronous callers.
+pub fn fetch_blocking(
+    spec: &ResolvedBase,
+    prepared: &Prepared,
+    cache: &Cache,
+    opts: &AcquireOptions,
+) -> Result<CachedBase> {
+    block_on(fetch(spec, prepared, cache, opts))
 }
 
 /// [`acquire`] for synchronous callers.

@@ -798,7 +798,7 @@ pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
     let base = match &plan.base.step {
         BaseAction::Cached(c) => c.clone(),
         BaseAction::Download { .. } | BaseAction::Build { .. } => {
-            acquire_base(r, env, eff, &plan.work, &session)?
+            acquire_base(r, &env.cache, env.offline, eff, &plan.work, &session)?
         }
     };
     stage.done();
@@ -906,9 +906,11 @@ fn finalize(plan: &Plan, f: &Finalize) -> Result<FinishedDisk> {
     })
 }
 
+/// Downloads and verifies the base, or builds it; either way into the cache.
 fn acquire_base(
     r: &Resolved,
-    env: &BuildEnv,
+    cache: &Cache,
+    offline: bool,
     eff: accel::Effective,
     work: &Path,
     session: &Session,
@@ -916,22 +918,14 @@ fn acquire_base(
     match &r.base {
         Base::Image { spec, prepared } => {
             let opts = crate::base::AcquireOptions {
-                offline: env.offline,
+                offline,
                 ..Default::default()
             };
-            crate::base::acquire::block_on(crate::base::acquire::fetch(
-                spec, prepared, &env.cache, &opts,
-            ))
+            crate::base::acquire::fetch_blocking(spec, prepared, cache, &opts)
         }
-        Base::Build { entry, .. } => crate::base::build::build_base(
-            entry,
-            r.arch,
-            &env.cache,
-            env.offline,
-            eff,
-            work,
-            session,
-        ),
+        Base::Build { entry, .. } => {
+            crate::base::build::build_base(entry, r.arch, cache, offline, eff, work, session)
+        }
     }
 }
 
