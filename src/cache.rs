@@ -352,14 +352,17 @@ impl Cache {
         Ok(())
     }
 
-    /// Renames a verified temporary file to `blobs/sha256/<hex>`, makes it read-only and
-    /// records its metadata. An existing blob with the same digest is kept as is.
+    /// Renames a verified temporary file to `blobs/sha256/<hex>`, makes it read-only,
+    /// records its metadata with the names of `keys`, and points each of `keys` at it
+    /// (metadata first, so the references check out on lookup). An existing blob with
+    /// the same digest is kept as is.
     pub fn commit(
         &self,
         temp: AtomicFile,
         hex: &str,
         origin: &str,
         source_digest: Option<String>,
+        keys: &[&RefKey],
     ) -> Result<PathBuf> {
         let dest = self.blob_path(hex);
         let size = fs::metadata(temp.path())
@@ -379,15 +382,25 @@ impl Cache {
             .as_ref()
             .map(|m| m.created.clone())
             .unwrap_or_else(|| now.clone());
+        let mut names = old.map(|m| m.names).unwrap_or_default();
+        for k in keys {
+            let name = k.file_name();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
         self.write_meta(&BlobMeta {
             digest: hex.to_string(),
             size,
             origin: origin.to_string(),
             source_digest,
-            names: old.map(|m| m.names).unwrap_or_default(),
+            names,
             created,
             last_used: now,
         })?;
+        for k in keys {
+            self.write_ref(k, hex)?;
+        }
         Ok(dest)
     }
 
@@ -395,6 +408,10 @@ impl Cache {
     /// the name in the blob's metadata first, so the reference checks out on lookup.
     pub fn set_ref(&self, key: &RefKey, hex: &str) -> Result<()> {
         self.add_name(hex, &key.file_name())?;
+        self.write_ref(key, hex)
+    }
+
+    fn write_ref(&self, key: &RefKey, hex: &str) -> Result<()> {
         crate::io::atomic::write(&self.ref_path(key), hex.as_bytes())
             .context("writing a cache reference")
     }
@@ -630,9 +647,8 @@ mod tests {
         let mut temp = cache.temp_blob().unwrap();
         temp.write_all(b"hello").unwrap();
         let hex = sha256_hex(b"hello");
-        let path = cache.commit(temp, &hex, "test", None).unwrap();
         let key = RefKey::Url("http://x/y".into());
-        cache.set_ref(&key, &hex).unwrap();
+        let path = cache.commit(temp, &hex, "test", None, &[&key]).unwrap();
         assert_eq!(cache.lookup(&key).unwrap().as_deref(), Some(hex.as_str()));
         assert!(cache.verify_blob(&hex).unwrap());
         use std::os::unix::fs::PermissionsExt;
@@ -658,7 +674,7 @@ mod tests {
         let hex = sha256_hex(b"data");
         let mut temp = cache.temp_blob().unwrap();
         temp.write_all(b"daTa").unwrap();
-        cache.commit(temp, &hex, "test", None).unwrap();
+        cache.commit(temp, &hex, "test", None, &[]).unwrap();
         assert!(!cache.verify_blob(&hex).unwrap());
         assert!(!cache.blob_path(&hex).exists());
     }
@@ -671,8 +687,7 @@ mod tests {
             let mut temp = cache.temp_blob().unwrap();
             temp.write_all(data).unwrap();
             let hex = sha256_hex(data);
-            cache.commit(temp, &hex, "test", None).unwrap();
-            cache.set_ref(key, &hex).unwrap();
+            cache.commit(temp, &hex, "test", None, &[key]).unwrap();
             hex
         };
         let (a, b) = (
@@ -710,7 +725,7 @@ mod tests {
         let mut temp = cache.temp_blob().unwrap();
         temp.write_all(b"old").unwrap();
         let hex = sha256_hex(b"old");
-        cache.commit(temp, &hex, "test", None).unwrap();
+        cache.commit(temp, &hex, "test", None, &[]).unwrap();
         let key = RefKey::Url("http://x/old".into());
         fs::write(cache.ref_path(&key), &hex).unwrap();
         assert!(cache.meta(&hex).unwrap().unwrap().names.is_empty());

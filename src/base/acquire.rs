@@ -149,11 +149,30 @@ impl ResolvedBase {
 
 /// Runs an async acquisition from synchronous code, on the process's runtime; fails
 /// when called from inside it, where the async function must be awaited instead.
-pub fn block_on<F: std::future::Future<Output = Result<T>>, T>(future: F) -> Result<T> {
+fn block_on<F: std::future::Future<Output = Result<T>>, T>(future: F) -> Result<T> {
     if tokio::runtime::Handle::try_current().is_ok() {
         bail!("block_on called inside an async runtime: await the async function instead");
     }
     crate::sys::rt::block_on(future)
+}
+
+/// [`prepare`] for synchronous callers.
+pub fn prepare_blocking(
+    spec: &ResolvedBase,
+    cache: &Cache,
+    opts: &AcquireOptions,
+) -> Result<Prepared> {
+    block_on(prepare(spec, cache, opts))
+}
+
+/// [`fetch`] for synchronous callers.
+pub fn fetch_blocking(
+    spec: &ResolvedBase,
+    prepared: &Prepared,
+    cache: &Cache,
+    opts: &AcquireOptions,
+) -> Result<CachedBase> {
+    block_on(fetch(spec, prepared, cache, opts))
 }
 
 /// [`acquire`] for synchronous callers.
@@ -417,8 +436,7 @@ async fn fetch_into_cache(
             .with_context(|| format!("checking the base image downloaded from {url}"))?;
     }
     let source = expected.map(|d| d.to_string());
-    cache.commit(done.temp, &done.hex, url, source)?;
-    cache.set_ref(key, &done.hex)?;
+    cache.commit(done.temp, &done.hex, url, source, &[key])?;
     Ok(done.hex)
 }
 
@@ -540,9 +558,7 @@ pub async fn fetch_file(
         .with_context(|| format!("extracting {member} from {url}"))?;
     let temp = out.into_inner();
     let hex = tap.digest().0.trim_start_matches("sha256:").to_string();
-    let path = cache.commit(temp, &hex, &format!("{url}!{member}"), None)?;
-    cache.set_ref(&member_key, &hex)?;
-    Ok(path)
+    cache.commit(temp, &hex, &format!("{url}!{member}"), None, &[&member_key])
 }
 
 /// Copies one member of a zip (`.whl`) or tar (optionally gzip) archive into `out`.

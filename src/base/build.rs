@@ -179,8 +179,8 @@ pub fn build_base(
         &hex,
         &format!("built: {} ({})", entry.name, &hash[..12]),
         None,
+        &[&key],
     )?;
-    cache.set_ref(&key, &hex)?;
     // The disk was created at this size (no second qemu-img run the plan does not list).
     Ok(CachedBase {
         path,

@@ -395,7 +395,6 @@ fn build_recipe(
 ) -> Result<()> {
     let opts = &request.opts;
     let resolved = pipeline::resolve::resolve(path, opts, env)?;
-    let ctx = &env.for_recipe(&resolved.loaded.recipe);
     report.name = resolved.name.clone();
     report.destinations = resolved.dests.iter().map(|d| d.to_string()).collect();
     check_report_opts(
@@ -408,18 +407,17 @@ fn build_recipe(
     )?;
     // Secrets first: a missing one fails before anything slow happens.
     let secrets = pipeline::resolve_secrets(&resolved.loaded)?;
-    let work = WorkDir::new(ctx)?;
-    let plan = Plan::new(resolved, opts, ctx, work.path(), Some(&secrets))?;
+    let work = WorkDir::new(env)?;
+    let plan = Plan::new(resolved, opts, env, work.path(), Some(&secrets))?;
     report.build_key = Some(plan.build_key.clone());
-    let dests = &plan.resolved.dests;
-    if opts.disk_only.is_none() && !opts.force {
-        let arch = plan.resolved.arch.as_str();
-        if pipeline::publish::up_to_date(dests, &plan.build_key, ctx, arch)? {
+    match pipeline::run(&plan, env, &secrets)? {
+        Outcome::UpToDate => {
             report.status = Status::UpToDate;
             crate::progress::event(
                 "up_to_date",
                 serde_json::json!({"build_key": plan.build_key}),
             );
+            let dests = &plan.resolved.dests;
             let msg = format!(
                 "up to date: {} already hold{} an image built from the same inputs (build key {}); nothing to do (--force rebuilds)",
                 report.destinations.join(", "),
@@ -431,11 +429,7 @@ fn build_recipe(
             } else {
                 crate::progress::say(msg);
             }
-            return Ok(());
         }
-    }
-    crate::progress::say(format!("building {}", path.display()));
-    match pipeline::run(&plan, ctx, &secrets)? {
         Outcome::Disk(d) => {
             report.status = Status::Built;
             outln!("{}", d.display())?;

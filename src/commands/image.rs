@@ -121,7 +121,7 @@ pub fn pack(g: &GlobalOpts, args: PackArgs) -> Result<ExitCode> {
         ),
     );
     let mut published =
-        crate::pipeline::publish::write_image(&spec, &dests, &ctx, &work, Some(stage))?;
+        crate::pipeline::publish::write_image(&spec, &dests, ctx.registries(), &work, Some(stage))?;
     published.disk_virtual_size = info.virtual_size;
     // The VM is named after the repository it is pulled from, as for `push`; without
     // one, after the disk.
@@ -241,7 +241,7 @@ pub fn push(g: &GlobalOpts, args: PushArgs) -> Result<ExitCode> {
     let mut first_tags = Vec::new();
     for group in groups {
         let outcome = crate::sys::rt::block_on(async {
-            let client = ctx.client(&group[0].registry).await?;
+            let client = ctx.clients.get(&group[0].registry, &ctx.registry).await?;
             let record = registry::push::PushRecord::new(&ctx.cache, &group[0].registry)?;
             registry::push::push_image(&client, &layout, &desc, &group, Some(&record), &[]).await
         })?;

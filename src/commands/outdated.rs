@@ -72,7 +72,7 @@ pub fn run(g: &GlobalOpts, args: OutdatedArgs) -> Result<ExitCode> {
         let plan = Plan::new(resolved, &opts, &ctx, &work, None)?;
         let r = &plan.resolved;
         for d in &r.dests {
-            let labels = publish::existing_labels(d, &ctx, r.arch.as_str())?;
+            let labels = publish::existing_labels(d, &ctx.registry, r.arch.as_str())?;
             let mut reasons = Vec::new();
             match &labels {
                 None => reasons.push("image missing".to_string()),

@@ -38,7 +38,6 @@ pub struct GuestJob<'a> {
     /// Strings to redact from errors and logs (secret values).
     pub secrets: Vec<String>,
     pub work: &'a Path,
-    pub accel: Effective,
     /// Copy the guest's package database here (for the SBOM), after customization.
     pub packages_to: Option<PathBuf>,
     /// Mount `/boot` and what lies under it read-only: nothing in the job writes there,
@@ -75,8 +74,8 @@ pub struct GuestReport {
     pub launches: usize,
 }
 
-/// Runs `job` in one appliance launch.
-pub fn run(job: &GuestJob<'_>) -> Result<GuestReport> {
+/// Runs `job` in one appliance launch, accelerated with `accel`.
+pub fn run(job: &GuestJob<'_>, accel: Effective) -> Result<GuestReport> {
     let launches_before = job.session.launches();
     let mut f = Fish::launch(
         &[Drive {
@@ -85,7 +84,7 @@ pub fn run(job: &GuestJob<'_>) -> Result<GuestReport> {
             readonly: false,
         }],
         job.network,
-        job.accel,
+        accel,
         job.session,
     )?;
     for s in &job.secrets {

@@ -35,6 +35,7 @@ use crate::registry::RegistryOptions;
 use crate::sys::accel;
 use crate::sys::exec::{Cmd, PathNames};
 use crate::sys::qemu_img;
+use resolve::TtydBinary;
 pub use resolve::{Base, Resolved};
 use step::{
     Attest, Backing, BaseAction, Deliver, DeliverStep, DiskStep, Finalize, GrowRoot, Growth,
@@ -52,48 +53,17 @@ pub struct BuildEnv {
     pub keep_work: bool,
     pub registry: RegistryOptions,
     /// Registry clients made so far, shared by every clone of this context.
-    pub clients: Clients,
-}
-
-/// One registry client per registry (and way of reaching it) for a whole command: a
-/// build's up-to-date check, push and attestations share its connections and token.
-#[derive(Clone, Default)]
-pub struct Clients(std::sync::Arc<std::sync::Mutex<ClientMap>>);
-
-/// Clients by (registry, reached over plain HTTP).
-type ClientMap = std::collections::HashMap<(String, bool), std::sync::Arc<crate::registry::Client>>;
-
-impl std::fmt::Debug for Clients {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.0.lock().map(|m| m.len()).unwrap_or(0);
-        write!(f, "Clients({n})")
-    }
+    pub clients: crate::registry::Clients,
 }
 
 impl BuildEnv {
-    /// The client for `registry` (connected on first use).
-    pub async fn client(&self, registry: &str) -> Result<std::sync::Arc<crate::registry::Client>> {
-        let plain = !self.registry.tls_verify
-            || self
-                .registry
-                .insecure_registries
-                .iter()
-                .any(|r| r == registry)
-            || self.registry.conf.insecure_host(registry);
-        let key = (registry.to_string(), plain);
-        if let Some(c) = self.clients.0.lock().expect("clients lock").get(&key) {
-            return Ok(c.clone());
+    /// What publishing an image uses of this context.
+    pub fn registries(&self) -> publish::Registries<'_> {
+        publish::Registries {
+            cache: &self.cache,
+            options: &self.registry,
+            clients: &self.clients,
         }
-        let client =
-            std::sync::Arc::new(crate::registry::Client::connect(registry, &self.registry).await?);
-        Ok(self
-            .clients
-            .0
-            .lock()
-            .expect("clients lock")
-            .entry(key)
-            .or_insert(client)
-            .clone())
     }
 
     /// This context with the registries `r` lists under `output.insecure-registries`
@@ -137,6 +107,8 @@ pub struct Plan {
     pub deliver: Deliver,
     /// The key of the whole build (stored as a label; "up to date" compares it).
     pub build_key: String,
+    /// `--force`: build an image even when every destination holds one of this key.
+    pub force: bool,
     pub work: PathBuf,
     pub customization: Customization,
     /// The work and cache directories as `$WORK` and `$CACHE` in command lines, so a plan
@@ -431,6 +403,7 @@ impl Plan {
             finalize,
             deliver,
             build_key: keys.image.clone(),
+            force: opts.force,
             work: work.to_path_buf(),
             customization,
             names: PathNames::new(&[(work, "$WORK"), (env.cache.root(), "$CACHE")]),
@@ -781,12 +754,23 @@ impl Drop for StepScope {
 pub enum Outcome {
     Published(Box<publish::Published>),
     Disk(PathBuf),
+    /// Every destination already holds an image of this build key: nothing was done.
+    UpToDate,
 }
 
 /// Runs a plan (made with the real secrets and work directory): each step's payload,
-/// in order, each step handing what it made to the next.
+/// in order, each step handing what it made to the next, and each given only the part
+/// of `env` it uses. First, unless the plan says `force`, an image build whose
+/// destinations all hold an image of its build key ends: [`Outcome::UpToDate`].
 pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
     let r = &plan.resolved;
+    let env = &env.for_recipe(&r.loaded.recipe);
+    if let (Deliver::Image { .. }, false) = (&plan.deliver, plan.force) {
+        if publish::up_to_date(&r.dests, &plan.build_key, &env.registry, r.arch.as_str())? {
+            return Ok(Outcome::UpToDate);
+        }
+    }
+    crate::progress::say(format!("building {}", r.loaded.path.display()));
     let eff = accel::resolve(env.accel)?;
     if r.loaded.recipe.customize.selinux_relabel == crate::recipe::SelinuxRelabel::Off {
         tracing::warn!(
@@ -814,7 +798,7 @@ pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
     let base = match &plan.base.step {
         BaseAction::Cached(c) => c.clone(),
         BaseAction::Download { .. } | BaseAction::Build { .. } => {
-            acquire_base(r, env, eff, &plan.work, &session)?
+            acquire_base(r, &env.cache, env.offline, eff, &plan.work, &session)?
         }
     };
     stage.done();
@@ -833,13 +817,13 @@ pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
             }
             DiskStep::Guest(g) => {
                 if let (Some(t), Some(to)) = (&r.ttyd, &g.ttyd_to) {
-                    publish::fetch_ttyd(t, env, to)?;
+                    fetch_ttyd(t, &env.cache, env.offline, to)?;
                 }
-                crate::guest::run(&guest_job(plan, g, secrets, eff, resized, &session))?;
+                crate::guest::run(&guest_job(plan, g, secrets, resized, &session), eff)?;
             }
             DiskStep::KeptPackages => {}
             DiskStep::Stage(st) => {
-                stages::store(&env.cache, &s.key, &st.disk)?;
+                stages::store(&st.disk, &st.kept, &s.key)?;
                 for c in plan.commands_of(Step::Disk(&s.step), Some(&base))? {
                     c.run()?;
                 }
@@ -871,7 +855,8 @@ pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
                 &publish.key,
                 Step::Deliver(DeliverStep::Publish(&publish.step)),
             );
-            let published = publish::publish(plan, env, &base, &disk.path, &disk.info)?;
+            let published =
+                publish::publish(plan, env.registries(), &base, &disk.path, &disk.info)?;
             stage.done();
             let (_scope, stage) = enter(
                 &attest.key,
@@ -879,7 +864,7 @@ pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
             );
             publish::attest(
                 plan,
-                env,
+                env.registries(),
                 &base,
                 &published,
                 attest.step.signer.as_deref(),
@@ -921,9 +906,11 @@ fn finalize(plan: &Plan, f: &Finalize) -> Result<FinishedDisk> {
     })
 }
 
+/// Downloads and verifies the base, or builds it; either way into the cache.
 fn acquire_base(
     r: &Resolved,
-    env: &BuildEnv,
+    cache: &Cache,
+    offline: bool,
     eff: accel::Effective,
     work: &Path,
     session: &Session,
@@ -931,23 +918,39 @@ fn acquire_base(
     match &r.base {
         Base::Image { spec, prepared } => {
             let opts = crate::base::AcquireOptions {
-                offline: env.offline,
+                offline,
                 ..Default::default()
             };
-            crate::base::acquire::block_on(crate::base::acquire::fetch(
-                spec, prepared, &env.cache, &opts,
-            ))
+            crate::base::acquire::fetch_blocking(spec, prepared, cache, &opts)
         }
-        Base::Build { entry, .. } => crate::base::build::build_base(
-            entry,
-            r.arch,
-            &env.cache,
-            env.offline,
-            eff,
-            work,
-            session,
-        ),
+        Base::Build { entry, .. } => {
+            crate::base::build::build_base(entry, r.arch, cache, offline, eff, work, session)
+        }
     }
+}
+
+/// Puts the ttyd binary into the work directory (fetched through the cache when it is
+/// a download).
+fn fetch_ttyd(t: &TtydBinary, cache: &Cache, offline: bool, dest: &Path) -> Result<()> {
+    let src: PathBuf = match t {
+        TtydBinary::File { path, .. } => path.clone(),
+        TtydBinary::Url {
+            url,
+            sha256,
+            member,
+        } => {
+            let checksum = crate::recipe::Checksum::parse(sha256).map_err(anyhow::Error::msg)?;
+            let opts = crate::base::AcquireOptions {
+                offline,
+                ..Default::default()
+            };
+            crate::base::fetch_file_blocking(url, &checksum, member.as_deref(), cache, &opts)
+                .with_context(|| format!("fetching ttyd from {url}"))?
+        }
+    };
+    std::fs::copy(&src, dest)
+        .with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
+    Ok(())
 }
 
 /// Whether a guest job may write under `/boot`: package installs and removals (kernel
@@ -971,7 +974,6 @@ fn guest_job<'a>(
     plan: &'a Plan,
     g: &'a GuestSpec,
     secrets: &Secrets,
-    eff: accel::Effective,
     resized: bool,
     session: &'a Session,
 ) -> crate::guest::GuestJob<'a> {
@@ -994,7 +996,6 @@ fn guest_job<'a>(
         sparsify: g.sparsify,
         secrets: secrets.values(),
         work: &plan.work,
-        accel: eff,
         packages_to: g.packages_to.clone(),
         protect_boot: g.protect_boot,
         relabel: g.relabel,

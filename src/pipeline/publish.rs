@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _, Result};
 use serde_json::json;
 
-use super::{resolve::TtydBinary, BuildEnv, Plan, BUILD_KEY_LABEL};
+use super::{Plan, BUILD_KEY_LABEL};
 use crate::base::CachedBase;
+use crate::cache::Cache;
 use crate::oci::image::{self, ImageMeta};
 use crate::oci::layer::LayerOptions;
 use crate::oci::{ImageRef, Layout, PackSpec, PackedImage};
-use crate::registry::{self, RemoteRef};
+use crate::registry::{self, Clients, RegistryOptions, RemoteRef};
 
 /// What publishing wrote.
 #[derive(Debug, Clone)]
@@ -29,6 +30,23 @@ pub struct Published {
     pub tags: Vec<String>,
     /// The virtual size of the packed disk.
     pub disk_virtual_size: u64,
+}
+
+/// What publishing uses of the command: how registries are reached (with the recipe's
+/// insecure registries), the command's clients, and the cache's records of which disks
+/// were packed and which registries were pushed to.
+#[derive(Clone, Copy)]
+pub struct Registries<'a> {
+    pub cache: &'a Cache,
+    pub options: &'a RegistryOptions,
+    pub clients: &'a Clients,
+}
+
+impl Registries<'_> {
+    /// The client for `registry` (connected on first use).
+    async fn client(&self, registry: &str) -> Result<std::sync::Arc<registry::Client>> {
+        self.clients.get(registry, self.options).await
+    }
 }
 
 /// Labels of a built image: what it is, where it came from, and the build key.
@@ -100,7 +118,7 @@ pub const DESKTOP_PORT_LABEL: &str = "io.diskforge.desktop.port";
 /// Packs the finished disk of `plan` and writes every destination.
 pub fn publish(
     plan: &Plan,
-    env: &BuildEnv,
+    to: Registries<'_>,
     base: &CachedBase,
     disk: &Path,
     info: &crate::sys::qemu_img::ImageInfo,
@@ -134,7 +152,7 @@ pub fn publish(
             feed: None,
         },
     };
-    let mut p = write_image(&spec, &r.dests, env, &plan.work, None)?;
+    let mut p = write_image(&spec, &r.dests, to, &plan.work, None)?;
     p.disk_virtual_size = info.virtual_size;
     Ok(p)
 }
@@ -156,7 +174,7 @@ pub fn warn_compression(c: crate::oci::Compression) {
 pub fn write_image(
     spec: &PackSpec,
     dests: &[ImageRef],
-    env: &BuildEnv,
+    to: Registries<'_>,
     work: &Path,
     packing: Option<crate::progress::Stage>,
 ) -> Result<Published> {
@@ -207,18 +225,18 @@ pub fn write_image(
     for d in dests {
         if let ImageRef::Registry(r) = d {
             // Written where registries.conf's location for it says.
-            remotes.push(env.registry.conf.push_target(r)?.image);
+            remotes.push(to.options.conf.push_target(r)?.image);
         }
     }
     let groups = group_by_repository(remotes);
     // A disk packed before is likely in a registry this cache pushed it to; the push
     // after packing asks first and sends nothing then. Anywhere else it is uploaded
     // while packing.
-    let record = PackRecord::new(spec, &env.cache)?;
+    let record = PackRecord::new(spec, to.cache)?;
     // A layer that might exceed the registry's limit is packed first and checked before
     // any upload; the layer is at most the disk file plus tar and compression overhead.
     let fits = |g: &[RemoteRef]| -> Result<bool> {
-        let limit = registry::limits::layer_limit(&g[0].registry, env.registry.max_layer_size);
+        let limit = registry::limits::layer_limit(&g[0].registry, to.options.max_layer_size);
         let disk = std::fs::metadata(&spec.disk)
             .with_context(|| format!("reading {}", spec.disk.display()))?
             .len();
@@ -228,10 +246,10 @@ pub fn write_image(
     let stream = |g: &[RemoteRef]| -> Result<bool> {
         Ok(fits(g)?
             && (!record.seen()
-                || registry::push::PushRecord::new(&env.cache, &g[0].registry)?.is_empty()))
+                || registry::push::PushRecord::new(to.cache, &g[0].registry)?.is_empty()))
     };
     let (image, streamed) = match groups.first() {
-        Some(g) if stream(g)? => pack_while_uploading(spec, &primary, &primary_tags, env, g)?,
+        Some(g) if stream(g)? => pack_while_uploading(spec, &primary, &primary_tags, to, g)?,
         _ => (
             crate::oci::pack::pack_to_layout(spec, &primary, &primary_tags)?,
             None,
@@ -303,8 +321,8 @@ pub fn write_image(
             ),
         );
         let outcome = crate::sys::rt::block_on(async {
-            let client = env.client(&group[0].registry).await?;
-            let record = registry::push::PushRecord::new(&env.cache, &group[0].registry)?;
+            let client = to.client(&group[0].registry).await?;
+            let record = registry::push::PushRecord::new(to.cache, &group[0].registry)?;
             let sent: &[String] = match (i, &streamed) {
                 (0, Some(d)) => std::slice::from_ref(d),
                 _ => &[],
@@ -347,7 +365,7 @@ fn pack_while_uploading(
     spec: &PackSpec,
     layout: &Layout,
     tags: &[String],
-    env: &BuildEnv,
+    to: Registries<'_>,
     group: &[RemoteRef],
 ) -> Result<(PackedImage, Option<String>)> {
     let (feed, follower) = crate::io::growing::channel();
@@ -358,7 +376,7 @@ fn pack_while_uploading(
         // hears of it.
         let packer = s.spawn(move || crate::oci::pack::pack_to_layout(&fed, layout, tags));
         let uploaded = crate::sys::rt::block_on(async {
-            let client = env.client(&group[0].registry).await?;
+            let client = to.client(&group[0].registry).await?;
             client.upload_growing(&group[0].repository, follower).await
         });
         let packed = packer
@@ -460,7 +478,7 @@ fn group_by_repository(refs: Vec<RemoteRef>) -> Vec<Vec<RemoteRef>> {
 /// The labels of the image a destination holds, or `None` when it holds none.
 pub fn existing_labels(
     dest: &ImageRef,
-    env: &BuildEnv,
+    registry: &RegistryOptions,
     arch: &str,
 ) -> Result<Option<BTreeMap<String, String>>> {
     match dest {
@@ -478,7 +496,7 @@ pub fn existing_labels(
             Ok(Some(image::labels(&img.config)))
         }
         ImageRef::Registry(r) => crate::sys::rt::block_on(async {
-            let from = registry::source::for_pull(r, &env.registry).await?;
+            let from = registry::source::for_pull(r, registry).await?;
             registry::pull::labels(&from.client, &from.image, arch).await
         }),
         ImageRef::Archive { .. } => Ok(None),
@@ -486,42 +504,23 @@ pub fn existing_labels(
 }
 
 /// True when every destination already holds an image whose build key is `key`.
-pub fn up_to_date(dests: &[ImageRef], key: &str, env: &BuildEnv, arch: &str) -> Result<bool> {
+pub fn up_to_date(
+    dests: &[ImageRef],
+    key: &str,
+    registry: &RegistryOptions,
+    arch: &str,
+) -> Result<bool> {
     if dests.is_empty() {
         return Ok(false);
     }
     for d in dests {
-        let labels =
-            existing_labels(d, env, arch).with_context(|| format!("reading what {d} holds"))?;
+        let labels = existing_labels(d, registry, arch)
+            .with_context(|| format!("reading what {d} holds"))?;
         if labels.is_none_or(|l| l.get(BUILD_KEY_LABEL).map(String::as_str) != Some(key)) {
             return Ok(false);
         }
     }
     Ok(true)
-}
-
-/// Puts the ttyd binary into the work directory (fetched through the cache when it is
-/// a download).
-pub fn fetch_ttyd(t: &TtydBinary, env: &BuildEnv, dest: &Path) -> Result<()> {
-    let src: PathBuf = match t {
-        TtydBinary::File { path, .. } => path.clone(),
-        TtydBinary::Url {
-            url,
-            sha256,
-            member,
-        } => {
-            let checksum = crate::recipe::Checksum::parse(sha256).map_err(anyhow::Error::msg)?;
-            let opts = crate::base::AcquireOptions {
-                offline: env.offline,
-                ..Default::default()
-            };
-            crate::base::fetch_file_blocking(url, &checksum, member.as_deref(), &env.cache, &opts)
-                .with_context(|| format!("fetching ttyd from {url}"))?
-        }
-    };
-    std::fs::copy(&src, dest)
-        .with_context(|| format!("copying {} to {}", src.display(), dest.display()))?;
-    Ok(())
 }
 
 /// The identity a signature gives an image in an OCI layout: the directory's name.
@@ -552,7 +551,7 @@ pub fn layout_identity(dir: &Path) -> String {
 /// every destination.
 pub fn attest(
     plan: &Plan,
-    env: &BuildEnv,
+    to: Registries<'_>,
     base: &CachedBase,
     published: &Published,
     signer: Option<&crate::provenance::PrivateKey>,
@@ -660,9 +659,9 @@ pub fn attest(
     }
     for group in group_by_repository(remotes) {
         let sig = signature(&format!("{}/{}", group[0].registry, group[0].repository))?;
-        let target = env.registry.conf.push_target(&group[0])?.image;
+        let target = to.options.conf.push_target(&group[0])?.image;
         crate::sys::rt::block_on(async {
-            let client = env.client(&target.registry).await?;
+            let client = to.client(&target.registry).await?;
             attest::to_registry(
                 &client,
                 &target,

@@ -12,6 +12,7 @@ use super::{BuildEnv, BuildOptions};
 use crate::base::acquire::{AcquireOptions, Prepared, ResolvedBase};
 use crate::base::catalog::{self, CatalogEntry};
 use crate::base::CachedBase;
+use crate::cache::Cache;
 use crate::oci::{Compression, ImageRef};
 use crate::recipe::{self, Arch, Firmware, LoadedRecipe, Seg, Size, TtydSource};
 
@@ -143,7 +144,7 @@ pub fn resolve(path: &Path, opts: &BuildOptions, env: &BuildEnv) -> Result<Resol
         return Err(PartialRecipe(path.to_path_buf()).into());
     }
     let entry = catalog_entry(&loaded, opts)?;
-    let firmware = check_loaded(&loaded, entry.as_ref().map(|(e, _)| e), opts, env)?;
+    let firmware = check_loaded(&loaded, entry.as_ref().map(|(e, _)| e), opts, &env.cache)?;
     let r = &loaded.recipe;
     let spec = r.base.clone().context("the recipe has no base")?;
     let arch = opts.arch.or(spec.arch).unwrap_or_default();
@@ -152,7 +153,7 @@ pub fn resolve(path: &Path, opts: &BuildOptions, env: &BuildEnv) -> Result<Resol
         label: base_label,
         recorded_size,
         os: base_os,
-    } = resolve_base(&loaded, entry, arch, env)?;
+    } = resolve_base(&loaded, entry, arch, &env.cache, env.offline)?;
     let base_size = base.cached().map(|c| c.virtual_size).or(recorded_size);
     let target_size = base_size
         .map(|b| target_size(r.disk.size, b))
@@ -219,7 +220,7 @@ pub fn check_static(path: &Path, opts: &BuildOptions, env: &BuildEnv) -> Result<
         },
     )?;
     let entry = catalog_entry(&loaded, opts)?;
-    check_loaded(&loaded, entry.as_ref().map(|(e, _)| e), opts, env)?;
+    check_loaded(&loaded, entry.as_ref().map(|(e, _)| e), opts, &env.cache)?;
     Ok(loaded)
 }
 
@@ -256,7 +257,7 @@ fn check_loaded(
     loaded: &LoadedRecipe,
     entry: Option<&CatalogEntry>,
     opts: &BuildOptions,
-    env: &BuildEnv,
+    cache: &Cache,
 ) -> Result<Firmware> {
     let r = &loaded.recipe;
     let Some(spec) = r.base.clone().filter(|_| !r.partial) else {
@@ -291,9 +292,9 @@ fn check_loaded(
             .ok()
             .map(|i| i.virtual_size)
     } else if let Some(url) = &spec.url {
-        env.cache
+        cache
             .lookup(&crate::cache::RefKey::Url(url.clone()))?
-            .and_then(|hex| crate::sys::qemu_img::info(&env.cache.blob_path(&hex)).ok())
+            .and_then(|hex| crate::sys::qemu_img::info(&cache.blob_path(&hex)).ok())
             .map(|i| i.virtual_size)
     } else {
         None
@@ -393,7 +394,8 @@ fn resolve_base(
     loaded: &LoadedRecipe,
     entry: Option<(CatalogEntry, catalog::Origin)>,
     arch: Arch,
-    env: &BuildEnv,
+    cache: &Cache,
+    offline: bool,
 ) -> Result<FoundBase> {
     let spec = loaded
         .recipe
@@ -401,7 +403,7 @@ fn resolve_base(
         .clone()
         .context("the recipe has no base")?;
     let acquire = AcquireOptions {
-        offline: env.offline,
+        offline,
         ..Default::default()
     };
     if let (Some(name), Some((entry, origin))) = (&spec.catalog, entry) {
@@ -414,7 +416,7 @@ fn resolve_base(
             _ => None,
         };
         if entry.build.is_some() {
-            let (hash, cached) = crate::base::build::cached_build(&entry, arch, &env.cache)?;
+            let (hash, cached) = crate::base::build::cached_build(&entry, arch, cache)?;
             return Ok(FoundBase {
                 os: Some(entry.os.clone()),
                 base: Base::Build {
@@ -427,9 +429,7 @@ fn resolve_base(
             });
         }
         let rb = ResolvedBase::from_catalog(&entry, arch, &origin)?;
-        let prepared = crate::base::acquire::block_on(crate::base::acquire::prepare(
-            &rb, &env.cache, &acquire,
-        ))?;
+        let prepared = crate::base::acquire::prepare_blocking(&rb, cache, &acquire)?;
         return Ok(FoundBase {
             base: Base::Image { spec: rb, prepared },
             label: name.clone(),
@@ -439,8 +439,7 @@ fn resolve_base(
     }
     let rb = ResolvedBase::from_spec(&spec, &loaded.dir)?;
     let label = spec.url.clone().or(spec.path.clone()).unwrap_or_default();
-    let prepared =
-        crate::base::acquire::block_on(crate::base::acquire::prepare(&rb, &env.cache, &acquire))?;
+    let prepared = crate::base::acquire::prepare_blocking(&rb, cache, &acquire)?;
     Ok(FoundBase {
         base: Base::Image { spec: rb, prepared },
         label,

@@ -33,16 +33,16 @@ pub fn lookup(cache: &Cache, key: &str) -> Result<Option<PathBuf>> {
     Ok(Some(p))
 }
 
-/// Keeps `disk` (an overlay of a cached base) as the stage disk of `key`.
-pub fn store(cache: &Cache, key: &str, disk: &Path) -> Result<PathBuf> {
-    let dest = path(cache, key)?;
-    crate::io::atomic::install(disk, &dest)?;
+/// Keeps `disk` (an overlay of a cached base) as `dest`, the stage disk of `key`
+/// ([`path`], decided by the plan).
+pub fn store(disk: &Path, dest: &Path, key: &str) -> Result<()> {
+    crate::io::atomic::install(disk, dest)?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o444))
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o444))
         .with_context(|| format!("making {} read-only", dest.display()))?;
     crate::progress::event(
         "stage-kept",
         serde_json::json!({"key": key, "path": dest.display().to_string()}),
     );
-    Ok(dest)
+    Ok(())
 }

@@ -32,7 +32,7 @@ impl Fixture {
             work_root: None,
             keep_work: false,
             registry: RegistryOptions::default(),
-            clients: Clients::default(),
+            clients: Default::default(),
         };
         Fixture { dir, env }
     }

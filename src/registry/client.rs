@@ -380,6 +380,47 @@ pub(super) fn short(d: &str) -> &str {
     &h[..h.len().min(12)]
 }
 
+/// One client per registry (and way of reaching it) for a whole command: a build's
+/// push and attestations, and every recipe of `build --jobs`, share its connections
+/// and token.
+#[derive(Clone, Default)]
+pub struct Clients(std::sync::Arc<Mutex<ClientMap>>);
+
+/// Clients by (registry, reached over plain HTTP).
+type ClientMap = HashMap<(String, bool), std::sync::Arc<Client>>;
+
+impl std::fmt::Debug for Clients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map(|m| m.len()).unwrap_or(0);
+        write!(f, "Clients({n})")
+    }
+}
+
+impl Clients {
+    /// The client for `registry` as `opts` reach it (connected on first use).
+    pub async fn get(
+        &self,
+        registry: &str,
+        opts: &RegistryOptions,
+    ) -> Result<std::sync::Arc<Client>> {
+        let plain = !opts.tls_verify
+            || opts.insecure_registries.iter().any(|r| r == registry)
+            || opts.conf.insecure_host(registry);
+        let key = (registry.to_string(), plain);
+        if let Some(c) = self.0.lock().expect("clients lock").get(&key) {
+            return Ok(c.clone());
+        }
+        let client = std::sync::Arc::new(Client::connect(registry, opts).await?);
+        Ok(self
+            .0
+            .lock()
+            .expect("clients lock")
+            .entry(key)
+            .or_insert(client)
+            .clone())
+    }
+}
+
 /// Reads a containers-style certificate directory: `*.crt` are CA certificates (PEM),
 /// `NAME.cert` + `NAME.key` a client certificate.
 fn cert_dir(dir: &Path) -> Result<(Vec<Vec<u8>>, Option<reqwest::Identity>)> {

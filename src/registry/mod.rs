@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use crate::oci::reference::RemoteRef;
-pub use client::{AuthError, Client};
+pub use client::{AuthError, Client, Clients};
 
 /// How to reach registries.
 #[derive(Debug, Clone)]
