@@ -119,6 +119,10 @@ pub fn start(f: &Fish, work: &Path, p: &Prefetch, names: &PathNames) -> Result<O
         std::fs::remove_dir_all(&root)
             .with_context(|| format!("removing the old {}", root.display()))?;
     }
+    // Owner only: the guest's auth.conf.d may hold repository credentials.
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("restricting {}", root.display()))?;
     for d in [
         "etc/apt",
         "var/lib/dpkg",
@@ -410,8 +414,11 @@ fn map_words(value: &str, map: &mut impl FnMut(&str) -> String) -> String {
 
 /// The configuration that points apt at the guest's files under `root`. `APT_CONFIG`
 /// is read before `apt.conf.d`, so `Dir` makes the guest's `apt.conf.d` the one read;
-/// the override, given with `-c`, is read after it.
-fn write_config(root: &Path, arches: &[String]) -> Result<()> {
+/// the override, given with `-c`, is read after it. Nothing of the guest's
+/// configuration makes the host run a program: the hooks and proxy auto-detection are
+/// cleared, the download methods and the solver are apt's own, and no file read from
+/// the guest is executable.
+pub fn write_config(root: &Path, arches: &[String]) -> Result<()> {
     let quote = |s: &str| s.replace('"', "");
     let r = quote(&root.to_string_lossy());
     let arch_list: String = arches
@@ -432,7 +439,13 @@ fn write_config(root: &Path, arches: &[String]) -> Result<()> {
          #clear APT::Update::Post-Invoke-Success;\n\
          #clear DPkg::Pre-Invoke;\n\
          #clear DPkg::Post-Invoke;\n\
-         #clear DPkg::Pre-Install-Pkgs;\n",
+         #clear DPkg::Pre-Install-Pkgs;\n\
+         #clear Acquire::http::Proxy-Auto-Detect;\n\
+         #clear Acquire::https::Proxy-Auto-Detect;\n\
+         #clear Acquire::http::ProxyAutoDetect;\n\
+         Dir::Bin::Methods \"/usr/lib/apt/methods/\";\n\
+         APT::Solver \"internal\";\n\
+         APT::Planner \"internal\";\n",
         a = quote(&arches[0]),
     );
     for (name, text) in [("apt.conf", main), ("override.conf", over)] {
@@ -445,7 +458,7 @@ fn write_config(root: &Path, arches: &[String]) -> Result<()> {
 /// An apt command on the guest's files. Internal, like the appliance's own calls: it
 /// runs only when the appliance finds an apt guest, so `plan` describes it in the
 /// package step's text rather than listing it as a command.
-fn apt(root: &Path, program: &str, description: &str, names: &PathNames) -> Cmd {
+pub fn apt(root: &Path, program: &str, description: &str, names: &PathNames) -> Cmd {
     Cmd::new(program, description)
         .internal()
         .named(names)

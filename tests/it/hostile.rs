@@ -862,7 +862,96 @@ fn an_ambiguous_checksum_file_is_refused_before_any_download() {
     );
 }
 
+/// A base's apt configuration is read on the host to fetch its packages there. Nothing
+/// in it may make the host run a program: not the update hooks, not proxy
+/// auto-detection, not download methods of its own. apt-get runs for real, with the
+/// configuration diskforge writes, against a closed loopback port.
+fn a_guests_apt_configuration_runs_nothing_on_the_host() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("host-apt");
+    let etc = root.join("etc/apt");
+    for d in ["apt.conf.d", "sources.list.d", "methods"] {
+        std::fs::create_dir_all(etc.join(d)).unwrap();
+    }
+    for d in [
+        "var/lib/dpkg",
+        "var/lib/apt/lists/partial",
+        "var/cache/apt/archives/partial",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    // A program of the host the configuration names, which must never run.
+    let ran = t.path().join("ran");
+    let program = t.path().join("program");
+    std::fs::write(
+        &program,
+        format!("#!/bin/sh\necho \"$0 $*\" >> {}\n", ran.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let p = program.display();
+    std::fs::write(
+        etc.join("apt.conf.d/99hostile"),
+        format!(
+            "APT::Update::Pre-Invoke {{ \"{p} pre\"; }};\n\
+             APT::Update::Post-Invoke {{ \"{p} post\"; }};\n\
+             APT::Update::Post-Invoke-Success {{ \"{p} success\"; }};\n\
+             Acquire::http::Proxy-Auto-Detect \"{p}\";\n\
+             Dir::Bin::Methods \"{}\";\n",
+            t.path().display()
+        ),
+    )
+    .unwrap();
+    // A download method of the guest's, named like apt's own.
+    std::fs::copy(&program, t.path().join("http")).unwrap();
+    std::fs::write(
+        etc.join("sources.list"),
+        "deb [trusted=yes] http://127.0.0.1:9/debian bookworm main\n",
+    )
+    .unwrap();
+    diskforge::guest::apt::write_config(&root, &["amd64".to_string()]).unwrap();
+    let names = diskforge::sys::exec::PathNames::default();
+    // Connection refused: the update fails, but every hook point was passed.
+    let _ = diskforge::guest::apt::apt(&root, "apt-get", "update", &names)
+        .args(["-q", "update"])
+        .run();
+    assert!(
+        !ran.exists(),
+        "the guest's configuration ran a program of the host: {}",
+        std::fs::read_to_string(&ran).unwrap_or_default()
+    );
+    // And the configuration apt reads is the guest's, under the root.
+    let dump = diskforge::guest::apt::apt(&root, "apt-config", "dump", &names)
+        .arg("dump")
+        .run()
+        .unwrap()
+        .stdout_str();
+    // apt's keys are case-insensitive, and its dump keeps the case they were set in.
+    let value = |key: &str| {
+        let prefix = format!("{} \"", key.to_ascii_lowercase());
+        dump.lines()
+            .find(|l| l.to_ascii_lowercase().starts_with(&prefix))
+            .map(|l| l[prefix.len()..].trim_end_matches("\";").to_string())
+    };
+    assert_eq!(
+        value("Dir::Bin::Methods").as_deref(),
+        Some("/usr/lib/apt/methods/")
+    );
+    assert_eq!(
+        value("Dir::State::status"),
+        Some(format!("{}/var/lib/dpkg/status", root.display()))
+    );
+    assert_eq!(value("APT::Architecture").as_deref(), Some("amd64"));
+    assert!(
+        !dump.contains(&program.display().to_string()),
+        "the hooks are still configured:\n{dump}"
+    );
+}
+
 crate::tests! {
+    fn a_guests_apt_configuration_runs_nothing_on_the_host [&["apt-get", "apt-config"]];
     fn layer_entries_cannot_write_outside_the_scratch_dir [&["qemu-img"]];
     fn absolute_entries_and_links_in_a_layer_are_refused [&["qemu-img"]];
     fn disks_that_reach_host_files_are_refused_everywhere [&["qemu-img"]];
