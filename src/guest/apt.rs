@@ -145,7 +145,7 @@ pub fn start(f: &Fish, work: &Path, p: &Prefetch, names: &PathNames) -> Result<O
             }
         }
     }
-    bring_keyrings(f, &root)?;
+    bring_named_files(f, &root)?;
     write_config(&root, &arches)?;
     let packages = p.packages.clone();
     let keep_lists = p.keep_lists;
@@ -286,14 +286,16 @@ fn source_files(etc_apt: &Path) -> Vec<PathBuf> {
     files.into_iter().filter(|p| p.is_file()).collect()
 }
 
-/// Reads every keyring a source names by path (`signed-by=`, `Signed-By:`) from the
-/// guest into `root` and points the source at that copy: apt reads those paths as they
+/// Reads every file a source names by path from the guest into `root` and points the
+/// source at that copy: keyrings (`signed-by=`, `Signed-By:`) and the mirror lists of
+/// `mirror+file:` URIs (Debian's cloud images use one). apt reads those paths as they
 /// stand, not under its `Dir`, so unchanged they would name the host's files.
-fn bring_keyrings(f: &Fish, root: &Path) -> Result<()> {
+fn bring_named_files(f: &Fish, root: &Path) -> Result<()> {
     for file in source_files(&root.join("etc/apt")) {
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {}", file.display()))?;
-        let paths = keyring_paths(&text);
+        let mut paths = keyring_paths(&text);
+        paths.extend(mirror_file_paths(&text));
         if paths.is_empty() {
             continue;
         }
@@ -308,7 +310,7 @@ fn bring_keyrings(f: &Fish, root: &Path) -> Result<()> {
                 download(f, &real, &to)?;
             }
         }
-        let rewritten = rewrite_keyring_paths(&text, root);
+        let rewritten = rewrite_mirror_files(&rewrite_keyring_paths(&text, root), root);
         std::fs::write(&file, rewritten).with_context(|| format!("writing {}", file.display()))?;
     }
     Ok(())
@@ -333,6 +335,109 @@ fn rewrite_keyring_paths(text: &str, root: &Path) -> String {
             .to_string_lossy()
             .into_owned()
     })
+}
+
+/// The `mirror+file:` URI scheme: a local file listing the mirrors.
+const MIRROR_FILE: &str = "mirror+file:";
+
+/// The path of a `mirror+file:` URI (`mirror+file:/p` or `mirror+file:///p`).
+fn mirror_file_path(word: &str) -> Option<&str> {
+    let rest = word.strip_prefix(MIRROR_FILE)?;
+    let path = rest.strip_prefix("//").unwrap_or(rest);
+    path.starts_with('/').then_some(path)
+}
+
+/// `text` with every `mirror+file:` URI passed through `map` (its path in, the new URI
+/// out); comment lines are left alone.
+fn each_mirror_file(text: &str, mut map: impl FnMut(&str) -> String) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        if line.trim_start().starts_with('#') || !line.contains(MIRROR_FILE) {
+            out.push_str(line);
+            continue;
+        }
+        let mut word = String::new();
+        for c in line.chars() {
+            if c.is_whitespace() {
+                out.push_str(&mirror_word(&word, &mut map));
+                word.clear();
+                out.push(c);
+            } else {
+                word.push(c);
+            }
+        }
+        out.push_str(&mirror_word(&word, &mut map));
+    }
+    out
+}
+
+fn mirror_word(word: &str, map: &mut impl FnMut(&str) -> String) -> String {
+    match mirror_file_path(word) {
+        Some(path) => map(path),
+        None => word.to_string(),
+    }
+}
+
+/// The mirror-list paths of a sources file's `mirror+file:` URIs.
+fn mirror_file_paths(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    each_mirror_file(text, |p| {
+        if !out.iter().any(|o| o == p) {
+            out.push(p.to_string());
+        }
+        String::new()
+    });
+    out
+}
+
+/// `text` with every `mirror+file:` URI's path `P` replaced by `root/P`.
+fn rewrite_mirror_files(text: &str, root: &Path) -> String {
+    each_mirror_file(text, |p| {
+        format!(
+            "{MIRROR_FILE}//{}",
+            root.join(p.trim_start_matches('/')).display()
+        )
+    })
+}
+
+/// A path as apt turns a URI into a file name in its lists directory (`URItoFileName`:
+/// the scheme dropped, `%xx` for unsafe bytes, `/` as `_`). A `mirror+file:` source's
+/// lists are named after its mirror list's path, so the host's, under `root`, carry
+/// this prefix the guest's do not.
+fn apt_file_name(path: &str) -> String {
+    const BAD: &[u8] = b"\\|{}[]<>\"^~_=!@#$%&*";
+    let mut out = String::with_capacity(path.len());
+    for &b in path.as_bytes() {
+        if BAD.contains(&b) || b <= 0x20 || b >= 0x7f {
+            out.push_str(&format!("%{b:02x}"));
+        } else if b == b'/' {
+            out.push('_');
+        } else {
+            out.push(b as char);
+        }
+    }
+    out
+}
+
+/// Renames the lists of `mirror+file:` sources from the host's names (their mirror
+/// list under `root`) to the guest's.
+fn rename_mirror_file_lists(lists_dir: &Path, root: &Path) -> Result<()> {
+    let prefix = apt_file_name(&root.to_string_lossy());
+    for e in
+        std::fs::read_dir(lists_dir).with_context(|| format!("listing {}", lists_dir.display()))?
+    {
+        let e = e.with_context(|| format!("listing {}", lists_dir.display()))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(rest) = name.strip_prefix(&prefix) {
+            if rest.starts_with('_') {
+                let to = lists_dir.join(rest);
+                std::fs::rename(e.path(), &to).with_context(|| {
+                    format!("renaming {} to {}", e.path().display(), to.display())
+                })?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Calls `map` on every absolute path given as a keyring (one-line `[signed-by=A,B]`,
@@ -523,6 +628,7 @@ fn fetch(
             .with_context(|| format!("apt-config printed no {name}: {shell:?}"))
     };
     let (lists_dir, archives_dir) = (dir_of("LISTS")?, dir_of("ARCHIVES")?);
+    rename_mirror_file_lists(&lists_dir, &root)?;
     let in_guest = |p: &Path| -> Result<String> {
         let rel = p.strip_prefix(&root).with_context(|| {
             format!(
@@ -763,6 +869,63 @@ mod tests {
             keep_entries(index, &wanted),
             "Package: tmux\nVersion: 3.3a-3\nArchitecture: amd64\nDepends: libc6\n\n\
              Package: libfoo\nVersion: 1:2.0-1\nArchitecture: all\nDescription: x\n more\n\n"
+        );
+    }
+
+    #[test]
+    fn mirror_file_sources_read_the_guests_list_and_their_lists_get_the_guests_names() {
+        // Debian's cloud images.
+        let text = "Types: deb deb-src\nURIs: mirror+file:///etc/apt/mirrors/debian.list\n\
+                    Suites: bookworm\nComponents: main\n\
+                    # URIs: mirror+file:///commented.list\n\
+                    deb mirror+file:/etc/apt/mirrors/security.list bookworm-security main\n\
+                    deb mirror+http://mirrors.example/list bookworm main\n";
+        assert_eq!(
+            mirror_file_paths(text),
+            [
+                "/etc/apt/mirrors/debian.list",
+                "/etc/apt/mirrors/security.list"
+            ]
+        );
+        let root = Path::new("/c/work/build-a_b/host-apt");
+        let rewritten = rewrite_mirror_files(text, root);
+        assert!(rewritten.contains(
+            "URIs: mirror+file:///c/work/build-a_b/host-apt/etc/apt/mirrors/debian.list\n"
+        ));
+        assert!(rewritten.contains(
+            "deb mirror+file:///c/work/build-a_b/host-apt/etc/apt/mirrors/security.list bookworm-security main\n"
+        ));
+        assert!(rewritten.contains("# URIs: mirror+file:///commented.list\n"));
+        assert!(rewritten.contains("deb mirror+http://mirrors.example/list bookworm main\n"));
+        // apt's names: `/` as `_`, a `_` of the path quoted.
+        assert_eq!(
+            apt_file_name("/c/work/build-a_b/host-apt"),
+            "_c_work_build-a%5fb_host-apt"
+        );
+        let t = tempfile::tempdir().unwrap();
+        let host = format!(
+            "{}_etc_apt_mirrors_debian.list_dists_bookworm_InRelease",
+            apt_file_name(&root.to_string_lossy())
+        );
+        std::fs::write(t.path().join(&host), "x").unwrap();
+        std::fs::write(
+            t.path()
+                .join("deb.debian.org_debian_dists_bookworm_InRelease"),
+            "y",
+        )
+        .unwrap();
+        rename_mirror_file_lists(t.path(), root).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "_etc_apt_mirrors_debian.list_dists_bookworm_InRelease",
+                "deb.debian.org_debian_dists_bookworm_InRelease"
+            ]
         );
     }
 
