@@ -335,9 +335,10 @@ pub struct RegistryArgs {
     #[arg(long, value_name = "SECONDS", default_value = "60")]
     pub registry_timeout: u64,
     /// Read registries.conf from FILE [default: $CONTAINERS_REGISTRIES_CONF, else
-    /// ~/.config/containers/registries.conf, else /etc/containers/registries.conf]:
-    /// prefixes, location rewrites, mirrors for reads, `insecure` and `blocked`, as in
-    /// podman and skopeo.
+    /// ~/.config/containers/registries.conf, else /etc/containers/registries.conf, each
+    /// with its registries.conf.d drop-ins]: prefixes, location rewrites, mirrors for
+    /// reads, `insecure` and `blocked`, as in podman and skopeo. A file named here has no
+    /// drop-ins.
     #[arg(long, value_name = "FILE")]
     pub registries_conf: Option<PathBuf>,
 }

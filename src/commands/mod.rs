@@ -343,10 +343,8 @@ fn absolute_dirs(g: &mut GlobalOpts) -> Result<()> {
 pub fn registry_options(a: &RegistryArgs, insecure: &[String]) -> Result<RegistryOptions> {
     let conf = crate::registry::conf::load(a.registries_conf.as_deref())
         .map_err(|e| UsageError(format!("{e:#}")))?;
-    if let Some(path) = &conf.path {
-        for what in &conf.ignored {
-            tracing::warn!("{}: {what}", path.display());
-        }
+    for what in &conf.ignored {
+        tracing::warn!("{what}");
     }
     let mut insecure = insecure.to_vec();
     insecure.extend(conf.insecure.iter().cloned());

@@ -2,6 +2,12 @@
 //! it. The file is `--registries-conf FILE`, else `$CONTAINERS_REGISTRIES_CONF`, else
 //! `$HOME/.config/containers/registries.conf`, else `/etc/containers/registries.conf` (the
 //! first that exists; the user's file replaces the system's, as in containers/image).
+//! After the system's file come the drop-ins (containers-registries.conf.d(5)): the
+//! `*.conf` files of `/etc/containers/registries.conf.d`, then of
+//! `$HOME/.config/containers/registries.conf.d`, each directory in alphanumerical order;
+//! after the user's file only the user's drop-ins; a file named explicitly has none. A
+//! later `[[registry]]` with the same `prefix` replaces the earlier one, others are
+//! added.
 //!
 //! A reference (`host[:port]/path[:tag][@digest]`) belongs to the `[[registry]]` whose
 //! `prefix` (default: its `location`) is its longest match on a path-component boundary;
@@ -24,15 +30,16 @@ use crate::oci::reference::RemoteRef;
 /// What diskforge takes from a registries.conf.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RegistriesConf {
-    /// The file read, if any.
-    pub path: Option<PathBuf>,
+    /// The files read, in order (the main file, then the drop-ins).
+    pub files: Vec<PathBuf>,
     /// The `[[registry]]` tables, in the file's order.
     pub registries: Vec<Registry>,
     /// Hosts (`host[:port]`) whose `location` is marked `insecure = true`.
     pub insecure: Vec<String>,
     /// Hosts (`host[:port]`) blocked as a whole (a `blocked = true` prefix naming a host).
     pub blocked: Vec<String>,
-    /// What the file asks for that diskforge does not do, one sentence each.
+    /// What the files ask for that diskforge does not do, one sentence each (naming the
+    /// file, when read from one).
     pub ignored: Vec<String>,
 }
 
@@ -131,16 +138,58 @@ pub fn path(explicit: Option<&Path>) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Reads the registries.conf that applies (see [`path`]); none is an empty one. A file
-/// named explicitly must exist.
+/// The files that make up the configuration, in the order they are read: the main file
+/// (see [`path`]) and the drop-ins that go with it, those that exist.
+pub fn files(explicit: Option<&Path>) -> Vec<PathBuf> {
+    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/containers"));
+    let main = path(explicit);
+    let named = explicit.is_some()
+        || std::env::var_os("CONTAINERS_REGISTRIES_CONF").is_some_and(|p| !p.is_empty());
+    let mut dirs = Vec::new();
+    if !named {
+        // After the user's own file only the user's drop-ins; otherwise the system's,
+        // then the user's.
+        let user_file = main.is_some() && main == home.as_ref().map(|h| h.join("registries.conf"));
+        if !user_file {
+            dirs.push(PathBuf::from("/etc/containers/registries.conf.d"));
+        }
+        dirs.extend(home.map(|h| h.join("registries.conf.d")));
+    }
+    let mut out: Vec<PathBuf> = main.into_iter().collect();
+    for d in dirs {
+        out.extend(drop_ins(&d));
+    }
+    out
+}
+
+/// The `*.conf` files of `dir`, in alphanumerical order (none when it does not exist).
+fn drop_ins(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "conf"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Reads the registries.conf that applies and its drop-ins (see [`files`]); none is an
+/// empty configuration. A file named explicitly must exist.
 pub fn load(explicit: Option<&Path>) -> Result<RegistriesConf> {
-    let Some(p) = path(explicit) else {
-        return Ok(RegistriesConf::default());
-    };
-    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-    let mut conf =
-        parse(&text).with_context(|| format!("{} is not a valid registries.conf", p.display()))?;
-    conf.path = Some(p);
+    let mut conf = RegistriesConf::default();
+    for p in files(explicit) {
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let mut one = parse(&text)
+            .with_context(|| format!("{} is not a valid registries.conf", p.display()))?;
+        for what in &mut one.ignored {
+            *what = format!("{}: {what}", p.display());
+        }
+        conf.merge(one);
+        conf.files.push(p);
+    }
     Ok(conf)
 }
 
@@ -195,21 +244,11 @@ pub fn parse(text: &str) -> Result<RegistriesConf> {
             if l.is_empty() {
                 bail!("[[registry]] {prefix}: a mirror has an empty location");
             }
-            if m.insecure {
-                conf.insecure.push(host(&l).to_string());
-            }
             mirrors.push(Mirror {
                 location: l,
                 insecure: m.insecure,
                 pull_from: m.pull_from_mirror.unwrap_or_default(),
             });
-        }
-        if r.insecure && !loc.is_empty() {
-            // TLS is a property of the host reached, whatever part of it the prefix names.
-            conf.insecure.push(host(&loc).to_string());
-        }
-        if r.blocked && !wildcard && !prefix.contains('/') {
-            conf.blocked.push(prefix.clone());
         }
         conf.registries.push(Registry {
             prefix,
@@ -220,6 +259,7 @@ pub fn parse(text: &str) -> Result<RegistriesConf> {
             mirrors,
         });
     }
+    conf.derive_hosts();
     Ok(conf)
 }
 
@@ -268,6 +308,38 @@ fn conf_name(r: &RemoteRef) -> String {
 }
 
 impl RegistriesConf {
+    /// Adds a later file's configuration: a `[[registry]]` with a prefix already
+    /// configured replaces that one, the others are added.
+    pub fn merge(&mut self, later: RegistriesConf) {
+        for r in later.registries {
+            match self.registries.iter_mut().find(|x| x.prefix == r.prefix) {
+                Some(x) => *x = r,
+                None => self.registries.push(r),
+            }
+        }
+        self.ignored.extend(later.ignored);
+        self.derive_hosts();
+    }
+
+    /// The insecure and blocked hosts, from the registries.
+    fn derive_hosts(&mut self) {
+        self.insecure.clear();
+        self.blocked.clear();
+        for r in &self.registries {
+            for m in r.mirrors.iter().filter(|m| m.insecure) {
+                self.insecure.push(host(&m.location).to_string());
+            }
+            if r.insecure && !r.location.is_empty() {
+                // TLS is a property of the host reached, whatever part of it the prefix
+                // names.
+                self.insecure.push(host(&r.location).to_string());
+            }
+            if r.blocked && !r.prefix.starts_with("*.") && !r.prefix.contains('/') {
+                self.blocked.push(r.prefix.clone());
+            }
+        }
+    }
+
     /// The `[[registry]]` whose prefix is the longest match of `r`, and how much of
     /// `r`'s name it matched.
     fn find(&self, name: &str) -> Option<(&Registry, usize)> {
@@ -616,6 +688,41 @@ location = "pm.example"
         let e = parse("[[registry]]\nlocation = \"a.example\"\n[[registry.mirror]]\nlocation = \"b.example\"\npull-from-mirror = \"sometimes\"\n").unwrap_err();
         assert!(format!("{e:#}").contains("sometimes"), "{e:#}");
         assert!(parse("[[registry]]\nlocation = \"https://a.example\"\n").is_err());
+    }
+
+    #[test]
+    fn a_later_file_replaces_the_registry_of_the_same_prefix_and_adds_the_others() {
+        let mut conf = parse(
+            "[[registry]]\nprefix = \"a.example/team\"\nlocation = \"old.example/team\"\ninsecure = true\n\
+             [[registry]]\nlocation = \"blocked.example\"\nblocked = true\n",
+        )
+        .unwrap();
+        assert_eq!(conf.insecure, ["old.example"]);
+        conf.merge(
+            parse(
+                "unqualified-search-registries = [\"x.example\"]\n\
+                 [[registry]]\nprefix = \"a.example/team\"\nlocation = \"new.example/team\"\n\
+                 [[registry]]\nlocation = \"b.example\"\ninsecure = true\n",
+            )
+            .unwrap(),
+        );
+        let located: Vec<(&str, &str)> = conf
+            .registries
+            .iter()
+            .map(|r| (r.prefix.as_str(), r.location.as_str()))
+            .collect();
+        assert_eq!(
+            located,
+            [
+                ("a.example/team", "new.example/team"),
+                ("blocked.example", "blocked.example"),
+                ("b.example", "b.example")
+            ]
+        );
+        // The replaced entry's insecure host is gone with it.
+        assert_eq!(conf.insecure, ["b.example"]);
+        assert_eq!(conf.blocked, ["blocked.example"]);
+        assert_eq!(conf.ignored.len(), 1, "{:?}", conf.ignored);
     }
 
     #[test]

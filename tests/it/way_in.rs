@@ -1589,7 +1589,86 @@ fn pack_records_a_firmware_the_disk_can_boot_with() {
     assert!(!refused.exists());
 }
 
+/// registries.conf.d drop-ins, as containers-registries.conf.d(5) has them: with the
+/// user's own registries.conf, the `*.conf` files of the user's registries.conf.d are
+/// read after it in alphanumerical order, a `[[registry]]` with the same prefix replacing
+/// the earlier one; other files there are not read; a file named with
+/// `--registries-conf` has no drop-ins.
+fn registries_conf_drop_ins_replace_registries_by_prefix() {
+    let t = tempfile::tempdir().unwrap();
+    let disk = qcow2(t.path(), "lab.qcow2", "64M");
+    let primary = common::registry::Registry::start(None);
+    let down = format!("127.0.0.1:{}", closed_port());
+    let home = t.path().join("home");
+    let dir = home.join(".config/containers");
+    std::fs::create_dir_all(dir.join("registries.conf.d")).unwrap();
+    let entry = |location: &str| {
+        format!(
+            "[[registry]]\nprefix = \"lab.example.invalid/team\"\nlocation = \"{location}/team\"\ninsecure = true\n"
+        )
+    };
+    let main = write(&dir.join("registries.conf"), &entry(&down));
+    write(&dir.join("registries.conf.d/10-down.conf"), &entry(&down));
+    write(
+        &dir.join("registries.conf.d/50-lab.conf"),
+        &entry(&primary.addr),
+    );
+    // Not a .conf file: never read (it would not parse).
+    write(&dir.join("registries.conf.d/README"), "not = [toml\n");
+    let run = |args: &[&str]| -> Output {
+        df(t.path())
+            .env("HOME", &home)
+            .env_remove("CONTAINERS_REGISTRIES_CONF")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let located = format!("docker://{}/team/x:1", primary.addr);
+    let out = run(&[
+        "pack",
+        "--tls-verify=false",
+        disk.to_str().unwrap(),
+        "-o",
+        &located,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let name = "docker://lab.example.invalid/team/x:1";
+    // The last drop-in's entry for the prefix is the one that applies.
+    let read = "GET /v2/team/x/manifests/1";
+    let before = primary.count(&[read]);
+    let out = run(&["inspect", "--format", "{{.Digest}}", name]);
+    assert!(
+        out.status.success(),
+        "the drop-in was not applied: {}",
+        text(&out)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .starts_with("sha256:"));
+    assert!(primary.count(&[read]) > before, "{}", primary.log_text());
+    // Named explicitly, the same main file has no drop-ins: the closed port is reached.
+    let out = run(&[
+        "inspect",
+        "--registries-conf",
+        main.to_str().unwrap(),
+        "--format",
+        "{{.Digest}}",
+        name,
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&down), "{}", text(&out));
+    // A drop-in that does not parse is an error naming it.
+    write(
+        &dir.join("registries.conf.d/60-broken.conf"),
+        "[[registry]]\nprefix = \n",
+    );
+    let out = run(&["inspect", name]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("60-broken.conf"), "{}", text(&out));
+}
+
 crate::tests! {
+    fn registries_conf_drop_ins_replace_registries_by_prefix [&["qemu-img", "docker-registry"]];
     fn a_base_outside_the_recipe_needs_the_command_lines_permission [&["qemu-img"]];
     fn symbolic_links_cannot_lead_out_of_the_allowed_directories [&["qemu-img"]];
     fn copied_files_stay_confined_unless_allowed_the_same_way;
