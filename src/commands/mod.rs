@@ -346,6 +346,9 @@ pub fn registry_options(a: &RegistryArgs, insecure: &[String]) -> Result<Registr
     for what in &conf.ignored {
         tracing::warn!("{what}");
     }
+    for what in &conf.notes {
+        tracing::debug!("{what}");
+    }
     let mut insecure = insecure.to_vec();
     insecure.extend(conf.insecure.iter().cloned());
     Ok(RegistryOptions {

@@ -41,6 +41,9 @@ pub struct RegistriesConf {
     /// What the files ask for that diskforge does not do, one sentence each (naming the
     /// file, when read from one).
     pub ignored: Vec<String>,
+    /// The same for what is shipped by distributions rather than set by a user (short-name
+    /// aliases): said under `-v` only.
+    pub notes: Vec<String>,
 }
 
 /// One `[[registry]]` table.
@@ -184,7 +187,7 @@ pub fn load(explicit: Option<&Path>) -> Result<RegistriesConf> {
             std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
         let mut one = parse(&text)
             .with_context(|| format!("{} is not a valid registries.conf", p.display()))?;
-        for what in &mut one.ignored {
+        for what in one.ignored.iter_mut().chain(one.notes.iter_mut()) {
             *what = format!("{}: {what}", p.display());
         }
         conf.merge(one);
@@ -212,9 +215,16 @@ fn host(location: &str) -> &str {
 pub fn parse(text: &str) -> Result<RegistriesConf> {
     let raw: Raw = toml::from_str(text)?;
     let mut conf = RegistriesConf::default();
-    if !raw.unqualified_search_registries.is_empty() || !raw.aliases.is_empty() {
+    if !raw.unqualified_search_registries.is_empty() {
         conf.ignored.push(
             "short names (unqualified-search-registries, aliases) are not resolved: a reference without a registry host is a Docker Hub name, as in Docker"
+                .into(),
+        );
+    } else if !raw.aliases.is_empty() {
+        // Distributions ship these (containers-common's shortnames.conf drop-in): a
+        // note, not a warning on every command.
+        conf.notes.push(
+            "short-name aliases are not applied: a reference without a registry host is a Docker Hub name, as in Docker"
                 .into(),
         );
     }
@@ -318,6 +328,7 @@ impl RegistriesConf {
             }
         }
         self.ignored.extend(later.ignored);
+        self.notes.extend(later.notes);
         self.derive_hosts();
     }
 
@@ -501,6 +512,11 @@ blocked = true
         assert_eq!(conf.registries.len(), 5);
         assert_eq!(conf.ignored.len(), 1, "{:?}", conf.ignored);
         assert!(conf.ignored[0].contains("short names"));
+        // Aliases alone (a distribution's shortnames.conf) are a note, not a warning.
+        let aliases =
+            parse("[aliases]\n\"fedora\" = \"registry.fedoraproject.org/fedora\"\n").unwrap();
+        assert!(aliases.ignored.is_empty(), "{:?}", aliases.ignored);
+        assert_eq!(aliases.notes.len(), 1, "{:?}", aliases.notes);
         // Blocking part of a registry applies to the references under it only.
         let e = conf
             .pull_sources(&r("ghcr.io/org/private/x:1"))
