@@ -575,6 +575,19 @@ pub fn apt(root: &Path, program: &str, description: &str, names: &PathNames) -> 
         .timeout(HOST_FETCH_TIMEOUT)
 }
 
+/// The host's `apt-get update` of the guest's lists. Any list that cannot be fetched
+/// fails it (`--error-on=any`): with some lists missing, the host's apt could choose
+/// other packages than the guest's would.
+pub fn update_cmd(root: &Path, names: &PathNames) -> Cmd {
+    apt(
+        root,
+        "apt-get",
+        "updating the guest's package lists on the host",
+        names,
+    )
+    .args(["-q", "--error-on=any", "update"])
+}
+
 fn fetch(
     root: PathBuf,
     packages: &[String],
@@ -582,14 +595,7 @@ fn fetch(
     names: &PathNames,
 ) -> Result<Fetched> {
     let started = Instant::now();
-    apt(
-        &root,
-        "apt-get",
-        "updating the guest's package lists on the host",
-        names,
-    )
-    .args(["-q", "update"])
-    .run()?;
+    update_cmd(&root, names).run()?;
     apt(
         &root,
         "apt-get",
