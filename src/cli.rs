@@ -337,8 +337,8 @@ pub struct RegistryArgs {
     /// Read registries.conf from FILE [default: $CONTAINERS_REGISTRIES_CONF, else
     /// ~/.config/containers/registries.conf, else /etc/containers/registries.conf, each
     /// with its registries.conf.d drop-ins]: prefixes, location rewrites, mirrors for
-    /// reads, `insecure` and `blocked`, as in podman and skopeo. A file named here has no
-    /// drop-ins.
+    /// reads, `insecure` and `blocked`, as in podman and skopeo (a file named here gets
+    /// the system's and the user's drop-ins too, as in containers/image).
     #[arg(long, value_name = "FILE")]
     pub registries_conf: Option<PathBuf>,
 }

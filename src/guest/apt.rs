@@ -3,20 +3,23 @@
 //! Under emulation the appliance's user-mode network and the guest's `apt-get update`
 //! are slow (about 14 s for Debian's 9 MB of lists here, against under 2 s on the host).
 //! So while the appliance grows the disk, the host runs `apt-get update` and
-//! `apt-get install --download-only` with **the guest's own apt**: its `/etc/apt`
-//! (sources, keys, `apt.conf.d`, preferences, `auth.conf.d`), its dpkg status and its
-//! architecture, each read from the guest. The lists and `.deb` files are then put where
-//! the guest's apt keeps them, and the guest runs `apt-get install` as before, without
-//! `apt-get update`: it resolves the same packages from the same lists and checks each
-//! `.deb` against the lists' hashes, and what it lacks it downloads itself.
+//! `apt-get install --download-only` on **the guest's own apt files**: its sources,
+//! keys, preferences and `auth.conf.d`, its dpkg status and its architectures, each read
+//! from the guest, with every path a source names (a `Signed-By` keyring, a
+//! `mirror+file:` list) read from the guest too and kept under the fetch's root. The
+//! lists and `.deb` files are then put where the guest's apt keeps them, and the guest
+//! runs `apt-get install` as before, without `apt-get update`, checking each `.deb`
+//! against the lists' hashes; what it lacks it downloads itself.
 //!
-//! The lists are verified on the host with the guest's keys only: every `Signed-By`
-//! path is read from the guest, and the host's own keys and apt configuration are never
-//! read. Hooks of the guest's configuration (`APT::Update::Post-Invoke` and the like) do
-//! not run on the host. When anything of this fails (no `apt-get` on the host, a mirror
-//! the host cannot reach, a configuration the host's apt does not understand), the guest
-//! updates its lists itself, exactly as without it.
+//! The host's apt never runs with the guest's `apt.conf.d`: that is only parsed
+//! (`apt-config`, and never with an `#include`), and the settings that decide what is
+//! fetched and chosen are taken over ([`adopt_guest_settings`]); nothing that names a
+//! program or a path of the host is. Sources that read local files (`file:`, `copy:`,
+//! `cdrom:`) are left to the guest. The lists are verified with the guest's keys only.
+//! When anything of this fails (no `apt-get` on the host, a list the host cannot
+//! fetch), the guest updates its lists itself, exactly as without it.
 
+use std::fmt::Write as _;
 use std::io::Read as _;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -58,7 +61,10 @@ const HOST_FETCH_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A fetch running on the host while the appliance does other work.
 pub struct Pending {
-    handle: std::thread::JoinHandle<Result<Fetched>>,
+    handle: Option<std::thread::JoinHandle<Result<Fetched>>>,
+    /// Credentials of the guest's sources (`auth.conf`, `user:password@` in URIs), masked
+    /// in what the fetch reports.
+    secrets: Vec<String>,
 }
 
 /// What the host fetched.
@@ -108,10 +114,13 @@ pub fn start(f: &Fish, work: &Path, p: &Prefetch, names: &PathNames) -> Result<O
     if !crate::sys::exec::have("apt-get") || !crate::sys::exec::have("apt-config") {
         return Ok(None);
     }
-    if !f.is_file("/var/lib/dpkg/status")?
-        || !(f.is_file("/usr/bin/apt-get")? || f.is_file("/bin/apt-get")?)
-        || !f.is_dir("/etc/apt")?
-    {
+    let is_apt = (|| -> Result<bool> {
+        Ok(f.is_file("/var/lib/dpkg/status")?
+            && (f.is_file("/usr/bin/apt-get")? || f.is_file("/bin/apt-get")?)
+            && f.is_dir("/etc/apt")?)
+    })()
+    .context("looking for apt in the guest")?;
+    if !is_apt {
         return Ok(None);
     }
     let root = work.join("host-apt");
@@ -135,7 +144,9 @@ pub fn start(f: &Fish, work: &Path, p: &Prefetch, names: &PathNames) -> Result<O
     read_etc_apt(f, &root)?;
     download(f, "/var/lib/dpkg/status", &root.join("var/lib/dpkg/status"))?;
     let mut arches = vec![p.arch.to_string()];
-    if f.is_file("/var/lib/dpkg/arch")? {
+    if f.is_file("/var/lib/dpkg/arch")
+        .context("looking for the guest's dpkg architectures")?
+    {
         download(f, "/var/lib/dpkg/arch", &root.join("var/lib/dpkg/arch"))?;
         let text = std::fs::read_to_string(root.join("var/lib/dpkg/arch"))
             .context("reading the guest's dpkg architectures")?;
@@ -147,6 +158,7 @@ pub fn start(f: &Fish, work: &Path, p: &Prefetch, names: &PathNames) -> Result<O
     }
     bring_named_files(f, &root)?;
     write_config(&root, &arches)?;
+    let secrets = credentials(&root);
     let packages = p.packages.clone();
     let keep_lists = p.keep_lists;
     let names = names.clone();
@@ -159,17 +171,76 @@ pub fn start(f: &Fish, work: &Path, p: &Prefetch, names: &PathNames) -> Result<O
             fetch(root, &packages, keep_lists, &names)
         })
         .context("starting the host-side package fetch")?;
-    Ok(Some(Pending { handle }))
+    Ok(Some(Pending {
+        handle: Some(handle),
+        secrets,
+    }))
 }
 
 impl Pending {
-    /// Waits for the host-side fetch.
-    pub fn wait(self) -> Result<Fetched> {
-        match self.handle.join() {
-            Ok(r) => r,
+    /// Waits for the host-side fetch. Its error names no credential of the guest's.
+    pub fn wait(mut self) -> Result<Fetched> {
+        let handle = self.handle.take().expect("waited once");
+        match handle.join() {
+            Ok(Ok(f)) => Ok(f),
+            Ok(Err(e)) => bail!(
+                "{}",
+                crate::sys::exec::redact(&format!("{e:#}"), &self.secrets)
+            ),
             Err(_) => bail!("the host-side package fetch panicked"),
         }
     }
+}
+
+impl Drop for Pending {
+    /// A build that fails before it waits still lets the fetch end (its apt-get runs
+    /// are bounded by their timeout) before the work directory it writes to goes.
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The credentials the guest's apt would send: `auth.conf` and `auth.conf.d` values of
+/// `login` and `password`, and the `user:password` of URIs in its sources.
+fn credentials(root: &Path) -> Vec<String> {
+    let etc = root.join("etc/apt");
+    let mut files = vec![etc.join("auth.conf")];
+    if let Ok(rd) = std::fs::read_dir(etc.join("auth.conf.d")) {
+        files.extend(rd.filter_map(|e| e.ok().map(|e| e.path())));
+    }
+    let mut out = Vec::new();
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        let words: Vec<&str> = text.split_whitespace().collect();
+        for w in words.windows(2) {
+            if w[0] == "login" || w[0] == "password" {
+                out.push(w[1].to_string());
+            }
+        }
+    }
+    for f in source_files(&etc) {
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        for w in text.split_whitespace() {
+            if let Some((_, rest)) = w.split_once("://") {
+                if let Some((userinfo, _)) = rest.split_once('@') {
+                    if !userinfo.contains('/') {
+                        out.push(userinfo.to_string());
+                        if let Some((_, pw)) = userinfo.split_once(':') {
+                            out.push(pw.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out.retain(|s| s.len() >= 3);
+    out
 }
 
 /// Puts the lists and packages where the guest's apt keeps them and leaves the marker in
@@ -247,6 +318,9 @@ fn read_etc_apt(f: &Fish, root: &Path) -> Result<()> {
         let Some(real) = f.try_call(&["realpath", &guest]) else {
             continue;
         };
+        if f.is_dir(&real).unwrap_or(false) {
+            bail!("{guest} links to a directory ({real}): left to the guest");
+        }
         if f.is_file(&real).unwrap_or(false) {
             let to = dest.join(&rel);
             if let Some(parent) = to.parent() {
@@ -257,6 +331,23 @@ fn read_etc_apt(f: &Fish, root: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where a path a guest's source names (`/p`) goes under `root`: `..` and `.` taken as
+/// the guest's root takes them (never above `/`), so nothing lands outside `root`.
+/// `None` for the root itself.
+fn under_root(root: &Path, p: &str) -> Option<PathBuf> {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    (!parts.is_empty()).then(|| root.join(parts.join("/")))
 }
 
 /// `p` as a plain relative path (no `..`, no root), `None` for `.` itself.
@@ -294,13 +385,20 @@ fn bring_named_files(f: &Fish, root: &Path) -> Result<()> {
     for file in source_files(&root.join("etc/apt")) {
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {}", file.display()))?;
+        if let Some(uri) = local_uri(&text) {
+            bail!(
+                "{} names a source on the local filesystem ({uri}): left to the guest",
+                file.display()
+            );
+        }
         let mut paths = keyring_paths(&text);
         paths.extend(mirror_file_paths(&text));
         if paths.is_empty() {
             continue;
         }
         for p in &paths {
-            let to = root.join(p.trim_start_matches('/'));
+            let to = under_root(root, p)
+                .with_context(|| format!("{} names {p:?} as a file", file.display()))?;
             if let Some(parent) = to.parent() {
                 std::fs::create_dir_all(parent)
                     .with_context(|| format!("creating {}", parent.display()))?;
@@ -314,6 +412,23 @@ fn bring_named_files(f: &Fish, root: &Path) -> Result<()> {
         std::fs::write(&file, rewritten).with_context(|| format!("writing {}", file.display()))?;
     }
     Ok(())
+}
+
+/// The first URI of a sources file that reads the local filesystem (`file:`, `copy:`,
+/// `cdrom:`): on the host it would read the host's files. (`mirror+file:` lists are read
+/// from the guest's copy.)
+fn local_uri(text: &str) -> Option<String> {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(|l| l.split_whitespace())
+        .map(|w| w.trim_start_matches('['))
+        .find(|w| {
+            let w = w.to_ascii_lowercase();
+            ["file:", "copy:", "cdrom:"]
+                .iter()
+                .any(|s| w.starts_with(s))
+        })
+        .map(String::from)
 }
 
 /// The absolute keyring paths of a sources file, in either format.
@@ -331,7 +446,8 @@ fn keyring_paths(text: &str) -> Vec<String> {
 /// `text` with every keyring path `P` replaced by `root/P`.
 fn rewrite_keyring_paths(text: &str, root: &Path) -> String {
     each_keyring_path(text, |p| {
-        root.join(p.trim_start_matches('/'))
+        under_root(root, p)
+            .unwrap_or_else(|| root.join("-"))
             .to_string_lossy()
             .into_owned()
     })
@@ -395,7 +511,9 @@ fn rewrite_mirror_files(text: &str, root: &Path) -> String {
     each_mirror_file(text, |p| {
         format!(
             "{MIRROR_FILE}//{}",
-            root.join(p.trim_start_matches('/')).display()
+            under_root(root, p)
+                .unwrap_or_else(|| root.join("-"))
+                .display()
         )
     })
 }
@@ -524,13 +642,29 @@ fn map_words(value: &str, map: &mut impl FnMut(&str) -> String) -> String {
 /// cleared, the download methods and the solver are apt's own, and no file read from
 /// the guest is executable.
 pub fn write_config(root: &Path, arches: &[String]) -> Result<()> {
+    if let Some(bad) = arches.iter().find(|a| {
+        a.is_empty()
+            || !a
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    }) {
+        bail!("the guest names an odd dpkg architecture {bad:?}");
+    }
     let quote = |s: &str| s.replace('"', "");
     let r = quote(&root.to_string_lossy());
     let arch_list: String = arches
         .iter()
         .map(|a| format!("\"{}\"; ", quote(a)))
         .collect();
-    let main = format!("Dir \"{r}/\";\n");
+    // The guest's own configuration is only read (`guest.conf`, for `apt-config`); what
+    // the host's apt-get runs with is apt's defaults under the root (`apt.conf`, no
+    // `apt.conf.d` of anyone's) plus the guest's settings [`adopt_guest_settings`] takes.
+    let guest = format!("Dir \"{r}/\";\n");
+    std::fs::create_dir_all(root.join("empty.d"))
+        .with_context(|| format!("creating {}", root.join("empty.d").display()))?;
+    let main = format!(
+        "Dir \"{r}/\";\nDir::Etc::parts \"{r}/empty.d/\";\nDir::Etc::main \"/dev/null\";\n"
+    );
     let over = format!(
         "Dir \"{r}/\";\n\
          Dir::State::status \"{r}/var/lib/dpkg/status\";\n\
@@ -553,11 +687,191 @@ pub fn write_config(root: &Path, arches: &[String]) -> Result<()> {
          APT::Planner \"internal\";\n",
         a = quote(&arches[0]),
     );
-    for (name, text) in [("apt.conf", main), ("override.conf", over)] {
+    for (name, text) in [
+        ("guest.conf", guest),
+        ("apt.conf", main),
+        ("override.conf", over),
+    ] {
         let p = root.join(name);
         std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
+}
+
+/// What the guest's apt configuration says, as far as the host's fetch is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestSettings {
+    /// Only settings the host's apt took over (or that cannot change which packages
+    /// apt chooses) differ from apt's defaults: the host chose as the guest would.
+    pub plain: bool,
+    /// Settings that could change the choice and were not taken over.
+    pub unknown: Vec<String>,
+}
+
+/// Reads the guest's apt configuration (never run: `apt-config` only parses, and a
+/// file with `#include`, which would read a file of the host, is refused), and adds to
+/// the host's `apt.conf` the guest's settings that decide what is fetched and chosen
+/// (proxies, release pins, recommends, validity checks, index compression). Nothing
+/// that names a program or a path of the host is taken over.
+pub fn adopt_guest_settings(root: &Path, names: &PathNames) -> Result<GuestSettings> {
+    for f in std::iter::once(root.join("etc/apt/apt.conf")).chain(
+        std::fs::read_dir(root.join("etc/apt/apt.conf.d"))
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_else(|_| Vec::new()),
+    ) {
+        if let Ok(text) = std::fs::read_to_string(&f) {
+            if text.to_ascii_lowercase().contains("#include") {
+                bail!("{} uses #include: left to the guest", f.display());
+            }
+        }
+    }
+    let dump = |conf: &str| -> Result<Vec<(String, String)>> {
+        let out = Cmd::new("apt-config", "reading the guest's apt configuration")
+            .internal()
+            .named(names)
+            .env("APT_CONFIG", root.join(conf))
+            .env("LC_ALL", "C")
+            .arg("dump")
+            .timeout(Duration::from_secs(60))
+            .run()?
+            .stdout_str();
+        Ok(parse_dump(&out))
+    };
+    let (base, guest) = (dump("apt.conf")?, dump("guest.conf")?);
+    let mut adopted = String::new();
+    let mut unknown = Vec::new();
+    for (key, value) in &guest {
+        if base.iter().any(|(k, v)| k == key && v == value) {
+            continue;
+        }
+        match setting(key) {
+            Setting::Adopt => {
+                let _ = writeln!(adopted, "{key} \"{value}\";");
+            }
+            Setting::Ignore => {}
+            Setting::Unknown => unknown.push(key.trim_end_matches(':').to_string()),
+        }
+    }
+    for (key, _) in &base {
+        if !guest.iter().any(|(k, _)| k == key) && setting(key) == Setting::Unknown {
+            unknown.push(key.trim_end_matches(':').to_string());
+        }
+    }
+    unknown.sort();
+    unknown.dedup();
+    if !adopted.is_empty() {
+        let p = root.join("apt.conf");
+        let mut text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        text.push_str(&adopted);
+        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(GuestSettings {
+        plain: unknown.is_empty(),
+        unknown,
+    })
+}
+
+/// `apt-config dump`'s lines (`Key "value";`, list items `Key:: "value";`) as pairs;
+/// values with a quote or a line break are dropped (apt-config prints none).
+fn parse_dump(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, rest) = l.split_once(" \"")?;
+            let v = rest.strip_suffix("\";")?;
+            (!k.is_empty() && !v.contains('"') && !k.contains(char::is_whitespace))
+                .then(|| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Setting {
+    /// Decides what is fetched or chosen, and names no program or host path: the host's
+    /// apt takes it over.
+    Adopt,
+    /// Changes nothing of what `install --download-only` fetches and chooses (paths
+    /// under the root, hooks, dpkg, the transport's own details): not taken over.
+    Ignore,
+    /// Could change the choice: not taken over, and the guest resolves from its full lists.
+    Unknown,
+}
+
+/// How the host treats a setting of the guest's apt configuration.
+fn setting(key: &str) -> Setting {
+    let k = key.to_ascii_lowercase();
+    let k = k.trim_end_matches(':');
+    const ADOPT: &[&str] = &[
+        "acquire::http::proxy",
+        "acquire::https::proxy",
+        "acquire::ftp::proxy",
+        "acquire::check-valid-until",
+        "acquire::check-date",
+        "acquire::max-validtime",
+        "acquire::min-validtime",
+        "acquire::allowinsecurerepositories",
+        "acquire::allowweakrepositories",
+        "acquire::allowdowngradetoinsecurerepositories",
+        "acquire::by-hash",
+        "acquire::gzipindexes",
+        "acquire::compressiontypes",
+        "acquire::pdiffs",
+        "apt::default-release",
+        "apt::install-recommends",
+        "apt::install-suggests",
+        "apt::get::allowunauthenticated",
+    ];
+    const IGNORE: &[&str] = &[
+        "dir",
+        "dpkg",
+        "binary",
+        "debug",
+        "quiet",
+        "dselect",
+        "aptlistbugs",
+        "unattended-upgrade",
+        "acquire::languages",
+        "acquire::retries",
+        "acquire::http",
+        "acquire::https",
+        "acquire::ftp",
+        "acquire::cdrom",
+        "acquire::gpgv",
+        "acquire::changelogs",
+        "acquire::indextargets",
+        "apt::architecture",
+        "apt::architectures",
+        "apt::sandbox",
+        "apt::update",
+        "apt::periodic",
+        "apt::keep-downloaded-packages",
+        "apt::neverautoremove",
+        "apt::versionedkernelpackages",
+        "apt::never-markauto-sections",
+        "apt::move-autobit-sections",
+        "apt::autoremove",
+        "apt::compressor",
+        "apt::color",
+        "apt::cmd",
+        "apt::changelogs",
+        "apt::key",
+        "apt::authentication",
+        "apt::build-essential",
+        "apt::status-fd",
+        "apt::keep-fds",
+    ];
+    let within = |p: &&str| k == *p || k.starts_with(&format!("{p}::"));
+    // Proxy auto-detection names a program: never taken over.
+    if k.contains("proxy-auto-detect") || k.contains("proxyautodetect") {
+        return Setting::Ignore;
+    }
+    if ADOPT.iter().any(within) {
+        Setting::Adopt
+    } else if IGNORE.iter().any(within) {
+        Setting::Ignore
+    } else {
+        Setting::Unknown
+    }
 }
 
 /// An apt command on the guest's files. Internal, like the appliance's own calls: it
@@ -595,6 +909,10 @@ fn fetch(
     names: &PathNames,
 ) -> Result<Fetched> {
     let started = Instant::now();
+    if let Some(bad) = packages.iter().find(|p| p.starts_with('-') || p.is_empty()) {
+        bail!("{bad:?} is not a package name");
+    }
+    let settings = adopt_guest_settings(&root, names)?;
     update_cmd(&root, names).run()?;
     apt(
         &root,
@@ -608,32 +926,39 @@ fn fetch(
         "--no-install-recommends",
         "--download-only",
         "install",
+        "--",
     ])
     .args(packages)
     .run()?;
-    let shell = apt(
-        &root,
-        "apt-config",
-        "reading where the guest's apt keeps its files",
-        names,
-    )
-    .args([
-        "shell",
-        "LISTS",
-        "Dir::State::lists/d",
-        "ARCHIVES",
-        "Dir::Cache::archives/d",
-    ])
-    .run()?
-    .stdout_str();
-    let dir_of = |name: &str| -> Result<PathBuf> {
-        shell
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}=")))
-            .map(|v| PathBuf::from(v.trim_matches('\'')))
-            .with_context(|| format!("apt-config printed no {name}: {shell:?}"))
+    // Where the host's apt keeps them (its defaults under the root), and where the
+    // guest's does (its own configuration, read only).
+    let dirs = |conf: &str| -> Result<(PathBuf, PathBuf)> {
+        let shell = Cmd::new("apt-config", "reading where apt keeps its files")
+            .internal()
+            .named(names)
+            .env("APT_CONFIG", root.join(conf))
+            .env("LC_ALL", "C")
+            .args([
+                "shell",
+                "LISTS",
+                "Dir::State::lists/d",
+                "ARCHIVES",
+                "Dir::Cache::archives/d",
+            ])
+            .timeout(Duration::from_secs(60))
+            .run()?
+            .stdout_str();
+        let dir_of = |name: &str| -> Result<PathBuf> {
+            shell
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                .map(|v| PathBuf::from(v.trim_matches('\'')))
+                .with_context(|| format!("apt-config printed no {name}: {shell:?}"))
+        };
+        Ok((dir_of("LISTS")?, dir_of("ARCHIVES")?))
     };
-    let (lists_dir, archives_dir) = (dir_of("LISTS")?, dir_of("ARCHIVES")?);
+    let (lists_dir, archives_dir) = dirs("apt.conf")?;
+    let (guest_lists_dir, guest_archives_dir) = dirs("guest.conf")?;
     rename_mirror_file_lists(&lists_dir, &root)?;
     let in_guest = |p: &Path| -> Result<String> {
         let rel = p.strip_prefix(&root).with_context(|| {
@@ -660,12 +985,28 @@ fn fetch(
         bail!("apt-get update on the host fetched no lists");
     }
     let debs = files(&archives_dir, &|n| n.ends_with(".deb"))?;
-    let trimmed = trim_lists(&root.join("trimmed"), &lists, &debs)?;
+    // The install reads lists cut down to what the host chose only when the host chose
+    // as the guest would: the same apt, and no setting of the guest's that the host did
+    // not take over. Otherwise it reads the full lists and resolves for itself (the
+    // packages the host fetched still serve, checked by their hashes).
+    let same_apt = host_apt_version()? == guest_apt_version(&root.join("var/lib/dpkg/status"));
+    let trim = settings.plain && same_apt;
+    if !trim {
+        tracing::debug!(
+            "the guest's apt resolves from its full lists: {}",
+            if same_apt {
+                format!("its configuration sets {}", settings.unknown.join(", "))
+            } else {
+                "its apt is another version than the host's".to_string()
+            }
+        );
+    }
+    let trimmed = trim_lists(&root.join("trimmed"), &lists, trim.then_some(&debs[..]))?;
     Ok(Fetched {
         trimmed,
         keep_lists,
-        guest_lists: in_guest(&lists_dir)?,
-        guest_archives: in_guest(&archives_dir)?,
+        guest_lists: in_guest(&guest_lists_dir)?,
+        guest_archives: in_guest(&guest_archives_dir)?,
         root,
         lists,
         debs,
@@ -673,17 +1014,73 @@ fn fetch(
     })
 }
 
-/// Writes into `dir` the release files of `lists` and their package indexes cut down
-/// to the entries of `debs` (named `PACKAGE_VERSION_ARCH.deb`, `:` and `_` quoted as
+/// The host's apt version (`apt-get --version`: `apt 2.6.1 (amd64)`).
+fn host_apt_version() -> Result<Option<String>> {
+    let out = Cmd::new("apt-get", "reading the host's apt version")
+        .internal()
+        .arg("--version")
+        .timeout(Duration::from_secs(30))
+        .run()?
+        .stdout_str();
+    Ok(out
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("apt "))
+        .and_then(|l| l.split_whitespace().next())
+        .map(String::from))
+}
+
+/// The version of the guest's `apt` package, from its dpkg status.
+fn guest_apt_version(status: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(status).ok()?;
+    paragraphs(&text)
+        .into_iter()
+        .find(|p| field(p, "Package").as_deref() == Some("apt"))
+        .and_then(|p| field(&p, "Version"))
+}
+
+/// The paragraphs of a deb822 text (blank or whitespace-only lines between them; CR
+/// line ends accepted), each as its lines.
+fn paragraphs(text: &str) -> Vec<Vec<&str>> {
+    let mut out = Vec::new();
+    let mut cur: Vec<&str> = Vec::new();
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.trim().is_empty() {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+        } else {
+            cur.push(line);
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// A field of a paragraph (field names are case-insensitive).
+fn field(para: &[&str], name: &str) -> Option<String> {
+    para.iter().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (!k.starts_with(char::is_whitespace) && k.eq_ignore_ascii_case(name))
+            .then(|| v.trim().to_string())
+    })
+}
+
+/// Writes into `dir` the release files of `lists` and their package indexes, cut down
+/// to the entries of `debs` when given (named `PACKAGE_VERSION_ARCH.deb`, `:` and `_` quoted as
 /// apt quotes them). Other indexes (translations, contents, sources) are left out: an
 /// install reads none of them.
-fn trim_lists(dir: &Path, lists: &[PathBuf], debs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+fn trim_lists(dir: &Path, lists: &[PathBuf], debs: Option<&[PathBuf]>) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let wanted: std::collections::BTreeSet<(String, String, String)> = debs
-        .iter()
-        .filter_map(|p| p.file_name()?.to_str().map(deb_identity))
-        .flatten()
-        .collect();
+    let wanted: Option<std::collections::BTreeSet<(String, String, String)>> = debs.map(|debs| {
+        debs.iter()
+            .filter_map(|p| p.file_name()?.to_str().map(deb_identity))
+            .flatten()
+            .collect()
+    });
     let mut out = Vec::new();
     for p in lists {
         let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
@@ -695,14 +1092,14 @@ fn trim_lists(dir: &Path, lists: &[PathBuf], debs: &[PathBuf]) -> Result<Vec<Pat
             || name.ends_with("_Release.gpg")
         {
             std::fs::copy(p, &to).with_context(|| format!("copying {}", p.display()))?;
-        } else if name.ends_with("_Packages") {
+        } else if let (true, Some(wanted)) = (name.ends_with("_Packages"), &wanted) {
             let text =
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            std::fs::write(&to, keep_entries(&text, &wanted))
+            std::fs::write(&to, keep_entries(&text, wanted))
                 .with_context(|| format!("writing {}", to.display()))?;
-        } else if name.contains("_Packages.") {
-            // A compressed index (the guest's apt keeps them so): whole, as the guest's
-            // own update would leave it.
+        } else if name.ends_with("_Packages") || name.contains("_Packages.") {
+            // Whole: not cut down, or compressed (the guest's apt keeps them so), as the
+            // guest's own update would leave it.
             std::fs::copy(p, &to).with_context(|| format!("copying {}", p.display()))?;
         } else {
             continue;
@@ -752,20 +1149,20 @@ fn keep_entries(
     wanted: &std::collections::BTreeSet<(String, String, String)>,
 ) -> String {
     let mut out = String::new();
-    for para in text.split("\n\n") {
-        let field = |name: &str| {
-            para.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .map(|v| v.trim().to_string())
-        };
-        let (Some(p), Some(v), Some(a)) =
-            (field("Package"), field("Version"), field("Architecture"))
-        else {
+    for para in paragraphs(text) {
+        let (Some(p), Some(v), Some(a)) = (
+            field(&para, "Package"),
+            field(&para, "Version"),
+            field(&para, "Architecture"),
+        ) else {
             continue;
         };
         if wanted.contains(&(p, v, a)) {
-            out.push_str(para.trim_matches('\n'));
-            out.push_str("\n\n");
+            for l in para {
+                out.push_str(l);
+                out.push('\n');
+            }
+            out.push('\n');
         }
     }
     out
@@ -933,6 +1330,79 @@ mod tests {
                 "deb.debian.org_debian_dists_bookworm_InRelease"
             ]
         );
+    }
+
+    #[test]
+    fn paths_a_source_names_stay_under_the_root() {
+        let root = Path::new("/c/host-apt");
+        assert_eq!(
+            under_root(root, "/../../../../home/u/.bashrc"),
+            Some(PathBuf::from("/c/host-apt/home/u/.bashrc"))
+        );
+        assert_eq!(
+            under_root(root, "/usr/./share/../share/keyrings/k.gpg"),
+            Some(PathBuf::from("/c/host-apt/usr/share/keyrings/k.gpg"))
+        );
+        assert_eq!(under_root(root, "/.."), None);
+        assert_eq!(
+            rewrite_keyring_paths("deb [signed-by=/../../etc/k.gpg] http://x/ y main\n", root),
+            "deb [signed-by=/c/host-apt/etc/k.gpg] http://x/ y main\n"
+        );
+        assert_eq!(
+            rewrite_mirror_files("URIs: mirror+file:///../../m.list\n", root),
+            "URIs: mirror+file:///c/host-apt/m.list\n"
+        );
+    }
+
+    #[test]
+    fn sources_that_read_local_files_are_left_to_the_guest() {
+        assert_eq!(
+            local_uri("deb [trusted=yes] file:/srv/repo ./\n").as_deref(),
+            Some("file:/srv/repo")
+        );
+        assert!(local_uri("URIs: copy:///media/x\n").is_some());
+        assert!(local_uri("deb cdrom:[Debian]/ bookworm main\n").is_some());
+        assert_eq!(
+            local_uri("# deb file:/x ./\nURIs: mirror+file:///etc/apt/m.list\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_guests_settings_are_taken_over_ignored_or_kept_from_trimming() {
+        assert_eq!(setting("Acquire::http::Proxy"), Setting::Adopt);
+        assert_eq!(setting("Acquire::http::Proxy::deb.example"), Setting::Adopt);
+        assert_eq!(setting("Acquire::http::Proxy-Auto-Detect"), Setting::Ignore);
+        assert_eq!(setting("Acquire::https::ProxyAutoDetect"), Setting::Ignore);
+        assert_eq!(setting("APT::Default-Release"), Setting::Adopt);
+        assert_eq!(setting("Dir::Bin::Methods::http"), Setting::Ignore);
+        assert_eq!(setting("DPkg::Post-Invoke::"), Setting::Ignore);
+        assert_eq!(
+            setting("APT::Update::Post-Invoke-Success::"),
+            Setting::Ignore
+        );
+        assert_eq!(setting("APT::Solver"), Setting::Unknown);
+        assert_eq!(setting("APT::Get::Upgrade-Allow-New"), Setting::Unknown);
+        assert_eq!(
+            parse_dump(
+                "APT \"\";\nAPT::Default-Release \"bookworm\";\nDPkg::Post-Invoke:: \"x y\";\n"
+            ),
+            [
+                ("APT".to_string(), String::new()),
+                ("APT::Default-Release".to_string(), "bookworm".to_string()),
+                ("DPkg::Post-Invoke::".to_string(), "x y".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn paragraphs_end_at_blank_or_whitespace_lines_with_crlf_too() {
+        let text = "Package: a\r\nVersion: 1\r\n \r\nPackage: b\nDescription: x\n .\n more\n\n\n";
+        let ps = paragraphs(text);
+        assert_eq!(ps.len(), 2, "{ps:?}");
+        assert_eq!(field(&ps[0], "version").as_deref(), Some("1"));
+        assert_eq!(field(&ps[1], "Package").as_deref(), Some("b"));
+        assert_eq!(guest_apt_version(Path::new("/nonexistent")), None);
     }
 
     #[test]

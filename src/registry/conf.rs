@@ -5,9 +5,10 @@
 //! After the system's file come the drop-ins (containers-registries.conf.d(5)): the
 //! `*.conf` files of `/etc/containers/registries.conf.d`, then of
 //! `$HOME/.config/containers/registries.conf.d`, each directory in alphanumerical order;
-//! after the user's file only the user's drop-ins; a file named explicitly has none. A
-//! later `[[registry]]` with the same `prefix` replaces the earlier one, others are
-//! added.
+//! after the user's own file (found, not named) only the user's drop-ins; a file named
+//! with `--registries-conf` or `$CONTAINERS_REGISTRIES_CONF` gets both, as in
+//! containers/image. A later `[[registry]]` with the same `prefix` replaces the earlier
+//! one, others are added.
 //!
 //! A reference (`host[:port]/path[:tag][@digest]`) belongs to the `[[registry]]` whose
 //! `prefix` (default: its `location`) is its longest match on a path-component boundary;
@@ -143,46 +144,48 @@ pub fn path(explicit: Option<&Path>) -> Option<PathBuf> {
 
 /// The files that make up the configuration, in the order they are read: the main file
 /// (see [`path`]) and the drop-ins that go with it, those that exist.
-pub fn files(explicit: Option<&Path>) -> Vec<PathBuf> {
+pub fn files(explicit: Option<&Path>) -> Result<Vec<PathBuf>> {
     let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/containers"));
     let main = path(explicit);
     let named = explicit.is_some()
         || std::env::var_os("CONTAINERS_REGISTRIES_CONF").is_some_and(|p| !p.is_empty());
+    // As containers/image has it: after the user's own file (found, not named) only the
+    // user's drop-ins; otherwise the system's, then the user's.
+    let user_file =
+        !named && main.is_some() && main == home.as_ref().map(|h| h.join("registries.conf"));
     let mut dirs = Vec::new();
-    if !named {
-        // After the user's own file only the user's drop-ins; otherwise the system's,
-        // then the user's.
-        let user_file = main.is_some() && main == home.as_ref().map(|h| h.join("registries.conf"));
-        if !user_file {
-            dirs.push(PathBuf::from("/etc/containers/registries.conf.d"));
-        }
-        dirs.extend(home.map(|h| h.join("registries.conf.d")));
+    if !user_file {
+        dirs.push(PathBuf::from("/etc/containers/registries.conf.d"));
     }
+    dirs.extend(home.map(|h| h.join("registries.conf.d")));
     let mut out: Vec<PathBuf> = main.into_iter().collect();
     for d in dirs {
-        out.extend(drop_ins(&d));
+        out.extend(drop_ins(&d)?);
     }
-    out
+    Ok(out)
 }
 
-/// The `*.conf` files of `dir`, in alphanumerical order (none when it does not exist).
-fn drop_ins(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "conf"))
-                .collect()
-        })
-        .unwrap_or_default();
+/// The `*.conf` files of `dir`, in alphanumerical order (none when it does not exist;
+/// one that cannot be read is an error, as in containers/image).
+fn drop_ins(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    let mut v: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "conf"))
+        .collect();
     v.sort();
-    v
+    Ok(v)
 }
 
 /// Reads the registries.conf that applies and its drop-ins (see [`files`]); none is an
 /// empty configuration. A file named explicitly must exist.
 pub fn load(explicit: Option<&Path>) -> Result<RegistriesConf> {
     let mut conf = RegistriesConf::default();
-    for p in files(explicit) {
+    for p in files(explicit)? {
         let text =
             std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
         let mut one = parse(&text)

@@ -19,6 +19,8 @@ use common::registry::Registry;
 /// Beside [`common::GUEST_TOOLS`].
 const TOOLS: &[&str] = &[
     "qemu-system-x86_64",
+    // The package lists and packages are fetched on the host, and the test says so.
+    "apt-get",
     "docker-registry",
     "skopeo",
     "umoci",

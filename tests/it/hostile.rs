@@ -892,6 +892,9 @@ fn a_guests_apt_configuration_runs_nothing_on_the_host() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
     let p = program.display();
+    // A file of the host the configuration would have apt write over.
+    let victim = t.path().join("victim");
+    std::fs::write(&victim, "the host's\n").unwrap();
     std::fs::write(
         etc.join("apt.conf.d/99hostile"),
         format!(
@@ -899,8 +902,14 @@ fn a_guests_apt_configuration_runs_nothing_on_the_host() {
              APT::Update::Post-Invoke {{ \"{p} post\"; }};\n\
              APT::Update::Post-Invoke-Success {{ \"{p} success\"; }};\n\
              Acquire::http::Proxy-Auto-Detect \"{p}\";\n\
-             Dir::Bin::Methods \"{}\";\n",
-            t.path().display()
+             Acquire::https::Proxy-Auto-Detect \"{p}\";\n\
+             Dir::Bin::Methods \"{dir}\";\n\
+             Dir::Bin::Methods::http \"{dir}/http\";\n\
+             Dir::Cache::pkgcache \"{v}\";\n\
+             Dir::Cache::srcpkgcache \"{v}\";\n\
+             APT::Default-Release \"bookworm\";\n",
+            dir = t.path().display(),
+            v = victim.display(),
         ),
     )
     .unwrap();
@@ -913,6 +922,9 @@ fn a_guests_apt_configuration_runs_nothing_on_the_host() {
     .unwrap();
     diskforge::guest::apt::write_config(&root, &["amd64".to_string()]).unwrap();
     let names = diskforge::sys::exec::PathNames::default();
+    // What the guest sets is read, and only what decides the choice is taken over.
+    let settings = diskforge::guest::apt::adopt_guest_settings(&root, &names).unwrap();
+    assert!(settings.plain, "{settings:?}");
     // Connection refused: the update fails (a list it cannot fetch is an error, so the
     // guest fetches for itself), but every hook point was passed.
     let update = diskforge::guest::apt::update_cmd(&root, &names).run();
@@ -921,6 +933,11 @@ fn a_guests_apt_configuration_runs_nothing_on_the_host() {
         !ran.exists(),
         "the guest's configuration ran a program of the host: {}",
         std::fs::read_to_string(&ran).unwrap_or_default()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "the host's\n",
+        "the guest's configuration had apt write a file of the host"
     );
     // And the configuration apt reads is the guest's, under the root.
     let dump = diskforge::guest::apt::apt(&root, "apt-config", "dump", &names)
@@ -944,10 +961,33 @@ fn a_guests_apt_configuration_runs_nothing_on_the_host() {
         Some(format!("{}/var/lib/dpkg/status", root.display()))
     );
     assert_eq!(value("APT::Architecture").as_deref(), Some("amd64"));
-    assert!(
-        !dump.contains(&program.display().to_string()),
-        "the hooks are still configured:\n{dump}"
+    assert_eq!(value("APT::Default-Release").as_deref(), Some("bookworm"));
+    assert_eq!(
+        value("Dir::Cache::pkgcache").as_deref(),
+        Some("pkgcache.bin"),
+        "{dump}"
     );
+    assert!(
+        !dump.contains(&program.display().to_string())
+            && !dump.contains(&format!("\"{}\"", t.path().display()))
+            && !dump.contains(&format!("{}/http", t.path().display()))
+            && !dump.contains(&victim.display().to_string()),
+        "the guest's programs or paths are still configured:\n{dump}"
+    );
+    // A setting that could change what apt chooses and is not taken over: the guest
+    // then resolves from its full lists.
+    std::fs::write(etc.join("apt.conf.d/50solver"), "APT::Solver \"aspcud\";\n").unwrap();
+    diskforge::guest::apt::write_config(&root, &["amd64".to_string()]).unwrap();
+    let settings = diskforge::guest::apt::adopt_guest_settings(&root, &names).unwrap();
+    assert_eq!(settings.unknown, ["APT::Solver"], "{settings:?}");
+    // A configuration that would read a file of the host is refused whole.
+    std::fs::write(
+        etc.join("apt.conf.d/60include"),
+        format!("#include \"{}\";\n", victim.display()),
+    )
+    .unwrap();
+    let e = diskforge::guest::apt::adopt_guest_settings(&root, &names).unwrap_err();
+    assert!(format!("{e:#}").contains("#include"), "{e:#}");
 }
 
 crate::tests! {

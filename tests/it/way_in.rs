@@ -1593,7 +1593,7 @@ fn pack_records_a_firmware_the_disk_can_boot_with() {
 /// user's own registries.conf, the `*.conf` files of the user's registries.conf.d are
 /// read after it in alphanumerical order, a `[[registry]]` with the same prefix replacing
 /// the earlier one; other files there are not read; a file named with
-/// `--registries-conf` has no drop-ins.
+/// `--registries-conf` gets them too, as in containers/image.
 fn registries_conf_drop_ins_replace_registries_by_prefix() {
     let t = tempfile::tempdir().unwrap();
     let disk = qcow2(t.path(), "lab.qcow2", "64M");
@@ -1607,7 +1607,7 @@ fn registries_conf_drop_ins_replace_registries_by_prefix() {
             "[[registry]]\nprefix = \"lab.example.invalid/team\"\nlocation = \"{location}/team\"\ninsecure = true\n"
         )
     };
-    let main = write(&dir.join("registries.conf"), &entry(&down));
+    write(&dir.join("registries.conf"), &entry(&down));
     write(&dir.join("registries.conf.d/10-down.conf"), &entry(&down));
     write(
         &dir.join("registries.conf.d/50-lab.conf"),
@@ -1646,15 +1646,21 @@ fn registries_conf_drop_ins_replace_registries_by_prefix() {
         .trim()
         .starts_with("sha256:"));
     assert!(primary.count(&[read]) > before, "{}", primary.log_text());
-    // Named explicitly, the same main file has no drop-ins: the closed port is reached.
+    // Named explicitly, a main file still gets the drop-ins, as podman and skopeo read
+    // them (containers/image); here it names the closed port, which the drop-in replaces.
+    let elsewhere = write(&t.path().join("named.conf"), &entry(&down));
     let out = run(&[
         "inspect",
         "--registries-conf",
-        main.to_str().unwrap(),
+        elsewhere.to_str().unwrap(),
         "--format",
         "{{.Digest}}",
         name,
     ]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Without the drop-in, the main file's entry applies: the closed port is reached.
+    std::fs::remove_file(dir.join("registries.conf.d/50-lab.conf")).unwrap();
+    let out = run(&["inspect", "--format", "{{.Digest}}", name]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains(&down), "{}", text(&out));
     // A drop-in that does not parse is an error naming it.

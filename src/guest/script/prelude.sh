@@ -33,12 +33,19 @@ install_packages() {
       # It also left the lists the install needs, cut down to the packages it chose, in
       # $S/apt-lists: apt parses those instead of the whole distribution. Should they
       # not do, the full lists are fetched and the install runs again.
+      # Whether they do is asked first (`-s` changes nothing); once the install runs,
+      # its outcome stands.
       if [ -e "$S/apt-prefetched" ]; then
         mark "packages: lists and packages fetched on the host"
         mark "packages: apt-get install (resolve)"
-        apt_install -o "Dir::State::lists=$S/apt-lists/" -o Dir::Cache::pkgcache= \
-          -o Dir::Cache::srcpkgcache= "$@" && return
-        echo "the lists fetched on the host did not do: updating them in the guest" >&2
+        set -- -o "Dir::State::lists=$S/apt-lists/" -o Dir::Cache::pkgcache= \
+          -o Dir::Cache::srcpkgcache= "$@"
+        if apt-get install -s -q --no-install-recommends "$@" >/dev/null; then
+          apt_install "$@"
+          return
+        fi
+        shift 6
+        echo "the lists fetched on the host do not do: updating them in the guest" >&2
       fi
       mark "packages: apt-get update"
       apt-get update -q -o Acquire::Languages=none || return
@@ -51,6 +58,7 @@ install_packages() {
     *) echo "no supported package manager (apt, dnf, yum, zypper, apk) in the guest" >&2; return 1 ;;
   esac
 }
+# apt_install [-o OPTION]... PACKAGE...
 apt_install() {
   apt-get install -y -q --no-install-recommends $APT_BUILD_OPTS \
     -o 'DPkg::Pre-Invoke::=read -r up _ < /proc/uptime; echo "diskforge-stage $up packages: dpkg (unpack, configure, triggers)"' \
