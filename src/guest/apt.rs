@@ -1290,20 +1290,20 @@ mod tests {
                 "/etc/apt/mirrors/security.list"
             ]
         );
-        let root = Path::new("/c/work/build-a_b/host-apt");
+        let root = Path::new("/c/builds/build-a_b/host-apt");
         let rewritten = rewrite_mirror_files(text, root);
         assert!(rewritten.contains(
-            "URIs: mirror+file:///c/work/build-a_b/host-apt/etc/apt/mirrors/debian.list\n"
+            "URIs: mirror+file:///c/builds/build-a_b/host-apt/etc/apt/mirrors/debian.list\n"
         ));
         assert!(rewritten.contains(
-            "deb mirror+file:///c/work/build-a_b/host-apt/etc/apt/mirrors/security.list bookworm-security main\n"
+            "deb mirror+file:///c/builds/build-a_b/host-apt/etc/apt/mirrors/security.list bookworm-security main\n"
         ));
         assert!(rewritten.contains("# URIs: mirror+file:///commented.list\n"));
         assert!(rewritten.contains("deb mirror+http://mirrors.example/list bookworm main\n"));
         // apt's names: `/` as `_`, a `_` of the path quoted.
         assert_eq!(
-            apt_file_name("/c/work/build-a_b/host-apt"),
-            "_c_work_build-a%5fb_host-apt"
+            apt_file_name("/c/builds/build-a_b/host-apt"),
+            "_c_builds_build-a%5fb_host-apt"
         );
         let t = tempfile::tempdir().unwrap();
         let host = format!(
