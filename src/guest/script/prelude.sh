@@ -30,11 +30,11 @@ install_packages() {
       # installed, and are a third of what the update downloads and parses.
       # The host fetched the lists and packages with this guest's own sources and keys
       # (see diskforge's guest::apt) and left a marker; otherwise the guest does.
-      # It also left the lists the install needs, cut down to the packages it chose, in
-      # $S/apt-lists: apt parses those instead of the whole distribution. Should they
-      # not do, the full lists are fetched and the install runs again.
-      # Whether they do is asked first (`-s` changes nothing); once the install runs,
-      # its outcome stands.
+      # It also left the lists the install needs in $S/apt-lists (cut down to the
+      # packages it chose, when it chose as this guest would): apt parses those instead
+      # of the whole distribution. Whether they do is asked first (`-s` changes
+      # nothing); if not, the guest updates its lists and installs from those. Once an
+      # install has run, its outcome stands.
       if [ -e "$S/apt-prefetched" ]; then
         mark "packages: lists and packages fetched on the host"
         mark "packages: apt-get install (resolve)"
