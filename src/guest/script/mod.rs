@@ -417,6 +417,19 @@ fn first_line(s: &str) -> String {
 mod tests {
     use super::*;
 
+    /// `script` parses as POSIX shell (`sh -n`).
+    fn assert_valid_sh(script: &str) {
+        let out = std::process::Command::new("sh")
+            .args(["-n", "-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     fn recipe(yaml: &str) -> Recipe {
         serde_yaml::from_str(yaml).unwrap()
     }
@@ -502,15 +515,7 @@ mod tests {
         assert!(none.packages.is_empty());
         assert!(!none.steps().iter().any(|s| s == PACKAGE_SPEEDUPS));
         // The whole script is valid POSIX shell.
-        let out = std::process::Command::new("sh")
-            .args(["-n", "-c", pk])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_valid_sh(pk);
     }
 
     #[test]
@@ -530,15 +535,7 @@ mod tests {
         assert!(s.contains("rc-update add qemu-guest-agent default"), "{s}");
         // One init decision for every service of diskforge's, in valid shell.
         assert!(s.contains("case \"$(guest_init)\" in"), "{s}");
-        let out = std::process::Command::new("sh")
-            .args(["-n", "-c", s])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_valid_sh(s);
         let off = generate(
             &recipe("customize:\n  packages: [tmux]\n"),
             &Secrets::default(),
@@ -726,15 +723,7 @@ mod tests {
                 < m.find(": > /etc/machine-id").unwrap()
         );
         // The shell script the session runs under is valid POSIX shell.
-        let out = std::process::Command::new("sh")
-            .args(["-n", "-c", &start])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_valid_sh(&start);
     }
 
     #[test]
