@@ -726,13 +726,8 @@ pub fn adopt_guest_settings(root: &Path, names: &PathNames) -> Result<GuestSetti
         }
     }
     let dump = |conf: &str| -> Result<Vec<(String, String)>> {
-        let out = Cmd::new("apt-config", "reading the guest's apt configuration")
-            .internal()
-            .named(names)
-            .env("APT_CONFIG", root.join(conf))
-            .env("LC_ALL", "C")
+        let out = apt_config(root, conf, "reading the guest's apt configuration", names)
             .arg("dump")
-            .timeout(Duration::from_secs(60))
             .run()?
             .stdout_str();
         Ok(parse_dump(&out))
@@ -874,6 +869,17 @@ fn setting(key: &str) -> Setting {
     }
 }
 
+/// `apt-config` with the configuration file `conf` of `root` (only parses: runs
+/// nothing the configuration names).
+fn apt_config(root: &Path, conf: &str, description: &str, names: &PathNames) -> Cmd {
+    Cmd::new("apt-config", description)
+        .internal()
+        .named(names)
+        .env("APT_CONFIG", root.join(conf))
+        .env("LC_ALL", "C")
+        .timeout(Duration::from_secs(60))
+}
+
 /// An apt command on the guest's files. Internal, like the appliance's own calls: it
 /// runs only when the appliance finds an apt guest, so `plan` describes it in the
 /// package step's text rather than listing it as a command.
@@ -933,11 +939,7 @@ fn fetch(
     // Where the host's apt keeps them (its defaults under the root), and where the
     // guest's does (its own configuration, read only).
     let dirs = |conf: &str| -> Result<(PathBuf, PathBuf)> {
-        let shell = Cmd::new("apt-config", "reading where apt keeps its files")
-            .internal()
-            .named(names)
-            .env("APT_CONFIG", root.join(conf))
-            .env("LC_ALL", "C")
+        let shell = apt_config(&root, conf, "reading where apt keeps its files", names)
             .args([
                 "shell",
                 "LISTS",
@@ -945,7 +947,6 @@ fn fetch(
                 "ARCHIVES",
                 "Dir::Cache::archives/d",
             ])
-            .timeout(Duration::from_secs(60))
             .run()?
             .stdout_str();
         let dir_of = |name: &str| -> Result<PathBuf> {

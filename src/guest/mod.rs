@@ -149,16 +149,17 @@ pub fn run(job: &GuestJob<'_>, accel: Effective) -> Result<GuestReport> {
             match pending.wait() {
                 Ok(fetched) => match apt::install(&f, &fetched, script::STAGE) {
                     Ok(()) => {
+                        let bytes = fetched.bytes();
                         crate::progress::say(format!(
                             "fetched {} package lists and {} packages ({}) on the host in {:.1} s",
                             fetched.lists(),
                             fetched.debs(),
-                            crate::progress::human_bytes(fetched.bytes()),
+                            crate::progress::human_bytes(bytes),
                             fetched.seconds
                         ));
                         crate::progress::event(
                             "apt-prefetch",
-                            json!({"fetched": true, "lists": fetched.lists(), "packages": fetched.debs(), "bytes": fetched.bytes(), "seconds": fetched.seconds}),
+                            json!({"fetched": true, "lists": fetched.lists(), "packages": fetched.debs(), "bytes": bytes, "seconds": fetched.seconds}),
                         );
                     }
                     Err(e) => not_prefetched(&format!("{e:#}"), &job.secrets),
