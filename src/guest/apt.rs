@@ -1407,6 +1407,38 @@ mod tests {
     }
 
     #[test]
+    fn the_guests_repository_credentials_are_found_for_masking() {
+        let t = tempfile::tempdir().unwrap();
+        let etc = t.path().join("etc/apt");
+        std::fs::create_dir_all(etc.join("auth.conf.d")).unwrap();
+        std::fs::write(
+            etc.join("auth.conf.d/private.conf"),
+            "machine repo.example/debian login builder password s3cret-token\n",
+        )
+        .unwrap();
+        std::fs::write(
+            etc.join("sources.list"),
+            "deb https://mirror-user:mirror-pass@mirror.example/debian bookworm main\n\
+             deb http://deb.debian.org/debian bookworm main\n",
+        )
+        .unwrap();
+        let found = credentials(t.path());
+        for secret in [
+            "builder",
+            "s3cret-token",
+            "mirror-user:mirror-pass",
+            "mirror-pass",
+        ] {
+            assert!(found.iter().any(|f| f == secret), "{secret}: {found:?}");
+        }
+        // A host name is not a credential.
+        assert!(
+            !found.iter().any(|f| f.contains("deb.debian.org")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
     fn only_plain_relative_paths_are_unpacked() {
         assert_eq!(relative(Path::new("./a/b")), Some(PathBuf::from("a/b")));
         assert_eq!(relative(Path::new("./")), None);
