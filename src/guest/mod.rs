@@ -12,6 +12,7 @@ pub mod boot;
 pub mod fish;
 pub mod fstab;
 pub mod grow;
+pub mod patch;
 pub mod script;
 pub mod selinux;
 

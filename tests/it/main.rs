@@ -19,6 +19,7 @@ mod e2e_uefi;
 mod firmware;
 mod fleet;
 mod guest_build;
+mod host_patch;
 mod hostile;
 mod hostile_files;
 mod index_kubevirt;
@@ -51,6 +52,7 @@ fn main() {
         fleet::tests(),
         guest_build::tests(),
         hostile::tests(),
+        host_patch::tests(),
         hostile_files::tests(),
         index_kubevirt::tests(),
         kubevirt_manifests::tests(),

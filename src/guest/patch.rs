@@ -1,0 +1,648 @@
+//! Rewriting files of a kept disk on the host, without an appliance.
+//!
+//! `build --incremental` keeps the disk after the whole customization (the "settled"
+//! stage) when the files whose content may change between builds — the recipe's plain
+//! files, ttyd's unit and start script — are ones nothing later in the customization
+//! reads. A rebuild in which only their content changed then rewrites them in place:
+//! the disk's root filesystem (ext2/3/4) is exposed as a file by `qemu-storage-daemon`'s
+//! FUSE export of a new overlay, and e2fsprogs' `debugfs` replaces each file's data.
+//!
+//! What the guest script had made of the file stays: its inode's mode, owner, group and
+//! every extended attribute (an SELinux label included) are copied to the new inode, so
+//! the result is the file `install -m MODE -o OWNER -g GROUP` would have written and
+//! the relabel would have labelled. The old content's blocks are zeroed before they are
+//! freed (deleted is not erased: an old credential must not stay in the free blocks of a
+//! published disk), and `e2fsck -fn` checks the filesystem before the export ends.
+
+use std::fs::File;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::script::StageData;
+use crate::sys::exec::Cmd;
+
+/// Where a kept disk's root filesystem lies, recorded when the disk is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RootFs {
+    /// Byte offset of the filesystem in the disk (0: the whole disk).
+    pub offset: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// `ext2`, `ext3` or `ext4`.
+    pub fs_type: String,
+    /// The guest's other mount points: a file under one of them is not on this
+    /// filesystem.
+    pub other_mounts: Vec<String>,
+}
+
+impl RootFs {
+    /// Whether the host can rewrite files of this filesystem.
+    pub fn editable(&self) -> bool {
+        matches!(self.fs_type.as_str(), "ext2" | "ext3" | "ext4")
+    }
+
+    /// Whether `path` lies on this filesystem (not under another mount point).
+    pub fn holds(&self, path: &str) -> bool {
+        !self.other_mounts.iter().any(|m| under(path, m))
+    }
+}
+
+/// Whether `path` is `dir` or lies below it.
+pub fn under(path: &str, dir: &str) -> bool {
+    let dir = dir.trim_end_matches('/');
+    dir.is_empty()
+        || path == dir
+        || path
+            .strip_prefix(dir)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Whether the guest script writes a file on every guest, or only on some (ttyd's
+/// unit on systemd guests, its start script on the others).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    Always,
+    IfPresent,
+}
+
+/// One file the host rewrites with new content.
+#[derive(Clone)]
+pub struct PatchFile {
+    pub path: String,
+    pub data: StageData,
+    pub presence: Presence,
+}
+
+impl std::fmt::Debug for PatchFile {
+    // The content may be a credential: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PatchFile")
+            .field("path", &self.path)
+            .field("presence", &self.presence)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A guest path `debugfs` takes as one word, unquoted: absolute, no `.` or `..`
+/// component, and only letters, digits and `._+-@=:,/`. Other paths are left to the
+/// appliance.
+pub fn plain_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path.len() > 1
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._+-@=:,/".contains(c))
+        && path
+            .split('/')
+            .skip(1)
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// The programs a patch runs.
+pub const TOOLS: [&str; 3] = ["qemu-storage-daemon", "debugfs", "e2fsck"];
+
+/// Whether this host can patch: the programs, and FUSE.
+pub fn available() -> Result<(), String> {
+    for t in TOOLS {
+        if !crate::sys::exec::have(t) {
+            return Err(format!("{t} is not installed"));
+        }
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err("/dev/fuse is missing (no FUSE)".into());
+    }
+    Ok(())
+}
+
+/// The command that exposes the root filesystem of `disk` (a qcow2) as the file
+/// `mountpoint`, read-write.
+pub fn export_cmd(disk: &Path, root: &RootFs, mountpoint: &Path) -> Cmd {
+    let blockdev = |v: serde_json::Value| v.to_string();
+    Cmd::new(
+        "qemu-storage-daemon",
+        format!(
+            "exposing the root filesystem of {} to the host",
+            disk.display()
+        ),
+    )
+    .arg("--blockdev")
+    .arg(blockdev(json!({"driver": "file", "node-name": "file",
+                         "filename": disk.to_string_lossy()})))
+    .arg("--blockdev")
+    .arg(blockdev(
+        json!({"driver": "qcow2", "node-name": "disk", "file": "file"}),
+    ))
+    .arg("--blockdev")
+    .arg(blockdev(
+        json!({"driver": "raw", "node-name": "root", "file": "disk",
+                         "offset": root.offset, "size": root.size}),
+    ))
+    .arg("--export")
+    .arg(blockdev(
+        json!({"type": "fuse", "id": "root", "node-name": "root",
+                         "mountpoint": mountpoint.to_string_lossy(), "writable": true}),
+    ))
+}
+
+/// What a patch did to one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Patched {
+    pub path: String,
+    pub bytes: u64,
+    /// Blocks of the old content zeroed and freed.
+    pub old_blocks: usize,
+    /// Extended attributes carried over (`security.selinux`, …).
+    pub xattrs: Vec<String>,
+}
+
+/// Rewrites `files` in the root filesystem of `disk` (an overlay the build owns),
+/// keeping each inode's mode, owner, group and extended attributes. A file marked
+/// [`Presence::Always`] must be there; one marked [`Presence::IfPresent`] is skipped
+/// when it is not. `secrets` are masked in errors.
+pub fn apply(
+    disk: &Path,
+    root: &RootFs,
+    files: &[PatchFile],
+    work: &Path,
+    secrets: &[String],
+) -> Result<Vec<Patched>> {
+    if !root.editable() {
+        bail!(
+            "the root filesystem is {}: only ext2/3/4 is rewritten on the host",
+            root.fs_type
+        );
+    }
+    let dir = work.join("patch");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let _clean = RemoveDirOnDrop(dir.clone());
+    let export = Export::start(disk, root, &dir)?;
+    let fs = Debugfs {
+        dir: dir.clone(),
+        secrets,
+    };
+    let stats = fs.stats()?;
+    if stats.features.iter().any(|f| f == "needs_recovery") || stats.state != "clean" {
+        bail!(
+            "the root filesystem was not cleanly unmounted (state {:?}, features {})",
+            stats.state,
+            stats.features.join(" ")
+        );
+    }
+    let mut done = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        if !plain_path(&f.path) || !root.holds(&f.path) {
+            bail!("{} cannot be rewritten on the host", f.path);
+        }
+        let Some(old) = fs.stat(&f.path)? else {
+            match f.presence {
+                Presence::Always => bail!(
+                    "{} is missing from the kept disk, which the customization wrote",
+                    f.path
+                ),
+                Presence::IfPresent => continue,
+            }
+        };
+        if old.kind != "regular" || old.flags & INLINE_DATA != 0 || old.links != 1 {
+            bail!(
+                "{} on the kept disk is a {} with {} link(s) and flags {:#x}: only a plain regular file is rewritten",
+                f.path,
+                old.kind,
+                old.links,
+                old.flags
+            );
+        }
+        let blocks = fs.blocks(&f.path)?;
+        let xattrs = fs.xattr_names(&f.path)?;
+        let mut script = String::new();
+        for (k, name) in xattrs.iter().enumerate() {
+            fs.run(false, &format!("ea_get -f xattr-{k} {} {name}", f.path))?;
+            if !dir.join(format!("xattr-{k}")).is_file() {
+                bail!("cannot read the extended attribute {name} of {}", f.path);
+            }
+        }
+        let data_name = format!("data-{i}");
+        let bytes = write_data(&f.data, &dir.join(&data_name))?;
+        export.zero_blocks(&blocks, stats.block_size)?;
+        let (parent, name) = f.path.rsplit_once('/').context("an absolute path")?;
+        let parent = if parent.is_empty() { "/" } else { parent };
+        script.push_str(&format!(
+            "rm {}\ncd {parent}\nwrite {data_name} {name}\n",
+            f.path
+        ));
+        script.push_str(&format!(
+            "sif {name} mode 0{:o}\nsif {name} uid {}\nsif {name} gid {}\n",
+            old.mode, old.uid, old.gid
+        ));
+        for (k, attr) in xattrs.iter().enumerate() {
+            script.push_str(&format!("ea_set -f xattr-{k} {name} {attr}\n"));
+        }
+        fs.script(&script)?;
+        let new = fs
+            .stat(&f.path)?
+            .with_context(|| format!("{} is missing after it was rewritten", f.path))?;
+        if new.kind != "regular"
+            || new.size != bytes
+            || (new.mode, new.uid, new.gid) != (old.mode, old.uid, old.gid)
+        {
+            bail!(
+                "rewriting {} did not take: now {} of {} bytes, mode {:o}, owner {}:{} (expected {bytes} bytes, mode {:o}, owner {}:{})",
+                f.path, new.kind, new.size, new.mode, new.uid, new.gid, old.mode, old.uid, old.gid
+            );
+        }
+        let now = fs.xattr_names(&f.path)?;
+        if now != xattrs {
+            bail!(
+                "rewriting {} lost extended attributes: {:?} before, {:?} after",
+                f.path,
+                xattrs,
+                now
+            );
+        }
+        done.push(Patched {
+            path: f.path.clone(),
+            bytes,
+            old_blocks: blocks.len(),
+            xattrs,
+        });
+    }
+    Cmd::new(
+        "e2fsck",
+        "checking the root filesystem after rewriting files",
+    )
+    .args(["-f", "-n", "root"])
+    .current_dir(&dir)
+    .run()?;
+    export.finish()?;
+    Ok(done)
+}
+
+/// The inode flag of a file whose data lives in the inode itself.
+const INLINE_DATA: u64 = 0x1000_0000;
+
+fn write_data(data: &StageData, to: &Path) -> Result<u64> {
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)
+        .with_context(|| format!("creating {}", to.display()))?;
+    match data {
+        StageData::Bytes(b) => {
+            std::io::Write::write_all(&mut out, b)
+                .with_context(|| format!("writing {}", to.display()))?;
+            Ok(b.len() as u64)
+        }
+        StageData::File(p) => {
+            let mut f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
+            std::io::copy(&mut f, &mut out)
+                .with_context(|| format!("copying {} to {}", p.display(), to.display()))
+        }
+    }
+}
+
+/// The running FUSE export: stopped (flushed, then SIGTERM) on drop.
+struct Export {
+    child: Option<Child>,
+    file: PathBuf,
+}
+
+impl Export {
+    fn start(disk: &Path, root: &RootFs, dir: &Path) -> Result<Export> {
+        let file = dir.join("root");
+        File::create(&file).with_context(|| format!("creating {}", file.display()))?;
+        let log = dir.join("export.log");
+        let err = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = export_cmd(disk, root, &file).spawn(Stdio::null(), Stdio::from(err))?;
+        let mut export = Export {
+            child: Some(child),
+            file,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::fs::metadata(&export.file).is_ok_and(|m| m.len() == root.size) {
+                return Ok(export);
+            }
+            if let Some(c) = export.child.as_mut() {
+                if let Some(status) = c.try_wait().context("waiting for qemu-storage-daemon")? {
+                    export.child = None;
+                    bail!(
+                        "qemu-storage-daemon could not export {} ({status}): {}",
+                        disk.display(),
+                        std::fs::read_to_string(&log).unwrap_or_default().trim()
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "qemu-storage-daemon did not export {} within 20 s: {}",
+                    disk.display(),
+                    std::fs::read_to_string(&log).unwrap_or_default().trim()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Overwrites `blocks` (filesystem block numbers) with zeros.
+    fn zero_blocks(&self, blocks: &[u64], block_size: u64) -> Result<()> {
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.file)
+            .with_context(|| format!("opening {}", self.file.display()))?;
+        let zeros = vec![0u8; block_size as usize];
+        for b in blocks {
+            f.write_all_at(&zeros, b * block_size)
+                .with_context(|| format!("zeroing block {b} of the root filesystem"))?;
+        }
+        f.sync_all().context("flushing the zeroed blocks")
+    }
+
+    /// Flushes the export and stops it.
+    fn finish(mut self) -> Result<()> {
+        File::open(&self.file)
+            .and_then(|f| f.sync_all())
+            .context("flushing the root filesystem's export")?;
+        let status = self.stop();
+        match status {
+            Some(s) if !s.success() && s.code() != Some(0) => {
+                // SIGTERM is how it is asked to end: a signal status is the normal one.
+                use std::os::unix::process::ExitStatusExt;
+                if s.signal().is_none() {
+                    bail!("qemu-storage-daemon ended with {s}");
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        crate::sys::exec::kill_tree(child.id(), Duration::from_secs(10));
+        child.wait().ok()
+    }
+}
+
+impl Drop for Export {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct RemoveDirOnDrop(PathBuf);
+impl Drop for RemoveDirOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `debugfs` on the exported filesystem (the file `root` in `dir`, which is also its
+/// working directory: the data and attribute files it reads and writes are there).
+struct Debugfs<'a> {
+    dir: PathBuf,
+    secrets: &'a [String],
+}
+
+/// What `debugfs stats` says of a filesystem.
+#[derive(Debug, PartialEq, Eq)]
+struct Stats {
+    block_size: u64,
+    features: Vec<String>,
+    state: String,
+}
+
+/// What `debugfs stat` says of an inode.
+#[derive(Debug, PartialEq, Eq)]
+struct Inode {
+    kind: String,
+    /// Permission bits and the file type (`i_mode`).
+    mode: u32,
+    flags: u64,
+    uid: u64,
+    gid: u64,
+    size: u64,
+    links: u64,
+}
+
+impl Debugfs<'_> {
+    fn cmd(&self, writable: bool) -> Cmd {
+        let mut c = Cmd::new("debugfs", "rewriting files of the root filesystem")
+            .current_dir(&self.dir)
+            .timeout(Duration::from_secs(120));
+        for s in self.secrets {
+            c = c.secret(s.clone());
+        }
+        if writable {
+            c = c.arg("-w");
+        }
+        c
+    }
+
+    /// One request; debugfs reports errors on stderr and exits 0, so the caller
+    /// checks what it expected (`stderr` is returned beside `stdout`).
+    fn run(&self, writable: bool, request: &str) -> Result<(String, String)> {
+        let out = self.cmd(writable).args(["-R", request, "root"]).run()?;
+        Ok((
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// Runs a request file in one writable session; checked by the caller afterwards.
+    fn script(&self, script: &str) -> Result<()> {
+        let file = self.dir.join("requests");
+        std::fs::write(&file, script).with_context(|| format!("writing {}", file.display()))?;
+        self.cmd(true).args(["-f", "requests", "root"]).run()?;
+        Ok(())
+    }
+
+    fn stats(&self) -> Result<Stats> {
+        let (out, err) = self.run(false, "stats -h")?;
+        parse_stats(&out).with_context(|| format!("reading the filesystem's superblock: {err}"))
+    }
+
+    fn stat(&self, path: &str) -> Result<Option<Inode>> {
+        let (out, err) = self.run(false, &format!("stat {path}"))?;
+        if out.trim().is_empty() {
+            if err.contains("not found") {
+                return Ok(None);
+            }
+            bail!("debugfs stat {path}: {}", err.trim());
+        }
+        parse_stat(&out).map(Some)
+    }
+
+    fn blocks(&self, path: &str) -> Result<Vec<u64>> {
+        let (out, err) = self.run(false, &format!("blocks {path}"))?;
+        out.split_whitespace()
+            .map(|w| {
+                w.parse::<u64>()
+                    .with_context(|| format!("debugfs blocks {path}: {w:?} ({})", err.trim()))
+            })
+            .collect()
+    }
+
+    fn xattr_names(&self, path: &str) -> Result<Vec<String>> {
+        let (out, _) = self.run(false, &format!("ea_list {path}"))?;
+        Ok(parse_ea_list(&out))
+    }
+}
+
+fn parse_stats(out: &str) -> Result<Stats> {
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    Ok(Stats {
+        block_size: field("Block size:")
+            .context("no block size")?
+            .parse()
+            .context("the block size is not a number")?,
+        features: field("Filesystem features:")
+            .context("no feature list")?
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+        state: field("Filesystem state:").context("no state")?,
+    })
+}
+
+/// Reads `debugfs stat`'s first lines: `Inode: N   Type: regular    Mode:  0644
+/// Flags: 0x80000`, `User:     0   Group:     0 … Size: 286`, `Links: 1 …`.
+fn parse_stat(out: &str) -> Result<Inode> {
+    let word_after =
+        |key: &str| -> Option<&str> { out.split_whitespace().skip_while(|w| *w != key).nth(1) };
+    let num = |key: &str| -> Result<u64> {
+        let w = word_after(key).with_context(|| format!("no {key} in debugfs stat"))?;
+        match w.strip_prefix("0x") {
+            Some(h) => u64::from_str_radix(h, 16),
+            None => w.parse(),
+        }
+        .with_context(|| format!("{key} {w:?} is not a number"))
+    };
+    let kind = word_after("Type:")
+        .context("no Type: in debugfs stat")?
+        .to_string();
+    let perm = u32::from_str_radix(word_after("Mode:").context("no Mode:")?, 8)
+        .context("Mode: is not octal")?;
+    let type_bits = match kind.as_str() {
+        "regular" => 0o100000,
+        "directory" => 0o040000,
+        "symlink" => 0o120000,
+        _ => 0,
+    };
+    Ok(Inode {
+        mode: type_bits | perm,
+        flags: num("Flags:")?,
+        uid: num("User:")?,
+        gid: num("Group:")?,
+        size: num("Size:")?,
+        links: num("Links:")?,
+        kind,
+    })
+}
+
+/// The names `debugfs ea_list` prints, one per `  NAME (LEN) = VALUE` line.
+fn parse_ea_list(out: &str) -> Vec<String> {
+    let mut names: Vec<String> = out
+        .lines()
+        .filter(|l| l.starts_with("  "))
+        .filter_map(|l| {
+            let t = l.trim_start();
+            t.split_once(" (").map(|(n, _)| n.to_string())
+        })
+        .filter(|n| !n.is_empty() && !n.contains(char::is_whitespace))
+        .collect();
+    names.sort();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_debugfs_stat_and_stats() {
+        let stat = "Inode: 186   Type: regular    Mode:  0640   Flags: 0x80000\nGeneration: 2107777802    Version: 0x00000000:00000004\nUser:  1000   Group:    27   Project:     0   Size: 286\nFile ACL: 0\nLinks: 1   Blockcount: 8\n";
+        assert_eq!(
+            parse_stat(stat).unwrap(),
+            Inode {
+                kind: "regular".into(),
+                mode: 0o100640,
+                flags: 0x80000,
+                uid: 1000,
+                gid: 27,
+                size: 286,
+                links: 1,
+            }
+        );
+        let stats = "Filesystem volume name:   <none>\nFilesystem features:      has_journal ext_attr extent 64bit metadata_csum\nFilesystem state:         clean\nBlock size:               4096\n";
+        let s = parse_stats(stats).unwrap();
+        assert_eq!(s.block_size, 4096);
+        assert_eq!(s.state, "clean");
+        assert!(s.features.contains(&"metadata_csum".to_string()));
+        assert!(parse_stats("Filesystem state: clean\n").is_err());
+    }
+
+    #[test]
+    fn reads_attribute_names() {
+        let out = "Extended attributes:\n  security.selinux (27) = \"system_u:object_r:etc_t:s0\\000\"\n  user.note (2) = \"hi\"\n";
+        assert_eq!(parse_ea_list(out), vec!["security.selinux", "user.note"]);
+        assert!(parse_ea_list("").is_empty());
+    }
+
+    #[test]
+    fn only_plain_paths_reach_debugfs() {
+        assert!(plain_path("/etc/motd"));
+        assert!(plain_path("/home/lab/.config/app-1.conf"));
+        for bad in [
+            "etc/motd",
+            "/",
+            "/etc/with space",
+            "/etc/\"q\"",
+            "/etc/../shadow",
+            "/etc/./motd",
+            "/etc//motd",
+            "/etc/motd/",
+            "/etc/a;b",
+            "/etc/é",
+        ] {
+            assert!(!plain_path(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn files_under_other_mounts_are_not_on_the_root_filesystem() {
+        let r = RootFs {
+            offset: 1 << 20,
+            size: 1 << 30,
+            fs_type: "ext4".into(),
+            other_mounts: vec!["/boot".into(), "/var/lib/data/".into()],
+        };
+        assert!(r.holds("/etc/motd"));
+        assert!(r.holds("/bootstrap.sh"));
+        assert!(!r.holds("/boot/grub/grub.cfg"));
+        assert!(!r.holds("/var/lib/data/x"));
+        assert!(r.editable());
+        assert!(!RootFs {
+            fs_type: "xfs".into(),
+            ..r
+        }
+        .editable());
+    }
+}

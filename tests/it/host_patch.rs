@@ -1,0 +1,235 @@
+//! Rewriting files of a kept disk on the host (`guest::patch`), on an ext4 filesystem
+//! made by `mkfs.ext4 -d` inside a partitioned qcow2: new content, the inode's owner,
+//! mode and SELinux label kept, the old content gone from every block of the disk, the
+//! backing file untouched, and refusals for what it must not touch.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use diskforge::guest::patch::{self, PatchFile, Presence, RootFs};
+use diskforge::guest::script::StageData;
+
+use crate::harness::{Need, SYSTEM_SETUP};
+
+const OFFSET: u64 = 1 << 20;
+const FS_SIZE: u64 = 62 << 20;
+const OLD_SECRET: &str = "OLD-CREDENTIAL-5f1c9e";
+/// The label `setfiles` writes: the context with its trailing NUL.
+const LABEL: &[u8] = b"system_u:object_r:etc_t:s0\0";
+
+fn fuse() -> Need {
+    Need::check("/dev/fuse (FUSE)", SYSTEM_SETUP, || {
+        Path::new("/dev/fuse").exists()
+    })
+}
+
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("starting a command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn debugfs(dev: &str, writable: bool, request: &str) -> String {
+    let mut c = Command::new("debugfs");
+    if writable {
+        c.arg("-w");
+    }
+    sh(c.args(["-R", request, dev]))
+}
+
+/// A 64 MiB disk: an ext4 filesystem at 1 MiB holding /etc/motd (three blocks of old
+/// content with a credential in it, owner 1000:27, mode 0640, an SELinux label),
+/// /etc/ttyd.service, and /etc/link, a symbolic link. Returns the qcow2 overlay to
+/// patch and its backing file.
+fn kept_disk(dir: &Path) -> (PathBuf, PathBuf) {
+    let tree = dir.join("tree/etc");
+    std::fs::create_dir_all(&tree).unwrap();
+    let old = format!("{OLD_SECRET}\n").repeat(500);
+    std::fs::write(tree.join("motd"), old).unwrap();
+    std::fs::write(tree.join("ttyd.service"), "ExecStart=ttyd -p 7681 login\n").unwrap();
+    std::os::unix::fs::symlink("motd", tree.join("link")).unwrap();
+    let raw = dir.join("disk.raw");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    sh(Command::new("mkfs.ext4")
+        .args(["-q", "-b", "4096", "-E", &format!("offset={OFFSET}"), "-d"])
+        .arg(dir.join("tree"))
+        .arg(&raw)
+        .arg(format!("{}k", FS_SIZE >> 10)));
+    let dev = format!("{}?offset={OFFSET}", raw.display());
+    std::fs::write(dir.join("label"), LABEL).unwrap();
+    for r in [
+        "sif /etc/motd uid 1000".to_string(),
+        "sif /etc/motd gid 27".into(),
+        "sif /etc/motd mode 0100640".into(),
+        format!(
+            "ea_set -f {} /etc/motd security.selinux",
+            dir.join("label").display()
+        ),
+    ] {
+        debugfs(&dev, true, &r);
+    }
+    let base = dir.join("kept.qcow2");
+    sh(Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&base));
+    std::fs::remove_file(&raw).unwrap();
+    let overlay = dir.join("overlay.qcow2");
+    sh(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&base)
+        .arg(&overlay));
+    (overlay, base)
+}
+
+fn root() -> RootFs {
+    RootFs {
+        offset: OFFSET,
+        size: FS_SIZE,
+        fs_type: "ext4".into(),
+        other_mounts: vec!["/boot".into()],
+    }
+}
+
+fn file(path: &str, content: &str, presence: Presence) -> PatchFile {
+    PatchFile {
+        path: path.into(),
+        data: StageData::Bytes(content.as_bytes().to_vec()),
+        presence,
+    }
+}
+
+fn sha256(p: &Path) -> String {
+    sh(Command::new("sha256sum").arg(p))
+}
+
+fn rewrites_files_keeping_owner_mode_and_label_and_erases_the_old_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let (overlay, base) = kept_disk(dir.path());
+    let base_sum = sha256(&base);
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let new_motd = "Welcome, new content.\n";
+    let done = patch::apply(
+        &overlay,
+        &root(),
+        &[
+            file("/etc/motd", new_motd, Presence::Always),
+            file(
+                "/etc/ttyd.service",
+                "ExecStart=ttyd -p 7682 login\n",
+                Presence::IfPresent,
+            ),
+            file("/etc/not-on-this-guest", "x", Presence::IfPresent),
+        ],
+        &work,
+        &[],
+    )
+    .expect("patching the kept disk");
+    let paths: Vec<&str> = done.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, ["/etc/motd", "/etc/ttyd.service"], "{done:?}");
+    assert_eq!(done[0].old_blocks, 3, "{done:?}");
+    assert_eq!(done[0].xattrs, ["security.selinux"]);
+    assert_eq!(done[0].bytes, new_motd.len() as u64);
+    assert_eq!(
+        std::fs::read_dir(&work).unwrap().count(),
+        0,
+        "the patch left files in the work directory"
+    );
+    assert_eq!(sha256(&base), base_sum, "the kept disk was written");
+
+    // Read back from a raw copy of the result.
+    let raw = dir.path().join("result.raw");
+    sh(Command::new("qemu-img")
+        .args(["convert", "-q", "-O", "raw"])
+        .arg(&overlay)
+        .arg(&raw));
+    let dev = format!("{}?offset={OFFSET}", raw.display());
+    assert_eq!(debugfs(&dev, false, "cat /etc/motd"), new_motd);
+    assert_eq!(
+        debugfs(&dev, false, "cat /etc/ttyd.service"),
+        "ExecStart=ttyd -p 7682 login\n"
+    );
+    let stat = debugfs(&dev, false, "stat /etc/motd");
+    assert!(stat.contains("Type: regular"), "{stat}");
+    assert!(stat.contains("Mode:  0640"), "{stat}");
+    assert!(
+        stat.split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(4)
+            .any(|w| w == ["User:", "1000", "Group:", "27"]),
+        "{stat}"
+    );
+    let label = dir.path().join("label-after");
+    debugfs(
+        &dev,
+        false,
+        &format!("ea_get -f {} /etc/motd security.selinux", label.display()),
+    );
+    assert_eq!(std::fs::read(&label).unwrap(), LABEL);
+    let bytes = std::fs::read(&raw).unwrap();
+    assert!(
+        !bytes
+            .windows(OLD_SECRET.len())
+            .any(|w| w == OLD_SECRET.as_bytes()),
+        "the old content is still in the disk's blocks"
+    );
+    sh(Command::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(format!("{}?offset={OFFSET}", raw.display())));
+}
+
+fn refuses_what_is_not_a_plain_file_on_the_root_filesystem() {
+    let dir = tempfile::tempdir().unwrap();
+    let (overlay, _base) = kept_disk(dir.path());
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let attempt = |f: PatchFile| {
+        patch::apply(
+            &overlay,
+            &root(),
+            &[f],
+            &work,
+            &["s3cret-value".to_string()],
+        )
+        .expect_err("the patch went through")
+        .to_string()
+    };
+    let e = attempt(file("/etc/absent", "x", Presence::Always));
+    assert!(e.contains("/etc/absent is missing"), "{e}");
+    let e = attempt(file("/etc/link", "x", Presence::Always));
+    assert!(e.contains("only a plain regular file"), "{e}");
+    let e = attempt(file("/boot/grub.cfg", "x", Presence::Always));
+    assert!(e.contains("cannot be rewritten on the host"), "{e}");
+    let e = attempt(file("/etc/a b", "x", Presence::Always));
+    assert!(e.contains("cannot be rewritten on the host"), "{e}");
+    let xfs = RootFs {
+        fs_type: "xfs".into(),
+        ..root()
+    };
+    let e = patch::apply(&overlay, &xfs, &[], &work, &[])
+        .expect_err("xfs was patched")
+        .to_string();
+    assert!(e.contains("only ext2/3/4"), "{e}");
+}
+
+const TOOLS: &[&str] = &[
+    "qemu-img",
+    "qemu-storage-daemon",
+    "debugfs",
+    "e2fsck",
+    "mkfs.ext4",
+];
+
+crate::tests! {
+    fn rewrites_files_keeping_owner_mode_and_label_and_erases_the_old_content [TOOLS, fuse()];
+    fn refuses_what_is_not_a_plain_file_on_the_root_filesystem [TOOLS, fuse()];
+}
