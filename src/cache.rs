@@ -13,6 +13,7 @@
 //! partial/<key>.part      an interrupted download, resumed with HTTP Range (kept across runs)
 //! locks/<key>.lock        one exclusive lock per key: concurrent builds download once
 //! stages/<key>.qcow2      disks kept by `build --incremental`, named by their stage key
+//! stages/<key>.d/         beside a settled disk: where its root filesystem lies, its packages
 //! state/                  small records (repositories pushed to, per registry)
 //! ```
 //!
@@ -594,7 +595,16 @@ impl Cache {
                         .map(|m| m < limit)
                         .unwrap_or(true),
                 };
-                if old && fs::remove_file(entry.path()).is_ok() {
+                if !old {
+                    continue;
+                }
+                // A settled disk keeps a directory beside it (`<key>.d`).
+                let path = entry.path();
+                if path.is_dir() {
+                    let _ = fs::remove_dir_all(&path);
+                } else if fs::remove_file(&path).is_ok()
+                    && path.extension().is_some_and(|e| e == "qcow2")
+                {
                     report.stages += 1;
                 }
             }

@@ -394,7 +394,9 @@ pub struct BuildArgs {
     #[arg(long)]
     pub force: bool,
     /// Keep the disk after growth and package installation in the cache, and start
-    /// from it when only later steps changed.
+    /// from it when only later steps changed; keep the customized disk too, and
+    /// rewrite files on it on the host when only their content (or ttyd's command
+    /// line and credential) changed.
     #[arg(long)]
     pub incremental: bool,
     /// Recipes built at the same time [default: what the machine's cores and memory carry].

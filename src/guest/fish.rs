@@ -288,7 +288,7 @@ impl Fish {
         parse_bool(&self.call(words)?).with_context(|| format!("guestfish {}", words[0]))
     }
 
-    fn number(&self, words: &[&str]) -> Result<u64> {
+    pub fn number(&self, words: &[&str]) -> Result<u64> {
         let out = self.call(words)?;
         out.trim()
             .parse()

@@ -52,6 +52,8 @@ pub struct GuestJob<'a> {
     /// The apt packages the first part installs: fetched on the host while the
     /// appliance grows the disk (see [`apt`]).
     pub prefetch: Option<apt::Prefetch>,
+    /// Report where the root filesystem lies (a disk kept for [`patch`]).
+    pub locate_root: bool,
 }
 
 /// Whether a launch grows a partition and its filesystem to the end of the disk.
@@ -73,6 +75,9 @@ pub struct GuestReport {
     pub fs_size_before: u64,
     pub fs_size_after: u64,
     pub launches: usize,
+    /// Where the root filesystem lies in the disk, when the job asked
+    /// ([`GuestJob::locate_root`]) and it is a partition or the whole disk.
+    pub root_fs: Option<patch::RootFs>,
 }
 
 /// Runs `job` in one appliance launch, accelerated with `accel`.
@@ -207,6 +212,11 @@ pub fn run(job: &GuestJob<'_>, accel: Effective) -> Result<GuestReport> {
         }
         stage.done();
     }
+    let root_fs = if job.locate_root {
+        locate(&f, &root_block, &fs_type, &mounts)
+    } else {
+        None
+    };
     f.umount_all()?;
     f.close()?;
     // The build's own counter: other builds of the command (`--jobs`) launch their own
@@ -219,6 +229,43 @@ pub fn run(job: &GuestJob<'_>, accel: Effective) -> Result<GuestReport> {
         fs_size_before: before,
         fs_size_after: after,
         launches,
+        root_fs,
+    })
+}
+
+/// Where the root filesystem `dev` lies in the disk: a partition of it, or the whole
+/// disk. `None` for anything else (a logical volume, a btrfs subvolume's device, md):
+/// the host does not rewrite files there.
+fn locate(
+    f: &Fish,
+    dev: &str,
+    fs_type: &str,
+    mounts: &[(String, String)],
+) -> Option<patch::RootFs> {
+    let other_mounts = mounts
+        .iter()
+        .filter(|(mp, _)| mp != "/")
+        .map(|(mp, _)| mp.clone())
+        .collect();
+    let (offset, size) = if dev == "/dev/sda" {
+        (0, f.number(&["blockdev-getsize64", dev]).ok()?)
+    } else {
+        let (disk, num) = f.partition_of(dev).ok()?;
+        if disk != "/dev/sda" {
+            return None;
+        }
+        let p = f
+            .partitions(&disk)
+            .ok()?
+            .into_iter()
+            .find(|p| p.num == num)?;
+        (p.start, p.size)
+    };
+    Some(patch::RootFs {
+        offset,
+        size,
+        fs_type: fs_type.to_string(),
+        other_mounts,
     })
 }
 

@@ -121,9 +121,14 @@ pub fn available() -> Result<(), String> {
     Ok(())
 }
 
+/// Where [`apply`] exposes the root filesystem, under its work directory.
+pub fn mountpoint(work: &Path) -> PathBuf {
+    work.join("patch").join("root")
+}
+
 /// The command that exposes the root filesystem of `disk` (a qcow2) as the file
-/// `mountpoint`, read-write.
-pub fn export_cmd(disk: &Path, root: &RootFs, mountpoint: &Path) -> Cmd {
+/// `mountpoint`, read-write (or read-only: [`check`]).
+pub fn export_cmd(disk: &Path, root: &RootFs, mountpoint: &Path, writable: bool) -> Cmd {
     let blockdev = |v: serde_json::Value| v.to_string();
     Cmd::new(
         "qemu-storage-daemon",
@@ -134,20 +139,20 @@ pub fn export_cmd(disk: &Path, root: &RootFs, mountpoint: &Path) -> Cmd {
     )
     .arg("--blockdev")
     .arg(blockdev(json!({"driver": "file", "node-name": "file",
-                         "filename": disk.to_string_lossy()})))
+                         "filename": disk.to_string_lossy(), "read-only": !writable})))
     .arg("--blockdev")
     .arg(blockdev(
-        json!({"driver": "qcow2", "node-name": "disk", "file": "file"}),
+        json!({"driver": "qcow2", "node-name": "disk", "file": "file", "read-only": !writable}),
     ))
     .arg("--blockdev")
     .arg(blockdev(
         json!({"driver": "raw", "node-name": "root", "file": "disk",
-                         "offset": root.offset, "size": root.size}),
+               "offset": root.offset, "size": root.size, "read-only": !writable}),
     ))
     .arg("--export")
     .arg(blockdev(
         json!({"type": "fuse", "id": "root", "node-name": "root",
-                         "mountpoint": mountpoint.to_string_lossy(), "writable": true}),
+               "mountpoint": mountpoint.to_string_lossy(), "writable": writable}),
     ))
 }
 
@@ -162,6 +167,28 @@ pub struct Patched {
     pub xattrs: Vec<String>,
 }
 
+/// Checks, read-only, that [`apply`] can rewrite `files` on `disk` (a disk about to be
+/// kept): the export works on this host, the filesystem is clean, and every file the
+/// customization always writes is a plain regular file. Returns how many of `files`
+/// the disk has.
+pub fn check(
+    disk: &Path,
+    root: &RootFs,
+    files: &[PatchFile],
+    work: &Path,
+    names: &crate::sys::exec::PathNames,
+) -> Result<usize> {
+    let session = Session::open(disk, root, files, work, &[], names, false)?;
+    let mut present = 0;
+    for f in files {
+        if session.existing(f)?.is_some() {
+            present += 1;
+        }
+    }
+    session.export.finish()?;
+    Ok(present)
+}
+
 /// Rewrites `files` in the root filesystem of `disk` (an overlay the build owns),
 /// keeping each inode's mode, owner, group and extended attributes. A file marked
 /// [`Presence::Always`] must be there; one marked [`Presence::IfPresent`] is skipped
@@ -172,56 +199,15 @@ pub fn apply(
     files: &[PatchFile],
     work: &Path,
     secrets: &[String],
+    names: &crate::sys::exec::PathNames,
 ) -> Result<Vec<Patched>> {
-    if !root.editable() {
-        bail!(
-            "the root filesystem is {}: only ext2/3/4 is rewritten on the host",
-            root.fs_type
-        );
-    }
-    let dir = work.join("patch");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
-    let _clean = RemoveDirOnDrop(dir.clone());
-    let export = Export::start(disk, root, &dir)?;
-    let fs = Debugfs {
-        dir: dir.clone(),
-        secrets,
-    };
-    let stats = fs.stats()?;
-    if stats.features.iter().any(|f| f == "needs_recovery") || stats.state != "clean" {
-        bail!(
-            "the root filesystem was not cleanly unmounted (state {:?}, features {})",
-            stats.state,
-            stats.features.join(" ")
-        );
-    }
+    let session = Session::open(disk, root, files, work, secrets, names, true)?;
+    let (fs, export, dir, stats) = (&session.fs, &session.export, &session.dir, &session.stats);
     let mut done = Vec::new();
     for (i, f) in files.iter().enumerate() {
-        if !plain_path(&f.path) || !root.holds(&f.path) {
-            bail!("{} cannot be rewritten on the host", f.path);
-        }
-        let Some(old) = fs.stat(&f.path)? else {
-            match f.presence {
-                Presence::Always => bail!(
-                    "{} is missing from the kept disk, which the customization wrote",
-                    f.path
-                ),
-                Presence::IfPresent => continue,
-            }
+        let Some(old) = session.existing(f)? else {
+            continue;
         };
-        if old.kind != "regular" || old.flags & INLINE_DATA != 0 || old.links != 1 {
-            bail!(
-                "{} on the kept disk is a {} with {} link(s) and flags {:#x}: only a plain regular file is rewritten",
-                f.path,
-                old.kind,
-                old.links,
-                old.flags
-            );
-        }
         let blocks = fs.blocks(&f.path)?;
         let xattrs = fs.xattr_names(&f.path)?;
         let mut script = String::new();
@@ -280,11 +266,104 @@ pub fn apply(
         "e2fsck",
         "checking the root filesystem after rewriting files",
     )
+    .internal()
     .args(["-f", "-n", "root"])
-    .current_dir(&dir)
+    .current_dir(dir)
     .run()?;
-    export.finish()?;
+    session.export.finish()?;
     Ok(done)
+}
+
+/// An exported root filesystem with `debugfs` ready on it; the export ends and the
+/// work directory goes on drop.
+struct Session<'a> {
+    // Dropped in this order: the export stops before its directory goes.
+    export: Export,
+    fs: Debugfs<'a>,
+    stats: Stats,
+    dir: PathBuf,
+    _clean: RemoveDirOnDrop,
+}
+
+impl<'a> Session<'a> {
+    fn open(
+        disk: &Path,
+        root: &RootFs,
+        files: &[PatchFile],
+        work: &Path,
+        secrets: &'a [String],
+        names: &crate::sys::exec::PathNames,
+        writable: bool,
+    ) -> Result<Session<'a>> {
+        if !root.editable() {
+            bail!(
+                "the root filesystem is {}: only ext2/3/4 is rewritten on the host",
+                root.fs_type
+            );
+        }
+        if let Some(f) = files
+            .iter()
+            .find(|f| !plain_path(&f.path) || !root.holds(&f.path))
+        {
+            bail!("{} cannot be rewritten on the host", f.path);
+        }
+        let file = mountpoint(work);
+        let dir = file
+            .parent()
+            .context("the mount point's directory")?
+            .to_path_buf();
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let clean = RemoveDirOnDrop(dir.clone());
+        let export = Export::start(disk, root, &dir, names, writable)?;
+        let fs = Debugfs {
+            dir: dir.clone(),
+            secrets,
+        };
+        let stats = fs.stats()?;
+        if stats.features.iter().any(|f| f == "needs_recovery") || stats.state != "clean" {
+            bail!(
+                "the root filesystem was not cleanly unmounted (state {:?}, features {})",
+                stats.state,
+                stats.features.join(" ")
+            );
+        }
+        Ok(Session {
+            export,
+            fs,
+            stats,
+            dir,
+            _clean: clean,
+        })
+    }
+
+    /// The inode `f` has now: `None` when an [`Presence::IfPresent`] file is not there;
+    /// an error when an [`Presence::Always`] one is not, or when it is anything but a
+    /// plain regular file (a link, one with more names, or data inside its inode).
+    fn existing(&self, f: &PatchFile) -> Result<Option<Inode>> {
+        let Some(old) = self.fs.stat(&f.path)? else {
+            return match f.presence {
+                Presence::Always => bail!(
+                    "{} is missing from the kept disk, which the customization wrote",
+                    f.path
+                ),
+                Presence::IfPresent => Ok(None),
+            };
+        };
+        if old.kind != "regular" || old.flags & INLINE_DATA != 0 || old.links != 1 {
+            bail!(
+                "{} on the kept disk is a {} with {} link(s) and flags {:#x}: only a plain regular file is rewritten",
+                f.path,
+                old.kind,
+                old.links,
+                old.flags
+            );
+        }
+        Ok(Some(old))
+    }
 }
 
 /// The inode flag of a file whose data lives in the inode itself.
@@ -318,12 +397,25 @@ struct Export {
 }
 
 impl Export {
-    fn start(disk: &Path, root: &RootFs, dir: &Path) -> Result<Export> {
+    fn start(
+        disk: &Path,
+        root: &RootFs,
+        dir: &Path,
+        names: &crate::sys::exec::PathNames,
+        writable: bool,
+    ) -> Result<Export> {
         let file = dir.join("root");
+        debug_assert_eq!(file, mountpoint(dir.parent().unwrap_or(dir)));
         File::create(&file).with_context(|| format!("creating {}", file.display()))?;
         let log = dir.join("export.log");
         let err = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = export_cmd(disk, root, &file).spawn(Stdio::null(), Stdio::from(err))?;
+        let mut cmd = export_cmd(disk, root, &file, writable).named(names);
+        if !writable {
+            // The check before a disk is kept: where the filesystem lies is known only
+            // once the launch found it, so the plan names the check, not its command.
+            cmd = cmd.internal();
+        }
+        let child = cmd.spawn(Stdio::null(), Stdio::from(err))?;
         let mut export = Export {
             child: Some(child),
             file,
@@ -441,6 +533,7 @@ struct Inode {
 impl Debugfs<'_> {
     fn cmd(&self, writable: bool) -> Cmd {
         let mut c = Cmd::new("debugfs", "rewriting files of the root filesystem")
+            .internal()
             .current_dir(&self.dir)
             .timeout(Duration::from_secs(120));
         for s in self.secrets {

@@ -39,7 +39,7 @@ use resolve::TtydBinary;
 pub use resolve::{Base, Resolved};
 use step::{
     Attest, Backing, BaseAction, Deliver, DeliverStep, DiskStep, Finalize, GrowRoot, Growth,
-    GuestSpec, Keyed, Overlay, Pack, Parts, Publish, Shown, Stage, Step,
+    GuestSpec, Keyed, Overlay, Pack, Parts, Publish, Settle, Shown, Stage, Step,
 };
 
 /// What every build shares: the cache, the accelerator, where work happens, registries.
@@ -222,6 +222,8 @@ impl Plan {
             Err(_) if secrets.is_none() => None,
             Err(e) => return Err(e),
         };
+        // A build compares the passwords a kept customized disk holds; a plan reads none.
+        let unpatchable = secrets.map(Secrets::unpatchable);
         let placeholders;
         let secrets = match secrets {
             Some(s) => s,
@@ -233,11 +235,7 @@ impl Plan {
         let ttyd_file = resolved.ttyd.as_ref().map(|_| work.join("ttyd"));
         let customization =
             script::generate(r, secrets, &resolved.loaded.dir, ttyd_file.as_deref())?;
-        let relabel = Relabel::decide(
-            r.customize.selinux_relabel,
-            resolved.base_os.as_deref(),
-            &customization.package_names,
-        );
+        let relabel = customization_relabel(r, &resolved, &customization);
         let base_format = match &resolved.base {
             Base::Image { spec, .. } => spec.format,
             Base::Build { .. } => DiskFormat::Qcow2,
@@ -272,6 +270,43 @@ impl Plan {
             },
             _ => GrowRoot::No,
         };
+        // With --incremental, the disk after the whole customization is kept too when the
+        // host can rewrite files later (there are such files, and the tools are here).
+        let settle = opts.incremental
+            && keys.settled.is_some()
+            && match crate::guest::patch::available() {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::info!("the customized disk is not kept for host-side rewrites: {why}");
+                    false
+                }
+            };
+        let settled_hit = match (&stage_hit, &keys.settled) {
+            (Some(stage), Some(k)) if settle => {
+                stages::lookup_settled(&env.cache, k, stage, unpatchable.as_ref())?.filter(|s| {
+                    customization
+                        .patchable
+                        .files
+                        .iter()
+                        .all(|f| s.root.holds(&f.path))
+                })
+            }
+            _ => None,
+        };
+        let settle_step = |disk: &Path, stage: &Path| -> Result<Option<Keyed<DiskStep>>> {
+            Ok(match (&keys.settled, settle) {
+                (Some(k), true) => Some(Keyed {
+                    key: k.clone(),
+                    step: DiskStep::Settle(Settle {
+                        disk: disk.to_path_buf(),
+                        kept: stages::path(&env.cache, k)?,
+                        stage: stage.to_path_buf(),
+                        packages: work.join("packages"),
+                    }),
+                }),
+                _ => None,
+            })
+        };
         let launch = |disk: &Path, parts: Parts, grow: GrowRoot| {
             let (network, sparsify, last) = match parts {
                 Parts::Packages => (has_packages, false, false),
@@ -290,6 +325,7 @@ impl Plan {
                 packages_to: last.then(|| work.join("packages")),
                 protect_boot: !writes_boot(r, network, sparsify),
                 ttyd_to: if last { ttyd_file.clone() } else { None },
+                locate_root: last && settle,
             }
         };
         let keyed = |key: &str, step: DiskStep| Keyed {
@@ -307,6 +343,32 @@ impl Plan {
                     DiskStep::Guest(launch(&overlay, Parts::All, grow)),
                 ),
             ],
+            // The whole customization is done: the host rewrites what changed.
+            (true, Some(_)) if settled_hit.is_some() => {
+                let settled = settled_hit.clone().context("the settled disk")?;
+                vec![
+                    keyed(&keys.packages, DiskStep::KeptPackages),
+                    keyed(
+                        keys.settled.as_deref().unwrap_or(&keys.packages),
+                        DiskStep::Overlay(Overlay {
+                            backing: Backing::KeptStage(settled.disk.clone()),
+                            disk: overlay.clone(),
+                            size: None,
+                            base_size: None,
+                            stage: false,
+                        }),
+                    ),
+                    keyed(
+                        &keys.guest,
+                        DiskStep::Patch(step::Patch {
+                            disk: overlay.clone(),
+                            settled,
+                            mountpoint: crate::guest::patch::mountpoint(work),
+                            packages_to: work.join("packages"),
+                        }),
+                    ),
+                ]
+            }
             // Growth and packages are done: the kept stage disk is their result.
             (true, Some(stage)) => vec![
                 keyed(&keys.packages, DiskStep::KeptPackages),
@@ -324,7 +386,10 @@ impl Plan {
                     &keys.guest,
                     DiskStep::Guest(launch(&overlay, Parts::Rest, GrowRoot::No)),
                 ),
-            ],
+            ]
+            .into_iter()
+            .chain(settle_step(&overlay, stage)?)
+            .collect(),
             (true, None) => vec![
                 keyed(
                     &keys.grow,
@@ -346,7 +411,13 @@ impl Plan {
                     &keys.guest,
                     DiskStep::Guest(launch(&overlay, Parts::Rest, GrowRoot::No)),
                 ),
-            ],
+            ]
+            .into_iter()
+            .chain(settle_step(
+                &overlay,
+                &stages::path(&env.cache, &keys.packages)?,
+            )?)
+            .collect(),
         };
         let o = &r.output;
         let finalize = Keyed {
@@ -556,6 +627,9 @@ struct Keys {
     grow: String,
     packages: String,
     guest: String,
+    /// The guest step's inputs without the content of the files the host can rewrite
+    /// (names the settled disk); `None` when there are none.
+    settled: Option<String>,
     finalize: String,
     image: String,
 }
@@ -597,6 +671,7 @@ impl Keys {
                    "files": resolved.files, "hygiene": serde_json::to_value(&r.hygiene)?}),
             sv,
         )?;
+        let settled = settled_key(resolved, customization, &packages)?;
         let finalize = chain(
             &guest,
             "finalize",
@@ -620,10 +695,78 @@ impl Keys {
             grow,
             packages,
             guest,
+            settled,
             finalize,
             image,
         })
     }
+}
+
+/// The key of the disk after the whole customization as the host may patch it: the
+/// guest step's inputs (chained to the package stage's key `packages`) without what
+/// only the patchable files hold — the content and source of those recipe files, and
+/// ttyd's command line and credential user. Two recipes with the same settled key give
+/// disks that differ only in those files' content.
+fn settled_key(
+    resolved: &Resolved,
+    customization: &Customization,
+    packages: &str,
+) -> Result<Option<String>> {
+    let p = &customization.patchable;
+    if p.is_empty() {
+        return Ok(None);
+    }
+    let r = &resolved.loaded.recipe;
+    let mut customize = customize_without_packages(r)?;
+    let mut patched_paths = Vec::new();
+    if let Some(files) = customize.get_mut("files").and_then(Value::as_array_mut) {
+        for i in &p.recipe_files {
+            if let Some(f) = files.get_mut(*i).and_then(Value::as_object_mut) {
+                f.remove("content");
+                f.remove("source");
+                if let Some(path) = f.get("path").and_then(Value::as_str) {
+                    patched_paths.push(path.to_string());
+                }
+            }
+        }
+    }
+    let mut ttyd = serde_json::to_value(&r.ttyd)?;
+    if let (true, Some(t)) = (p.ttyd, ttyd.as_object_mut()) {
+        for k in ["port", "interface", "writable", "extra-args", "command"] {
+            t.remove(k);
+        }
+        if let Some(c) = t.get_mut("credential").and_then(Value::as_object_mut) {
+            c.remove("user");
+        }
+    }
+    let files: Vec<&(String, String)> = resolved
+        .files
+        .iter()
+        .filter(|(path, _)| !patched_paths.contains(path))
+        .collect();
+    Ok(Some(chain(
+        packages,
+        "settled",
+        json!({"customize": customize, "ttyd": ttyd,
+               "desktop": serde_json::to_value(&r.desktop)?,
+               "ttyd-binary": resolved.ttyd.as_ref().map(|t| t.digest().to_string()),
+               "files": files, "hygiene": serde_json::to_value(&r.hygiene)?,
+               "selinux": format!("{:?}", customization_relabel(r, resolved, customization))}),
+        &resolved.loaded.secret_values,
+    )?))
+}
+
+/// The relabel decision of a build (an input of every disk the last launch makes).
+fn customization_relabel(
+    r: &recipe::Recipe,
+    resolved: &Resolved,
+    customization: &Customization,
+) -> Relabel {
+    Relabel::decide(
+        r.customize.selinux_relabel,
+        resolved.base_os.as_deref(),
+        &customization.package_names,
+    )
 }
 
 /// A key as JSON: `null` when it is not known yet.
@@ -806,6 +949,8 @@ pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
     // Whether the overlay made the disk bigger than the base (decided by the overlay
     // step's payload on the base at hand, and nowhere else).
     let mut resized = false;
+    // Where the last launch found the root filesystem (for the settle step).
+    let mut root_fs = None;
     for s in &plan.disk {
         let (_scope, stage) = enter(&s.key, Step::Disk(&s.step));
         match &s.step {
@@ -819,8 +964,12 @@ pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
                 if let (Some(t), Some(to)) = (&r.ttyd, &g.ttyd_to) {
                     fetch_ttyd(t, &env.cache, env.offline, to)?;
                 }
-                crate::guest::run(&guest_job(plan, g, secrets, resized, &session), eff)?;
+                let report =
+                    crate::guest::run(&guest_job(plan, g, secrets, resized, &session), eff)?;
+                root_fs = report.root_fs;
             }
+            DiskStep::Settle(st) => settle(plan, st, &s.key, root_fs.take(), secrets),
+            DiskStep::Patch(p) => patch(plan, p, secrets)?,
             DiskStep::KeptPackages => {}
             DiskStep::Stage(st) => {
                 stages::store(&st.disk, &st.kept, &s.key)?;
@@ -874,6 +1023,93 @@ pub fn run(plan: &Plan, env: &BuildEnv, secrets: &Secrets) -> Result<Outcome> {
             Ok(Outcome::Published(Box::new(published)))
         }
     }
+}
+
+/// Keeps the customized disk for host-side rewrites, when its root filesystem allows
+/// them and a read-only check shows the host can make them. The build does not need
+/// it: a failure to keep it is a note or a warning.
+fn settle(
+    plan: &Plan,
+    st: &Settle,
+    key: &str,
+    root: Option<crate::guest::patch::RootFs>,
+    secrets: &Secrets,
+) {
+    let Some(root) = root.filter(|r| r.editable()) else {
+        crate::progress::say(
+            "the customized disk is not kept: its root filesystem is not an ext2/3/4 partition \
+             the host can rewrite files on (a rebuild customizes it in the appliance)",
+        );
+        return;
+    };
+    let files = &plan.customization.patchable.files;
+    if let Err(e) = crate::guest::patch::check(&st.disk, &root, files, &plan.work, &plan.names) {
+        crate::progress::say(format!(
+            "the customized disk is not kept: the host cannot rewrite its files ({e:#}); a rebuild customizes it in the appliance"
+        ));
+        return;
+    }
+    let kept = stages::store_settled(
+        &st.disk,
+        &st.kept,
+        key,
+        &root,
+        &st.stage,
+        &secrets.unpatchable(),
+        &st.packages,
+    );
+    if let Err(e) = kept {
+        stages::forget(&st.kept);
+        tracing::warn!("the customized disk is not kept for rebuilds: {e:#}");
+    }
+}
+
+/// Rewrites the patchable files on an overlay of the settled disk; on failure the
+/// settled disk is dropped, so the next build customizes in the appliance.
+fn patch(plan: &Plan, p: &step::Patch, secrets: &Secrets) -> Result<()> {
+    let files = &plan.customization.patchable.files;
+    let done = crate::guest::patch::apply(
+        &p.disk,
+        &p.settled.root,
+        files,
+        &plan.work,
+        &secrets.values(),
+        &plan.names,
+    )
+    .map_err(|e| {
+        stages::forget(&p.settled.disk);
+        e.context(format!(
+            "rewriting files of the kept customized disk {} (removed: the next `build --incremental` customizes in the appliance)",
+            p.settled.disk.display()
+        ))
+    })?;
+    std::fs::create_dir_all(&p.packages_to)
+        .with_context(|| format!("creating {}", p.packages_to.display()))?;
+    for e in std::fs::read_dir(&p.settled.packages)
+        .with_context(|| format!("listing {}", p.settled.packages.display()))?
+    {
+        let e = e?;
+        std::fs::copy(e.path(), p.packages_to.join(e.file_name()))
+            .with_context(|| format!("copying {}", e.path().display()))?;
+    }
+    crate::progress::say(format!(
+        "rewrote {} on the host: {}",
+        match done.len() {
+            1 => "1 file".to_string(),
+            n => format!("{n} files"),
+        },
+        done.iter()
+            .map(|d| d.path.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    crate::progress::event(
+        "patched",
+        // No sizes: the credential file's would tell the credential's length.
+        json!({"files": done.iter().map(|d| json!({"path": d.path,
+               "old_blocks_zeroed": d.old_blocks, "xattrs": d.xattrs})).collect::<Vec<_>>()}),
+    );
+    Ok(())
 }
 
 /// The finished disk and what `qemu-img info` says of it.
@@ -999,6 +1235,7 @@ fn guest_job<'a>(
         packages_to: g.packages_to.clone(),
         protect_boot: g.protect_boot,
         relabel: g.relabel,
+        locate_root: g.locate_root,
         session,
         prefetch: match g.parts {
             Parts::Packages | Parts::All if !c.package_names.is_empty() => {

@@ -1,12 +1,18 @@
 //! The incremental stage cache (`build --incremental`): the disk after growth and
 //! package installation, kept under its stage key as a qcow2 overlay of the cached base.
 //! Kept disks are read-only; later builds put their own overlay on top.
+//!
+//! Beside it, the settled stage: the disk after the whole customization, on which a
+//! rebuild that changes only files the host can rewrite does so without an appliance
+//! ([`crate::guest::patch`]).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
 use crate::cache::Cache;
+use crate::guest::patch::RootFs;
+use crate::recipe::SecretValue;
 
 /// Where the stage disk of `key` lives.
 pub fn path(cache: &Cache, key: &str) -> Result<PathBuf> {
@@ -36,6 +42,7 @@ pub fn lookup(cache: &Cache, key: &str) -> Result<Option<PathBuf>> {
 /// Keeps `disk` (an overlay of a cached base) as `dest`, the stage disk of `key`
 /// ([`path`], decided by the plan).
 pub fn store(disk: &Path, dest: &Path, key: &str) -> Result<()> {
+    forget_settled_on(dest);
     crate::io::atomic::install(disk, dest)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o444))
@@ -43,6 +50,172 @@ pub fn store(disk: &Path, dest: &Path, key: &str) -> Result<()> {
     crate::progress::event(
         "stage-kept",
         serde_json::json!({"key": key, "path": dest.display().to_string()}),
+    );
+    Ok(())
+}
+
+/// A disk kept after the whole customization (`build --incremental`, when the recipe
+/// has files the host can rewrite): an overlay of the package stage, with where its
+/// root filesystem lies and the package database read from it for the SBOM, in the
+/// directory beside it (`<key>.d/`).
+#[derive(Debug, Clone)]
+pub struct Settled {
+    pub disk: PathBuf,
+    pub root: RootFs,
+    /// The SBOM's inputs as the customization's launch copied them out.
+    pub packages: PathBuf,
+}
+
+/// What `<key>.d/settled.json` records.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Record {
+    root: RootFs,
+    /// The package stage the disk is an overlay of. A package stage is rebuilt under
+    /// the same name when it was pruned; the disks on the old one are dropped then.
+    stage: PathBuf,
+    /// A SHA-512 crypt hash (as strong as the guest's /etc/shadow) of the secrets that
+    /// reached the disk outside the rewritable files (`Secrets::unpatchable`): the
+    /// disk is reused only while they are the same.
+    secrets: String,
+}
+
+const RECORD: &str = "settled.json";
+
+fn sidecar(disk: &Path) -> PathBuf {
+    disk.with_extension("d")
+}
+
+/// The settled disk of `key`, when it is there whole, stands on `stage` (the package
+/// stage this build would use) and holds `secrets` (a build's
+/// `Secrets::unpatchable`; `None` for a plan, which reads no secret). One that stands
+/// on anything else is removed; one with other passwords is left for the build to
+/// replace.
+pub fn lookup_settled(
+    cache: &Cache,
+    key: &str,
+    stage: &Path,
+    secrets: Option<&SecretValue>,
+) -> Result<Option<Settled>> {
+    let disk = path(cache, key)?;
+    if !disk.is_file() {
+        return Ok(None);
+    }
+    let dir = sidecar(&disk);
+    let record = read_record(&dir);
+    let packages = dir.join("packages");
+    let info = crate::sys::qemu_img::info(&disk)?;
+    let backing = info.full_backing_filename.or(info.backing_filename);
+    let same = |a: &Path, b: &Path| {
+        a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+    };
+    match (record, backing) {
+        (Some(rec), Some(b))
+            if same(Path::new(&b), stage) && same(&rec.stage, stage) && packages.is_dir() =>
+        {
+            if secrets.is_some_and(|s| !crate::guest::script::matches_hash(s, &rec.secrets)) {
+                tracing::info!(
+                    "a password changed since the customized disk {} was kept: customizing in the appliance",
+                    disk.display()
+                );
+                return Ok(None);
+            }
+            Ok(Some(Settled {
+                disk,
+                root: rec.root,
+                packages,
+            }))
+        }
+        _ => {
+            tracing::info!(
+                "the kept customized disk {} is incomplete or stands on another stage: removing it",
+                disk.display()
+            );
+            forget(&disk);
+            Ok(None)
+        }
+    }
+}
+
+fn read_record(dir: &Path) -> Option<Record> {
+    let bytes = std::fs::read(dir.join(RECORD)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Drops every settled disk recorded as standing on the package stage `stage` (which is
+/// about to be replaced by a new disk under the same name).
+fn forget_settled_on(stage: &Path) {
+    let Some(dir) = stage.parent() else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let side = e.path();
+        if side.extension().is_some_and(|x| x == "d")
+            && read_record(&side).is_some_and(|r| r.stage == stage)
+        {
+            forget(&side.with_extension("qcow2"));
+        }
+    }
+}
+
+/// Removes a settled disk and what is kept beside it.
+pub fn forget(disk: &Path) {
+    let _ = std::fs::remove_file(disk);
+    let _ = std::fs::remove_dir_all(sidecar(disk));
+}
+
+/// Keeps `disk` (the overlay the customization ran on, an overlay of the package stage
+/// `stage`, which finalize reads next) as `dest`, the settled disk of `key`: by a hard
+/// link when the cache is on the same filesystem, else a copy; `root` and the package
+/// database in `packages` beside it.
+pub fn store_settled(
+    disk: &Path,
+    dest: &Path,
+    key: &str,
+    root: &RootFs,
+    stage: &Path,
+    secrets: &SecretValue,
+    packages: &Path,
+) -> Result<()> {
+    forget(dest);
+    let dir = sidecar(dest);
+    let tmp = dir.with_extension(format!("d.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(tmp.join("packages"))
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    let record = Record {
+        root: root.clone(),
+        stage: stage.to_path_buf(),
+        secrets: crate::guest::script::shadow_hash(secrets)?,
+    };
+    std::fs::write(tmp.join(RECORD), serde_json::to_vec_pretty(&record)?)
+        .with_context(|| format!("writing {}", tmp.join(RECORD).display()))?;
+    if packages.is_dir() {
+        for e in std::fs::read_dir(packages)
+            .with_context(|| format!("listing {}", packages.display()))?
+        {
+            let e = e?;
+            if e.file_type()?.is_file() {
+                std::fs::copy(e.path(), tmp.join("packages").join(e.file_name()))
+                    .with_context(|| format!("keeping {}", e.path().display()))?;
+            }
+        }
+    }
+    std::fs::rename(&tmp, &dir).with_context(|| format!("keeping {}", dir.display()))?;
+    let part = dest.with_extension(format!("qcow2.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&part);
+    if std::fs::hard_link(disk, &part).is_err() {
+        std::fs::copy(disk, &part)
+            .with_context(|| format!("copying {} to {}", disk.display(), part.display()))?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o444))
+        .with_context(|| format!("making {} read-only", part.display()))?;
+    std::fs::rename(&part, dest).with_context(|| format!("keeping {}", dest.display()))?;
+    crate::progress::event(
+        "stage-kept",
+        serde_json::json!({"key": key, "path": dest.display().to_string(), "settled": true}),
     );
     Ok(())
 }

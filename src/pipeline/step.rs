@@ -155,6 +155,8 @@ pub struct GuestSpec {
     pub protect_boot: bool,
     /// Fetch the ttyd binary here before the launch.
     pub ttyd_to: Option<PathBuf>,
+    /// Report where the root filesystem lies (a `settle` step follows).
+    pub locate_root: bool,
 }
 
 impl GuestSpec {
@@ -207,6 +209,37 @@ impl Stage {
     }
 }
 
+/// Keeping the disk after the whole customization (the settled stage) for rebuilds that
+/// change only files the host can rewrite. Runs no command: `disk` is linked (or copied)
+/// into the cache, and finalize reads it next.
+#[derive(Debug, Clone)]
+pub struct Settle {
+    pub disk: PathBuf,
+    pub kept: PathBuf,
+    /// The package stage `disk` is an overlay of.
+    pub stage: PathBuf,
+    /// The package database the launch copied out, kept beside the disk for the SBOM.
+    pub packages: PathBuf,
+}
+
+/// Rewriting the files of [`Customization::patchable`] on an overlay of a settled disk,
+/// on the host: no appliance.
+#[derive(Debug, Clone)]
+pub struct Patch {
+    pub disk: PathBuf,
+    pub settled: super::stages::Settled,
+    /// The mount point of the root filesystem's export.
+    pub mountpoint: PathBuf,
+    /// Where the SBOM's inputs go (copied from the settled disk's).
+    pub packages_to: PathBuf,
+}
+
+impl Patch {
+    pub fn command(&self) -> Cmd {
+        crate::guest::patch::export_cmd(&self.disk, &self.settled.root, &self.mountpoint, true)
+    }
+}
+
 /// Flattening the overlay into the finished disk.
 #[derive(Debug, Clone)]
 pub struct Finalize {
@@ -241,6 +274,8 @@ pub enum DiskStep {
     /// Growth and packages come from the kept stage disk.
     KeptPackages,
     Stage(Stage),
+    Settle(Settle),
+    Patch(Patch),
 }
 
 /// What becomes of the finished disk.
@@ -310,6 +345,8 @@ impl Step<'_> {
             Step::Disk(DiskStep::Guest(_)) => "guest",
             Step::Disk(DiskStep::KeptPackages) => "guest-packages",
             Step::Disk(DiskStep::Stage(_)) => "stage",
+            Step::Disk(DiskStep::Settle(_)) => "settle",
+            Step::Disk(DiskStep::Patch(_)) => "patch",
             Step::Finalize(_) => "finalize",
             Step::Deliver(DeliverStep::Disk(_)) => "disk",
             Step::Deliver(DeliverStep::Pack(_)) => "pack",
@@ -362,6 +399,20 @@ impl Step<'_> {
             Step::Disk(DiskStep::Stage(_)) => {
                 format!("keep the stage disk as {}", short(s.key))
             }
+            Step::Disk(DiskStep::Settle(_)) => format!(
+                "keep the customized disk as {} when a read-only check (qemu-storage-daemon, debugfs) shows the host can rewrite files on it: a rebuild that changes only {} rewrites them on the host",
+                short(s.key),
+                patchable_summary(s.customization)
+            ),
+            Step::Disk(DiskStep::Patch(_)) => format!(
+                "no appliance: rewrite {} on the host (owner, mode and labels kept; the old content zeroed){}",
+                patchable_summary(s.customization),
+                if s.customization.patchable.passwords {
+                    "; a build whose user, root or desktop password changed since customizes in the appliance instead"
+                } else {
+                    ""
+                }
+            ),
             Step::Finalize(_) => "flatten into a standalone disk and check it".into(),
             Step::Deliver(DeliverStep::Disk(dest)) => {
                 format!("write the disk to {}", dest.display())
@@ -394,6 +445,8 @@ impl Step<'_> {
             Step::Disk(DiskStep::Guest(g)) => vec![g.command()],
             Step::Disk(DiskStep::KeptPackages) => Vec::new(),
             Step::Disk(DiskStep::Stage(st)) => vec![st.command()],
+            Step::Disk(DiskStep::Settle(_)) => Vec::new(),
+            Step::Disk(DiskStep::Patch(p)) => vec![p.command()],
             Step::Finalize(f) => f.commands(),
             Step::Deliver(_) => Vec::new(),
         })
@@ -403,7 +456,43 @@ impl Step<'_> {
     pub fn operations(&self, s: &Shown<'_>) -> Vec<String> {
         match self {
             Step::Disk(DiskStep::Guest(g)) => g.operations(s.customization, s.grows),
+            Step::Disk(DiskStep::Patch(_)) => s
+                .customization
+                .patchable
+                .files
+                .iter()
+                .map(|f| match f.presence {
+                    crate::guest::patch::Presence::Always => format!("rewrite {}", f.path),
+                    crate::guest::patch::Presence::IfPresent => {
+                        format!("rewrite {} where the guest has it", f.path)
+                    }
+                })
+                .collect(),
             _ => Vec::new(),
+        }
+    }
+}
+
+/// The files a settled disk's rebuild rewrites, for descriptions: "/etc/motd and ttyd's
+/// command line".
+fn patchable_summary(c: &Customization) -> String {
+    let p = &c.patchable;
+    // The recipe's files come first, in recipe order.
+    let mut parts: Vec<String> = p
+        .files
+        .iter()
+        .take(p.recipe_files.len())
+        .map(|f| f.path.clone())
+        .collect();
+    if p.ttyd {
+        parts.push("ttyd's command line and credential".into());
+    }
+    match parts.len() {
+        0 => "nothing".into(),
+        1 => parts.remove(0),
+        _ => {
+            let last = parts.pop().unwrap_or_default();
+            format!("{} and {last}", parts.join(", "))
         }
     }
 }

@@ -304,3 +304,58 @@ fn publishing_steps_follow_the_destinations() {
     assert_eq!(keys[5], keys[4]);
     assert_ne!(keys[0], keys[1]);
 }
+
+#[test]
+fn the_settled_key_leaves_out_only_what_the_host_rewrites() {
+    let f = Fixture::new();
+    std::fs::write(f.dir.path().join("notes.txt"), "first\n").unwrap();
+    let recipe = |motd: &str, mode: &str, port: u16, user: &str, extra: &str| {
+        format!(
+            "name: t\nbase: {{path: base.qcow2}}\ncustomize:\n  files:\n    - {{path: /etc/motd, content: {motd}, mode: \"{mode}\"}}\n    - {{path: /srv/notes.txt, source: notes.txt}}\n{extra}ttyd: {{enabled: true, source: {{package: ttyd}}, port: {port}, credential: {{user: {user}, password: {{env: T_PW}}}}}}\n"
+        )
+    };
+    let key = |text: &str| {
+        let plan = f.plan(text, &BuildOptions::default());
+        settled_key(&plan.resolved, &plan.customization, "sha256:prev").unwrap()
+    };
+    let first = key(&recipe("hi", "0644", 7681, "web", ""));
+    assert!(first.is_some());
+    // Content, ttyd's command line and its credential's user: the same disk otherwise.
+    assert_eq!(key(&recipe("changed", "0644", 7681, "web", "")), first);
+    assert_eq!(key(&recipe("hi", "0644", 7682, "web", "")), first);
+    assert_eq!(key(&recipe("hi", "0644", 7681, "admin", "")), first);
+    std::fs::write(f.dir.path().join("notes.txt"), "second\n").unwrap();
+    assert_eq!(key(&recipe("hi", "0644", 7681, "web", "")), first);
+    // Anything else is a different disk.
+    assert_ne!(key(&recipe("hi", "0600", 7681, "web", "")), first);
+    assert_ne!(
+        key(&recipe(
+            "hi",
+            "0644",
+            7681,
+            "web",
+            "  users: [{name: lab}]\n"
+        )),
+        first
+    );
+    assert_ne!(
+        key(&recipe("hi", "0644", 7681, "web", "  hostname: other\n")),
+        first
+    );
+    // With commands (which may read any file), a file's content is an input again.
+    let with_commands = "  commands: [\"cat /etc/motd > /var/tmp/copy\"]\n";
+    assert_ne!(
+        key(&recipe("hi", "0644", 7681, "web", with_commands)),
+        key(&recipe("changed", "0644", 7681, "web", with_commands))
+    );
+    assert_eq!(
+        key(&recipe("hi", "0644", 7681, "web", with_commands)),
+        key(&recipe("hi", "0644", 7682, "web", with_commands)),
+        "ttyd's files stay rewritable with commands"
+    );
+    // Nothing rewritable: no settled disk.
+    assert_eq!(
+        key("name: t\nbase: {path: base.qcow2}\ncustomize:\n  users: [{name: lab}]\n"),
+        None
+    );
+}

@@ -380,26 +380,38 @@ fn all_launches(out: &Output) -> Vec<u64> {
         .collect()
 }
 
-/// `--incremental` keeps the grown disk as a stage; a change after the packages (a
-/// file) reuses it: `plan` marks growth and packages cached, the rebuild launches the
-/// appliance once, and the result has the new file on the grown filesystem. (xfs on
-/// MBR, which this test's layout replaced, grows in tests/it/layout_zoo.rs: el-like for
-/// xfs, cirros-like for MBR.)
+/// `--incremental` keeps the grown disk as a stage, and the customized disk beside it.
+/// A rebuild that changes only the content of a recipe file and ttyd's command line and
+/// credential rewrites them on the host: no appliance, the plan says so and is what
+/// runs, the file's owner and mode stay, and the old credential is gone from every
+/// block of the new disk. A change after the packages that the host cannot make (a
+/// file's mode) reuses the grown stage: one launch. (xfs on MBR, which this test's
+/// layout replaced, grows in tests/it/layout_zoo.rs: el-like for xfs, cirros-like for
+/// MBR.)
 fn incremental_rebuild_reuses_the_grown_stage() {
     let t = tempfile::tempdir().unwrap();
     let base = base_in(t.path());
     let base_sum = sha256(&base);
+    std::fs::copy("/usr/bin/true", t.path().join("ttyd-bin")).unwrap();
     let cache = t.path().join("cache");
     let recipe = t.path().join("r.yaml");
-    let write_recipe = |v: &str| {
+    let write_recipe = |v: &str, mode: &str, port: u16| {
         std::fs::write(
             &recipe,
-            format!("base: {{path: base.qcow2}}\ndisk: {{size: +1G}}\ncustomize: {{files: [{{path: /etc/v, content: {v}}}]}}\n"),
+            format!(
+                "base: {{path: base.qcow2}}\ndisk: {{size: +1G}}\n\
+                 customize: {{files: [{{path: /etc/v, content: {v}, mode: \"{mode}\"}}], \
+                 users: [{{name: lab, password: {{env: DISKFORGE_TEST_PW}}}}]}}\n\
+                 ttyd: {{enabled: true, source: {{path: ttyd-bin}}, port: {port}, \
+                 credential: {{user: web, password: {{env: DISKFORGE_TEST_TTYD_PW}}}}}}\n"
+            ),
         )
         .unwrap()
     };
-    // Each build runs exactly the commands its plan lists, on the miss and on the hit.
-    let incremental = |out_disk: &Path| {
+    // Each build runs exactly the commands its plan lists, on the miss and on the hits.
+    // A plan reads no secret: when a user's password changed, the build customizes in
+    // the appliance where the plan showed the host-side rewrite (and says it would).
+    let incremental = |out_disk: &Path, password: &str, user_password: &str, as_planned: bool| {
         let plan = common::diskforge()
             .args(["--accel", "tcg", "--cache-dir"])
             .arg(&cache)
@@ -412,24 +424,73 @@ fn incremental_rebuild_reuses_the_grown_stage() {
             .arg("--incremental")
             .arg("--disk-only")
             .arg(out_disk)
+            .env("DISKFORGE_TEST_TTYD_PW", password)
+            .env("DISKFORGE_TEST_PW", user_password)
             .output()
             .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let planned = common::planned_commands(&plan.stdout);
         assert!(!planned.is_empty());
-        common::assert_ran_the_plan(&common::executed_commands(&out.stderr), &planned);
-        out
+        if as_planned {
+            common::assert_ran_the_plan(&common::executed_commands(&out.stderr), &planned);
+        } else {
+            assert!(
+                String::from_utf8_lossy(&plan.stdout)
+                    .contains("a build whose user, root or desktop password changed since customizes in the appliance instead"),
+                "{}",
+                String::from_utf8_lossy(&plan.stdout)
+            );
+        }
+        let steps: Vec<String> = serde_json::from_slice::<serde_json::Value>(&plan.stdout).unwrap()
+            ["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["step"].as_str().unwrap().to_string())
+            .collect();
+        (out, steps)
+    };
+    let read_back = |disk: &Path| {
+        fish(
+            &["--ro", "-a", disk.to_str().unwrap(), "-i"],
+            "echo ==statvfs\nstatvfs /\necho ==v\ncat /etc/v\necho ==vstat\nstat /etc/v\n\
+             echo ==unit\ncat /etc/systemd/system/diskforge-ttyd.service\n\
+             echo ==env\ncat /etc/diskforge/ttyd.env\necho ==envstat\nstat /etc/diskforge/ttyd.env\n\
+             echo ==shadow\ncat /etc/shadow\necho ==end\n",
+        )
+    };
+    const OLD_PW: &str = "pw-Old-Ttyd-Secret-11";
+    const NEW_PW: &str = "pw-New-Ttyd-Secret-22";
+    const USER_PW: &str = "pw-User-Secret-33";
+    const NEW_USER_PW: &str = "pw-New-User-Secret-44";
+    // The password /etc/shadow of `text` holds for lab.
+    let lab_password_is = |text: &str, password: &str| {
+        let shadow = section(text, "shadow");
+        let hash = shadow
+            .lines()
+            .find_map(|l| l.strip_prefix("lab:"))
+            .and_then(|rest| rest.split(':').next())
+            .unwrap_or_else(|| panic!("no lab in /etc/shadow: {shadow}"));
+        diskforge::guest::script::matches_hash(
+            &diskforge::recipe::SecretValue::new(password.into()),
+            hash,
+        )
     };
 
-    write_recipe("one");
-    let out = incremental(&t.path().join("one.qcow2"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    write_recipe("one", "0644", 7681);
+    let (out, steps) = incremental(&t.path().join("one.qcow2"), OLD_PW, USER_PW, true);
     assert_eq!(all_launches(&out), [1, 1], "grow + packages, then the rest");
+    assert!(steps.iter().any(|s| s == "settle"), "{steps:?}");
+    let kept: Vec<serde_json::Value> = common::events::named(&out.stderr, "stage-kept");
+    assert_eq!(kept.len(), 2, "the stage and the customized disk: {kept:?}");
+    assert_eq!(kept[1]["settled"], true, "{kept:?}");
 
-    write_recipe("two");
+    // Content only: the host rewrites it.
+    write_recipe("two", "0644", 7682);
     let plan = common::diskforge()
         .arg("--cache-dir")
         .arg(&cache)
@@ -438,30 +499,106 @@ fn incremental_rebuild_reuses_the_grown_stage() {
         .arg("--incremental")
         .succeeds();
     let text = String::from_utf8_lossy(&plan.stdout);
-    let marked: Vec<&str> = text.lines().filter(|l| l.contains("[cached]")).collect();
     assert!(
-        marked.iter().any(|l| l.contains("guest-packages")),
+        text.lines()
+            .any(|l| l.contains("guest-packages") && l.contains("[cached]")),
         "growth and packages not marked cached:\n{text}"
     );
-    let out_disk = t.path().join("two.qcow2");
-    let out = incremental(&out_disk);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        text.contains("no appliance: rewrite /etc/v and ttyd's command line"),
+        "the plan does not say the host rewrites the files:\n{text}"
     );
-    assert_eq!(all_launches(&out), [1], "the stage was not reused");
-    assert_eq!(sha256(&base), base_sum, "the base was modified");
-    let text = fish(
-        &["--ro", "-a", out_disk.to_str().unwrap(), "-i"],
-        "echo ==statvfs\nstatvfs /\necho ==v\ncat /etc/v\necho ==end\n",
+    let two = t.path().join("two.qcow2");
+    let (out, steps) = incremental(&two, NEW_PW, USER_PW, true);
+    assert!(all_launches(&out).is_empty(), "an appliance ran: {steps:?}");
+    assert!(steps.iter().any(|s| s == "patch"), "{steps:?}");
+    assert!(!steps.iter().any(|s| s == "guest"), "{steps:?}");
+    let patched = common::events::named(&out.stderr, "patched");
+    let paths: Vec<&str> = patched[0]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/etc/v",
+            "/etc/systemd/system/diskforge-ttyd.service",
+            "/etc/diskforge/ttyd.env"
+        ]
     );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains(NEW_PW),
+        "the credential leaked into the build's output"
+    );
+    let text = read_back(&two);
     let sv = common::guest::record(section(&text, "statvfs"));
     assert!(
         sv["blocks"] * sv["bsize"] > (1500u64 << 20),
         "the reused stage is not grown: {text}"
     );
     assert_eq!(section(&text, "v"), "two");
+    assert!(
+        section(&text, "vstat").contains("mode: 33188"),
+        "/etc/v is not 0644: {text}"
+    );
+    assert!(
+        section(&text, "unit")
+            .contains("ExecStart=/usr/local/bin/ttyd -p 7682 -W -c ${TTYD_CREDENTIAL}"),
+        "{text}"
+    );
+    assert!(section(&text, "env").contains(NEW_PW), "{text}");
+    assert!(
+        section(&text, "envstat").contains("mode: 33152"),
+        "the credential file is not 0600: {text}"
+    );
+    // Deleted is not erased: the old credential's blocks were zeroed.
+    let raw = t.path().join("two.raw");
+    assert!(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&two)
+        .arg(&raw)
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(
+        common::occurrences(&raw, OLD_PW.as_bytes()),
+        0,
+        "the old credential is on the disk"
+    );
+    assert_eq!(common::occurrences(&raw, NEW_PW.as_bytes()), 1);
+    std::fs::remove_file(&raw).unwrap();
+
+    assert!(lab_password_is(&text, USER_PW), "{text}");
+
+    // A user's new password is not in a rewritable file: the appliance sets it.
+    let pw = t.path().join("pw.qcow2");
+    let (out, steps) = incremental(&pw, NEW_PW, NEW_USER_PW, false);
+    assert_eq!(
+        all_launches(&out),
+        [1],
+        "the password was not set: {steps:?}"
+    );
+    assert!(lab_password_is(&read_back(&pw), NEW_USER_PW));
+    std::fs::remove_file(&pw).unwrap();
+
+    // A mode is not content: the appliance runs again, on the grown stage.
+    write_recipe("two", "0600", 7682);
+    let three = t.path().join("three.qcow2");
+    let (out, steps) = incremental(&three, NEW_PW, NEW_USER_PW, true);
+    assert_eq!(
+        all_launches(&out),
+        [1],
+        "the stage was not reused: {steps:?}"
+    );
+    let text = read_back(&three);
+    assert_eq!(section(&text, "v"), "two");
+    assert!(
+        section(&text, "vstat").contains("mode: 33152"),
+        "/etc/v is not 0600: {text}"
+    );
+    assert_eq!(sha256(&base), base_sum, "the base was modified");
 }
 
 fn shrinking_is_refused_with_both_sizes() {

@@ -132,6 +132,7 @@ fn rewrites_files_keeping_owner_mode_and_label_and_erases_the_old_content() {
         ],
         &work,
         &[],
+        &Default::default(),
     )
     .expect("patching the kept disk");
     let paths: Vec<&str> = done.iter().map(|p| p.path.as_str()).collect();
@@ -199,6 +200,7 @@ fn refuses_what_is_not_a_plain_file_on_the_root_filesystem() {
             &[f],
             &work,
             &["s3cret-value".to_string()],
+            &Default::default(),
         )
         .expect_err("the patch went through")
         .to_string()
@@ -215,10 +217,45 @@ fn refuses_what_is_not_a_plain_file_on_the_root_filesystem() {
         fs_type: "xfs".into(),
         ..root()
     };
-    let e = patch::apply(&overlay, &xfs, &[], &work, &[])
+    let e = patch::apply(&overlay, &xfs, &[], &work, &[], &Default::default())
         .expect_err("xfs was patched")
         .to_string();
     assert!(e.contains("only ext2/3/4"), "{e}");
+}
+
+/// The check made before a disk is kept: read-only, it counts the files the disk has
+/// and refuses one that is not a plain regular file.
+fn checks_a_disk_read_only_before_it_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (overlay, _base) = kept_disk(dir.path());
+    let before = sha256(&overlay);
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let present = patch::check(
+        &overlay,
+        &root(),
+        &[
+            file("/etc/motd", "new", Presence::Always),
+            file("/etc/ttyd.service", "new", Presence::IfPresent),
+            file("/etc/absent", "new", Presence::IfPresent),
+        ],
+        &work,
+        &Default::default(),
+    )
+    .expect("checking the disk");
+    assert_eq!(present, 2);
+    let e = patch::check(
+        &overlay,
+        &root(),
+        &[file("/etc/link", "new", Presence::IfPresent)],
+        &work,
+        &Default::default(),
+    )
+    .expect_err("a symbolic link passed the check")
+    .to_string();
+    assert!(e.contains("only a plain regular file"), "{e}");
+    assert_eq!(sha256(&overlay), before, "the check wrote to the disk");
+    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
 }
 
 const TOOLS: &[&str] = &[
@@ -232,4 +269,5 @@ const TOOLS: &[&str] = &[
 crate::tests! {
     fn rewrites_files_keeping_owner_mode_and_label_and_erases_the_old_content [TOOLS, fuse()];
     fn refuses_what_is_not_a_plain_file_on_the_root_filesystem [TOOLS, fuse()];
+    fn checks_a_disk_read_only_before_it_is_kept [TOOLS, fuse()];
 }

@@ -9,7 +9,11 @@
 //!   package and ttyd: `setfiles -n -v` over the result lists no file whose label would
 //!   change; the same recipe with `selinux-relabel: false` lists /etc/shadow and ttyd
 //!   (the check can fail);
-//! - the result boots with SELinux enforcing, the user logs in through ttyd, and the
+//! - an `--incremental` rebuild that changes only two files' content and the ttyd
+//!   credential rewrites them on the host (no appliance), each keeping the label the
+//!   relabel gave it: `setfiles -n -v` lists nothing over that disk either;
+//! - that rebuilt disk boots with SELinux enforcing, the user logs in through ttyd with
+//!   the new credential, and the
 //!   audit log and the kernel log hold no AVC denial for ttyd, login, the user's shell,
 //!   password checks, sudo or the files the build wrote (Debian's reference policy denies
 //!   systemd-tmpfiles and udev a few things at every boot; those are listed, not failed);
@@ -24,6 +28,8 @@ use std::process::{Command, Output};
 const TOOLS: &[&str] = &["qemu-img", "guestfish", "mmdebstrap", "qemu-system-x86_64"];
 const PASSWORD: &str = "Sel-lab-Pass-5521";
 const TTYD_PASSWORD: &str = "Sel-ttyd-Cred-0917";
+/// The ttyd credential of the rebuild that rewrites files on the host.
+const NEW_TTYD_PASSWORD: &str = "Sel-ttyd-Cred-4481";
 const FILE_CONTEXTS: &str = "/etc/selinux/default/contexts/files/file_contexts";
 
 fn diskforge(cache: &Path) -> Command {
@@ -35,7 +41,7 @@ fn diskforge(cache: &Path) -> Command {
 }
 
 fn ok(out: &Output, what: &str) -> String {
-    common::ok_without(out, what, &[PASSWORD, TTYD_PASSWORD])
+    common::ok_without(out, what, &[PASSWORD, TTYD_PASSWORD, NEW_TTYD_PASSWORD])
 }
 
 /// The cache shared with the end-to-end test: the built Debian base and the ttyd
@@ -242,9 +248,69 @@ fn a_build_on_an_selinux_guest_leaves_every_label_right_and_boots_enforcing() {
         wrong.is_empty(),
         "labels setfiles would still change after the build: {wrong:#?}"
     );
+    std::fs::remove_file(&disk).unwrap();
 
-    // Boot it: enforcing, the user logs in through ttyd, no AVC denial for any of it.
+    // A rebuild that changes two files' content and the ttyd credential: the host
+    // rewrites them on the kept customized disk, each keeping its label.
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let text = text
+        .replace(
+            "content: \"SELinux lab\\n\"",
+            "content: \"SELinux lab, rebuilt\\n\"",
+        )
+        .replace("content: \"notes\\n\"", "content: \"notes, rebuilt\\n\"");
+    assert!(
+        text.contains("notes, rebuilt") && text.contains("lab, rebuilt"),
+        "{text}"
+    );
+    std::fs::write(&recipe, text).unwrap();
+    let disk = dir.join("rebuilt.qcow2");
+    let out = diskforge(&cache())
+        .args(["--json-events", "build", "--incremental"])
+        .arg(&recipe)
+        .arg("--disk-only")
+        .arg(&disk)
+        .env("SEL_TTYD_PASSWORD", NEW_TTYD_PASSWORD)
+        .output()
+        .unwrap();
+    ok(&out, "the rebuild on the SELinux guest");
+    common::events::check(&out.stderr);
+    assert!(
+        common::events::named(&out.stderr, "appliance_launches").is_empty(),
+        "the rebuild launched an appliance"
+    );
+    let patched = common::events::named(&out.stderr, "patched");
+    let files = patched[0]["files"].as_array().unwrap();
+    let paths: Vec<&str> = files.iter().map(|f| f["path"].as_str().unwrap()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/etc/motd",
+            "/srv/lab/notes.txt",
+            "/etc/systemd/system/diskforge-ttyd.service",
+            "/etc/diskforge/ttyd.env"
+        ]
+    );
+    for f in files {
+        assert!(
+            f["xattrs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x == "security.selinux"),
+            "no label carried over: {f}"
+        );
+    }
+    let wrong = labels_that_would_change(&disk);
+    assert!(
+        wrong.is_empty(),
+        "labels setfiles would change after the host rewrote files: {wrong:#?}"
+    );
+
+    // Boot the rebuilt disk: enforcing, the user logs in through ttyd with the new
+    // credential, reads the rewritten file, and no AVC denial for any of it.
     let command = "echo mode=$(/usr/sbin/getenforce); echo ctx=$(id -Z); \
+                   echo notes=$(cat /srv/lab/notes.txt); \
                    echo ttyd=$(ps -eo label,comm | awk '$2 == \"ttyd\" {print $1}'); \
                    echo auditd=$(systemctl is-active auditd); \
                    sudo -n grep 'avc: *denied' /var/log/audit/audit.log | sed 's/^/audit-avc: /'; \
@@ -263,7 +329,7 @@ fn a_build_on_an_selinux_guest_leaves_every_label_right_and_boots_enforcing() {
         .arg(&disk)
         .arg("--user-data")
         .arg(&user_data)
-        .args(["--ttyd-auth", &format!("lab:{TTYD_PASSWORD}")])
+        .args(["--ttyd-auth", &format!("lab:{NEW_TTYD_PASSWORD}")])
         .args(["--login", &format!("lab:{PASSWORD}")])
         .args(["--command", command])
         .output()
@@ -279,6 +345,7 @@ fn a_build_on_an_selinux_guest_leaves_every_label_right_and_boots_enforcing() {
             .to_string()
     };
     assert_eq!(value("mode"), "Enforcing", "{report}");
+    assert_eq!(value("notes"), "notes, rebuilt", "{report}");
     assert!(
         report.contains("cloud-init: not checked: nothing on the serial console mentions cloud-init (the guest seems to have none); the seed was attached"),
         "{report}"

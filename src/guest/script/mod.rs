@@ -19,12 +19,15 @@ mod hygiene;
 mod ttyd;
 mod users;
 
+pub use users::{matches_hash, shadow_hash};
+
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use crate::guest::patch::{PatchFile, Presence};
 use crate::recipe::{Customize, Recipe, SecretValue, TtydSource};
 use crate::sys::exec::shell_quote as q;
 
@@ -61,6 +64,23 @@ pub struct Secrets {
 }
 
 impl Secrets {
+    /// The secrets that reach the disk outside the files the host may rewrite (user
+    /// and root password hashes, the desktop's password file), as one value: a disk
+    /// kept for host-side rewrites is reused only while these are the same.
+    pub fn unpatchable(&self) -> SecretValue {
+        let mut s = String::new();
+        for (name, v) in &self.users {
+            s.push_str(&format!("user\0{name}\0{}\0", v.expose()));
+        }
+        if let Some(v) = &self.root {
+            s.push_str(&format!("root\0{}\0", v.expose()));
+        }
+        if let Some(v) = &self.desktop {
+            s.push_str(&format!("desktop\0{}\0", v.expose()));
+        }
+        SecretValue::new(s)
+    }
+
     /// Every value to redact from messages.
     pub fn values(&self) -> Vec<String> {
         let mut v: Vec<String> = self
@@ -172,6 +192,123 @@ pub struct Customization {
     pub main: Part,
     /// The packages installed (the appliance needs a network when there are some).
     pub package_names: Vec<String>,
+    /// What of `main` the host may rewrite on a kept disk.
+    pub patchable: Patchable,
+}
+
+/// The files of the main part whose content alone may change between two builds with
+/// the same disk otherwise: the host rewrites them on a disk kept after the whole
+/// customization (`build --incremental`, see [`crate::guest::patch`]) instead of
+/// running the customization again. A file qualifies when the script writes it whole
+/// with `install` and nothing after it reads or changes it.
+#[derive(Debug, Default, Clone)]
+pub struct Patchable {
+    /// Indices into `customize.files`.
+    pub recipe_files: Vec<usize>,
+    /// ttyd's unit, start script and credential file (its command line and credential).
+    pub ttyd: bool,
+    /// Every such file with the content this build gives it.
+    pub files: Vec<PatchFile>,
+    /// The recipe sets passwords outside these files (users, root, the desktop): a
+    /// kept disk is reused only while they are the same.
+    pub passwords: bool,
+}
+
+impl Patchable {
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
+/// Where a later step of the main part (or of the SBOM's reading of the guest) reads or
+/// writes: a recipe file there is not rewritten on the host.
+const LATER_STEPS_TOUCH: &[&str] = &[
+    "/.autorelabel",
+    "/boot",
+    "/etc/apt",
+    "/etc/conf.d",
+    "/etc/cron.d",
+    "/etc/diskforge",
+    "/etc/group",
+    "/etc/gshadow",
+    "/etc/hostname",
+    "/etc/hosts",
+    "/etc/init.d",
+    "/etc/localtime",
+    "/etc/lvm",
+    "/etc/machine-id",
+    "/etc/os-release",
+    "/etc/passwd",
+    "/etc/resolv.conf",
+    "/etc/runlevels",
+    "/etc/selinux",
+    "/etc/shadow",
+    "/etc/ssh",
+    "/etc/sudoers",
+    "/etc/sudoers.d",
+    "/etc/systemd",
+    "/etc/timezone",
+    "/lib",
+    "/lib/apk",
+    "/root",
+    "/usr/bin/ttyd",
+    "/usr/lib",
+    "/usr/local/bin/ttyd",
+    "/usr/local/lib/diskforge",
+    "/usr/share/doc",
+    "/usr/share/novnc",
+    "/usr/share/zoneinfo",
+    "/var/cache",
+    "/var/lib/apt",
+    "/var/lib/cloud",
+    "/var/lib/dbus",
+    "/var/lib/dpkg",
+    "/var/lib/rpm",
+    "/var/lib/systemd",
+    "/var/lib/urandom",
+    "/var/log",
+    "/var/tmp",
+];
+
+/// Which recipe files and which of ttyd's files the host may rewrite (see
+/// [`Patchable`]). Recipe commands may read any file: with commands, no recipe file is.
+fn patchable(recipe: &Recipe, secrets: &Secrets, recipe_dir: &Path) -> Patchable {
+    let c = &recipe.customize;
+    let mut p = Patchable::default();
+    if c.commands.is_empty() {
+        for (i, f) in c.files.iter().enumerate() {
+            let path = f.path.0.as_str();
+            let data = match (&f.content, &f.source) {
+                (Some(text), None) => StageData::Bytes(text.clone().into_bytes()),
+                (None, Some(src)) => StageData::File(recipe_dir.join(&src.0)),
+                _ => continue,
+            };
+            let written_once = c.files.iter().filter(|o| o.path.0 == path).count() == 1;
+            let linked = c.symlinks.iter().any(|l| {
+                crate::guest::patch::under(path, &l.path.0)
+                    || crate::guest::patch::under(&l.path.0, path)
+            });
+            let touched = LATER_STEPS_TOUCH
+                .iter()
+                .any(|d| crate::guest::patch::under(path, d));
+            if crate::guest::patch::plain_path(path) && written_once && !linked && !touched {
+                p.recipe_files.push(i);
+                p.files.push(PatchFile {
+                    path: path.to_string(),
+                    data,
+                    presence: Presence::Always,
+                });
+            }
+        }
+    }
+    if recipe.ttyd.enabled {
+        p.ttyd = true;
+        p.files.extend(ttyd::patch_files(&recipe.ttyd, secrets));
+    }
+    p.passwords = c.users.iter().any(|u| u.password.is_some())
+        || c.root_password.is_some()
+        || (recipe.desktop.enabled && recipe.desktop.credential.is_some());
+    p
 }
 
 impl Customization {
@@ -299,6 +436,7 @@ pub fn generate(
         packages: pk,
         main: g,
         package_names,
+        patchable: patchable(recipe, secrets, recipe_dir),
     })
 }
 
@@ -442,6 +580,97 @@ mod tests {
             }
         }
         s
+    }
+
+    #[test]
+    fn only_files_nothing_later_reads_are_rewritable() {
+        let r = recipe(
+            "customize:\n  files:\n    - {path: /etc/motd, content: a}\n    - {path: /etc/hostname, content: b}\n    - {path: /var/log/app.log, content: c}\n    - {path: /etc/ssh/sshd_config.d/x.conf, content: d}\n    - {path: /opt/app/dup, content: e}\n    - {path: /opt/app/dup, content: f}\n    - {path: /opt/app/linked, content: g}\n    - {path: \"/opt/with space\", content: h}\n    - {path: /home/lab/.profile, content: i, owner: lab}\n  symlinks: [{path: /opt/app/linked, target: /etc/motd}]\n",
+        );
+        let c = generate(&r, &Secrets::default(), Path::new("."), None).unwrap();
+        let paths: Vec<&str> = c.patchable.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["/etc/motd", "/home/lab/.profile"]);
+        assert_eq!(c.patchable.recipe_files, [0, 8]);
+        assert!(!c.patchable.ttyd && !c.patchable.passwords);
+        assert!(c
+            .patchable
+            .files
+            .iter()
+            .all(|f| f.presence == Presence::Always));
+
+        // Commands may read any file; ttyd's own files stay rewritable, where they are.
+        let r = recipe(
+            "customize:\n  files: [{path: /etc/motd, content: a}]\n  commands: [\"true\"]\n  users: [{name: lab, password: {env: X}}]\nttyd: {enabled: true, source: {package: ttyd}}\n",
+        );
+        let secrets = Secrets {
+            users: vec![("lab".into(), SecretValue::new("pw".into()))],
+            ..Secrets::default()
+        };
+        let c = generate(&r, &secrets, Path::new("."), None).unwrap();
+        let paths: Vec<&str> = c.patchable.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/etc/systemd/system/diskforge-ttyd.service",
+                "/usr/local/lib/diskforge/ttyd-start.sh"
+            ]
+        );
+        assert!(c.patchable.recipe_files.is_empty() && c.patchable.ttyd);
+        assert!(c.patchable.passwords);
+        assert!(c
+            .patchable
+            .files
+            .iter()
+            .all(|f| f.presence == Presence::IfPresent));
+    }
+
+    /// The files the host rewrites hold what the guest script installs: the unit, the
+    /// start script and the credential file, byte for byte.
+    #[test]
+    fn rewritten_ttyd_files_are_the_ones_the_script_installs() {
+        let r = recipe(
+            "ttyd: {enabled: true, source: {package: ttyd}, port: 8080, credential: {user: web, password: {env: X}}}\n",
+        );
+        let secrets = Secrets {
+            ttyd: Some(SecretValue::new("web:pw".into())),
+            ..Secrets::default()
+        };
+        let c = generate(&r, &secrets, Path::new("."), None).unwrap();
+        let staged = |name: &str| {
+            c.main
+                .files
+                .iter()
+                .find(|f| f.name == name)
+                .map(|f| match &f.data {
+                    StageData::Bytes(b) => b.clone(),
+                    StageData::File(_) => panic!("{name} is a host file"),
+                })
+                .unwrap_or_else(|| panic!("{name} is not staged"))
+        };
+        let patched = |path: &str| {
+            c.patchable
+                .files
+                .iter()
+                .find(|f| f.path == path)
+                .map(|f| match &f.data {
+                    StageData::Bytes(b) => b.clone(),
+                    StageData::File(_) => panic!("{path} is a host file"),
+                })
+                .unwrap_or_else(|| panic!("{path} is not rewritable"))
+        };
+        assert_eq!(
+            patched("/etc/systemd/system/diskforge-ttyd.service"),
+            staged(ttyd::UNIT)
+        );
+        assert_eq!(
+            patched("/usr/local/lib/diskforge/ttyd-start.sh"),
+            staged("ttyd-start.sh")
+        );
+        assert_eq!(
+            patched("/etc/diskforge/ttyd.env"),
+            staged("secrets/ttyd.env")
+        );
+        assert!(String::from_utf8_lossy(&staged(ttyd::UNIT)).contains("-p 8080"));
     }
 
     #[test]

@@ -8,11 +8,14 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::{Part, Secrets, StageData};
+use crate::guest::patch::{PatchFile, Presence};
 use crate::recipe::{Ttyd, TtydSource};
 use crate::sys::exec::shell_quote as q;
 
 /// Where the ttyd binary goes when it is not installed by the package manager.
 pub const BIN: &str = "/usr/local/bin/ttyd";
+/// Where the package manager installs it.
+const PACKAGED: &str = "/usr/bin/ttyd";
 /// The systemd unit diskforge writes for ttyd.
 pub const UNIT: &str = "diskforge-ttyd.service";
 const ENV_FILE: &str = "/etc/diskforge/ttyd.env";
@@ -31,7 +34,7 @@ pub fn install(g: &mut Part, t: &Ttyd, secrets: &Secrets, binary: Option<&Path>)
         }
     ));
     let exe = match &t.source {
-        TtydSource::Package(_) => "/usr/bin/ttyd".to_string(),
+        TtydSource::Package(_) => PACKAGED.to_string(),
         TtydSource::Url(_) | TtydSource::Path(_) => {
             let bin = binary.context("the ttyd binary was not fetched")?;
             let f = g.stage("ttyd".into(), StageData::File(bin.to_path_buf()), 0o755);
@@ -39,72 +42,23 @@ pub fn install(g: &mut Part, t: &Ttyd, secrets: &Secrets, binary: Option<&Path>)
             BIN.to_string()
         }
     };
-    let mut args: Vec<String> = vec![exe.clone(), "-p".into(), t.port.to_string()];
-    if let Some(i) = &t.interface {
-        args.extend(["-i".into(), i.clone()]);
-    }
-    if t.writable {
-        args.push("-W".into());
-    }
-    if secrets.ttyd.is_some() {
-        args.extend(["-c".into(), CREDENTIAL.into()]);
-    }
-    args.extend(t.extra_args.iter().cloned());
-    args.extend(t.command.iter().cloned());
-
-    if let Some(cred) = &secrets.ttyd {
+    let files = contents(t, secrets);
+    if let Some(env) = files.env {
         let f = g.stage(
             "secrets/ttyd.env".into(),
-            StageData::Bytes(
-                format!("TTYD_CREDENTIAL={}\n", env_quote(cred.expose())).into_bytes(),
-            ),
+            StageData::Bytes(env.into_bytes()),
             0o600,
         );
         g.line(format!("install -D -m 0600 -o root -g root {f} {ENV_FILE}"));
     }
-    let exec_start = args
-        .iter()
-        .map(|a| {
-            if a == CREDENTIAL {
-                a.clone()
-            } else {
-                systemd_quote(a)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ");
-    let unit = include_str!("diskforge-ttyd.service")
-        .replace("@USER@", &t.user)
-        .replace(
-            "@ENVIRONMENT@",
-            if secrets.ttyd.is_some() {
-                "EnvironmentFile=/etc/diskforge/ttyd.env\n"
-            } else {
-                ""
-            },
-        )
-        .replace("@EXEC_START@", &exec_start);
-    let u = g.stage(UNIT.into(), StageData::Bytes(unit.into_bytes()), 0o644);
-
-    let mut start =
-        String::from("#!/bin/sh\n# Starts ttyd on guests without systemd (diskforge).\n");
-    if secrets.ttyd.is_some() {
-        start.push_str(&format!(". {ENV_FILE}\n"));
-    }
-    let words: Vec<String> = args
-        .iter()
-        .map(|a| {
-            if a == CREDENTIAL {
-                "\"$TTYD_CREDENTIAL\"".to_string()
-            } else {
-                q(a)
-            }
-        })
-        .collect();
-    start.push_str(&format!("exec {}\n", words.join(" ")));
+    let u = g.stage(
+        UNIT.into(),
+        StageData::Bytes(files.unit.into_bytes()),
+        0o644,
+    );
     let s = g.stage(
         "ttyd-start.sh".into(),
-        StageData::Bytes(start.into_bytes()),
+        StageData::Bytes(files.start.into_bytes()),
         0o755,
     );
     let openrc = include_str!("diskforge-ttyd.openrc").replace("@USER@", &t.user);
@@ -141,6 +95,95 @@ pub fn install(g: &mut Part, t: &Ttyd, secrets: &Secrets, binary: Option<&Path>)
     g.line("  fi");
     g.line("fi");
     Ok(())
+}
+
+/// What ttyd's files hold: the unit (systemd guests), the start script (the others)
+/// and the credential's EnvironmentFile. The command line (port, interface, writable,
+/// extra arguments, command) and the credential live only in these files, so a rebuild
+/// that changes only those can rewrite them on a kept disk (see [`patch_files`]).
+struct Contents {
+    unit: String,
+    start: String,
+    env: Option<String>,
+}
+
+fn contents(t: &Ttyd, secrets: &Secrets) -> Contents {
+    let exe = match &t.source {
+        TtydSource::Package(_) => PACKAGED,
+        TtydSource::Url(_) | TtydSource::Path(_) => BIN,
+    };
+    let mut args: Vec<String> = vec![exe.to_string(), "-p".into(), t.port.to_string()];
+    if let Some(i) = &t.interface {
+        args.extend(["-i".into(), i.clone()]);
+    }
+    if t.writable {
+        args.push("-W".into());
+    }
+    if secrets.ttyd.is_some() {
+        args.extend(["-c".into(), CREDENTIAL.into()]);
+    }
+    args.extend(t.extra_args.iter().cloned());
+    args.extend(t.command.iter().cloned());
+    let env = secrets
+        .ttyd
+        .as_ref()
+        .map(|cred| format!("TTYD_CREDENTIAL={}\n", env_quote(cred.expose())));
+    let exec_start = args
+        .iter()
+        .map(|a| {
+            if a == CREDENTIAL {
+                a.clone()
+            } else {
+                systemd_quote(a)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let unit = include_str!("diskforge-ttyd.service")
+        .replace("@USER@", &t.user)
+        .replace(
+            "@ENVIRONMENT@",
+            if secrets.ttyd.is_some() {
+                "EnvironmentFile=/etc/diskforge/ttyd.env\n"
+            } else {
+                ""
+            },
+        )
+        .replace("@EXEC_START@", &exec_start);
+    let mut start =
+        String::from("#!/bin/sh\n# Starts ttyd on guests without systemd (diskforge).\n");
+    if secrets.ttyd.is_some() {
+        start.push_str(&format!(". {ENV_FILE}\n"));
+    }
+    let words: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a == CREDENTIAL {
+                "\"$TTYD_CREDENTIAL\"".to_string()
+            } else {
+                q(a)
+            }
+        })
+        .collect();
+    start.push_str(&format!("exec {}\n", words.join(" ")));
+    Contents { unit, start, env }
+}
+
+/// ttyd's files as the host rewrites them on a kept disk: each where the guest script
+/// put it, when it did (the unit on systemd guests, the start script on the others).
+pub fn patch_files(t: &Ttyd, secrets: &Secrets) -> Vec<PatchFile> {
+    let c = contents(t, secrets);
+    let file = |path: &str, text: String| PatchFile {
+        path: path.to_string(),
+        data: StageData::Bytes(text.into_bytes()),
+        presence: Presence::IfPresent,
+    };
+    let mut files = vec![
+        file(&format!("/etc/systemd/system/{UNIT}"), c.unit),
+        file(START, c.start),
+    ];
+    files.extend(c.env.map(|e| file(ENV_FILE, e)));
+    files
 }
 
 /// Quotes one word for a systemd `ExecStart=` line so that systemd passes it on

@@ -22,6 +22,16 @@ pub fn shadow_hash(password: &SecretValue) -> Result<String> {
     Ok(h.as_str().to_string())
 }
 
+/// Whether `password` is the one `hash` (a [`shadow_hash`]) was made from.
+pub fn matches_hash(password: &SecretValue, hash: &str) -> bool {
+    use sha_crypt::PasswordVerifier;
+    sha_crypt::PasswordHash::new(hash).is_ok_and(|h| {
+        sha_crypt::ShaCrypt::SHA512
+            .verify_password(password.expose().as_bytes(), &h)
+            .is_ok()
+    })
+}
+
 fn keys_file(keys: &[String]) -> Vec<u8> {
     let mut s = String::new();
     for k in keys {
@@ -154,5 +164,8 @@ mod tests {
         assert!(sha_crypt::ShaCrypt::SHA512
             .verify_password(b"wrong", &parsed)
             .is_err());
+        assert!(matches_hash(&pw, &a));
+        assert!(!matches_hash(&SecretValue::new("wrong".into()), &a));
+        assert!(!matches_hash(&pw, "not a hash"));
     }
 }

@@ -151,3 +151,12 @@ pub fn numbers(stderr: &str, event: &str, field: &str) -> Vec<u64> {
         .filter_map(|v| v[field].as_u64())
         .collect()
 }
+
+/// Every `event` event of `stderr`, in order.
+pub fn named(stderr: &[u8], event: &str) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == event)
+        .collect()
+}
