@@ -9,6 +9,7 @@
 
 pub mod apt;
 pub mod boot;
+pub mod content;
 pub mod fish;
 pub mod fstab;
 pub mod grow;

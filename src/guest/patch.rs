@@ -24,7 +24,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::script::StageData;
+use super::content::StageData;
 use crate::sys::exec::Cmd;
 
 /// Where a kept disk's root filesystem lies, recorded when the disk is kept.

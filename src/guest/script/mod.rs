@@ -23,7 +23,7 @@ pub use users::{matches_hash, shadow_hash};
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
@@ -37,12 +37,7 @@ pub const STAGE: &str = "/var/tmp/diskforge-stage";
 /// The shell functions every part starts with.
 const PRELUDE: &str = include_str!("prelude.sh");
 
-/// One file in a staging tarball.
-#[derive(Clone)]
-pub enum StageData {
-    Bytes(Vec<u8>),
-    File(PathBuf),
-}
+pub use super::content::StageData;
 
 #[derive(Clone)]
 pub struct StageFile {
