@@ -224,10 +224,14 @@ impl Cache {
         Ok(dir)
     }
 
-    /// Where `build --incremental` keeps stage disks.
+    /// Where `build --incremental` keeps stage disks: readable by the cache's owner
+    /// only (a customized disk holds what the build put in it, credentials included).
     pub fn stage_dir(&self) -> Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
         let dir = self.root.join("stages");
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private", dir.display()))?;
         Ok(dir)
     }
 
@@ -586,7 +590,15 @@ impl Cache {
                     .checked_sub(d)
                     .unwrap_or(SystemTime::UNIX_EPOCH)
             });
+            let mut dirs = Vec::new();
             for entry in rd.flatten() {
+                let path = entry.path();
+                // A settled disk keeps a directory beside it (`<key>.d`): it goes with
+                // its disk, below.
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
                 let old = match limit {
                     None => true,
                     Some(limit) => entry
@@ -595,17 +607,16 @@ impl Cache {
                         .map(|m| m < limit)
                         .unwrap_or(true),
                 };
-                if !old {
-                    continue;
-                }
-                // A settled disk keeps a directory beside it (`<key>.d`).
-                let path = entry.path();
-                if path.is_dir() {
-                    let _ = fs::remove_dir_all(&path);
-                } else if fs::remove_file(&path).is_ok()
+                if old
+                    && fs::remove_file(&path).is_ok()
                     && path.extension().is_some_and(|e| e == "qcow2")
                 {
                     report.stages += 1;
+                }
+            }
+            for dir in dirs {
+                if !dir.with_extension("qcow2").is_file() {
+                    let _ = fs::remove_dir_all(&dir);
                 }
             }
         }

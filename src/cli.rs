@@ -395,8 +395,8 @@ pub struct BuildArgs {
     pub force: bool,
     /// Keep the disk after growth and package installation in the cache, and start
     /// from it when only later steps changed; keep the customized disk too, and
-    /// rewrite files on it on the host when only their content (or ttyd's command
-    /// line and credential) changed.
+    /// rewrite files on it on the host when only their content (files, passwords, SSH
+    /// keys, ttyd's command line and credential) changed.
     #[arg(long)]
     pub incremental: bool,
     /// Recipes built at the same time [default: what the machine's cores and memory carry].

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Incremental rebuilds, side by side in one run: the demo recipe built in full, then
-# with --incremental (which keeps the disk after growth and package installation),
-# then again after changing only the ttyd port, then with nothing changed. Prints a
-# Markdown table of wall times, appliance launches and the ratios to the full build.
+# with --incremental (which keeps the disk after growth and package installation, and
+# the customized disk), then again after changing only the ttyd port, with nothing
+# changed, after changing a file's content, a user's password, and after adding a
+# user. Prints a Markdown table of wall times, appliance launches and the ratios to the
+# full build; fails when a rebuild that should rewrite files on the host did not.
 #
 # Usage: [CACHE_DIR=DIR] ci/bench/incremental.sh
 #   CACHE_DIR  diskforge's cache to use (default: the user's); it must hold the demo's
@@ -62,6 +64,26 @@ grep -q '"up_to_date"\|up to date' "$work/unchanged.log" || {
   echo "the unchanged rebuild was not up to date" >&2
   exit 1
 }
+# A file's content (the message of the day).
+sed -i 's/^        Welcome to the diskforge demo lab\.$/        Welcome to the rebuilt diskforge demo lab./' "$work/demo.yaml"
+grep -q 'Welcome to the rebuilt' "$work/demo.yaml" || { echo "the demo's motd line moved" >&2; exit 1; }
+run file_changed out-file --incremental
+# A user's password: a secret, which the build key leaves out, so --force.
+DISKFORGE_LAB_PASSWORD=$DISKFORGE_LAB_PASSWORD-2 run password_changed out-password --incremental --force
+# A new user: not a rewrite of existing files, so the appliance runs on the kept stage.
+python3 - "$work/demo.yaml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+anchor = "  files:\n"
+assert anchor in s, "the demo's files section moved"
+s = s.replace(anchor, "    - name: guest\n      shell: /bin/sh\n" + anchor, 1)
+open(p, "w").write(s)
+PY
+run user_added out-user --incremental
+for n in port_changed file_changed password_changed; do
+  grep -q '"event":"patched"' "$work/$n.log" || { echo "$n did not rewrite files on the host" >&2; exit 1; }
+done
 
 ratio() { python3 -c "import sys;print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
 cat <<EOF
@@ -71,4 +93,7 @@ cat <<EOF
 | --incremental, first (keeps the stage) | ${secs[incremental_first]} | ${launches[incremental_first]} | $(ratio "${secs[incremental_first]}" "${secs[full]}") |
 | --incremental, ttyd port changed | ${secs[port_changed]} | ${launches[port_changed]} | **$(ratio "${secs[port_changed]}" "${secs[full]}")** |
 | --incremental, nothing changed | ${secs[unchanged]} | ${launches[unchanged]} | $(ratio "${secs[unchanged]}" "${secs[full]}") |
+| --incremental, a file's content changed | ${secs[file_changed]} | ${launches[file_changed]} | **$(ratio "${secs[file_changed]}" "${secs[full]}")** |
+| --incremental --force, a user's password changed | ${secs[password_changed]} | ${launches[password_changed]} | **$(ratio "${secs[password_changed]}" "${secs[full]}")** |
+| --incremental, a user added | ${secs[user_added]} | ${launches[user_added]} | $(ratio "${secs[user_added]}" "${secs[full]}") |
 EOF

@@ -72,11 +72,22 @@ pub enum Presence {
     IfPresent,
 }
 
+/// What a rewritten file holds.
+#[derive(Clone)]
+pub enum PatchData {
+    /// This content, whole.
+    Content(StageData),
+    /// The disk's shadow(5) file with these users' password hashes (`$6$…`) set and
+    /// their last-change day made today, as `chpasswd -e` leaves it; every other line
+    /// and field as the disk has it.
+    Passwords(Vec<(String, String)>),
+}
+
 /// One file the host rewrites with new content.
 #[derive(Clone)]
 pub struct PatchFile {
     pub path: String,
-    pub data: StageData,
+    pub data: PatchData,
     pub presence: Presence,
 }
 
@@ -91,8 +102,8 @@ impl std::fmt::Debug for PatchFile {
 }
 
 /// A guest path `debugfs` takes as one word, unquoted: absolute, no `.` or `..`
-/// component, and only letters, digits and `._+-@=:,/`. Other paths are left to the
-/// appliance.
+/// component, none starting with `-` (an option to debugfs' commands), and only
+/// letters, digits and `._+-@=:,/`. Other paths are left to the appliance.
 pub fn plain_path(path: &str) -> bool {
     path.starts_with('/')
         && path.len() > 1
@@ -102,14 +113,18 @@ pub fn plain_path(path: &str) -> bool {
         && path
             .split('/')
             .skip(1)
-            .all(|c| !c.is_empty() && c != "." && c != "..")
+            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.starts_with('-'))
 }
 
 /// The programs a patch runs.
 pub const TOOLS: [&str; 3] = ["qemu-storage-daemon", "debugfs", "e2fsck"];
 
-/// Whether this host can patch: the programs, and FUSE.
+/// Whether this host can patch: the programs, and FUSE; `DISKFORGE_HOST_PATCH=0` says
+/// not to (debugfs and e2fsck then never read a guest's filesystem on the host).
 pub fn available() -> Result<(), String> {
+    if std::env::var("DISKFORGE_HOST_PATCH").is_ok_and(|v| v == "0") {
+        return Err("DISKFORGE_HOST_PATCH=0".into());
+    }
     for t in TOOLS {
         if !crate::sys::exec::have(t) {
             return Err(format!("{t} is not installed"));
@@ -218,18 +233,44 @@ pub fn apply(
             }
         }
         let data_name = format!("data-{i}");
-        let bytes = write_data(&f.data, &dir.join(&data_name))?;
-        export.zero_blocks(&blocks, stats.block_size)?;
+        let bytes = match &f.data {
+            PatchData::Content(data) => write_data(data, &dir.join(&data_name))?,
+            PatchData::Passwords(hashes) => {
+                let (now, _) = fs.run(false, &format!("cat {}", f.path))?;
+                let day = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() / 86_400)
+                    .unwrap_or(0);
+                let text = set_password_hashes(&now, hashes, day)
+                    .with_context(|| format!("setting passwords in {}", f.path))?;
+                write_data(&StageData::Bytes(text.into_bytes()), &dir.join(&data_name))?
+            }
+        };
         let (parent, name) = f.path.rsplit_once('/').context("an absolute path")?;
         let parent = if parent.is_empty() { "/" } else { parent };
+        // Unlinked first (its extent tree intact), then its data blocks zeroed while
+        // nothing can take them, then the new file.
+        fs.script(&format!("cd {parent}\nrm {name}\n"))?;
+        if fs.stat(&f.path)?.is_some() {
+            bail!("{} is still there after it was removed", f.path);
+        }
+        export.zero_blocks(&blocks, stats.block_size)?;
+        // The inode flags `install` would have inherited stay as they were (extents as
+        // the filesystem makes new files), and so does the project.
+        let flags = (old.flags & !EXTENTS)
+            | if stats.features.iter().any(|f| f == "extent") {
+                EXTENTS
+            } else {
+                0
+            };
+        script.push_str(&format!("cd {parent}\nwrite {data_name} {name}\n"));
         script.push_str(&format!(
-            "rm {}\ncd {parent}\nwrite {data_name} {name}\n",
-            f.path
-        ));
-        script.push_str(&format!(
-            "sif {name} mode 0{:o}\nsif {name} uid {}\nsif {name} gid {}\n",
+            "sif {name} mode 0{:o}\nsif {name} uid {}\nsif {name} gid {}\nsif {name} flags {flags:#x}\n",
             old.mode, old.uid, old.gid
         ));
+        if let Some(project) = old.project {
+            script.push_str(&format!("sif {name} projid {project}\n"));
+        }
         for (k, attr) in xattrs.iter().enumerate() {
             script.push_str(&format!("ea_set -f xattr-{k} {name} {attr}\n"));
         }
@@ -239,11 +280,22 @@ pub fn apply(
             .with_context(|| format!("{} is missing after it was rewritten", f.path))?;
         if new.kind != "regular"
             || new.size != bytes
-            || (new.mode, new.uid, new.gid) != (old.mode, old.uid, old.gid)
+            || (new.mode, new.uid, new.gid, new.flags, new.project)
+                != (old.mode, old.uid, old.gid, flags, old.project)
         {
+            // No sizes: the credential file's would tell the credential's length.
             bail!(
-                "rewriting {} did not take: now {} of {} bytes, mode {:o}, owner {}:{} (expected {bytes} bytes, mode {:o}, owner {}:{})",
-                f.path, new.kind, new.size, new.mode, new.uid, new.gid, old.mode, old.uid, old.gid
+                "rewriting {} did not take: now a {} of {} the expected size, mode {:o}, owner {}:{}, flags {:#x} (expected mode {:o}, owner {}:{}, flags {flags:#x})",
+                f.path,
+                new.kind,
+                if new.size == bytes { "exactly" } else { "not" },
+                new.mode,
+                new.uid,
+                new.gid,
+                new.flags,
+                old.mode,
+                old.uid,
+                old.gid
             );
         }
         let now = fs.xattr_names(&f.path)?;
@@ -344,6 +396,30 @@ impl<'a> Session<'a> {
     /// an error when an [`Presence::Always`] one is not, or when it is anything but a
     /// plain regular file (a link, one with more names, or data inside its inode).
     fn existing(&self, f: &PatchFile) -> Result<Option<Inode>> {
+        // Every directory on the way is one, not a symbolic link: debugfs follows links
+        // in a path, but its `cd` and `rm` do not, and the guest's own paths (merged
+        // /usr, /var/run) are what the customization wrote through.
+        let mut at = String::new();
+        let parents: Vec<&str> = f.path.split('/').skip(1).collect();
+        for c in &parents[..parents.len().saturating_sub(1)] {
+            at.push('/');
+            at.push_str(c);
+            match self.fs.stat(&at)? {
+                Some(d) if d.kind == "directory" => {}
+                Some(d) => bail!(
+                    "{at} on the kept disk is a {}, not a directory: {} is not rewritten on the host",
+                    d.kind,
+                    f.path
+                ),
+                None => match f.presence {
+                    Presence::Always => bail!(
+                        "{} is missing from the kept disk, which the customization wrote",
+                        f.path
+                    ),
+                    Presence::IfPresent => return Ok(None),
+                },
+            }
+        }
         let Some(old) = self.fs.stat(&f.path)? else {
             return match f.presence {
                 Presence::Always => bail!(
@@ -368,6 +444,40 @@ impl<'a> Session<'a> {
 
 /// The inode flag of a file whose data lives in the inode itself.
 const INLINE_DATA: u64 = 0x1000_0000;
+/// The inode flag of a file mapped by extents.
+const EXTENTS: u64 = 0x8_0000;
+
+/// `shadow` (a shadow(5) file) with each of `hashes`' users given its hash and `day` as
+/// the last change; an error when a user has no line.
+pub fn set_password_hashes(shadow: &str, hashes: &[(String, String)], day: u64) -> Result<String> {
+    let mut seen = vec![false; hashes.len()];
+    let mut out = String::with_capacity(shadow.len() + 256);
+    for line in shadow.split_inclusive('\n') {
+        let (body, end) = match line.strip_suffix('\n') {
+            Some(b) => (b, "\n"),
+            None => (line, ""),
+        };
+        let mut fields: Vec<String> = body.split(':').map(str::to_string).collect();
+        if let Some(i) = hashes.iter().position(|(u, _)| fields[0] == *u) {
+            if fields.len() < 3 {
+                bail!(
+                    "the shadow line of {} has {} fields",
+                    hashes[i].0,
+                    fields.len()
+                );
+            }
+            fields[1] = hashes[i].1.clone();
+            fields[2] = day.to_string();
+            seen[i] = true;
+        }
+        out.push_str(&fields.join(":"));
+        out.push_str(end);
+    }
+    if let Some(i) = seen.iter().position(|s| !s) {
+        bail!("no shadow line for {}", hashes[i].0);
+    }
+    Ok(out)
+}
 
 fn write_data(data: &StageData, to: &Path) -> Result<u64> {
     let mut out = std::fs::OpenOptions::new()
@@ -528,6 +638,8 @@ struct Inode {
     gid: u64,
     size: u64,
     links: u64,
+    /// The project ID, when the inode has room for one.
+    project: Option<u64>,
 }
 
 impl Debugfs<'_> {
@@ -555,11 +667,24 @@ impl Debugfs<'_> {
         ))
     }
 
-    /// Runs a request file in one writable session; checked by the caller afterwards.
+    /// Runs a request file in one writable session; any complaint on stderr (beyond
+    /// debugfs' banner) fails it.
     fn script(&self, script: &str) -> Result<()> {
         let file = self.dir.join("requests");
         std::fs::write(&file, script).with_context(|| format!("writing {}", file.display()))?;
-        self.cmd(true).args(["-f", "requests", "root"]).run()?;
+        let out = self.cmd(true).args(["-f", "requests", "root"]).run()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        let complaints: Vec<&str> = err
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
+            .collect();
+        if !complaints.is_empty() {
+            bail!(
+                "debugfs refused a request ({}): {}",
+                script.lines().next().unwrap_or_default(),
+                crate::sys::exec::redact(&complaints.join("; "), self.secrets)
+            );
+        }
         Ok(())
     }
 
@@ -646,6 +771,7 @@ fn parse_stat(out: &str) -> Result<Inode> {
         gid: num("Group:")?,
         size: num("Size:")?,
         links: num("Links:")?,
+        project: num("Project:").ok(),
         kind,
     })
 }
@@ -682,6 +808,7 @@ mod tests {
                 gid: 27,
                 size: 286,
                 links: 1,
+                project: Some(0),
             }
         );
         let stats = "Filesystem volume name:   <none>\nFilesystem features:      has_journal ext_attr extent 64bit metadata_csum\nFilesystem state:         clean\nBlock size:               4096\n";
@@ -700,6 +827,28 @@ mod tests {
     }
 
     #[test]
+    fn passwords_change_only_their_users_hash_and_day() {
+        let shadow = "root:*:19000:0:99999:7:::\nlab:!:19000:0:99999:7:::\nweb:$6$old$x:19001:0:99999:7:::\n";
+        let hashes = vec![
+            ("lab".to_string(), "$6$salt$new".to_string()),
+            ("root".to_string(), "$6$r$h".to_string()),
+        ];
+        assert_eq!(
+            set_password_hashes(shadow, &hashes, 20000).unwrap(),
+            "root:$6$r$h:20000:0:99999:7:::\nlab:$6$salt$new:20000:0:99999:7:::\nweb:$6$old$x:19001:0:99999:7:::\n"
+        );
+        // Without a final newline, and a user who is not there.
+        assert_eq!(
+            set_password_hashes("lab:!:1::::::", &hashes[..1], 5).unwrap(),
+            "lab:$6$salt$new:5::::::"
+        );
+        let e = set_password_hashes("root:*:1::::::\n", &hashes, 5).unwrap_err();
+        assert!(e.to_string().contains("no shadow line for lab"), "{e}");
+        // A name is a whole field, not a prefix.
+        assert!(set_password_hashes("labx:!:1::::::\n", &hashes[..1], 5).is_err());
+    }
+
+    #[test]
     fn only_plain_paths_reach_debugfs() {
         assert!(plain_path("/etc/motd"));
         assert!(plain_path("/home/lab/.config/app-1.conf"));
@@ -714,6 +863,7 @@ mod tests {
             "/etc/motd/",
             "/etc/a;b",
             "/etc/é",
+            "/etc/-n",
         ] {
             assert!(!plain_path(bad), "{bad}");
         }

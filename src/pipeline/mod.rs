@@ -730,6 +730,17 @@ fn settled_key(
             }
         }
     }
+    // SSH keys: which users have them stays; the keys themselves are rewritten.
+    if let Some(users) = customize.get_mut("users").and_then(Value::as_array_mut) {
+        for i in &p.user_keys {
+            if let Some(u) = users.get_mut(*i).and_then(Value::as_object_mut) {
+                u.insert("ssh-authorized-keys".into(), json!("set"));
+            }
+        }
+    }
+    if let (true, Some(c)) = (p.root_keys, customize.as_object_mut()) {
+        c.insert("root-ssh-authorized-keys".into(), json!("set"));
+    }
     let mut ttyd = serde_json::to_value(&r.ttyd)?;
     if let (true, Some(t)) = (p.ttyd, ttyd.as_object_mut()) {
         for k in ["port", "interface", "writable", "extra-args", "command"] {

@@ -101,18 +101,8 @@ pub fn lookup_settled(
     if !disk.is_file() {
         return Ok(None);
     }
-    let dir = sidecar(&disk);
-    let record = read_record(&dir);
-    let packages = dir.join("packages");
-    let info = crate::sys::qemu_img::info(&disk)?;
-    let backing = info.full_backing_filename.or(info.backing_filename);
-    let same = |a: &Path, b: &Path| {
-        a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
-    };
-    match (record, backing) {
-        (Some(rec), Some(b))
-            if same(Path::new(&b), stage) && same(&rec.stage, stage) && packages.is_dir() =>
-        {
+    match check_settled(&disk, stage)? {
+        Some(rec) => {
             if secrets.is_some_and(|s| !crate::guest::script::matches_hash(s, &rec.secrets)) {
                 tracing::info!(
                     "a password changed since the customized disk {} was kept: customizing in the appliance",
@@ -121,12 +111,12 @@ pub fn lookup_settled(
                 return Ok(None);
             }
             Ok(Some(Settled {
+                packages: sidecar(&disk).join("packages"),
                 disk,
                 root: rec.root,
-                packages,
             }))
         }
-        _ => {
+        None => {
             tracing::info!(
                 "the kept customized disk {} is incomplete or stands on another stage: removing it",
                 disk.display()
@@ -135,6 +125,25 @@ pub fn lookup_settled(
             Ok(None)
         }
     }
+}
+
+/// The record of the settled disk `disk` when it is whole and stands on `stage`.
+fn check_settled(disk: &Path, stage: &Path) -> Result<Option<Record>> {
+    let dir = sidecar(disk);
+    let Some(rec) = read_record(&dir) else {
+        return Ok(None);
+    };
+    let info = crate::sys::qemu_img::info(disk)?;
+    let backing = info.full_backing_filename.or(info.backing_filename);
+    let ok = backing.is_some_and(|b| same_file(Path::new(&b), stage))
+        && same_file(&rec.stage, stage)
+        && dir.join("packages").is_dir();
+    Ok(ok.then_some(rec))
+}
+
+/// Whether two paths name the same file (however they are spelled).
+fn same_file(a: &Path, b: &Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 
 fn read_record(dir: &Path) -> Option<Record> {
@@ -152,7 +161,7 @@ fn forget_settled_on(stage: &Path) {
     for e in entries.flatten() {
         let side = e.path();
         if side.extension().is_some_and(|x| x == "d")
-            && read_record(&side).is_some_and(|r| r.stage == stage)
+            && read_record(&side).is_some_and(|r| same_file(&r.stage, stage))
         {
             forget(&side.with_extension("qcow2"));
         }
@@ -165,10 +174,31 @@ pub fn forget(disk: &Path) {
     let _ = std::fs::remove_dir_all(sidecar(disk));
 }
 
+/// A name in the stage directory no other build of this process or another uses.
+fn unique(dest: &Path, what: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dest.with_extension(format!("{what}.tmp-{}-{n}", std::process::id()))
+}
+
+/// Removes a half-made entry unless it was kept.
+struct Partial(Option<PathBuf>);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_dir_all(&p);
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
 /// Keeps `disk` (the overlay the customization ran on, an overlay of the package stage
 /// `stage`, which finalize reads next) as `dest`, the settled disk of `key`: by a hard
 /// link when the cache is on the same filesystem, else a copy; `root` and the package
-/// database in `packages` beside it.
+/// database in `packages` beside it. Readable by the owner only: it holds what the
+/// build put in the guest. A settled disk of the same key that another build kept on
+/// the same stage with the same passwords stays: builds may stand on it.
 pub fn store_settled(
     disk: &Path,
     dest: &Path,
@@ -178,15 +208,24 @@ pub fn store_settled(
     secrets: &SecretValue,
     packages: &Path,
 ) -> Result<()> {
-    forget(dest);
+    use std::os::unix::fs::PermissionsExt;
+    if dest.is_file() {
+        if let Some(rec) = check_settled(dest, stage)? {
+            if crate::guest::script::matches_hash(secrets, &rec.secrets) {
+                return Ok(());
+            }
+        }
+    }
     let dir = sidecar(dest);
-    let tmp = dir.with_extension(format!("d.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
+    let tmp = unique(dest, "d");
+    let mut partial_dir = Partial(Some(tmp.clone()));
     std::fs::create_dir_all(tmp.join("packages"))
         .with_context(|| format!("creating {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private", tmp.display()))?;
     let record = Record {
         root: root.clone(),
-        stage: stage.to_path_buf(),
+        stage: stage.canonicalize().unwrap_or_else(|_| stage.to_path_buf()),
         secrets: crate::guest::script::shadow_hash(secrets)?,
     };
     std::fs::write(tmp.join(RECORD), serde_json::to_vec_pretty(&record)?)
@@ -202,17 +241,19 @@ pub fn store_settled(
             }
         }
     }
-    std::fs::rename(&tmp, &dir).with_context(|| format!("keeping {}", dir.display()))?;
-    let part = dest.with_extension(format!("qcow2.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&part);
+    let part = unique(dest, "qcow2");
+    let mut partial_disk = Partial(Some(part.clone()));
     if std::fs::hard_link(disk, &part).is_err() {
         std::fs::copy(disk, &part)
             .with_context(|| format!("copying {} to {}", disk.display(), part.display()))?;
     }
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o444))
+    std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o400))
         .with_context(|| format!("making {} read-only", part.display()))?;
+    forget(dest);
+    std::fs::rename(&tmp, &dir).with_context(|| format!("keeping {}", dir.display()))?;
+    partial_dir.0 = None;
     std::fs::rename(&part, dest).with_context(|| format!("keeping {}", dest.display()))?;
+    partial_disk.0 = None;
     crate::progress::event(
         "stage-kept",
         serde_json::json!({"key": key, "path": dest.display().to_string(), "settled": true}),

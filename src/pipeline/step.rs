@@ -407,8 +407,8 @@ impl Step<'_> {
             Step::Disk(DiskStep::Patch(_)) => format!(
                 "no appliance: rewrite {} on the host (owner, mode and labels kept; the old content zeroed){}",
                 patchable_summary(s.customization),
-                if s.customization.patchable.passwords {
-                    "; a build whose user, root or desktop password changed since customizes in the appliance instead"
+                if s.customization.patchable.desktop_password {
+                    "; a build whose desktop password changed since customizes in the appliance instead"
                 } else {
                     ""
                 }
@@ -477,13 +477,24 @@ impl Step<'_> {
 /// command line".
 fn patchable_summary(c: &Customization) -> String {
     let p = &c.patchable;
-    // The recipe's files come first, in recipe order.
-    let mut parts: Vec<String> = p
-        .files
+    let mut parts: Vec<String> = Vec::new();
+    if !p.user_keys.is_empty() || p.root_keys {
+        parts.push("SSH keys".into());
+    }
+    // The recipe's files follow the users' keys, in recipe order.
+    parts.extend(
+        p.files
+            .iter()
+            .skip(p.user_keys.len())
+            .take(p.recipe_files.len())
+            .map(|f| f.path.clone()),
+    );
+    if p.files
         .iter()
-        .take(p.recipe_files.len())
-        .map(|f| f.path.clone())
-        .collect();
+        .any(|f| matches!(f.data, crate::guest::patch::PatchData::Passwords(_)))
+    {
+        parts.push("passwords".into());
+    }
     if p.ttyd {
         parts.push("ttyd's command line and credential".into());
     }

@@ -409,9 +409,7 @@ fn incremental_rebuild_reuses_the_grown_stage() {
         .unwrap()
     };
     // Each build runs exactly the commands its plan lists, on the miss and on the hits.
-    // A plan reads no secret: when a user's password changed, the build customizes in
-    // the appliance where the plan showed the host-side rewrite (and says it would).
-    let incremental = |out_disk: &Path, password: &str, user_password: &str, as_planned: bool| {
+    let incremental = |out_disk: &Path, password: &str, user_password: &str| {
         let plan = common::diskforge()
             .args(["--accel", "tcg", "--cache-dir"])
             .arg(&cache)
@@ -435,16 +433,7 @@ fn incremental_rebuild_reuses_the_grown_stage() {
         );
         let planned = common::planned_commands(&plan.stdout);
         assert!(!planned.is_empty());
-        if as_planned {
-            common::assert_ran_the_plan(&common::executed_commands(&out.stderr), &planned);
-        } else {
-            assert!(
-                String::from_utf8_lossy(&plan.stdout)
-                    .contains("a build whose user, root or desktop password changed since customizes in the appliance instead"),
-                "{}",
-                String::from_utf8_lossy(&plan.stdout)
-            );
-        }
+        common::assert_ran_the_plan(&common::executed_commands(&out.stderr), &planned);
         let steps: Vec<String> = serde_json::from_slice::<serde_json::Value>(&plan.stdout).unwrap()
             ["steps"]
             .as_array()
@@ -482,7 +471,7 @@ fn incremental_rebuild_reuses_the_grown_stage() {
     };
 
     write_recipe("one", "0644", 7681);
-    let (out, steps) = incremental(&t.path().join("one.qcow2"), OLD_PW, USER_PW, true);
+    let (out, steps) = incremental(&t.path().join("one.qcow2"), OLD_PW, USER_PW);
     assert_eq!(all_launches(&out), [1, 1], "grow + packages, then the rest");
     assert!(steps.iter().any(|s| s == "settle"), "{steps:?}");
     let kept: Vec<serde_json::Value> = common::events::named(&out.stderr, "stage-kept");
@@ -505,11 +494,11 @@ fn incremental_rebuild_reuses_the_grown_stage() {
         "growth and packages not marked cached:\n{text}"
     );
     assert!(
-        text.contains("no appliance: rewrite /etc/v and ttyd's command line"),
+        text.contains("no appliance: rewrite /etc/v, passwords and ttyd's command line"),
         "the plan does not say the host rewrites the files:\n{text}"
     );
     let two = t.path().join("two.qcow2");
-    let (out, steps) = incremental(&two, NEW_PW, USER_PW, true);
+    let (out, steps) = incremental(&two, NEW_PW, NEW_USER_PW);
     assert!(all_launches(&out).is_empty(), "an appliance ran: {steps:?}");
     assert!(steps.iter().any(|s| s == "patch"), "{steps:?}");
     assert!(!steps.iter().any(|s| s == "guest"), "{steps:?}");
@@ -524,14 +513,17 @@ fn incremental_rebuild_reuses_the_grown_stage() {
         paths,
         [
             "/etc/v",
+            "/etc/shadow",
             "/etc/systemd/system/diskforge-ttyd.service",
             "/etc/diskforge/ttyd.env"
         ]
     );
-    assert!(
-        !String::from_utf8_lossy(&out.stderr).contains(NEW_PW),
-        "the credential leaked into the build's output"
-    );
+    for secret in [NEW_PW, NEW_USER_PW] {
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains(secret),
+            "a secret leaked into the build's output"
+        );
+    }
     let text = read_back(&two);
     let sv = common::guest::record(section(&text, "statvfs"));
     assert!(
@@ -570,23 +562,13 @@ fn incremental_rebuild_reuses_the_grown_stage() {
     assert_eq!(common::occurrences(&raw, NEW_PW.as_bytes()), 1);
     std::fs::remove_file(&raw).unwrap();
 
-    assert!(lab_password_is(&text, USER_PW), "{text}");
-
-    // A user's new password is not in a rewritable file: the appliance sets it.
-    let pw = t.path().join("pw.qcow2");
-    let (out, steps) = incremental(&pw, NEW_PW, NEW_USER_PW, false);
-    assert_eq!(
-        all_launches(&out),
-        [1],
-        "the password was not set: {steps:?}"
-    );
-    assert!(lab_password_is(&read_back(&pw), NEW_USER_PW));
-    std::fs::remove_file(&pw).unwrap();
+    // The user's new password too, through its hash in /etc/shadow.
+    assert!(lab_password_is(&text, NEW_USER_PW), "{text}");
 
     // A mode is not content: the appliance runs again, on the grown stage.
     write_recipe("two", "0600", 7682);
     let three = t.path().join("three.qcow2");
-    let (out, steps) = incremental(&three, NEW_PW, NEW_USER_PW, true);
+    let (out, steps) = incremental(&three, NEW_PW, NEW_USER_PW);
     assert_eq!(
         all_launches(&out),
         [1],

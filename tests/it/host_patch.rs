@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use diskforge::guest::patch::{self, PatchFile, Presence, RootFs};
+use diskforge::guest::patch::{self, PatchData, PatchFile, Presence, RootFs};
 use diskforge::guest::script::StageData;
 
 use crate::harness::{Need, SYSTEM_SETUP};
@@ -14,6 +14,8 @@ use crate::harness::{Need, SYSTEM_SETUP};
 const OFFSET: u64 = 1 << 20;
 const FS_SIZE: u64 = 62 << 20;
 const OLD_SECRET: &str = "OLD-CREDENTIAL-5f1c9e";
+/// The hash /etc/shadow holds for lab before the rewrite.
+const OLD_HASH: &str = "$6$oldsalt$OLDHASHa1b2c3";
 /// The label `setfiles` writes: the context with its trailing NUL.
 const LABEL: &[u8] = b"system_u:object_r:etc_t:s0\0";
 
@@ -52,7 +54,26 @@ fn kept_disk(dir: &Path) -> (PathBuf, PathBuf) {
     let old = format!("{OLD_SECRET}\n").repeat(500);
     std::fs::write(tree.join("motd"), old).unwrap();
     std::fs::write(tree.join("ttyd.service"), "ExecStart=ttyd -p 7681 login\n").unwrap();
+    std::fs::write(
+        tree.join("shadow"),
+        format!("root:*:19000:0:99999:7:::\nlab:{OLD_HASH}:19000:0:99999:7:::\n"),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("motd", tree.join("link")).unwrap();
+    // A directory reached through a symbolic link (as /var/run or merged /usr are).
+    std::fs::create_dir(tree.join("real")).unwrap();
+    std::fs::write(tree.join("real/f"), "through a link\n").unwrap();
+    std::os::unix::fs::symlink("real", tree.join("linkdir")).unwrap();
+    // A file of eight extents (data between holes): more than an inode holds, so its
+    // extent tree has a block of its own.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::create(tree.join("sparse")).unwrap();
+        for i in 0..8u64 {
+            f.write_all_at(format!("{OLD_SECRET}\n").repeat(100).as_bytes(), i * 65536)
+                .unwrap();
+        }
+    }
     let raw = dir.join("disk.raw");
     std::fs::File::create(&raw)
         .unwrap()
@@ -69,6 +90,8 @@ fn kept_disk(dir: &Path) -> (PathBuf, PathBuf) {
         "sif /etc/motd uid 1000".to_string(),
         "sif /etc/motd gid 27".into(),
         "sif /etc/motd mode 0100640".into(),
+        // nodump, which a file made in that directory would have inherited.
+        "sif /etc/motd flags 0x80040".into(),
         format!(
             "ea_set -f {} /etc/motd security.selinux",
             dir.join("label").display()
@@ -102,7 +125,7 @@ fn root() -> RootFs {
 fn file(path: &str, content: &str, presence: Presence) -> PatchFile {
     PatchFile {
         path: path.into(),
-        data: StageData::Bytes(content.as_bytes().to_vec()),
+        data: PatchData::Content(StageData::Bytes(content.as_bytes().to_vec())),
         presence,
     }
 }
@@ -129,6 +152,12 @@ fn rewrites_files_keeping_owner_mode_and_label_and_erases_the_old_content() {
                 Presence::IfPresent,
             ),
             file("/etc/not-on-this-guest", "x", Presence::IfPresent),
+            file("/etc/sparse", "not sparse any more\n", Presence::Always),
+            PatchFile {
+                path: "/etc/shadow".into(),
+                data: PatchData::Passwords(vec![("lab".into(), "$6$new$NEWHASH".into())]),
+                presence: Presence::Always,
+            },
         ],
         &work,
         &[],
@@ -136,7 +165,16 @@ fn rewrites_files_keeping_owner_mode_and_label_and_erases_the_old_content() {
     )
     .expect("patching the kept disk");
     let paths: Vec<&str> = done.iter().map(|p| p.path.as_str()).collect();
-    assert_eq!(paths, ["/etc/motd", "/etc/ttyd.service"], "{done:?}");
+    assert_eq!(
+        paths,
+        [
+            "/etc/motd",
+            "/etc/ttyd.service",
+            "/etc/sparse",
+            "/etc/shadow"
+        ],
+        "{done:?}"
+    );
     assert_eq!(done[0].old_blocks, 3, "{done:?}");
     assert_eq!(done[0].xattrs, ["security.selinux"]);
     assert_eq!(done[0].bytes, new_motd.len() as u64);
@@ -159,9 +197,27 @@ fn rewrites_files_keeping_owner_mode_and_label_and_erases_the_old_content() {
         debugfs(&dev, false, "cat /etc/ttyd.service"),
         "ExecStart=ttyd -p 7682 login\n"
     );
+    let shadow = debugfs(&dev, false, "cat /etc/shadow");
+    let today = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    assert_eq!(
+        shadow,
+        format!("root:*:19000:0:99999:7:::\nlab:$6$new$NEWHASH:{today}:0:99999:7:::\n")
+    );
     let stat = debugfs(&dev, false, "stat /etc/motd");
     assert!(stat.contains("Type: regular"), "{stat}");
     assert!(stat.contains("Mode:  0640"), "{stat}");
+    assert!(
+        stat.contains("Flags: 0x80040"),
+        "the inode flags changed: {stat}"
+    );
+    assert_eq!(
+        debugfs(&dev, false, "cat /etc/sparse"),
+        "not sparse any more\n"
+    );
     assert!(
         stat.split_whitespace()
             .collect::<Vec<_>>()
@@ -177,12 +233,12 @@ fn rewrites_files_keeping_owner_mode_and_label_and_erases_the_old_content() {
     );
     assert_eq!(std::fs::read(&label).unwrap(), LABEL);
     let bytes = std::fs::read(&raw).unwrap();
-    assert!(
-        !bytes
-            .windows(OLD_SECRET.len())
-            .any(|w| w == OLD_SECRET.as_bytes()),
-        "the old content is still in the disk's blocks"
-    );
+    for old in [OLD_SECRET, OLD_HASH] {
+        assert!(
+            !bytes.windows(old.len()).any(|w| w == old.as_bytes()),
+            "the old content {old} is still in the disk's blocks"
+        );
+    }
     sh(Command::new("e2fsck")
         .args(["-f", "-n"])
         .arg(format!("{}?offset={OFFSET}", raw.display())));
@@ -209,6 +265,11 @@ fn refuses_what_is_not_a_plain_file_on_the_root_filesystem() {
     assert!(e.contains("/etc/absent is missing"), "{e}");
     let e = attempt(file("/etc/link", "x", Presence::Always));
     assert!(e.contains("only a plain regular file"), "{e}");
+    let e = attempt(file("/etc/linkdir/f", "x", Presence::Always));
+    assert!(
+        e.contains("/etc/linkdir on the kept disk is a symlink, not a directory"),
+        "{e}"
+    );
     let e = attempt(file("/boot/grub.cfg", "x", Presence::Always));
     assert!(e.contains("cannot be rewritten on the host"), "{e}");
     let e = attempt(file("/etc/a b", "x", Presence::Always));

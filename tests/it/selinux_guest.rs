@@ -9,11 +9,12 @@
 //!   package and ttyd: `setfiles -n -v` over the result lists no file whose label would
 //!   change; the same recipe with `selinux-relabel: false` lists /etc/shadow and ttyd
 //!   (the check can fail);
-//! - an `--incremental` rebuild that changes only two files' content and the ttyd
-//!   credential rewrites them on the host (no appliance), each keeping the label the
-//!   relabel gave it: `setfiles -n -v` lists nothing over that disk either;
+//! - an `--incremental` rebuild that changes only two files' content, the user's
+//!   password and the ttyd credential rewrites them on the host (no appliance), each
+//!   file keeping the label the relabel gave it: `setfiles -n -v` lists nothing over
+//!   that disk either;
 //! - that rebuilt disk boots with SELinux enforcing, the user logs in through ttyd with
-//!   the new credential, and the
+//!   the new password and credential, and the
 //!   audit log and the kernel log hold no AVC denial for ttyd, login, the user's shell,
 //!   password checks, sudo or the files the build wrote (Debian's reference policy denies
 //!   systemd-tmpfiles and udev a few things at every boot; those are listed, not failed);
@@ -28,7 +29,9 @@ use std::process::{Command, Output};
 const TOOLS: &[&str] = &["qemu-img", "guestfish", "mmdebstrap", "qemu-system-x86_64"];
 const PASSWORD: &str = "Sel-lab-Pass-5521";
 const TTYD_PASSWORD: &str = "Sel-ttyd-Cred-0917";
-/// The ttyd credential of the rebuild that rewrites files on the host.
+/// The user's password and the ttyd credential of the rebuild that rewrites files on
+/// the host.
+const NEW_PASSWORD: &str = "Sel-lab-Pass-7306";
 const NEW_TTYD_PASSWORD: &str = "Sel-ttyd-Cred-4481";
 const FILE_CONTEXTS: &str = "/etc/selinux/default/contexts/files/file_contexts";
 
@@ -41,7 +44,11 @@ fn diskforge(cache: &Path) -> Command {
 }
 
 fn ok(out: &Output, what: &str) -> String {
-    common::ok_without(out, what, &[PASSWORD, TTYD_PASSWORD, NEW_TTYD_PASSWORD])
+    common::ok_without(
+        out,
+        what,
+        &[PASSWORD, TTYD_PASSWORD, NEW_PASSWORD, NEW_TTYD_PASSWORD],
+    )
 }
 
 /// The cache shared with the end-to-end test: the built Debian base and the ttyd
@@ -270,6 +277,7 @@ fn a_build_on_an_selinux_guest_leaves_every_label_right_and_boots_enforcing() {
         .arg(&recipe)
         .arg("--disk-only")
         .arg(&disk)
+        .env("SEL_LAB_PASSWORD", NEW_PASSWORD)
         .env("SEL_TTYD_PASSWORD", NEW_TTYD_PASSWORD)
         .output()
         .unwrap();
@@ -287,6 +295,7 @@ fn a_build_on_an_selinux_guest_leaves_every_label_right_and_boots_enforcing() {
         [
             "/etc/motd",
             "/srv/lab/notes.txt",
+            "/etc/shadow",
             "/etc/systemd/system/diskforge-ttyd.service",
             "/etc/diskforge/ttyd.env"
         ]
@@ -330,7 +339,7 @@ fn a_build_on_an_selinux_guest_leaves_every_label_right_and_boots_enforcing() {
         .arg("--user-data")
         .arg(&user_data)
         .args(["--ttyd-auth", &format!("lab:{NEW_TTYD_PASSWORD}")])
-        .args(["--login", &format!("lab:{PASSWORD}")])
+        .args(["--login", &format!("lab:{NEW_PASSWORD}")])
         .args(["--command", command])
         .output()
         .unwrap();

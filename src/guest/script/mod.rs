@@ -27,7 +27,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::guest::patch::{PatchFile, Presence};
+use crate::guest::patch::{PatchData, PatchFile, Presence};
 use crate::recipe::{Customize, Recipe, SecretValue, TtydSource};
 use crate::sys::exec::shell_quote as q;
 
@@ -59,17 +59,11 @@ pub struct Secrets {
 }
 
 impl Secrets {
-    /// The secrets that reach the disk outside the files the host may rewrite (user
-    /// and root password hashes, the desktop's password file), as one value: a disk
-    /// kept for host-side rewrites is reused only while these are the same.
+    /// The secrets that reach the disk outside the files the host may rewrite (the
+    /// desktop's password file, which the guest's vncpasswd makes), as one value: a
+    /// disk kept for host-side rewrites is reused only while these are the same.
     pub fn unpatchable(&self) -> SecretValue {
         let mut s = String::new();
-        for (name, v) in &self.users {
-            s.push_str(&format!("user\0{name}\0{}\0", v.expose()));
-        }
-        if let Some(v) = &self.root {
-            s.push_str(&format!("root\0{}\0", v.expose()));
-        }
         if let Some(v) = &self.desktop {
             s.push_str(&format!("desktop\0{}\0", v.expose()));
         }
@@ -195,18 +189,25 @@ pub struct Customization {
 /// the same disk otherwise: the host rewrites them on a disk kept after the whole
 /// customization (`build --incremental`, see [`crate::guest::patch`]) instead of
 /// running the customization again. A file qualifies when the script writes it whole
-/// with `install` and nothing after it reads or changes it.
+/// (`install`, `chpasswd -e` for password hashes) and nothing after it reads or changes
+/// it.
 #[derive(Debug, Default, Clone)]
 pub struct Patchable {
     /// Indices into `customize.files`.
     pub recipe_files: Vec<usize>,
+    /// Indices into `customize.users` of the users whose SSH keys are rewritable
+    /// (`/home/NAME/.ssh/authorized_keys`).
+    pub user_keys: Vec<usize>,
+    /// root's SSH keys.
+    pub root_keys: bool,
     /// ttyd's unit, start script and credential file (its command line and credential).
     pub ttyd: bool,
-    /// Every such file with the content this build gives it.
+    /// Every such file with the content this build gives it, in the order the script
+    /// writes them; user and root password hashes as an edit of /etc/shadow.
     pub files: Vec<PatchFile>,
-    /// The recipe sets passwords outside these files (users, root, the desktop): a
-    /// kept disk is reused only while they are the same.
-    pub passwords: bool,
+    /// The desktop's password is set (through the guest's vncpasswd, not rewritable): a
+    /// kept disk is reused only while it is the same.
+    pub desktop_password: bool,
 }
 
 impl Patchable {
@@ -216,26 +217,40 @@ impl Patchable {
 }
 
 /// Where a later step of the main part (or of the SBOM's reading of the guest) reads or
-/// writes: a recipe file there is not rewritten on the host.
+/// writes, and the programs, libraries and settings later steps run with (a recipe
+/// file could change what they do): a recipe file there is not rewritten on the host.
 const LATER_STEPS_TOUCH: &[&str] = &[
     "/.autorelabel",
+    "/bin",
     "/boot",
     "/etc/apt",
+    "/etc/cloud",
     "/etc/conf.d",
     "/etc/cron.d",
+    "/etc/default",
     "/etc/diskforge",
+    "/etc/dnf",
+    "/etc/environment",
     "/etc/group",
     "/etc/gshadow",
     "/etc/hostname",
     "/etc/hosts",
     "/etc/init.d",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/ld.so.preload",
     "/etc/localtime",
+    "/etc/login.defs",
     "/etc/lvm",
     "/etc/machine-id",
+    "/etc/nsswitch.conf",
     "/etc/os-release",
+    "/etc/pam.d",
     "/etc/passwd",
     "/etc/resolv.conf",
     "/etc/runlevels",
+    "/etc/security",
     "/etc/selinux",
     "/etc/shadow",
     "/etc/ssh",
@@ -243,13 +258,21 @@ const LATER_STEPS_TOUCH: &[&str] = &[
     "/etc/sudoers.d",
     "/etc/systemd",
     "/etc/timezone",
+    "/etc/yum.conf",
+    "/etc/yum.repos.d",
+    "/etc/zypp",
     "/lib",
     "/lib/apk",
     "/root",
-    "/usr/bin/ttyd",
+    "/sbin",
+    "/usr/bin",
     "/usr/lib",
-    "/usr/local/bin/ttyd",
+    "/usr/lib64",
+    "/usr/local/bin",
     "/usr/local/lib/diskforge",
+    "/usr/local/lib/systemd",
+    "/usr/local/sbin",
+    "/usr/sbin",
     "/usr/share/doc",
     "/usr/share/novnc",
     "/usr/share/zoneinfo",
@@ -265,11 +288,24 @@ const LATER_STEPS_TOUCH: &[&str] = &[
     "/var/tmp",
 ];
 
-/// Which recipe files and which of ttyd's files the host may rewrite (see
-/// [`Patchable`]). Recipe commands may read any file: with commands, no recipe file is.
-fn patchable(recipe: &Recipe, secrets: &Secrets, recipe_dir: &Path) -> Patchable {
+/// Which files the host may rewrite (see [`Patchable`]), in the order the script
+/// writes them: users' SSH keys, recipe files, root's SSH keys, the password hashes,
+/// ttyd's files. Recipe commands may read any file: with commands, no recipe file is.
+fn patchable(recipe: &Recipe, secrets: &Secrets, recipe_dir: &Path) -> Result<Patchable> {
     let c = &recipe.customize;
     let mut p = Patchable::default();
+    let content = |b: Vec<u8>| PatchData::Content(StageData::Bytes(b));
+    for (i, u) in c.users.iter().enumerate() {
+        let path = format!("/home/{}/.ssh/authorized_keys", u.name);
+        if !u.ssh_authorized_keys.is_empty() && crate::guest::patch::plain_path(&path) {
+            p.user_keys.push(i);
+            p.files.push(PatchFile {
+                path,
+                data: content(users::keys_file(&u.ssh_authorized_keys)),
+                presence: Presence::Always,
+            });
+        }
+    }
     if c.commands.is_empty() {
         for (i, f) in c.files.iter().enumerate() {
             let path = f.path.0.as_str();
@@ -290,20 +326,41 @@ fn patchable(recipe: &Recipe, secrets: &Secrets, recipe_dir: &Path) -> Patchable
                 p.recipe_files.push(i);
                 p.files.push(PatchFile {
                     path: path.to_string(),
-                    data,
+                    data: PatchData::Content(data),
                     presence: Presence::Always,
                 });
             }
         }
     }
+    if !c.root_ssh_authorized_keys.is_empty() {
+        p.root_keys = true;
+        p.files.push(PatchFile {
+            path: "/root/.ssh/authorized_keys".into(),
+            data: content(users::keys_file(&c.root_ssh_authorized_keys)),
+            presence: Presence::Always,
+        });
+    }
+    // Each hash with a fresh salt, as the script's own `chpasswd -e` lines get.
+    let mut hashes = Vec::new();
+    for (name, secret) in &secrets.users {
+        hashes.push((name.clone(), shadow_hash(secret)?));
+    }
+    if let Some(r) = &secrets.root {
+        hashes.push(("root".to_string(), shadow_hash(r)?));
+    }
+    if !hashes.is_empty() {
+        p.files.push(PatchFile {
+            path: "/etc/shadow".into(),
+            data: PatchData::Passwords(hashes),
+            presence: Presence::Always,
+        });
+    }
     if recipe.ttyd.enabled {
         p.ttyd = true;
         p.files.extend(ttyd::patch_files(&recipe.ttyd, secrets));
     }
-    p.passwords = c.users.iter().any(|u| u.password.is_some())
-        || c.root_password.is_some()
-        || (recipe.desktop.enabled && recipe.desktop.credential.is_some());
-    p
+    p.desktop_password = recipe.desktop.enabled && recipe.desktop.credential.is_some();
+    Ok(p)
 }
 
 impl Customization {
@@ -431,7 +488,7 @@ pub fn generate(
         packages: pk,
         main: g,
         package_names,
-        patchable: patchable(recipe, secrets, recipe_dir),
+        patchable: patchable(recipe, secrets, recipe_dir)?,
     })
 }
 
@@ -586,7 +643,7 @@ mod tests {
         let paths: Vec<&str> = c.patchable.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths, ["/etc/motd", "/home/lab/.profile"]);
         assert_eq!(c.patchable.recipe_files, [0, 8]);
-        assert!(!c.patchable.ttyd && !c.patchable.passwords);
+        assert!(!c.patchable.ttyd && !c.patchable.desktop_password);
         assert!(c
             .patchable
             .files
@@ -595,26 +652,43 @@ mod tests {
 
         // Commands may read any file; ttyd's own files stay rewritable, where they are.
         let r = recipe(
-            "customize:\n  files: [{path: /etc/motd, content: a}]\n  commands: [\"true\"]\n  users: [{name: lab, password: {env: X}}]\nttyd: {enabled: true, source: {package: ttyd}}\n",
+            "customize:\n  files: [{path: /etc/motd, content: a}]\n  commands: [\"true\"]\n  users: [{name: lab, password: {env: X}, ssh-authorized-keys: [\"ssh-ed25519 AAAA lab\"]}]\n  root-password: {env: Y}\n  root-ssh-authorized-keys: [\"ssh-ed25519 BBBB root\"]\nttyd: {enabled: true, source: {package: ttyd}}\n",
         );
         let secrets = Secrets {
             users: vec![("lab".into(), SecretValue::new("pw".into()))],
+            root: Some(SecretValue::new("rootpw".into())),
             ..Secrets::default()
         };
         let c = generate(&r, &secrets, Path::new("."), None).unwrap();
         let paths: Vec<&str> = c.patchable.files.iter().map(|f| f.path.as_str()).collect();
+        // Passwords and SSH keys too: the hashes as an edit of /etc/shadow, in the
+        // order the script writes them (users' keys, files, root's keys, passwords).
         assert_eq!(
             paths,
             [
+                "/home/lab/.ssh/authorized_keys",
+                "/root/.ssh/authorized_keys",
+                "/etc/shadow",
                 "/etc/systemd/system/diskforge-ttyd.service",
                 "/usr/local/lib/diskforge/ttyd-start.sh"
             ]
         );
         assert!(c.patchable.recipe_files.is_empty() && c.patchable.ttyd);
-        assert!(c.patchable.passwords);
-        assert!(c
-            .patchable
-            .files
+        assert_eq!(c.patchable.user_keys, [0]);
+        assert!(c.patchable.root_keys && !c.patchable.desktop_password);
+        match &c.patchable.files[2].data {
+            PatchData::Passwords(h) => {
+                assert_eq!(h.len(), 2);
+                assert_eq!((h[0].0.as_str(), h[1].0.as_str()), ("lab", "root"));
+                assert!(matches_hash(&SecretValue::new("pw".into()), &h[0].1));
+                assert!(matches_hash(&SecretValue::new("rootpw".into()), &h[1].1));
+            }
+            PatchData::Content(_) => panic!("/etc/shadow is not a password edit"),
+        }
+        assert!(c.patchable.files[..3]
+            .iter()
+            .all(|f| f.presence == Presence::Always));
+        assert!(c.patchable.files[3..]
             .iter()
             .all(|f| f.presence == Presence::IfPresent));
     }
@@ -648,8 +722,8 @@ mod tests {
                 .iter()
                 .find(|f| f.path == path)
                 .map(|f| match &f.data {
-                    StageData::Bytes(b) => b.clone(),
-                    StageData::File(_) => panic!("{path} is a host file"),
+                    PatchData::Content(StageData::Bytes(b)) => b.clone(),
+                    _ => panic!("{path} is not content made on the host"),
                 })
                 .unwrap_or_else(|| panic!("{path} is not rewritable"))
         };

@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::{Part, Secrets, StageData};
-use crate::guest::patch::{PatchFile, Presence};
+use crate::guest::patch::{PatchData, PatchFile, Presence};
 use crate::recipe::{Ttyd, TtydSource};
 use crate::sys::exec::shell_quote as q;
 
@@ -175,7 +175,7 @@ pub fn patch_files(t: &Ttyd, secrets: &Secrets) -> Vec<PatchFile> {
     let c = contents(t, secrets);
     let file = |path: &str, text: String| PatchFile {
         path: path.to_string(),
-        data: StageData::Bytes(text.into_bytes()),
+        data: PatchData::Content(StageData::Bytes(text.into_bytes())),
         presence: Presence::IfPresent,
     };
     let mut files = vec![

@@ -32,7 +32,7 @@ pub fn matches_hash(password: &SecretValue, hash: &str) -> bool {
     })
 }
 
-fn keys_file(keys: &[String]) -> Vec<u8> {
+pub(super) fn keys_file(keys: &[String]) -> Vec<u8> {
     let mut s = String::new();
     for k in keys {
         s.push_str(k.trim());
