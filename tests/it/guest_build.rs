@@ -583,6 +583,52 @@ fn incremental_rebuild_reuses_the_grown_stage() {
     assert_eq!(sha256(&base), base_sum, "the base was modified");
 }
 
+/// `plan --incremental` lists the settle step where the host can rewrite files later,
+/// and not with `DISKFORGE_HOST_PATCH=0`, nor for a recipe with nothing to rewrite.
+fn the_customized_disk_is_kept_only_where_files_can_be_rewritten() {
+    let t = tempfile::tempdir().unwrap();
+    common::disk::qcow2(t.path(), "b.qcow2", "1G");
+    let recipe = t.path().join("r.yaml");
+    let steps = |text: &str, switch: Option<&str>| -> Vec<String> {
+        std::fs::write(&recipe, text).unwrap();
+        let mut c = common::diskforge();
+        c.arg("--cache-dir")
+            .arg(t.path().join("cache"))
+            .args(["plan", "--json", "--incremental"])
+            .arg(&recipe);
+        if let Some(v) = switch {
+            c.env("DISKFORGE_HOST_PATCH", v);
+        }
+        let out = c.succeeds();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["step"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let with_file = "base: {path: b.qcow2}\ncustomize: {files: [{path: /etc/motd, content: hi}]}\n";
+    let kept = steps(with_file, None);
+    assert_eq!(
+        kept,
+        [
+            "base",
+            "overlay",
+            "guest-packages",
+            "stage",
+            "guest",
+            "settle",
+            "finalize",
+            "pack",
+            "publish",
+            "attest"
+        ]
+    );
+    assert!(!steps(with_file, Some("0")).contains(&"settle".to_string()));
+    let nothing = "base: {path: b.qcow2}\ncustomize: {hostname: lab}\n";
+    assert!(!steps(nothing, None).contains(&"settle".to_string()));
+}
+
 fn shrinking_is_refused_with_both_sizes() {
     let t = tempfile::tempdir().unwrap();
     common::disk::qcow2(t.path(), "b.qcow2", "2G");
@@ -757,6 +803,7 @@ crate::tests! {
     fn gpt_ext4_grows_and_gets_every_customization_in_one_launch [TOOLS, common::kubevirt::validator_need()];
     fn incremental_rebuild_reuses_the_grown_stage [TOOLS];
     fn shrinking_is_refused_with_both_sizes [&["qemu-img"]];
+    fn the_customized_disk_is_kept_only_where_files_can_be_rewritten [&["qemu-img", "qemu-storage-daemon", "debugfs", "e2fsck"], crate::host_patch::fuse()];
     fn ctrl_c_during_customization_stops_the_appliance_and_leaves_nothing [TOOLS];
     fn a_relative_cache_dir_builds [TOOLS];
 }

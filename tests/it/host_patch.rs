@@ -19,7 +19,8 @@ const OLD_HASH: &str = "$6$oldsalt$OLDHASHa1b2c3";
 /// The label `setfiles` writes: the context with its trailing NUL.
 const LABEL: &[u8] = b"system_u:object_r:etc_t:s0\0";
 
-fn fuse() -> Need {
+/// The need for FUSE (the export of a disk's root filesystem).
+pub fn fuse() -> Need {
     Need::check("/dev/fuse (FUSE)", SYSTEM_SETUP, || {
         Path::new("/dev/fuse").exists()
     })
