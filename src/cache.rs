@@ -688,6 +688,32 @@ mod tests {
         assert!(fs::read_dir(cache.blob_dir()).unwrap().next().is_none());
     }
 
+    /// Kept stage disks: private, counted and removed by prune, a settled disk's
+    /// directory with its disk, and an orphaned directory on its own.
+    #[test]
+    fn prune_removes_stage_disks_with_what_is_kept_beside_them() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path()).unwrap();
+        let stages = cache.stage_dir().unwrap();
+        assert_eq!(
+            fs::metadata(&stages).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        for name in ["a.qcow2", "b.qcow2"] {
+            fs::write(stages.join(name), b"disk").unwrap();
+        }
+        fs::create_dir_all(stages.join("b.d/packages")).unwrap();
+        fs::create_dir_all(stages.join("orphan.d")).unwrap();
+        // Recently used: nothing goes on a 1-day prune but the directory without a disk.
+        let report = cache.prune(Some(Duration::from_secs(86400))).unwrap();
+        assert_eq!(report.stages, 0);
+        assert!(stages.join("b.d").is_dir() && !stages.join("orphan.d").exists());
+        let report = cache.prune(None).unwrap();
+        assert_eq!(report.stages, 2);
+        assert!(fs::read_dir(&stages).unwrap().next().is_none());
+    }
+
     #[test]
     fn corrupt_blob_is_discarded() {
         let dir = tempfile::tempdir().unwrap();
