@@ -594,8 +594,9 @@ impl Cache {
             for entry in rd.flatten() {
                 let path = entry.path();
                 // A settled disk keeps a directory beside it (`<key>.d`): it goes with
-                // its disk, below.
-                if path.is_dir() {
+                // its disk, below. Other directories are a build's half-made ones
+                // (`<key>.d.tmp-…`), removed only once old.
+                if path.is_dir() && path.extension().is_some_and(|e| e == "d") {
                     dirs.push(path);
                     continue;
                 }
@@ -607,8 +608,12 @@ impl Cache {
                         .map(|m| m < limit)
                         .unwrap_or(true),
                 };
-                if old
-                    && fs::remove_file(&path).is_ok()
+                if !old {
+                    continue;
+                }
+                if path.is_dir() {
+                    let _ = fs::remove_dir_all(&path);
+                } else if fs::remove_file(&path).is_ok()
                     && path.extension().is_some_and(|e| e == "qcow2")
                 {
                     report.stages += 1;

@@ -81,6 +81,11 @@ pub enum PatchData {
     /// their last-change day made today, as `chpasswd -e` leaves it; every other line
     /// and field as the disk has it.
     Passwords(Vec<(String, String)>),
+    /// The disk's shadow backup (`/etc/shadow-`, the file as it was before the last
+    /// `chpasswd`): where it holds one of these users with a password hash (set by an
+    /// earlier `chpasswd` of the customization), the new hash and day; users without
+    /// one there stay as they are. The build before must leave no old hash behind.
+    BackupPasswords(Vec<(String, String)>),
 }
 
 /// One file the host rewrites with new content.
@@ -89,6 +94,9 @@ pub struct PatchFile {
     pub path: String,
     pub data: PatchData,
     pub presence: Presence,
+    /// The file is in this user's home, which the guest script found with `getent`:
+    /// the disk's /etc/passwd must give the home the path starts with.
+    pub home_of: Option<String>,
 }
 
 impl std::fmt::Debug for PatchFile {
@@ -235,13 +243,14 @@ pub fn apply(
         let data_name = format!("data-{i}");
         let bytes = match &f.data {
             PatchData::Content(data) => write_data(data, &dir.join(&data_name))?,
-            PatchData::Passwords(hashes) => {
+            PatchData::Passwords(hashes) | PatchData::BackupPasswords(hashes) => {
                 let (now, _) = fs.run(false, &format!("cat {}", f.path))?;
                 let day = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs() / 86_400)
                     .unwrap_or(0);
-                let text = set_password_hashes(&now, hashes, day)
+                let backup = matches!(f.data, PatchData::BackupPasswords(_));
+                let text = set_password_hashes(&now, hashes, day, backup)
                     .with_context(|| format!("setting passwords in {}", f.path))?;
                 write_data(&StageData::Bytes(text.into_bytes()), &dir.join(&data_name))?
             }
@@ -255,15 +264,15 @@ pub fn apply(
             bail!("{} is still there after it was removed", f.path);
         }
         export.zero_blocks(&blocks, stats.block_size)?;
-        // The inode flags `install` would have inherited stay as they were (extents as
-        // the filesystem makes new files), and so does the project.
-        let flags = (old.flags & !EXTENTS)
-            | if stats.features.iter().any(|f| f == "extent") {
-                EXTENTS
-            } else {
-                0
-            };
-        script.push_str(&format!("cd {parent}\nwrite {data_name} {name}\n"));
+        fs.script(&format!("cd {parent}\nwrite {data_name} {name}\n"))?;
+        let written = fs
+            .stat(&f.path)?
+            .with_context(|| format!("{} is missing after it was written", f.path))?;
+        // The flags a new file inherits from its directory (what `install` would have
+        // got) stay as they were; how the data is held (extents, inline) is the new
+        // file's; and the project stays.
+        let flags = (written.flags & !INHERITED) | (old.flags & INHERITED);
+        script.push_str(&format!("cd {parent}\n"));
         script.push_str(&format!(
             "sif {name} mode 0{:o}\nsif {name} uid {}\nsif {name} gid {}\nsif {name} flags {flags:#x}\n",
             old.mode, old.uid, old.gid
@@ -420,6 +429,22 @@ impl<'a> Session<'a> {
                 },
             }
         }
+        if let Some(user) = &f.home_of {
+            let (passwd, _) = self.fs.run(false, "cat /etc/passwd")?;
+            let home = passwd
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|fields| fields.len() >= 6 && fields[0] == user)
+                .map(|fields| fields[5].trim_end_matches('/').to_string());
+            match home {
+                Some(h) if under(&f.path, &h) && h != "/" => {}
+                h => bail!(
+                    "the home of {user} on the kept disk is {}, not where {} is: it is not rewritten on the host",
+                    h.as_deref().unwrap_or("missing"),
+                    f.path
+                ),
+            }
+        }
         let Some(old) = self.fs.stat(&f.path)? else {
             return match f.presence {
                 Presence::Always => bail!(
@@ -444,12 +469,23 @@ impl<'a> Session<'a> {
 
 /// The inode flag of a file whose data lives in the inode itself.
 const INLINE_DATA: u64 = 0x1000_0000;
-/// The inode flag of a file mapped by extents.
-const EXTENTS: u64 = 0x8_0000;
+/// The inode flags a new regular file inherits from its directory in ext4
+/// (`EXT4_FL_INHERITED` within `EXT4_REG_FLMASK`): secure deletion, undelete,
+/// compression, sync, nodump, noatime, nocompress, data journaling, notail, DAX,
+/// project inheritance.
+const INHERITED: u64 =
+    0x1 | 0x2 | 0x4 | 0x8 | 0x40 | 0x80 | 0x400 | 0x4000 | 0x8000 | 0x0200_0000 | 0x2000_0000;
 
 /// `shadow` (a shadow(5) file) with each of `hashes`' users given its hash and `day` as
-/// the last change; an error when a user has no line.
-pub fn set_password_hashes(shadow: &str, hashes: &[(String, String)], day: u64) -> Result<String> {
+/// the last change; an error when a user has no line. In a `backup` (`/etc/shadow-`),
+/// only users whose line holds a hash (`$…`) get the new one, and a missing user is
+/// fine.
+pub fn set_password_hashes(
+    shadow: &str,
+    hashes: &[(String, String)],
+    day: u64,
+    backup: bool,
+) -> Result<String> {
     let mut seen = vec![false; hashes.len()];
     let mut out = String::with_capacity(shadow.len() + 256);
     for line in shadow.split_inclusive('\n') {
@@ -458,7 +494,11 @@ pub fn set_password_hashes(shadow: &str, hashes: &[(String, String)], day: u64) 
             None => (line, ""),
         };
         let mut fields: Vec<String> = body.split(':').map(str::to_string).collect();
-        if let Some(i) = hashes.iter().position(|(u, _)| fields[0] == *u) {
+        let hashed = fields.get(1).is_some_and(|h| h.starts_with('$'));
+        if let Some(i) = hashes
+            .iter()
+            .position(|(u, _)| fields[0] == *u && (hashed || !backup))
+        {
             if fields.len() < 3 {
                 bail!(
                     "the shadow line of {} has {} fields",
@@ -473,7 +513,7 @@ pub fn set_password_hashes(shadow: &str, hashes: &[(String, String)], day: u64) 
         out.push_str(&fields.join(":"));
         out.push_str(end);
     }
-    if let Some(i) = seen.iter().position(|s| !s) {
+    if let (false, Some(i)) = (backup, seen.iter().position(|s| !s)) {
         bail!("no shadow line for {}", hashes[i].0);
     }
     Ok(out)
@@ -834,18 +874,27 @@ mod tests {
             ("root".to_string(), "$6$r$h".to_string()),
         ];
         assert_eq!(
-            set_password_hashes(shadow, &hashes, 20000).unwrap(),
+            set_password_hashes(shadow, &hashes, 20000, false).unwrap(),
             "root:$6$r$h:20000:0:99999:7:::\nlab:$6$salt$new:20000:0:99999:7:::\nweb:$6$old$x:19001:0:99999:7:::\n"
         );
         // Without a final newline, and a user who is not there.
         assert_eq!(
-            set_password_hashes("lab:!:1::::::", &hashes[..1], 5).unwrap(),
+            set_password_hashes("lab:!:1::::::", &hashes[..1], 5, false).unwrap(),
             "lab:$6$salt$new:5::::::"
         );
-        let e = set_password_hashes("root:*:1::::::\n", &hashes, 5).unwrap_err();
+        let e = set_password_hashes("root:*:1::::::\n", &hashes, 5, false).unwrap_err();
         assert!(e.to_string().contains("no shadow line for lab"), "{e}");
         // A name is a whole field, not a prefix.
-        assert!(set_password_hashes("labx:!:1::::::\n", &hashes[..1], 5).is_err());
+        assert!(set_password_hashes("labx:!:1::::::\n", &hashes[..1], 5, false).is_err());
+        // The backup: only a hash an earlier chpasswd set is replaced; no line is fine.
+        assert_eq!(
+            set_password_hashes(shadow, &hashes, 20000, true).unwrap(),
+            "root:*:19000:0:99999:7:::\nlab:!:19000:0:99999:7:::\nweb:$6$old$x:19001:0:99999:7:::\n"
+        );
+        assert_eq!(
+            set_password_hashes("lab:$6$a$b:3::::::\n", &hashes, 9, true).unwrap(),
+            "lab:$6$salt$new:9::::::\n"
+        );
     }
 
     #[test]

@@ -222,8 +222,7 @@ impl Plan {
             Err(_) if secrets.is_none() => None,
             Err(e) => return Err(e),
         };
-        // A build compares the passwords a kept customized disk holds; a plan reads none.
-        let unpatchable = secrets.map(Secrets::unpatchable);
+        let real_secrets = secrets;
         let placeholders;
         let secrets = match secrets {
             Some(s) => s,
@@ -236,6 +235,8 @@ impl Plan {
         let customization =
             script::generate(r, secrets, &resolved.loaded.dir, ttyd_file.as_deref())?;
         let relabel = customization_relabel(r, &resolved, &customization);
+        // A build compares the passwords a kept customized disk holds; a plan reads none.
+        let unpatchable = real_secrets.map(|s| s.unpatchable(customization.patchable.passwords));
         let base_format = match &resolved.base {
             Base::Image { spec, .. } => spec.format,
             Base::Build { .. } => DiskFormat::Qcow2,
@@ -1066,11 +1067,12 @@ fn settle(
         key,
         &root,
         &st.stage,
-        &secrets.unpatchable(),
+        &secrets.unpatchable(plan.customization.patchable.passwords),
         &st.packages,
     );
+    // A failed store leaves nothing of its own behind, and a disk another build kept
+    // stays.
     if let Err(e) = kept {
-        stages::forget(&st.kept);
         tracing::warn!("the customized disk is not kept for rebuilds: {e:#}");
     }
 }

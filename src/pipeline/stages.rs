@@ -249,6 +249,14 @@ pub fn store_settled(
     }
     std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o400))
         .with_context(|| format!("making {} read-only", part.display()))?;
+    // Another build may have kept one meanwhile: it stays (builds may stand on it).
+    if dest.is_file() {
+        if let Some(rec) = check_settled(dest, stage)? {
+            if crate::guest::script::matches_hash(secrets, &rec.secrets) {
+                return Ok(());
+            }
+        }
+    }
     forget(dest);
     std::fs::rename(&tmp, &dir).with_context(|| format!("keeping {}", dir.display()))?;
     partial_dir.0 = None;

@@ -407,8 +407,8 @@ impl Step<'_> {
             Step::Disk(DiskStep::Patch(_)) => format!(
                 "no appliance: rewrite {} on the host (owner, mode and labels kept; the old content zeroed){}",
                 patchable_summary(s.customization),
-                if s.customization.patchable.desktop_password {
-                    "; a build whose desktop password changed since customizes in the appliance instead"
+                if s.customization.patchable.kept_passwords {
+                    "; a build whose passwords changed since customizes in the appliance instead"
                 } else {
                     ""
                 }
@@ -489,10 +489,7 @@ fn patchable_summary(c: &Customization) -> String {
             .take(p.recipe_files.len())
             .map(|f| f.path.clone()),
     );
-    if p.files
-        .iter()
-        .any(|f| matches!(f.data, crate::guest::patch::PatchData::Passwords(_)))
-    {
+    if p.passwords {
         parts.push("passwords".into());
     }
     if p.ttyd {

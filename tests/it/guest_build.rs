@@ -514,6 +514,7 @@ fn incremental_rebuild_reuses_the_grown_stage() {
         [
             "/etc/v",
             "/etc/shadow",
+            "/etc/shadow-",
             "/etc/systemd/system/diskforge-ttyd.service",
             "/etc/diskforge/ttyd.env"
         ]

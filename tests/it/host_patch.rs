@@ -60,6 +60,23 @@ fn kept_disk(dir: &Path) -> (PathBuf, PathBuf) {
         format!("root:*:19000:0:99999:7:::\nlab:{OLD_HASH}:19000:0:99999:7:::\n"),
     )
     .unwrap();
+    // The backup chpasswd leaves holds the earlier hash too.
+    std::fs::write(
+        tree.join("shadow-"),
+        format!("root:*:19000:0:99999:7:::\nlab:{OLD_HASH}:19000:0:99999:7:::\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        tree.join("passwd"),
+        "root:x:0:0:root:/root:/bin/bash\nlab:x:1000:1000::/home/lab:/bin/bash\nsvc:x:999:999::/var/lib/svc:/bin/sh\n",
+    )
+    .unwrap();
+    let ssh = dir.join("tree/home/lab/.ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    std::fs::write(ssh.join("authorized_keys"), "ssh-ed25519 OLDKEY lab\n").unwrap();
+    let other = dir.join("tree/home/svc/.ssh");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("authorized_keys"), "ssh-ed25519 STRAY svc\n").unwrap();
     std::os::unix::fs::symlink("motd", tree.join("link")).unwrap();
     // A directory reached through a symbolic link (as /var/run or merged /usr are).
     std::fs::create_dir(tree.join("real")).unwrap();
@@ -128,6 +145,7 @@ fn file(path: &str, content: &str, presence: Presence) -> PatchFile {
         path: path.into(),
         data: PatchData::Content(StageData::Bytes(content.as_bytes().to_vec())),
         presence,
+        home_of: None,
     }
 }
 
@@ -158,6 +176,21 @@ fn rewrites_files_keeping_owner_mode_and_label_and_erases_the_old_content() {
                 path: "/etc/shadow".into(),
                 data: PatchData::Passwords(vec![("lab".into(), "$6$new$NEWHASH".into())]),
                 presence: Presence::Always,
+                home_of: None,
+            },
+            PatchFile {
+                path: "/etc/shadow-".into(),
+                data: PatchData::BackupPasswords(vec![("lab".into(), "$6$new$NEWHASH".into())]),
+                presence: Presence::IfPresent,
+                home_of: None,
+            },
+            PatchFile {
+                home_of: Some("lab".into()),
+                ..file(
+                    "/home/lab/.ssh/authorized_keys",
+                    "ssh-ed25519 NEWKEY lab\n",
+                    Presence::Always,
+                )
             },
         ],
         &work,
@@ -172,7 +205,9 @@ fn rewrites_files_keeping_owner_mode_and_label_and_erases_the_old_content() {
             "/etc/motd",
             "/etc/ttyd.service",
             "/etc/sparse",
-            "/etc/shadow"
+            "/etc/shadow",
+            "/etc/shadow-",
+            "/home/lab/.ssh/authorized_keys"
         ],
         "{done:?}"
     );
@@ -207,6 +242,11 @@ fn rewrites_files_keeping_owner_mode_and_label_and_erases_the_old_content() {
     assert_eq!(
         shadow,
         format!("root:*:19000:0:99999:7:::\nlab:$6$new$NEWHASH:{today}:0:99999:7:::\n")
+    );
+    assert_eq!(debugfs(&dev, false, "cat /etc/shadow-"), shadow);
+    assert_eq!(
+        debugfs(&dev, false, "cat /home/lab/.ssh/authorized_keys"),
+        "ssh-ed25519 NEWKEY lab\n"
     );
     let stat = debugfs(&dev, false, "stat /etc/motd");
     assert!(stat.contains("Type: regular"), "{stat}");
@@ -266,6 +306,15 @@ fn refuses_what_is_not_a_plain_file_on_the_root_filesystem() {
     assert!(e.contains("/etc/absent is missing"), "{e}");
     let e = attempt(file("/etc/link", "x", Presence::Always));
     assert!(e.contains("only a plain regular file"), "{e}");
+    // A file in a home that is not the user's on the disk.
+    let e = attempt(PatchFile {
+        home_of: Some("svc".into()),
+        ..file("/home/svc/.ssh/authorized_keys", "x", Presence::Always)
+    });
+    assert!(
+        e.contains("the home of svc on the kept disk is /var/lib/svc"),
+        "{e}"
+    );
     let e = attempt(file("/etc/linkdir/f", "x", Presence::Always));
     assert!(
         e.contains("/etc/linkdir on the kept disk is a symlink, not a directory"),

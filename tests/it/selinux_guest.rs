@@ -296,6 +296,7 @@ fn a_build_on_an_selinux_guest_leaves_every_label_right_and_boots_enforcing() {
             "/etc/motd",
             "/srv/lab/notes.txt",
             "/etc/shadow",
+            "/etc/shadow-",
             "/etc/systemd/system/diskforge-ttyd.service",
             "/etc/diskforge/ttyd.env"
         ]

@@ -59,11 +59,20 @@ pub struct Secrets {
 }
 
 impl Secrets {
-    /// The secrets that reach the disk outside the files the host may rewrite (the
-    /// desktop's password file, which the guest's vncpasswd makes), as one value: a
-    /// disk kept for host-side rewrites is reused only while these are the same.
-    pub fn unpatchable(&self) -> SecretValue {
+    /// The secrets that reach the disk outside the files the host may rewrite — the
+    /// desktop's password file (made by the guest's vncpasswd), and users' and root's
+    /// passwords unless `hashes_rewritten` — as one value: a disk kept for host-side
+    /// rewrites is reused only while these are the same.
+    pub fn unpatchable(&self, hashes_rewritten: bool) -> SecretValue {
         let mut s = String::new();
+        if !hashes_rewritten {
+            for (name, v) in &self.users {
+                s.push_str(&format!("user\0{name}\0{}\0", v.expose()));
+            }
+            if let Some(v) = &self.root {
+                s.push_str(&format!("root\0{}\0", v.expose()));
+            }
+        }
         if let Some(v) = &self.desktop {
             s.push_str(&format!("desktop\0{}\0", v.expose()));
         }
@@ -203,11 +212,15 @@ pub struct Patchable {
     /// ttyd's unit, start script and credential file (its command line and credential).
     pub ttyd: bool,
     /// Every such file with the content this build gives it, in the order the script
-    /// writes them; user and root password hashes as an edit of /etc/shadow.
+    /// writes them; user and root password hashes as an edit of /etc/shadow (and of
+    /// its backup).
     pub files: Vec<PatchFile>,
-    /// The desktop's password is set (through the guest's vncpasswd, not rewritable): a
-    /// kept disk is reused only while it is the same.
-    pub desktop_password: bool,
+    /// User and root password hashes are rewritten.
+    pub passwords: bool,
+    /// Passwords are set that are not rewritten (the desktop's, through the guest's
+    /// vncpasswd; users' and root's when the recipe has commands): a kept disk is
+    /// reused only while they are the same ([`Secrets::unpatchable`]).
+    pub kept_passwords: bool,
 }
 
 impl Patchable {
@@ -295,18 +308,26 @@ fn patchable(recipe: &Recipe, secrets: &Secrets, recipe_dir: &Path) -> Result<Pa
     let c = &recipe.customize;
     let mut p = Patchable::default();
     let content = |b: Vec<u8>| PatchData::Content(StageData::Bytes(b));
+    // Recipe commands run after users, root and files and may read or change any of
+    // them (append a key, expire or lock a password): with commands, only ttyd's files
+    // are rewritable.
+    let no_commands = c.commands.is_empty();
     for (i, u) in c.users.iter().enumerate() {
         let path = format!("/home/{}/.ssh/authorized_keys", u.name);
-        if !u.ssh_authorized_keys.is_empty() && crate::guest::patch::plain_path(&path) {
+        if no_commands
+            && !u.ssh_authorized_keys.is_empty()
+            && crate::guest::patch::plain_path(&path)
+        {
             p.user_keys.push(i);
             p.files.push(PatchFile {
                 path,
                 data: content(users::keys_file(&u.ssh_authorized_keys)),
                 presence: Presence::Always,
+                home_of: Some(u.name.clone()),
             });
         }
     }
-    if c.commands.is_empty() {
+    if no_commands {
         for (i, f) in c.files.iter().enumerate() {
             let path = f.path.0.as_str();
             let data = match (&f.content, &f.source) {
@@ -328,19 +349,22 @@ fn patchable(recipe: &Recipe, secrets: &Secrets, recipe_dir: &Path) -> Result<Pa
                     path: path.to_string(),
                     data: PatchData::Content(data),
                     presence: Presence::Always,
+                    home_of: None,
                 });
             }
         }
     }
-    if !c.root_ssh_authorized_keys.is_empty() {
+    if no_commands && !c.root_ssh_authorized_keys.is_empty() {
         p.root_keys = true;
         p.files.push(PatchFile {
             path: "/root/.ssh/authorized_keys".into(),
             data: content(users::keys_file(&c.root_ssh_authorized_keys)),
             presence: Presence::Always,
+            home_of: Some("root".into()),
         });
     }
-    // Each hash with a fresh salt, as the script's own `chpasswd -e` lines get.
+    // Each hash with a fresh salt, as the script's own `chpasswd -e` lines get; the
+    // backup `chpasswd` leaves holds earlier hashes of this build, which go too.
     let mut hashes = Vec::new();
     for (name, secret) in &secrets.users {
         hashes.push((name.clone(), shadow_hash(secret)?));
@@ -348,18 +372,28 @@ fn patchable(recipe: &Recipe, secrets: &Secrets, recipe_dir: &Path) -> Result<Pa
     if let Some(r) = &secrets.root {
         hashes.push(("root".to_string(), shadow_hash(r)?));
     }
-    if !hashes.is_empty() {
+    let has_passwords = c.users.iter().any(|u| u.password.is_some()) || c.root_password.is_some();
+    if no_commands && !hashes.is_empty() {
+        p.passwords = true;
         p.files.push(PatchFile {
             path: "/etc/shadow".into(),
-            data: PatchData::Passwords(hashes),
+            data: PatchData::Passwords(hashes.clone()),
             presence: Presence::Always,
+            home_of: None,
+        });
+        p.files.push(PatchFile {
+            path: "/etc/shadow-".into(),
+            data: PatchData::BackupPasswords(hashes),
+            presence: Presence::IfPresent,
+            home_of: None,
         });
     }
     if recipe.ttyd.enabled {
         p.ttyd = true;
         p.files.extend(ttyd::patch_files(&recipe.ttyd, secrets));
     }
-    p.desktop_password = recipe.desktop.enabled && recipe.desktop.credential.is_some();
+    p.kept_passwords = (has_passwords && !p.passwords)
+        || (recipe.desktop.enabled && recipe.desktop.credential.is_some());
     Ok(p)
 }
 
@@ -643,54 +677,89 @@ mod tests {
         let paths: Vec<&str> = c.patchable.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths, ["/etc/motd", "/home/lab/.profile"]);
         assert_eq!(c.patchable.recipe_files, [0, 8]);
-        assert!(!c.patchable.ttyd && !c.patchable.desktop_password);
+        assert!(!c.patchable.ttyd && !c.patchable.kept_passwords);
         assert!(c
             .patchable
             .files
             .iter()
             .all(|f| f.presence == Presence::Always));
 
-        // Commands may read any file; ttyd's own files stay rewritable, where they are.
-        let r = recipe(
-            "customize:\n  files: [{path: /etc/motd, content: a}]\n  commands: [\"true\"]\n  users: [{name: lab, password: {env: X}, ssh-authorized-keys: [\"ssh-ed25519 AAAA lab\"]}]\n  root-password: {env: Y}\n  root-ssh-authorized-keys: [\"ssh-ed25519 BBBB root\"]\nttyd: {enabled: true, source: {package: ttyd}}\n",
-        );
+        // Users' and root's keys and passwords too: the hashes as an edit of
+        // /etc/shadow and of its backup, in the order the script writes them (users'
+        // keys, files, root's keys, passwords), then ttyd's files where they are.
+        let text = |commands: &str| {
+            format!(
+                "customize:\n  files: [{{path: /etc/motd, content: a}}]\n  commands: {commands}\n  users: [{{name: lab, password: {{env: X}}, ssh-authorized-keys: [\"ssh-ed25519 AAAA lab\"]}}]\n  root-password: {{env: Y}}\n  root-ssh-authorized-keys: [\"ssh-ed25519 BBBB root\"]\nttyd: {{enabled: true, source: {{package: ttyd}}}}\n"
+            )
+        };
         let secrets = Secrets {
             users: vec![("lab".into(), SecretValue::new("pw".into()))],
             root: Some(SecretValue::new("rootpw".into())),
             ..Secrets::default()
         };
-        let c = generate(&r, &secrets, Path::new("."), None).unwrap();
+        let c = generate(&recipe(&text("[]")), &secrets, Path::new("."), None).unwrap();
         let paths: Vec<&str> = c.patchable.files.iter().map(|f| f.path.as_str()).collect();
-        // Passwords and SSH keys too: the hashes as an edit of /etc/shadow, in the
-        // order the script writes them (users' keys, files, root's keys, passwords).
         assert_eq!(
             paths,
             [
                 "/home/lab/.ssh/authorized_keys",
+                "/etc/motd",
                 "/root/.ssh/authorized_keys",
                 "/etc/shadow",
+                "/etc/shadow-",
                 "/etc/systemd/system/diskforge-ttyd.service",
                 "/usr/local/lib/diskforge/ttyd-start.sh"
             ]
         );
-        assert!(c.patchable.recipe_files.is_empty() && c.patchable.ttyd);
         assert_eq!(c.patchable.user_keys, [0]);
-        assert!(c.patchable.root_keys && !c.patchable.desktop_password);
-        match &c.patchable.files[2].data {
-            PatchData::Passwords(h) => {
-                assert_eq!(h.len(), 2);
-                assert_eq!((h[0].0.as_str(), h[1].0.as_str()), ("lab", "root"));
-                assert!(matches_hash(&SecretValue::new("pw".into()), &h[0].1));
-                assert!(matches_hash(&SecretValue::new("rootpw".into()), &h[1].1));
+        assert_eq!(c.patchable.recipe_files, [0]);
+        assert!(c.patchable.root_keys && c.patchable.passwords && c.patchable.ttyd);
+        assert!(!c.patchable.kept_passwords);
+        assert_eq!(c.patchable.files[0].home_of.as_deref(), Some("lab"));
+        assert_eq!(c.patchable.files[2].home_of.as_deref(), Some("root"));
+        let hashes = match (&c.patchable.files[3].data, &c.patchable.files[4].data) {
+            (PatchData::Passwords(h), PatchData::BackupPasswords(b)) => {
+                assert_eq!(h, b);
+                h.clone()
             }
-            PatchData::Content(_) => panic!("/etc/shadow is not a password edit"),
-        }
-        assert!(c.patchable.files[..3]
+            _ => panic!("/etc/shadow and its backup are not password edits"),
+        };
+        assert_eq!(
+            (hashes[0].0.as_str(), hashes[1].0.as_str()),
+            ("lab", "root")
+        );
+        assert!(matches_hash(&SecretValue::new("pw".into()), &hashes[0].1));
+        assert!(matches_hash(
+            &SecretValue::new("rootpw".into()),
+            &hashes[1].1
+        ));
+        assert!(c.patchable.files[..4]
             .iter()
             .all(|f| f.presence == Presence::Always));
-        assert!(c.patchable.files[3..]
+        assert!(c.patchable.files[4..]
             .iter()
             .all(|f| f.presence == Presence::IfPresent));
+
+        // Commands run after users, root and files and may read or change them (append
+        // a key, expire a password): only ttyd's own files stay rewritable, and the
+        // passwords are compared instead.
+        let c = generate(&recipe(&text("[\"true\"]")), &secrets, Path::new("."), None).unwrap();
+        let paths: Vec<&str> = c.patchable.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/etc/systemd/system/diskforge-ttyd.service",
+                "/usr/local/lib/diskforge/ttyd-start.sh"
+            ]
+        );
+        assert!(c.patchable.recipe_files.is_empty() && c.patchable.user_keys.is_empty());
+        assert!(!c.patchable.root_keys && !c.patchable.passwords);
+        assert!(c.patchable.kept_passwords);
+        assert_ne!(
+            secrets.unpatchable(false).expose(),
+            secrets.unpatchable(true).expose()
+        );
+        assert!(secrets.unpatchable(true).expose().is_empty());
     }
 
     /// The files the host rewrites hold what the guest script installs: the unit, the

@@ -177,6 +177,7 @@ pub fn patch_files(t: &Ttyd, secrets: &Secrets) -> Vec<PatchFile> {
         path: path.to_string(),
         data: PatchData::Content(StageData::Bytes(text.into_bytes())),
         presence: Presence::IfPresent,
+        home_of: None,
     };
     let mut files = vec![
         file(&format!("/etc/systemd/system/{UNIT}"), c.unit),
