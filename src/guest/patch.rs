@@ -234,9 +234,10 @@ pub fn apply(
         let blocks = fs.blocks(&f.path)?;
         let xattrs = fs.xattr_names(&f.path)?;
         let mut script = String::new();
+        // Each value in a file of its own name (never one an earlier file left).
         for (k, name) in xattrs.iter().enumerate() {
-            fs.run(false, &format!("ea_get -f xattr-{k} {} {name}", f.path))?;
-            if !dir.join(format!("xattr-{k}")).is_file() {
+            fs.run(false, &format!("ea_get -f xattr-{i}-{k} {} {name}", f.path))?;
+            if !dir.join(format!("xattr-{i}-{k}")).is_file() {
                 bail!("cannot read the extended attribute {name} of {}", f.path);
             }
         }
@@ -281,7 +282,7 @@ pub fn apply(
             script.push_str(&format!("sif {name} projid {project}\n"));
         }
         for (k, attr) in xattrs.iter().enumerate() {
-            script.push_str(&format!("ea_set -f xattr-{k} {name} {attr}\n"));
+            script.push_str(&format!("ea_set -f xattr-{i}-{k} {name} {attr}\n"));
         }
         fs.script(&script)?;
         let new = fs
