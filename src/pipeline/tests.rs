@@ -359,3 +359,80 @@ fn the_settled_key_leaves_out_only_what_the_host_rewrites() {
         None
     );
 }
+
+/// A kept customized disk is found only on the package stage it stands on and with the
+/// passwords it was kept with (a plan, which reads none, finds it), is left alone by a
+/// build that would keep the same one, and goes when its package stage is replaced.
+#[test]
+fn a_settled_disk_is_reused_only_on_its_stage_and_with_its_passwords() {
+    let f = Fixture::new();
+    let cache = &f.env.cache;
+    let stage = stages::path(cache, "sha256:1111").unwrap();
+    let overlay = |backing: &std::path::Path, to: &std::path::Path| {
+        let made = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(backing)
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(made.success());
+    };
+    overlay(&f.dir.path().join("base.qcow2"), &stage);
+    let work_disk = f.dir.path().join("customized.qcow2");
+    overlay(&stage, &work_disk);
+    let packages = f.dir.path().join("packages");
+    std::fs::create_dir(&packages).unwrap();
+    std::fs::write(packages.join("dpkg-status"), "Package: x\n").unwrap();
+    let root = crate::guest::patch::RootFs {
+        offset: 1 << 20,
+        size: 1 << 30,
+        fs_type: "ext4".into(),
+        other_mounts: vec![],
+    };
+    let key = "sha256:2222";
+    let kept = stages::path(cache, key).unwrap();
+    let pw = |s: &str| crate::recipe::SecretValue::new(s.into());
+    stages::store_settled(&work_disk, &kept, key, &root, &stage, &pw("one"), &packages).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777,
+        0o400
+    );
+    let found = |secrets: Option<&str>| {
+        stages::lookup_settled(cache, key, &stage, secrets.map(pw).as_ref())
+            .unwrap()
+            .map(|s| {
+                (
+                    s.root,
+                    std::fs::read_to_string(s.packages.join("dpkg-status")).unwrap(),
+                )
+            })
+    };
+    assert_eq!(
+        found(Some("one")),
+        Some((root.clone(), "Package: x\n".into()))
+    );
+    assert!(found(None).is_some(), "a plan does not find it");
+    assert_eq!(found(Some("two")), None, "another password reused it");
+    assert!(kept.is_file(), "a build with another password removed it");
+    // The same disk kept again (another build of the same key): the first stays.
+    let inode =
+        |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let before = inode(&kept);
+    stages::store_settled(&work_disk, &kept, key, &root, &stage, &pw("one"), &packages).unwrap();
+    assert_eq!(inode(&kept), before);
+    // On another stage it is not found, and is removed.
+    let other = stages::path(cache, "sha256:3333").unwrap();
+    overlay(&f.dir.path().join("base.qcow2"), &other);
+    assert!(stages::lookup_settled(cache, key, &other, None)
+        .unwrap()
+        .is_none());
+    assert!(!kept.exists());
+    // Kept again, then its package stage is replaced: it goes with it.
+    stages::store_settled(&work_disk, &kept, key, &root, &stage, &pw("one"), &packages).unwrap();
+    assert!(kept.is_file());
+    let rebuilt = f.dir.path().join("rebuilt.qcow2");
+    overlay(&f.dir.path().join("base.qcow2"), &rebuilt);
+    stages::store(&rebuilt, &stage, "sha256:1111").unwrap();
+    assert!(!kept.exists() && !kept.with_extension("d").exists());
+}
