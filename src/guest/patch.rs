@@ -7,12 +7,14 @@
 //! the disk's root filesystem (ext2/3/4) is exposed as a file by `qemu-storage-daemon`'s
 //! FUSE export of a new overlay, and e2fsprogs' `debugfs` replaces each file's data.
 //!
-//! What the guest script had made of the file stays: its inode's mode, owner, group and
-//! every extended attribute (an SELinux label included) are copied to the new inode, so
-//! the result is the file `install -m MODE -o OWNER -g GROUP` would have written and
-//! the relabel would have labelled. The old content's blocks are zeroed before they are
-//! freed (deleted is not erased: an old credential must not stay in the free blocks of a
-//! published disk), and `e2fsck -fn` checks the filesystem before the export ends.
+//! What the guest script had made of the file stays: its inode's mode, owner, group,
+//! inherited flags, project and every extended attribute (an SELinux label included)
+//! are copied to the new inode, so the result is the file `install -m MODE -o OWNER -g
+//! GROUP` would have written and the relabel would have labelled. The old file is
+//! unlinked and its data blocks zeroed before anything can reuse them (deleted is not
+//! erased: an old credential must not stay in the free blocks of a published disk), and
+//! `e2fsck -fn` checks the filesystem before the export ends. Password hashes are an edit
+//! of `/etc/shadow` (and of its backup), every other line as the disk has it.
 
 use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
@@ -184,7 +186,7 @@ pub fn export_cmd(disk: &Path, root: &RootFs, mountpoint: &Path, writable: bool)
 pub struct Patched {
     pub path: String,
     pub bytes: u64,
-    /// Blocks of the old content zeroed and freed.
+    /// Blocks of the old content freed and zeroed.
     pub old_blocks: usize,
     /// Extended attributes carried over (`security.selinux`, …).
     pub xattrs: Vec<String>,

@@ -395,13 +395,15 @@ fn incremental_rebuild_reuses_the_grown_stage() {
     std::fs::copy("/usr/bin/true", t.path().join("ttyd-bin")).unwrap();
     let cache = t.path().join("cache");
     let recipe = t.path().join("r.yaml");
+    // The user's SSH key is named after the file's content, so it changes with it.
     let write_recipe = |v: &str, mode: &str, port: u16| {
         std::fs::write(
             &recipe,
             format!(
                 "base: {{path: base.qcow2}}\ndisk: {{size: +1G}}\n\
                  customize: {{files: [{{path: /etc/v, content: {v}, mode: \"{mode}\"}}], \
-                 users: [{{name: lab, password: {{env: DISKFORGE_TEST_PW}}}}]}}\n\
+                 users: [{{name: lab, password: {{env: DISKFORGE_TEST_PW}}, \
+                 ssh-authorized-keys: [\"ssh-ed25519 AAAAKEY{v} lab@test\"]}}]}}\n\
                  ttyd: {{enabled: true, source: {{path: ttyd-bin}}, port: {port}, \
                  credential: {{user: web, password: {{env: DISKFORGE_TEST_TTYD_PW}}}}}}\n"
             ),
@@ -449,7 +451,8 @@ fn incremental_rebuild_reuses_the_grown_stage() {
             "echo ==statvfs\nstatvfs /\necho ==v\ncat /etc/v\necho ==vstat\nstat /etc/v\n\
              echo ==unit\ncat /etc/systemd/system/diskforge-ttyd.service\n\
              echo ==env\ncat /etc/diskforge/ttyd.env\necho ==envstat\nstat /etc/diskforge/ttyd.env\n\
-             echo ==shadow\ncat /etc/shadow\necho ==end\n",
+             echo ==shadow\ncat /etc/shadow\necho ==keys\ncat /home/lab/.ssh/authorized_keys\n\
+             echo ==keysstat\nstat /home/lab/.ssh/authorized_keys\necho ==end\n",
         )
     };
     const OLD_PW: &str = "pw-Old-Ttyd-Secret-11";
@@ -494,7 +497,7 @@ fn incremental_rebuild_reuses_the_grown_stage() {
         "growth and packages not marked cached:\n{text}"
     );
     assert!(
-        text.contains("no appliance: rewrite /etc/v, passwords and ttyd's command line"),
+        text.contains("no appliance: rewrite SSH keys, /etc/v, passwords and ttyd's command line"),
         "the plan does not say the host rewrites the files:\n{text}"
     );
     let two = t.path().join("two.qcow2");
@@ -512,6 +515,7 @@ fn incremental_rebuild_reuses_the_grown_stage() {
     assert_eq!(
         paths,
         [
+            "/home/lab/.ssh/authorized_keys",
             "/etc/v",
             "/etc/shadow",
             "/etc/shadow-",
@@ -563,8 +567,13 @@ fn incremental_rebuild_reuses_the_grown_stage() {
     assert_eq!(common::occurrences(&raw, NEW_PW.as_bytes()), 1);
     std::fs::remove_file(&raw).unwrap();
 
-    // The user's new password too, through its hash in /etc/shadow.
+    // The user's new password too, through its hash in /etc/shadow, and the new key
+    // in the home /etc/passwd gives, still the user's and 0600.
     assert!(lab_password_is(&text, NEW_USER_PW), "{text}");
+    assert_eq!(section(&text, "keys"), "ssh-ed25519 AAAAKEYtwo lab@test");
+    let keys = common::guest::record(section(&text, "keysstat"));
+    assert_eq!(keys["mode"], 0o100600, "{text}");
+    assert_ne!(keys["uid"], 0, "the key file is root's: {text}");
 
     // A mode is not content: the appliance runs again, on the grown stage.
     write_recipe("two", "0600", 7682);
