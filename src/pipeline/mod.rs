@@ -333,8 +333,16 @@ impl Plan {
             key: key.to_string(),
             step,
         };
-        let disk = match (opts.incremental, &stage_hit) {
-            (false, _) => vec![
+        // An overlay on a kept disk: no growth (the kept disk has it).
+        let on_kept = |kept: &Path| Overlay {
+            backing: Backing::KeptStage(kept.to_path_buf()),
+            disk: overlay.clone(),
+            size: None,
+            base_size: None,
+            stage: false,
+        };
+        let disk = match (opts.incremental, &stage_hit, settled_hit) {
+            (false, _, _) => vec![
                 keyed(
                     &keys.grow,
                     DiskStep::Overlay(on_base(overlay.clone(), false)),
@@ -345,19 +353,12 @@ impl Plan {
                 ),
             ],
             // The whole customization is done: the host rewrites what changed.
-            (true, Some(_)) if settled_hit.is_some() => {
-                let settled = settled_hit.clone().context("the settled disk")?;
+            (true, _, Some(settled)) => {
                 vec![
                     keyed(&keys.packages, DiskStep::KeptPackages),
                     keyed(
                         keys.settled.as_deref().unwrap_or(&keys.packages),
-                        DiskStep::Overlay(Overlay {
-                            backing: Backing::KeptStage(settled.disk.clone()),
-                            disk: overlay.clone(),
-                            size: None,
-                            base_size: None,
-                            stage: false,
-                        }),
+                        DiskStep::Overlay(on_kept(&settled.disk)),
                     ),
                     keyed(
                         &keys.guest,
@@ -371,18 +372,9 @@ impl Plan {
                 ]
             }
             // Growth and packages are done: the kept stage disk is their result.
-            (true, Some(stage)) => vec![
+            (true, Some(stage), None) => vec![
                 keyed(&keys.packages, DiskStep::KeptPackages),
-                keyed(
-                    &keys.packages,
-                    DiskStep::Overlay(Overlay {
-                        backing: Backing::KeptStage(stage.clone()),
-                        disk: overlay.clone(),
-                        size: None,
-                        base_size: None,
-                        stage: false,
-                    }),
-                ),
+                keyed(&keys.packages, DiskStep::Overlay(on_kept(stage))),
                 keyed(
                     &keys.guest,
                     DiskStep::Guest(launch(&overlay, Parts::Rest, GrowRoot::No)),
@@ -391,7 +383,7 @@ impl Plan {
             .into_iter()
             .chain(settle_step(&overlay, stage)?)
             .collect(),
-            (true, None) => vec![
+            (true, None, _) => vec![
                 keyed(
                     &keys.grow,
                     DiskStep::Overlay(on_base(stage_disk.clone(), true)),

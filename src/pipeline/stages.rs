@@ -209,12 +209,15 @@ pub fn store_settled(
     packages: &Path,
 ) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    if dest.is_file() {
-        if let Some(rec) = check_settled(dest, stage)? {
-            if crate::guest::script::matches_hash(secrets, &rec.secrets) {
-                return Ok(());
-            }
-        }
+    // One another build kept on the same stage with the same passwords stays (builds
+    // may stand on it): asked before the work, and again before the replacement.
+    let kept_already = || -> Result<bool> {
+        Ok(dest.is_file()
+            && check_settled(dest, stage)?
+                .is_some_and(|rec| crate::guest::script::matches_hash(secrets, &rec.secrets)))
+    };
+    if kept_already()? {
+        return Ok(());
     }
     let dir = sidecar(dest);
     let tmp = unique(dest, "d");
@@ -249,13 +252,8 @@ pub fn store_settled(
     }
     std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o400))
         .with_context(|| format!("making {} read-only", part.display()))?;
-    // Another build may have kept one meanwhile: it stays (builds may stand on it).
-    if dest.is_file() {
-        if let Some(rec) = check_settled(dest, stage)? {
-            if crate::guest::script::matches_hash(secrets, &rec.secrets) {
-                return Ok(());
-            }
-        }
+    if kept_already()? {
+        return Ok(());
     }
     forget(dest);
     std::fs::rename(&tmp, &dir).with_context(|| format!("keeping {}", dir.display()))?;
