@@ -396,7 +396,7 @@ pub struct BuildArgs {
     /// Keep the disk after growth and package installation in the cache, and start
     /// from it when only later steps changed; keep the customized disk too, and
     /// rewrite files on it on the host when only their content (files, passwords, SSH
-    /// keys, ttyd's command line and credential) changed.
+    /// keys, ttyd's command line and credential) changed or users were appended.
     #[arg(long)]
     pub incremental: bool,
     /// Recipes built at the same time [default: what the machine's cores and memory carry].

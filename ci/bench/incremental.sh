@@ -4,7 +4,8 @@
 # the customized disk), then again after changing only the ttyd port, with nothing
 # changed, after changing a file's content, a user's password, and after adding a
 # user. Prints a Markdown table of wall times, appliance launches and the ratios to the
-# full build; fails when a rebuild that should rewrite files on the host did not.
+# full build; fails when a rebuild that should rewrite files on the host (or add the
+# user there) did not.
 #
 # Usage: [CACHE_DIR=DIR] ci/bench/incremental.sh
 #   CACHE_DIR  diskforge's cache to use (default: the user's); it must hold the demo's
@@ -70,7 +71,7 @@ grep -q 'Welcome to the rebuilt' "$work/demo.yaml" || { echo "the demo's motd li
 run file_changed out-file --incremental
 # A user's password: a secret, which the build key leaves out, so --force.
 DISKFORGE_LAB_PASSWORD=$DISKFORGE_LAB_PASSWORD-2 run password_changed out-password --incremental --force
-# A new user: not a rewrite of existing files, so the appliance runs on the kept stage.
+# A new user appended: added on the host (Debian's useradd followed), no appliance.
 python3 - "$work/demo.yaml" <<'PY'
 import sys
 p = sys.argv[1]
@@ -81,7 +82,7 @@ s = s.replace(anchor, "    - name: guest\n      shell: /bin/sh\n" + anchor, 1)
 open(p, "w").write(s)
 PY
 run user_added out-user --incremental
-for n in port_changed file_changed password_changed; do
+for n in port_changed file_changed password_changed user_added; do
   grep -q '"event":"patched"' "$work/$n.log" || { echo "$n did not rewrite files on the host" >&2; exit 1; }
 done
 
@@ -95,5 +96,5 @@ cat <<EOF
 | --incremental, nothing changed | ${secs[unchanged]} | ${launches[unchanged]} | $(ratio "${secs[unchanged]}" "${secs[full]}") |
 | --incremental, a file's content changed | ${secs[file_changed]} | ${launches[file_changed]} | **$(ratio "${secs[file_changed]}" "${secs[full]}")** |
 | --incremental --force, a user's password changed | ${secs[password_changed]} | ${launches[password_changed]} | **$(ratio "${secs[password_changed]}" "${secs[full]}")** |
-| --incremental, a user added | ${secs[user_added]} | ${launches[user_added]} | $(ratio "${secs[user_added]}" "${secs[full]}") |
+| --incremental, a user added | ${secs[user_added]} | ${launches[user_added]} | **$(ratio "${secs[user_added]}" "${secs[full]}")** |
 EOF

@@ -7,6 +7,7 @@
 //! made in Rust from what the appliance reports; the guest-side work is a generated
 //! script run with the guest's own tools (see [`script`]).
 
+pub mod accounts;
 pub mod apt;
 pub mod boot;
 pub mod content;

@@ -26,6 +26,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::accounts::{self, AccountFiles, Added, KeptAccounts, NewUser, Pair};
 use super::content::StageData;
 use crate::sys::exec::Cmd;
 
@@ -192,17 +193,26 @@ pub struct Patched {
     pub xattrs: Vec<String>,
 }
 
+/// What [`check`] found on a disk about to be kept.
+#[derive(Debug)]
+pub struct Checked {
+    /// How many of the files the disk has.
+    pub present: usize,
+    /// Its accounts, when the host can add users to it ([`accounts`]); why not, else.
+    pub accounts: Result<KeptAccounts, String>,
+}
+
 /// Checks, read-only, that [`apply`] can rewrite `files` on `disk` (a disk about to be
 /// kept): the export works on this host, the filesystem is clean, and every file the
-/// customization always writes is a plain regular file. Returns how many of `files`
-/// the disk has.
+/// customization always writes is a plain regular file; and whether users can be added
+/// on the host.
 pub fn check(
     disk: &Path,
     root: &RootFs,
     files: &[PatchFile],
     work: &Path,
     names: &crate::sys::exec::PathNames,
-) -> Result<usize> {
+) -> Result<Checked> {
     let session = Session::open(disk, root, files, work, &[], names, false)?;
     let mut present = 0;
     for f in files {
@@ -210,8 +220,9 @@ pub fn check(
             present += 1;
         }
     }
+    let accounts = session.accounts()?;
     session.export.finish()?;
-    Ok(present)
+    Ok(Checked { present, accounts })
 }
 
 /// Rewrites `files` in the root filesystem of `disk` (an overlay the build owns),
@@ -226,8 +237,56 @@ pub fn apply(
     secrets: &[String],
     names: &crate::sys::exec::PathNames,
 ) -> Result<Vec<Patched>> {
+    apply_adding_users(disk, root, files, &[], work, secrets, names)
+}
+
+/// [`apply`], after adding `users` as the guest script's `useradd -m`, `chpasswd -e`,
+/// SSH key and sudoers lines would have after the users the disk has ([`accounts`]).
+/// The account files (and their backups) are rewritten like any other file, with the
+/// password hashes of `files`' shadow edit; the new homes are copies of `/etc/skel`.
+/// Files in the new users' homes among `files` are left to the addition.
+pub fn apply_adding_users(
+    disk: &Path,
+    root: &RootFs,
+    files: &[PatchFile],
+    users: &[NewUser],
+    work: &Path,
+    secrets: &[String],
+    names: &crate::sys::exec::PathNames,
+) -> Result<Vec<Patched>> {
+    let homes: Vec<String> = users.iter().map(|u| format!("/home/{}", u.name)).collect();
+    if let Some(h) = homes.iter().find(|h| !plain_path(h) || !root.holds(h)) {
+        bail!("{h} cannot be made on the host");
+    }
     let session = Session::open(disk, root, files, work, secrets, names, true)?;
     let (fs, export, dir, stats) = (&session.fs, &session.export, &session.dir, &session.stats);
+    let mut files = files.to_vec();
+    let mut added = Vec::new();
+    if !users.is_empty() {
+        if let Err(why) = session.accounts()? {
+            bail!("users cannot be added on the host: {why}");
+        }
+        let hashes: Vec<(String, String)> = files
+            .iter()
+            .find_map(|f| match &f.data {
+                PatchData::Passwords(h) => Some(h.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        files.retain(|f| {
+            !matches!(
+                f.data,
+                PatchData::Passwords(_) | PatchData::BackupPasswords(_)
+            ) && !f
+                .home_of
+                .as_ref()
+                .is_some_and(|u| users.iter().any(|n| &n.name == u))
+        });
+        let (rewrites, a) = session.account_rewrites(users, &hashes)?;
+        added = a;
+        files.splice(0..0, rewrites);
+    }
+    let files = &files;
     let mut done = Vec::new();
     for (i, f) in files.iter().enumerate() {
         let Some(old) = session.existing(f)? else {
@@ -325,6 +384,9 @@ pub fn apply(
             old_blocks: blocks.len(),
             xattrs,
         });
+    }
+    for (u, a) in users.iter().zip(&added) {
+        done.extend(session.make_home(u, a)?);
     }
     Cmd::new(
         "e2fsck",
@@ -470,6 +532,311 @@ impl<'a> Session<'a> {
     }
 }
 
+/// A file or directory [`Session::make_home`] made: (path, kind, mode with the type,
+/// uid, gid, size of a regular file).
+type Made = (String, &'static str, u32, u64, u64, Option<u64>);
+
+impl Session<'_> {
+    /// A regular file's content; `None` when the path is not one.
+    fn text(&self, path: &str) -> Result<Option<String>> {
+        match self.fs.stat(path)? {
+            Some(i) if i.kind == "regular" => {
+                let (out, _) = self.fs.run(false, &format!("cat {path}"))?;
+                if out.contains('\u{FFFD}') {
+                    bail!("{path} is not UTF-8 text");
+                }
+                Ok(Some(out))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether users can be added on the host as the guest's useradd would
+    /// ([`accounts::supported`]), with the names its account files hold; why not, else.
+    fn accounts(&self) -> Result<Result<KeptAccounts, String>> {
+        let fs = &self.fs;
+        let os = match self.text("/etc/os-release")? {
+            Some(t) => t,
+            None => match self.text("/usr/lib/os-release")? {
+                Some(t) => t,
+                None => return Ok(Err("the guest has no os-release".into())),
+            },
+        };
+        let Some(defs) = self.text("/etc/login.defs")? else {
+            return Ok(Err("the guest has no /etc/login.defs".into()));
+        };
+        let defaults = self.text("/etc/default/useradd")?;
+        if let Err(why) = accounts::supported(&os, &defs, defaults.as_deref()) {
+            return Ok(Err(why));
+        }
+        let plain = |i: &Option<Inode>| {
+            i.as_ref()
+                .is_some_and(|i| i.kind == "regular" && i.links == 1 && i.flags & INLINE_DATA == 0)
+        };
+        for base in ["/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow"] {
+            for p in [base.to_string(), format!("{base}-")] {
+                if !plain(&fs.stat(&p)?) {
+                    return Ok(Err(format!("{p} is not a plain regular file")));
+                }
+            }
+        }
+        for base in ["/etc/subuid", "/etc/subgid"] {
+            let backup = format!("{base}-");
+            let (f, b) = (fs.stat(base)?, fs.stat(&backup)?);
+            if f.is_some() && !(plain(&f) && plain(&b)) {
+                return Ok(Err(format!(
+                    "{base} and its backup {backup} are not plain regular files"
+                )));
+            }
+        }
+        for dir in ["/home", "/etc/skel"] {
+            if fs.stat(dir)?.is_none_or(|i| i.kind != "directory") {
+                return Ok(Err(format!("{dir} is not a directory")));
+            }
+        }
+        let skel = match self.skel()? {
+            Ok(s) => s,
+            Err(why) => return Ok(Err(why)),
+        };
+        // Labels and ACLs are made by the guest's own tools: not for new files here.
+        let labelled = ["/etc/passwd", "/home", "/etc/skel", "/etc/sudoers.d"]
+            .into_iter()
+            .map(str::to_string)
+            .chain(skel.iter().map(|(rel, _)| format!("/etc/skel/{rel}")));
+        for p in labelled {
+            if fs.stat(&p)?.is_some() && !fs.xattr_names(&p)?.is_empty() {
+                return Ok(Err(format!(
+                    "{p} has extended attributes (an SELinux label or an ACL), which new files would need too"
+                )));
+            }
+        }
+        let (passwd, group) = (
+            self.text("/etc/passwd")?.unwrap_or_default(),
+            self.text("/etc/group")?.unwrap_or_default(),
+        );
+        Ok(Ok(KeptAccounts::from_files(&passwd, &group)))
+    }
+
+    /// What `/etc/skel` holds, parents before their entries: (path below it, inode).
+    /// Only directories and regular files (what `useradd -m` copies as they are);
+    /// anything else is why not.
+    fn skel(&self) -> Result<Result<Vec<(String, Inode)>, String>> {
+        let mut out = Vec::new();
+        let mut dirs = vec![String::new()];
+        while let Some(rel) = dirs.pop() {
+            let at = if rel.is_empty() {
+                "/etc/skel".to_string()
+            } else {
+                format!("/etc/skel/{rel}")
+            };
+            let (list, _) = self.fs.run(false, &format!("ls -p {at}"))?;
+            let mut names: Vec<String> = list
+                .lines()
+                .filter_map(|l| l.split('/').nth(5).map(str::to_string))
+                .filter(|n| !n.is_empty() && n != "." && n != "..")
+                .collect();
+            names.sort();
+            for n in names {
+                let r = if rel.is_empty() {
+                    n.clone()
+                } else {
+                    format!("{rel}/{n}")
+                };
+                let path = format!("/etc/skel/{r}");
+                if !plain_path(&path) {
+                    return Ok(Err(format!("{path} is not a plain name")));
+                }
+                let Some(i) = self.fs.stat(&path)? else {
+                    return Ok(Err(format!("{path} vanished")));
+                };
+                match i.kind.as_str() {
+                    "directory" => dirs.push(r.clone()),
+                    "regular" if i.links == 1 => {}
+                    k => return Ok(Err(format!("{path} is a {k}, which is not copied here"))),
+                }
+                out.push((r, i));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Ok(out))
+    }
+
+    /// The account files after adding `users` (with `hashes` from the shadow edit), as
+    /// rewrites of every file (or backup) that changes.
+    fn account_rewrites(
+        &self,
+        users: &[NewUser],
+        hashes: &[(String, String)],
+    ) -> Result<(Vec<PatchFile>, Vec<Added>)> {
+        let read = |p: &str| -> Result<String> {
+            self.text(p)?
+                .with_context(|| format!("{p} is missing from the kept disk"))
+        };
+        let pair = |p: &str| -> Result<Pair> { Ok(Pair::new(read(p)?, read(&format!("{p}-"))?)) };
+        let optional = |p: &str| -> Result<Option<Pair>> {
+            match self.fs.stat(p)? {
+                Some(_) => pair(p).map(Some),
+                None => Ok(None),
+            }
+        };
+        let mut files = AccountFiles {
+            passwd: pair("/etc/passwd")?,
+            group: pair("/etc/group")?,
+            shadow: pair("/etc/shadow")?,
+            gshadow: pair("/etc/gshadow")?,
+            subuid: optional("/etc/subuid")?,
+            subgid: optional("/etc/subgid")?,
+        };
+        let before = files.clone();
+        let day = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() / 86_400)
+            .unwrap_or(0);
+        let added = accounts::add_users(&mut files, &read("/etc/login.defs")?, users, hashes, day)?;
+        let mut out = Vec::new();
+        let pairs = [
+            ("/etc/passwd", Some(&files.passwd), Some(&before.passwd)),
+            ("/etc/group", Some(&files.group), Some(&before.group)),
+            ("/etc/shadow", Some(&files.shadow), Some(&before.shadow)),
+            ("/etc/gshadow", Some(&files.gshadow), Some(&before.gshadow)),
+            ("/etc/subuid", files.subuid.as_ref(), before.subuid.as_ref()),
+            ("/etc/subgid", files.subgid.as_ref(), before.subgid.as_ref()),
+        ];
+        for (path, now, was) in pairs {
+            let (Some(now), Some(was)) = (now, was) else {
+                continue;
+            };
+            for (p, new, old) in [
+                (path.to_string(), &now.now, &was.now),
+                (format!("{path}-"), &now.backup, &was.backup),
+            ] {
+                if new != old {
+                    out.push(PatchFile {
+                        path: p,
+                        data: PatchData::Content(StageData::Bytes(new.clone().into_bytes())),
+                        presence: Presence::Always,
+                        home_of: None,
+                    });
+                }
+            }
+        }
+        Ok((out, added))
+    }
+
+    /// Makes `u`'s home as `useradd -m` copies it from `/etc/skel`, then its SSH keys and
+    /// sudoers file as the guest script's lines write them.
+    fn make_home(&self, u: &NewUser, a: &Added) -> Result<Vec<Patched>> {
+        let fs = &self.fs;
+        let h = &a.home;
+        if fs.stat(h)?.is_some() {
+            bail!("{h} is already on the kept disk, which useradd would not copy /etc/skel into");
+        }
+        let skel = self.skel()?.map_err(|why| anyhow::anyhow!(why))?;
+        let mut made: Vec<Made> = Vec::new();
+        let mut script = String::new();
+        let owned = |script: &mut String, path: &str, mode: u32, uid: u64, gid: u64| {
+            script.push_str(&format!(
+                "sif {path} mode 0{mode:o}\nsif {path} uid {uid}\nsif {path} gid {gid}\n"
+            ));
+        };
+        let (uid, gid) = (u64::from(a.uid), u64::from(a.gid));
+        script.push_str(&format!("mkdir {h}\n"));
+        owned(&mut script, h, 0o40000 | a.home_mode, uid, gid);
+        made.push((
+            h.clone(),
+            "directory",
+            0o40000 | a.home_mode,
+            uid,
+            gid,
+            None,
+        ));
+        let write = |script: &mut String, local: &str, to: &str| -> Result<()> {
+            let (parent, name) = to.rsplit_once('/').context("an absolute path")?;
+            script.push_str(&format!("cd {parent}\nwrite {local} {name}\ncd /\n"));
+            Ok(())
+        };
+        for (k, (rel, i)) in skel.iter().enumerate() {
+            let to = format!("{h}/{rel}");
+            if i.kind == "directory" {
+                script.push_str(&format!("mkdir {to}\n"));
+                made.push((to.clone(), "directory", i.mode, uid, gid, None));
+            } else {
+                let local = format!("skel-{}-{k}", u.name);
+                fs.run(false, &format!("dump /etc/skel/{rel} {local}"))?;
+                if !self.dir.join(&local).is_file() {
+                    bail!("cannot read /etc/skel/{rel}");
+                }
+                write(&mut script, &local, &to)?;
+                made.push((to.clone(), "regular", i.mode, uid, gid, Some(i.size)));
+            }
+            owned(&mut script, &to, i.mode, uid, gid);
+        }
+        if let Some(keys) = &u.keys {
+            let ssh = format!("{h}/.ssh");
+            if made.iter().any(|m| m.0 == ssh) {
+                bail!("/etc/skel has a .ssh, which the host does not merge SSH keys into");
+            }
+            script.push_str(&format!("mkdir {ssh}\n"));
+            owned(&mut script, &ssh, 0o40700, uid, gid);
+            made.push((ssh.clone(), "directory", 0o40700, uid, gid, None));
+            let local = format!("keys-{}", u.name);
+            write_data(&StageData::Bytes(keys.clone()), &self.dir.join(&local))?;
+            let to = format!("{ssh}/authorized_keys");
+            write(&mut script, &local, &to)?;
+            owned(&mut script, &to, 0o100600, uid, gid);
+            made.push((to, "regular", 0o100600, uid, gid, Some(keys.len() as u64)));
+        }
+        if u.sudo {
+            let d = "/etc/sudoers.d";
+            match fs.stat(d)? {
+                None => {
+                    script.push_str(&format!("mkdir {d}\n"));
+                    owned(&mut script, d, 0o40755, 0, 0);
+                    made.push((d.into(), "directory", 0o40755, 0, 0, None));
+                }
+                Some(i) if i.kind == "directory" => {}
+                Some(i) => bail!("{d} on the kept disk is a {}", i.kind),
+            }
+            let to = format!("{d}/{}", u.name);
+            if fs.stat(&to)?.is_some() {
+                bail!("{to} is already on the kept disk");
+            }
+            let line = format!("{} ALL=(ALL) NOPASSWD:ALL\n", u.name).into_bytes();
+            let local = format!("sudo-{}", u.name);
+            write_data(&StageData::Bytes(line.clone()), &self.dir.join(&local))?;
+            write(&mut script, &local, &to)?;
+            owned(&mut script, &to, 0o100440, 0, 0);
+            made.push((to, "regular", 0o100440, 0, 0, Some(line.len() as u64)));
+        }
+        fs.script(&script)?;
+        let mut done = Vec::new();
+        for (path, kind, mode, uid, gid, size) in made {
+            let i = fs
+                .stat(&path)?
+                .with_context(|| format!("{path} is missing after it was made"))?;
+            if i.kind != kind
+                || (i.mode, i.uid, i.gid) != (mode, uid, gid)
+                || size.is_some_and(|s| s != i.size)
+            {
+                bail!(
+                    "making {path} did not take: a {} with mode {:o}, owner {}:{} (expected a {kind} with mode {mode:o}, owner {uid}:{gid})",
+                    i.kind,
+                    i.mode,
+                    i.uid,
+                    i.gid
+                );
+            }
+            done.push(Patched {
+                path,
+                bytes: size.unwrap_or(0),
+                old_blocks: 0,
+                xattrs: Vec::new(),
+            });
+        }
+        Ok(done)
+    }
+}
+
 /// The inode flag of a file whose data lives in the inode itself.
 const INLINE_DATA: u64 = 0x1000_0000;
 /// The inode flags a new regular file inherits from its directory in ext4
@@ -479,48 +846,7 @@ const INLINE_DATA: u64 = 0x1000_0000;
 const INHERITED: u64 =
     0x1 | 0x2 | 0x4 | 0x8 | 0x40 | 0x80 | 0x400 | 0x4000 | 0x8000 | 0x0200_0000 | 0x2000_0000;
 
-/// `shadow` (a shadow(5) file) with each of `hashes`' users given its hash and `day` as
-/// the last change; an error when a user has no line. In a `backup` (`/etc/shadow-`),
-/// only users whose line holds a hash (`$…`) get the new one, and a missing user is
-/// fine.
-pub fn set_password_hashes(
-    shadow: &str,
-    hashes: &[(String, String)],
-    day: u64,
-    backup: bool,
-) -> Result<String> {
-    let mut seen = vec![false; hashes.len()];
-    let mut out = String::with_capacity(shadow.len() + 256);
-    for line in shadow.split_inclusive('\n') {
-        let (body, end) = match line.strip_suffix('\n') {
-            Some(b) => (b, "\n"),
-            None => (line, ""),
-        };
-        let mut fields: Vec<String> = body.split(':').map(str::to_string).collect();
-        let hashed = fields.get(1).is_some_and(|h| h.starts_with('$'));
-        if let Some(i) = hashes
-            .iter()
-            .position(|(u, _)| fields[0] == *u && (hashed || !backup))
-        {
-            if fields.len() < 3 {
-                bail!(
-                    "the shadow line of {} has {} fields",
-                    hashes[i].0,
-                    fields.len()
-                );
-            }
-            fields[1] = hashes[i].1.clone();
-            fields[2] = day.to_string();
-            seen[i] = true;
-        }
-        out.push_str(&fields.join(":"));
-        out.push_str(end);
-    }
-    if let (false, Some(i)) = (backup, seen.iter().position(|s| !s)) {
-        bail!("no shadow line for {}", hashes[i].0);
-    }
-    Ok(out)
-}
+pub use super::accounts::set_password_hashes;
 
 fn write_data(data: &StageData, to: &Path) -> Result<u64> {
     let mut out = std::fs::OpenOptions::new()

@@ -284,13 +284,28 @@ impl Plan {
             };
         let settled_hit = match (&stage_hit, &keys.settled) {
             (Some(stage), Some(k)) if settle => {
-                stages::lookup_settled(&env.cache, k, stage, unpatchable.as_ref())?.filter(|s| {
+                let holds = |s: &stages::Settled| {
                     customization
                         .patchable
                         .files
                         .iter()
                         .all(|f| s.root.holds(&f.path))
-                })
+                };
+                let users = r.customize.users.len();
+                match stages::lookup_settled(&env.cache, k, stage, unpatchable.as_ref())?
+                    .filter(holds)
+                {
+                    Some(s) => Some((s, k.clone(), users)),
+                    None => settled_with_fewer_users(
+                        &env.cache,
+                        &resolved,
+                        &customization,
+                        &keys.packages,
+                        stage,
+                        unpatchable.as_ref(),
+                    )?
+                    .filter(|(s, _, _)| holds(s)),
+                }
             }
             _ => None,
         };
@@ -353,13 +368,10 @@ impl Plan {
                 ),
             ],
             // The whole customization is done: the host rewrites what changed.
-            (true, _, Some(settled)) => {
+            (true, _, Some((settled, settled_key, users_kept))) => {
                 vec![
                     keyed(&keys.packages, DiskStep::KeptPackages),
-                    keyed(
-                        keys.settled.as_deref().unwrap_or(&keys.packages),
-                        DiskStep::Overlay(on_kept(&settled.disk)),
-                    ),
+                    keyed(&settled_key, DiskStep::Overlay(on_kept(&settled.disk))),
                     keyed(
                         &keys.guest,
                         DiskStep::Patch(step::Patch {
@@ -367,6 +379,14 @@ impl Plan {
                             settled,
                             mountpoint: crate::guest::patch::mountpoint(work),
                             packages_to: work.join("packages"),
+                            added_users: r.customize.users[users_kept..]
+                                .iter()
+                                .map(|u| step::AddedUser {
+                                    name: u.name.clone(),
+                                    keys: !u.ssh_authorized_keys.is_empty(),
+                                    sudo: u.sudo,
+                                })
+                                .collect(),
                         }),
                     ),
                 ]
@@ -664,7 +684,7 @@ impl Keys {
                    "files": resolved.files, "hygiene": serde_json::to_value(&r.hygiene)?}),
             sv,
         )?;
-        let settled = settled_key(resolved, customization, &packages)?;
+        let settled = settled_key(resolved, customization, &packages, r.customize.users.len())?;
         let finalize = chain(
             &guest,
             "finalize",
@@ -699,11 +719,14 @@ impl Keys {
 /// guest step's inputs (chained to the package stage's key `packages`) without what
 /// only the patchable files hold — the content and source of those recipe files, and
 /// ttyd's command line and credential user. Two recipes with the same settled key give
-/// disks that differ only in those files' content.
+/// disks that differ only in those files' content. Of the recipe's users, the first
+/// `users_kept` count (all of them: the build's own key; fewer: the key of a disk kept
+/// before users were appended, which the host can add).
 fn settled_key(
     resolved: &Resolved,
     customization: &Customization,
     packages: &str,
+    users_kept: usize,
 ) -> Result<Option<String>> {
     let p = &customization.patchable;
     if p.is_empty() {
@@ -711,6 +734,9 @@ fn settled_key(
     }
     let r = &resolved.loaded.recipe;
     let mut customize = customize_without_packages(r)?;
+    if let Some(users) = customize.get_mut("users").and_then(Value::as_array_mut) {
+        users.truncate(users_kept);
+    }
     let mut patched_paths = Vec::new();
     if let Some(files) = customize.get_mut("files").and_then(Value::as_array_mut) {
         for i in &p.recipe_files {
@@ -758,6 +784,61 @@ fn settled_key(
                "selinux": format!("{:?}", customization_relabel(r, resolved, customization))}),
         &resolved.loaded.secret_values,
     )?))
+}
+
+/// A disk kept by a build of this recipe without its last users, when the host can add
+/// them as the guest's useradd would ([`crate::guest::accounts`]): with its key and
+/// how many of the recipe's users it has. Only when nothing after the users in the
+/// guest script depends on them (no commands, no desktop), the logs are emptied (as
+/// useradd's lastlog entry is), no recipe file, directory or link goes where useradd
+/// reads or writes, and none of the new users is on the disk already.
+fn settled_with_fewer_users(
+    cache: &Cache,
+    resolved: &Resolved,
+    customization: &Customization,
+    packages: &str,
+    stage: &Path,
+    unpatchable: Option<&recipe::SecretValue>,
+) -> Result<Option<(stages::Settled, String, usize)>> {
+    use crate::guest::accounts::USERADD_TOUCHES;
+    use crate::guest::patch::under;
+    let r = &resolved.loaded.recipe;
+    let c = &r.customize;
+    let touches = |path: &str| {
+        USERADD_TOUCHES
+            .iter()
+            .any(|d| under(path, d) || under(d, path))
+    };
+    let appendable = !c.users.is_empty()
+        && c.commands.is_empty()
+        && !r.desktop.enabled
+        && r.hygiene.logs
+        && (c.users.iter().all(|u| u.password.is_none()) || customization.patchable.passwords)
+        && !c.files.iter().any(|f| touches(&f.path.0))
+        && !c.directories.iter().any(|d| touches(&d.path.0))
+        && !c.symlinks.iter().any(|l| touches(&l.path.0));
+    if !appendable {
+        return Ok(None);
+    }
+    for kept in (0..c.users.len()).rev() {
+        let Some(key) = settled_key(resolved, customization, packages, kept)? else {
+            return Ok(None);
+        };
+        let Some(s) = stages::lookup_settled(cache, &key, stage, unpatchable)? else {
+            continue;
+        };
+        let addable = s.accounts.as_ref().is_some_and(|a| {
+            c.users[kept..].iter().all(|u| {
+                let home = format!("/home/{}", u.name);
+                !a.users.contains(&u.name)
+                    && crate::guest::patch::plain_path(&home)
+                    && s.root.holds(&home)
+                    && s.root.holds("/etc/passwd")
+            })
+        });
+        return Ok(addable.then_some((s, key, kept)));
+    }
+    Ok(None)
 }
 
 /// The relabel decision of a build (an input of every disk the last launch makes).
@@ -1047,17 +1128,27 @@ fn settle(
         return;
     };
     let files = &plan.customization.patchable.files;
-    if let Err(e) = crate::guest::patch::check(&st.disk, &root, files, &plan.work, &plan.names) {
-        crate::progress::say(format!(
-            "the customized disk is not kept: the host cannot rewrite its files ({e:#}); a rebuild customizes it in the appliance"
-        ));
-        return;
-    }
+    let checked = match crate::guest::patch::check(&st.disk, &root, files, &plan.work, &plan.names)
+    {
+        Ok(c) => c,
+        Err(e) => {
+            crate::progress::say(format!(
+                "the customized disk is not kept: the host cannot rewrite its files ({e:#}); a rebuild customizes it in the appliance"
+            ));
+            return;
+        }
+    };
+    let accounts = checked
+        .accounts
+        .map_err(|why| {
+            tracing::info!("users appended to the recipe later are added in the appliance: {why}")
+        })
+        .ok();
     let kept = stages::store_settled(
         &st.disk,
         &st.kept,
         key,
-        &root,
+        stages::Found { root, accounts },
         &st.stage,
         &secrets.unpatchable(plan.customization.patchable.passwords),
         &st.packages,
@@ -1073,10 +1164,13 @@ fn settle(
 /// settled disk is dropped, so the next build customizes in the appliance.
 fn patch(plan: &Plan, p: &step::Patch, secrets: &Secrets) -> Result<()> {
     let files = &plan.customization.patchable.files;
-    let done = crate::guest::patch::apply(
+    let names: Vec<String> = p.added_users.iter().map(|u| u.name.clone()).collect();
+    let users = new_users(plan, &names)?;
+    let done = crate::guest::patch::apply_adding_users(
         &p.disk,
         &p.settled.root,
         files,
+        &users,
         &plan.work,
         &secrets.values(),
         &plan.names,
@@ -1097,6 +1191,9 @@ fn patch(plan: &Plan, p: &step::Patch, secrets: &Secrets) -> Result<()> {
         std::fs::copy(e.path(), p.packages_to.join(e.file_name()))
             .with_context(|| format!("copying {}", e.path().display()))?;
     }
+    if !users.is_empty() {
+        crate::progress::say(format!("added {} on the host", names.join(", ")));
+    }
     crate::progress::say(format!(
         "rewrote {} on the host: {}",
         match done.len() {
@@ -1112,9 +1209,76 @@ fn patch(plan: &Plan, p: &step::Patch, secrets: &Secrets) -> Result<()> {
         "patched",
         // No sizes: the credential file's would tell the credential's length.
         json!({"files": done.iter().map(|d| json!({"path": d.path,
-               "old_blocks_zeroed": d.old_blocks, "xattrs": d.xattrs})).collect::<Vec<_>>()}),
+               "old_blocks_zeroed": d.old_blocks, "xattrs": d.xattrs})).collect::<Vec<_>>(),
+               "added_users": names}),
     );
     Ok(())
+}
+
+/// The users a patch adds, as the guest script would: the recipe's spec, the hash of
+/// the build's shadow edit and the keys of the build's `authorized_keys` rewrite.
+fn new_users(plan: &Plan, names: &[String]) -> Result<Vec<crate::guest::accounts::NewUser>> {
+    use crate::guest::patch::PatchData;
+    let p = &plan.customization.patchable;
+    let hashes: Vec<&(String, String)> = p
+        .files
+        .iter()
+        .filter_map(|f| match &f.data {
+            PatchData::Passwords(h) => Some(h),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    names
+        .iter()
+        .map(|name| {
+            let u = plan
+                .resolved
+                .loaded
+                .recipe
+                .customize
+                .users
+                .iter()
+                .find(|u| &u.name == name)
+                .with_context(|| format!("the recipe has no user {name}"))?;
+            let hash = match &u.password {
+                None => None,
+                Some(_) => Some(
+                    hashes
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, h)| h.clone())
+                        .with_context(|| format!("the password of {name} was not hashed"))?,
+                ),
+            };
+            let keys = match u.ssh_authorized_keys.is_empty() {
+                true => None,
+                false => Some(
+                    p.files
+                        .iter()
+                        .find_map(|f| match &f.data {
+                            crate::guest::patch::PatchData::Content(
+                                crate::guest::content::StageData::Bytes(b),
+                            ) if f.home_of.as_ref() == Some(name) => Some(b.clone()),
+                            _ => None,
+                        })
+                        .with_context(|| format!("the SSH keys of {name} were not staged"))?,
+                ),
+            };
+            Ok(crate::guest::accounts::NewUser {
+                name: name.clone(),
+                uid: u.uid,
+                shell: u
+                    .shell
+                    .clone()
+                    .unwrap_or_else(|| script::DEFAULT_SHELL.into()),
+                groups: u.groups.clone(),
+                hash,
+                sudo: u.sudo,
+                keys,
+            })
+        })
+        .collect()
 }
 
 /// The finished disk and what `qemu-img info` says of it.

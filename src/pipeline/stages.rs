@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::cache::Cache;
+use crate::guest::accounts::KeptAccounts;
 use crate::guest::patch::RootFs;
 use crate::recipe::SecretValue;
 
@@ -64,6 +65,8 @@ pub struct Settled {
     pub root: RootFs,
     /// The SBOM's inputs as the customization's launch copied them out.
     pub packages: PathBuf,
+    /// Its account names, when the host can add users to it.
+    pub accounts: Option<KeptAccounts>,
 }
 
 /// What `<key>.d/settled.json` records.
@@ -78,6 +81,10 @@ struct Record {
     /// reached the disk outside the rewritable files (`Secrets::unpatchable`): the
     /// disk is reused only while they are the same.
     secrets: String,
+    /// The names its account files hold, when the host can add users to it as the
+    /// guest's useradd would (absent: it cannot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    accounts: Option<KeptAccounts>,
 }
 
 const RECORD: &str = "settled.json";
@@ -114,6 +121,7 @@ pub fn lookup_settled(
                 packages: sidecar(&disk).join("packages"),
                 disk,
                 root: rec.root,
+                accounts: rec.accounts,
             }))
         }
         None => {
@@ -193,9 +201,17 @@ impl Drop for Partial {
     }
 }
 
+/// What the check before keeping found of a customized disk.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub root: RootFs,
+    /// Its account names, when the host can add users to it.
+    pub accounts: Option<KeptAccounts>,
+}
+
 /// Keeps `disk` (the overlay the customization ran on, an overlay of the package stage
 /// `stage`, which finalize reads next) as `dest`, the settled disk of `key`: by a hard
-/// link when the cache is on the same filesystem, else a copy; `root` and the package
+/// link when the cache is on the same filesystem, else a copy; what was `found` and the package
 /// database in `packages` beside it. Readable by the owner only: it holds what the
 /// build put in the guest. A settled disk of the same key that another build kept on
 /// the same stage with the same passwords stays: builds may stand on it.
@@ -203,7 +219,7 @@ pub fn store_settled(
     disk: &Path,
     dest: &Path,
     key: &str,
-    root: &RootFs,
+    found: Found,
     stage: &Path,
     secrets: &SecretValue,
     packages: &Path,
@@ -227,9 +243,10 @@ pub fn store_settled(
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("making {} private", tmp.display()))?;
     let record = Record {
-        root: root.clone(),
+        root: found.root,
         stage: stage.canonicalize().unwrap_or_else(|_| stage.to_path_buf()),
         secrets: crate::guest::script::shadow_hash(secrets)?,
+        accounts: found.accounts,
     };
     std::fs::write(tmp.join(RECORD), serde_json::to_vec_pretty(&record)?)
         .with_context(|| format!("writing {}", tmp.join(RECORD).display()))?;

@@ -232,6 +232,18 @@ pub struct Patch {
     pub mountpoint: PathBuf,
     /// Where the SBOM's inputs go (copied from the settled disk's).
     pub packages_to: PathBuf,
+    /// Users the recipe appends to those of the settled disk, added on the host.
+    pub added_users: Vec<AddedUser>,
+}
+
+/// A user a patch adds, as `plan` shows it.
+#[derive(Debug, Clone)]
+pub struct AddedUser {
+    pub name: String,
+    /// The recipe gives it SSH keys.
+    pub keys: bool,
+    /// It gets a sudoers file.
+    pub sudo: bool,
 }
 
 impl Patch {
@@ -404,8 +416,16 @@ impl Step<'_> {
                 short(s.key),
                 patchable_summary(s.customization)
             ),
-            Step::Disk(DiskStep::Patch(_)) => format!(
-                "no appliance: rewrite {} on the host (owner, mode and labels kept; the old content zeroed){}",
+            Step::Disk(DiskStep::Patch(p)) => format!(
+                "no appliance: {}rewrite {} on the host (owner, mode and labels kept; the old content zeroed){}",
+                match p.added_users.as_slice() {
+                    [] => String::new(),
+                    users => format!(
+                        "add user{} {} as the guest's useradd -m would (account files and their backups, a home from /etc/skel, keys, sudoers), then ",
+                        if users.len() == 1 { "" } else { "s" },
+                        users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                },
                 patchable_summary(s.customization),
                 if s.customization.patchable.kept_passwords {
                     "; a build whose passwords changed since customizes in the appliance instead"
@@ -456,18 +476,54 @@ impl Step<'_> {
     pub fn operations(&self, s: &Shown<'_>) -> Vec<String> {
         match self {
             Step::Disk(DiskStep::Guest(g)) => g.operations(s.customization, s.grows),
-            Step::Disk(DiskStep::Patch(_)) => s
-                .customization
-                .patchable
-                .files
-                .iter()
-                .map(|f| match f.presence {
-                    crate::guest::patch::Presence::Always => format!("rewrite {}", f.path),
-                    crate::guest::patch::Presence::IfPresent => {
-                        format!("rewrite {} where the guest has it", f.path)
-                    }
-                })
-                .collect(),
+            Step::Disk(DiskStep::Patch(p)) => {
+                use crate::guest::patch::{PatchData, Presence};
+                let users = &s.customization.patchable;
+                let added = |name: &Option<String>| {
+                    name.as_ref()
+                        .is_some_and(|n| p.added_users.iter().any(|u| &u.name == n))
+                };
+                let mut ops: Vec<String> = p
+                    .added_users
+                    .iter()
+                    .map(|u| {
+                        let n = &u.name;
+                        format!(
+                            "add user {n}: /etc/passwd, group, shadow, gshadow and their backups, subuid and subgid where the guest has them; /home/{n} from /etc/skel{}{}",
+                            if u.keys {
+                                format!("; /home/{n}/.ssh/authorized_keys")
+                            } else {
+                                String::new()
+                            },
+                            if u.sudo {
+                                format!("; /etc/sudoers.d/{n}")
+                            } else {
+                                String::new()
+                            }
+                        )
+                    })
+                    .collect();
+                ops.extend(
+                    users
+                        .files
+                        .iter()
+                        .filter(|f| {
+                            p.added_users.is_empty()
+                                || !(added(&f.home_of)
+                                    || matches!(
+                                        f.data,
+                                        PatchData::Passwords(_) | PatchData::BackupPasswords(_)
+                                    ))
+                        })
+                        .map(|f| match f.presence {
+                            Presence::Always => format!("rewrite {}", f.path),
+                            Presence::IfPresent => {
+                                format!("rewrite {} where the guest has it", f.path)
+                            }
+                        }),
+                );
+                ops
+            }
             _ => Vec::new(),
         }
     }

@@ -316,7 +316,13 @@ fn the_settled_key_leaves_out_only_what_the_host_rewrites() {
     };
     let key = |text: &str| {
         let plan = f.plan(text, &BuildOptions::default());
-        settled_key(&plan.resolved, &plan.customization, "sha256:prev").unwrap()
+        settled_key(
+            &plan.resolved,
+            &plan.customization,
+            "sha256:prev",
+            plan.resolved.loaded.recipe.customize.users.len(),
+        )
+        .unwrap()
     };
     let first = key(&recipe("hi", "0644", 7681, "web", ""));
     assert!(first.is_some());
@@ -392,7 +398,19 @@ fn a_settled_disk_is_reused_only_on_its_stage_and_with_its_passwords() {
     let key = "sha256:2222";
     let kept = stages::path(cache, key).unwrap();
     let pw = |s: &str| crate::recipe::SecretValue::new(s.into());
-    stages::store_settled(&work_disk, &kept, key, &root, &stage, &pw("one"), &packages).unwrap();
+    stages::store_settled(
+        &work_disk,
+        &kept,
+        key,
+        stages::Found {
+            root: root.clone(),
+            accounts: None,
+        },
+        &stage,
+        &pw("one"),
+        &packages,
+    )
+    .unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777,
@@ -419,7 +437,19 @@ fn a_settled_disk_is_reused_only_on_its_stage_and_with_its_passwords() {
     let inode =
         |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
     let before = inode(&kept);
-    stages::store_settled(&work_disk, &kept, key, &root, &stage, &pw("one"), &packages).unwrap();
+    stages::store_settled(
+        &work_disk,
+        &kept,
+        key,
+        stages::Found {
+            root: root.clone(),
+            accounts: None,
+        },
+        &stage,
+        &pw("one"),
+        &packages,
+    )
+    .unwrap();
     assert_eq!(inode(&kept), before);
     // On another stage it is not found, and is removed.
     let other = stages::path(cache, "sha256:3333").unwrap();
@@ -429,10 +459,134 @@ fn a_settled_disk_is_reused_only_on_its_stage_and_with_its_passwords() {
         .is_none());
     assert!(!kept.exists());
     // Kept again, then its package stage is replaced: it goes with it.
-    stages::store_settled(&work_disk, &kept, key, &root, &stage, &pw("one"), &packages).unwrap();
+    stages::store_settled(
+        &work_disk,
+        &kept,
+        key,
+        stages::Found {
+            root: root.clone(),
+            accounts: None,
+        },
+        &stage,
+        &pw("one"),
+        &packages,
+    )
+    .unwrap();
     assert!(kept.is_file());
     let rebuilt = f.dir.path().join("rebuilt.qcow2");
     overlay(&f.dir.path().join("base.qcow2"), &rebuilt);
     stages::store(&rebuilt, &stage, "sha256:1111").unwrap();
     assert!(!kept.exists() && !kept.with_extension("d").exists());
+}
+
+/// A disk kept by a build before users were appended to the recipe is found for the
+/// longer recipe (the host adds the rest), only when its record says the host can, none
+/// of the new users is on it, and nothing after the users depends on them.
+#[test]
+fn a_disk_kept_before_users_were_appended_serves_the_longer_recipe() {
+    let f = Fixture::new();
+    let cache = &f.env.cache;
+    let stage = stages::path(cache, "sha256:1111").unwrap();
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(f.dir.path().join("base.qcow2"))
+        .arg(&stage)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let recipe = |users: &str, extra: &str| {
+        format!(
+            "name: t\nbase: {{path: base.qcow2}}\ncustomize:\n  files: [{{path: /etc/motd, content: hi}}]\n  users: [{users}]\n{extra}"
+        )
+    };
+    let key_of = |text: &str| {
+        let plan = f.plan(text, &BuildOptions::default());
+        settled_key(&plan.resolved, &plan.customization, "sha256:prev", 1)
+            .unwrap()
+            .unwrap()
+    };
+    let key = key_of(&recipe("{name: lab}", ""));
+    let keep_as = |key: &str, accounts: Option<crate::guest::accounts::KeptAccounts>| {
+        let work_disk = f.dir.path().join("customized.qcow2");
+        let _ = std::fs::remove_file(&work_disk);
+        let made = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(&stage)
+            .arg(&work_disk)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let kept = stages::path(cache, key).unwrap();
+        stages::forget(&kept);
+        stages::store_settled(
+            &work_disk,
+            &kept,
+            key,
+            stages::Found {
+                root: crate::guest::patch::RootFs {
+                    offset: 0,
+                    size: 1 << 30,
+                    fs_type: "ext4".into(),
+                    other_mounts: vec![],
+                },
+                accounts,
+            },
+            &stage,
+            &crate::recipe::SecretValue::new(String::new()),
+            &f.dir.path().join("no-packages"),
+        )
+        .unwrap();
+    };
+    let keep = |accounts| keep_as(&key, accounts);
+    let accounts = |users: &[&str]| crate::guest::accounts::KeptAccounts {
+        users: users.iter().map(|u| u.to_string()).collect(),
+        groups: vec!["root".into(), "lab".into()],
+    };
+    let found = |text: &str| {
+        let plan = f.plan(text, &BuildOptions::default());
+        settled_with_fewer_users(
+            cache,
+            &plan.resolved,
+            &plan.customization,
+            "sha256:prev",
+            &stage,
+            None,
+        )
+        .unwrap()
+        .map(|(_, k, kept)| (k, kept))
+    };
+    let two = recipe("{name: lab}, {name: guest, sudo: true}", "");
+    keep(Some(accounts(&["root", "lab"])));
+    assert_eq!(found(&two), Some((key.clone(), 1)));
+    // Two appended: the same disk, two to add.
+    let three = recipe("{name: lab}, {name: guest}, {name: ops}", "");
+    assert_eq!(found(&three), Some((key.clone(), 1)));
+    // The first user changed: not the disk's recipe.
+    assert_eq!(
+        found(&recipe("{name: lab, sudo: true}, {name: guest}", "")),
+        None
+    );
+    // A name already on the disk (the script would usermod it).
+    keep(Some(accounts(&["root", "lab", "guest"])));
+    assert_eq!(found(&two), None);
+    // A disk whose guest the host cannot follow.
+    keep(None);
+    assert_eq!(found(&two), None);
+    // What goes where useradd reads, or keeps useradd's log entries, rules it out
+    // (each with a disk kept for its own shorter recipe).
+    for (extra, appendable) in [
+        ("  directories: [{path: /srv/data}]\n", true),
+        ("  directories: [{path: /etc/skel/.config}]\n", false),
+        ("  symlinks: [{path: /home/shared, target: /srv}]\n", false),
+        ("hygiene: {logs: false}\n", false),
+        (
+            "desktop: {enabled: true, user: lab, credential: {env: D_PW}}\n",
+            false,
+        ),
+    ] {
+        let shorter = key_of(&recipe("{name: lab}", extra));
+        keep_as(&shorter, Some(accounts(&["root", "lab"])));
+        let found = found(&recipe("{name: lab}, {name: guest}", extra));
+        assert_eq!(found.is_some(), appendable, "{extra}");
+    }
 }

@@ -396,20 +396,21 @@ fn incremental_rebuild_reuses_the_grown_stage() {
     let cache = t.path().join("cache");
     let recipe = t.path().join("r.yaml");
     // The user's SSH key is named after the file's content, so it changes with it.
-    let write_recipe = |v: &str, mode: &str, port: u16| {
+    let write_recipe_with = |v: &str, mode: &str, port: u16, more_users: &str| {
         std::fs::write(
             &recipe,
             format!(
                 "base: {{path: base.qcow2}}\ndisk: {{size: +1G}}\n\
                  customize: {{files: [{{path: /etc/v, content: {v}, mode: \"{mode}\"}}], \
                  users: [{{name: lab, password: {{env: DISKFORGE_TEST_PW}}, \
-                 ssh-authorized-keys: [\"ssh-ed25519 AAAAKEY{v} lab@test\"]}}]}}\n\
+                 ssh-authorized-keys: [\"ssh-ed25519 AAAAKEY{v} lab@test\"]}}{more_users}]}}\n\
                  ttyd: {{enabled: true, source: {{path: ttyd-bin}}, port: {port}, \
                  credential: {{user: web, password: {{env: DISKFORGE_TEST_TTYD_PW}}}}}}\n"
             ),
         )
         .unwrap()
     };
+    let write_recipe = |v: &str, mode: &str, port: u16| write_recipe_with(v, mode, port, "");
     // Each build runs exactly the commands its plan lists, on the miss and on the hits.
     let incremental = |out_disk: &Path, password: &str, user_password: &str| {
         let plan = common::diskforge()
@@ -589,6 +590,109 @@ fn incremental_rebuild_reuses_the_grown_stage() {
     assert!(
         section(&text, "vstat").contains("mode: 33152"),
         "/etc/v is not 0600: {text}"
+    );
+    let settled: Vec<String> = common::events::named(&out.stderr, "stage-kept")
+        .iter()
+        .filter(|e| e["settled"] == true)
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(settled.len(), 1, "the customized disk was not kept again");
+
+    // A user appended (groups, sudo, a password, a key): added on the host, as the
+    // guest's own useradd, chpasswd and the script's key and sudoers lines would.
+    const GUEST_PW: &str = "pw-Guest-Secret-55";
+    const GUEST_KEY: &str = "ssh-ed25519 AAAAGUESTKEY guest@test";
+    write_recipe_with(
+        "two",
+        "0600",
+        7682,
+        &format!(
+            ", {{name: guest, shell: /bin/sh, groups: [lab], sudo: true, \
+             password: {{env: DISKFORGE_TEST_GUEST_PW}}, ssh-authorized-keys: [\"{GUEST_KEY}\"]}}"
+        ),
+    );
+    std::env::set_var("DISKFORGE_TEST_GUEST_PW", GUEST_PW);
+    let four = t.path().join("four.qcow2");
+    let (out, steps) = incremental(&four, NEW_PW, NEW_USER_PW);
+    assert!(all_launches(&out).is_empty(), "an appliance ran: {steps:?}");
+    assert!(steps.iter().any(|s| s == "patch"), "{steps:?}");
+    let patched = common::events::named(&out.stderr, "patched");
+    assert_eq!(patched[0]["added_users"], serde_json::json!(["guest"]));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(GUEST_PW));
+    // The oracle: the same lines run by the guest's own tools in an appliance, on an
+    // overlay of the disk the rebuild stood on; both disks' files compared.
+    let oracle = t.path().join("oracle.qcow2");
+    Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            &settled[0],
+        ])
+        .arg(&oracle)
+        .succeeds();
+    let added = fish(
+        &["--ro", "-a", four.to_str().unwrap()],
+        "run\nmount-ro /dev/sda2 /\ncat /etc/shadow\n",
+    );
+    let guest_hash = added
+        .lines()
+        .find_map(|l| l.strip_prefix("guest:"))
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or_else(|| panic!("no guest in /etc/shadow: {added}"))
+        .to_string();
+    assert!(diskforge::guest::script::matches_hash(
+        &diskforge::recipe::SecretValue::new(GUEST_PW.into()),
+        &guest_hash
+    ));
+    // No double quotes or backslashes: the lines go through guestfish's quoting.
+    let listing = |root: &str| {
+        format!(
+            "for f in passwd passwd- group group- shadow shadow- gshadow gshadow- subuid subuid- subgid subgid-; do \
+               echo '##' $f; if [ -e {root}/etc/$f ]; then awk -F: -v OFS=: '$2 ~ /^[$]/ {{ $2 = 1; $3 = 1 }} {{ print }}' {root}/etc/$f; else echo absent; fi; done; \
+             echo '## home'; cd {root}/home/guest && find . -printf '%y_%m_%U_%G_%s_%p ' | xargs -n1 | sort; \
+             echo; echo '## keys'; cat {root}/home/guest/.ssh/authorized_keys; \
+             echo '## sudoers'; stat -c '%a %U %G %s' {root}/etc/sudoers.d {root}/etc/sudoers.d/guest; cat {root}/etc/sudoers.d/guest"
+        )
+    };
+    let script = format!(
+        "run\nmount /dev/sda2 /\nmount-ro /dev/sdb2 /mnt\n\
+         sh \"useradd -m -s /bin/sh -G lab guest && echo 'guest:{guest_hash}' | chpasswd -e && \
+           grp=$(id -gn guest) && install -d -m 0700 -o guest -g $grp /home/guest/.ssh && \
+           echo '{GUEST_KEY}' > /tmp/k && install -m 0600 -o guest -g $grp /tmp/k /home/guest/.ssh/authorized_keys && rm /tmp/k && \
+           mkdir -p /etc/sudoers.d && echo 'guest ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/guest && chmod 0440 /etc/sudoers.d/guest\"\n\
+         echo ==useradd\nsh \"{}\"\necho ==host\nsh \"{}\"\necho ==end\n",
+        listing(""),
+        listing("/mnt")
+    );
+    let both = fish(
+        &[
+            "--format=qcow2",
+            "-a",
+            oracle.to_str().unwrap(),
+            "-a",
+            four.to_str().unwrap(),
+        ],
+        &script,
+    );
+    let (by_useradd, by_host) = (section(&both, "useradd"), section(&both, "host"));
+    for part in [
+        "guest:x:",
+        "## home",
+        "authorized_keys",
+        "ssh-ed25519 AAAAGUESTKEY",
+        "440 root root",
+        "guest ALL=(ALL) NOPASSWD:ALL",
+    ] {
+        assert!(by_useradd.contains(part), "no {part}: {both}");
+    }
+    assert_eq!(
+        by_host, by_useradd,
+        "the host added the user unlike the guest's useradd:\n--- host\n{by_host}\n--- useradd\n{by_useradd}"
     );
     assert_eq!(sha256(&base), base_sum, "the base was modified");
 }

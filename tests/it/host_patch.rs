@@ -354,7 +354,12 @@ fn checks_a_disk_read_only_before_it_is_kept() {
         &Default::default(),
     )
     .expect("checking the disk");
-    assert_eq!(present, 2);
+    assert_eq!(present.present, 2);
+    // The fixture has no os-release: users are not added on the host.
+    let why = present
+        .accounts
+        .expect_err("accounts of a disk without os-release");
+    assert!(why.contains("os-release"), "{why}");
     let e = patch::check(
         &overlay,
         &root(),

@@ -530,6 +530,9 @@ pub fn generate(
 /// as `plan` shows it (none of it changes which packages or files are installed).
 pub const PACKAGE_SPEEDUPS: &str = "package manager (apt): lists and packages fetched on the host with the guest's own sources and keys (by the guest when the host cannot), lists without translations, dpkg without fsync, man-db's index left to the VM's man-db.timer";
 
+/// A user's login shell when the recipe names none.
+pub const DEFAULT_SHELL: &str = "/bin/bash";
+
 /// The QEMU guest agent's package: the same name in the apt, dnf, yum, zypper and apk
 /// repositories of every distribution in the catalog.
 pub const GUEST_AGENT_PACKAGE: &str = "qemu-guest-agent";

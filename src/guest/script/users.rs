@@ -64,7 +64,7 @@ pub fn groups_and_users(g: &mut Part, c: &Customize, secrets: &Secrets) -> Resul
     for (i, u) in c.users.iter().enumerate() {
         g.step(&user_summary(u));
         let n = q(&u.name);
-        let shell = q(u.shell.as_deref().unwrap_or("/bin/bash"));
+        let shell = q(u.shell.as_deref().unwrap_or(super::DEFAULT_SHELL));
         let uid = u.uid.map(|x| format!("-u {x} ")).unwrap_or_default();
         let groups = if u.groups.is_empty() {
             String::new()
