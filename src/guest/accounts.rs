@@ -45,22 +45,77 @@ pub const USERADD_TOUCHES: &[&str] = &[
 /// What a kept disk's account files hold, recorded when the disk is kept on a guest
 /// whose useradd the host can follow ([`supported`]): a rebuild that appends users to
 /// the recipe adds them on the host unless one of them is already there.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct KeptAccounts {
     pub users: Vec<String>,
     pub groups: Vec<String>,
+    /// UIDs in /etc/passwd.
+    #[serde(default)]
+    pub uids: Vec<u32>,
+    /// Names in /home, /etc/sudoers.d and at the top of /etc/skel.
+    #[serde(default)]
+    pub homes: Vec<String>,
+    #[serde(default)]
+    pub sudoers: Vec<String>,
+    #[serde(default)]
+    pub skel: Vec<String>,
 }
 
 impl KeptAccounts {
-    /// The names in a passwd(5) and a group(5) file.
+    /// The names in a passwd(5) and a group(5) file, the UIDs of the first.
     pub fn from_files(passwd: &str, group: &str) -> KeptAccounts {
         let names = |t: &str| rows(t).iter().map(|f| f[0].to_string()).collect();
         KeptAccounts {
             users: names(passwd),
             groups: names(group),
+            uids: ids(passwd).into_iter().collect(),
+            homes: Vec::new(),
+            sudoers: Vec::new(),
+            skel: Vec::new(),
         }
     }
+
+    /// Why the host cannot add `u` to this disk as the guest script would, when the
+    /// script's own lines would do something the model does not (or fail).
+    pub fn refuses(&self, u: &crate::recipe::UserSpec, shell: &str) -> Option<String> {
+        let n = &u.name;
+        if self.users.contains(n) {
+            return Some(format!(
+                "{n} is already on the disk (the script changes it with usermod)"
+            ));
+        }
+        if self.groups.contains(n) {
+            return Some(format!("a group {n} is already on the disk"));
+        }
+        if let Some(g) = u.groups.iter().find(|g| !self.groups.contains(g)) {
+            return Some(format!("{n}'s group {g} is not a group name on the disk"));
+        }
+        if u.uid.is_some_and(|x| self.uids.contains(&x)) {
+            return Some(format!("{n}'s UID is taken"));
+        }
+        if !plain_shell(shell) {
+            return Some(format!(
+                "{n}'s shell {shell:?} is not an absolute path useradd takes"
+            ));
+        }
+        if self.homes.contains(n) {
+            return Some(format!("/home/{n} is already on the disk"));
+        }
+        if u.sudo && self.sudoers.contains(n) {
+            return Some(format!("/etc/sudoers.d/{n} is already on the disk"));
+        }
+        if !u.ssh_authorized_keys.is_empty() && self.skel.iter().any(|e| e == ".ssh") {
+            return Some("/etc/skel has a .ssh".into());
+        }
+        None
+    }
+}
+
+/// A login shell useradd takes and a passwd line can hold: absolute, printable, no
+/// colon.
+pub fn plain_shell(shell: &str) -> bool {
+    shell.starts_with('/') && shell.chars().all(|c| c.is_ascii_graphic() && c != ':')
 }
 
 /// A user the recipe appends, as the guest script would add it.
@@ -88,10 +143,17 @@ impl std::fmt::Debug for NewUser {
 }
 
 /// A file and its backup (`/etc/passwd` and `/etc/passwd-`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Pair {
     pub now: String,
     pub backup: String,
+}
+
+impl std::fmt::Debug for Pair {
+    // A shadow file holds hashes: only sizes are printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pair({} + {} bytes)", self.now.len(), self.backup.len())
+    }
 }
 
 impl Pair {
@@ -221,11 +283,19 @@ impl Settings {
                     .with_context(|| format!("login.defs: {k} {v:?} is not a number")),
             }
         };
+        // As shadow reads them (strtol, base 0): 0x… hexadecimal, 0… octal, else
+        // decimal.
         let octal = |k: &str| -> Result<Option<u32>> {
             defs.get(k)
                 .map(|v| {
-                    u32::from_str_radix(v.trim_start_matches("0o"), 8)
-                        .with_context(|| format!("login.defs: {k} {v:?} is not octal"))
+                    let parsed = if let Some(h) = v.strip_prefix("0x") {
+                        u32::from_str_radix(h, 16)
+                    } else if v.len() > 1 && v.starts_with('0') {
+                        u32::from_str_radix(&v[1..], 8)
+                    } else {
+                        v.parse()
+                    };
+                    parsed.with_context(|| format!("login.defs: {k} {v:?} is not a number"))
                 })
                 .transpose()
         };
@@ -337,9 +407,35 @@ fn free_range(text: &str, (min, max, count): (u64, u64, u64)) -> Option<u64> {
     })
 }
 
+/// A subuid(5) file in the order shadow's range search leaves it (it sorts the file by
+/// start, count and owner before looking for room, and writes it so).
+fn sorted_ranges(text: &str) -> Result<String> {
+    let mut lines: Vec<(u64, u64, &str)> = Vec::new();
+    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = l.split(':').collect();
+        let (Some(start), Some(count)) = (
+            f.get(1).and_then(|v| v.parse().ok()),
+            f.get(2).and_then(|v| v.parse().ok()),
+        ) else {
+            bail!("a subordinate ID line that is not OWNER:START:COUNT");
+        };
+        lines.push((start, count, l));
+    }
+    lines.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+    Ok(lines.iter().map(|(_, _, l)| format!("{l}\n")).collect())
+}
+
 /// `group` (group(5) or gshadow(5)) with `user` added to the members of `groups`
 /// (the fourth field of both).
-fn add_member(text: &str, groups: &[String], user: &str, what: &str) -> Result<String> {
+/// Every group must have a line, unless `optional` (gshadow: useradd skips a group it
+/// has no line for).
+fn add_member(
+    text: &str,
+    groups: &[String],
+    user: &str,
+    what: &str,
+    optional: bool,
+) -> Result<String> {
     let mut seen = BTreeSet::new();
     let mut out = String::with_capacity(text.len() + 64);
     for line in text.split_inclusive('\n') {
@@ -360,7 +456,7 @@ fn add_member(text: &str, groups: &[String], user: &str, what: &str) -> Result<S
         out.push_str(&fields.join(":"));
         out.push_str(end);
     }
-    if let Some(g) = groups.iter().find(|g| !seen.contains(*g)) {
+    if let (false, Some(g)) = (optional, groups.iter().find(|g| !seen.contains(*g))) {
         bail!("the group {g} has no entry in {what}");
     }
     Ok(out)
@@ -437,6 +533,13 @@ pub fn add_users(
     files.shadow.now = set_password_hashes(&files.shadow.now, &existing, day, false)?;
     let mut added = Vec::new();
     for u in users {
+        if !plain_shell(&u.shell) {
+            bail!(
+                "the shell {:?} of {} is not one useradd takes",
+                u.shell,
+                u.name
+            );
+        }
         if has_name(&files.passwd.now, &u.name) || has_name(&files.shadow.now, &u.name) {
             bail!("the user {} is already on the kept disk", u.name);
         }
@@ -482,11 +585,11 @@ pub fn add_users(
                 groups.push(g.clone());
             }
         }
-        let group = add_member(&files.group.now, &groups, &u.name, "/etc/group")?;
+        let group = add_member(&files.group.now, &groups, &u.name, "/etc/group", false)?;
         files
             .group
             .write(append(&group, &format!("{}:x:{gid}:", u.name)));
-        let gshadow = add_member(&files.gshadow.now, &groups, &u.name, "/etc/gshadow")?;
+        let gshadow = add_member(&files.gshadow.now, &groups, &u.name, "/etc/gshadow", true)?;
         files
             .gshadow
             .write(append(&gshadow, &format!("{}:!::", u.name)));
@@ -500,7 +603,7 @@ pub fn add_users(
                     let start = free_range(&p.now, range)
                         .with_context(|| format!("no free range of {what} for {}", u.name))?;
                     let line = format!("{}:{start}:{}", u.name, range.2);
-                    p.write(append(&p.now, &line));
+                    p.write(append(&sorted_ranges(&p.now)?, &line));
                 }
             }
         }
@@ -721,6 +824,71 @@ mod tests {
     }
 
     #[test]
+    fn gshadow_lines_are_optional_and_ranges_sorted() {
+        // useradd skips a group gshadow has no line for; group(5) must have it.
+        let mut f = debian_with_lab();
+        f.gshadow.now = f.gshadow.now.replace("sudo:*::lab\n", "");
+        let mut g = user("g");
+        g.groups = vec!["sudo".into()];
+        add_users(&mut f, DEFS, &[g], &[], 1).unwrap();
+        assert!(f.group.now.contains("sudo:x:27:lab,g\n"));
+        assert!(!f.gshadow.now.contains("sudo:"));
+        // The range search sorts the file before it appends.
+        let mut f = debian_with_lab();
+        f.subuid = Some(Pair::new(
+            "b:165536:65536\na:100000:65536\n".into(),
+            String::new(),
+        ));
+        add_users(&mut f, DEFS, &[user("c")], &[], 1).unwrap();
+        assert_eq!(
+            f.subuid.unwrap().now,
+            "a:100000:65536\nb:165536:65536\nc:231072:65536\n"
+        );
+        // A shell useradd refuses, or one that would break the passwd line.
+        for shell in ["bash", "/bin/sh:0", "/bin/sh\nx:x:0:0::/:/bin/sh", ""] {
+            let mut f = debian_with_lab();
+            let mut u = user("s");
+            u.shell = shell.into();
+            assert!(add_users(&mut f, DEFS, &[u], &[], 1).is_err(), "{shell:?}");
+            assert!(!plain_shell(shell));
+        }
+        assert!(plain_shell("/usr/bin/fish"));
+    }
+
+    #[test]
+    fn a_kept_disk_refuses_what_the_script_would_do_otherwise() {
+        let kept = KeptAccounts {
+            homes: vec!["old".into()],
+            sudoers: vec!["README".into(), "ops".into()],
+            skel: vec![".bashrc".into(), ".ssh".into()],
+            ..KeptAccounts::from_files(
+                "root:x:0:0::/root:/bin/sh\nlab:x:1000:1000::/home/lab:/bin/sh\n",
+                "root:x:0:\nlab:x:1000:\nsudo:x:27:\n",
+            )
+        };
+        let spec = |yaml: &str| -> crate::recipe::UserSpec { serde_yaml::from_str(yaml).unwrap() };
+        let refused = |yaml: &str| kept.refuses(&spec(yaml), "/bin/sh");
+        assert_eq!(
+            refused("{name: guest, groups: [sudo, lab], uid: 1001, sudo: true}"),
+            None
+        );
+        for yaml in [
+            "{name: lab}",
+            "{name: sudo}",
+            "{name: guest, groups: [wheel]}",
+            "{name: guest, groups: [\"27\"]}",
+            "{name: guest, uid: 1000}",
+            "{name: old}",
+            "{name: ops, sudo: true}",
+            "{name: guest, ssh-authorized-keys: [\"ssh-ed25519 AAAA k\"]}",
+        ] {
+            assert!(refused(yaml).is_some(), "{yaml}");
+        }
+        assert!(kept.refuses(&spec("{name: guest}"), "sh").is_some());
+        assert_eq!(kept.uids, [0, 1000]);
+    }
+
+    #[test]
     fn only_settings_modelled_are_supported() {
         let debian = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\n";
         let ubuntu = "ID=ubuntu\nID_LIKE=debian\n";
@@ -741,6 +909,19 @@ mod tests {
                 .unwrap()
                 .home_mode,
             0o700
+        );
+        // As strtol(…, 0) reads them: no leading 0, decimal.
+        assert_eq!(
+            Settings::read(&parse_login_defs("HOME_MODE 488\n"))
+                .unwrap()
+                .home_mode,
+            0o750
+        );
+        assert_eq!(
+            Settings::read(&parse_login_defs("HOME_MODE 0x1e8\n"))
+                .unwrap()
+                .home_mode,
+            0o750
         );
     }
 }

@@ -220,7 +220,9 @@ pub fn check(
             present += 1;
         }
     }
-    let accounts = session.accounts()?;
+    // Whatever keeps users from being added on the host is a reason, not a failure:
+    // the disk is still kept for the other rewrites.
+    let accounts = session.accounts().unwrap_or_else(|e| Err(format!("{e:#}")));
     session.export.finish()?;
     Ok(Checked { present, accounts })
 }
@@ -610,11 +612,39 @@ impl Session<'_> {
                 )));
             }
         }
+        // shadow's useradd runs the scripts in these (none on a stock guest).
+        for hooks in [
+            "/etc/shadow-maint/useradd-pre.d",
+            "/etc/shadow-maint/useradd-post.d",
+        ] {
+            if !self.names_in(hooks)?.is_empty() {
+                return Ok(Err(format!("{hooks} has hooks useradd would run")));
+            }
+        }
         let (passwd, group) = (
             self.text("/etc/passwd")?.unwrap_or_default(),
             self.text("/etc/group")?.unwrap_or_default(),
         );
-        Ok(Ok(KeptAccounts::from_files(&passwd, &group)))
+        let mut kept = KeptAccounts::from_files(&passwd, &group);
+        kept.homes = self.names_in("/home")?;
+        kept.sudoers = self.names_in("/etc/sudoers.d")?;
+        kept.skel = self.names_in("/etc/skel")?;
+        Ok(Ok(kept))
+    }
+
+    /// The names in a directory (none when it is not one).
+    fn names_in(&self, dir: &str) -> Result<Vec<String>> {
+        if self.fs.stat(dir)?.is_none_or(|i| i.kind != "directory") {
+            return Ok(Vec::new());
+        }
+        let (list, _) = self.fs.run(false, &format!("ls -p {dir}"))?;
+        let mut names: Vec<String> = list
+            .lines()
+            .filter_map(|l| l.split('/').nth(5).map(str::to_string))
+            .filter(|n| !n.is_empty() && n != "." && n != "..")
+            .collect();
+        names.sort();
+        Ok(names)
     }
 
     /// What `/etc/skel` holds, parents before their entries: (path below it, inode).
@@ -629,14 +659,7 @@ impl Session<'_> {
             } else {
                 format!("/etc/skel/{rel}")
             };
-            let (list, _) = self.fs.run(false, &format!("ls -p {at}"))?;
-            let mut names: Vec<String> = list
-                .lines()
-                .filter_map(|l| l.split('/').nth(5).map(str::to_string))
-                .filter(|n| !n.is_empty() && n != "." && n != "..")
-                .collect();
-            names.sort();
-            for n in names {
+            for n in self.names_in(&at)? {
                 let r = if rel.is_empty() {
                     n.clone()
                 } else {
@@ -770,6 +793,14 @@ impl Session<'_> {
                 made.push((to.clone(), "regular", i.mode, uid, gid, Some(i.size)));
             }
             owned(&mut script, &to, i.mode, uid, gid);
+            // useradd keeps the copied entries' access and modification times.
+            for (field, t) in [("atime", i.atime), ("mtime", i.mtime)] {
+                let Some((secs, extra)) = t else { continue };
+                script.push_str(&format!("sif {to} {field} @{secs}\n"));
+                if let Some(e) = extra {
+                    script.push_str(&format!("sif {to} {field}_extra {e:#x}\n"));
+                }
+            }
         }
         if let Some(keys) = &u.keys {
             let ssh = format!("{h}/.ssh");
@@ -1009,6 +1040,9 @@ struct Inode {
     links: u64,
     /// The project ID, when the inode has room for one.
     project: Option<u64>,
+    /// Seconds, and the extra field (nanoseconds and epoch bits) of a large inode.
+    atime: Option<(u64, Option<u64>)>,
+    mtime: Option<(u64, Option<u64>)>,
 }
 
 impl Debugfs<'_> {
@@ -1133,7 +1167,20 @@ fn parse_stat(out: &str) -> Result<Inode> {
         "symlink" => 0o120000,
         _ => 0,
     };
+    // ` mtime: 0x6b14230f:00000000 -- Sat Dec  5 …` (no `:extra` in a small inode)
+    let time = |key: &str| -> Option<(u64, Option<u64>)> {
+        let w = word_after(key)?.strip_prefix("0x")?;
+        Some(match w.split_once(':') {
+            Some((s, e)) => (
+                u64::from_str_radix(s, 16).ok()?,
+                Some(u64::from_str_radix(e, 16).ok()?),
+            ),
+            None => (u64::from_str_radix(w, 16).ok()?, None),
+        })
+    };
     Ok(Inode {
+        atime: time("atime:"),
+        mtime: time("mtime:"),
         mode: type_bits | perm,
         flags: num("Flags:")?,
         uid: num("User:")?,
@@ -1178,8 +1225,14 @@ mod tests {
                 size: 286,
                 links: 1,
                 project: Some(0),
+                atime: None,
+                mtime: None,
             }
         );
+        let times = format!("{stat} ctime: 0x6b14230f:00000004 -- Sat Dec  5 14:43:27 2026\n atime: 0x6b14230e:00000008 -- Sat\n mtime: 0x5f5e1000 -- Sun\n");
+        let i = parse_stat(&times).unwrap();
+        assert_eq!(i.atime, Some((0x6b14230e, Some(8))));
+        assert_eq!(i.mtime, Some((0x5f5e1000, None)));
         let stats = "Filesystem volume name:   <none>\nFilesystem features:      has_journal ext_attr extent 64bit metadata_csum\nFilesystem state:         clean\nBlock size:               4096\n";
         let s = parse_stats(stats).unwrap();
         assert_eq!(s.block_size, 4096);

@@ -737,6 +737,10 @@ fn settled_key(
     if let Some(users) = customize.get_mut("users").and_then(Value::as_array_mut) {
         users.truncate(users_kept);
     }
+    // A recipe without users has no `users` at all.
+    if let (0, Some(c)) = (users_kept, customize.as_object_mut()) {
+        c.remove("users");
+    }
     let mut patched_paths = Vec::new();
     if let Some(files) = customize.get_mut("files").and_then(Value::as_array_mut) {
         for i in &p.recipe_files {
@@ -827,16 +831,24 @@ fn settled_with_fewer_users(
         let Some(s) = stages::lookup_settled(cache, &key, stage, unpatchable)? else {
             continue;
         };
-        let addable = s.accounts.as_ref().is_some_and(|a| {
-            c.users[kept..].iter().all(|u| {
-                let home = format!("/home/{}", u.name);
-                !a.users.contains(&u.name)
-                    && crate::guest::patch::plain_path(&home)
-                    && s.root.holds(&home)
-                    && s.root.holds("/etc/passwd")
-            })
-        });
-        return Ok(addable.then_some((s, key, kept)));
+        let Some(a) = &s.accounts else {
+            return Ok(None);
+        };
+        for u in &c.users[kept..] {
+            let home = format!("/home/{}", u.name);
+            let shell = u.shell.as_deref().unwrap_or(script::DEFAULT_SHELL);
+            let why = a.refuses(u, shell).or_else(|| {
+                (!crate::guest::patch::plain_path(&home)
+                    || !s.root.holds(&home)
+                    || !s.root.holds("/etc/passwd"))
+                .then(|| format!("{home} is not on the root filesystem as a plain path"))
+            });
+            if let Some(why) = why {
+                tracing::info!("the appended users are added in the appliance: {why}");
+                return Ok(None);
+            }
+        }
+        return Ok(Some((s, key, kept)));
     }
     Ok(None)
 }

@@ -66,7 +66,7 @@ pub struct Settled {
     /// The SBOM's inputs as the customization's launch copied them out.
     pub packages: PathBuf,
     /// Its account names, when the host can add users to it.
-    pub accounts: Option<KeptAccounts>,
+    pub accounts: Option<Box<KeptAccounts>>,
 }
 
 /// What `<key>.d/settled.json` records.
@@ -121,7 +121,7 @@ pub fn lookup_settled(
                 packages: sidecar(&disk).join("packages"),
                 disk,
                 root: rec.root,
-                accounts: rec.accounts,
+                accounts: rec.accounts.map(Box::new),
             }))
         }
         None => {

@@ -501,7 +501,8 @@ fn a_disk_kept_before_users_were_appended_serves_the_longer_recipe() {
     };
     let key_of = |text: &str| {
         let plan = f.plan(text, &BuildOptions::default());
-        settled_key(&plan.resolved, &plan.customization, "sha256:prev", 1)
+        let users = plan.resolved.loaded.recipe.customize.users.len();
+        settled_key(&plan.resolved, &plan.customization, "sha256:prev", users)
             .unwrap()
             .unwrap()
     };
@@ -541,6 +542,8 @@ fn a_disk_kept_before_users_were_appended_serves_the_longer_recipe() {
     let accounts = |users: &[&str]| crate::guest::accounts::KeptAccounts {
         users: users.iter().map(|u| u.to_string()).collect(),
         groups: vec!["root".into(), "lab".into()],
+        uids: vec![0, 1000],
+        ..Default::default()
     };
     let found = |text: &str| {
         let plan = f.plan(text, &BuildOptions::default());
@@ -566,9 +569,51 @@ fn a_disk_kept_before_users_were_appended_serves_the_longer_recipe() {
         found(&recipe("{name: lab, sudo: true}, {name: guest}", "")),
         None
     );
-    // A name already on the disk (the script would usermod it).
+    // A name already on the disk (the script would usermod it), a group that is not
+    // there, a taken UID, a shell useradd refuses, a home already there.
     keep(Some(accounts(&["root", "lab", "guest"])));
     assert_eq!(found(&two), None);
+    keep(Some(accounts(&["root", "lab"])));
+    for user in [
+        "{name: guest, groups: [wheel]}",
+        "{name: guest, uid: 0}",
+        "{name: guest, shell: bash}",
+        "{name: lab2, shell: \"/bin/sh:x\"}",
+    ] {
+        let text = recipe(&format!("{{name: lab}}, {user}"), "");
+        assert_eq!(found(&text), None, "{user}");
+    }
+    assert!(found(&recipe(
+        "{name: lab}, {name: guest, groups: [lab], uid: 1500}",
+        ""
+    ))
+    .is_some());
+    keep(Some(crate::guest::accounts::KeptAccounts {
+        homes: vec!["guest".into()],
+        ..accounts(&["root", "lab"])
+    }));
+    assert_eq!(found(&two), None);
+    // The first user of a recipe that had none.
+    let none = key_of(&recipe("", ""));
+    keep_as(
+        &none,
+        Some(crate::guest::accounts::KeptAccounts {
+            groups: vec!["root".into()],
+            ..accounts(&["root"])
+        }),
+    );
+    let first = f.plan(&recipe("{name: lab}", ""), &BuildOptions::default());
+    let hit = settled_with_fewer_users(
+        cache,
+        &first.resolved,
+        &first.customization,
+        "sha256:prev",
+        &stage,
+        None,
+    )
+    .unwrap()
+    .map(|(_, k, kept)| (k, kept));
+    assert_eq!(hit, Some((none, 0)));
     // A disk whose guest the host cannot follow.
     keep(None);
     assert_eq!(found(&two), None);

@@ -452,7 +452,8 @@ fn incremental_rebuild_reuses_the_grown_stage() {
             "echo ==statvfs\nstatvfs /\necho ==v\ncat /etc/v\necho ==vstat\nstat /etc/v\n\
              echo ==unit\ncat /etc/systemd/system/diskforge-ttyd.service\n\
              echo ==env\ncat /etc/diskforge/ttyd.env\necho ==envstat\nstat /etc/diskforge/ttyd.env\n\
-             echo ==shadow\ncat /etc/shadow\necho ==keys\ncat /home/lab/.ssh/authorized_keys\n\
+             echo ==shadow\ncat /etc/shadow\necho ==shadowb\ncat /etc/shadow-\n\
+             echo ==keys\ncat /home/lab/.ssh/authorized_keys\n\
              echo ==keysstat\nstat /home/lab/.ssh/authorized_keys\necho ==end\n",
         )
     };
@@ -598,8 +599,19 @@ fn incremental_rebuild_reuses_the_grown_stage() {
         .collect();
     assert_eq!(settled.len(), 1, "the customized disk was not kept again");
 
-    // A user appended (groups, sudo, a password, a key): added on the host, as the
-    // guest's own useradd, chpasswd and the script's key and sudoers lines would.
+    // Every password hash the kept disk holds (lab's, in /etc/shadow and its backup).
+    let old_hashes: Vec<String> = [section(&text, "shadow"), section(&text, "shadowb")]
+        .iter()
+        .flat_map(|t| t.lines())
+        .filter_map(|l| l.split(':').nth(1))
+        .filter(|h| h.starts_with("$6$"))
+        .map(str::to_string)
+        .collect();
+    assert!(!old_hashes.is_empty(), "{text}");
+
+    // Two users appended (one with a group, sudo, a password and a key), and lab's
+    // password rotated: added on the host, as the guest's own useradd, chpasswd and
+    // the script's key and sudoers lines would.
     const GUEST_PW: &str = "pw-Guest-Secret-55";
     const GUEST_KEY: &str = "ssh-ed25519 AAAAGUESTKEY guest@test";
     write_recipe_with(
@@ -608,17 +620,39 @@ fn incremental_rebuild_reuses_the_grown_stage() {
         7682,
         &format!(
             ", {{name: guest, shell: /bin/sh, groups: [lab], sudo: true, \
-             password: {{env: DISKFORGE_TEST_GUEST_PW}}, ssh-authorized-keys: [\"{GUEST_KEY}\"]}}"
+             password: {{env: DISKFORGE_TEST_GUEST_PW}}, ssh-authorized-keys: [\"{GUEST_KEY}\"]}}, \
+             {{name: ops}}"
         ),
     );
     std::env::set_var("DISKFORGE_TEST_GUEST_PW", GUEST_PW);
     let four = t.path().join("four.qcow2");
-    let (out, steps) = incremental(&four, NEW_PW, NEW_USER_PW);
+    const ROTATED_PW: &str = "pw-Lab-Rotated-66";
+    let (out, steps) = incremental(&four, NEW_PW, ROTATED_PW);
     assert!(all_launches(&out).is_empty(), "an appliance ran: {steps:?}");
     assert!(steps.iter().any(|s| s == "patch"), "{steps:?}");
     let patched = common::events::named(&out.stderr, "patched");
-    assert_eq!(patched[0]["added_users"], serde_json::json!(["guest"]));
-    assert!(!String::from_utf8_lossy(&out.stderr).contains(GUEST_PW));
+    assert_eq!(
+        patched[0]["added_users"],
+        serde_json::json!(["guest", "ops"])
+    );
+    for secret in [GUEST_PW, ROTATED_PW] {
+        assert!(!String::from_utf8_lossy(&out.stderr).contains(secret));
+    }
+    // No hash of the build before is left anywhere on the disk, free blocks included.
+    let raw = t.path().join("four.raw");
+    Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&four)
+        .arg(&raw)
+        .succeeds();
+    for h in &old_hashes {
+        assert_eq!(
+            common::occurrences(&raw, h.as_bytes()),
+            0,
+            "an old hash is on the disk"
+        );
+    }
+    std::fs::remove_file(&raw).unwrap();
     // The oracle: the same lines run by the guest's own tools in an appliance, on an
     // overlay of the disk the rebuild stood on; both disks' files compared.
     let oracle = t.path().join("oracle.qcow2");
@@ -654,7 +688,7 @@ fn incremental_rebuild_reuses_the_grown_stage() {
         format!(
             "for f in passwd passwd- group group- shadow shadow- gshadow gshadow- subuid subuid- subgid subgid-; do \
                echo '##' $f; if [ -e {root}/etc/$f ]; then awk -F: -v OFS=: '$2 ~ /^[$]/ {{ $2 = 1; $3 = 1 }} {{ print }}' {root}/etc/$f; else echo absent; fi; done; \
-             echo '## home'; cd {root}/home/guest && find . -printf '%y_%m_%U_%G_%s_%p ' | xargs -n1 | sort; \
+             for h in guest ops; do echo '## home' $h; cd {root}/home/$h && find . -printf '%y_%m_%U_%G_%s_%p ' | xargs -n1 | sort; done; \
              echo; echo '## keys'; cat {root}/home/guest/.ssh/authorized_keys; \
              echo '## sudoers'; stat -c '%a %U %G %s' {root}/etc/sudoers.d {root}/etc/sudoers.d/guest; cat {root}/etc/sudoers.d/guest"
         )
@@ -664,7 +698,8 @@ fn incremental_rebuild_reuses_the_grown_stage() {
          sh \"useradd -m -s /bin/sh -G lab guest && echo 'guest:{guest_hash}' | chpasswd -e && \
            grp=$(id -gn guest) && install -d -m 0700 -o guest -g $grp /home/guest/.ssh && \
            echo '{GUEST_KEY}' > /tmp/k && install -m 0600 -o guest -g $grp /tmp/k /home/guest/.ssh/authorized_keys && rm /tmp/k && \
-           mkdir -p /etc/sudoers.d && echo 'guest ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/guest && chmod 0440 /etc/sudoers.d/guest\"\n\
+           mkdir -p /etc/sudoers.d && echo 'guest ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/guest && chmod 0440 /etc/sudoers.d/guest && \
+           useradd -m -s /bin/bash ops\"\n\
          echo ==useradd\nsh \"{}\"\necho ==host\nsh \"{}\"\necho ==end\n",
         listing(""),
         listing("/mnt")
@@ -682,7 +717,7 @@ fn incremental_rebuild_reuses_the_grown_stage() {
     let (by_useradd, by_host) = (section(&both, "useradd"), section(&both, "host"));
     for part in [
         "guest:x:",
-        "## home",
+        "## home ops",
         "authorized_keys",
         "ssh-ed25519 AAAAGUESTKEY",
         "440 root root",
