@@ -262,6 +262,34 @@ pub fn supported(
     Ok(())
 }
 
+/// The shadow release the model follows and the tests check against the guest's own
+/// useradd (Debian 12, Ubuntu 24.04).
+pub const MODELLED_SHADOW: &str = "4.13";
+
+/// Whether the guest's dpkg database (`/var/lib/dpkg/status`) has the `passwd` package
+/// (shadow's useradd) of the release the model follows.
+pub fn shadow_modelled(dpkg_status: &str) -> Result<(), String> {
+    let version = dpkg_status
+        .split("\n\n")
+        .find(|stanza| {
+            stanza.lines().any(|l| l == "Package: passwd")
+                && stanza
+                    .lines()
+                    .any(|l| l.starts_with("Status: ") && l.ends_with(" installed"))
+        })
+        .and_then(|stanza| stanza.lines().find_map(|l| l.strip_prefix("Version: ")))
+        .ok_or("the guest has no installed passwd package")?;
+    // [epoch:]upstream[-revision], upstream with a +dfsg-like suffix.
+    let upstream = version.split_once(':').map_or(version, |(_, v)| v);
+    let release = upstream.split(['-', '+', '~']).next().unwrap_or_default();
+    if release != MODELLED_SHADOW {
+        return Err(format!(
+            "the guest's useradd is shadow {release} (passwd {version}); the host follows {MODELLED_SHADOW}"
+        ));
+    }
+    Ok(())
+}
+
 /// The login.defs values useradd reads, with shadow's defaults.
 struct Settings {
     uid: (u32, u32),
@@ -886,6 +914,20 @@ mod tests {
         }
         assert!(kept.refuses(&spec("{name: guest}"), "sh").is_some());
         assert_eq!(kept.uids, [0, 1000]);
+    }
+
+    #[test]
+    fn only_the_modelled_shadow_release_is_followed() {
+        let status = |v: &str, st: &str| {
+            format!("Package: login\nStatus: install ok installed\nVersion: 1:4.17\n\nPackage: passwd\nStatus: {st}\nPriority: required\nVersion: {v}\n\n")
+        };
+        let installed = "install ok installed";
+        assert!(shadow_modelled(&status("1:4.13+dfsg1-1", installed)).is_ok());
+        assert!(shadow_modelled(&status("1:4.13+dfsg1-4ubuntu3", installed)).is_ok());
+        assert!(shadow_modelled(&status("1:4.8.1-2ubuntu2", installed)).is_err());
+        assert!(shadow_modelled(&status("1:4.17.4-2", installed)).is_err());
+        assert!(shadow_modelled(&status("1:4.13+dfsg1-1", "deinstall ok config-files")).is_err());
+        assert!(shadow_modelled("Package: login\nVersion: 1:4.13\n").is_err());
     }
 
     #[test]

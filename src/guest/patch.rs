@@ -571,6 +571,10 @@ impl Session<'_> {
         if let Err(why) = accounts::supported(&os, &defs, defaults.as_deref()) {
             return Ok(Err(why));
         }
+        let status = self.text("/var/lib/dpkg/status")?.unwrap_or_default();
+        if let Err(why) = accounts::shadow_modelled(&status) {
+            return Ok(Err(why));
+        }
         let plain = |i: &Option<Inode>| {
             i.as_ref()
                 .is_some_and(|i| i.kind == "regular" && i.links == 1 && i.flags & INLINE_DATA == 0)
