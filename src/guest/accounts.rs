@@ -48,6 +48,10 @@ pub const USERADD_TOUCHES: &[&str] = &[
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct KeptAccounts {
+    /// The [`MODEL`] the disk was checked for (0: a record from before there was
+    /// one); a record of another is not used.
+    #[serde(default)]
+    pub model: u32,
     pub users: Vec<String>,
     pub groups: Vec<String>,
     /// UIDs in /etc/passwd.
@@ -67,6 +71,7 @@ impl KeptAccounts {
     pub fn from_files(passwd: &str, group: &str) -> KeptAccounts {
         let names = |t: &str| rows(t).iter().map(|f| f[0].to_string()).collect();
         KeptAccounts {
+            model: MODEL,
             users: names(passwd),
             groups: names(group),
             uids: ids(passwd).into_iter().collect(),
@@ -262,6 +267,10 @@ pub fn supported(
     Ok(())
 }
 
+/// The version of what a kept disk's check decides and records for adding users: a
+/// record of another version is not used (the disk still serves the other rewrites).
+pub const MODEL: u32 = 1;
+
 /// The shadow release the model follows and the tests check against the guest's own
 /// useradd (Debian 12, Ubuntu 24.04).
 pub const MODELLED_SHADOW: &str = "4.13";
@@ -316,6 +325,9 @@ impl Settings {
         let octal = |k: &str| -> Result<Option<u32>> {
             defs.get(k)
                 .map(|v| {
+                    if v.contains(['+', '-']) {
+                        bail!("login.defs: {k} {v:?} has a sign");
+                    }
                     let parsed = if let Some(h) = v.strip_prefix("0x") {
                         u32::from_str_radix(h, 16)
                     } else if v.len() > 1 && v.starts_with('0') {
@@ -435,6 +447,19 @@ fn free_range(text: &str, (min, max, count): (u64, u64, u64)) -> Option<u64> {
     })
 }
 
+/// Whether every line of a subuid(5) file is `OWNER:START:COUNT` (shadow keeps other
+/// lines, blank ones and comments, and sorts them in no defined order: such a file is
+/// left to the guest's useradd).
+pub fn plain_ranges(text: &str) -> bool {
+    text.lines().all(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        f.len() == 3
+            && !f[0].is_empty()
+            && f[1].parse::<u64>().is_ok()
+            && f[2].parse::<u64>().is_ok()
+    })
+}
+
 /// A subuid(5) file in the order shadow's range search leaves it (it sorts the file by
 /// start, count and owner before looking for room, and writes it so).
 fn sorted_ranges(text: &str) -> Result<String> {
@@ -449,7 +474,8 @@ fn sorted_ranges(text: &str) -> Result<String> {
         };
         lines.push((start, count, l));
     }
-    lines.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+    let owner = |l: &str| l.split(':').next().unwrap_or_default().to_string();
+    lines.sort_by_key(|(start, count, l)| (*start, *count, owner(l)));
     Ok(lines.iter().map(|(_, _, l)| format!("{l}\n")).collect())
 }
 
@@ -872,6 +898,13 @@ mod tests {
             f.subuid.unwrap().now,
             "a:100000:65536\nb:165536:65536\nc:231072:65536\n"
         );
+        // Ties by owner, not by the rest of the line.
+        assert_eq!(
+            sorted_ranges("lab1:5:1\nlab:5:1\n").unwrap(),
+            "lab:5:1\nlab1:5:1\n"
+        );
+        assert!(plain_ranges("a:1:2\nb:3:4\n") && plain_ranges(""));
+        assert!(!plain_ranges("a:1:2\n\n") && !plain_ranges("# x\na:1:2\n"));
         // A shell useradd refuses, or one that would break the passwd line.
         for shell in ["bash", "/bin/sh:0", "/bin/sh\nx:x:0:0::/:/bin/sh", ""] {
             let mut f = debian_with_lab();
@@ -959,6 +992,7 @@ mod tests {
                 .home_mode,
             0o750
         );
+        assert!(Settings::read(&parse_login_defs("UMASK +022\n")).is_err());
         assert_eq!(
             Settings::read(&parse_login_defs("HOME_MODE 0x1e8\n"))
                 .unwrap()

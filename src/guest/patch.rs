@@ -594,6 +594,11 @@ impl Session<'_> {
                     "{base} and its backup {backup} are not plain regular files"
                 )));
             }
+            if f.is_some() && !accounts::plain_ranges(&self.text(base)?.unwrap_or_default()) {
+                return Ok(Err(format!(
+                    "{base} has lines other than OWNER:START:COUNT"
+                )));
+            }
         }
         for dir in ["/home", "/etc/skel"] {
             if fs.stat(dir)?.is_none_or(|i| i.kind != "directory") {

@@ -121,7 +121,11 @@ pub fn lookup_settled(
                 packages: sidecar(&disk).join("packages"),
                 disk,
                 root: rec.root,
-                accounts: rec.accounts.map(Box::new),
+                // A record of another model says nothing about adding users.
+                accounts: rec
+                    .accounts
+                    .filter(|a| a.model == crate::guest::accounts::MODEL)
+                    .map(Box::new),
             }))
         }
         None => {

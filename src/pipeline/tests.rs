@@ -543,6 +543,7 @@ fn a_disk_kept_before_users_were_appended_serves_the_longer_recipe() {
         users: users.iter().map(|u| u.to_string()).collect(),
         groups: vec!["root".into(), "lab".into()],
         uids: vec![0, 1000],
+        model: crate::guest::accounts::MODEL,
         ..Default::default()
     };
     let found = |text: &str| {
@@ -614,8 +615,13 @@ fn a_disk_kept_before_users_were_appended_serves_the_longer_recipe() {
     .unwrap()
     .map(|(_, k, kept)| (k, kept));
     assert_eq!(hit, Some((none, 0)));
-    // A disk whose guest the host cannot follow.
+    // A disk whose guest the host cannot follow, or checked for another model.
     keep(None);
+    assert_eq!(found(&two), None);
+    keep(Some(crate::guest::accounts::KeptAccounts {
+        model: 0,
+        ..accounts(&["root", "lab"])
+    }));
     assert_eq!(found(&two), None);
     // What goes where useradd reads, or keeps useradd's log entries, rules it out
     // (each with a disk kept for its own shorter recipe).

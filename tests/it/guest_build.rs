@@ -683,12 +683,34 @@ fn incremental_rebuild_reuses_the_grown_stage() {
         &diskforge::recipe::SecretValue::new(GUEST_PW.into()),
         &guest_hash
     ));
+    // The day of the new entries is the rebuild's (the comparison below masks days: the
+    // appliance may run on the next one).
+    let today = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    for name in ["guest:", "ops:"] {
+        let day: u64 = added
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split(':').nth(1))
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| panic!("no day for {name} in /etc/shadow: {added}"));
+        assert!(
+            day == today || day + 1 == today,
+            "{name} day {day}, today {today}"
+        );
+    }
     // No double quotes or backslashes: the lines go through guestfish's quoting.
     let listing = |root: &str| {
         format!(
             "for f in passwd passwd- group group- shadow shadow- gshadow gshadow- subuid subuid- subgid subgid-; do \
-               echo '##' $f; if [ -e {root}/etc/$f ]; then awk -F: -v OFS=: '$2 ~ /^[$]/ {{ $2 = 1; $3 = 1 }} {{ print }}' {root}/etc/$f; else echo absent; fi; done; \
-             for h in guest ops; do echo '## home' $h; cd {root}/home/$h && find . -printf '%y_%m_%U_%G_%s_%p ' | xargs -n1 | sort; done; \
+               echo '##' $f; if [ ! -e {root}/etc/$f ]; then echo absent; else case $f in \
+                 shadow*) awk -F: -v OFS=: '$2 ~ /^[$]/ {{ $2 = 1 }} {{ $3 = 1; print }}' {root}/etc/$f ;; \
+                 *) cat {root}/etc/$f ;; esac; fi; done; \
+             for h in guest ops; do echo '## home' $h; cd {root}/home/$h && find . -printf '%y_%m_%U_%G_%s_%p ' | xargs -n1 | sort; \
+               echo '## times' $h; find . -mindepth 1 ! -path './.ssh*' -printf '%A@_%T@_%p ' | xargs -n1 | sort; done; \
              echo; echo '## keys'; cat {root}/home/guest/.ssh/authorized_keys; \
              echo '## sudoers'; stat -c '%a %U %G %s' {root}/etc/sudoers.d {root}/etc/sudoers.d/guest; cat {root}/etc/sudoers.d/guest"
         )
@@ -718,6 +740,8 @@ fn incremental_rebuild_reuses_the_grown_stage() {
     for part in [
         "guest:x:",
         "## home ops",
+        "## times guest",
+        "./.bashrc",
         "authorized_keys",
         "ssh-ed25519 AAAAGUESTKEY",
         "440 root root",
