@@ -309,10 +309,7 @@ pub fn apply_adding_users(
             PatchData::Content(data) => write_data(data, &dir.join(&data_name))?,
             PatchData::Passwords(hashes) | PatchData::BackupPasswords(hashes) => {
                 let (now, _) = fs.run(false, &format!("cat {}", f.path))?;
-                let day = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs() / 86_400)
-                    .unwrap_or(0);
+                let day = today();
                 let backup = matches!(f.data, PatchData::BackupPasswords(_));
                 let text = set_password_hashes(&now, hashes, day, backup)
                     .with_context(|| format!("setting passwords in {}", f.path))?;
@@ -387,8 +384,12 @@ pub fn apply_adding_users(
             xattrs,
         });
     }
-    for (u, a) in users.iter().zip(&added) {
-        done.extend(session.make_home(u, a)?);
+    if !users.is_empty() {
+        // Listed once for every home.
+        let skel = session.skel()?.map_err(|why| anyhow::anyhow!(why))?;
+        for (u, a) in users.iter().zip(&added) {
+            done.extend(session.make_home(u, a, &skel)?);
+        }
     }
     Cmd::new(
         "e2fsck",
@@ -720,10 +721,7 @@ impl Session<'_> {
             subgid: optional("/etc/subgid")?,
         };
         let before = files.clone();
-        let day = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() / 86_400)
-            .unwrap_or(0);
+        let day = today();
         let added = accounts::add_users(&mut files, &read("/etc/login.defs")?, users, hashes, day)?;
         let mut out = Vec::new();
         let pairs = [
@@ -756,14 +754,13 @@ impl Session<'_> {
     }
 
     /// Makes `u`'s home as `useradd -m` copies it from `/etc/skel`, then its SSH keys and
-    /// sudoers file as the guest script's lines write them.
-    fn make_home(&self, u: &NewUser, a: &Added) -> Result<Vec<Patched>> {
+    /// sudoers file as the guest script's lines write them. `skel` is [`Session::skel`].
+    fn make_home(&self, u: &NewUser, a: &Added, skel: &[(String, Inode)]) -> Result<Vec<Patched>> {
         let fs = &self.fs;
         let h = &a.home;
         if fs.stat(h)?.is_some() {
             bail!("{h} is already on the kept disk, which useradd would not copy /etc/skel into");
         }
-        let skel = self.skel()?.map_err(|why| anyhow::anyhow!(why))?;
         let mut made: Vec<Made> = Vec::new();
         let mut script = String::new();
         let owned = |script: &mut String, path: &str, mode: u32, uid: u64, gid: u64| {
@@ -887,6 +884,14 @@ const INHERITED: u64 =
     0x1 | 0x2 | 0x4 | 0x8 | 0x40 | 0x80 | 0x400 | 0x4000 | 0x8000 | 0x0200_0000 | 0x2000_0000;
 
 pub use super::accounts::set_password_hashes;
+
+/// Today in days since 1970: the last-change day `chpasswd` and `useradd` write.
+fn today() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0)
+}
 
 fn write_data(data: &StageData, to: &Path) -> Result<u64> {
     let mut out = std::fs::OpenOptions::new()

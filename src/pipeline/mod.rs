@@ -1269,9 +1269,11 @@ fn new_users(plan: &Plan, names: &[String]) -> Result<Vec<crate::guest::accounts
                     p.files
                         .iter()
                         .find_map(|f| match &f.data {
-                            crate::guest::patch::PatchData::Content(
-                                crate::guest::content::StageData::Bytes(b),
-                            ) if f.home_of.as_ref() == Some(name) => Some(b.clone()),
+                            PatchData::Content(crate::guest::content::StageData::Bytes(b))
+                                if f.home_of.as_ref() == Some(name) =>
+                            {
+                                Some(b.clone())
+                            }
                             _ => None,
                         })
                         .with_context(|| format!("the SSH keys of {name} were not staged"))?,

@@ -478,7 +478,7 @@ impl Step<'_> {
             Step::Disk(DiskStep::Guest(g)) => g.operations(s.customization, s.grows),
             Step::Disk(DiskStep::Patch(p)) => {
                 use crate::guest::patch::{PatchData, Presence};
-                let users = &s.customization.patchable;
+                let patchable = &s.customization.patchable;
                 let added = |name: &Option<String>| {
                     name.as_ref()
                         .is_some_and(|n| p.added_users.iter().any(|u| &u.name == n))
@@ -504,7 +504,7 @@ impl Step<'_> {
                     })
                     .collect();
                 ops.extend(
-                    users
+                    patchable
                         .files
                         .iter()
                         .filter(|f| {

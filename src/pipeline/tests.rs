@@ -366,6 +366,17 @@ fn the_settled_key_leaves_out_only_what_the_host_rewrites() {
     );
 }
 
+/// A qcow2 overlay `to` of `backing`.
+fn qcow2_over(backing: &std::path::Path, to: &std::path::Path) {
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(backing)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(made.success());
+}
+
 /// A kept customized disk is found only on the package stage it stands on and with the
 /// passwords it was kept with (a plan, which reads none, finds it), is left alone by a
 /// build that would keep the same one, and goes when its package stage is replaced.
@@ -374,18 +385,9 @@ fn a_settled_disk_is_reused_only_on_its_stage_and_with_its_passwords() {
     let f = Fixture::new();
     let cache = &f.env.cache;
     let stage = stages::path(cache, "sha256:1111").unwrap();
-    let overlay = |backing: &std::path::Path, to: &std::path::Path| {
-        let made = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(backing)
-            .arg(to)
-            .status()
-            .unwrap();
-        assert!(made.success());
-    };
-    overlay(&f.dir.path().join("base.qcow2"), &stage);
+    qcow2_over(&f.dir.path().join("base.qcow2"), &stage);
     let work_disk = f.dir.path().join("customized.qcow2");
-    overlay(&stage, &work_disk);
+    qcow2_over(&stage, &work_disk);
     let packages = f.dir.path().join("packages");
     std::fs::create_dir(&packages).unwrap();
     std::fs::write(packages.join("dpkg-status"), "Package: x\n").unwrap();
@@ -398,19 +400,22 @@ fn a_settled_disk_is_reused_only_on_its_stage_and_with_its_passwords() {
     let key = "sha256:2222";
     let kept = stages::path(cache, key).unwrap();
     let pw = |s: &str| crate::recipe::SecretValue::new(s.into());
-    stages::store_settled(
-        &work_disk,
-        &kept,
-        key,
-        stages::Found {
-            root: root.clone(),
-            accounts: None,
-        },
-        &stage,
-        &pw("one"),
-        &packages,
-    )
-    .unwrap();
+    let store = || {
+        stages::store_settled(
+            &work_disk,
+            &kept,
+            key,
+            stages::Found {
+                root: root.clone(),
+                accounts: None,
+            },
+            &stage,
+            &pw("one"),
+            &packages,
+        )
+        .unwrap()
+    };
+    store();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777,
@@ -437,44 +442,20 @@ fn a_settled_disk_is_reused_only_on_its_stage_and_with_its_passwords() {
     let inode =
         |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
     let before = inode(&kept);
-    stages::store_settled(
-        &work_disk,
-        &kept,
-        key,
-        stages::Found {
-            root: root.clone(),
-            accounts: None,
-        },
-        &stage,
-        &pw("one"),
-        &packages,
-    )
-    .unwrap();
+    store();
     assert_eq!(inode(&kept), before);
     // On another stage it is not found, and is removed.
     let other = stages::path(cache, "sha256:3333").unwrap();
-    overlay(&f.dir.path().join("base.qcow2"), &other);
+    qcow2_over(&f.dir.path().join("base.qcow2"), &other);
     assert!(stages::lookup_settled(cache, key, &other, None)
         .unwrap()
         .is_none());
     assert!(!kept.exists());
     // Kept again, then its package stage is replaced: it goes with it.
-    stages::store_settled(
-        &work_disk,
-        &kept,
-        key,
-        stages::Found {
-            root: root.clone(),
-            accounts: None,
-        },
-        &stage,
-        &pw("one"),
-        &packages,
-    )
-    .unwrap();
+    store();
     assert!(kept.is_file());
     let rebuilt = f.dir.path().join("rebuilt.qcow2");
-    overlay(&f.dir.path().join("base.qcow2"), &rebuilt);
+    qcow2_over(&f.dir.path().join("base.qcow2"), &rebuilt);
     stages::store(&rebuilt, &stage, "sha256:1111").unwrap();
     assert!(!kept.exists() && !kept.with_extension("d").exists());
 }
@@ -487,13 +468,7 @@ fn a_disk_kept_before_users_were_appended_serves_the_longer_recipe() {
     let f = Fixture::new();
     let cache = &f.env.cache;
     let stage = stages::path(cache, "sha256:1111").unwrap();
-    let made = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(f.dir.path().join("base.qcow2"))
-        .arg(&stage)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    qcow2_over(&f.dir.path().join("base.qcow2"), &stage);
     let recipe = |users: &str, extra: &str| {
         format!(
             "name: t\nbase: {{path: base.qcow2}}\ncustomize:\n  files: [{{path: /etc/motd, content: hi}}]\n  users: [{users}]\n{extra}"
@@ -510,13 +485,7 @@ fn a_disk_kept_before_users_were_appended_serves_the_longer_recipe() {
     let keep_as = |key: &str, accounts: Option<crate::guest::accounts::KeptAccounts>| {
         let work_disk = f.dir.path().join("customized.qcow2");
         let _ = std::fs::remove_file(&work_disk);
-        let made = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(&stage)
-            .arg(&work_disk)
-            .status()
-            .unwrap();
-        assert!(made.success());
+        qcow2_over(&stage, &work_disk);
         let kept = stages::path(cache, key).unwrap();
         stages::forget(&kept);
         stages::store_settled(

@@ -248,12 +248,7 @@ output:
         .arg(&x)
         .succeeds();
     std::fs::rename(x.join("disk/disk.qcow2"), &out_disk).unwrap();
-    let raw = t.path().join("out.raw");
-    Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(&out_disk)
-        .arg(&raw)
-        .succeeds();
+    let raw = raw_copy(&out_disk);
     for (secret, allowed) in SECRETS {
         assert_eq!(
             common::occurrences(&raw, secret.as_bytes()),
@@ -371,6 +366,17 @@ output:
 }
 
 /// Every `appliance_launches` count a build reported, in order.
+/// `disk` converted to a raw image beside it (`NAME.raw`), to search all its bytes.
+fn raw_copy(disk: &Path) -> std::path::PathBuf {
+    let raw = disk.with_extension("raw");
+    Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(disk)
+        .arg(&raw)
+        .succeeds();
+    raw
+}
+
 fn all_launches(out: &Output) -> Vec<u64> {
     String::from_utf8_lossy(&out.stderr)
         .lines()
@@ -553,14 +559,7 @@ fn incremental_rebuild_reuses_the_grown_stage() {
         "the credential file is not 0600: {text}"
     );
     // Deleted is not erased: the old credential's blocks were zeroed.
-    let raw = t.path().join("two.raw");
-    assert!(Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(&two)
-        .arg(&raw)
-        .status()
-        .unwrap()
-        .success());
+    let raw = raw_copy(&two);
     assert_eq!(
         common::occurrences(&raw, OLD_PW.as_bytes()),
         0,
@@ -639,12 +638,7 @@ fn incremental_rebuild_reuses_the_grown_stage() {
         assert!(!String::from_utf8_lossy(&out.stderr).contains(secret));
     }
     // No hash of the build before is left anywhere on the disk, free blocks included.
-    let raw = t.path().join("four.raw");
-    Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(&four)
-        .arg(&raw)
-        .succeeds();
+    let raw = raw_copy(&four);
     for h in &old_hashes {
         assert_eq!(
             common::occurrences(&raw, h.as_bytes()),
